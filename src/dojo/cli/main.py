@@ -1,0 +1,54 @@
+"""Entry point of the `dojo` command.
+
+Each subcommand lives in `dojo.cli.cmd_<name>` and exposes `add_parser(subparsers)` and
+`run(args) -> int`. Command modules import only the standard library at module level; torch,
+plotting and video are imported inside `run`, so `dojo --help` stays fast.
+User errors (`DojoError`) print one line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Order is the order shown in `dojo --help`.
+COMMANDS: tuple[str, ...] = ("info",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dojo",
+        description="Tesla's Dojo training supercomputer in software.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"dojo.cli.cmd_{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `dojo` command line; returns the process exit status."""
+    from dojo.errors import DojoError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except DojoError as err:
+        print(f"dojo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dojo: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

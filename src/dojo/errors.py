@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+A `DojoError` is bad input or an impossible request: the CLI prints its message as one line on
+stderr and exits with status 2, without a traceback. Anything else escaping is a bug in dojo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DojoError(Exception):
+    """An error the user can fix; `str(err)` is one line that says what and where."""
+
+
+class ConfigError(DojoError):
+    """A field of a configuration source (file or command line) holds a bad value.
+
+    The message names the source, the dotted field path, the offending value, and what was
+    expected, e.g. ``v1.toml: field 'chip.link.bytes_per_s' = -5: expected a number > 0``.
+    """
+
+    def __init__(self, source: str, field: str, value: Any, expected: str) -> None:
+        self.source = source
+        self.field = field
+        self.value = value
+        self.expected = expected
+        shown = _short_repr(value)
+        where = f"field '{field}'" if field else "top level"
+        super().__init__(f"{source}: {where} = {shown}: expected {expected}")
+
+
+class UnknownNameError(DojoError):
+    """A name (system, model, collective...) that no registry knows."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown {kind} '{name}'; known: {', '.join(known) or '(none)'}")
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
