@@ -1,4 +1,4 @@
-"""Fail when a source file passes the house size budget (style rule 10: files under about 500 lines)."""
+"""Fail when a source file passes the size budget (style rule 10: files under ~500 lines)."""
 
 from __future__ import annotations
 

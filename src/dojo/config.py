@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from dojo.errors import ConfigError
+from dojo.errors import MISSING, ConfigError
 
 T = TypeVar("T")
 
@@ -45,13 +45,14 @@ def parse(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
     for key in data:
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(source, _join(prefix, str(key)), data[key], f"one of the keys {known}")
+            raise ConfigError(source, _join(prefix, str(key)), data[key],
+                              f"one of the keys {known}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         path = _join(prefix, name)
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(source, path, "<missing>", f"a value ({_describe(hints[name])})")
+                raise ConfigError(source, path, MISSING, f"a value ({_describe(hints[name])})")
             continue
         values[name] = _convert(hints[name], data[name], source, path, f.metadata)
     return cls(**values)
@@ -72,12 +73,13 @@ def _convert(tp: Any, value: Any, source: str, path: str, meta: Mapping[str, Any
         return parse(tp, value, source, path)  # type: ignore[arg-type]
     if origin is tuple:
         return _convert_tuple(tp, value, source, path, meta)
-    if origin is dict:
+    if origin in (dict, Mapping):
         _, val_tp = get_args(tp)
         if not isinstance(value, Mapping):
             raise ConfigError(source, path, value, "a table")
         return types.MappingProxyType(
-            {str(k): _convert(val_tp, v, source, _join(path, str(k)), meta) for k, v in value.items()}
+            {str(k): _convert(val_tp, v, source, _join(path, str(k)), meta)
+             for k, v in value.items()}
         )
     if tp is bool:
         if not isinstance(value, bool):

@@ -9,6 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+"""Stands for a required value that is absent, in `ConfigError`."""
+
+
 class DojoError(Exception):
     """An error the user can fix; `str(err)` is one line that says what and where."""
 
@@ -25,9 +34,11 @@ class ConfigError(DojoError):
         self.field = field
         self.value = value
         self.expected = expected
-        shown = _short_repr(value)
         where = f"field '{field}'" if field else "top level"
-        super().__init__(f"{source}: {where} = {shown}: expected {expected}")
+        if value is MISSING:
+            super().__init__(f"{source}: {where} is missing: expected {expected}")
+        else:
+            super().__init__(f"{source}: {where} = {_short_repr(value)}: expected {expected}")
 
 
 class UnknownNameError(DojoError):

@@ -1,0 +1,236 @@
+"""Load a system description from a shipped name or a user's TOML file.
+
+`load_system("v1")`, `load_system("h100-cluster", devices=64)`, `load_system("h100-cluster:64")`
+and `load_system("path/to/mine.toml")` all return a validated `SystemSpec`. A file may say
+`extends = "v1"` (a shipped name or a path relative to it) and override any field; tables merge
+key by key, everything else replaces. Every problem is a `ConfigError` or `DojoError` that names
+the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dojo.config import parse
+from dojo.errors import MISSING, ConfigError, DojoError, UnknownNameError
+from dojo.hardware.spec import (
+    FAMILIES,
+    SIDES,
+    DipSpec,
+    HostSpec,
+    LeafSpec,
+    Level,
+    LevelSpec,
+    SystemSpec,
+)
+
+_TOP_KEYS = ("name", "title", "family", "source", "hierarchy", "dip", "host")
+
+
+def shipped_systems() -> list[str]:
+    """Names of the systems that ship with dojo, in a stable order."""
+    folder = resources.files("dojo.hardware") / "systems"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_system(name_or_path: str, devices: int | None = None) -> SystemSpec:
+    """Load, merge, validate. `NAME:N` is shorthand for `devices=N` (GPU clusters only)."""
+    text = name_or_path
+    if ":" in text and not Path(text).exists():
+        text, _, count = text.rpartition(":")
+        if not count.isdigit() or int(count) < 1:
+            raise ConfigError(name_or_path, "devices", count, "a positive integer after ':'")
+        devices = int(count)
+    data, source = _read_merged(text, seen=())
+    spec = _build(data, source)
+    if devices is not None:
+        spec = scale_devices(spec, devices, source)
+    return spec
+
+
+def _locate(name_or_path: str, base: Path | None) -> tuple[Path, str]:
+    candidate = Path(name_or_path)
+    if base is not None and not candidate.is_absolute():
+        candidate = base / candidate
+    if name_or_path.endswith(".toml") or candidate.exists():
+        if not candidate.is_file():
+            raise DojoError(f"{name_or_path}: no such system file")
+        return candidate, str(name_or_path)
+    if name_or_path not in shipped_systems():
+        raise UnknownNameError("system", name_or_path, shipped_systems())
+    shipped = resources.files("dojo.hardware") / "systems" / f"{name_or_path}.toml"
+    return Path(str(shipped)), f"systems/{name_or_path}.toml"
+
+
+def _read_merged(name_or_path: str, seen: tuple[str, ...], base: Path | None = None
+                 ) -> tuple[dict[str, Any], str]:
+    path, source = _locate(name_or_path, base)
+    key = str(path.resolve())
+    if key in seen:
+        raise DojoError(f"{source}: 'extends' forms a cycle")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise DojoError(f"{source}: not valid TOML: {err}") from None
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, source
+    if not isinstance(parent, str):
+        raise ConfigError(source, "extends", parent, "a system name or a path to a .toml file")
+    base_data, _ = _read_merged(parent, (*seen, key), base=path.parent)
+    return _merge(base_data, data), source
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(data: dict[str, Any], source: str) -> SystemSpec:
+    hierarchy = data.get("hierarchy")
+    if (not isinstance(hierarchy, list) or len(hierarchy) < 2
+            or not all(isinstance(h, str) and h for h in hierarchy)
+            or len(set(hierarchy)) != len(hierarchy)):
+        raise ConfigError(source, "hierarchy", hierarchy,
+                          "a list of at least 2 distinct level names, leaf first")
+    for key in data:
+        if key not in _TOP_KEYS and key not in hierarchy:
+            known = ", ".join([*_TOP_KEYS, *hierarchy])
+            raise ConfigError(source, key, data[key], f"one of the keys {known}")
+    for key in ("name", "title", "family", "source", *hierarchy):
+        if key not in data:
+            raise ConfigError(source, key, MISSING, "a value")
+    for key in ("name", "title", "source"):
+        if not isinstance(data[key], str) or not data[key]:
+            raise ConfigError(source, key, data[key], "a non-empty string")
+    if data["family"] not in FAMILIES:
+        raise ConfigError(source, "family", data["family"], f"one of {', '.join(FAMILIES)}")
+    leaf = parse(LeafSpec, data[hierarchy[0]], source, hierarchy[0])
+    levels = tuple(Level(name=n, spec=parse(LevelSpec, data[n], source, n)) for n in hierarchy[1:])
+    dip = parse(DipSpec, data["dip"], source, "dip") if "dip" in data else None
+    host = parse(HostSpec, data["host"], source, "host") if "host" in data else None
+    spec = SystemSpec(name=data["name"], title=data["title"], family=data["family"],
+                      source=data["source"], path=source, leaf_name=hierarchy[0], leaf=leaf,
+                      levels=levels, dip=dip, host=host)
+    _check_levels(spec, source)
+    _check_attachments(spec, source)
+    return spec
+
+
+def _check_levels(spec: SystemSpec, source: str) -> None:
+    for lv in spec.levels:
+        s = lv.spec
+        if s.topology == "mesh2d":
+            if s.grid is None:
+                raise ConfigError(source, f"{lv.name}.grid", None,
+                                  "[rows, cols] for a mesh2d level")
+            rows, cols = s.grid
+            if rows < 1 or cols < 1 or rows * cols < s.count:
+                raise ConfigError(source, f"{lv.name}.grid", list(s.grid),
+                                  f"rows x cols >= count = {s.count} (rows, cols >= 1)")
+        if s.edge is not None and s.edges < 1:
+            raise ConfigError(source, f"{lv.name}.edges", s.edges, "at least 1 when 'edge' is set")
+        if not spec.leaf.memory:
+            raise ConfigError(source, f"{spec.leaf_name}.memory", {}, "at least one memory pool")
+
+
+def _check_attachments(spec: SystemSpec, source: str) -> None:
+    dip, host = spec.dip, spec.host
+    if (dip is None) != (host is None):
+        raise ConfigError(source, "host" if dip else "dip", MISSING,
+                          "'dip' and 'host' tables together (DIPs hang off hosts)")
+    if dip is None or host is None:
+        return
+    names = [lv.name for lv in spec.levels]
+    where = dip.placement.level
+    if where not in names or names.index(where) == 0:
+        raise ConfigError(source, "dip.placement.level", where,
+                          f"a level above the first one, one of {', '.join(names[1:])}")
+    inner = spec.levels[names.index(where)].spec
+    rows, cols = inner.grid or (1, inner.count)
+    for i, (r, c, side) in enumerate(dip.placement.edges):
+        if not (0 <= r < rows and 0 <= c < cols) or side not in SIDES:
+            raise ConfigError(source, f"dip.placement.edges[{i}]", [r, c, side],
+                              f"[row < {rows}, col < {cols}, side in {'/'.join(SIDES)}]")
+    derived = dip_count(spec)
+    if dip.count is not None and dip.count != derived:
+        edges = len(dip.placement.edges)
+        raise ConfigError(source, "dip.count", dip.count,
+                          f"{derived} = {dip.per_edge} per edge x {edges} edges"
+                          f" x {derived // max(1, dip.per_edge * edges)} {where}s")
+    if derived % host.dips:
+        raise ConfigError(source, "host.dips", host.dips, f"a divisor of the {derived} DIPs")
+    if host.count is not None and host.count != derived // host.dips:
+        raise ConfigError(source, "host.count", host.count,
+                          f"{derived // host.dips} = {derived} DIPs / {host.dips} DIPs per host")
+
+
+def units_of(spec: SystemSpec, level_name: str) -> int:
+    """How many units of `level_name` the whole system holds."""
+    names = spec.level_names
+    if level_name not in names:
+        return 0
+    total = 1
+    for lv in reversed(spec.levels):
+        if lv.name == level_name:
+            return total
+        total *= lv.spec.count
+    return total  # the leaf
+
+
+def dip_count(spec: SystemSpec) -> int:
+    """DIPs in the system: per edge x placed edges x units of the placement level."""
+    if spec.dip is None:
+        return 0
+    per_unit = spec.dip.per_edge * len(spec.dip.placement.edges)
+    return per_unit * units_of(spec, spec.dip.placement.level)
+
+
+def host_count(spec: SystemSpec) -> int:
+    if spec.host is None:
+        return 0
+    return dip_count(spec) // spec.host.dips
+
+
+def scale_devices(spec: SystemSpec, devices: int, source: str) -> SystemSpec:
+    """Resize a GPU cluster to `devices` leaves by changing the counts from the top down.
+
+    `devices` must be a multiple of the leaves in one child of the top level, or fit inside one.
+    """
+    if spec.family != "gpu":
+        raise ConfigError(source, "devices", devices,
+                          f"no device count: {spec.name} has a fixed composition "
+                          "(--devices sizes GPU clusters only)")
+    levels = list(spec.levels)
+    for i in range(len(levels) - 1, -1, -1):
+        below = 1
+        for lv in levels[:i]:
+            below *= lv.spec.count
+        if devices >= below:
+            if devices % below:
+                unit = levels[i - 1].name if i else spec.leaf_name
+                raise ConfigError(source, "devices", devices,
+                                  f"a multiple of {below} {spec.leaf_name}s per {unit}, "
+                                  f"or at most {below}")
+            levels[i] = _resized(levels[i], devices // below, source)
+            break
+        levels[i] = _resized(levels[i], 1, source)
+    return replace(spec, levels=tuple(levels))
+
+
+def _resized(level: Level, count: int, source: str) -> Level:
+    if level.spec.topology == "mesh2d":
+        raise ConfigError(source, f"{level.name}.topology", "mesh2d",
+                          "a switch or fat_tree level to resize with --devices")
+    return replace(level, spec=replace(level.spec, count=count, grid=None))
