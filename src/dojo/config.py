@@ -83,7 +83,7 @@ def _convert(tp: Any, value: Any, source: str, path: str, meta: Mapping[str, Any
         )
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(source, path, value, "true or false")
+            raise ConfigError(source, path, value, "on or off (true or false)")
         return value
     if tp in (int, float):
         return _number(tp, value, source, path, meta)

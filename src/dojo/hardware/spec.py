@@ -57,6 +57,7 @@ class LeafSpec:
     matrix_flops_per_cycle: int = field(default=0, metadata=check(ge=0))
     simd_bytes: int = field(default=0, metadata=check(ge=0, unit="bytes"))
     threads: int = field(default=1, metadata=check(ge=1))
+    cost_model: str = ""  # name of the simulator's calibration for this device kind
     note: str = ""
 
 

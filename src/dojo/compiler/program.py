@@ -1,0 +1,171 @@
+"""Compile graph x plan x system into the per-device program the simulator times.
+
+Symmetry keeps it small: tensor-parallel ranks of a stage do identical work, and data-parallel
+replicas are identical, so the program holds one device per pipeline stage and, per device, its
+model chunks (virtual stages), the collectives each chunk issues, the pipeline transfers and the
+gradient synchronisation. Collectives carry the hierarchy levels they cross (`mapping`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dojo.compiler.mapping import (
+    GroupLevel,
+    device_count,
+    device_name,
+    group_levels,
+    leaves_per_device,
+)
+from dojo.compiler.work import ModelWork, OpCost, SectionWork
+from dojo.errors import DojoError
+from dojo.hardware.spec import SystemSpec
+from dojo.plan.plan import Plan, microbatches
+
+# Bytes per parameter for the model copy, gradients and the optimizer's master weights, by
+# precision policy. BF16/FP16 follow Megatron-LM (BF16 weights, FP32 main grads and master
+# weights); CFP8 keeps FP32 masters and BF16 gradients (dojo.numerics policies).
+PRECISION_BYTES = {
+    "fp32": {"weights": 4, "grads": 4, "master": 0, "activation_scale": 1.0},
+    "bf16": {"weights": 2, "grads": 4, "master": 4, "activation_scale": 0.5},
+    "fp16": {"weights": 2, "grads": 4, "master": 4, "activation_scale": 0.5},
+    "cfp8": {"weights": 1, "grads": 2, "master": 4, "activation_scale": 0.5},
+}
+# The dtype whose peak rate the matrix units run at, per policy, in order of preference.
+PRECISION_DTYPES = {"fp32": ("fp32",), "bf16": ("bf16",), "fp16": ("fp16", "bf16"),
+                    "cfp8": ("cfp8", "fp8", "bf16")}
+
+
+@dataclass(frozen=True)
+class Comm:
+    """A collective: `kind`, `nbytes` per member, over `levels`, issued by the `group` axis."""
+
+    kind: str
+    nbytes: float
+    levels: tuple[GroupLevel, ...]
+    group: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One virtual stage (a contiguous run of blocks) on one device, per micro-batch."""
+
+    index: int
+    blocks: int
+    forward: tuple[OpCost, ...]
+    backward: tuple[OpCost, ...]
+    recompute: tuple[OpCost, ...]
+    tp_forward: tuple[Comm, ...]
+    tp_backward: tuple[Comm, ...]
+    tp_recompute: tuple[Comm, ...]
+    saved_bytes: float   # kept from forward to backward, one micro-batch
+    params: int          # trainable parameters of the chunk, whole (before the tp split)
+
+
+@dataclass(frozen=True)
+class Program:
+    """What each pipeline-stage device runs in one step. Bytes, FLOP, counts."""
+
+    plan: Plan
+    system: SystemSpec
+    device: str
+    devices: int
+    microbatches: int
+    batch: int
+    chunks: tuple[Chunk, ...]            # by virtual stage: chunk v runs on device v % pp
+    p2p: Comm                            # one micro-batch's activations to the next stage
+    grad_sync_kind: str
+    grad_levels: tuple[GroupLevel, ...]
+    tp_levels: tuple[GroupLevel, ...]
+    work: ModelWork
+    model_flops: float                   # per step, forward + backward, no recompute
+    leaves_per_device: int
+    tokens_per_sample: int | None = None  # sequence length for sequence models
+
+    def device_chunks(self, stage: int) -> tuple[Chunk, ...]:
+        return tuple(c for c in self.chunks if c.index % self.plan.pp == stage)
+
+    def device_params(self, stage: int) -> float:
+        """Trainable parameters held by one device of `stage` (after the tp split)."""
+        return sum(c.params for c in self.device_chunks(stage)) / self.plan.tp
+
+
+def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
+                    tokens_per_sample: int | None = None) -> Program:
+    """Lay the plan over the system: chunks per virtual stage, collectives mapped onto links."""
+    devices = device_count(system)
+    if plan.devices != devices:
+        raise DojoError(f"plan uses dp {plan.dp} x tp {plan.tp} x pp {plan.pp} = {plan.devices} "
+                        f"devices; {system.name} has {devices} {device_name(system)}s")
+    tp_levels = group_levels(system, plan.tp, 1)
+    dp_levels = group_levels(system, plan.dp, plan.tp)
+    pp_levels = group_levels(system, 2, plan.tp * plan.dp)
+    virtual = plan.pp * plan.interleave
+    chunks = tuple(_chunk(work, plan, v, virtual, tp_levels) for v in range(virtual))
+    # Megatron's scatter/gather optimisation sends 1/tp of the activations per tp rank.
+    p2p_bytes = work.residual_bytes / plan.tp
+    grads_kind = "reduce_scatter" if plan.zero >= 2 else "all_reduce"
+    micro = microbatches(plan, batch)
+    return Program(plan=plan, system=system, device=device_name(system), devices=devices,
+                   microbatches=micro, batch=batch, chunks=chunks,
+                   p2p=Comm("send_recv", p2p_bytes, pp_levels, "pp"),
+                   grad_sync_kind=grads_kind, grad_levels=dp_levels, tp_levels=tp_levels,
+                   work=work,
+                   model_flops=(work.forward_flops + work.backward_flops) * micro * plan.dp,
+                   leaves_per_device=leaves_per_device(system),
+                   tokens_per_sample=tokens_per_sample)
+
+
+def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
+           tp_levels: tuple[GroupLevel, ...]) -> Chunk:
+    per_chunk = work.repeat // virtual if work.block else 0
+    sections: list[tuple[SectionWork, int]] = []
+    if v == 0:
+        sections.append((work.pre, 1))
+    if work.block is not None:
+        sections.append((work.block, per_chunk))
+    if v == virtual - 1:
+        sections.append((work.post, 1))
+    fwd: list[OpCost] = []
+    bwd: list[OpCost] = []
+    rec: list[OpCost] = []
+    saved = 0.0
+    params = 0
+    for sec, n in sections:
+        fwd += list(sec.forward) * n
+        bwd += list(sec.backward) * n
+        saved += _saved(sec, plan.recompute) * n
+        params += sec.params * n
+        if plan.recompute == "full" and sec is work.block:
+            rec += list(sec.forward) * n
+        elif plan.recompute == "selective":
+            rec += list(sec.recompute_selective) * n
+    blocks = per_chunk if work.block is not None else 0
+    ar = work.residual_bytes
+    tp_f = _tp_comms(plan, tp_levels, ar, 2 * blocks + (1 if v == 0 else 0))
+    tp_b = _tp_comms(plan, tp_levels, ar, 2 * blocks + (1 if v == virtual - 1 else 0))
+    tp_r = _tp_comms(plan, tp_levels, ar, 2 * blocks) if plan.recompute == "full" else ()
+    return Chunk(index=v, blocks=blocks, forward=tuple(fwd), backward=tuple(bwd),
+                 recompute=tuple(rec), tp_forward=tp_f, tp_backward=tp_b, tp_recompute=tp_r,
+                 saved_bytes=saved, params=params)
+
+
+def _saved(sec: SectionWork, recompute: str) -> float:
+    if recompute == "full":
+        return sec.input_bytes
+    if recompute == "selective":
+        return sec.saved_bytes - sec.selective_saved
+    return sec.saved_bytes
+
+
+def _tp_comms(plan: Plan, levels: tuple[GroupLevel, ...], nbytes: float,
+              count: int) -> tuple[Comm, ...]:
+    """Megatron's tensor-parallel traffic: an all-reduce of the residual stream per split
+    region (two per transformer block each way), or with sequence parallelism a reduce-scatter
+    plus an all-gather of the same bytes."""
+    if plan.tp == 1 or count == 0:
+        return ()
+    if plan.sp:
+        return (Comm("reduce_scatter", nbytes, levels, "tp"),
+                Comm("all_gather", nbytes, levels, "tp")) * count
+    return (Comm("all_reduce", nbytes, levels, "tp"),) * count

@@ -1,0 +1,205 @@
+"""Per-device work of one micro-batch, from the captured graph and the plan's tensor split.
+
+The graph is captured at the plan's micro-batch size. Its ops fall into three sections: `pre`
+(before the repeated block: embeddings), the block template (executed `repeat` times) and `post`
+(after it: final norm, head, loss). Tensor parallelism follows Megatron-LM: matmul, convolution
+and attention ops (FLOP-counter ops) split `tp` ways; vector ops on the residual stream (norms,
+residual adds, dropout on the full hidden state) stay replicated unless sequence parallelism
+shards them; other vector ops run inside the split region and divide by `tp`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dojo.graph import Graph, Op, state_bytes
+from dojo.graph.analysis import root
+
+MATRIX_RULES = ("flop_counter",)
+FREE_RULES = ("view",)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One op on one device: `flops` (FLOP), `bytes` moved (read + written), matrix or vector."""
+
+    kind: str  # "matrix" or "vector"
+    flops: float
+    bytes: float
+    target: str
+
+
+@dataclass(frozen=True)
+class SectionWork:
+    """Work of one section for one micro-batch on one device, per phase."""
+
+    forward: tuple[OpCost, ...]
+    backward: tuple[OpCost, ...]
+    recompute_selective: tuple[OpCost, ...]
+    saved_bytes: float        # activations kept for backward, per micro-batch, this device
+    selective_saved: float    # of which produced by the attention core (dropped by selective)
+    input_bytes: float        # bytes of the section's input (kept under full recompute)
+    params: int               # trainable parameters of the section (whole model, not split)
+
+
+@dataclass(frozen=True)
+class ModelWork:
+    """The step's work split into sections; `block` is one instance of the repeated block."""
+
+    pre: SectionWork
+    block: SectionWork | None
+    post: SectionWork
+    repeat: int
+    residual_bytes: float     # one micro-batch's residual stream (pipeline p2p payload)
+    residual_numel: int
+    optimizer_bytes_per_param: float
+    optimizer_flops_per_param: float
+    param_count: int
+    optimizer_state_bytes: float  # whole model, as captured (FP32)
+    forward_flops: float      # whole model, one micro-batch, unsplit
+    backward_flops: float
+
+
+def _section_of(graph: Graph, block: str | None) -> list[str]:
+    """Label each op 'pre', 'block' or 'post' by its position relative to the block's ops."""
+    labels = []
+    for phase in ("forward", "backward", "optimizer"):
+        seen_block = False
+        for op in graph.ops:
+            if op.phase != phase:
+                continue
+            if block is not None and op.block == block:
+                seen_block = True
+                labels.append("block")
+            elif phase == "backward":
+                labels.append("pre" if seen_block else "post")
+            else:
+                labels.append("post" if seen_block else "pre")
+    return labels
+
+
+def _op_cost(op: Op, tp: int, sp: bool, residual_numel: int, graph: Graph, in_block: bool,
+             scale: float) -> OpCost:
+    moved = (op.bytes_read + op.bytes_written) * scale
+    if op.rule in MATRIX_RULES:
+        return OpCost("matrix", op.flops / tp, moved / tp, op.target)
+    out = max((math.prod(graph.tensors[t].shape) for t in op.outputs), default=0)
+    replicated = out <= residual_numel and not sp
+    if not in_block and out <= residual_numel:
+        replicated = not sp
+    div = 1 if replicated else tp
+    return OpCost("vector", op.flops / div, moved / div, op.target)
+
+
+def _is_attention_core(op: Op) -> bool:
+    name = op.target
+    return ("attention" in name or "_softmax" in name or "bmm" in name
+            or "native_dropout" in name and op.block is not None)
+
+
+def main_block(graph: Graph) -> str | None:
+    """The repeated block pipeline stages are cut on: the one executed most often."""
+    if not graph.blocks:
+        return None
+    return max(graph.blocks, key=lambda b: (b.repeat, b.params)).name
+
+
+def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0) -> ModelWork:
+    """Split the graph's micro-batch work by section for one device of a `tp`-way split.
+
+    `scale` converts captured bytes to the plan's precision (0.5 for BF16 from an FP32 capture).
+    """
+    block = main_block(graph)
+    repeat = graph.repeat_of(block)
+    residual_numel = 0
+    if block is not None and graph.block(block).carry:
+        residual_numel = math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
+    labels = _section_of(graph, block)
+    costs: dict[tuple[str, str], list[OpCost]] = {}
+    selective: dict[str, list[OpCost]] = {}
+    producer: dict[int, tuple[Op, str]] = {}
+    for op, label in zip(graph.ops, labels):
+        for t in op.outputs:
+            producer.setdefault(root(graph, t).id, (op, label))
+        if op.rule in FREE_RULES or op.phase == "optimizer":
+            continue
+        cost = _op_cost(op, tp, sp, residual_numel, graph, label == "block", scale)
+        costs.setdefault((label, op.phase), []).append(cost)
+        if op.phase == "forward" and _is_attention_core(op):
+            selective.setdefault(label, []).append(cost)
+    saved, attn_saved = _saved(graph, producer, tp, sp, residual_numel, scale)
+    params = _params(graph, block, labels)
+    residual_bytes = residual_numel * 4 * scale
+
+    def section(label: str) -> SectionWork:
+        return SectionWork(forward=tuple(costs.get((label, "forward"), ())),
+                           backward=tuple(costs.get((label, "backward"), ())),
+                           recompute_selective=tuple(selective.get(label, ())),
+                           saved_bytes=saved.get(label, 0.0),
+                           selective_saved=attn_saved.get(label, 0.0),
+                           input_bytes=residual_bytes / (tp if sp else 1),
+                           params=params.get(label, 0))
+
+    totals = _optimizer_totals(graph)
+    state = state_bytes(graph)
+    count = max(1, state.param_count)
+    fwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "forward")
+    bwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "backward")
+    return ModelWork(pre=section("pre"), block=section("block") if block else None,
+                     post=section("post"), repeat=repeat, residual_bytes=residual_bytes,
+                     residual_numel=residual_numel,
+                     optimizer_bytes_per_param=totals[1] / count,
+                     optimizer_flops_per_param=totals[0] / count,
+                     param_count=state.param_count,
+                     optimizer_state_bytes=float(state.optimizer_state),
+                     forward_flops=float(fwd), backward_flops=float(bwd))
+
+
+def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
+           residual_numel: int, scale: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Bytes kept from forward for backward, per section, on one device of the split."""
+    saved: dict[str, float] = {}
+    attn: dict[str, float] = {}
+    seen: set[int] = set()
+    for op in graph.ops:
+        if op.phase != "backward":
+            continue
+        for t in op.inputs:
+            r = root(graph, t)
+            made = producer.get(r.id)
+            if r.id in seen or made is None or made[0].phase != "forward":
+                continue
+            seen.add(r.id)
+            numel = math.prod(r.shape)
+            div = 1 if (numel <= residual_numel and not sp) else tp
+            size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
+            saved[made[1]] = saved.get(made[1], 0.0) + size
+            if _is_attention_core(made[0]):
+                attn[made[1]] = attn.get(made[1], 0.0) + size
+    return saved, attn
+
+
+def _params(graph: Graph, block: str | None, labels: list[str]) -> dict[str, int]:
+    """Trainable parameters per section (one block instance for 'block')."""
+    first_use: dict[int, str] = {}
+    for op, label in zip(graph.ops, labels):
+        for t in op.inputs:
+            first_use.setdefault(root(graph, t).id, label)
+    made = {t for op in graph.ops for t in op.outputs}
+    out: dict[str, int] = {}
+    for t in graph.tensors:
+        if t.role != "parameter" or t.view_of is not None or t.id in made:
+            continue
+        label = "block" if (block is not None and t.block == block) else first_use.get(t.id, "pre")
+        if label == "block" and t.block != block:
+            label = "pre"
+        out[label] = out.get(label, 0) + math.prod(t.shape)
+    return out
+
+
+def _optimizer_totals(graph: Graph) -> tuple[float, float]:
+    flops = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "optimizer")
+    moved = sum(graph.repeat_of(o.block) * (o.bytes_read + o.bytes_written)
+                for o in graph.ops if o.phase == "optimizer")
+    return float(flops), float(moved)

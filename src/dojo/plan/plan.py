@@ -1,0 +1,144 @@
+"""A parallel plan: how one training step is split over devices.
+
+Written on the command line as ``dp=8,tp=8,pp=16,mb=1,interleave=3,recompute=selective,sp=on,
+zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
+
+- `dp`: data-parallel replicas (gradients all-reduced, or reduce-scattered with `zero`).
+- `tp`: tensor parallelism, Megatron column/row splits of each block's matmuls; `sp` adds sequence
+  parallelism (norms and dropout sharded on the sequence, all-reduce -> reduce-scatter+all-gather).
+- `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
+  virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
+- `recompute`: none | selective (attention core) | full (every block's forward, once more).
+- `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
+- `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8).
+- `overlap`: overlap the data-parallel gradient reduction with the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from dojo.config import check, parse
+from dojo.errors import ConfigError
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+RECOMPUTE = ("none", "selective", "full")
+PRECISIONS = ("fp32", "bf16", "fp16", "cfp8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """How a step is split; see the module docstring for each field."""
+
+    dp: int = field(default=1, metadata=check(ge=1))
+    tp: int = field(default=1, metadata=check(ge=1))
+    pp: int = field(default=1, metadata=check(ge=1))
+    mb: int = field(default=1, metadata=check(ge=1))
+    interleave: int = field(default=1, metadata=check(ge=1))
+    schedule: str = field(default="1f1b", metadata=check(choices=SCHEDULES))
+    recompute: str = field(default="none", metadata=check(choices=RECOMPUTE))
+    sp: bool = False
+    zero: int = field(default=0, metadata=check(ge=0, le=3))
+    precision: str = field(default="bf16", metadata=check(choices=PRECISIONS))
+    overlap: bool = True
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    def text(self) -> str:
+        """The plan in CLI form, defaults left out."""
+        default = Plan()
+        parts = []
+        for name in ("dp", "tp", "pp", "mb", "interleave", "schedule", "recompute", "sp", "zero",
+                     "precision", "overlap"):
+            value = getattr(self, name)
+            if name in ("dp", "tp", "pp") or value != getattr(default, name):
+                parts.append(f"{name}={_show(value)}")
+        return ",".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """What a plan must divide: blocks to cut into stages, heads and widths to split."""
+
+    layers: int
+    heads: int = 0
+    hidden: int = 0
+    ffn: int = 0
+    kv_heads: int = 0
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def parse_plan(text: str, source: str = "--plan") -> Plan:
+    """Parse ``key=value,...``; `on`/`off` for booleans. Unknown keys list the valid ones."""
+    data: dict[str, object] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(source, item, item, "key=value, e.g. dp=8,tp=8,pp=16,mb=1")
+        data[key.strip()] = _value(raw.strip())
+    plan = parse(Plan, data, source)
+    if plan.interleave > 1 and "schedule" not in data:
+        plan = replace(plan, schedule="interleaved")
+    if plan.schedule == "interleaved" and plan.interleave < 2:
+        raise ConfigError(source, "interleave", plan.interleave,
+                          "at least 2 virtual stages per device for schedule=interleaved")
+    return plan
+
+
+def _value(raw: str) -> object:
+    lowered = raw.lower()
+    if lowered in ("on", "true", "yes"):
+        return True
+    if lowered in ("off", "false", "no"):
+        return False
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
+                  source: str = "--plan") -> None:
+    """Check that `plan` divides the model, the batch and the devices; errors show the arithmetic.
+
+    `batch` is the global batch in samples; `devices` the devices the system offers.
+    """
+    if plan.devices != devices:
+        raise ConfigError(source, "dp*tp*pp", plan.devices,
+                          f"{devices} devices (dp {plan.dp} x tp {plan.tp} x pp {plan.pp} = "
+                          f"{plan.devices})")
+    if batch % (plan.dp * plan.mb):
+        raise ConfigError(source, "mb", plan.mb,
+                          f"a micro-batch that divides the per-replica batch: batch {batch} / "
+                          f"(dp {plan.dp} x mb {plan.mb}) = {batch / (plan.dp * plan.mb):g}")
+    chunks = plan.pp * plan.interleave
+    if shape.layers % chunks:
+        raise ConfigError(source, "pp", plan.pp,
+                          f"stages that divide the {shape.layers} blocks: pp {plan.pp} x "
+                          f"interleave {plan.interleave} = {chunks} does not divide {shape.layers}")
+    for name, size in (("heads", shape.heads), ("hidden", shape.hidden), ("ffn", shape.ffn),
+                       ("kv_heads", shape.kv_heads)):
+        if plan.tp > 1 and size and size % plan.tp:
+            raise ConfigError(source, "tp", plan.tp,
+                              f"a divisor of the model's {name} = {size} "
+                              f"({size} / {plan.tp} = {size / plan.tp:g})")
+    micro = batch // (plan.dp * plan.mb)
+    if plan.schedule == "interleaved" and micro % plan.pp:
+        raise ConfigError(source, "mb", plan.mb,
+                          f"an interleaved schedule needs micro-batches ({micro}) divisible by "
+                          f"pp {plan.pp}")
+    if plan.sp and plan.tp == 1:
+        raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
+
+
+def microbatches(plan: Plan, batch: int) -> int:
+    """Micro-batches each pipeline processes per step."""
+    return max(1, math.ceil(batch / (plan.dp * plan.mb)))

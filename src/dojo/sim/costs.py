@@ -1,0 +1,72 @@
+"""Cost models per device kind: how long an op or a collective takes on one device.
+
+Ops follow a roofline with size-dependent matrix efficiency: a matrix op of F FLOP and B bytes
+takes max(F / (peak * e(F)), B / (bw * e_vec)) + launch, where e(F) = e_max * F / (F + F_half)
+models tails and wave quantisation of small GEMMs; vector ops are bound by memory bandwidth.
+Calibrations are data (sim/calibration/*.toml), measured by bench/calibrate.py where the device
+is at hand and taken from published measurements otherwise.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+
+from dojo.config import check, parse
+from dojo.errors import UnknownNameError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """Efficiencies of one device kind (fractions of peak) and fixed costs (seconds)."""
+
+    name: str
+    matrix_efficiency: float = field(metadata=check(gt=0, le=1))
+    matrix_half_flops: float = field(metadata=check(ge=0, unit="FLOP"))
+    vector_efficiency: float = field(metadata=check(gt=0, le=1))
+    launch_s: float = field(metadata=check(ge=0, unit="s"))
+    link_efficiency: float = field(metadata=check(gt=0, le=1))
+    collective_latency_s: float = field(metadata=check(ge=0, unit="s"))
+    idle_fraction: float = field(default=0.25, metadata=check(ge=0, le=1))
+    source: str = ""
+
+
+def calibration_names() -> list[str]:
+    folder = resources.files("dojo.sim") / "calibration"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_calibration(name: str) -> Calibration:
+    """The shipped calibration called `name` (a device kind: a100, h100, d1, cpu...)."""
+    if name not in calibration_names():
+        raise UnknownNameError("cost model", name, calibration_names())
+    path = resources.files("dojo.sim") / "calibration" / f"{name}.toml"
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return parse(Calibration, data, f"sim/calibration/{name}.toml")
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """One device as the simulator times it: peak FLOP/s at the plan's dtype, memory bandwidth."""
+
+    peak_flops: float
+    vector_flops: float
+    mem_bytes_per_s: float
+    calibration: Calibration
+
+    def matrix_time(self, flops: float, nbytes: float) -> float:
+        """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes."""
+        cal = self.calibration
+        eff = cal.matrix_efficiency * flops / (flops + cal.matrix_half_flops) if flops else 1.0
+        compute = flops / (self.peak_flops * eff) if flops else 0.0
+        return max(compute, self.vector_time_raw(nbytes)) + cal.launch_s
+
+    def vector_time_raw(self, nbytes: float) -> float:
+        return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)
+
+    def vector_time(self, nbytes: float, flops: float = 0.0) -> float:
+        """Seconds for an elementwise/reduction op: bandwidth-bound, plus launch."""
+        compute = flops / self.vector_flops
+        return max(self.vector_time_raw(nbytes), compute) + self.calibration.launch_s

@@ -1,0 +1,44 @@
+"""The event core: a time-ordered queue with one ordering key, (time, sequence number).
+
+Ties in time resolve in the order events were scheduled, so a run is a pure function of its
+inputs. No wall clock, no globals: each `Engine` owns its clock and counter.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class Engine:
+    """Run callbacks in (time, scheduling order). `now` is the time of the event being run."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._queue: list[_Event] = []
+        self._seq = 0
+        self.events = 0
+
+    def at(self, time: float, action: Callable[[], None]) -> None:
+        """Schedule `action` at `time` (seconds); never earlier than `now`."""
+        if time < self.now:
+            time = self.now
+        heapq.heappush(self._queue, _Event(time, self._seq, action))
+        self._seq += 1
+
+    def run(self) -> float:
+        """Process every event; returns the time of the last one."""
+        while self._queue:
+            event = heapq.heappop(self._queue)
+            self.now = event.time
+            self.events += 1
+            event.action()
+        return self.now

@@ -1,0 +1,122 @@
+"""Memory per device: weights, gradients, optimizer state, activations in flight; does it fit?
+
+Activations in flight come from the schedule itself: walking a device's task order, each
+forward adds its chunk's saved bytes and each backward frees them; the peak is what must fit.
+On Dojo a chip holds what it can in SRAM; the rest lives in DIP HBM at the tile edges and
+streams in (`spills`), at the chip's share of the DIPs' bandwidth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dojo.compiler.program import PRECISION_BYTES, Program
+from dojo.hardware.loader import dip_count
+from dojo.sim.pipeline import order
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per device for the most loaded pipeline stage."""
+
+    stage: int
+    params: float
+    grads: float
+    optimizer_state: float
+    activations: float
+    capacity: float
+    onchip: float
+    offchip_bytes_per_s: float
+    reason: str
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer_state + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+    @property
+    def spills(self) -> bool:
+        """True when the device keeps part of its state off chip (Dojo: in DIP HBM)."""
+        return self.onchip < self.capacity and self.total > self.onchip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"params": self.params, "grads": self.grads,
+                "optimizer_state": self.optimizer_state, "activations": self.activations,
+                "total": self.total, "capacity": self.capacity}
+
+
+def in_flight_bytes(program: Program, stage: int) -> float:
+    """Peak activation bytes a stage holds under its schedule (saved from F until its B)."""
+    plan = program.plan
+    chunks = {c.index: c for c in program.chunks}
+    live = peak = 0.0
+    for kind, _, c in order(plan.schedule, stage, plan.pp, program.microbatches, plan.interleave):
+        saved = chunks[c * plan.pp + stage].saved_bytes
+        live += saved if kind == "F" else -saved
+        peak = max(peak, live)
+    # Full recompute rebuilds one block's activations at a time during backward.
+    if plan.recompute == "full" and program.work.block is not None:
+        peak += program.work.block.saved_bytes
+    return peak
+
+
+def capacity(program: Program) -> tuple[float, float, float]:
+    """(capacity, on-chip bytes, off-chip bytes/s) of one device."""
+    spec = program.system
+    n = program.leaves_per_device
+    if spec.family == "dojo":
+        sram = spec.leaf.memory["sram"].bytes * n
+        dips = dip_count(spec)
+        if spec.dip is None or dips == 0:
+            return sram, sram, 0.0
+        devices = program.devices
+        hbm = spec.dip.hbm.bytes * dips / devices
+        bw = min(spec.dip.hbm.read_bytes_per_s, spec.dip.ttp.bytes_per_s) * dips / devices
+        return sram + hbm, sram, bw
+    total = sum(m.bytes for m in spec.leaf.memory.values()) * n
+    return total, total, 0.0
+
+
+def device_memory(program: Program) -> Memory:
+    """Memory of the most loaded stage, with the reason when it does not fit."""
+    plan = program.plan
+    sizes = PRECISION_BYTES[plan.precision]
+    state_per_param = _optimizer_state_per_param(program)
+    cap, onchip, offchip = capacity(program)
+    best: Memory | None = None
+    for stage in range(plan.pp):
+        n = program.device_params(stage)
+        shard = plan.dp if plan.zero >= 1 else 1
+        mem = Memory(
+            stage=stage,
+            params=n * sizes["weights"] / (plan.dp if plan.zero >= 3 else 1)
+            + n * sizes["master"] / shard,
+            grads=n * sizes["grads"] / (plan.dp if plan.zero >= 2 else 1),
+            optimizer_state=n * state_per_param / shard,
+            activations=in_flight_bytes(program, stage),
+            capacity=cap, onchip=onchip, offchip_bytes_per_s=offchip, reason="")
+        if best is None or mem.total > best.total:
+            best = mem
+    assert best is not None  # pp >= 1 is guaranteed by Plan validation
+    if not best.fits:
+        best = _with_reason(best, program)
+    return best
+
+
+def _optimizer_state_per_param(program: Program) -> float:
+    """Optimizer state bytes per parameter as captured (Adam: 8 in FP32; SGD momentum: 4)."""
+    work = program.work
+    return work.optimizer_state_bytes / max(1, work.param_count)
+
+
+def _with_reason(mem: Memory, program: Program) -> Memory:
+    gb = 1e9
+    reason = (f"stage {mem.stage} needs {mem.total / gb:.2f} GB per {program.device} "
+              f"(params {mem.params / gb:.2f} + grads {mem.grads / gb:.2f} + optimizer "
+              f"{mem.optimizer_state / gb:.2f} + activations {mem.activations / gb:.2f}) "
+              f"> capacity {mem.capacity / gb:.2f} GB")
+    return Memory(**{**mem.__dict__, "reason": reason})

@@ -1,0 +1,236 @@
+"""simulate(program) -> Result: step time, breakdown, memory, energy, and the timeline.
+
+A pure function of the compiled program (graph x plan x system): no I/O, no globals, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
+from dojo.errors import DojoError
+from dojo.hardware.loader import dip_count
+from dojo.sim.collectives import collective_time
+from dojo.sim.costs import DeviceModel, load_calibration
+from dojo.sim.memory import Memory, device_memory
+from dojo.sim.pipeline import Span, Task, run_pipeline
+
+
+@dataclass(frozen=True)
+class ChunkTimes:
+    """Seconds per micro-batch for one chunk on one device."""
+
+    forward: float
+    backward: float
+    recompute: float
+    tp_forward: float
+    tp_backward: float
+    stream: float  # weights streamed from off-chip memory per pass (Dojo), overlapped
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `dojo simulate` reports; `to_json` gives the documented keys exactly."""
+
+    step_time_s: float
+    samples_per_s: float
+    tokens_per_s: float | None
+    model_flops: float
+    achieved_flops_per_device: float
+    mfu: float
+    breakdown_s: dict[str, float]
+    memory: Memory
+    energy_j: float
+    spans: tuple[Span, ...]
+    sync_spans: tuple[tuple[int, float, float], ...]   # (stage, start, end) of gradient sync
+    optimizer_spans: tuple[tuple[int, float, float], ...]
+    critical_stage: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_time_s": self.step_time_s,
+            "samples_per_s": self.samples_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "model_flops": self.model_flops,
+            "achieved_flops_per_device": self.achieved_flops_per_device,
+            "mfu": self.mfu,
+            "breakdown_s": dict(self.breakdown_s),
+            "memory_bytes_per_device": self.memory.to_json(),
+            "fits": self.memory.fits,
+            "energy_j": self.energy_j,
+        }
+
+
+def device_model(program: Program) -> DeviceModel:
+    """Peak rates of one device at the plan's precision, and its calibration."""
+    spec = program.system
+    leaf = spec.leaf
+    n = program.leaves_per_device
+    dtype = next((d for d in PRECISION_DTYPES[program.plan.precision] if d in leaf.peak_flops),
+                 None)
+    if dtype is None:
+        raise DojoError(f"{spec.name} has no peak rate for precision '{program.plan.precision}'"
+                        f" (it has {', '.join(leaf.peak_flops)})")
+    pool = leaf.memory.get("sram") or leaf.memory.get("hbm") or next(iter(leaf.memory.values()))
+    if not leaf.cost_model:
+        raise DojoError(f"{spec.path}: field '{spec.leaf_name}.cost_model' is missing: "
+                        "expected the name of a simulator calibration")
+    return DeviceModel(peak_flops=leaf.peak_flops[dtype] * n,
+                       vector_flops=leaf.peak_flops.get("fp32", leaf.peak_flops[dtype]) * n,
+                       mem_bytes_per_s=pool.read_bytes_per_s * n,
+                       calibration=load_calibration(leaf.cost_model))
+
+
+def _comm_time(comms: tuple[Comm, ...], dev: DeviceModel) -> float:
+    cal = dev.calibration
+    return sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
+                               cal.collective_latency_s)[0] for c in comms)
+
+
+def _ops_time(ops: Any, dev: DeviceModel) -> float:
+    return sum(dev.matrix_time(o.flops, o.bytes) if o.kind == "matrix"
+               else dev.vector_time(o.bytes, o.flops) for o in ops)
+
+
+def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory) -> ChunkTimes:
+    """Per-micro-batch times of one chunk; weights that do not fit on chip stream per pass."""
+    weights = chunk.params / program.plan.tp * PRECISION_BYTES[program.plan.precision]["weights"]
+    stream = weights / memory.offchip_bytes_per_s if memory.spills and memory.offchip_bytes_per_s \
+        else 0.0
+    return ChunkTimes(forward=_ops_time(chunk.forward, dev), backward=_ops_time(chunk.backward, dev),
+                      recompute=_ops_time(chunk.recompute, dev) + _comm_time(chunk.tp_recompute, dev),
+                      tp_forward=_comm_time(chunk.tp_forward, dev),
+                      tp_backward=_comm_time(chunk.tp_backward, dev), stream=stream)
+
+
+def simulate(program: Program) -> Result:
+    """Time one training step of `program`; deterministic and free of I/O."""
+    plan = program.plan
+    dev = device_model(program)
+    memory = device_memory(program)
+    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+
+    def duration(stage: int, task: Task) -> float:
+        kind, _, c = task
+        t = times[c * plan.pp + stage]
+        if kind == "F":
+            return max(t.forward, t.stream) + t.tp_forward
+        return max(t.backward + t.recompute, t.stream) + t.tp_backward
+
+    cal = dev.calibration
+    transfer = collective_time("send_recv", program.p2p.nbytes, program.p2p.levels,
+                               cal.link_efficiency, cal.collective_latency_s)[0]
+    spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
+                         duration, transfer)
+    sync, opt = _finish_step(program, dev, spans)
+    step = max(end for _, _, end in opt)
+    return _result(program, dev, memory, times, tuple(spans), sync, opt, step)
+
+
+def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
+                 ) -> tuple[tuple[tuple[int, float, float], ...], tuple[tuple[int, float, float], ...]]:
+    """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
+    optimizer update, per stage."""
+    plan = program.plan
+    cal = dev.calibration
+    sizes = PRECISION_BYTES[plan.precision]
+    sync, opt = [], []
+    for stage in range(plan.pp):
+        mine = [s for s in spans if s.stage == stage and s.kind == "B"]
+        last = max(mine, key=lambda s: s.end)
+        grads = program.device_params(stage) * sizes["grads"]
+        t_sync = collective_time(program.grad_sync_kind, grads, program.grad_levels,
+                                 cal.link_efficiency, cal.collective_latency_s)[0]
+        if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
+            t_sync += collective_time("all_gather", program.device_params(stage)
+                                      * sizes["weights"], program.grad_levels,
+                                      cal.link_efficiency, cal.collective_latency_s)[0]
+        blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
+        if plan.overlap:
+            end = max(last.start + t_sync, last.end + t_sync / blocks)
+        else:
+            end = last.end + t_sync
+        sync.append((stage, end - t_sync, end))
+        params = program.device_params(stage) / (plan.dp if plan.zero >= 1 else 1)
+        t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program))
+        opt.append((stage, end, end + t_opt))
+    return tuple(sync), tuple(opt)
+
+
+def _optimizer_bytes_per_param(program: Program) -> float:
+    """A fused (multi-tensor) optimizer as Megatron-LM and torch's fused AdamW run it: read the
+    master weight, gradient and each state tensor, write the master, the states and the
+    low-precision weights; the captured unfused graph is an upper bound."""
+    sizes = PRECISION_BYTES[program.plan.precision]
+    state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
+    master = sizes["master"] or sizes["weights"]
+    fused = 2 * master + sizes["grads"] + 2 * state + (sizes["weights"] if sizes["master"] else 0)
+    return min(fused, program.work.optimizer_bytes_per_param)
+
+
+def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int, ChunkTimes],
+            spans: tuple[Span, ...], sync: tuple[tuple[int, float, float], ...],
+            opt: tuple[tuple[int, float, float], ...], step: float) -> Result:
+    plan = program.plan
+    critical = max(range(plan.pp), key=lambda s: (opt[s][2], -s))
+    breakdown = _breakdown(program, times, spans, sync, opt, critical, step)
+    samples = program.batch / step
+    tokens = samples * program.tokens_per_sample if program.tokens_per_sample else None
+    achieved = program.model_flops / step / program.devices
+    busy = [sum(s.end - s.start for s in spans if s.stage == st) + opt[st][2] - opt[st][1]
+            for st in range(plan.pp)]
+    return Result(step_time_s=step, samples_per_s=samples, tokens_per_s=tokens,
+                  model_flops=program.model_flops, achieved_flops_per_device=achieved,
+                  mfu=achieved / dev.peak_flops, breakdown_s=breakdown, memory=memory,
+                  energy_j=_energy(program, dev, busy, step), spans=spans, sync_spans=sync,
+                  optimizer_spans=opt, critical_stage=critical)
+
+
+def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span, ...],
+               sync: tuple[tuple[int, float, float], ...],
+               opt: tuple[tuple[int, float, float], ...], stage: int, step: float
+               ) -> dict[str, float]:
+    pp = program.plan.pp
+    compute = recompute = comm = 0.0
+    last_b = 0.0
+    for s in spans:
+        if s.stage != stage:
+            continue
+        t = times[s.chunk * pp + stage]
+        if s.kind == "F":
+            compute += t.forward
+            comm += t.tp_forward + max(0.0, t.stream - t.forward)
+        else:
+            compute += t.backward
+            recompute += t.recompute
+            comm += t.tp_backward + max(0.0, t.stream - t.backward - t.recompute)
+            last_b = max(last_b, s.end)
+    comm += max(0.0, sync[stage][2] - last_b)
+    optimizer = opt[stage][2] - opt[stage][1]
+    bubble = max(0.0, step - compute - recompute - comm - optimizer)
+    return {"compute": compute, "exposed_comm": comm, "bubble": bubble, "recompute": recompute,
+            "optimizer": optimizer, "data": 0.0}
+
+
+def _energy(program: Program, dev: DeviceModel, busy: list[float], step: float) -> float:
+    """Joules per step: devices busy at full power and idle at the calibrated fraction, plus
+    the fixed power of every enclosing unit (regulation, host CPUs, NICs), DIPs and hosts."""
+    spec = program.system
+    per_stage = program.devices / program.plan.pp
+    p_dev = spec.leaf.power_watts * program.leaves_per_device
+    first = 0
+    if spec.family == "dojo":
+        p_dev += spec.levels[0].spec.overhead_watts
+        first = 1
+    idle = dev.calibration.idle_fraction
+    energy = sum(per_stage * (b * p_dev + max(0.0, step - b) * p_dev * idle) for b in busy)
+    units = program.devices
+    for lv in spec.levels[first:]:
+        units = max(1, units // lv.spec.count)
+        energy += units * lv.spec.overhead_watts * step
+    if spec.dip is not None and spec.host is not None:
+        dips = dip_count(spec)
+        energy += dips * spec.dip.power_watts * step
+        energy += dips // spec.host.dips * spec.host.power_watts * step
+    return energy
