@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Order is the order shown in `dojo --help`.
-COMMANDS: tuple[str, ...] = ("info",)
+COMMANDS: tuple[str, ...] = ("info", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

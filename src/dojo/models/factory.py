@@ -13,6 +13,8 @@ Every failure (missing file, import error, missing attribute, wrong return shape
 
 from __future__ import annotations
 
+import inspect
+
 import importlib.util
 import sys
 from collections.abc import Callable, Iterable
@@ -99,7 +101,10 @@ def _optimizer_maker(spec: str, opt: Any) -> Callable[[Iterable[nn.Parameter]], 
         cls, defaults = type(opt), dict(opt.defaults)
 
         def remake(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-            return cls(params, **defaults)
+            # torch records derived settings in `defaults` (AdamW's decoupled_weight_decay) that
+            # its constructor does not take back: pass only what the signature accepts.
+            accepted = inspect.signature(cls.__init__).parameters
+            return cls(params, **{k: v for k, v in defaults.items() if k in accepted})
 
         return remake
     if callable(opt):
