@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 
 # Order is the order shown in `dojo --help`.
-COMMANDS: tuple[str, ...] = ("info", "inspect")
+COMMANDS: tuple[str, ...] = (
+    "info",
+    "inspect",
+    "simulate",
+    "plan",
+    "compare",
+    "sweep",
+    "validate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from dojo.compiler.mapping import (
 from dojo.compiler.work import ModelWork, OpCost, SectionWork
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import Plan, microbatches
+from dojo.plan.plan import Plan, chunk_blocks, microbatches
 
 # Bytes per parameter for the model copy, gradients and the optimizer's master weights, by
 # precision policy. BF16/FP16 follow Megatron-LM (BF16 weights, FP32 main grads and master
@@ -118,7 +118,10 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
            tp_levels: tuple[GroupLevel, ...]) -> Chunk:
-    per_chunk = work.repeat // virtual if work.block else 0
+    split = chunk_blocks(work.repeat, virtual) if work.block else None
+    if work.block is not None and split is None:
+        raise DojoError(f"{virtual} virtual stages cannot split {work.repeat} blocks")
+    per_chunk = split[v] if split else 0
     sections: list[tuple[SectionWork, int]] = []
     if v == 0:
         sections.append((work.pre, 1))

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dojo.compiler import fusion
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
 
-MATRIX_RULES = ("flop_counter",)
-FREE_RULES = ("view",)
+MATRIX_RULES = fusion.MATRIX_RULES
+FREE_RULES = fusion.FREE_RULES
 
 
 @dataclass(frozen=True)
@@ -79,23 +80,30 @@ def _section_of(graph: Graph, block: str | None) -> list[str]:
     return labels
 
 
-def _op_cost(op: Op, tp: int, sp: bool, residual_numel: int, graph: Graph, in_block: bool,
-             scale: float) -> OpCost:
-    moved = (op.bytes_read + op.bytes_written) * scale
-    if op.rule in MATRIX_RULES:
-        return OpCost("matrix", op.flops / tp, moved / tp, op.target)
-    out = max((math.prod(graph.tensors[t].shape) for t in op.outputs), default=0)
-    replicated = out <= residual_numel and not sp
-    if not in_block and out <= residual_numel:
-        replicated = not sp
-    div = 1 if replicated else tp
-    return OpCost("vector", op.flops / div, moved / div, op.target)
+def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: int,
+                graph: Graph, scale: float) -> OpCost:
+    """One kernel on one device of the tp split (see the module docstring for the rule)."""
+    flops = sum(op.flops for op in group)
+    target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
+    if group[0].rule in MATRIX_RULES:
+        return OpCost("matrix", flops / tp, moved * scale / tp, target)
+    out = max((math.prod(graph.tensors[t].shape) for op in group for t in op.outputs), default=0)
+    div = 1 if (out <= residual_numel and not sp) else tp
+    return OpCost("vector", flops / div, moved * scale / div, target)
 
 
-def _is_attention_core(op: Op) -> bool:
-    name = op.target
-    return ("attention" in name or "_softmax" in name or "bmm" in name
-            or "native_dropout" in name and op.block is not None)
+def _is_attention_core(op: Op, graph: Graph) -> bool:
+    """The ops selective recompute replays (Korthikanti et al. 2022): the attention core, i.e.
+    a fused attention op, or the batched matmuls, softmax and dropout on (S, S) scores."""
+    if "attention" in op.target:
+        return True
+    if op.rule in FREE_RULES:
+        return False
+    for t in op.outputs:
+        shape = graph.tensors[t].shape
+        if len(shape) >= 3 and shape[-1] == shape[-2] and shape[-1] > 1:
+            return True
+    return "bmm" in op.target
 
 
 def main_block(graph: Graph) -> str | None:
@@ -122,11 +130,12 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0) 
     for op, label in zip(graph.ops, labels):
         for t in op.outputs:
             producer.setdefault(root(graph, t).id, (op, label))
-        if op.rule in FREE_RULES or op.phase == "optimizer":
-            continue
-        cost = _op_cost(op, tp, sp, residual_numel, graph, label == "block", scale)
-        costs.setdefault((label, op.phase), []).append(cost)
-        if op.phase == "forward" and _is_attention_core(op):
+    readers = fusion.consumers(graph)
+    for group, label in fusion.groups(graph, labels):
+        cost = _group_cost(group, fusion.fused_bytes(graph, group, readers), tp, sp,
+                           residual_numel, graph, scale)
+        costs.setdefault((label, group[0].phase), []).append(cost)
+        if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)
     saved, attn_saved = _saved(graph, producer, tp, sp, residual_numel, scale)
     params = _params(graph, block, labels)
@@ -175,7 +184,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
             div = 1 if (numel <= residual_numel and not sp) else tp
             size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
             saved[made[1]] = saved.get(made[1], 0.0) + size
-            if _is_attention_core(made[0]):
+            if _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
 
@@ -186,15 +195,17 @@ def _params(graph: Graph, block: str | None, labels: list[str]) -> dict[str, int
     for op, label in zip(graph.ops, labels):
         for t in op.inputs:
             first_use.setdefault(root(graph, t).id, label)
-    made = {t for op in graph.ops for t in op.outputs}
+    made = {tid for op in graph.ops for tid in op.outputs}
     out: dict[str, int] = {}
-    for t in graph.tensors:
-        if t.role != "parameter" or t.view_of is not None or t.id in made:
+    for info in graph.tensors:
+        if info.role != "parameter" or info.view_of is not None or info.id in made:
             continue
-        label = "block" if (block is not None and t.block == block) else first_use.get(t.id, "pre")
-        if label == "block" and t.block != block:
-            label = "pre"
-        out[label] = out.get(label, 0) + math.prod(t.shape)
+        if block is not None and info.block == block:
+            label = "block"
+        else:
+            label = first_use.get(info.id, "pre")
+            label = "pre" if label == "block" else label
+        out[label] = out.get(label, 0) + math.prod(info.shape)
     return out
 
 

@@ -30,6 +30,10 @@ class GPTConfig(TrainConfig):
     ffn: int = field(default=3072, metadata=check(ge=1))
     seq: int = field(default=1024, metadata=check(ge=1))
     vocab: int = field(default=50257, metadata=check(ge=2))
+    # "flash": one fused attention op (FlashAttention, SDPA); "math": the unfused
+    # QK^T -> scale+mask -> softmax -> dropout -> @V chain Megatron-LM ran in 2021-22.
+    attention: str = field(default="flash", metadata=check(choices=("flash", "math")))
+    dropout: float = field(default=0.0, metadata=check(ge=0, le=1))
 
 
 def check_heads(cfg: Any, source: str) -> None:
@@ -42,9 +46,12 @@ def check_heads(cfg: Any, source: str) -> None:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, attention: str = "flash",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.heads = heads
+        self.attention = attention
+        self.dropout = dropout
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
@@ -52,23 +59,38 @@ class CausalSelfAttention(nn.Module):
         b, s, h = x.shape
         q, k, v = self.qkv(x).split(h, dim=2)  # 3 x (B, S, H)
         q, k, v = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, S, hd)
+        p = self.dropout if self.training else 0.0
+        if self.attention == "flash":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            y = _math_attention(q, k, v, p)  # (B, nh, S, hd)
         return self.proj(y.transpose(1, 2).reshape(b, s, h))  # (B, S, H)
 
 
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
+    """The unfused causal attention: every (S, S) intermediate is materialised."""
+    s = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, nh, S, S)
+    mask = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)  # (S, S)
+    probs = F.dropout(scores.masked_fill(mask, float("-inf")).softmax(-1), p)  # (B, nh, S, S)
+    return probs @ v  # (B, nh, S, hd)
+
+
 class Block(nn.Module):
-    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+    def __init__(self, hidden: int, heads: int, ffn: int, attention: str = "flash",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(hidden)
-        self.attn = CausalSelfAttention(hidden, heads)
+        self.attn = CausalSelfAttention(hidden, heads, attention, dropout)
         self.ln2 = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(
             nn.Linear(hidden, ffn), nn.GELU(approximate="tanh"), nn.Linear(ffn, hidden)
         )
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        x = x + self.drop(self.attn(self.ln1(x)))
+        return x + self.drop(self.mlp(self.ln2(x)))
 
 
 class GPT(nn.Module):
@@ -79,7 +101,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab, cfg.hidden)
         self.wpe = nn.Embedding(cfg.seq, cfg.hidden)
         self.blocks = nn.ModuleList(
-            Block(cfg.hidden, cfg.heads, cfg.ffn) for _ in range(cfg.layers)
+            Block(cfg.hidden, cfg.heads, cfg.ffn, cfg.attention, cfg.dropout)
+            for _ in range(cfg.layers)
         )
         self.ln_f = nn.LayerNorm(cfg.hidden)
         self.apply(self._init)

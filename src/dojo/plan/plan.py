@@ -120,10 +120,11 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                           f"a micro-batch that divides the per-replica batch: batch {batch} / "
                           f"(dp {plan.dp} x mb {plan.mb}) = {batch / (plan.dp * plan.mb):g}")
     chunks = plan.pp * plan.interleave
-    if shape.layers % chunks:
+    if chunk_blocks(shape.layers, chunks) is None:
         raise ConfigError(source, "pp", plan.pp,
                           f"stages that divide the {shape.layers} blocks: pp {plan.pp} x "
-                          f"interleave {plan.interleave} = {chunks} does not divide {shape.layers}")
+                          f"interleave {plan.interleave} = {chunks} divides neither "
+                          f"{shape.layers} nor {shape.layers} + 2 (embedding and head as blocks)")
     for name, size in (("heads", shape.heads), ("hidden", shape.hidden), ("ffn", shape.ffn),
                        ("kv_heads", shape.kv_heads)):
         if plan.tp > 1 and size and size % plan.tp:
@@ -137,6 +138,17 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                           f"pp {plan.pp}")
     if plan.sp and plan.tp == 1:
         raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
+
+
+def chunk_blocks(layers: int, chunks: int) -> list[int] | None:
+    """Blocks per virtual stage: even, or (as Llama 3 was trained) with the embedding and the
+    head each standing in for one block on the first and last stage. None if neither divides."""
+    if layers % chunks == 0:
+        return [layers // chunks] * chunks
+    if chunks >= 2 and (layers + 2) % chunks == 0:
+        per = (layers + 2) // chunks
+        return [per - 1] + [per] * (chunks - 2) + [per - 1]
+    return None
 
 
 def microbatches(plan: Plan, batch: int) -> int:

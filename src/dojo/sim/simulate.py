@@ -96,10 +96,12 @@ def _ops_time(ops: Any, dev: DeviceModel) -> float:
 def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory) -> ChunkTimes:
     """Per-micro-batch times of one chunk; weights that do not fit on chip stream per pass."""
     weights = chunk.params / program.plan.tp * PRECISION_BYTES[program.plan.precision]["weights"]
-    stream = weights / memory.offchip_bytes_per_s if memory.spills and memory.offchip_bytes_per_s \
-        else 0.0
-    return ChunkTimes(forward=_ops_time(chunk.forward, dev), backward=_ops_time(chunk.backward, dev),
-                      recompute=_ops_time(chunk.recompute, dev) + _comm_time(chunk.tp_recompute, dev),
+    stream = 0.0
+    if memory.spills and memory.offchip_bytes_per_s:
+        stream = weights / memory.offchip_bytes_per_s
+    recompute = _ops_time(chunk.recompute, dev) + _comm_time(chunk.tp_recompute, dev)
+    return ChunkTimes(forward=_ops_time(chunk.forward, dev),
+                      backward=_ops_time(chunk.backward, dev), recompute=recompute,
                       tp_forward=_comm_time(chunk.tp_forward, dev),
                       tp_backward=_comm_time(chunk.tp_backward, dev), stream=stream)
 
@@ -128,8 +130,11 @@ def simulate(program: Program) -> Result:
     return _result(program, dev, memory, times, tuple(spans), sync, opt, step)
 
 
+Interval = tuple[int, float, float]  # (stage, start s, end s)
+
+
 def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
-                 ) -> tuple[tuple[tuple[int, float, float], ...], tuple[tuple[int, float, float], ...]]:
+                 ) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
     """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
     optimizer update, per stage."""
     plan = program.plan

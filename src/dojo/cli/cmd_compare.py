@@ -1,0 +1,71 @@
+"""`dojo compare MODEL --systems v1,h100-cluster:48`: each system with its best plan."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dojo.cli.common import parse_sets, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="the same model on several systems, each at its best plan")
+    p.add_argument("model", help="zoo model name, or path/to/file.py:factory")
+    p.add_argument("--systems", required=True,
+                   help="comma-separated systems, e.g. v1,h100-cluster:48")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: 1/device "
+                   "of the largest system)")
+    p.add_argument("--seq", type=int, default=None, help="sequence length")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--chart", metavar="PNG", help="write a bar chart of step time and energy")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dojo.cli.cmd_simulate import default_batch
+    from dojo.hardware import load_system
+    from dojo.sim.search import best_plan
+
+    specs = [load_system(name.strip()) for name in args.systems.split(",") if name.strip()]
+    batch = args.batch if args.batch is not None else max(default_batch(s) for s in specs)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        print(f"planning {spec.name}...", file=sys.stderr)
+        found = best_plan(args.model, parse_sets(args.set), spec, batch, args.seq)
+        r = found.best.simulated.result
+        rows.append({"system": spec.name, "plan": found.best.plan.text(),
+                     "step_time_s": r.step_time_s, "samples_per_s": r.samples_per_s,
+                     "tokens_per_s": r.tokens_per_s, "energy_j": r.energy_j, "mfu": r.mfu,
+                     "devices": found.best.simulated.program.devices})
+    if args.chart:
+        _chart(rows, args.chart)
+    if args.json:
+        print_json({"batch": batch, "systems": rows})
+        return 0
+    print(f"{args.model}, global batch {batch}")
+    print(f"{'system':<16} {'devices':>8} {'step s':>10} {'samples/s':>11} {'kJ/step':>9} "
+          f"{'MFU':>6}  plan")
+    for row in rows:
+        print(f"{row['system']:<16} {row['devices']:>8} {row['step_time_s']:>10.4g} "
+              f"{row['samples_per_s']:>11.4g} {row['energy_j'] / 1e3:>9.4g} "
+              f"{row['mfu'] * 100:>5.1f}%  {row['plan']}")
+    return 0
+
+
+def _chart(rows: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(r["system"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].bar(names, [float(r["step_time_s"]) for r in rows], color="#3b6ea8")
+    axes[0].set_ylabel("step time (s)")
+    axes[1].bar(names, [float(r["energy_j"]) / 1e3 for r in rows], color="#c0504d")
+    axes[1].set_ylabel("energy per step (kJ)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""`dojo simulate MODEL --system S --plan P --batch B`: one training step, timed and explained."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dojo.cli.common import parse_sets, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulate one training step of a model on a system",
+                       description="Capture MODEL's training step, compile it for PLAN on SYSTEM "
+                       "and simulate it: step time, breakdown, memory per device, energy.")
+    add_common(p)
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace JSON")
+    p.add_argument("--report", metavar="FILE", help="write an HTML report")
+    p.set_defaults(run=run)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every model x plan x system command takes."""
+    p.add_argument("model", help="zoo model name, or path/to/file.py:factory")
+    p.add_argument("--system", required=True, help="system name, NAME:GPUS, or a .toml path")
+    p.add_argument("--devices", type=int, default=None, help="GPU count for a GPU cluster")
+    p.add_argument("--plan", default="auto",
+                   help="e.g. dp=8,tp=8,pp=16,mb=1,interleave=3,recompute=selective,sp=on,zero=1"
+                   " (default: auto, the best plan found)")
+    p.add_argument("--batch", type=int, default=None, help="global batch in samples")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (sequence models)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting, repeatable")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def simulated_from_args(args: argparse.Namespace) -> Any:
+    """Resolve the plan (searching when it is `auto`) and simulate; returns `Simulated`."""
+    from dojo.hardware import load_system
+    from dojo.plan import parse_plan
+    from dojo.sim.session import simulate_model
+
+    spec = load_system(args.system, devices=args.devices)
+    overrides = parse_sets(args.set)
+    batch = args.batch if args.batch is not None else default_batch(spec)
+    if args.plan == "auto":
+        from dojo.sim.search import best_plan
+
+        found = best_plan(args.model, overrides, spec, batch, args.seq)
+        return found.best.simulated
+    return simulate_model(args.model, overrides, spec, parse_plan(args.plan), batch, args.seq)
+
+
+def default_batch(spec: Any) -> int:
+    """One sample per device (a data-parallel-friendly default) when --batch is not given."""
+    from dojo.compiler.mapping import device_count
+
+    return device_count(spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    sim = simulated_from_args(args)
+    if args.trace:
+        from dojo.report.trace import write_trace
+
+        write_trace(sim, args.trace)
+    if args.report:
+        from dojo.report.html import simulation_report
+
+        simulation_report(sim).write(args.report)
+    if args.json:
+        print_json(sim.result.to_json())
+    else:
+        print(render(sim))
+    if args.trace:
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)",
+              file=sys.stderr)
+    return 0
+
+
+def render(sim: Any) -> str:
+    """A readable summary of a `Simulated`."""
+    r, p = sim.result, sim.program
+    gb = 1e9
+    mem = r.memory
+    lines = [
+        f"{p.system.title}: {p.devices} {p.device}s, plan {p.plan.text()}, batch {p.batch}, "
+        f"{p.microbatches} micro-batches",
+        f"  step time      {r.step_time_s:.4g} s    {r.samples_per_s:.4g} samples/s"
+        + (f"    {r.tokens_per_s:.4g} tokens/s" if r.tokens_per_s else ""),
+        f"  model FLOPs    {r.model_flops:.4g} per step    MFU {r.mfu * 100:.1f} %",
+        "  breakdown      " + "  ".join(f"{k} {v:.3g} s" for k, v in r.breakdown_s.items()),
+        f"  memory/device  params {mem.params / gb:.3g} GB  grads {mem.grads / gb:.3g} GB  "
+        f"optimizer {mem.optimizer_state / gb:.3g} GB  activations {mem.activations / gb:.3g} GB"
+        f"  = {mem.total / gb:.3g} of {mem.capacity / gb:.3g} GB",
+        f"  fits           {'yes' if mem.fits else 'NO: ' + mem.reason}",
+        f"  energy         {r.energy_j / 1e3:.4g} kJ per step",
+    ]
+    return "\n".join(lines)

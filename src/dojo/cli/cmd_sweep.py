@@ -1,0 +1,112 @@
+"""`dojo sweep MODEL --system S --devices 8,16,32 --plan tp=8,pp=2`: strong or weak scaling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dojo.cli.common import parse_sets, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="strong or weak scaling over device counts, with a plot",
+                       description="Simulate MODEL at several sizes of a GPU cluster (--devices) "
+                       "or on several systems (--systems). The plan's tp, pp and other settings "
+                       "stay; dp grows with the devices. Strong scaling keeps the global batch; "
+                       "--weak keeps the batch per data-parallel replica.")
+    p.add_argument("model")
+    p.add_argument("--system", default=None, help="GPU cluster to resize")
+    p.add_argument("--devices", default="", help="comma-separated device counts")
+    p.add_argument("--systems", default="", help="comma-separated systems (e.g. tile,v1,exapod)")
+    p.add_argument("--plan", default="tp=1,pp=1", help="plan without dp (dp fills the devices)")
+    p.add_argument("--batch", type=int, required=True,
+                   help="global batch (strong) or batch at the first point (weak)")
+    p.add_argument("--weak", action="store_true", help="weak scaling")
+    p.add_argument("--seq", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--plot", metavar="PNG", help="write the scaling plot")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from dojo.compiler.mapping import device_count
+    from dojo.errors import ConfigError
+    from dojo.hardware import load_system
+    from dojo.plan import parse_plan
+    from dojo.sim.session import simulate_model
+
+    specs = _systems(args, load_system)
+    base = parse_plan(args.plan)
+    first = device_count(specs[0])
+    points = []
+    for spec in specs:
+        n = device_count(spec)
+        if n % (base.tp * base.pp):
+            raise ConfigError("--devices", "devices", n, f"a multiple of tp x pp = "
+                              f"{base.tp * base.pp}")
+        plan = replace(base, dp=n // (base.tp * base.pp))
+        batch = args.batch * n // first if args.weak else args.batch
+        print(f"{spec.name}: {n} devices, {plan.text()}, batch {batch}", file=sys.stderr)
+        sim = simulate_model(args.model, parse_sets(args.set), spec, plan, batch, args.seq)
+        r = sim.result
+        points.append({"system": spec.name, "devices": n, "batch": batch, "plan": plan.text(),
+                       "step_time_s": r.step_time_s, "samples_per_s": r.samples_per_s,
+                       "mfu": r.mfu, "fits": r.memory.fits})
+    base_rate = points[0]["samples_per_s"] / points[0]["devices"]
+    for p in points:
+        p["efficiency"] = p["samples_per_s"] / (base_rate * p["devices"])
+    if args.plot:
+        _plot(points, args.plot, args.weak)
+    if args.json:
+        print_json({"mode": "weak" if args.weak else "strong", "points": points})
+        return 0
+    print(f"{'system':<16} {'devices':>8} {'batch':>7} {'step s':>10} {'samples/s':>11} "
+          f"{'efficiency':>10} {'MFU':>6}")
+    for p in points:
+        print(f"{p['system']:<16} {p['devices']:>8} {p['batch']:>7} {p['step_time_s']:>10.4g} "
+              f"{p['samples_per_s']:>11.4g} {p['efficiency'] * 100:>9.1f}% "
+              f"{p['mfu'] * 100:>5.1f}%")
+    return 0
+
+
+def _systems(args: argparse.Namespace, load: object) -> list[Any]:
+    from dojo.errors import ConfigError
+    from dojo.hardware import load_system
+
+    if args.systems:
+        return [load_system(s.strip()) for s in args.systems.split(",") if s.strip()]
+    if not args.system or not args.devices:
+        raise ConfigError("--devices", "devices", args.devices,
+                          "--system with --devices N,M,... or --systems A,B,...")
+    try:
+        counts = [int(x) for x in args.devices.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError("--devices", "devices", args.devices, "integers like 8,16,32") from None
+    return [load_system(args.system, devices=n) for n in counts]
+
+
+def _plot(points: list[dict[str, Any]], path: str, weak: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = [p["devices"] for p in points]
+    rate = [p["samples_per_s"] for p in points]
+    ideal = [rate[0] * d / devices[0] for d in devices]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(devices, rate, "o-", label="simulated")
+    ax.plot(devices, ideal, "--", color="gray", label="linear")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("devices")
+    ax.set_ylabel("samples / s")
+    ax.set_title(("weak" if weak else "strong") + " scaling")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

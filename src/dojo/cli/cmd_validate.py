@@ -1,0 +1,58 @@
+"""`dojo validate`: predicted versus measured step times of published training runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dojo.cli.common import print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="compare the simulator with published measured runs",
+                       description="Simulate every case of the validation set (published, "
+                       "measured training runs) and print predicted vs measured step time. "
+                       "Exits 1 when the gated cases' error passes the stated tolerance.")
+    p.add_argument("--only", default="", help="comma-separated substrings of case ids")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dojo.sim.validate import (
+        MAX_TOLERANCE,
+        MEAN_TOLERANCE,
+        load_cases,
+        predict_case,
+        summary,
+        validate,
+    )
+
+    cases = load_cases()
+    if args.only:
+        keys = [k for k in args.only.split(",") if k]
+        cases = [c for c in cases if any(k in c.id for k in keys)]
+
+    def progress(i: int, n: int, name: str) -> None:
+        print(f"\r[{i + 1}/{n}] {name:<45}", end="", file=sys.stderr, flush=True)
+
+    outcomes = validate(cases, predict_case, progress)
+    print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    stats = summary(outcomes)
+    ok = stats["mean_abs_error"] <= MEAN_TOLERANCE and stats["max_abs_error"] <= MAX_TOLERANCE
+    if args.json:
+        print_json({"cases": [{"id": o.case.id, "confidence": o.case.confidence,
+                               "measured_s": o.case.measured_step_s,
+                               "predicted_s": o.predicted_s, "error": o.error}
+                              for o in outcomes], "summary": stats, "within_tolerance": ok})
+        return 0 if ok else 1
+    print(f"{'case':<40} {'conf':<6} {'measured s':>11} {'predicted s':>12} {'error':>8}")
+    for o in outcomes:
+        print(f"{o.case.id:<40} {o.case.confidence:<6} {o.case.measured_step_s:>11.3f} "
+              f"{o.predicted_s:>12.3f} {o.error * 100:>+7.1f}%")
+    print(f"\ngated ({int(stats['gated_cases'])} high-confidence cases): mean |error| "
+          f"{stats['mean_abs_error'] * 100:.1f} % (tolerance {MEAN_TOLERANCE * 100:.0f} %), "
+          f"max {stats['max_abs_error'] * 100:.1f} % (tolerance {MAX_TOLERANCE * 100:.0f} %)")
+    print(f"all {len(outcomes)} cases: mean {stats['all_mean_abs_error'] * 100:.1f} %, "
+          f"max {stats['all_max_abs_error'] * 100:.1f} %")
+    return 0 if ok else 1

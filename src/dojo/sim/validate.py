@@ -1,0 +1,144 @@
+"""Validation against published, measured training runs (validation_cases.toml).
+
+Each case names a system, a GPT- or Llama-style model shape, a plan and a measured step time
+(or a throughput the source publishes, converted to a step time with the source's own FLOP
+formula; see docs/validation.md). `validate` predicts each case with the same capture -> compile
+-> simulate path `dojo simulate` uses, and reports the relative error of the step time.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from dojo.errors import DojoError
+
+GATE_CONFIDENCE = ("high",)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One published run: what was trained, where, how, and the measured seconds per step."""
+
+    id: str
+    source: str
+    hardware: str
+    gpus: int
+    model: Mapping[str, Any]
+    implementation: Mapping[str, Any]
+    global_batch: int
+    plan: str
+    precision: str
+    measured_step_s: float
+    measured_kind: str  # "measured" or "derived"
+    confidence: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    predicted_s: float
+    mfu: float
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the predicted step time."""
+        return (self.predicted_s - self.case.measured_step_s) / self.case.measured_step_s
+
+
+def load_cases(text: str | None = None) -> list[Case]:
+    """The shipped cases (or those in `text`); DojoError names a malformed case."""
+    if text is None:
+        text = (resources.files("dojo.sim") / "validation_cases.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    return [_case(raw) for raw in data.get("case", [])]
+
+
+def _case(raw: Mapping[str, Any]) -> Case:
+    step = raw.get("measured_step_time_s")
+    kind = "measured"
+    if step is None:
+        step = raw.get("derived_step_time_s")
+        kind = "derived"
+    if step is None and "measured_tflops_per_gpu" in raw:
+        step = _six_n_step(raw)
+        kind = "derived"
+    if step is None:
+        raise DojoError(f"validation case '{raw.get('id')}': no measured or derived step time")
+    return Case(id=raw["id"], source=f"{raw['source']}, {raw.get('table', '')}",
+                hardware=raw["hardware"], gpus=int(raw["gpus"]), model=dict(raw["model"]),
+                implementation=dict(raw.get("implementation", {})),
+                global_batch=int(raw["global_batch"]), plan=raw["plan"],
+                precision=raw["precision"], measured_step_s=float(step), measured_kind=kind,
+                confidence=raw["confidence"])
+
+
+def _six_n_step(raw: Mapping[str, Any]) -> float:
+    """Seconds per step implied by a throughput quoted as 6 * params * tokens (Llama 3)."""
+    m = raw["model"]
+    h, layers, vocab = m["hidden"], m["layers"], m["vocab"]
+    kv = m.get("kv_heads", m["heads"])
+    ffn = m.get("ffn", 4 * h)
+    attn = 2 * h * h + 2 * h * (h * kv // m["heads"])
+    params = layers * (attn + 3 * h * ffn) + 2 * vocab * h
+    flops = 6 * params * raw["global_batch"] * m["seq"]
+    return flops / (raw["gpus"] * raw["measured_tflops_per_gpu"] * 1e12)
+
+
+def model_for(case: Case) -> tuple[str, dict[str, Any]]:
+    """The zoo model and overrides that reproduce a case's shape."""
+    m = dict(case.model)
+    keys = {"layers": m["layers"], "hidden": m["hidden"], "heads": m["heads"],
+            "seq": m["seq"], "vocab": m["vocab"], "ffn": m.get("ffn", 4 * m["hidden"])}
+    if m.get("swiglu"):
+        return "llama", {**keys, "kv_heads": m.get("kv_heads", m["heads"])}
+    return "gpt", {**keys, **case.implementation}
+
+
+def validate(cases: list[Case], predict: Callable[[Case], tuple[float, float]],
+             progress: Callable[[int, int, str], None] | None = None) -> list[Outcome]:
+    """Predict every case with `predict(case) -> (step seconds, mfu)`."""
+    out = []
+    for i, case in enumerate(cases):
+        if progress is not None:
+            progress(i, len(cases), case.id)
+        seconds, mfu = predict(case)
+        out.append(Outcome(case, seconds, mfu))
+    return out
+
+
+def summary(outcomes: list[Outcome], gate: tuple[str, ...] = GATE_CONFIDENCE
+            ) -> dict[str, float]:
+    """Mean and max absolute error over the gated cases (and over all)."""
+    gated = [abs(o.error) for o in outcomes if o.case.confidence in gate]
+    every = [abs(o.error) for o in outcomes]
+    return {"gated_cases": float(len(gated)),
+            "mean_abs_error": sum(gated) / len(gated) if gated else 0.0,
+            "max_abs_error": max(gated, default=0.0),
+            "all_mean_abs_error": sum(every) / len(every) if every else 0.0,
+            "all_max_abs_error": max(every, default=0.0)}
+
+
+# Stated tolerance of the gate (high-confidence cases). The project's goal is 5 % mean and 10 %
+# max; these bounds are what the model achieves today and guard against regressions until the
+# missing mechanisms (docs/validation.md) close the gap.
+MEAN_TOLERANCE = 0.11
+MAX_TOLERANCE = 0.19
+
+
+def predict_case(case: Case) -> tuple[float, float]:
+    """(step seconds, MFU) the simulator predicts for a case, through `dojo simulate`'s path."""
+    from dataclasses import replace
+
+    from dojo.plan.plan import parse_plan
+    from dojo.sim.session import simulate_model
+
+    name, overrides = model_for(case)
+    plan = replace(parse_plan(case.plan, source=f"validation case {case.id}"),
+                   precision=case.precision)
+    sim = simulate_model(name, overrides, case.hardware, plan, case.global_batch,
+                         devices=case.gpus)
+    return sim.result.step_time_s, sim.result.mfu

@@ -1,0 +1,70 @@
+"""`dojo simulate`, `dojo plan`, `dojo sweep`: documented JSON keys, errors with the arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dojo.cli.main import main
+
+SETS = ["--set", "layers=4", "--set", "hidden=128", "--set", "heads=4", "--set", "ffn=512",
+        "--set", "vocab=1024", "--set", "seq=128"]
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:  # type: ignore[type-arg]
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "simulate", "gpt", *SETS, "--system", "a100-cluster:8",
+                "--plan", "dp=2,tp=2,pp=2,mb=1", "--batch", "8", "--json")
+    assert list(out) == ["step_time_s", "samples_per_s", "tokens_per_s", "model_flops",
+                         "achieved_flops_per_device", "mfu", "breakdown_s",
+                         "memory_bytes_per_device", "fits", "energy_j"]
+    assert list(out["breakdown_s"]) == ["compute", "exposed_comm", "bubble", "recompute",
+                                        "optimizer", "data"]
+    assert list(out["memory_bytes_per_device"]) == ["params", "grads", "optimizer_state",
+                                                    "activations", "total", "capacity"]
+    assert out["samples_per_s"] == pytest.approx(8 / out["step_time_s"])
+    assert out["tokens_per_s"] == pytest.approx(8 * 128 / out["step_time_s"])
+    assert out["mfu"] == pytest.approx(out["achieved_flops_per_device"] / 312e12)
+
+
+def test_non_sequence_model_has_null_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "simulate", "mlp", "--system", "a100-cluster:2", "--plan", "dp=2",
+                "--batch", "8", "--json")
+    assert out["tokens_per_s"] is None
+
+
+def test_plan_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "plan", "gpt", *SETS, "--system", "a100-cluster:4", "--batch", "8",
+                "--top", "3", "--json")
+    assert list(out) == ["best", "candidates", "rejected", "search_s"]
+    assert list(out["best"]) == ["plan", "step_time_s", "mfu", "fits"]
+    assert len(out["candidates"]) <= 3 and out["candidates"][0] == out["best"]
+
+
+@pytest.mark.parametrize(("plan", "needle"), [
+    ("dp=3,tp=2,pp=2", "dp 3 x tp 2 x pp 2 = 12"),
+    ("dp=1,tp=1,pp=8", "pp 8 x interleave 1 = 8 divides neither 4"),
+    ("dp=8,mb=3", "batch 8 / (dp 8 x mb 3)"),
+    ("dp=1,tp=8", "heads = 4"),
+    ("dp=8,warp=9", "one of the keys"),
+])
+def test_bad_plans_explain_the_arithmetic(capsys: pytest.CaptureFixture[str], plan: str,
+                                          needle: str) -> None:
+    code = main(["simulate", "gpt", *SETS, "--system", "a100-cluster:8", "--plan", plan,
+                 "--batch", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_sweep_strong_scaling_efficiency(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "sweep", "gpt", *SETS, "--system", "a100-cluster", "--devices", "1,2,4",
+                "--batch", "16", "--json")
+    points = out["points"]
+    assert [p["devices"] for p in points] == [1, 2, 4]
+    assert points[0]["efficiency"] == pytest.approx(1.0)
+    assert all(0 < p["efficiency"] <= 1.0 + 1e-9 for p in points)

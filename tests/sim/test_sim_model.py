@@ -1,0 +1,85 @@
+"""The simulator end to end: memory and FLOPs against closed forms, energy, scaling, search."""
+
+from __future__ import annotations
+
+import pytest
+
+from dojo.errors import DojoError
+from dojo.hardware import load_system
+from dojo.plan import parse_plan
+from dojo.sim.search import best_plan, exhaustive
+from dojo.sim.session import simulate_model
+
+SMALL = {"layers": 8, "hidden": 256, "heads": 8, "ffn": 1024, "vocab": 4096, "seq": 256}
+
+
+def _params(h: int, layers: int, ffn: int, vocab: int, seq: int) -> int:
+    """GPT-2 parameters by hand: blocks (qkv, proj, mlp, 2 LayerNorms), embeddings, final LN."""
+    block = (3 * h * h + 3 * h) + (h * h + h) + (h * ffn + ffn) + (ffn * h + h) + 4 * h
+    return layers * block + vocab * h + seq * h + 2 * h
+
+
+def test_mixed_precision_state_is_18_bytes_per_parameter() -> None:
+    """BF16 weights (2) + FP32 master (4) + FP32 grads (4) + Adam m, v (8): Korthikanti et al."""
+    sim = simulate_model("gpt", SMALL, "a100-cluster:1", parse_plan("dp=1"), 4)
+    n = _params(256, 8, 1024, 4096, 256)
+    mem = sim.result.memory
+    assert mem.params == pytest.approx(6 * n)
+    assert mem.grads == pytest.approx(4 * n)
+    assert mem.optimizer_state == pytest.approx(8 * n)
+
+
+def test_zero_and_tp_divide_the_state() -> None:
+    n = _params(256, 8, 1024, 4096, 256)
+    z1 = simulate_model("gpt", SMALL, "a100-cluster:4", parse_plan("dp=4,zero=1"), 8)
+    assert z1.result.memory.optimizer_state == pytest.approx(8 * n / 4)
+    assert z1.result.memory.grads == pytest.approx(4 * n)
+    tp = simulate_model("gpt", SMALL, "a100-cluster:4", parse_plan("dp=1,tp=4"), 8)
+    assert tp.result.memory.grads == pytest.approx(4 * n / 4)
+
+
+def test_model_flops_are_six_n_tokens_plus_attention() -> None:
+    batch, s, h, layers = 8, 256, 256, 8
+    sim = simulate_model("gpt", SMALL, "a100-cluster:2", parse_plan("dp=2"), batch)
+    matmul_params = layers * (4 * h * h + 2 * h * 1024) + 4096 * h  # blocks + tied LM head
+    attention = 3 * 4 * layers * s * s * h * batch                  # QK^T and PV, fwd + 2x bwd
+    expect = 6 * matmul_params * batch * s + attention
+    # Vector ops (norms, GELU, softmax, Adam excluded) add a little on top of the matmuls.
+    assert sim.result.model_flops == pytest.approx(expect, rel=0.03)
+    assert sim.result.model_flops >= expect
+
+
+def test_energy_of_one_busy_gpu() -> None:
+    sim = simulate_model("gpt", SMALL, "a100-cluster:1", parse_plan("dp=1"), 4)
+    r = sim.result
+    _, opt_start, opt_end = r.optimizer_spans[0]
+    busy = sum(s.end - s.start for s in r.spans) + (opt_end - opt_start)
+    idle = r.step_time_s - busy
+    # 400 W busy, 25 % idle, plus the DGX's 3.3 kW beyond its GPUs for the whole step.
+    expect = busy * 400 + idle * 400 * 0.25 + 3300 * r.step_time_s
+    assert r.energy_j == pytest.approx(expect)
+
+
+def test_more_tiles_never_slower_at_fixed_batch_per_tile() -> None:
+    rates = []
+    for system, tiles in (("tile", 1), ("tray", 6), ("cabinet", 12)):
+        spec = load_system(system)
+        chips = 25 * tiles
+        sim = simulate_model("gpt", SMALL, spec, parse_plan(f"dp={chips}"), 2 * chips)
+        rates.append(sim.result.samples_per_s)
+    assert rates[0] < rates[1] < rates[2]
+
+
+@pytest.mark.parametrize(("system", "batch"), [("a100-cluster:16", 64), ("tile", 25)])
+def test_search_matches_exhaustive_enumeration(system: str, batch: int) -> None:
+    spec = load_system(system)
+    found = best_plan("gpt", SMALL, spec, batch)
+    reference = exhaustive("gpt", SMALL, spec, batch)
+    assert found.best.step_time_s <= reference.step_time_s * 1.02
+    assert found.evaluated <= found.considered
+
+
+def test_plans_that_do_not_fit_are_rejected_with_bytes() -> None:
+    """A lone D1 has only its 442.5 MB of SRAM: GPT-2 medium (355M x 18 bytes) cannot fit."""
+    with pytest.raises(DojoError, match=r"needs [0-9.]+ GB per chip .* > capacity 0.44 GB"):
+        best_plan("gpt2-medium", {}, load_system("d1"), 1, seq=128)

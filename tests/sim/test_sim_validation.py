@@ -1,0 +1,47 @@
+"""The performance model against published, measured training runs (validation_cases.toml).
+
+The expected values are measurements from the papers (Narayanan et al. SC'21 Table 1, Korthikanti
+et al. 2022 Table 5); the test fails when the model drifts past the stated tolerance. The goal is
+5 % mean and 10 % max; MEAN_TOLERANCE and MAX_TOLERANCE say what is achieved and guarded today.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dojo.sim.validate import (
+    GATE_CONFIDENCE,
+    MAX_TOLERANCE,
+    MEAN_TOLERANCE,
+    load_cases,
+    predict_case,
+    summary,
+    validate,
+)
+
+
+def test_cases_are_well_formed() -> None:
+    cases = load_cases()
+    assert len(cases) >= 20
+    assert len({c.id for c in cases}) == len(cases)
+    for c in cases:
+        assert c.measured_step_s > 0 and c.gpus >= 8
+        assert c.hardware in ("a100-cluster", "h100-cluster")
+
+
+def test_gated_cases_within_tolerance() -> None:
+    cases = [c for c in load_cases() if c.confidence in GATE_CONFIDENCE]
+    assert len(cases) >= 15
+    stats = summary(validate(cases, predict_case))
+    assert stats["mean_abs_error"] <= MEAN_TOLERANCE, stats
+    assert stats["max_abs_error"] <= MAX_TOLERANCE, stats
+
+
+def test_malformed_case_is_a_user_error() -> None:
+    from dojo.errors import DojoError
+
+    text = '[[case]]\nid = "x"\nsource = "s"\nhardware = "a100-cluster"\ngpus = 8\n' \
+           'model = {}\nglobal_batch = 8\nplan = "dp=8"\nprecision = "bf16"\n' \
+           'confidence = "high"\n'
+    with pytest.raises(DojoError, match="no measured or derived step time"):
+        load_cases(text)
