@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
         write_trace(sim, args.trace)
     if args.report:
-        from dojo.report.html import simulation_report
+        from dojo.report import simulation_report
 
         simulation_report(sim).write(args.report)
     if args.json:

@@ -28,6 +28,7 @@ from dojo.sim.simulate import device_model, simulate
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 INTERLEAVES = (1, 2, 4)
 RECOMPUTES = ("none", "selective", "full")
+ZEROS = (0, 1, 3)
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,16 @@ def plan_space(shape: ModelShape, devices: int, batch: int, spec: SystemSpec,
             for mb in MICRO_BATCHES:
                 for inter in INTERLEAVES if pp > 1 else (1,):
                     for rec in RECOMPUTES:
-                        plan = Plan(dp=dp, tp=tp, pp=pp, mb=mb, interleave=inter,
-                                    schedule="interleaved" if inter > 1 else "1f1b",
-                                    recompute=rec, sp=tp > 1, precision=precision)
-                        try:
-                            validate_plan(plan, shape, devices, batch)
-                        except ConfigError:
-                            continue
-                        yield plan
+                        for zero in ZEROS if dp > 1 else (0,):
+                            plan = Plan(dp=dp, tp=tp, pp=pp, mb=mb, interleave=inter,
+                                        schedule="interleaved" if inter > 1 else "1f1b",
+                                        recompute=rec, sp=tp > 1, zero=zero,
+                                        precision=precision)
+                            try:
+                                validate_plan(plan, shape, devices, batch)
+                            except ConfigError:
+                                continue
+                            yield plan
 
 
 def _fast_group(spec: SystemSpec) -> int:
@@ -100,7 +103,9 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
     devices = device_count(spec)
     ranked, rejected = _screen(model, overrides, spec, batch, seq, shape, devices, precision)
     if not ranked:
-        reasons = "; ".join(f"{f}: {r}" for f, r in rejected[:3]) or "no plan divides the model"
+        reasons = "; ".join(f"{f}: {r}" for f, r in rejected[:3]) or (
+            f"no dp x tp x pp = {devices} divides both the model ({shape.layers} blocks, "
+            f"{shape.heads} heads) and the batch")
         raise DojoError(f"no plan fits {model} on {spec.name} with batch {batch}: {reasons}")
     found: list[Candidate] = []
     evaluated = 0
@@ -140,13 +145,13 @@ def _screen(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: i
     for plan in plan_space(shape, devices, batch, spec, precision):
         program, _ = _program(model, overrides, spec, plan, batch, seq)
         memory = device_memory(program)
-        family = f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute}"
+        family = f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
         if not memory.fits:
             rejected.setdefault(family, memory.reason)
             continue
         ranked.append((_lower_bound(program), plan))
     ranked.sort(key=lambda x: (x[0], x[1].text()))
-    fitting = {f"tp={p.tp},pp={p.pp},recompute={p.recompute}" for _, p in ranked}
+    fitting = {f"tp={p.tp},pp={p.pp},recompute={p.recompute},zero={p.zero}" for _, p in ranked}
     out = [(f, r) for f, r in rejected.items() if f not in fitting]
     return ranked, out
 

@@ -99,11 +99,26 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
     stream = 0.0
     if memory.spills and memory.offchip_bytes_per_s:
         stream = weights / memory.offchip_bytes_per_s
+    if program.plan.zero >= 3:
+        # FSDP: every pass gathers the chunk's weights from the data-parallel shards (and the
+        # backward reduce-scatters its gradients); prefetching overlaps it with compute.
+        stream = max(stream, _zero3_time(program, weights, dev))
     recompute = _ops_time(chunk.recompute, dev) + _comm_time(chunk.tp_recompute, dev)
     return ChunkTimes(forward=_ops_time(chunk.forward, dev),
                       backward=_ops_time(chunk.backward, dev), recompute=recompute,
                       tp_forward=_comm_time(chunk.tp_forward, dev),
                       tp_backward=_comm_time(chunk.tp_backward, dev), stream=stream)
+
+
+def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
+    cal = dev.calibration
+    gather = collective_time("all_gather", weights, program.grad_levels, cal.link_efficiency,
+                             cal.collective_latency_s)[0]
+    grads = weights / PRECISION_BYTES[program.plan.precision]["weights"] \
+        * PRECISION_BYTES[program.plan.precision]["grads"]
+    scatter = collective_time("reduce_scatter", grads, program.grad_levels,
+                              cal.link_efficiency, cal.collective_latency_s)[0]
+    return gather + scatter / 2  # the forward pays the gather, the backward both: on average
 
 
 def simulate(program: Program) -> Result:

@@ -1,0 +1,170 @@
+"""A self-contained HTML report: headings, text, tables, figures as embedded PNG, JSON blocks.
+
+One file with no external references (images are base64 data URIs, the style sheet is inline), so
+it can be mailed or attached to a CI run. Everything the caller passes is escaped. Figures are
+rendered with fixed metadata so the same report renders to the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dojo.report.files import write_text_atomic
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+"""
+
+# PNG metadata left out so that a figure renders to the same bytes every time.
+_PNG_METADATA: dict[str, Any] = {"Software": None}
+
+
+def si(value: float, unit: str = "", digits: int = 4) -> str:
+    """`value` with an SI prefix: si(3.2e-3, 's') -> '3.2 ms'; non-finite values as text."""
+    if not math.isfinite(value):
+        return f"{value} {unit}".strip()
+    if value == 0:
+        return f"0 {unit}".strip()
+    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                           (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g} {prefix}{unit}".strip()
+    return f"{value:.{digits}g} {unit}".strip()
+
+
+def _cell(value: Any) -> tuple[str, bool]:
+    """(escaped text, is numeric) of one table cell."""
+    if isinstance(value, bool) or value is None:
+        return html.escape(str(value)), False
+    if isinstance(value, int):
+        return f"{value:,}", True
+    if isinstance(value, float):
+        return html.escape(f"{value:.6g}"), True
+    return html.escape(str(value)), False
+
+
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib figure, deterministic (no timestamp or version in the file)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata=_PNG_METADATA)
+    return buf.getvalue()
+
+
+def array_png(array: Any) -> bytes:
+    """PNG bytes of an image array: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8 values
+    are kept exactly, floats are taken as 0..1."""
+    import numpy as np
+    from matplotlib import image as mpimg
+
+    data = np.asarray(array)
+    if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] not in (3, 4)):
+        raise ValueError(f"image array of shape {data.shape}: expected (H, W), (H, W, 3) or "
+                         "(H, W, 4)")
+    if data.ndim == 2:
+        data = np.repeat(data[:, :, None], 3, axis=2)     # (H, W, 3): grey kept exact
+    buf = io.BytesIO()
+    mpimg.imsave(buf, data, format="png", metadata=_PNG_METADATA)
+    return buf.getvalue()
+
+
+class HtmlReport:
+    """Build a report part by part, then `html()` or `write(path)`.
+
+    Each method appends one part and returns the report, so calls can be chained.
+    """
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._parts: list[str] = []
+        self.figures = 0
+
+    def heading(self, text: str, level: int = 2) -> HtmlReport:
+        """A section heading; level 1 is the title's level, 2..4 below it."""
+        level = min(max(level, 1), 6)
+        self._parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        return self
+
+    def paragraph(self, text: str) -> HtmlReport:
+        self._parts.append(f"<p>{html.escape(text)}</p>")
+        return self
+
+    def table(self, rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None
+              ) -> HtmlReport:
+        """A table; ints get thousands separators, floats 6 significant digits, numbers align
+        right. Pre-formatted strings (e.g. from `si`) are shown as given."""
+        out = ["<table>"]
+        if headers:
+            out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+                       + "</tr>")
+        for row in rows:
+            cells = []
+            for value in row:
+                text, numeric = _cell(value)
+                cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</table>")
+        self._parts.append("\n".join(out))
+        return self
+
+    def figure(self, fig: Any, caption: str = "", close: bool = True) -> HtmlReport:
+        """Embed a matplotlib figure as a PNG; the figure is closed afterwards unless told."""
+        png = figure_png(fig)
+        if close:
+            _close(fig)
+        return self.image(png, caption)
+
+    def image(self, image: bytes | Any, caption: str = "") -> HtmlReport:
+        """Embed PNG bytes, or an image array (see `array_png`)."""
+        png = bytes(image) if isinstance(image, bytes | bytearray) else array_png(image)
+        if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError("image bytes are not a PNG file")
+        data = base64.b64encode(png).decode("ascii")
+        alt = html.escape(caption or f"figure {self.figures + 1}", quote=True)
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self._parts.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+                           f"{cap}</figure>")
+        self.figures += 1
+        return self
+
+    def json_block(self, obj: Any) -> HtmlReport:
+        """`obj` as indented JSON in a preformatted block (non-JSON values shown with str)."""
+        text = json.dumps(obj, indent=2, default=str)
+        self._parts.append(f'<pre><code class="json">{html.escape(text)}</code></pre>')
+        return self
+
+    def html(self) -> str:
+        """The whole document."""
+        title = html.escape(self.title)
+        body = "\n".join(self._parts)
+        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+                f"<h1>{title}</h1>\n{body}\n</body>\n</html>\n")
+
+    def write(self, path: str | Path) -> Path:
+        """Write the document to `path` atomically; returns the path."""
+        return write_text_atomic(path, self.html())
+
+
+def _close(fig: Any) -> None:
+    """Free a figure: pyplot figures are released from pyplot's registry, others just cleared."""
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+    fig.clear()
