@@ -26,11 +26,11 @@ def consumers(graph: Graph) -> dict[int, set[int]]:
     return out
 
 
-def groups(graph: Graph, labels: list[str]) -> list[tuple[list[Op], str]]:
+def groups(graph: Graph, labels: list[str], fuse: bool = True) -> list[tuple[list[Op], str]]:
     """Ops of the forward and backward phases in kernel groups, each with its section label.
 
     A matrix op is a group of its own; a maximal run of vector ops of one phase and section
-    (views skipped) is one fused group.
+    (views skipped) is one fused group, or with `fuse` off every op is its own kernel.
     """
     out: list[tuple[list[Op], str]] = []
     run: list[Op] = []
@@ -38,7 +38,7 @@ def groups(graph: Graph, labels: list[str]) -> list[tuple[list[Op], str]]:
     for op, label in zip(graph.ops, labels):
         if op.rule in FREE_RULES or op.phase == "optimizer":
             continue
-        if op.rule in MATRIX_RULES or (op.phase, label) != key:
+        if not fuse or op.rule in MATRIX_RULES or (op.phase, label) != key:
             if run and key is not None:
                 out.append((run, key[1]))
             run, key = [], None

@@ -113,7 +113,8 @@ def main_block(graph: Graph) -> str | None:
     return max(graph.blocks, key=lambda b: (b.repeat, b.params)).name
 
 
-def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0) -> ModelWork:
+def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
+               fuse: bool = True) -> ModelWork:
     """Split the graph's micro-batch work by section for one device of a `tp`-way split.
 
     `scale` converts captured bytes to the plan's precision (0.5 for BF16 from an FP32 capture).
@@ -131,7 +132,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0) 
         for t in op.outputs:
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
-    for group, label in fusion.groups(graph, labels):
+    for group, label in fusion.groups(graph, labels, fuse):
         cost = _group_cost(group, fusion.fused_bytes(graph, group, readers), tp, sp,
                            residual_numel, graph, scale)
         costs.setdefault((label, group[0].phase), []).append(cost)

@@ -12,6 +12,8 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8).
 - `overlap`: overlap the data-parallel gradient reduction with the backward pass.
+- `fusion`: vector ops between matmuls run as fused kernels (a compiler, Megatron-LM's fused
+  kernels); off models eager PyTorch, one kernel per op.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Plan:
     zero: int = field(default=0, metadata=check(ge=0, le=3))
     precision: str = field(default="bf16", metadata=check(choices=PRECISIONS))
     overlap: bool = True
+    fusion: bool = True
 
     @property
     def devices(self) -> int:
@@ -52,7 +55,7 @@ class Plan:
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "mb", "interleave", "schedule", "recompute", "sp", "zero",
-                     "precision", "overlap"):
+                     "precision", "overlap", "fusion"):
             value = getattr(self, name)
             if name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")

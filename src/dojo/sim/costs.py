@@ -12,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from dojo.config import check, parse
 from dojo.errors import UnknownNameError
@@ -29,6 +30,7 @@ class Calibration:
     link_efficiency: float = field(metadata=check(gt=0, le=1))
     collective_latency_s: float = field(metadata=check(ge=0, unit="s"))
     idle_fraction: float = field(default=0.25, metadata=check(ge=0, le=1))
+    conv_efficiency: float = field(default=1.0, metadata=check(gt=0, le=1))
     source: str = ""
 
 
@@ -62,6 +64,14 @@ class DeviceModel:
         eff = cal.matrix_efficiency * flops / (flops + cal.matrix_half_flops) if flops else 1.0
         compute = flops / (self.peak_flops * eff) if flops else 0.0
         return max(compute, self.vector_time_raw(nbytes)) + cal.launch_s
+
+    def op_time(self, op: Any) -> float:
+        """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate)."""
+        if op.kind != "matrix":
+            return self.vector_time(op.bytes, op.flops)
+        if "convolution" in op.target:
+            return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes)
+        return self.matrix_time(op.flops, op.bytes)
 
     def vector_time_raw(self, nbytes: float) -> float:
         return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)

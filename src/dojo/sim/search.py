@@ -126,7 +126,7 @@ def _program(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: P
              batch: int, seq: int | None) -> Any:
     graph, _ = captured(model, overrides, plan.mb, seq)
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale)
+    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
     return compile_program(work, plan, spec, batch), graph
 
 
@@ -166,8 +166,7 @@ def _lower_bound(program: Any) -> float:
         work = 0.0
         for chunk in program.device_chunks(stage):
             ops = list(chunk.forward) + list(chunk.backward) + list(chunk.recompute)
-            work += sum(dev.matrix_time(o.flops, o.bytes) if o.kind == "matrix"
-                        else dev.vector_time(o.bytes, o.flops) for o in ops)
+            work += sum(dev.op_time(o) for o in ops)
         busiest = max(busiest, work * program.microbatches)
     bubble = (plan.pp - 1) / (plan.interleave * program.microbatches)
     return busiest * (1 + bubble)

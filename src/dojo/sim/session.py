@@ -68,7 +68,7 @@ def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec 
 
     validate_plan(plan, model_shape(graph, config), device_count(spec), batch)
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale)
+    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
     program = compile_program(work, plan, spec, batch,

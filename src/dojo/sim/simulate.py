@@ -89,8 +89,7 @@ def _comm_time(comms: tuple[Comm, ...], dev: DeviceModel) -> float:
 
 
 def _ops_time(ops: Any, dev: DeviceModel) -> float:
-    return sum(dev.matrix_time(o.flops, o.bytes) if o.kind == "matrix"
-               else dev.vector_time(o.bytes, o.flops) for o in ops)
+    return sum(dev.op_time(o) for o in ops)
 
 
 def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory) -> ChunkTimes:
@@ -183,6 +182,8 @@ def _optimizer_bytes_per_param(program: Program) -> float:
     master weight, gradient and each state tensor, write the master, the states and the
     low-precision weights; the captured unfused graph is an upper bound."""
     sizes = PRECISION_BYTES[program.plan.precision]
+    if not program.plan.fusion:  # eager: one kernel per op of the optimizer, as captured
+        return program.work.optimizer_bytes_per_param
     state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
     master = sizes["master"] or sizes["weights"]
     fused = 2 * master + sizes["grads"] + 2 * state + (sizes["weights"] if sizes["master"] else 0)
