@@ -10,6 +10,7 @@ is at hand and taken from published measurements otherwise.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -57,6 +58,8 @@ class DeviceModel:
     vector_flops: float
     mem_bytes_per_s: float
     calibration: Calibration
+    # A device-specific op model (the D1 node-level compiler) replacing the roofline.
+    timer: Callable[[Any], float] | None = None
 
     def matrix_time(self, flops: float, nbytes: float) -> float:
         """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes."""
@@ -67,6 +70,8 @@ class DeviceModel:
 
     def op_time(self, op: Any) -> float:
         """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate)."""
+        if self.timer is not None:
+            return self.timer(op) + self.calibration.launch_s
         if op.kind != "matrix":
             return self.vector_time(op.bytes, op.flops)
         if "convolution" in op.target:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
+from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.sim.collectives import collective_time
@@ -76,10 +77,24 @@ def device_model(program: Program) -> DeviceModel:
     if not leaf.cost_model:
         raise DojoError(f"{spec.path}: field '{spec.leaf_name}.cost_model' is missing: "
                         "expected the name of a simulator calibration")
+    timer = _d1_timer(spec, dtype) if spec.family == "dojo" else None
     return DeviceModel(peak_flops=leaf.peak_flops[dtype] * n,
                        vector_flops=leaf.peak_flops.get("fp32", leaf.peak_flops[dtype]) * n,
                        mem_bytes_per_s=pool.read_bytes_per_s * n,
-                       calibration=load_calibration(leaf.cost_model))
+                       calibration=load_calibration(leaf.cost_model), timer=timer)
+
+
+def _d1_timer(spec: Any, dtype: str) -> Any:
+    """Ops on a D1 timed by the node-level compiler (dojo.compiler.d1), memoised per op."""
+    from functools import lru_cache
+
+    from dojo.compiler.d1 import d1_op_time
+
+    @lru_cache(maxsize=4096)
+    def timed(kind: str, flops: float, nbytes: float, target: str) -> float:
+        return d1_op_time(OpCost(kind, flops, nbytes, target), spec, dtype=dtype).time_s
+
+    return lambda op: timed(op.kind, op.flops, op.bytes, op.target)
 
 
 def _comm_time(comms: tuple[Comm, ...], dev: DeviceModel) -> float:
