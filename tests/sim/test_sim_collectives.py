@@ -63,3 +63,17 @@ def test_mesh2d_uses_rows_then_columns() -> None:
     t, algo = collective_time("all_reduce", 1e9, (lv,), 1.0, 0.0)
     expect = 2 * (4 / 5 * 1e9 / 4e12 + 4 / 5 * 0.2e9 / 4e12)
     assert algo == "mesh2d" and t == pytest.approx(expect)
+
+
+def test_zplane_alternative_for_groups_that_leave_a_tile() -> None:
+    from dojo.compiler.mapping import zplane_levels
+
+    pod = load_system("exapod")
+    levels = group_levels(pod, 120, 25)  # one chip per tile, every tile
+    alt = zplane_levels(pod, levels)
+    (z,) = alt
+    assert z.level == "zplane" and z.members == 120
+    # 400 DIPs over 120 tiles at 50 GB/s TTPoE, shared by the 25 chips of a tile.
+    assert z.bytes_per_s == pytest.approx(400 / 120 * 50e9 / 25)
+    assert zplane_levels(pod, group_levels(pod, 25, 1)) == ()       # stays in its tile
+    assert zplane_levels(load_system("a100-cluster:64"), levels) == ()  # GPUs have no Z-plane

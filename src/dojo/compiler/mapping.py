@@ -84,3 +84,27 @@ def group_levels(spec: SystemSpec, size: int, stride: int) -> tuple[GroupLevel, 
         if inside >= size:
             break
     return tuple(out)
+
+
+def zplane_levels(spec: SystemSpec, levels: tuple[GroupLevel, ...]) -> tuple[GroupLevel, ...]:
+    """The Z-plane alternative for a Dojo group that leaves its tile: keep the in-tile level, then
+    replace every level above it by one ring of tiles through their DIPs over TTPoE. The DIPs of
+    a tile (those at its edges, averaged over the system) are shared by every device of the tile.
+    Empty when the system has no DIPs or the group stays inside a tile."""
+    from dojo.hardware.loader import dip_count
+
+    if spec.family != "dojo" or spec.dip is None or len(spec.levels) < 2:
+        return ()
+    tile_name = spec.levels[1].name
+    inner = tuple(g for g in levels if g.level == tile_name)
+    outer = [g for g in levels if g.level != tile_name]
+    if not outer:
+        return ()
+    tiles = 1
+    for g in outer:
+        tiles *= g.members
+    per_tile = spec.levels[1].spec.count
+    eth = spec.dip.ethernet
+    bw = dip_count(spec) / units_of(spec, tile_name) * eth.bytes_per_s * eth.ports / per_tile
+    latency = 2 * eth.latency_s + spec.dip.switch_latency_s + 2 * spec.dip.ttp.latency_s
+    return (*inner, GroupLevel("zplane", eth.name, tiles, bw, latency, "switch"))

@@ -13,9 +13,8 @@ Every failure (missing file, import error, missing attribute, wrong return shape
 
 from __future__ import annotations
 
-import inspect
-
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.mapping import GroupLevel, zplane_levels
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
@@ -97,10 +98,21 @@ def _d1_timer(spec: Any, dtype: str) -> Any:
     return lambda op: timed(op.kind, op.flops, op.bytes, op.target)
 
 
-def _comm_time(comms: tuple[Comm, ...], dev: DeviceModel) -> float:
+def collective(program: Program, dev: DeviceModel, kind: str, nbytes: float,
+               levels: tuple[GroupLevel, ...]) -> float:
+    """Seconds for one collective: the fastest algorithm over the levels the group spans, or,
+    on Dojo, over the Z-plane (TTPoE through the DIPs) when that is faster."""
     cal = dev.calibration
-    return sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
-                               cal.collective_latency_s)[0] for c in comms)
+    t = collective_time(kind, nbytes, levels, cal.link_efficiency, cal.collective_latency_s)[0]
+    alt = zplane_levels(program.system, levels)
+    if alt:
+        z = collective_time(kind, nbytes, alt, cal.link_efficiency, cal.collective_latency_s)[0]
+        t = min(t, z)
+    return t
+
+
+def _comm_time(program: Program, comms: tuple[Comm, ...], dev: DeviceModel) -> float:
+    return sum(collective(program, dev, c.kind, c.nbytes, c.levels) for c in comms)
 
 
 def _ops_time(ops: Any, dev: DeviceModel) -> float:
@@ -117,21 +129,18 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         # FSDP: every pass gathers the chunk's weights from the data-parallel shards (and the
         # backward reduce-scatters its gradients); prefetching overlaps it with compute.
         stream = max(stream, _zero3_time(program, weights, dev))
-    recompute = _ops_time(chunk.recompute, dev) + _comm_time(chunk.tp_recompute, dev)
+    recompute = _ops_time(chunk.recompute, dev) + _comm_time(program, chunk.tp_recompute, dev)
     return ChunkTimes(forward=_ops_time(chunk.forward, dev),
                       backward=_ops_time(chunk.backward, dev), recompute=recompute,
-                      tp_forward=_comm_time(chunk.tp_forward, dev),
-                      tp_backward=_comm_time(chunk.tp_backward, dev), stream=stream)
+                      tp_forward=_comm_time(program, chunk.tp_forward, dev),
+                      tp_backward=_comm_time(program, chunk.tp_backward, dev), stream=stream)
 
 
 def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
-    cal = dev.calibration
-    gather = collective_time("all_gather", weights, program.grad_levels, cal.link_efficiency,
-                             cal.collective_latency_s)[0]
+    gather = collective(program, dev, "all_gather", weights, program.grad_levels)
     grads = weights / PRECISION_BYTES[program.plan.precision]["weights"] \
         * PRECISION_BYTES[program.plan.precision]["grads"]
-    scatter = collective_time("reduce_scatter", grads, program.grad_levels,
-                              cal.link_efficiency, cal.collective_latency_s)[0]
+    scatter = collective(program, dev, "reduce_scatter", grads, program.grad_levels)
     return gather + scatter / 2  # the forward pays the gather, the backward both: on average
 
 
@@ -149,9 +158,7 @@ def simulate(program: Program) -> Result:
             return max(t.forward, t.stream) + t.tp_forward
         return max(t.backward + t.recompute, t.stream) + t.tp_backward
 
-    cal = dev.calibration
-    transfer = collective_time("send_recv", program.p2p.nbytes, program.p2p.levels,
-                               cal.link_efficiency, cal.collective_latency_s)[0]
+    transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
     spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
                          duration, transfer)
     sync, opt = _finish_step(program, dev, spans)
@@ -167,19 +174,17 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
     """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
     optimizer update, per stage."""
     plan = program.plan
-    cal = dev.calibration
     sizes = PRECISION_BYTES[plan.precision]
     sync, opt = [], []
     for stage in range(plan.pp):
         mine = [s for s in spans if s.stage == stage and s.kind == "B"]
         last = max(mine, key=lambda s: s.end)
         grads = program.device_params(stage) * sizes["grads"]
-        t_sync = collective_time(program.grad_sync_kind, grads, program.grad_levels,
-                                 cal.link_efficiency, cal.collective_latency_s)[0]
+        t_sync = collective(program, dev, program.grad_sync_kind, grads, program.grad_levels)
         if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
-            t_sync += collective_time("all_gather", program.device_params(stage)
-                                      * sizes["weights"], program.grad_levels,
-                                      cal.link_efficiency, cal.collective_latency_s)[0]
+            t_sync += collective(program, dev, "all_gather",
+                                 program.device_params(stage) * sizes["weights"],
+                                 program.grad_levels)
         blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
         if plan.overlap:
             end = max(last.start + t_sync, last.end + t_sync / blocks)
