@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "compare",
     "sweep",
     "validate",
+    "run",
 )
 
 

@@ -1,0 +1,103 @@
+"""Checkpoint and resume: model, optimizer, RNG, policy state and data position, per rank.
+
+Layout of a checkpoint folder: `rank<r>.pt` per rank and `manifest.json`, written last by rank 0
+after a barrier. Every file is written to a temporary name and renamed (atomic on POSIX), so a
+run killed mid-save leaves either the previous complete checkpoint or files without a manifest;
+`load_checkpoint` refuses a folder without a manifest, or one saved under another plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dojo.errors import DojoError
+
+MANIFEST = "manifest.json"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _quantizer_state(model: torch.nn.Module) -> dict[str, Any]:
+    """Delayed-scaling histories and stochastic-rounding generators of every policy layer."""
+    out: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        if numerics is None:
+            continue
+        for slot in ("activations", "weights", "grads", "outputs"):
+            q = getattr(numerics, slot)
+            if q is None:
+                continue
+            gen = q._generator.get_state() if q._generator is not None else None
+            out[f"{path}.{slot}"] = {"history": list(q.history._values),
+                                     "last_bias": q.last_bias, "generator": gen}
+    return out
+
+
+def _restore_quantizers(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        if numerics is None:
+            continue
+        for slot in ("activations", "weights", "grads", "outputs"):
+            q, saved = getattr(numerics, slot), state.get(f"{path}.{slot}")
+            if q is None or saved is None:
+                continue
+            q.history._values.clear()
+            q.history._values.extend(saved["history"])
+            q.last_bias = saved["last_bias"]
+            if saved["generator"] is not None:
+                q._generator = torch.Generator().set_state(saved["generator"])
+
+
+def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
+    """Save this rank's state into `folder` (collective when distributed); returns the folder."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    rank = trainer.mesh.rank
+    state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+             "rng": torch.get_rng_state(), "position": trainer.position,
+             "quantizers": _quantizer_state(trainer.model), "plan": trainer.plan.text()}
+    _atomic_write(root / f"rank{rank}.pt", lambda p: torch.save(state, p))
+    if trainer.mesh.groups or trainer.plan.devices > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank == 0:
+        manifest = {"plan": trainer.plan.text(), "ranks": trainer.plan.devices,
+                    "position": trainer.position}
+        _atomic_write(root / MANIFEST, lambda p: p.write_text(json.dumps(manifest)))
+    return root
+
+
+def load_checkpoint(trainer: Any, folder: str | Path) -> None:
+    """Restore this rank's state from `folder`; DojoError if it is missing, partial or foreign."""
+    root = Path(folder)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise DojoError(f"checkpoint {root}: no {MANIFEST} (missing or incomplete checkpoint)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("plan") != trainer.plan.text():
+        raise DojoError(f"checkpoint {root}: saved with plan {manifest.get('plan')!r}, "
+                        f"this run uses {trainer.plan.text()!r}")
+    path = root / f"rank{trainer.mesh.rank}.pt"
+    if not path.is_file():
+        raise DojoError(f"checkpoint {root}: {path.name} is missing")
+    state = torch.load(path, weights_only=False)
+    if state["position"] != manifest["position"]:
+        raise DojoError(f"checkpoint {root}: {path.name} is at step {state['position']}, "
+                        f"the manifest at {manifest['position']} (a save was interrupted)")
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    _restore_quantizers(trainer.model, state["quantizers"])
+    trainer.position = int(state["position"])

@@ -1,0 +1,161 @@
+"""Start `nproc` worker processes on this machine and run a function in each over torch.distributed.
+
+    results = launch(worker_fn, nproc=4, args=(spec,), timeout_s=30)
+
+Contract:
+- Workers are started with the "forkserver" method (default; torch is imported once in the
+  server, each worker is a cheap fork of it) or "spawn". Neither forks a parent that may hold
+  running OpenMP threads, and each worker calls `torch.set_num_threads(threads)` before anything
+  else, so N workers on a 2-core machine cannot oversubscribe or deadlock on a thread pool.
+- The rendezvous is a TCPStore that this process opens on 127.0.0.1 with an OS-chosen port (no
+  port race); the backend is gloo on CPU, NCCL when every worker has a GPU of its own.
+- Collectives time out after `timeout_s` seconds, so a rank that dies makes the others fail
+  instead of hanging. The first failure is raised here as `RankError` naming the rank; the
+  remaining workers are terminated. `launch` never waits longer than `timeout_s` plus start-up.
+- `fn(rank, world, *args)` must be importable (module level) and return a picklable value;
+  results come back as a list indexed by rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import queue
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dojo.errors import DojoError
+
+START_METHODS = ("forkserver", "spawn")
+START_GRACE_S = 60.0  # importing torch in a fresh worker on a loaded 2-core machine
+
+
+class RankError(DojoError):
+    """A worker rank failed: `rank` names it, the message carries its one-line error."""
+
+    def __init__(self, rank: int, message: str) -> None:
+        self.rank = rank
+        super().__init__(f"rank {rank}: {message}")
+
+
+def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
+           timeout_s: float = 30.0, method: str = "forkserver", threads: int = 1,
+           backend: str | None = None) -> list[Any]:
+    """Run `fn(rank, nproc, *args)` in `nproc` processes; returns their results by rank."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if nproc < 1:
+        raise DojoError(f"launch: nproc = {nproc}: expected >= 1")
+    if method not in START_METHODS:
+        raise DojoError(f"launch: method = {method!r}: expected one of {', '.join(START_METHODS)}")
+    ctx: Any = mp.get_context(method)
+    if method == "forkserver":
+        # torch._dynamo: the first optimizer constructed imports it (seconds); do it once here.
+        ctx.set_forkserver_preload(["torch", "torch._dynamo", "dojo.runtime.job",
+                                    "dojo.runtime.trainer", "dojo.runtime.checkpoint"])
+    store = dist.TCPStore("127.0.0.1", 0, nproc + 1, is_master=True,
+                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    results: Any = ctx.Queue()
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(fn, rank, nproc, store.port, tuple(args), results, timeout_s,
+                               threads, backend))
+             for rank in range(nproc)]
+    for p in procs:
+        p.start()
+    try:
+        return _collect(procs, results, nproc, timeout_s + START_GRACE_S)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+        del store
+
+
+def _collect(procs: list[Any], results: Any, nproc: int, limit_s: float) -> list[Any]:
+    out: dict[int, Any] = {}
+    deadline = time.monotonic() + limit_s
+    while len(out) < nproc:
+        try:
+            rank, ok, payload = results.get(timeout=0.2)
+        except queue.Empty:
+            for rank, p in enumerate(procs):
+                if rank not in out and p.exitcode is not None:
+                    _drain_errors(results)
+                    raise RankError(rank, f"worker process died with exit code {p.exitcode} "
+                                          "before returning a result") from None
+            if time.monotonic() > deadline:
+                missing = [r for r in range(nproc) if r not in out]
+                raise RankError(missing[0], f"no result after {limit_s:.0f} s "
+                                            f"(ranks without result: {missing})") from None
+            continue
+        if not ok:
+            _raise_root_cause(procs, out, rank, payload)
+        out[rank] = pickle.loads(payload)
+    return [out[r] for r in range(nproc)]
+
+
+def _raise_root_cause(procs: list[Any], done: dict[int, Any], rank: int, message: str) -> None:
+    """A rank failed. If another rank died without a word, that death is the cause (gloo tells
+    the survivors "connection closed" at once): name the dead rank, then the reporting one."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for other, p in enumerate(procs):
+            if other != rank and other not in done and p.exitcode not in (None, 0):
+                raise RankError(other, f"worker process died with exit code {p.exitcode} "
+                                       f"(then rank {rank}: {message})")
+        time.sleep(0.05)
+    raise RankError(rank, message)
+
+
+def _drain_errors(results: Any) -> None:
+    """A rank that raised reports before it exits: prefer its message over 'died'."""
+    try:
+        while True:
+            rank, ok, payload = results.get(timeout=0.5)
+            if not ok:
+                raise RankError(rank, payload)
+    except queue.Empty:
+        return
+
+
+def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple[Any, ...],
+            results: Any, timeout_s: float, threads: int, backend: str | None) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # first: before any op can start a thread pool
+    import torch.distributed as dist
+
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # rendezvous stays on 127.0.0.1
+    try:
+        store = dist.TCPStore("127.0.0.1", port, world + 1, is_master=False,
+                              timeout=datetime.timedelta(seconds=timeout_s))
+        chosen = backend or _default_backend(world)
+        if chosen == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(chosen, store=store, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        # Plain pickle to bytes: tensors must not travel as shared-memory handles, which die
+        # with this process before the parent reads them.
+        results.put((rank, True, pickle.dumps(fn(rank, world, *args))))
+    except BaseException as err:  # report every failure with this rank's id, then exit
+        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        results.put((rank, False, message[:2000] + at))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _default_backend(world: int) -> str:
+    import torch
+
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"

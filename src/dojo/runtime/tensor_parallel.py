@@ -1,0 +1,190 @@
+"""Megatron-LM tensor parallelism for the GPT blocks, with our own all-reduce autograd functions.
+
+Why not DTensor's `parallelize_module`: on gloo/CPU it works for plain Linear chains, but the
+GPT attention reshapes the fused QKV output by the *global* head count, which a column-sharded
+DTensor does not know how to split per head without rewriting the module anyway; and every
+DTensor op dispatches through the sharding propagator, which costs more than our tiny models'
+matmuls. Two autograd functions (Megatron's `f` and `g`) give the same math with one all-reduce
+per split region each way, deterministic on gloo.
+
+Split per block (tp ranks r = 0..tp-1, heads and ffn divided evenly; `validate_plan` checks it):
+- attn.qkv: column-parallel; rank r keeps the q, k and v rows of its heads.
+- attn.proj: row-parallel; rank r keeps the input columns of its heads; bias added once, after
+  the all-reduce.
+- mlp.0: column-parallel (ffn rows); mlp.2: row-parallel (ffn columns).
+Norms, embeddings and the tied head stay replicated; their gradients come out identical on every
+tp rank (identical inputs), so they need no tp reduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dojo.errors import DojoError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where a local parameter comes from: `source`[..., index along `dim`, ...] of the whole
+    (unsharded) model's parameter `source`."""
+
+    source: str
+    dim: int
+    index: Tensor
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Megatron's f: identity forward; all-reduce of the input gradient in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """Megatron's g: all-reduce (sum of the partial products) forward; identity backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        import torch.distributed as dist
+
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class RowParallelLinear(nn.Module):
+    """y = all_reduce(x_local @ W_local^T) + b: `linear` holds this rank's input columns (a plain
+    nn.Linear, so precision policies apply to it); `bias` is whole and replicated."""
+
+    def __init__(self, linear: nn.Linear, bias: nn.Parameter | None, group: Any) -> None:
+        super().__init__()
+        self.linear = linear
+        self.bias = bias
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = _ReduceFromTP.apply(self.linear(x), self.group)  # (..., out), summed over tp
+        return y if self.bias is None else y + self.bias
+
+
+class ParallelAttention(nn.Module):
+    """Causal self-attention over this rank's `heads` heads (of the block's total)."""
+
+    def __init__(self, qkv: nn.Linear, proj: RowParallelLinear, heads: int, attention: str,
+                 dropout: float, group: Any) -> None:
+        super().__init__()
+        self.qkv = qkv
+        self.proj = proj
+        self.heads = heads
+        self.attention = attention
+        self.dropout = dropout
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, s, _ = x.shape
+        x = _CopyToTP.apply(x, self.group)
+        local = self.qkv.out_features // 3
+        q, k, v = self.qkv(x).split(local, dim=2)  # 3 x (B, S, H/tp)
+        hd = local // self.heads
+        q, k, v = (t.view(b, s, self.heads, hd).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if self.attention == "flash":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            from dojo.models.gpt import _math_attention
+
+            y = _math_attention(q, k, v, p)  # (B, nh/tp, S, hd)
+        return self.proj(y.transpose(1, 2).reshape(b, s, local))  # (B, S, H)
+
+
+class ParallelMLP(nn.Module):
+    """fc (column-parallel) -> activation -> proj (row-parallel)."""
+
+    def __init__(self, fc: nn.Linear, act: nn.Module, proj: RowParallelLinear, group: Any) -> None:
+        super().__init__()
+        self.fc = fc
+        self.act = act
+        self.proj = proj
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.act(self.fc(_CopyToTP.apply(x, self.group))))
+
+
+def _rows(linear: nn.Linear, index: Tensor) -> nn.Linear:
+    out = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight[index])
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias[index])
+    return out
+
+
+def _columns(linear: nn.Linear, index: Tensor, group: Any) -> RowParallelLinear:
+    inner = nn.Linear(len(index), linear.out_features, bias=False)
+    with torch.no_grad():
+        inner.weight.copy_(linear.weight[:, index])
+    bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+    return RowParallelLinear(inner, bias, group)
+
+
+def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any) -> dict[str, Shard]:
+    """Split every block of a dojo GPT `tp` ways in place; this process keeps slot `rank`.
+
+    Returns the local parameter names that hold a slice of a whole-model parameter, with the
+    slice; parameters not listed are whole copies under their original names.
+    """
+    from dojo.models.gpt import GPT
+
+    if not isinstance(model, GPT):
+        raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt models only; "
+                        f"got {type(model).__name__} (use dp and, for llama, pp)")
+    shards: dict[str, Shard] = {}
+    blocks: Any = model.blocks
+    for i, block in enumerate(blocks):
+        attn: Any = block.attn
+        mlp: Any = block.mlp
+        h = attn.qkv.in_features
+        if attn.heads % tp or mlp[0].out_features % tp:
+            raise DojoError(f"tp={tp} must divide heads={attn.heads} and "
+                            f"ffn={mlp[0].out_features}")
+        width = h // tp
+        mine = torch.arange(rank * width, (rank + 1) * width)
+        qkv_rows = torch.cat([mine, mine + h, mine + 2 * h])
+        ffn = mlp[0].out_features // tp
+        ffn_rows = torch.arange(rank * ffn, (rank + 1) * ffn)
+        p = f"blocks.{i}"
+        block.attn = ParallelAttention(_rows(attn.qkv, qkv_rows), _columns(attn.proj, mine, group),
+                                       attn.heads // tp, attn.attention, attn.dropout, group)
+        block.mlp = ParallelMLP(_rows(mlp[0], ffn_rows), mlp[1], _columns(mlp[2], ffn_rows, group),
+                                group)
+        shards.update({
+            f"{p}.attn.qkv.weight": Shard(f"{p}.attn.qkv.weight", 0, qkv_rows),
+            f"{p}.attn.qkv.bias": Shard(f"{p}.attn.qkv.bias", 0, qkv_rows),
+            f"{p}.attn.proj.linear.weight": Shard(f"{p}.attn.proj.weight", 1, mine),
+            f"{p}.attn.proj.bias": Shard(f"{p}.attn.proj.bias", 0, torch.arange(h)),
+            f"{p}.mlp.fc.weight": Shard(f"{p}.mlp.0.weight", 0, ffn_rows),
+            f"{p}.mlp.fc.bias": Shard(f"{p}.mlp.0.bias", 0, ffn_rows),
+            f"{p}.mlp.proj.linear.weight": Shard(f"{p}.mlp.2.weight", 1, ffn_rows),
+            f"{p}.mlp.proj.bias": Shard(f"{p}.mlp.2.bias", 0, torch.arange(h)),
+        })
+    return shards

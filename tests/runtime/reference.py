@@ -1,0 +1,56 @@
+"""Single-process eager PyTorch: the reference every partitioned run is checked against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dojo.runtime import Batches, Job
+from dojo.runtime.job import build_bundle
+
+
+def eager_run(job: Job) -> dict[str, Any]:
+    """Plain PyTorch training on the job's data: losses per step, final parameters and the last
+    step's gradients, by the whole model's parameter names."""
+    bundle = build_bundle(job)
+    model = bundle.model
+    optimizer = bundle.make_optimizer(model.parameters())
+    data = Batches(bundle, job.batch, job.seed)
+    losses = []
+    for step in range(job.steps):
+        inputs, targets = data.get(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = bundle.loss_fn(model(*inputs), *targets)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return {"losses": losses, "params": params, "grads": grads}
+
+
+def whole_name(local: str, shards: dict[str, Any]) -> tuple[str, int | None, list[int] | None]:
+    """The whole-model name of a local parameter and its slice (dim, indices), if sharded."""
+    if local in shards:
+        source, dim, index = shards[local]
+        return source, dim, index
+    return local, None, None
+
+
+def compare_state(ref: dict[str, torch.Tensor], results: list[dict[str, Any]], key: str,
+                  rtol: float, atol: float) -> set[str]:
+    """Check every rank's local `key` tensors ("params" or "grads") against the reference
+    slices; returns the whole-model names covered."""
+    covered = set()
+    for res in results:
+        for local, value in res[key].items():
+            name, dim, index = whole_name(local, res["shards"])
+            expected = ref[name]
+            if dim is not None and index is not None:
+                expected = expected.index_select(dim, torch.tensor(index))
+            where = f"{key} {name} rank {res['rank']}"
+            torch.testing.assert_close(value, expected, rtol=rtol, atol=atol,
+                                       msg=lambda m, w=where: f"{w}: {m}")
+            covered.add(name)
+    return covered

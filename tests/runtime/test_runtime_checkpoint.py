@@ -1,0 +1,66 @@
+"""Checkpoint and resume: a run stopped after step 3 and resumed from its checkpoint gives the
+same losses as an uninterrupted run (exactly: same data position, RNG, optimizer and policy
+state). Saves are write-then-rename with a manifest written last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dojo.errors import DojoError
+from dojo.runtime import (
+    Job,
+    RankError,
+    Trainer,
+    load_checkpoint,
+    run_distributed,
+    save_checkpoint,
+    simulate_job,
+)
+from dojo.runtime.job import build_bundle
+
+GPT = {"layers": 4}
+
+
+def _trainer(job: Job) -> Trainer:
+    return Trainer(simulate_job(job).program, build_bundle(job), seed=job.seed)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "cfp8"])
+def test_runtime_resume_gives_uninterrupted_losses(tmp_path: Path, precision: str) -> None:
+    job = Job(model="gpt", plan=f"dp=1,mb=1,precision={precision}", batch=2, seq=8,
+              overrides=GPT, seed=3)
+    whole = _trainer(job)
+    expected = [whole.step() for _ in range(6)]
+    first = _trainer(job)
+    head = [first.step() for _ in range(3)]
+    save_checkpoint(first, tmp_path)
+    del first  # the run ends here; a fresh process state would start below
+    resumed = _trainer(job)
+    load_checkpoint(resumed, tmp_path)
+    assert resumed.position == 3
+    assert head + [resumed.step() for _ in range(3)] == expected
+
+
+def test_runtime_killed_distributed_run_resumes(tmp_path: Path) -> None:
+    base = Job(model="gpt", plan="dp=2,precision=fp32", batch=4, seq=8, overrides=GPT, steps=6)
+    _, whole = run_distributed(base)
+    ckpt = str(tmp_path / "ckpt")
+    killed = Job(**{**base.__dict__, "checkpoint": ckpt, "save_every": 1, "die_at": (1, 3)})
+    with pytest.raises(RankError, match="rank 1"):
+        run_distributed(killed, timeout_s=10)
+    resumed = Job(**{**base.__dict__, "checkpoint": ckpt, "resume": True})
+    _, tail = run_distributed(resumed)
+    assert tail[0]["losses"] == whole[0]["losses"][3:]
+
+
+def test_runtime_incomplete_checkpoint_is_refused(tmp_path: Path) -> None:
+    job = Job(model="mlp", plan="dp=1,precision=fp32", batch=2)
+    trainer = _trainer(job)
+    trainer.step()
+    save_checkpoint(trainer, tmp_path)
+    (tmp_path / "manifest.json").unlink()  # as if killed between the rank files and the manifest
+    with pytest.raises(DojoError, match=r"no manifest\.json"):
+        load_checkpoint(_trainer(job), tmp_path)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
