@@ -137,11 +137,14 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
     for sec, n in sections:
         fwd += list(sec.forward) * n
         bwd += list(sec.backward) * n
-        saved += _saved(sec, plan.recompute) * n
         params += sec.params * n
-        if plan.recompute == "full" and sec is work.block:
+        # Checkpointing applies to the repeated blocks (their inputs are the checkpoints);
+        # embeddings, heads and models without blocks keep their activations.
+        recompute = plan.recompute if sec is work.block else "none"
+        saved += _saved(sec, recompute) * n
+        if recompute == "full":
             rec += list(sec.forward) * n
-        elif plan.recompute == "selective":
+        elif recompute == "selective":
             rec += list(sec.recompute_selective) * n
     blocks = per_chunk if work.block is not None else 0
     ar = work.residual_bytes

@@ -116,10 +116,17 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
         evaluated += 1
         r = sim.result
         found.append(Candidate(plan, r.step_time_s, r.mfu, r.memory.fits, sim))
-        found.sort(key=lambda c: c.step_time_s)
+        found.sort(key=_preference)
     return Search(best=found[0], candidates=tuple(found[:top]), rejected=tuple(rejected),
                   search_s=time.perf_counter() - start, evaluated=evaluated,
                   considered=len(ranked) + len(rejected))
+
+
+def _preference(c: Candidate) -> tuple[float, int, int, int, int, int]:
+    """Fastest first; among equal times (to 1e-9), the plan with fewer moving parts."""
+    p = c.plan
+    return (round(c.step_time_s, 12), RECOMPUTES.index(p.recompute), p.zero, p.tp, p.pp,
+            p.interleave)
 
 
 def _program(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
