@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # Order is the order shown in `dojo --help`.
 COMMANDS: tuple[str, ...] = (
     "info",
+    "data",
     "inspect",
     "simulate",
     "plan",

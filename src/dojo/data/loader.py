@@ -1,0 +1,286 @@
+"""Feed clips to training: a torch Dataset of T-frame windows and a resumable, sharded loader.
+
+A sample is a window of `window` consecutive frames from every camera of one clip, starting at
+frames 0, stride, 2*stride, ... Batches (B samples) are dicts of tensors:
+
+    frames      (B, T, N, 3, H, W) float32 in [0, 1], cameras in manifest order
+                (uint8 0..255 with pixels="uint8": a quarter of the bytes, for on-device scaling)
+    occupancy   (B, G, G) float32 0/1, the BEV grid of the window's last frame
+    intrinsics  (B, N, 3, 3) float32 pixels;  extrinsics (B, N, 4, 4) float32 camera-to-ego
+    ego_poses   (B, T, 4, 4) float32 ego-to-world (identity when the clip has none)
+    clip, start (B,) int64 which clip and first frame each sample came from
+
+Order: epoch e shuffles all samples with numpy's default_rng([seed, e]); rank r of world w takes
+every w-th sample from position r (disjoint shards whose union is the whole epoch) and cuts it into
+batches. So batch (e, step) of rank r is fixed by (seed, rank, world, e, step), independent of the
+number of workers; `state_dict()` / `load_state_dict()` save and restore that position exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dojo.config import check
+from dojo.data.layout import POLICIES, ClipSet, SkippedClip, SkippedClipWarning, open_clips
+from dojo.data.video import VideoReader
+from dojo.errors import ConfigError, DojoError
+
+_MAX_OPEN = 64  # open video files per process; more are closed least-recently-used first
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderConfig:
+    """How to batch a clip set: `window` and `stride` in frames, shard `rank` of `world`."""
+
+    batch_size: int = dataclasses.field(default=2, metadata=check(gt=0))
+    window: int = dataclasses.field(default=4, metadata=check(gt=0, unit="frames"))
+    stride: int = dataclasses.field(default=0, metadata=check(ge=0, unit="frames"))  # 0: window
+    num_workers: int = dataclasses.field(default=0, metadata=check(ge=0))
+    seed: int = dataclasses.field(default=0, metadata=check(ge=0))
+    rank: int = dataclasses.field(default=0, metadata=check(ge=0))
+    world: int = dataclasses.field(default=1, metadata=check(gt=0))
+    shuffle: bool = True
+    drop_last: bool = False  # True: every rank gets the same number of full batches
+    policy: str = dataclasses.field(default="error", metadata=check(choices=POLICIES))
+    verify: bool = False  # decode every frame when opening the set
+    pixels: str = dataclasses.field(default="float32", metadata=check(choices=("float32", "uint8")))
+
+    def __post_init__(self) -> None:
+        if self.rank >= self.world:
+            raise ConfigError("loader", "rank", self.rank, f"a rank < world = {self.world}")
+
+
+class ClipDataset(Dataset[dict[str, Any]]):
+    """Windows of `window` frames every `stride` frames over the clips of a validated set.
+
+    torch's DataLoader hands each batch of indices to `__getitems__`, which decodes straight into
+    one float batch buffer (in shared memory inside a worker), so pass `collate_fn=collate`.
+    A window that fails to decode is left out of its batch and listed under "skipped"; the
+    loader applies the policy. `ds[i]` is one sample: the batch layout without B.
+    """
+
+    def __init__(self, clipset: ClipSet, window: int, stride: int,
+                 pixels: str = "float32") -> None:
+        self.clipset = clipset
+        self.window = window
+        self.dtype = torch.uint8 if pixels == "uint8" else torch.float32
+        self.skipped: list[SkippedClip] = list(clipset.skipped)
+        self.index = [(c, s) for c, clip in enumerate(clipset.clips)
+                      for s in range(0, clip.frames - window + 1, stride)]
+        if not self.index:
+            raise DojoError(f"{clipset.root}: no windows of {window} frames in "
+                            f"{len(clipset.clips)} usable clips (clips too short or all skipped)")
+        self._readers: dict[Path, VideoReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        batch = self.__getitems__([i])
+        for failure in batch["skipped"]:
+            raise DojoError(f"{failure.file}: {failure.reason}")
+        return {key: value[0] for key, value in batch.items() if key != "skipped"}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        m = self.clipset.manifest
+        shape = (len(indices), self.window, len(m.cameras), 3, m.height, m.width)
+        frames = _batch_buffer(shape, self.dtype)  # (B, T, N, 3, H, W)
+        pixels = frames.numpy()
+        kept: list[tuple[int, int]] = []
+        skipped: list[SkippedClip] = []
+        for i in indices:
+            c, start = self.index[i]
+            failure = self._decode(c, start, pixels[len(kept)])
+            if failure is None:
+                kept.append((c, start))
+            else:
+                skipped.append(failure)
+        return {"frames": frames[: len(kept)], **self._labels(kept), "skipped": skipped}
+
+    def _decode(self, c: int, start: int, out: np.ndarray) -> SkippedClip | None:
+        """Decode one window into `out` (T, N, 3, H, W); the failure, if any."""
+        clip = self.clipset.clips[c]
+        for cam, path in enumerate(clip.videos):
+            try:
+                self._reader(path).read_planar(start, self.window, out[:, cam])
+            except DojoError as err:
+                return SkippedClip(clip.name, str(path), str(err).removeprefix(f"{path}: "))
+        return None
+
+    def _labels(self, kept: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        t, g = self.window, self.clipset.manifest.grid.size
+        n = len(self.clipset.manifest.cameras)
+        rows: dict[str, list[np.ndarray]] = {"occupancy": [], "intrinsics": [], "extrinsics": [],
+                                             "ego_poses": []}
+        for c, start in kept:
+            labels = self.clipset.clips[c].labels
+            poses = labels.get("ego_poses")
+            rows["occupancy"].append(labels["occupancy"][start + t - 1])  # the last frame's grid
+            rows["intrinsics"].append(labels["intrinsics"])
+            rows["extrinsics"].append(labels["extrinsics"])
+            rows["ego_poses"].append(np.eye(4)[None].repeat(t, 0) if poses is None
+                                     else poses[start:start + t])
+        empty = {"occupancy": (0, g, g), "intrinsics": (0, n, 3, 3), "extrinsics": (0, n, 4, 4),
+                 "ego_poses": (0, t, 4, 4)}
+        out = {key: torch.from_numpy(np.stack(v).astype(np.float32) if v else
+                                     np.zeros(empty[key], np.float32)) for key, v in rows.items()}
+        out["clip"] = torch.tensor([c for c, _ in kept], dtype=torch.int64)
+        out["start"] = torch.tensor([s for _, s in kept], dtype=torch.int64)
+        return out
+
+    def _reader(self, path: Path) -> VideoReader:
+        reader = self._readers.pop(path, None)
+        if reader is None:
+            reader = VideoReader(path, self.clipset.manifest.fps)
+            if len(self._readers) >= _MAX_OPEN:
+                oldest = next(iter(self._readers))
+                self._readers.pop(oldest).close()
+        self._readers[path] = reader  # re-insert: dict order is least-recently-used first
+        return reader
+
+    def reset_readers(self) -> None:
+        """Close every open file; a forked worker calls this so it never shares a parent's."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
+
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker it is allocated in shared memory (as
+    torch's default_collate does) so sending it to the trainer copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = int(np.prod(shape))
+    base = torch.empty(0, dtype=dtype)
+    storage = base._typed_storage()._new_shared(numel, device=base.device)
+    return base.new(storage).view(shape)
+
+
+def collate(batch: Any) -> dict[str, Any]:
+    """The collate_fn for a DataLoader over `ClipDataset`: batches come assembled by
+    `ClipDataset.__getitems__` (shapes in the module docstring), so they pass through."""
+    return batch
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # decode parallelism comes from the worker processes
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, ClipDataset):
+        info.dataset.reset_readers()
+
+
+class _RemainingBatches(Sampler[list[int]]):
+    """The batches of the owner's current epoch from its current step; read anew each time the
+    torch DataLoader starts an iteration, so one DataLoader serves every epoch and resume."""
+
+    def __init__(self, owner: ClipLoader) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.owner._batches(self.owner.epoch)[self.owner.step:])
+
+    def __len__(self) -> int:
+        return max(self.owner.steps_per_epoch - self.owner.step, 0)
+
+
+class ClipLoader:
+    """Sharded, deterministic, resumable batches over a clip set (see the module docstring).
+
+    Iterating yields the rest of the current epoch, then moves to the next epoch; one iteration
+    at a time (a second `iter()` restarts the shared torch DataLoader). Worker processes persist
+    across epochs.
+    """
+
+    def __init__(self, root: str | Path, cfg: LoaderConfig | None = None) -> None:
+        self.cfg = cfg or LoaderConfig()
+        clipset = open_clips(root, self.cfg.policy, self.cfg.verify)
+        self.dataset = ClipDataset(clipset, self.cfg.window, self.cfg.stride or self.cfg.window,
+                                   self.cfg.pixels)
+        self.epoch = 0
+        self.step = 0
+        self._torch_loader: DataLoader[dict[str, Any]] | None = None
+
+    @property
+    def skipped(self) -> list[SkippedClip]:
+        """Clips left out so far (policy "skip"), with the file at fault and the reason."""
+        return self.dataset.skipped
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches this rank yields per epoch (equal on all ranks when drop_last)."""
+        return len(self._batches(0))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def shard(self, epoch: int) -> np.ndarray:
+        """Sample indices of this rank in epoch `epoch`, in order."""
+        n = len(self.dataset)
+        order = (np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+                 if self.cfg.shuffle else np.arange(n))
+        return order[self.cfg.rank::self.cfg.world]
+
+    def indices_at(self, epoch: int, step: int) -> list[int]:
+        """Sample indices of batch `step` of epoch `epoch` on this rank."""
+        return self._batches(epoch)[step]
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        shard = self.shard(epoch).tolist()
+        b = self.cfg.batch_size
+        if self.cfg.drop_last:  # the smallest shard sets the count so ranks stay in step
+            shard = shard[: (len(self.dataset) // self.cfg.world) // b * b]
+        return [shard[i:i + b] for i in range(0, len(shard), b)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._normalise()
+        if self._torch_loader is None:  # made once: worker processes persist across epochs
+            workers = self.cfg.num_workers
+            self._torch_loader = DataLoader(
+                self.dataset, batch_sampler=_RemainingBatches(self), num_workers=workers,
+                collate_fn=collate, worker_init_fn=_worker_init if workers else None,
+                persistent_workers=workers > 0)
+        for batch in self._torch_loader:
+            self._apply_policy(batch["skipped"])  # raises before the step: resume retries it
+            self.step += 1  # position of the next batch: what a checkpoint after this one needs
+            if "frames" in batch:
+                yield batch
+        self._normalise()
+
+    def _apply_policy(self, failures: list[SkippedClip]) -> None:
+        for failure in failures:
+            if self.cfg.policy == "error":
+                raise DojoError(f"{failure.file}: {failure.reason}")
+            if failure not in self.dataset.skipped:
+                warnings.warn(f"skipping clip {failure.clip}: {failure.file}: {failure.reason}",
+                              SkippedClipWarning, stacklevel=3)
+                self.dataset.skipped.append(failure)
+
+    def _normalise(self) -> None:
+        if self.step >= self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Position of the next batch, with the settings that give positions their meaning."""
+        self._normalise()
+        return {"epoch": self.epoch, "step": self.step, "seed": self.cfg.seed,
+                "rank": self.cfg.rank, "world": self.cfg.world}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at a position saved by `state_dict`; seed, rank and world must match."""
+        for key in ("seed", "rank", "world"):
+            if key in state and state[key] != getattr(self.cfg, key):
+                raise ConfigError("loader state", key, state[key],
+                                  f"{getattr(self.cfg, key)} as configured (same {key} to resume)")
+        for key in ("epoch", "step"):
+            if not isinstance(state.get(key), int) or state[key] < 0:
+                raise ConfigError("loader state", key, state.get(key), "an integer >= 0")
+        self.epoch, self.step = state["epoch"], state["step"]

@@ -1,0 +1,140 @@
+"""`dojo data synth`: deterministic synthetic multi-camera driving clips with ground truth.
+
+Clip i of seed S is a pure function of (S, i) and the config: its scene comes from
+`numpy.random.default_rng([S, i])`, its pixels from the ray caster, its labels from the scene.
+The set is written into a temporary sibling folder and renamed into place at the end, so an
+interrupted run leaves no half-written set behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dojo.config import check
+from dojo.data.geometry import Camera, make_rig
+from dojo.data.layout import FORMAT, VERSION, write_manifest, write_npz
+from dojo.data.render import render_view
+from dojo.data.scene import CLASS_NAMES, Scene, boxes_world, ego_pose, make_scene, occupancy, to_ego
+from dojo.data.video import CRF, GOP, encode_mp4
+from dojo.errors import ConfigError, DojoError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """What `dojo data synth` makes: sizes in pixels, range in metres, rate in frames/s."""
+
+    clips: int = dataclasses.field(default=4, metadata=check(gt=0))
+    cameras: int = dataclasses.field(default=6, metadata=check(ge=1, le=6))
+    frames: int = dataclasses.field(default=8, metadata=check(gt=0))
+    width: int = dataclasses.field(default=96, metadata=check(ge=16, le=4096, unit="pixels"))
+    height: int = dataclasses.field(default=64, metadata=check(ge=16, le=4096, unit="pixels"))
+    seed: int = dataclasses.field(default=0, metadata=check(ge=0))
+    grid: int = dataclasses.field(default=32, metadata=check(gt=0, le=4096, unit="cells"))
+    range_m: float = dataclasses.field(default=16.0, metadata=check(gt=0, unit="m"))
+    fps: float = dataclasses.field(default=10.0, metadata=check(gt=0, le=240, unit="frames/s"))
+    gop: int = dataclasses.field(default=GOP, metadata=check(gt=0, unit="frames"))
+    crf: int = dataclasses.field(default=CRF, metadata=check(ge=0, le=51))
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value % 2:
+                raise ConfigError("dojo data synth", name, value,
+                                  "an even number of pixels (H.264 yuv420p halves chroma)")
+
+
+def clip_scene(cfg: SynthConfig, index: int) -> Scene:
+    """The scene of clip `index`: a function of (cfg.seed, index, frames, fps) only."""
+    return make_scene(np.random.default_rng([cfg.seed, index]), cfg.frames, cfg.fps)
+
+
+def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
+                range_m: float) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Pixels and labels of one clip: per camera (T, H, W, 3) uint8, and the labels.npz arrays."""
+    colours = np.array([a.colour for a in scene.actors], dtype=np.float64).reshape(-1, 3)
+    poses = np.stack([ego_pose(scene, k) for k in range(scene.frames)])  # (T, 4, 4)
+    views = [np.empty((scene.frames, c.height, c.width, 3), np.uint8) for c in rig]
+    boxes, occ = [], []
+    for k in range(scene.frames):
+        world = boxes_world(scene, k)
+        for cam, frames in zip(rig, views, strict=True):
+            frames[k] = render_view(scene.road, poses[k] @ cam.E, cam.K, cam.width, cam.height,
+                                    world, colours)
+        ego = to_ego(world, poses[k])
+        boxes.append(ego)
+        occ.append(occupancy(ego, grid, range_m))
+    labels = {
+        "occupancy": np.stack(occ),
+        "intrinsics": np.stack([c.K for c in rig]),
+        "extrinsics": np.stack([c.E for c in rig]),
+        "ego_poses": poses,
+        "boxes": np.stack(boxes).astype(np.float32).reshape(scene.frames, -1, 7),
+        "classes": np.array([a.kind for a in scene.actors], dtype=np.uint8),
+        "timestamps": np.arange(scene.frames, dtype=np.float64) / scene.fps,
+    }
+    return views, labels
+
+
+def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = None,
+               force: bool = False) -> Path:
+    """Write a clip set to `out` (a new or empty folder; `force` replaces an existing one).
+
+    `progress(done, total)` is called after each clip. Returns the manifest path.
+    """
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
+        raise DojoError(f"{out}: already exists and is not empty (pass --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_set(tmp, cfg, progress)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "manifest.json"
+
+
+def _write_set(root: Path, cfg: SynthConfig, progress: Progress | None) -> None:
+    rig = make_rig(cfg.cameras, cfg.width, cfg.height)
+    entries = []
+    for i in range(cfg.clips):
+        name = f"clip_{i:04d}"
+        (root / name).mkdir()
+        views, labels = render_clip(clip_scene(cfg, i), rig, cfg.grid, cfg.range_m)
+        for cam, frames in zip(rig, views, strict=True):
+            encode_mp4(root / name / f"{cam.name}.mp4", frames, cfg.fps, cfg.gop, cfg.crf)
+        write_npz(root / name / "labels.npz", labels)
+        entries.append({"name": name, "frames": cfg.frames,
+                        "videos": {c.name: f"{name}/{c.name}.mp4" for c in rig},
+                        "labels": f"{name}/labels.npz"})
+        if progress is not None:
+            progress(i + 1, cfg.clips)
+    write_manifest(root, {
+        "format": FORMAT, "version": VERSION, "fps": cfg.fps, "width": cfg.width,
+        "height": cfg.height, "gop": cfg.gop, "cameras": [c.name for c in rig],
+        "grid": {"size": cfg.grid, "range_m": cfg.range_m}, "classes": list(CLASS_NAMES),
+        "seed": cfg.seed, "clips": entries,
+    })
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished set into place; an old set is removed only after the new one is in."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    trash = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(trash)
+    tmp.rename(out)
+    shutil.rmtree(trash, ignore_errors=True)

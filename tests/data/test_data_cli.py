@@ -1,0 +1,79 @@
+"""`dojo data`: exits 0 with JSON on success, 2 with one line on stderr for bad arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dojo.cli.main import main
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--size", "95x64"], "'width' = 95"),
+        (["--size", "96x63"], "'height' = 63"),
+        (["--size", "96"], "WxH"),
+        (["--clips", "0"], "'clips' = 0"),
+        (["--clips", "two"], "'clips' = 'two'"),
+        (["--cameras", "7"], "'cameras' = 7"),
+        (["--range", "-1"], "'range_m' = -1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            args: list[str], words: str) -> None:
+    base = {"--out": str(tmp_path / "set"), "--clips": "1"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["data", "synth", *[x for kv in base.items() for x in kv]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dojo: error:") and words in err
+    assert not (tmp_path / "set").exists()
+
+
+def test_synth_then_check_then_fps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "set"
+    argv = ["data", "synth", "--out", str(out), "--clips", "2", "--cameras", "2", "--frames", "3",
+            "--size", "32x32", "--grid", "8", "--range", "8", "--seed", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["clips"] == 2 and report["size"] == [32, 32]
+    assert "2/2 clips" in captured.err  # progress goes to stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["cameras"] == ["front", "front_left"] and len(manifest["clips"]) == 2
+    assert manifest["grid"] == {"size": 8, "range_m": 8.0} and manifest["gop"] == 8
+
+    assert main(["data", "synth", "--out", str(out), "--clips", "1"]) == 2  # no overwrite
+    assert "--force" in capsys.readouterr().err
+
+    assert main(["data", "check", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["usable"] == 2
+    (out / "clip_0001" / "front.mp4").write_bytes(b"junk")
+    assert main(["data", "check", str(out)]) == 1
+    skipped = json.loads(capsys.readouterr().out)["skipped"]
+    assert skipped[0]["file"] == str(out / "clip_0001" / "front.mp4")
+    assert main(["data", "check", str(out), "--policy", "error"]) == 2
+    assert "front.mp4" in capsys.readouterr().err
+
+    shutil.rmtree(out / "clip_0001")
+    assert main(["data", "fps", str(out / "clip_0000"), "--seconds", "0.05"]) == 0
+    assert json.loads(capsys.readouterr().out)["decode_fps_per_core"] > 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["data", "check", "{tmp}", "--policy", "bogus"], "one of error, skip"),
+    (["data", "check", "{tmp}/none"], "no manifest"),
+    (["data", "fps", "{tmp}/none"], "no .mp4 files"),
+    (["data", "fps", "{tmp}", "--seconds", "0"], "'seconds' = 0"),
+])
+def test_bad_check_and_fps_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     argv: list[str], words: str) -> None:
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
