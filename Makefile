@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/dojo info v1
+	$(BIN)/dojo train occupancy --out runs/demo
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -28,7 +28,8 @@ LAYERS: dict[str, int] = {
     "sim": 6,
     "runtime": 7,
     "report": 8,
-    "cli": 9,
+    "train": 9,  # the main job: uses report and everything below it
+    "cli": 10,
 }
 
 

@@ -37,3 +37,20 @@ def test_ingest_hosts_cover_the_deficit() -> None:
 def test_systems_without_hosts_are_refused() -> None:
     with pytest.raises(DojoError, match="no hosts"):
         data_path(load_system("tile"), 1, 1, 1.0, 10.0, 1.0)
+
+
+def test_waiting_for_data_costs_time_and_idle_energy() -> None:
+    from dojo.plan import parse_plan
+    from dojo.sim.datapath import with_data
+    from dojo.sim.session import simulate_model
+
+    small = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "vocab": 512, "seq": 64}
+    sim = simulate_model("gpt", small, "v1", parse_plan("dp=150"), 150)
+    r = sim.result
+    path = data_path(load_system("v1"), 150, 48, 48 * 3 * 64 * 96, 10.0, r.step_time_s)
+    fed = with_data(r, path, idle_fraction=0.3)
+    assert path.bottleneck and fed.breakdown_s["data"] == pytest.approx(path.exposed_s)
+    assert fed.step_time_s == pytest.approx(r.step_time_s + path.exposed_s)
+    expect = r.energy_j + r.energy_j / r.step_time_s * 0.3 * path.exposed_s
+    assert fed.energy_j == pytest.approx(expect)
+    assert fed.samples_per_s == pytest.approx(150 / fed.step_time_s)

@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "sweep",
     "validate",
     "run",
+    "train",
 )
 
 

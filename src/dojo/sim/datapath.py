@@ -71,9 +71,11 @@ def data_path(spec: SystemSpec, batch: int, images_per_sample: int, bytes_per_sa
                     bottleneck=data > step_s)
 
 
-def with_data(result: Result, path: DataPath) -> Result:
-    """The result with input loading in it: the step waits for whatever the data path exposes."""
+def with_data(result: Result, path: DataPath, idle_fraction: float = 0.3) -> Result:
+    """The result with input loading in it: the step waits for whatever the data path exposes,
+    and during that wait the system draws `idle_fraction` of its average power in the step."""
     step = result.step_time_s + path.exposed_s
+    idle_watts = result.energy_j / result.step_time_s * idle_fraction
     breakdown = dict(result.breakdown_s)
     breakdown["data"] = path.exposed_s
     scale = result.step_time_s / step
@@ -81,4 +83,5 @@ def with_data(result: Result, path: DataPath) -> Result:
                    tokens_per_s=None if result.tokens_per_s is None
                    else result.tokens_per_s * scale,
                    achieved_flops_per_device=result.achieved_flops_per_device * scale,
-                   mfu=result.mfu * scale, breakdown_s=breakdown)
+                   mfu=result.mfu * scale, breakdown_s=breakdown,
+                   energy_j=result.energy_j + idle_watts * path.exposed_s)

@@ -1,0 +1,85 @@
+"""The checkpoint of a `dojo train` run: one file, written atomically.
+
+DIR/checkpoint/state.pt holds the model and optimizer state, torch's global RNG state, the data
+loader's position (the next batch), the precision policy's per-layer state (delayed-scaling amax
+histories and stochastic-rounding generators), the history so far (losses, IoU curve, baseline)
+and the settings that give the state its meaning. It is written to a temporary name in the same
+folder and renamed over the old one (`os.replace`), so a run killed mid-save leaves the previous
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dojo.errors import DojoError
+
+STATE = "state.pt"
+_SLOTS = ("activations", "weights", "grads", "outputs")
+
+
+def policy_state(model: torch.nn.Module) -> dict[str, Any]:
+    """Per-layer precision state of every policy layer (see `dojo.numerics.apply_policy`)."""
+    out: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        for slot in _SLOTS if numerics is not None else ():
+            q = getattr(numerics, slot)
+            if q is None:
+                continue
+            # TensorQuantizer keeps its history and generator privately; they are its state.
+            gen = q._generator.get_state() if q._generator is not None else None
+            out[f"{path}.{slot}"] = {"history": list(q.history._values),
+                                     "last_bias": q.last_bias, "generator": gen}
+    return out
+
+
+def load_policy_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Restore what `policy_state` saved into the policy layers of `model`."""
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        for slot in _SLOTS if numerics is not None else ():
+            q, saved = getattr(numerics, slot), state.get(f"{path}.{slot}")
+            if q is None or saved is None:
+                continue
+            q.history._values.clear()
+            q.history._values.extend(saved["history"])
+            q.last_bias = saved["last_bias"]
+            if saved["generator"] is not None:
+                q._generator = torch.Generator().set_state(saved["generator"])
+
+
+def save(folder: Path, state: dict[str, Any]) -> Path:
+    """Write `state` as folder/state.pt atomically; returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / STATE
+    tmp = folder / f".{STATE}.tmp{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Read folder/state.pt; `DojoError` when it is missing, unreadable, or was saved with
+    other `settings` (a resumed run must be the same run)."""
+    path = folder / STATE
+    if not path.is_file():
+        raise DojoError(f"{path}: no checkpoint to resume from (run without --resume first)")
+    try:
+        state: dict[str, Any] = torch.load(path, weights_only=False)
+    except Exception as err:  # a damaged file: say which, in one line
+        raise DojoError(f"{path}: cannot read checkpoint ({type(err).__name__})") from None
+    saved = state.get("settings", {})
+    for key, value in settings.items():
+        if saved.get(key) != value:
+            raise DojoError(f"{path}: saved with {key} = {saved.get(key)!r}, this run has "
+                            f"{key} = {value!r} (resume with the same settings)")
+    return state

@@ -1,0 +1,71 @@
+"""What `dojo train occupancy` does, as one typed, self-checking config, and what it reports back.
+
+The defaults are the `make run` demo: a synthetic set of 32 training and 8 held-out clips
+(6 cameras, 8 frames of 96 x 64), about two minutes of training on two CPU cores, and the large
+preset simulated on a Dojo V1 matrix beside H100s of the same power.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from dojo.config import check
+from dojo.data.layout import POLICIES
+
+PRECISIONS = ("fp32", "bf16", "cfp8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """Settings of one training run; steps and intervals count optimizer steps.
+
+    `data` is a folder holding `train/` and `val/` clip sets ("" means OUT/../data); missing
+    sets are synthesized with `train_clips` / `val_clips` clips (seeds `seed` and `seed + 1`,
+    so no held-out scene is seen in training).
+    """
+
+    out: str = "runs/demo"
+    data: str = ""
+    system: str = "v1"
+    plan: str = "auto"
+    precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
+    steps: int = field(default=600, metadata=check(gt=0))
+    batch_size: int = field(default=4, metadata=check(gt=0))
+    lr: float = field(default=3e-3, metadata=check(gt=0))
+    warmup: int = field(default=20, metadata=check(ge=0))
+    channels: int = field(default=32, metadata=check(ge=2))
+    window: int = field(default=4, metadata=check(gt=0, unit="frames"))
+    seed: int = field(default=0, metadata=check(ge=0))
+    eval_every: int = field(default=50, metadata=check(gt=0))
+    checkpoint_every: int = field(default=50, metadata=check(gt=0))
+    train_clips: int = field(default=32, metadata=check(gt=0))
+    val_clips: int = field(default=8, metadata=check(gt=0))
+    policy: str = field(default="skip", metadata=check(choices=POLICIES))
+    resume: bool = False
+
+    def settings(self) -> dict[str, object]:
+        """What a checkpoint must share with a run that resumes it."""
+        keep = ("precision", "steps", "batch_size", "lr", "warmup", "channels", "window", "seed",
+                "eval_every")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event for the caller to render: `phase` is "data", "train", "eval",
+    "simulate" or "report"; train events carry the step, loss, samples/s and ETA (seconds)."""
+
+    phase: str
+    message: str = ""
+    step: int = 0
+    steps: int = 0
+    loss: float = math.nan
+    samples_per_s: float = 0.0
+    eta_s: float = 0.0
+
+
+def option_names() -> list[str]:
+    """Field names of `TrainOptions`, for error messages."""
+    return [f.name for f in dataclasses.fields(TrainOptions)]

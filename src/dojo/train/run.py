@@ -1,0 +1,186 @@
+"""`train_occupancy(options)`: the whole `dojo train occupancy` job, from data to report.
+
+1. data: OUT/../data/{train,val} (or `--data`), synthesized when missing; bad clips are an
+   error naming the file or are skipped, warned about and counted (`options.policy`);
+2. the model that matches the clips, under the precision policy; IoU of the untrained model;
+3. training with a checkpoint every `checkpoint_every` steps (and at the end), resumable;
+4. held-out IoU; the decode rate of this machine; the large preset simulated (`simulated`);
+5. OUT/report.html, OUT/trace.json, OUT/metrics.json, OUT/bev.png (`report`).
+Progress goes to the caller's `progress` callback; nothing is printed here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dojo.data import ClipLoader, LoaderConfig, SynthConfig, measure_decode_fps, synthesize
+from dojo.data.layout import SkippedClip
+from dojo.errors import DojoError
+from dojo.train import checkpoint
+from dojo.train.loop import (
+    Example,
+    batches,
+    evaluate,
+    lr_at,
+    make_model,
+    model_overrides,
+    train_step,
+)
+from dojo.train.options import Progress, TrainOptions
+from dojo.train.simulated import SimulatedRun, simulate_large
+
+ProgressFn = Callable[[Progress], None]
+EXAMPLES = 3  # held-out samples drawn in the report
+VAL_BATCH = 8
+FPS_SECONDS = 0.5  # decode measurement: long enough to be steady, short for `make run`
+
+
+@dataclass
+class History:
+    """What the run has learned so far; saved in every checkpoint."""
+
+    train_loss: list[float] = field(default_factory=list)
+    iou_steps: list[int] = field(default_factory=list)
+    iou_values: list[float] = field(default_factory=list)
+    baseline_iou: float = math.nan
+    train_s: float = 0.0  # wall seconds spent in training steps, over every session
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: its options, history, held-out IoU, pictures, simulation and files."""
+
+    options: TrainOptions
+    history: History
+    val_iou: float
+    examples: list[Example]
+    skipped: list[SkippedClip]
+    train_samples: int
+    sim: SimulatedRun
+    overrides: dict[str, Any]
+    files: dict[str, Path]
+
+
+def ensure_data(root: Path, opts: TrainOptions, progress: ProgressFn) -> tuple[Path, Path]:
+    """root/train and root/val, synthesized (seeds `seed`, `seed + 1`) where missing."""
+    if (root / "manifest.json").is_file():
+        raise DojoError(f"{root}: is one clip set; --data expects a folder with train/ and val/ "
+                        "clip sets (held-out clips must be separate)")
+    sets = (("train", opts.train_clips, opts.seed), ("val", opts.val_clips, opts.seed + 1))
+    for name, clips, seed in sets:
+        target = root / name
+        if (target / "manifest.json").is_file():
+            continue
+
+        def tick(done: int, total: int, name: str = name) -> None:
+            progress(Progress("data", f"making {name} clips {done}/{total}"))
+
+        synthesize(target, SynthConfig(clips=clips, seed=seed), tick)
+    return root / "train", root / "val"
+
+
+def _loaders(train_dir: Path, val_dir: Path, opts: TrainOptions) -> tuple[ClipLoader, ClipLoader]:
+    train = ClipLoader(train_dir, LoaderConfig(batch_size=opts.batch_size, window=opts.window,
+                                               stride=1, seed=opts.seed, policy=opts.policy))
+    val = ClipLoader(val_dir, LoaderConfig(batch_size=VAL_BATCH, window=opts.window,
+                                           stride=opts.window, shuffle=False, policy=opts.policy))
+    a, b = train.dataset.clipset.manifest, val.dataset.clipset.manifest
+    for key in ("cameras", "width", "height", "grid"):
+        if getattr(a, key) != getattr(b, key):
+            raise DojoError(f"{val_dir / 'manifest.json'}: {key} = {getattr(b, key)!r}, but the "
+                            f"training set has {getattr(a, key)!r} (the model needs both alike)")
+    return train, val
+
+
+def _state(model: Any, optimizer: Any, loader: ClipLoader, history: History,
+           opts: TrainOptions) -> dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(), "loader": loader.state_dict(),
+            "policy": checkpoint.policy_state(model), "history": history,
+            "settings": opts.settings()}
+
+
+def _restore(folder: Path, model: Any, optimizer: Any, loader: ClipLoader,
+             opts: TrainOptions) -> History:
+    state = checkpoint.load(folder, opts.settings())
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    loader.load_state_dict(state["loader"])
+    checkpoint.load_policy_state(model, state["policy"])
+    history: History = state["history"]
+    return history
+
+
+def _train(model: Any, optimizer: Any, loss_fn: Any, loader: ClipLoader,
+           val_batches: list[dict[str, Any]], history: History, opts: TrainOptions,
+           folder: Path, progress: ProgressFn) -> None:
+    stream = batches(loader)
+    session_start, session_samples = time.perf_counter(), 0
+    first = len(history.train_loss)
+    for session_steps, step in enumerate(range(first, opts.steps), start=1):
+        batch = next(stream)
+        start = time.perf_counter()
+        lr = lr_at(step, opts.steps, opts.lr, opts.warmup)
+        history.train_loss.append(train_step(model, optimizer, loss_fn, batch, lr))
+        history.train_s += time.perf_counter() - start
+        history.samples += int(batch["frames"].shape[0])
+        session_samples += int(batch["frames"].shape[0])
+        done = step + 1
+        if done % opts.eval_every == 0 or done == opts.steps:
+            history.iou_steps.append(done)
+            history.iou_values.append(evaluate(model, val_batches)[0])
+        if done % opts.checkpoint_every == 0 or done == opts.steps:
+            checkpoint.save(folder, _state(model, optimizer, loader, history, opts))
+        elapsed = time.perf_counter() - session_start
+        rate = session_samples / elapsed if elapsed > 0 else 0.0
+        progress(Progress("train", step=done, steps=opts.steps, loss=history.train_loss[-1],
+                          samples_per_s=rate,
+                          eta_s=elapsed / session_steps * (opts.steps - done)))
+
+
+def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> TrainResult:
+    """Run the whole job (module docstring); returns the result, files already written."""
+    from dojo.train.report import write_outputs
+
+    tell = progress or (lambda _: None)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = Path(opts.data) if opts.data else out.parent / "data"
+    train_dir, val_dir = ensure_data(data_root, opts, tell)
+    loader, val_loader = _loaders(train_dir, val_dir, opts)
+    manifest = loader.dataset.clipset.manifest
+    overrides = model_overrides(manifest, opts.window, opts.channels, opts.lr)
+    model, optimizer, loss_fn = make_model(overrides, opts.precision, opts.seed)
+    tell(Progress("eval", "decoding held-out clips"))
+    val_batches = [b for b in val_loader if b["frames"].shape[0]]
+    if not val_batches:
+        raise DojoError(f"{val_dir}: no usable held-out samples (every clip was skipped)")
+    folder = out / "checkpoint"
+    if opts.resume:
+        history = _restore(folder, model, optimizer, loader, opts)
+    else:
+        torch.manual_seed(opts.seed)
+        history = History(baseline_iou=evaluate(model, val_batches)[0])
+    _train(model, optimizer, loss_fn, loader, val_batches, history, opts, folder, tell)
+    tell(Progress("eval", "held-out IoU"))
+    val_iou, examples = evaluate(model, val_batches, EXAMPLES)
+    tell(Progress("simulate", f"simulating occupancy-large on {opts.system} and H100s"))
+    fps = measure_decode_fps(val_dir, FPS_SECONDS)
+    sim = simulate_large(opts.system, opts.plan, opts.precision, fps,
+                         (manifest.width, manifest.height), len(loader.dataset))
+    skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
+    result = TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
+                         skipped=skipped, train_samples=len(loader.dataset), sim=sim,
+                         overrides=overrides, files={})
+    tell(Progress("report", f"writing {out}"))
+    files = write_outputs(result, out)
+    return TrainResult(**{**result.__dict__, "files": files})

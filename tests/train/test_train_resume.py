@@ -1,0 +1,58 @@
+"""--resume continues from OUT/checkpoint and repeats the uninterrupted run's losses exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import dojo.train.run as run
+from dojo.errors import DojoError
+from dojo.train import Progress, TrainResult, train_occupancy
+
+from .conftest import tiny_options
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def no_simulation(monkeypatch: pytest.MonkeyPatch, tiny_run: TrainResult) -> None:
+    """The simulated half is the same for every run; reuse the session run's to keep this fast."""
+    monkeypatch.setattr(run, "simulate_large", lambda *args, **kw: tiny_run.sim)
+    monkeypatch.setattr(run, "measure_decode_fps", lambda *args, **kw: 1000.0)
+
+
+def _interrupt_at(step: int) -> Callable[[Progress], None]:
+    def progress(event: Progress) -> None:
+        if event.phase == "train" and event.step == step:
+            raise _Stop
+    return progress
+
+
+@pytest.mark.parametrize("precision", ["fp32", "cfp8"])
+def test_resume_gives_the_uninterrupted_losses(tiny_data: Path, tmp_path: Path, precision: str,
+                                               no_simulation: None) -> None:
+    full = train_occupancy(tiny_options(tmp_path / "full", tiny_data, steps=6,
+                                        precision=precision))
+    opts = tiny_options(tmp_path / "cut", tiny_data, steps=6, precision=precision)
+    with pytest.raises(_Stop):
+        train_occupancy(opts, _interrupt_at(4))  # checkpoints every 2 steps: saved at 4
+    resumed = train_occupancy(tiny_options(tmp_path / "cut", tiny_data, steps=6,
+                                           precision=precision, resume=True))
+    assert len(full.history.train_loss) == 6
+    assert resumed.history.train_loss == full.history.train_loss  # bit for bit
+    assert resumed.history.iou_values == full.history.iou_values
+    assert resumed.history.baseline_iou == full.history.baseline_iou
+    assert resumed.val_iou == full.val_iou
+
+
+def test_resume_refuses_other_settings_or_no_checkpoint(tiny_data: Path, tmp_path: Path,
+                                                         no_simulation: None) -> None:
+    train_occupancy(tiny_options(tmp_path / "a", tiny_data, steps=2))
+    with pytest.raises(DojoError, match="lr"):
+        train_occupancy(tiny_options(tmp_path / "a", tiny_data, steps=2, lr=0.5, resume=True))
+    with pytest.raises(DojoError, match="no checkpoint"):
+        train_occupancy(tiny_options(tmp_path / "b", tiny_data, resume=True))

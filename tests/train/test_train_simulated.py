@@ -1,0 +1,61 @@
+"""The simulated half: utilisation maps against the simulator's own breakdown and the hardware
+figures, and the `dojo train` command end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dojo.cli.main import main
+from dojo.hardware.loader import dip_count
+from dojo.train import TrainResult
+
+
+def test_tile_map_matches_the_step_breakdown(tiny_run: TrainResult) -> None:
+    sim = tiny_run.sim
+    plan, r = sim.dojo.program.plan, sim.dojo.result
+    assert plan.pp == 1  # occupancy has one block: every chip runs the only stage
+    u = sim.utilisation
+    assert (len(u.tiles), len(u.tiles[0])) == (6, 25)  # V1: 6 tiles of 25 D1 chips
+    busy = r.breakdown_s["compute"] + r.breakdown_s["recompute"] + r.breakdown_s["optimizer"]
+    for row in u.tiles:
+        assert row == pytest.approx([busy / r.step_time_s] * 25, rel=1e-9)
+
+
+def test_input_link_use_from_the_hardware_figures(tiny_run: TrainResult) -> None:
+    sim = tiny_run.sim
+    spec, r = sim.dojo.program.system, sim.dojo.result
+    u = sim.utilisation
+    assert spec.dip is not None
+    link = min(spec.dip.pcie.bytes_per_s, spec.dip.ttp.bytes_per_s) * dip_count(spec)
+    expected = sim.dojo.program.batch * 64 * 1280 * 960 * 3 / link / r.step_time_s
+    row = u.traffic_labels.index("input data")
+    assert u.links[row][-1] == pytest.approx(min(1.0, expected), rel=1e-9)
+    assert all(0.0 <= v <= 1.0 for line in u.links for v in line)
+
+
+def test_hosts_needed_from_the_measured_rate(tiny_run: TrainResult) -> None:
+    sim = tiny_run.sim
+    compute = sim.dojo_compute.result.step_time_s
+    frames = sim.dojo.program.batch * 64  # 8 cameras x 8 frames per sample
+    fps = sim.decode_fps_per_core * (32 * 32) / (1280 * 960)  # tiny set: 32 x 32 frames
+    host = sim.dojo.program.system.host
+    assert host is not None
+    cores = host.cpu_cores
+    assert sim.data.hosts_needed == -(-frames / compute // (cores * fps))
+
+
+def test_command_line_run_prints_metrics(tiny_data: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "occupancy", "--data", str(tiny_data), "--out", str(out), "--steps", "2",
+            "--batch", "2", "--precision", "cfp8", "--plan", "dp=150", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    m = json.loads(captured.out)
+    assert m["steps"] == 2 and m["simulated"]["plan"].startswith("dp=150")
+    assert "precision=cfp8" in m["simulated"]["plan"]
+    assert "\rtrain [" in captured.err and "2/2" in captured.err
+    assert (out / "report.html").is_file() and (out / "checkpoint" / "state.pt").is_file()
