@@ -67,6 +67,8 @@ def _divisors(n: int) -> list[int]:
 def plan_space(shape: ModelShape, devices: int, batch: int, spec: SystemSpec,
                precision: str = "bf16") -> Iterator[Plan]:
     """Every plan worth considering: tensor parallelism kept inside the fastest level."""
+    # For models without attention blocks (CNNs), `tp` splits every matrix op and its vector ops
+    # across devices like a spatial/channel split; only the splits' boundary traffic is unmodelled.
     fast = _fast_group(spec)
     for tp in _divisors(devices):
         if tp > fast:
