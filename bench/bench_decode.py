@@ -44,9 +44,9 @@ def raw_decode(files: list[Path], reuse: bool = True) -> Timing:
             stream.codec_context.thread_count = 1
             for frame in container.decode(stream):
                 if reuse:
-                    rgb.reformat(frame, format="rgb24").to_ndarray()
+                    rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
                 else:
-                    frame.to_ndarray(format="rgb24")
+                    frame.to_ndarray(format="rgb24", threads=1)
                 frames += 1
     return frames, time.perf_counter() - start, time.process_time() - cpu
 

@@ -13,9 +13,10 @@ from dojo.data.geometry import make_rig
 from dojo.data.synth import SynthConfig, clip_scene, render_clip, synthesize
 from dojo.data.video import GOP, VideoReader, decode_all, encode_mp4, measure_decode_fps, probe
 
-# H.264 at CRF 18 with 4:2:0 chroma: the tiny renders measure 34-40 dB per frame; 30 dB leaves
-# margin while still failing on a colour-order, geometry or frame-order mistake (those give <15).
-PSNR_MIN_DB = 30.0
+# H.264 at CRF 18 with 4:2:0 chroma: per-frame PSNR measured 30.9-40.4 dB at 64x48 and 34-40 dB
+# at 96x64 (sharp box edges lose most in the halved chroma); 28 dB leaves margin while still
+# failing on a colour-order, geometry or frame-order mistake (those give well under 20 dB).
+PSNR_MIN_DB = 28.0
 
 
 def _moving_frames(n: int, w: int = 64, h: int = 48) -> np.ndarray:

@@ -7,9 +7,10 @@ whose presentation time is k / fps seconds after the stream start.
 
 Every failure to open or decode a file is raised as `DojoError` naming the file.
 
-YUV-to-RGB conversion goes through one reused `VideoReformatter` per reader: PyAV's
-`frame.to_ndarray(format="rgb24")` builds a new swscale context for every frame, which costs
-more than decoding a small frame (measured ~100 us against ~20 us at 96x64).
+YUV-to-RGB conversion goes through one reused `VideoReformatter` per reader, with threads=1:
+PyAV's default (threads=0, auto) starts a swscale thread pool for each conversion context, which
+costs more than converting a small frame, and a process holding such threads can deadlock the
+DataLoader workers it forks (seen in tests/data before this setting).
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def _decode_count(path: Path) -> int:
 
 def _rgb(reformatter: VideoReformatter, frame: Any) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a decoded frame, reusing `reformatter`'s swscale context."""
-    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+    return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 _SCALE = np.float32(1.0 / 255.0)
@@ -239,7 +240,7 @@ _SCALE = np.float32(1.0 / 255.0)
 
 def _planar(reformatter: VideoReformatter, frame: Any, out: np.ndarray) -> None:
     """Write a decoded frame into `out` (3, H, W): float32 RGB in [0, 1] or uint8 RGB."""
-    planes = reformatter.reformat(frame, format="gbrp").planes  # G, B, R planes of uint8
+    planes = reformatter.reformat(frame, format="gbrp", threads=1).planes  # G, B, R uint8 planes
     h, w = out.shape[1:]
     for channel, plane in zip((1, 2, 0), planes, strict=True):
         data = np.frombuffer(memoryview(plane), np.uint8, count=h * plane.line_size)
