@@ -134,3 +134,18 @@ def _describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return f"a {tp.__name__} table"  # type: ignore[union-attr]
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def parse_scalar(raw: str) -> Any:
+    """A command-line value: on/off/true/false/yes/no as bool, then int, then float, else str."""
+    lowered = raw.lower()
+    if lowered in ("true", "on", "yes"):
+        return True
+    if lowered in ("false", "off", "no"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw

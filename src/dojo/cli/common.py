@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from dojo.config import parse_scalar
 from dojo.errors import ConfigError
 
 
@@ -23,19 +24,5 @@ def parse_sets(items: Sequence[str] | None, source: str = "--set") -> dict[str, 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(source, "", item, "key=value")
-        out[key.strip()] = _scalar(raw.strip())
+        out[key.strip()] = parse_scalar(raw.strip())
     return out
-
-
-def _scalar(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "on", "yes"):
-        return True
-    if lowered in ("false", "off", "no"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw

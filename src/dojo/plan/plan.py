@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from dojo.config import check, parse
+from dojo.config import check, parse, parse_scalar
 from dojo.errors import ConfigError
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
@@ -86,7 +86,7 @@ def parse_plan(text: str, source: str = "--plan") -> Plan:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(source, item, item, "key=value, e.g. dp=8,tp=8,pp=16,mb=1")
-        data[key.strip()] = _value(raw.strip())
+        data[key.strip()] = parse_scalar(raw.strip())
     plan = parse(Plan, data, source)
     if plan.interleave > 1 and "schedule" not in data:
         plan = replace(plan, schedule="interleaved")
@@ -94,18 +94,6 @@ def parse_plan(text: str, source: str = "--plan") -> Plan:
         raise ConfigError(source, "interleave", plan.interleave,
                           "at least 2 virtual stages per device for schedule=interleaved")
     return plan
-
-
-def _value(raw: str) -> object:
-    lowered = raw.lower()
-    if lowered in ("on", "true", "yes"):
-        return True
-    if lowered in ("off", "false", "no"):
-        return False
-    try:
-        return int(raw)
-    except ValueError:
-        return raw
 
 
 def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
