@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-
-@dataclass(order=True)
-class _Event:
-    time: float
-    seq: int
-    action: Callable[[], None] = field(compare=False)
+# (time, sequence, action): tuples compare on the first two fields, which are never equal.
+_Event = tuple[float, int, Callable[[], None]]
 
 
 class Engine:
@@ -31,14 +26,13 @@ class Engine:
         """Schedule `action` at `time` (seconds); never earlier than `now`."""
         if time < self.now:
             time = self.now
-        heapq.heappush(self._queue, _Event(time, self._seq, action))
+        heapq.heappush(self._queue, (time, self._seq, action))
         self._seq += 1
 
     def run(self) -> float:
         """Process every event; returns the time of the last one."""
         while self._queue:
-            event = heapq.heappop(self._queue)
-            self.now = event.time
+            self.now, _, action = heapq.heappop(self._queue)
             self.events += 1
-            event.action()
+            action()
         return self.now
