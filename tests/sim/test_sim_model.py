@@ -83,3 +83,15 @@ def test_plans_that_do_not_fit_are_rejected_with_bytes() -> None:
     """A lone D1 has only its 442.5 MB of SRAM: GPT-2 medium (355M x 18 bytes) cannot fit."""
     with pytest.raises(DojoError, match=r"needs [0-9.]+ GB per chip .* > capacity 0.44 GB"):
         best_plan("gpt2-medium", {}, load_system("d1"), 1, seq=128)
+
+
+def test_dojo_rejection_carries_the_per_chip_report() -> None:
+    """GPT-3 on V1: 175e9 params x 18 bytes / 150 chips >> 442.5 MB SRAM + 4.27 GB of DIP HBM."""
+    sim = simulate_model("gpt3-175b", {}, "v1",
+                         parse_plan("dp=25,tp=6,pp=1,zero=3,recompute=full"), 50)
+    mem = sim.result.memory
+    assert not mem.fits
+    assert "out of memory on 150 of 150 chips" in mem.reason
+    assert "tile[0,0]/chip[0,0]" in mem.reason and "short by" in mem.reason
+    # Capacity per chip: its SRAM plus its share of the 20 x 32 GB of DIP HBM.
+    assert mem.capacity == pytest.approx(354 * 1.25e6 + 20 * 32e9 / 150)

@@ -88,6 +88,7 @@ def device_memory(program: Program) -> Memory:
     state_per_param = _optimizer_state_per_param(program)
     cap, onchip, offchip = capacity(program)
     best: Memory | None = None
+    stages: list[Memory] = []
     for stage in range(plan.pp):
         n = program.device_params(stage)
         shard = plan.dp if plan.zero >= 1 else 1
@@ -99,11 +100,12 @@ def device_memory(program: Program) -> Memory:
             optimizer_state=n * state_per_param / shard,
             activations=in_flight_bytes(program, stage),
             capacity=cap, onchip=onchip, offchip_bytes_per_s=offchip, reason="")
+        stages.append(mem)
         if best is None or mem.total > best.total:
             best = mem
     assert best is not None  # pp >= 1 is guaranteed by Plan validation
     if not best.fits:
-        best = _with_reason(best, program)
+        best = _with_reason(best, program, stages)
     return best
 
 
@@ -113,10 +115,28 @@ def _optimizer_state_per_param(program: Program) -> float:
     return work.optimizer_state_bytes / max(1, work.param_count)
 
 
-def _with_reason(mem: Memory, program: Program) -> Memory:
+def _with_reason(mem: Memory, program: Program, stages: list[Memory]) -> Memory:
     gb = 1e9
     reason = (f"stage {mem.stage} needs {mem.total / gb:.2f} GB per {program.device} "
               f"(params {mem.params / gb:.2f} + grads {mem.grads / gb:.2f} + optimizer "
               f"{mem.optimizer_state / gb:.2f} + activations {mem.activations / gb:.2f}) "
               f"> capacity {mem.capacity / gb:.2f} GB")
+    if program.system.family == "dojo":
+        reason += "; " + dojo_oom_report(program, stages)
     return Memory(**{**mem.__dict__, "reason": reason})
+
+
+def dojo_oom_report(program: Program, stages: list[Memory]) -> str:
+    """The D1 compiler's per-chip out-of-memory report (chip, bytes needed, SRAM, DIP HBM)."""
+    from dojo.compiler.d1 import SramOutOfMemory, plan_sram
+
+    plan = program.plan
+    per_stage = plan.tp * plan.dp  # ranks: tp innermost, then dp, then pp
+    chips = [stages[i // per_stage] for i in range(program.devices)]
+    try:
+        plan_sram([m.params for m in chips], [m.grads for m in chips],
+                  [m.optimizer_state for m in chips], [m.activations for m in chips],
+                  program.system, program.devices)
+    except SramOutOfMemory as err:
+        return str(err)
+    return "the D1 memory planner places it, counting DIP HBM shared over the tray"
