@@ -54,3 +54,20 @@ def compare_state(ref: dict[str, torch.Tensor], results: list[dict[str, Any]], k
                                        msg=lambda m, w=where: f"{w}: {m}")
             covered.add(name)
     return covered
+
+
+def check_parity(job: Job, rtol: float, atol: float, grads: bool = True) -> list[dict[str, Any]]:
+    """Run `job` over its plan's ranks and check losses, every parameter and (with `grads`) the
+    last gradients against `eager_run`; returns the per-rank results."""
+    from dojo.runtime import run_distributed
+
+    ref = eager_run(job)
+    _, results = run_distributed(job, timeout_s=30)
+    for res in results:
+        torch.testing.assert_close(torch.tensor(res["losses"]), torch.tensor(ref["losses"]),
+                                   rtol=rtol, atol=atol)
+    covered = compare_state(ref["params"], results, "params", rtol, atol)
+    if grads:
+        compare_state(ref["grads"], results, "grads", rtol, atol)
+    assert covered == set(ref["params"])  # every parameter lives on some rank
+    return results

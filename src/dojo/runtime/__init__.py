@@ -1,7 +1,7 @@
 """Execute compiled programs on real tensors: one process or many over torch.distributed.
 
 - `Trainer(program, bundle)`: runs the `Program` the simulator times (dp, tp, pp, micro-batches,
-  schedule, precision policy from its plan).
+  the simulator's pipeline task order, sp, zero 1/2, recompute, precision policy from its plan).
 - `launch(fn, nproc, args)`: worker processes with a rendezvous on 127.0.0.1, collective
   timeouts, and failures reported by rank.
 - `Job` / `run_job`: a whole training run as data, for `dojo run`, tests and benchmarks.

@@ -97,8 +97,10 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     simulated step time comes from the parent's simulation then ("simulated_step_s" None).
 
     Returns {"rank", "losses" (per step), "simulated_step_s", "step_s" (wall seconds per step),
-    "start_s" (seconds from entry to the first step)} and, with `return_state`, "params",
-    "grads" (local names) and "shards" (local name -> (source, dim, index list)).
+    "start_s" (seconds from entry to the first step), "executed" (the last step's pipeline tasks,
+    as `dojo.sim.pipeline.order` writes them)} and, with `return_state`, "params", "grads" (local
+    names), "shards" (local name -> (source, dim, index list)) and under ZeRO "zero_grad"
+    ((first flat index, averaged gradient slice)) and "zero_names" (the flat order).
     """
     import os
 
@@ -128,11 +130,14 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
         if job.checkpoint and job.save_every and trainer.position % job.save_every == 0:
             save_checkpoint(trainer, job.checkpoint)
     out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "start_s": start,
-                           "simulated_step_s": simulated}
+                           "simulated_step_s": simulated, "executed": trainer.executed}
     if job.return_state:
         out["params"] = trainer.local_state()
         out["grads"] = trainer.local_grads()
         out["shards"] = {n: (s.source, s.dim, s.index.tolist()) for n, s in trainer.shards.items()}
+        if trainer.zero is not None:
+            out["zero_grad"] = trainer.zero.grad_slice()  # (first flat index, slice)
+            out["zero_names"] = [n for n, _ in trainer.params]  # flat order
     return out
 
 

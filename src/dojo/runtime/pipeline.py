@@ -5,20 +5,26 @@ what runs before the repeated blocks (`pre`, e.g. embeddings), the block list, a
 after (`post`, e.g. final norm and head). Chunk v of the program (`Program.chunks[v].blocks`
 blocks, in order) runs on stage v % pp; chunk 0 also runs `pre`, the last chunk `post`.
 
-Schedules (per stage, a list of forward/backward tasks over (chunk, micro-batch)):
-- gpipe: every forward, then every backward.
-- 1f1b: warm-up of pp - stage - 1 forwards, then one forward / one backward, then cool-down.
-- interleaved: several chunks per stage, run as GPipe over the virtual stages (all forwards in
-  chunk order, then all backwards in reverse), which is correct and deadlock-free but does not
-  reproduce Megatron's interleaved 1F1B order (the simulator times that one).
-Sends are non-blocking (isend) and every message carries a tag unique to (chunk, micro-batch,
-direction), so a stage never waits on a message that its peer can only send later.
+Schedules: each stage executes exactly the task order the simulator times,
+`dojo.sim.pipeline.order(schedule, stage, pp, micro, interleave)` (GPipe, 1F1B, Megatron's
+interleaved 1F1B), whose local chunk c on stage s is virtual stage v = c * pp + s. The executed
+order is recorded (`PipelineStep.executed`) so tests compare it with the simulator's.
+
+Why the send/recv pattern cannot deadlock: a task blocks only on the one input it needs (the
+activation of F(v-1, m), or the gradient of B(v+1, m)), received with a blocking recv; every
+send is non-blocking (isend, waited for at the end of the step) and carries a tag unique to
+(chunk, micro-batch, direction), so a message never matches the wrong recv and a stage never
+waits on its own send. That is the simulator's device model (a task starts when its device is
+free and its input has arrived; nothing else blocks), under which `run_pipeline` checks that every
+schedule completes; so an order that completes in the simulator completes here. (Batched
+`batch_isend_irecv` pairs would force both peers to post matching pairs at the same point of
+their orders, which the interleaved order does not do.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +32,7 @@ from torch import Tensor, nn
 
 from dojo.errors import DojoError
 from dojo.registry import Registry
+from dojo.sim.pipeline import order
 
 
 @dataclass(frozen=True)
@@ -99,22 +106,16 @@ def run_chunk(model: nn.Module, layout: Layout, v: int, last: int, ranges: list[
 
 def schedule_tasks(kind: str, stage: int, pp: int, interleave: int, micro: int
                    ) -> list[tuple[str, int, int]]:
-    """This stage's tasks in order: ("F" or "B", chunk, micro-batch)."""
-    chunks = [stage + k * pp for k in range(interleave)]
-    if kind == "1f1b" and interleave == 1:
-        warm = min(pp - stage - 1, micro)
-        tasks = [("F", stage, m) for m in range(warm)]
-        for m in range(micro - warm):
-            tasks += [("F", stage, warm + m), ("B", stage, m)]
-        return tasks + [("B", stage, m) for m in range(micro - warm, micro)]
-    fwd = [("F", v, m) for v in chunks for m in range(micro)]
-    return fwd + [("B", v, m) for v in reversed(chunks) for m in range(micro)]
+    """This stage's tasks in the simulator's order (`dojo.sim.pipeline.order`), as
+    ("F" or "B", virtual stage v, micro-batch)."""
+    return [(k, c * pp + stage, m) for k, m, c in order(kind, stage, pp, micro, interleave)]
 
 
 @dataclass
 class PipelineStep:
-    """One step's pipeline work on this rank. `send_to(v)`/`recv_from(v)` give the global rank
-    running chunk v; `shape` is the activation shape of one micro-batch."""
+    """One step's pipeline work on this rank. `stage_rank(v)` gives the global rank
+    running chunk v; `shape` is the activation shape of one micro-batch (sequence-sharded under
+    sp); `executed` records the tasks run, as the simulator writes them: (kind, micro, chunk)."""
 
     model: nn.Module
     layout: Layout
@@ -122,7 +123,9 @@ class PipelineStep:
     stage_rank: Callable[[int], int]
     shape: tuple[int, ...]
     micro: int
+    pp: int
     loss_fn: Callable[..., Tensor]
+    executed: list[tuple[str, int, int]] = field(default_factory=list)
 
     def run(self, tasks: list[tuple[str, int, int]], inputs: list[tuple[Tensor, ...]],
             targets: list[tuple[Tensor, ...]]) -> Tensor:
@@ -135,6 +138,7 @@ class PipelineStep:
         pending: list[Any] = []
         total = torch.zeros(())
         for kind, v, m in tasks:
+            self.executed.append((kind, m, v // self.pp))  # the simulator's (kind, micro, chunk)
             if kind == "F":
                 x: Any = inputs[m]
                 if v > 0:

@@ -13,7 +13,9 @@ Split per block (tp ranks r = 0..tp-1, heads and ffn divided evenly; `validate_p
   the all-reduce.
 - mlp.0: column-parallel (ffn rows); mlp.2: row-parallel (ffn columns).
 Norms, embeddings and the tied head stay replicated; their gradients come out identical on every
-tp rank (identical inputs), so they need no tp reduction.
+tp rank (identical inputs), so they need no tp reduction. With sequence parallelism (sp=on,
+`sequence_parallel`) f and g become an all-gather and a reduce-scatter along the sequence, and
+the norms and row-parallel biases see a slice of the tokens (their gradients are summed over tp).
 """
 
 from __future__ import annotations
@@ -71,26 +73,56 @@ class _ReduceFromTP(torch.autograd.Function):
         return grad, None
 
 
+def enter_tp(x: Tensor, group: Any, sp: bool) -> Tensor:
+    """Into a column-parallel linear: f (identity, all-reduce backward), or under sequence
+    parallelism an all-gather of the sequence; identity without a group (tp = 1)."""
+    if group is None:
+        return x
+    if sp:
+        from dojo.runtime.sequence_parallel import gather_seq
+
+        return gather_seq(x, group)  # (B, S/tp, H) -> (B, S, H)
+    out: Tensor = _CopyToTP.apply(x, group)
+    return out
+
+
+def exit_tp(y: Tensor, group: Any, sp: bool) -> Tensor:
+    """Out of a row-parallel linear: g (all-reduce), or under sequence parallelism a
+    reduce-scatter onto this rank's sequence slice; identity without a group (tp = 1)."""
+    if group is None:
+        return y
+    if sp:
+        from dojo.runtime.sequence_parallel import reduce_scatter_seq
+
+        return reduce_scatter_seq(y, group)  # (B, S, H) partial -> (B, S/tp, H)
+    out: Tensor = _ReduceFromTP.apply(y, group)
+    return out
+
+
 class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local @ W_local^T) + b: `linear` holds this rank's input columns (a plain
     nn.Linear, so precision policies apply to it); `bias` is whole and replicated."""
 
-    def __init__(self, linear: nn.Linear, bias: nn.Parameter | None, group: Any) -> None:
+    def __init__(self, linear: nn.Linear, bias: nn.Parameter | None, group: Any,
+                 sp: bool = False) -> None:
         super().__init__()
         self.linear = linear
         self.bias = bias
         self.group = group
+        self.sp = sp
 
     def forward(self, x: Tensor) -> Tensor:
-        y = _ReduceFromTP.apply(self.linear(x), self.group)  # (..., out), summed over tp
+        y = exit_tp(self.linear(x), self.group, self.sp)  # (..., out), summed over tp
         return y if self.bias is None else y + self.bias
 
 
 class ParallelAttention(nn.Module):
-    """Causal self-attention over this rank's `heads` heads (of the block's total)."""
+    """Causal self-attention over this rank's `heads` heads (of the block's total). With `sp`
+    the input and output are sequence slices (B, S/tp, H); with `recompute_core` the attention
+    core (QK^T, softmax, dropout, @V) is recomputed in backward (recompute=selective)."""
 
     def __init__(self, qkv: nn.Linear, proj: RowParallelLinear, heads: int, attention: str,
-                 dropout: float, group: Any) -> None:
+                 dropout: float, group: Any, sp: bool = False) -> None:
         super().__init__()
         self.qkv = qkv
         self.proj = proj
@@ -98,36 +130,47 @@ class ParallelAttention(nn.Module):
         self.attention = attention
         self.dropout = dropout
         self.group = group
+        self.sp = sp
+        self.recompute_core = False
 
     def forward(self, x: Tensor) -> Tensor:
+        x = enter_tp(x, self.group, self.sp)  # (B, S, H)
         b, s, _ = x.shape
-        x = _CopyToTP.apply(x, self.group)
         local = self.qkv.out_features // 3
         q, k, v = self.qkv(x).split(local, dim=2)  # 3 x (B, S, H/tp)
         hd = local // self.heads
         q, k, v = (t.view(b, s, self.heads, hd).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
-        if self.attention == "flash":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        else:
-            from dojo.models.gpt import _math_attention
+        if self.recompute_core:
+            from torch.utils.checkpoint import checkpoint
 
-            y = _math_attention(q, k, v, p)  # (B, nh/tp, S, hd)
+            y = checkpoint(self._core, q, k, v, p, use_reentrant=False)  # (B, nh/tp, S, hd)
+        else:
+            y = self._core(q, k, v, p)  # (B, nh/tp, S, hd)
         return self.proj(y.transpose(1, 2).reshape(b, s, local))  # (B, S, H)
+
+    def _core(self, q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
+        if self.attention == "flash":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        from dojo.models.gpt import _math_attention
+
+        return _math_attention(q, k, v, p)  # (B, nh/tp, S, hd)
 
 
 class ParallelMLP(nn.Module):
     """fc (column-parallel) -> activation -> proj (row-parallel)."""
 
-    def __init__(self, fc: nn.Linear, act: nn.Module, proj: RowParallelLinear, group: Any) -> None:
+    def __init__(self, fc: nn.Linear, act: nn.Module, proj: RowParallelLinear, group: Any,
+                 sp: bool = False) -> None:
         super().__init__()
         self.fc = fc
         self.act = act
         self.proj = proj
         self.group = group
+        self.sp = sp
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.act(self.fc(_CopyToTP.apply(x, self.group))))
+        return self.proj(self.act(self.fc(enter_tp(x, self.group, self.sp))))
 
 
 def _rows(linear: nn.Linear, index: Tensor) -> nn.Linear:
@@ -139,16 +182,20 @@ def _rows(linear: nn.Linear, index: Tensor) -> nn.Linear:
     return out
 
 
-def _columns(linear: nn.Linear, index: Tensor, group: Any) -> RowParallelLinear:
+def _columns(linear: nn.Linear, index: Tensor, group: Any, sp: bool) -> RowParallelLinear:
     inner = nn.Linear(len(index), linear.out_features, bias=False)
     with torch.no_grad():
         inner.weight.copy_(linear.weight[:, index])
     bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
-    return RowParallelLinear(inner, bias, group)
+    return RowParallelLinear(inner, bias, group, sp)
 
 
-def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any) -> dict[str, Shard]:
+def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
+              ) -> dict[str, Shard]:
     """Split every block of a dojo GPT `tp` ways in place; this process keeps slot `rank`.
+    With `sp` the blocks take and give sequence slices (`sequence_parallel`; the caller
+    installs the embedding/final-norm hooks). tp = 1 with group None gives the same module
+    structure without communication (used for recompute=selective).
 
     Returns the local parameter names that hold a slice of a whole-model parameter, with the
     slice; parameters not listed are whole copies under their original names.
@@ -173,10 +220,11 @@ def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any) -> dict[str, Sha
         ffn = mlp[0].out_features // tp
         ffn_rows = torch.arange(rank * ffn, (rank + 1) * ffn)
         p = f"blocks.{i}"
-        block.attn = ParallelAttention(_rows(attn.qkv, qkv_rows), _columns(attn.proj, mine, group),
-                                       attn.heads // tp, attn.attention, attn.dropout, group)
-        block.mlp = ParallelMLP(_rows(mlp[0], ffn_rows), mlp[1], _columns(mlp[2], ffn_rows, group),
-                                group)
+        block.attn = ParallelAttention(_rows(attn.qkv, qkv_rows),
+                                       _columns(attn.proj, mine, group, sp), attn.heads // tp,
+                                       attn.attention, attn.dropout, group, sp)
+        block.mlp = ParallelMLP(_rows(mlp[0], ffn_rows), mlp[1],
+                                _columns(mlp[2], ffn_rows, group, sp), group, sp)
         shards.update({
             f"{p}.attn.qkv.weight": Shard(f"{p}.attn.qkv.weight", 0, qkv_rows),
             f"{p}.attn.qkv.bias": Shard(f"{p}.attn.qkv.bias", 0, qkv_rows),

@@ -5,11 +5,12 @@
     assert trainer.program is sim.program          # the program simulated is the one executed
     loss = trainer.step()
 
-Execution follows the program: `program.plan` gives dp/tp/pp, the micro-batch size and the
-schedule, `program.chunks[v].blocks` the blocks of each pipeline chunk, `program.batch` the global
-batch. Inside a `torch.distributed` world of `plan.devices` ranks (see `launch`) each rank takes
-its place in the mesh (`dojo.runtime.mesh`); without one, the plan must be a one-device plan and
-micro-batches become gradient accumulation.
+Execution follows the program: `program.plan` gives dp/tp/pp, the micro-batch size, the
+pipeline schedule (the simulator's task order, `pipeline`), sp (`sequence_parallel`), zero 1/2
+(`zero`) and recompute (`recompute`); `program.chunks[v].blocks` the blocks of each pipeline
+chunk, `program.batch` the global batch. Inside a `torch.distributed` world of `plan.devices`
+ranks (see `launch`) each rank takes its place in the mesh (`dojo.runtime.mesh`); without one,
+the plan must be a one-device plan and micro-batches become gradient accumulation.
 
 Numerics: the plan's precision policy (`dojo.numerics`) is applied to the model's nn.Linear and
 nn.Conv2d layers; master weights, gradients and optimizer state stay FP32. Losses are means over
@@ -36,7 +37,11 @@ from dojo.models.zoo import MODELS, ModelBundle
 from dojo.numerics import apply_policy, get_policy
 from dojo.runtime.mesh import Mesh, build_mesh
 from dojo.runtime.pipeline import PipelineStep, chunk_ranges, layout_of, schedule_tasks
+from dojo.runtime.recompute import apply_recompute
+from dojo.runtime.sequence_parallel import install as install_sequence_parallel
+from dojo.runtime.sequence_parallel import partial_grad_names
 from dojo.runtime.tensor_parallel import Shard, shard_gpt
+from dojo.runtime.zero import ZeroOptimizer, check_zero
 
 # Layers that do matmul work a policy would have to round but `apply_policy` does not cover
 # (it rounds exactly nn.Linear and nn.Conv2d); a non-fp32 policy refuses them by name.
@@ -97,17 +102,42 @@ class Trainer:
         self.position = 0  # index of the next global batch (the data position)
         self.mesh = _mesh(program, distributed)
         self.model = bundle.model
-        self.shards: dict[str, Shard] = {}
-        if plan.tp > 1:
-            with torch.random.fork_rng(devices=[]):  # new layers must not move the global RNG
-                self.shards = shard_gpt(self.model, plan.tp, self.mesh.coords.tp,
-                                        self.mesh.groups["tp"])
+        self.executed: list[tuple[str, int, int]] = []  # pipeline tasks of the last step
+        check_zero(plan.zero)
+        self.shards = self._split()
+        apply_recompute(self.model, plan.recompute)
         check_policy_coverage(self.model, plan.precision)
         if get_policy(plan.precision).name != "fp32":
             apply_policy(self.model, plan.precision, seed=seed * 1009 + self.mesh.rank)
         self.params, self.tied = self._owned_parameters()
-        self.optimizer = bundle.make_optimizer([p for _, p in self.params])
+        partial = partial_grad_names(self.model) if plan.sp else set()
+        self.sp_partial = [p for n, p in self.params if n in partial]
+        self.zero: ZeroOptimizer | None = None
+        if plan.zero and "dp" in self.mesh.groups:
+            self.zero = ZeroOptimizer([p for _, p in self.params], bundle.make_optimizer,
+                                      self.mesh.groups["dp"], plan.dp, self.mesh.coords.dp,
+                                      plan.zero)
+        self.optimizer = (self.zero.optimizer if self.zero else
+                          bundle.make_optimizer([p for _, p in self.params]))
         self.data = data or Batches(bundle, program.batch, seed)
+
+    def _split(self) -> dict[str, Shard]:
+        """Tensor (and sequence) parallel split of the gpt blocks; also the tp = 1 structure
+        that recompute=selective needs. Returns `shard_gpt`'s local -> whole name map."""
+        from dojo.models.gpt import GPT
+
+        plan = self.plan
+        if plan.tp == 1 and not (plan.recompute == "selective" and isinstance(self.model, GPT)):
+            return {}
+        group = self.mesh.groups.get("tp")
+        with torch.random.fork_rng(devices=[]):  # new layers must not move the global RNG
+            shards = shard_gpt(self.model, plan.tp, self.mesh.coords.tp, group, sp=plan.sp)
+        if plan.sp:
+            install_sequence_parallel(self.model, plan.tp, self._seq(), group)
+        return shards
+
+    def _seq(self) -> int:
+        return int(self.bundle.example_inputs[0].shape[1])
 
     def _owned_parameters(self) -> tuple[list[tuple[str, nn.Parameter]], list[nn.Parameter]]:
         """(name, parameter) this stage uses, and the tied ones (on the first and last stage)."""
@@ -135,6 +165,7 @@ class Trainer:
         """One optimizer step on the next global batch; returns the global mean loss."""
         inputs, targets = self.data.get(self.position)
         micro_in, micro_tgt = self._micro_batches(inputs, targets)
+        self.model.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
         self.model.train()
         if self.plan.pp == 1:
@@ -142,7 +173,10 @@ class Trainer:
         else:
             loss = self._pipeline(micro_in, micro_tgt)
         self._sync_gradients()
-        self.optimizer.step()
+        if self.zero is not None:
+            self.zero.step()  # reduce-scatter, sharded update, all-gather
+        else:
+            self.optimizer.step()
         self.position += 1
         return self._global_loss(loss)
 
@@ -174,19 +208,25 @@ class Trainer:
         plan, micro = self.plan, len(micro_in)
         x0 = micro_in[0][0]
         hidden = int(self.bundle.config.hidden)
+        seq = x0.shape[1] // plan.tp if plan.sp else x0.shape[1]  # sp: activations sliced
         step = PipelineStep(model=self.model, layout=layout_of(self.model, plan.pp),
                             ranges=chunk_ranges([c.blocks for c in self.program.chunks]),
                             stage_rank=lambda v: self.mesh.stage_rank(v % plan.pp),
-                            shape=(x0.shape[0], x0.shape[1], hidden), micro=micro,
+                            shape=(x0.shape[0], seq, hidden), micro=micro, pp=plan.pp,
                             loss_fn=self.bundle.loss_fn)
         tasks = schedule_tasks(plan.schedule, self.mesh.coords.pp, plan.pp, plan.interleave, micro)
-        return step.run(tasks, micro_in, micro_tgt)
+        loss = step.run(tasks, micro_in, micro_tgt)
+        self.executed = step.executed
+        return loss
 
     def _sync_gradients(self) -> None:
-        """Tied embedding: sum over first and last stage; then average over data parallel."""
+        """Tied embedding: sum over first and last stage; under sp the norms' and row biases'
+        partial sums over tp; then average over data parallel (the reduce-scatter of ZeRO)."""
         if "tied" in self.mesh.groups and self.tied:
             _all_reduce_grads(self.tied, self.mesh.groups["tied"], scale=1.0)
-        if "dp" in self.mesh.groups:
+        if self.sp_partial:
+            _all_reduce_grads(self.sp_partial, self.mesh.groups["tp"], scale=1.0)
+        if "dp" in self.mesh.groups and self.zero is None:
             _all_reduce_grads([p for _, p in self.params], self.mesh.groups["dp"],
                               scale=1.0 / self.plan.dp)
 
@@ -204,7 +244,10 @@ class Trainer:
         return {n: p.detach().clone() for n, p in self.params}
 
     def local_grads(self) -> dict[str, Tensor]:
-        """This rank's gradients after the last step (after synchronisation)."""
+        """This rank's gradients after the last step (after synchronisation); empty under ZeRO,
+        whose averaged gradient exists only as this rank's slice (`zero.grad_slice()`)."""
+        if self.zero is not None:
+            return {}
         return {n: p.grad.detach().clone() for n, p in self.params if p.grad is not None}
 
 

@@ -1,0 +1,152 @@
+"""Megatron sequence parallelism (plan sp=on) for the tensor-parallel GPT: the LayerNorm,
+dropout and residual regions hold a slice of the sequence on each tp rank.
+
+Activations between the tp regions are (B, S/tp, H): rank r holds tokens [r*S/tp, (r+1)*S/tp).
+The four autograd functions, each the other's adjoint (Korthikanti et al., 2022, section 4.2.2):
+- `gather_seq`: all-gather along the sequence before a column-parallel linear (qkv, mlp.fc);
+  backward reduce-scatters the gradient (every rank's partial input gradient, summed and sliced).
+- `reduce_scatter_seq`: after a row-parallel linear (attn.proj, mlp.proj) the partial products
+  are summed and sliced in one reduce-scatter; backward all-gathers the gradient.
+- `scatter_seq`: at the model's input (token and position embeddings, replicated on every tp
+  rank) keep this rank's slice; backward all-gathers, so the embeddings get the whole gradient.
+- `gather_seq_replicated`: after the final LayerNorm, all-gather for the replicated head;
+  backward keeps this rank's slice (every rank computes the same whole loss).
+These replace the tp all-reduces (all-reduce = reduce-scatter + all-gather, same bytes), so sp
+costs no extra communication and divides LayerNorm/dropout work and activations by tp.
+
+Parameters used inside the sharded region (every LayerNorm and the row-parallel biases) see only
+this rank's tokens: their gradients are partial sums over the tp group (`partial_grad_names`).
+Sequence is dim -2 everywhere ((B, S, H) activations, (S, H) position embeddings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dojo.errors import DojoError
+
+
+def _gather(x: Tensor, group: Any) -> Tensor:
+    """All-gather along dim -2: (..., S/tp, H) -> (..., S, H), rank order."""
+    import torch.distributed as dist
+
+    tp = dist.get_world_size(group)
+    local = x.movedim(-2, 0).contiguous()  # (S/tp, ..., H)
+    out = torch.empty((local.shape[0] * tp, *local.shape[1:]), dtype=x.dtype)  # (S, ..., H)
+    dist.all_gather_single(out, local, group=group)
+    return out.movedim(0, -2)
+
+
+def _reduce_scatter(x: Tensor, group: Any) -> Tensor:
+    """Sum over the group, keep this rank's sequence slice: (..., S, H) -> (..., S/tp, H)."""
+    import torch.distributed as dist
+
+    tp = dist.get_world_size(group)
+    whole = x.movedim(-2, 0).contiguous()  # (S, ..., H)
+    out = torch.empty((whole.shape[0] // tp, *whole.shape[1:]), dtype=x.dtype)  # (S/tp, ..., H)
+    dist.reduce_scatter_single(out, whole, group=group)
+    return out.movedim(0, -2)
+
+
+def _slice(x: Tensor, group: Any) -> Tensor:
+    import torch.distributed as dist
+
+    tp, rank = dist.get_world_size(group), dist.get_rank(group)
+    n = x.shape[-2] // tp
+    return x.narrow(-2, rank * n, n).contiguous()  # (..., S/tp, H)
+
+
+class _GatherSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        return _gather(x, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _reduce_scatter(grad, ctx.group), None
+
+
+class _ReduceScatterSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        return _reduce_scatter(x, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _gather(grad, ctx.group), None
+
+
+class _ScatterSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        return _slice(x, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _gather(grad, ctx.group), None
+
+
+class _GatherSeqReplicated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        return _gather(x, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return _slice(grad, ctx.group), None
+
+
+def gather_seq(x: Tensor, group: Any) -> Tensor:
+    """(B, S/tp, H) -> (B, S, H); backward reduce-scatter."""
+    out: Tensor = _GatherSeq.apply(x, group)
+    return out
+
+
+def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:
+    """Partial (B, S, H) -> summed (B, S/tp, H); backward all-gather."""
+    out: Tensor = _ReduceScatterSeq.apply(x, group)
+    return out
+
+
+def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
+    """Shard the sequence of a tp-split dojo GPT: slice after the embeddings, gather after the
+    final norm (forward hooks, so the whole-model forward and the pipeline chunks both get them).
+    DojoError when `seq` does not split into tp slices."""
+    if seq % tp:
+        raise DojoError(f"sequence parallelism (sp=on) splits the sequence over tp={tp}: "
+                        f"seq {seq} is not divisible ({seq} / {tp} = {seq / tp:g})")
+    m: Any = model
+
+    def scatter(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
+        result: Tensor = _ScatterSeq.apply(out, group)
+        return result
+
+    def gather(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
+        result: Tensor = _GatherSeqReplicated.apply(out, group)
+        return result
+
+    m.wte.register_forward_hook(scatter)  # (B, S, H) -> (B, S/tp, H)
+    m.wpe.register_forward_hook(scatter)  # (S, H) -> (S/tp, H)
+    m.ln_f.register_forward_hook(gather)  # (B, S/tp, H) -> (B, S, H)
+
+
+def partial_grad_names(model: nn.Module) -> set[str]:
+    """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms and the
+    row-parallel biases (added after the reduce-scatter, on this rank's tokens only)."""
+    from dojo.runtime.tensor_parallel import RowParallelLinear
+
+    names: set[str] = set()
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        if isinstance(module, nn.LayerNorm):
+            names.update(f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False))
+        elif isinstance(module, RowParallelLinear) and module.bias is not None:
+            names.add(f"{prefix}bias")
+    return names
