@@ -77,3 +77,15 @@ def test_zplane_alternative_for_groups_that_leave_a_tile() -> None:
     assert z.bytes_per_s == pytest.approx(400 / 120 * 50e9 / 25)
     assert zplane_levels(pod, group_levels(pod, 25, 1)) == ()       # stays in its tile
     assert zplane_levels(load_system("a100-cluster:64"), levels) == ()  # GPUs have no Z-plane
+
+
+def test_wave_quantisation_closed_form() -> None:
+    """An A100 has 108 SMs; a 256 x 128-tiled GEMM with 109 tiles needs two waves."""
+    from dojo.sim.costs import DeviceModel, load_calibration
+
+    dev = DeviceModel(peak_flops=312e12, vector_flops=19.5e12, mem_bytes_per_s=2e12,
+                      calibration=load_calibration("a100"), compute_units=108)
+    assert dev.wave_efficiency((1, 256 * 108, 128)) == pytest.approx(1.0)
+    assert dev.wave_efficiency((1, 256 * 109, 128)) == pytest.approx(109 / 216)
+    assert dev.wave_efficiency((2, 300, 129)) == pytest.approx(8 / 108)  # 2 x 2 x 2 tiles
+    assert dev.wave_efficiency((0, 0, 0)) == 1.0

@@ -29,6 +29,7 @@ class OpCost:
     flops: float
     bytes: float
     target: str
+    shape: tuple[int, int, int] = (0, 0, 0)  # GEMM output (batch, m, n) on this device; 0s: n/a
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,34 @@ def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: 
     flops = sum(op.flops for op in group)
     target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
     if group[0].rule in MATRIX_RULES:
-        return OpCost("matrix", flops / tp, moved * scale / tp, target)
+        shape = _gemm_shape(group[0], graph, tp, residual_numel)
+        return OpCost("matrix", flops / tp, moved * scale / tp, target, shape)
     out = max((math.prod(graph.tensors[t].shape) for op in group for t in op.outputs), default=0)
     div = 1 if (out <= residual_numel and not sp) else tp
     return OpCost("vector", flops / div, moved * scale / div, target)
+
+
+def _gemm_shape(op: Op, graph: Graph, tp: int, residual_numel: int) -> tuple[int, int, int]:
+    """(batch, m, n) of a matmul or convolution's output on one device of the tp split.
+
+    Column-parallel ops (output wider than the residual stream) split their larger output
+    dimension; row-parallel ops (output the size of the residual stream) split the reduction
+    dimension and keep their output; batched matmuls split heads, i.e. the batch.
+    """
+    if not op.outputs:
+        return (0, 0, 0)
+    out = graph.tensors[op.outputs[0]].shape
+    if "convolution" in op.target and len(out) == 4:
+        b, m, n = 1, out[0] * out[2] * out[3], out[1]
+    elif "mm" in op.target and len(out) in (2, 3):
+        b, m, n = (1, *out) if len(out) == 2 else out
+    else:
+        return (0, 0, 0)
+    if tp > 1 and b > 1:
+        b = max(1, b // tp)
+    elif tp > 1 and m * n > residual_numel:
+        m, n = (m // tp, n) if m >= n else (m, n // tp)
+    return (b, max(1, m), max(1, n))
 
 
 def _is_attention_core(op: Op, graph: Graph) -> bool:

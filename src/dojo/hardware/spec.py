@@ -58,6 +58,7 @@ class LeafSpec:
     simd_bytes: int = field(default=0, metadata=check(ge=0, unit="bytes"))
     threads: int = field(default=1, metadata=check(ge=1))
     cost_model: str = ""  # name of the simulator's calibration for this device kind
+    compute_units: int = field(default=0, metadata=check(ge=0))  # SMs of a GPU
     note: str = ""
 
 

@@ -32,6 +32,10 @@ class Calibration:
     collective_latency_s: float = field(metadata=check(ge=0, unit="s"))
     idle_fraction: float = field(default=0.25, metadata=check(ge=0, le=1))
     conv_efficiency: float = field(default=1.0, metadata=check(gt=0, le=1))
+    # Output tile of the large GEMM kernels; with the device's compute units this gives wave
+    # quantisation (0 = not modelled).
+    tile_m: int = field(default=0, metadata=check(ge=0))
+    tile_n: int = field(default=0, metadata=check(ge=0))
     source: str = ""
 
 
@@ -60,11 +64,25 @@ class DeviceModel:
     calibration: Calibration
     # A device-specific op model (the D1 node-level compiler) replacing the roofline.
     timer: Callable[[Any], float] | None = None
+    compute_units: int = 0  # streaming multiprocessors, for wave quantisation
 
-    def matrix_time(self, flops: float, nbytes: float) -> float:
+    def wave_efficiency(self, shape: tuple[int, int, int]) -> float:
+        """Fraction of the last wave of output tiles that keeps the compute units busy:
+        tiles / (waves x units), with waves = ceil(tiles / units)."""
+        b, m, n = shape
+        cal = self.calibration
+        if not (self.compute_units and cal.tile_m and cal.tile_n and m and n):
+            return 1.0
+        tiles = b * -(-m // cal.tile_m) * -(-n // cal.tile_n)
+        waves = -(-tiles // self.compute_units)
+        return tiles / (waves * self.compute_units)
+
+    def matrix_time(self, flops: float, nbytes: float,
+                    shape: tuple[int, int, int] = (0, 0, 0)) -> float:
         """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes."""
         cal = self.calibration
         eff = cal.matrix_efficiency * flops / (flops + cal.matrix_half_flops) if flops else 1.0
+        eff *= self.wave_efficiency(shape)
         compute = flops / (self.peak_flops * eff) if flops else 0.0
         return max(compute, self.vector_time_raw(nbytes)) + cal.launch_s
 
@@ -75,8 +93,9 @@ class DeviceModel:
         if op.kind != "matrix":
             return self.vector_time(op.bytes, op.flops)
         if "convolution" in op.target:
-            return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes)
-        return self.matrix_time(op.flops, op.bytes)
+            return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes,
+                                    op.shape)
+        return self.matrix_time(op.flops, op.bytes, op.shape)
 
     def vector_time_raw(self, nbytes: float) -> float:
         return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)

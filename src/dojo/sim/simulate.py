@@ -82,7 +82,8 @@ def device_model(program: Program) -> DeviceModel:
     return DeviceModel(peak_flops=leaf.peak_flops[dtype] * n,
                        vector_flops=leaf.peak_flops.get("fp32", leaf.peak_flops[dtype]) * n,
                        mem_bytes_per_s=pool.read_bytes_per_s * n,
-                       calibration=load_calibration(leaf.cost_model), timer=timer)
+                       calibration=load_calibration(leaf.cost_model), timer=timer,
+                       compute_units=leaf.compute_units * n)
 
 
 def _d1_timer(spec: Any, dtype: str) -> Any:
