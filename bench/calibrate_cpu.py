@@ -162,7 +162,7 @@ def _validate() -> None:
     print("\n| model | batch | measured s | simulated s | error |\n|---|---|---|---|---|")
     for name, overrides, batch in CASES:
         real = measured_step(name, overrides, batch)
-        plan = parse_plan(f"dp=1,mb={batch},precision=fp32,fusion=off")
+        plan = parse_plan(f"dp=1,mb={batch},precision=fp32,fusion=none")
         sim = simulate_model(name, overrides, "cpu", plan, batch)
         pred = sim.result.step_time_s
         label = name + (f" {overrides.get('layers')}x{overrides.get('hidden')}"

@@ -26,11 +26,16 @@ def consumers(graph: Graph) -> dict[int, set[int]]:
     return out
 
 
-def groups(graph: Graph, labels: list[str], fuse: bool = True) -> list[tuple[list[Op], str]]:
+REDUCTION_RULES = ("norm_softmax", "reduction")
+
+
+def groups(graph: Graph, labels: list[str], fuse: str = "full") -> list[tuple[list[Op], str]]:
     """Ops of the forward and backward phases in kernel groups, each with its section label.
 
-    A matrix op is a group of its own; a maximal run of vector ops of one phase and section
-    (views skipped) is one fused group, or with `fuse` off every op is its own kernel.
+    A matrix op is a group of its own. Vector ops of one phase and section (views skipped):
+    `full` fuses each maximal run; `kernels` ends a group after each softmax, norm or reduction
+    (a hand-written kernel fuses its pointwise prologue with one reduction); `none` gives every
+    op its own kernel.
     """
     out: list[tuple[list[Op], str]] = []
     run: list[Op] = []
@@ -38,7 +43,8 @@ def groups(graph: Graph, labels: list[str], fuse: bool = True) -> list[tuple[lis
     for op, label in zip(graph.ops, labels):
         if op.rule in FREE_RULES or op.phase == "optimizer":
             continue
-        if not fuse or op.rule in MATRIX_RULES or (op.phase, label) != key:
+        ended = fuse == "kernels" and bool(run) and run[-1].rule in REDUCTION_RULES
+        if fuse == "none" or ended or op.rule in MATRIX_RULES or (op.phase, label) != key:
             if run and key is not None:
                 out.append((run, key[1]))
             run, key = [], None

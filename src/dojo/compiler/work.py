@@ -139,7 +139,7 @@ def main_block(graph: Graph) -> str | None:
 
 
 def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
-               fuse: bool = True) -> ModelWork:
+               fuse: str = "full") -> ModelWork:
     """Split the graph's micro-batch work by section for one device of a `tp`-way split.
 
     `scale` converts captured bytes to the plan's precision (0.5 for BF16 from an FP32 capture).

@@ -12,8 +12,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8).
 - `overlap`: overlap the data-parallel gradient reduction with the backward pass.
-- `fusion`: vector ops between matmuls run as fused kernels (a compiler, Megatron-LM's fused
-  kernels); off models eager PyTorch, one kernel per op.
+- `fusion`: how vector ops between matmuls become kernels: `full` (a compiler such as
+  torch.compile/Inductor fuses each run), `kernels` (hand-written fused kernels as in Megatron-LM
+  and apex: a pointwise chain fuses up to and including one softmax/norm/reduction, which ends
+  the kernel), `none` (eager PyTorch, one kernel per op). `on`/`off` mean `full`/`none`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dojo.errors import ConfigError
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 RECOMPUTE = ("none", "selective", "full")
 PRECISIONS = ("fp32", "bf16", "fp16", "cfp8")
+FUSIONS = ("full", "kernels", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +47,7 @@ class Plan:
     zero: int = field(default=0, metadata=check(ge=0, le=3))
     precision: str = field(default="bf16", metadata=check(choices=PRECISIONS))
     overlap: bool = True
-    fusion: bool = True
+    fusion: str = field(default="full", metadata=check(choices=FUSIONS))
 
     @property
     def devices(self) -> int:
@@ -86,7 +89,10 @@ def parse_plan(text: str, source: str = "--plan") -> Plan:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(source, item, item, "key=value, e.g. dp=8,tp=8,pp=16,mb=1")
-        data[key.strip()] = parse_scalar(raw.strip())
+        value = parse_scalar(raw.strip())
+        if key.strip() == "fusion" and isinstance(value, bool):
+            value = "full" if value else "none"
+        data[key.strip()] = value
     plan = parse(Plan, data, source)
     if plan.interleave > 1 and "schedule" not in data:
         plan = replace(plan, schedule="interleaved")

@@ -152,14 +152,20 @@ def simulate(program: Program) -> Result:
     memory = device_memory(program)
     times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
 
+    transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
+    last = plan.pp * plan.interleave - 1
+
     def duration(stage: int, task: Task) -> float:
         kind, _, c = task
-        t = times[c * plan.pp + stage]
+        vs = c * plan.pp + stage
+        t = times[vs]
+        # Without overlap, a pipeline send blocks the sender's stream until it completes
+        # (Megatron-LM 2021-22's blocking p2p); with overlap it only delays the receiver.
+        send = 0.0 if plan.overlap or plan.pp == 1 else transfer
         if kind == "F":
-            return max(t.forward, t.stream) + t.tp_forward
-        return max(t.backward + t.recompute, t.stream) + t.tp_backward
+            return max(t.forward, t.stream) + t.tp_forward + (send if vs < last else 0.0)
+        return max(t.backward + t.recompute, t.stream) + t.tp_backward + (send if vs else 0.0)
 
-    transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
     spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
                          duration, transfer)
     sync, opt = _finish_step(program, dev, spans)
@@ -203,7 +209,7 @@ def _optimizer_bytes_per_param(program: Program) -> float:
     master weight, gradient and each state tensor, write the master, the states and the
     low-precision weights; the captured unfused graph is an upper bound."""
     sizes = PRECISION_BYTES[program.plan.precision]
-    if not program.plan.fusion:  # eager: one kernel per op of the optimizer, as captured
+    if program.plan.fusion == "none":  # eager: one kernel per optimizer op, as captured
         return program.work.optimizer_bytes_per_param
     state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
     master = sizes["master"] or sizes["weights"]
