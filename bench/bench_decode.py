@@ -1,14 +1,18 @@
 """Decode throughput: the dojo.data loader against raw PyAV decoding of the same files.
 
     .venv/bin/python bench/bench_decode.py [--size 96x64] [--clips 4] [--frames 16]
-                                           [--workers 0,1] [--rounds 3] [--dir DIR]
+                                           [--workers 0,1] [--rounds 3] [--window 8] [--dir DIR]
+                                           [--probe 96x64,320x192,640x480,1280x960]
 
 Makes a synthetic clip set (or reuses --dir; --size etc. then do not apply), then per round times
 - raw: every MP4 decoded start to end with PyAV on one thread, each frame converted to RGB;
-- loader: one epoch of `ClipLoader` (windows of one GOP, batch 4), which adds seeking, stacking
-  into (B, T, N, 3, H, W) float32 in [0, 1], labels, and worker processes.
+- loader: one epoch of `ClipLoader` (windows of --window frames, default one GOP, batch 4),
+  which adds seeking, stacking into (B, T, N, 3, H, W) float32 in [0, 1], labels, and worker
+  processes.
 Prints a markdown table of the best round's frames/s and the ratio to raw (goal >= 0.8),
 and `decode_fps_per_core` from `dojo.data.measure_decode_fps` for the host data-path model.
+`--probe` also measures `dojo.data.measure_decode_fps_at` (the cached synthetic probe clip) at
+each listed size, with the probe's bits per pixel.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 
 from dojo.data import ClipLoader, LoaderConfig, SynthConfig, measure_decode_fps, synthesize
+from dojo.data.decoderate import PROBE_FRAMES, measure_decode_fps_at, probe_clip
 from dojo.data.layout import read_manifest
 from dojo.data.video import GOP, video_files
 
@@ -59,12 +64,13 @@ def loader_epoch(loader: ClipLoader) -> Timing:
     return frames, time.perf_counter() - start, time.process_time() - cpu
 
 
-def run(root: Path, workers: list[int], rounds: int, batch: int) -> dict[str, list[Timing]]:
+def run(root: Path, workers: list[int], rounds: int, batch: int,
+        window: int = GOP) -> dict[str, list[Timing]]:
     files = video_files(root)
     loaders = {f"loader, {w} workers": ClipLoader(root, LoaderConfig(
-        batch_size=batch, window=GOP, num_workers=w)) for w in workers}
+        batch_size=batch, window=window, num_workers=w)) for w in workers}
     loaders["loader, 0 workers, uint8 pixels"] = ClipLoader(root, LoaderConfig(
-        batch_size=batch, window=GOP, pixels="uint8"))
+        batch_size=batch, window=window, pixels="uint8"))
     raw_decode(files)  # warm the page cache and the codec
     for loader in loaders.values():
         loader_epoch(loader)  # start persistent workers, open files
@@ -95,6 +101,17 @@ def table(samples: dict[str, list[Timing]], pixels: int) -> list[str]:
     return lines
 
 
+def probe_table(sizes: list[str]) -> list[str]:
+    """`measure_decode_fps_at` per size (frames per CPU-second, best of 3 one-second runs)."""
+    lines = ["| size | probe bits/pixel | frames/s per core | Mpixel/s |", "|---|---:|---:|---:|"]
+    for size in sizes:
+        w, h = (int(x) for x in size.split("x"))
+        bpp = probe_clip(w, h).stat().st_size * 8 / (PROBE_FRAMES * w * h)
+        fps = max(measure_decode_fps_at(w, h, seconds=1.0) for _ in range(3))
+        lines.append(f"| {w}x{h} | {bpp:.3f} | {fps:,.0f} | {fps * w * h / 1e6:.0f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="96x64")
@@ -104,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="0,1")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--window", type=int, default=GOP)
+    parser.add_argument("--probe", default="", help="sizes for measure_decode_fps_at, WxH,...")
     parser.add_argument("--dir", help="reuse (or create) this clip set instead of a temp one")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -113,17 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         if not (root / "manifest.json").exists():
             synthesize(root, SynthConfig(clips=args.clips, frames=args.frames, width=width,
                                          height=height, cameras=args.cameras))
-        samples = run(root, [int(w) for w in args.workers.split(",")], args.rounds, args.batch)
+        samples = run(root, [int(w) for w in args.workers.split(",")], args.rounds, args.batch,
+                      args.window)
         per_core = measure_decode_fps(root, seconds=1.0)
         manifest = read_manifest(root)
     width, height = manifest.width, manifest.height
     lines = [f"decode benchmark: {len(manifest.clips)} clips x {len(manifest.cameras)} cameras x "
              f"{manifest.clips[0].frames} "
-             f"frames, {width}x{height}, GOP {GOP}, window {GOP}, batch {args.batch}, "
+             f"frames, {width}x{height}, GOP {GOP}, window {args.window}, batch {args.batch}, "
              f"best of {args.rounds} rounds, torch threads 1", "",
              *table(samples, width * height)]
     lines += ["", f"decode_fps_per_core = {per_core:,.0f} frames/s at {width}x{height} "
               f"({per_core * width * height / 1e6:.1f} Mpixel/s)"]
+    if args.probe:
+        lines += ["", "measure_decode_fps_at (synthetic probe clip):", "",
+                  *probe_table(args.probe.split(","))]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

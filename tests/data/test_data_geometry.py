@@ -46,10 +46,11 @@ def test_every_camera_looks_along_its_yaw(index: int) -> None:
 def test_intrinsics_for_a_90_degree_field_of_view() -> None:
     K = make_rig(1, W, H)[0].K
     # 90 deg horizontal field: f = (W / 2) / tan(45 deg) = 48 px; centre of a 96x64 image
-    np.testing.assert_allclose(K, [[48, 0, 47.5], [0, 48, 31.5], [0, 0, 1]])
+    np.testing.assert_allclose(K, np.array([[48, 0, 47.5], [0, 48, 31.5], [0, 0, 1]]))
 
 
-def _one_box_view(camera: int, x: float, y: float, size: tuple[float, float, float]):
+def _one_box_view(camera: int, x: float, y: float,
+                  size: tuple[float, float, float]) -> np.ndarray:
     """Render one red box with its centre at ego (x, y) on a straight road, ego at the origin."""
     length, width, height = size
     actor = Actor(0, length, width, height, RED, s0=x, d=y, speed=0.0)

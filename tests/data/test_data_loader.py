@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,3 +148,82 @@ def test_a_single_sample_has_the_batch_layout_without_b(tiny_set: Path) -> None:
     clip, start = loader.dataset.index[4]
     assert sample["frames"].shape == (4, 6, 3, 48, 64)
     assert (int(sample["clip"]), int(sample["start"])) == (clip, start)
+
+
+def test_each_file_is_opened_once_over_epochs(tiny_set: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import dojo.data.video as video
+
+    loader = ClipLoader(tiny_set, _cfg(window=2, stride=2))  # 4 windows per 8-frame file
+    opened: list[str] = []  # counted from here: opening the set probes every header first
+    real_open = video.av.open
+
+    def counting_open(path: str, *args: Any, **kw: Any) -> Any:
+        opened.append(str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(video.av, "open", counting_open)
+    batches = _epoch(loader) + _epoch(loader)
+    assert sum(len(b) for b in batches) == 2 * 3 * 4  # 3 clips x 4 windows, two epochs
+    assert len(opened) == len(set(opened)) == 3 * 6  # every camera file once, never reopened
+
+
+def test_open_file_limit_keeps_the_training_set_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dojo.data.loader as loader_module
+    from dojo.data.loader import open_file_limit
+
+    # dojo train's default set: 32 clips x 6 cameras of 96 x 64 must all stay open
+    assert open_file_limit(96, 64) >= 32 * 6
+    # 1280 x 960 decoders hold ~19 MB each (docs/data.md): fewer, within 512 MiB
+    assert 8 <= open_file_limit(1280, 960) * 19e6 <= 512 * 2**20
+    monkeypatch.setattr(loader_module.resource, "getrlimit", lambda _: (40, 40))
+    assert open_file_limit(96, 64) == 10  # a quarter of the descriptor limit
+
+
+def test_a_dropped_loader_is_freed_at_once(tiny_set: Path) -> None:
+    import gc
+    import weakref
+
+    loader = ClipLoader(tiny_set, _cfg(num_workers=1))
+    next(iter(loader))
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:  # no reference cycle: its persistent worker shuts down now, not after a 5 s timeout
+        del loader
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_kept_batches_are_never_overwritten(tiny_set: Path) -> None:
+    loader = ClipLoader(tiny_set, _cfg(batch_size=2))
+    kept, views, copies = [], [], []
+    for batch in _two_epochs(loader):
+        kept.append(batch)                      # the whole batch dict
+        views.append(batch["frames"][0, :, 1])  # only a view of it
+        copies.append(batch["frames"].clone())
+    for batch, view, copy in zip(kept, views, copies, strict=True):
+        assert torch.equal(batch["frames"], copy) and torch.equal(view, copy[0, :, 1])
+
+
+def test_dropped_batch_buffers_are_reused(tiny_set: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loader = ClipLoader(tiny_set, _cfg(batch_size=2))
+    allocations: list[tuple[int, ...]] = []
+    real_empty = np.empty
+
+    def counting_empty(shape: tuple[int, ...], *args: object, **kw: object) -> np.ndarray:
+        if isinstance(shape, tuple) and len(shape) == 6:  # (B, T, N, 3, H, W) frames
+            allocations.append(shape)
+        return real_empty(shape, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(np, "empty", counting_empty)
+    batches = sum(1 for _ in _two_epochs(loader))
+    assert batches == 10  # 9 windows in batches of 2: 5 per epoch
+    # each batch is dropped when the one after the next is made: 2 full-size buffers and the
+    # last, smaller batch's (9 = 4 x 2 + 1) are all this needs
+    assert len(allocations) <= 3
+
+
+def _two_epochs(loader: ClipLoader) -> Iterator[dict[str, torch.Tensor]]:
+    for _ in range(2):
+        yield from loader

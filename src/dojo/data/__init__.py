@@ -3,13 +3,15 @@
 - `synthesize(out, SynthConfig(...))` writes a clip set (layout in `dojo.data.layout`);
 - `open_clips(root, policy)` validates a set (synthetic or the user's own MP4s);
 - `ClipLoader(root, LoaderConfig(...))` yields batches for training (torch; imported lazily);
-- `measure_decode_fps(path_or_dir, seconds)` measures one core's decode rate (frames/s).
+- `measure_decode_fps(path_or_dir, seconds)` measures one core's decode rate (frames/s);
+- `measure_decode_fps_at(width, height)` the same at any frame size, on a cached synthetic clip.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dojo.data.decoderate import measure_decode_fps_at
 from dojo.data.layout import ClipSet, Manifest, SkippedClip, SkippedClipWarning, open_clips
 from dojo.data.synth import SynthConfig, synthesize
 from dojo.data.video import GOP, decode_all, measure_decode_fps
@@ -29,6 +31,7 @@ __all__ = [
     "collate",
     "decode_all",
     "measure_decode_fps",
+    "measure_decode_fps_at",
     "open_clips",
     "synthesize",
 ]

@@ -19,7 +19,10 @@ number of workers; `state_dict()` / `load_state_dict()` save and restore that po
 from __future__ import annotations
 
 import dataclasses
+import resource
+import sys
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +34,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dojo.config import check
 from dojo.data.layout import POLICIES, ClipSet, SkippedClip, SkippedClipWarning, open_clips
-from dojo.data.video import VideoReader
+from dojo.data.video import PIXEL_SCALE, VideoReader
 from dojo.errors import ConfigError, DojoError
 
-_MAX_OPEN = 64  # open video files per process; more are closed least-recently-used first
+# Open video files per process are capped by the memory their decoders hold (measured with
+# PyAV 18: about 1 MiB plus 10 decoded frames each; 1.1 MB at 96 x 64, 19 MB at 1280 x 960) and
+# by a quarter of the file-descriptor limit; beyond the cap the least recently used is closed.
+# Reopening costs ~0.6 ms (open, probe, close), more than decoding a 96 x 64 window, so the
+# default 32-clip set (192 files) must stay open: a cap of 64 reopened 82% of its windows and
+# ran at 0.44-0.54x raw (docs/data.md).
+_DECODER_BUDGET = 512 * 2**20  # bytes
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.uint8: np.uint8}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +90,12 @@ class ClipDataset(Dataset[dict[str, Any]]):
             raise DojoError(f"{clipset.root}: no windows of {window} frames in "
                             f"{len(clipset.clips)} usable clips (clips too short or all skipped)")
         self._readers: dict[Path, VideoReader] = {}
+        self.max_open = open_file_limit(clipset.manifest.width, clipset.manifest.height)
+        # Set by ClipLoader when it has workers: inside a worker, float32 frames are decoded as
+        # uint8 and the main process scales them (`to_float`). A quarter of the shared memory
+        # to fault in per batch, and the scaling overlaps the workers' decoding.
+        self.uint8_in_workers = False
+        self.pool = _BufferPool()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -93,7 +109,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         m = self.clipset.manifest
         shape = (len(indices), self.window, len(m.cameras), 3, m.height, m.width)
-        frames = _batch_buffer(shape, self.dtype)  # (B, T, N, 3, H, W)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        dtype = torch.uint8 if self.uint8_in_workers and in_worker else self.dtype
+        frames = _batch_buffer(shape, dtype, self.pool)  # (B, T, N, 3, H, W)
         pixels = frames.numpy()
         kept: list[tuple[int, int]] = []
         skipped: list[SkippedClip] = []
@@ -141,7 +159,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         reader = self._readers.pop(path, None)
         if reader is None:
             reader = VideoReader(path, self.clipset.manifest.fps)
-            if len(self._readers) >= _MAX_OPEN:
+            if len(self._readers) >= self.max_open:
                 oldest = next(iter(self._readers))
                 self._readers.pop(oldest).close()
         self._readers[path] = reader  # re-insert: dict order is least-recently-used first
@@ -154,15 +172,64 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self._readers = {}
 
 
-def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor; in a DataLoader worker it is allocated in shared memory (as
-    torch's default_collate does) so sending it to the trainer copies nothing."""
+def open_file_limit(width: int, height: int) -> int:
+    """How many video files of `width` x `height` frames one process keeps open (at least 8)."""
+    per_file = 2**20 + 10 * width * height * 3 // 2  # bytes: fixed + 10 yuv420p frames
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = 4096 if soft == resource.RLIM_INFINITY else soft // 4
+    return max(8, min(fds, _DECODER_BUDGET // per_file))
+
+
+class _BufferPool:
+    """Batch buffers of the main process, handed out again once the caller has let go of them.
+
+    A buffer is numpy memory wrapped by `torch.from_numpy`; every tensor, view or array made from
+    a batch keeps the numpy array alive, so a buffer whose only reference is the pool's is free.
+    Reuse skips the allocator and the page faults of fresh memory, which at 320 x 192 float32
+    (141 MB per batch of 4) cost as much as decoding. A caller that keeps its batches (a list
+    of validation batches) just gets fresh buffers. At most `size` buffers are kept (for the
+    dataset's life): two batches in flight in a training loop, and the smaller last batch.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.size = size
+        self._buffers: list[np.ndarray] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"size": self.size, "_buffers": []}  # a spawned worker gets no copies of them
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
+        """An uninitialised array of `shape` and `dtype` that no batch handed out refers to."""
+        for i in range(len(self._buffers)):
+            # 2 references: the pool's list and getrefcount's argument
+            if sys.getrefcount(self._buffers[i]) == 2 and self._buffers[i].shape == shape \
+                    and self._buffers[i].dtype == dtype:
+                return self._buffers[i]
+        # numpy asks for transparent huge pages on large arrays (madvise): first writes fault
+        # once per 2 MiB, not per 4 KiB (a fresh 141 MB batch fills in 26 ms, 63 from torch.empty)
+        fresh = np.empty(shape, dtype)
+        self._buffers = [*self._buffers[-(self.size - 1):], fresh] if self.size > 1 else [fresh]
+        return fresh
+
+
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype, pool: _BufferPool) -> torch.Tensor:
+    """An uninitialised tensor: from `pool` in the main process; in a DataLoader worker in
+    shared memory (as torch's default_collate does) so sending it to the trainer copies nothing.
+    """
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(pool.get(shape, _NUMPY_DTYPE[dtype]))
     numel = int(np.prod(shape))
     base = torch.empty(0, dtype=dtype)
     storage = base._typed_storage()._new_shared(numel, device=base.device)
     return base.new(storage).view(shape)
+
+
+def to_float(frames: torch.Tensor, pool: _BufferPool) -> torch.Tensor:
+    """uint8 0..255 frames as float32 in [0, 1], rounded exactly as decoding straight to float
+    (float32(x) * float32(1 / 255)), in a buffer from `pool`."""
+    out = _batch_buffer(tuple(frames.shape), torch.float32, pool)
+    np.multiply(frames.numpy(), PIXEL_SCALE, out=out.numpy(), casting="unsafe")
+    return out
 
 
 def collate(batch: Any) -> dict[str, Any]:
@@ -180,16 +247,31 @@ def _worker_init(worker_id: int) -> None:
 
 class _RemainingBatches(Sampler[list[int]]):
     """The batches of the owner's current epoch from its current step; read anew each time the
-    torch DataLoader starts an iteration, so one DataLoader serves every epoch and resume."""
+    torch DataLoader starts an iteration, so one DataLoader serves every epoch and resume.
+
+    It holds its owner weakly. A strong reference would close a cycle (loader -> DataLoader ->
+    sampler -> loader), leaving a dropped loader to the garbage collector, which runs the worker
+    queues' finalizers before the DataLoader's shutdown: the shutdown message is never sent and
+    each persistent worker is joined only after a 5 s timeout.
+    """
 
     def __init__(self, owner: ClipLoader) -> None:
-        self.owner = owner
+        self._owner = weakref.ref(owner)
+
+    @property
+    def owner(self) -> ClipLoader:
+        owner = self._owner()
+        if owner is None:  # internal invariant: the loader owns the DataLoader that calls this
+            raise RuntimeError("ClipLoader was garbage-collected while its DataLoader ran")
+        return owner
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.owner._batches(self.owner.epoch)[self.owner.step:])
+        owner = self.owner
+        return iter(owner._batches(owner.epoch)[owner.step:])
 
     def __len__(self) -> int:
-        return max(self.owner.steps_per_epoch - self.owner.step, 0)
+        owner = self.owner
+        return max(owner.steps_per_epoch - owner.step, 0)
 
 
 class ClipLoader:
@@ -205,6 +287,7 @@ class ClipLoader:
         clipset = open_clips(root, self.cfg.policy, self.cfg.verify)
         self.dataset = ClipDataset(clipset, self.cfg.window, self.cfg.stride or self.cfg.window,
                                    self.cfg.pixels)
+        self.dataset.uint8_in_workers = self.cfg.num_workers > 0
         self.epoch = 0
         self.step = 0
         self._torch_loader: DataLoader[dict[str, Any]] | None = None
@@ -251,8 +334,9 @@ class ClipLoader:
         for batch in self._torch_loader:
             self._apply_policy(batch["skipped"])  # raises before the step: resume retries it
             self.step += 1  # position of the next batch: what a checkpoint after this one needs
-            if "frames" in batch:
-                yield batch
+            if batch["frames"].dtype != self.dataset.dtype:  # uint8 from a worker
+                batch["frames"] = to_float(batch["frames"], self.dataset.pool)
+            yield batch
         self._normalise()
 
     def _apply_policy(self, failures: list[SkippedClip]) -> None:

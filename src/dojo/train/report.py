@@ -173,7 +173,7 @@ def _data_path(rep: HtmlReport, result: TrainResult) -> None:
     sim, d = result.sim, result.sim.data
     rep.heading("Data path: hosts -> DIPs -> tiles")
     rep.table([("decode rate measured here", f"{sim.decode_fps_per_core:,.0f} frames/s/core"),
-               ("scaled to 1280 x 960", f"{sim.decode_fps_large:,.1f} frames/s/core"),
+               ("measured at 1280 x 960", f"{sim.decode_fps_large:,.1f} frames/s/core"),
                ("images per sample", sim.images_per_sample),
                ("bytes per sample", si(sim.bytes_per_sample, "B")),
                ("decode per step", si(d.decode_s, "s")),

@@ -5,8 +5,8 @@ a 200 x 200 grid) at the precision of the real run, on the chosen Dojo system un
 plan (`auto` searches with `dojo.sim.search.best_plan`), and beside it on an H100 cluster sized
 to the same power budget (GPUs = Dojo system power / power per GPU, rounded to whole 8-GPU
 servers), both at the same global batch. The Dojo step includes its data path: host decode at
-the measured rate, scaled to the large frames by pixel count, then PCIe into the DIPs and TTP
-onto the tiles (`dojo.sim.datapath`).
+the rate measured on this machine at the large frame size (`large_decode_fps`), then PCIe into
+the DIPs and TTP onto the tiles (`dojo.sim.datapath`).
 
 Utilisation maps (fractions of one step, 0..1):
 - per chip of each tile: the busy time of the pipeline stage the chip runs (forward, backward
@@ -69,7 +69,7 @@ class SimulatedRun:
     gpu: Simulated
     data: DataPath
     decode_fps_per_core: float         # measured on this machine at the data set's size
-    decode_fps_large: float            # the same scaled to the large preset's frame size
+    decode_fps_large: float            # measured at the large preset's frame size
     images_per_sample: int
     bytes_per_sample: float
     utilisation: Utilisation
@@ -113,12 +113,26 @@ def _step(model: str, spec: SystemSpec, plan_text: str, batch: int,
     return simulate_model(model, {}, spec, replace(plan, precision=precision), batch)
 
 
+def large_decode_fps(measured_fps: float, data_size: tuple[int, int],
+                     large_size: tuple[int, int]) -> float:
+    """Decode frames/s per core at `large_size` (width, height): `measured_fps` itself when the
+    data set already has that size, else measured here on a cached synthetic clip of that size
+    (`dojo.data.measure_decode_fps_at`, ~0.5 s; ~1.5 s more the first time, to encode it).
+    Scaling a small-frame rate by pixel count would overstate the cost: per-frame fixed costs
+    dominate small frames (docs/data.md)."""
+    if tuple(data_size) == tuple(large_size):
+        return measured_fps
+    from dojo.data.decoderate import measure_decode_fps_at
+
+    return measure_decode_fps_at(*large_size)
+
+
 def simulate_large(system: str, plan: str, precision: str, decode_fps_per_core: float,
                    data_size: tuple[int, int], epoch_samples: int) -> SimulatedRun:
     """Simulate the large preset on `system` under `plan` and on a GPU cluster of equal power.
 
     `decode_fps_per_core` (frames/s on one core) was measured on frames of `data_size`
-    (width, height) pixels; decode cost is taken as proportional to pixels.
+    (width, height) pixels; the data path uses `large_decode_fps` of it.
     """
     spec = load_system(system)
     gpus = gpu_count_for_power(spec)
@@ -128,8 +142,7 @@ def simulate_large(system: str, plan: str, precision: str, decode_fps_per_core: 
     dojo = _step(LARGE_MODEL, spec, plan, batch, precision)
     gpu = _step(LARGE_MODEL, gpu_spec, "auto", batch, precision)
     images = cfg.cameras * cfg.frames
-    scale = (data_size[0] * data_size[1]) / (cfg.width * cfg.height)
-    fps_large = decode_fps_per_core * scale
+    fps_large = large_decode_fps(decode_fps_per_core, data_size, (cfg.width, cfg.height))
     nbytes = float(images * cfg.width * cfg.height * 3)  # uint8 RGB
     path = data_path(spec, batch, images, nbytes, fps_large, dojo.result.step_time_s)
     fed = Simulated(program=dojo.program, result=with_data(dojo.result, path), graph=dojo.graph)
