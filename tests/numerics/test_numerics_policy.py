@@ -133,3 +133,19 @@ def test_apply_policy_keeps_parameters_keys_and_master_weights() -> None:
     assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
     model(torch.randn(1, 1, 3, 3)).sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+def test_quantizer_state_round_trip_continues_identically() -> None:
+    """A restored quantizer rounds the next tensors exactly as the original would have."""
+    from dojo.numerics import OperandRule, TensorQuantizer
+
+    rule = OperandRule(fmt="cfp8_152", rounding="stochastic", scaling="delayed")
+    a = TensorQuantizer(rule, window=4, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        a(torch.randn(64, generator=gen))
+    b = TensorQuantizer(rule, window=4, seed=99)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(64, generator=gen)
+    assert torch.equal(a(x), b(x)) and a.last_bias == b.last_bias
+    assert len(b.history) == 4 and b.history.amax() == a.history.amax()

@@ -141,3 +141,28 @@ def remove_policy(model: nn.Module) -> nn.Module:
             layer.__class__ = plain
             del layer.numerics
     return model
+
+
+_SLOTS = ("activations", "weights", "grads", "outputs")
+
+
+def policy_state(model: nn.Module) -> dict[str, Any]:
+    """The precision state of every policy layer of `model` (for checkpoints), by layer path."""
+    out: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        for slot in _SLOTS if numerics is not None else ():
+            q = getattr(numerics, slot)
+            if q is not None:
+                out[f"{path}.{slot}"] = q.state_dict()
+    return out
+
+
+def load_policy_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Restore what `policy_state` saved into the policy layers of `model`."""
+    for path, module in model.named_modules():
+        numerics = getattr(module, "numerics", None)
+        for slot in _SLOTS if numerics is not None else ():
+            q, saved = getattr(numerics, slot), state.get(f"{path}.{slot}")
+            if q is not None and saved is not None:
+                q.load_state_dict(saved)

@@ -162,6 +162,20 @@ class TensorQuantizer:
         self.history.record(current)
         return bias_for_amax(used, self.rule.fmt, self.margin)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that makes the next rounding reproducible: history, last bias, RNG."""
+        gen = self._generator.get_state() if self._generator is not None else None
+        return {"history": list(self.history._values), "last_bias": self.last_bias,
+                "generator": gen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self.history._values.clear()
+        self.history._values.extend(state["history"])
+        self.last_bias = state["last_bias"]
+        if state["generator"] is not None:
+            self._generator = torch.Generator().set_state(state["generator"])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """`x` rounded per the rule, in x's dtype (meant for FP32 tensors)."""
         bias = self.bias_for(x)

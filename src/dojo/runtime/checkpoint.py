@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dojo.errors import DojoError
+from dojo.numerics import load_policy_state, policy_state
 
 MANIFEST = "manifest.json"
 
@@ -26,39 +27,6 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def _quantizer_state(model: torch.nn.Module) -> dict[str, Any]:
-    """Delayed-scaling histories and stochastic-rounding generators of every policy layer."""
-    out: dict[str, Any] = {}
-    for path, module in model.named_modules():
-        numerics = getattr(module, "numerics", None)
-        if numerics is None:
-            continue
-        for slot in ("activations", "weights", "grads", "outputs"):
-            q = getattr(numerics, slot)
-            if q is None:
-                continue
-            gen = q._generator.get_state() if q._generator is not None else None
-            out[f"{path}.{slot}"] = {"history": list(q.history._values),
-                                     "last_bias": q.last_bias, "generator": gen}
-    return out
-
-
-def _restore_quantizers(model: torch.nn.Module, state: dict[str, Any]) -> None:
-    for path, module in model.named_modules():
-        numerics = getattr(module, "numerics", None)
-        if numerics is None:
-            continue
-        for slot in ("activations", "weights", "grads", "outputs"):
-            q, saved = getattr(numerics, slot), state.get(f"{path}.{slot}")
-            if q is None or saved is None:
-                continue
-            q.history._values.clear()
-            q.history._values.extend(saved["history"])
-            q.last_bias = saved["last_bias"]
-            if saved["generator"] is not None:
-                q._generator = torch.Generator().set_state(saved["generator"])
-
-
 def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
     """Save this rank's state into `folder` (collective when distributed); returns the folder."""
     root = Path(folder)
@@ -66,7 +34,7 @@ def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
     rank = trainer.mesh.rank
     state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
              "rng": torch.get_rng_state(), "position": trainer.position,
-             "quantizers": _quantizer_state(trainer.model), "plan": trainer.plan.text()}
+             "quantizers": policy_state(trainer.model), "plan": trainer.plan.text()}
     _atomic_write(root / f"rank{rank}.pt", lambda p: torch.save(state, p))
     if trainer.mesh.groups or trainer.plan.devices > 1:
         import torch.distributed as dist
@@ -99,5 +67,5 @@ def load_checkpoint(trainer: Any, folder: str | Path) -> None:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
-    _restore_quantizers(trainer.model, state["quantizers"])
+    load_policy_state(trainer.model, state["quantizers"])
     trainer.position = int(state["position"])

@@ -19,38 +19,6 @@ import torch
 from dojo.errors import DojoError
 
 STATE = "state.pt"
-_SLOTS = ("activations", "weights", "grads", "outputs")
-
-
-def policy_state(model: torch.nn.Module) -> dict[str, Any]:
-    """Per-layer precision state of every policy layer (see `dojo.numerics.apply_policy`)."""
-    out: dict[str, Any] = {}
-    for path, module in model.named_modules():
-        numerics = getattr(module, "numerics", None)
-        for slot in _SLOTS if numerics is not None else ():
-            q = getattr(numerics, slot)
-            if q is None:
-                continue
-            # TensorQuantizer keeps its history and generator privately; they are its state.
-            gen = q._generator.get_state() if q._generator is not None else None
-            out[f"{path}.{slot}"] = {"history": list(q.history._values),
-                                     "last_bias": q.last_bias, "generator": gen}
-    return out
-
-
-def load_policy_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Restore what `policy_state` saved into the policy layers of `model`."""
-    for path, module in model.named_modules():
-        numerics = getattr(module, "numerics", None)
-        for slot in _SLOTS if numerics is not None else ():
-            q, saved = getattr(numerics, slot), state.get(f"{path}.{slot}")
-            if q is None or saved is None:
-                continue
-            q.history._values.clear()
-            q.history._values.extend(saved["history"])
-            q.last_bias = saved["last_bias"]
-            if saved["generator"] is not None:
-                q._generator = torch.Generator().set_state(saved["generator"])
 
 
 def save(folder: Path, state: dict[str, Any]) -> Path:

@@ -23,6 +23,7 @@ import torch
 from dojo.data import ClipLoader, LoaderConfig, SynthConfig, measure_decode_fps, synthesize
 from dojo.data.layout import SkippedClip
 from dojo.errors import DojoError
+from dojo.numerics import load_policy_state, policy_state
 from dojo.train import checkpoint
 from dojo.train.loop import (
     Example,
@@ -104,7 +105,7 @@ def _state(model: Any, optimizer: Any, loader: ClipLoader, history: History,
            opts: TrainOptions) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "loader": loader.state_dict(),
-            "policy": checkpoint.policy_state(model), "history": history,
+            "policy": policy_state(model), "history": history,
             "settings": opts.settings()}
 
 
@@ -115,7 +116,7 @@ def _restore(folder: Path, model: Any, optimizer: Any, loader: ClipLoader,
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     loader.load_state_dict(state["loader"])
-    checkpoint.load_policy_state(model, state["policy"])
+    load_policy_state(model, state["policy"])
     history: History = state["history"]
     return history
 
