@@ -59,59 +59,29 @@ def _slice(x: Tensor, group: Any) -> Tensor:
     return x.narrow(-2, rank * n, n).contiguous()  # (..., S/tp, H)
 
 
-class _GatherSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
-        ctx.group = group
-        return _gather(x, group)
+class _SeqCollective(torch.autograd.Function):
+    """One sequence collective forward (`fwd`), its adjoint backward (`bwd`)."""
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _reduce_scatter(grad, ctx.group), None
-
-
-class _ReduceScatterSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
-        ctx.group = group
-        return _reduce_scatter(x, group)
+    def forward(ctx: Any, x: Tensor, group: Any, fwd: Any, bwd: Any) -> Tensor:
+        ctx.group, ctx.bwd = group, bwd
+        out: Tensor = fwd(x, group)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _gather(grad, ctx.group), None
-
-
-class _ScatterSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
-        ctx.group = group
-        return _slice(x, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _gather(grad, ctx.group), None
-
-
-class _GatherSeqReplicated(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
-        ctx.group = group
-        return _gather(x, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return _slice(grad, ctx.group), None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        return ctx.bwd(grad, ctx.group), None, None, None
 
 
 def gather_seq(x: Tensor, group: Any) -> Tensor:
     """(B, S/tp, H) -> (B, S, H); backward reduce-scatter."""
-    out: Tensor = _GatherSeq.apply(x, group)
+    out: Tensor = _SeqCollective.apply(x, group, _gather, _reduce_scatter)
     return out
 
 
 def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:
     """Partial (B, S, H) -> summed (B, S/tp, H); backward all-gather."""
-    out: Tensor = _ReduceScatterSeq.apply(x, group)
+    out: Tensor = _SeqCollective.apply(x, group, _reduce_scatter, _gather)
     return out
 
 
@@ -125,11 +95,13 @@ def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
     m: Any = model
 
     def scatter(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
-        result: Tensor = _ScatterSeq.apply(out, group)
+        # Replicated (B, S, H) -> own slice; backward gathers the slices' gradients.
+        result: Tensor = _SeqCollective.apply(out, group, _slice, _gather)
         return result
 
     def gather(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
-        result: Tensor = _GatherSeqReplicated.apply(out, group)
+        # Slices -> replicated (B, S, H); each rank's gradient is already whole: keep its slice.
+        result: Tensor = _SeqCollective.apply(out, group, _gather, _slice)
         return result
 
     m.wte.register_forward_hook(scatter)  # (B, S, H) -> (B, S/tp, H)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dojo.compiler.d1.figures import ACC_BYTES, ChipFigures, chip_figures, dtype_bytes
-from dojo.compiler.d1.matmul import Mapping, map_matmul
+from dojo.compiler.d1.matmul import COMPONENTS, Mapping, map_matmul
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
@@ -81,8 +81,8 @@ class StreamedOp:
 
     @property
     def bound(self) -> str:
-        parts = ("compute", "simd", "sram_read", "sram_write", "mesh", "hbm")
-        return max(parts, key=lambda c: getattr(self, f"{c}_s"))
+        """The steady-state component that sets the pace."""
+        return max(COMPONENTS, key=lambda c: getattr(self, f"{c}_s"))
 
 
 @dataclass(frozen=True)
@@ -225,17 +225,17 @@ def d1_op_time(op: OpCost | MatmulShape | RowwiseShape | AttentionShape,
     raise DojoError(f"d1_op_time: cannot time a {type(op).__name__}")
 
 
+def _parts(op: Mapping | StreamedOp, names: tuple[str, ...],
+           scale: float = 1.0) -> tuple[tuple[str, float], ...]:
+    return tuple((name, getattr(op, f"{name}_s") * scale) for name in names)
+
+
 def _from_mapping(mm: Mapping, scale: float) -> OpTime:
-    parts = (("compute", mm.compute_s), ("simd", mm.simd_s), ("sram_read", mm.sram_read_s),
-             ("sram_write", mm.sram_write_s), ("mesh", mm.mesh_s), ("hbm", mm.hbm_s),
-             ("fill", mm.fill_s), ("drain", mm.drain_s))
     return OpTime(time_s=mm.time_s * scale, kind="matrix", bound=mm.bound, mode=mm.mode,
-                  nodes=mm.nodes, parts=tuple((k, v * scale) for k, v in parts), mapping=mm)
+                  nodes=mm.nodes, parts=_parts(mm, (*COMPONENTS, "fill", "drain"), scale),
+                  mapping=mm)
 
 
 def _from_streamed(op: StreamedOp, kind: str) -> OpTime:
-    parts = (("compute", op.compute_s), ("simd", op.simd_s), ("sram_read", op.sram_read_s),
-             ("sram_write", op.sram_write_s), ("mesh", op.mesh_s), ("hbm", op.hbm_s),
-             ("fill", op.fill_s))
     return OpTime(time_s=op.time_s, kind=kind, bound=op.bound, mode=op.mode, nodes=op.nodes,
-                  parts=parts, mapping=op)
+                  parts=_parts(op, (*COMPONENTS, "fill")), mapping=op)
