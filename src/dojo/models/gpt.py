@@ -60,11 +60,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(h, dim=2)  # 3 x (B, S, H)
         q, k, v = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
-        if self.attention == "flash":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        else:
-            y = _math_attention(q, k, v, p)  # (B, nh, S, hd)
+        y = causal_attention(q, k, v, p, self.attention)  # (B, nh, S, hd)
         return self.proj(y.transpose(1, 2).reshape(b, s, h))  # (B, S, H)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, p: float, attention: str) -> Tensor:
+    """Causal attention over (B, nh, S, hd) heads, "flash" (one fused op) or "math" (unfused)."""
+    if attention == "flash":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+    return _math_attention(q, k, v, p)
 
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:

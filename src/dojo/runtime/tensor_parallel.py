@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dojo.errors import DojoError
+from dojo.models.gpt import causal_attention
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,7 @@ class ParallelAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, s, local))  # (B, S, H)
 
     def _core(self, q: Tensor, k: Tensor, v: Tensor, p: float) -> Tensor:
-        if self.attention == "flash":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        from dojo.models.gpt import _math_attention
-
-        return _math_attention(q, k, v, p)  # (B, nh/tp, S, hd)
+        return causal_attention(q, k, v, p, self.attention)  # (B, nh/tp, S, hd)
 
 
 class ParallelMLP(nn.Module):
