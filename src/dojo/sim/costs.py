@@ -9,6 +9,7 @@ is at hand and taken from published measurements otherwise.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +46,10 @@ def calibration_names() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
+@functools.cache
 def load_calibration(name: str) -> Calibration:
-    """The shipped calibration called `name` (a device kind: a100, h100, d1, cpu...)."""
+    """The shipped calibration called `name` (a device kind: a100, h100, d1, cpu...); read once
+    per process (it is frozen, and a plan search times hundreds of programs)."""
     if name not in calibration_names():
         raise UnknownNameError("cost model", name, calibration_names())
     path = resources.files("dojo.sim") / "calibration" / f"{name}.toml"
