@@ -68,3 +68,10 @@ def test_sweep_strong_scaling_efficiency(capsys: pytest.CaptureFixture[str]) -> 
     assert [p["devices"] for p in points] == [1, 2, 4]
     assert points[0]["efficiency"] == pytest.approx(1.0)
     assert all(0 < p["efficiency"] <= 1.0 + 1e-9 for p in points)
+
+
+def test_auto_plan_reports_tokens_like_an_explicit_plan(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    out = _json(capsys, "simulate", "gpt", *SETS, "--system", "a100-cluster:2", "--plan", "auto",
+                "--batch", "8", "--json")
+    assert out["tokens_per_s"] == pytest.approx(8 * 128 / out["step_time_s"])

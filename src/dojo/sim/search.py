@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.mapping import device_count, group_levels
-from dojo.compiler.program import PRECISION_BYTES, compile_program
-from dojo.compiler.work import model_work
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, validate_plan
 from dojo.sim.memory import device_memory
-from dojo.sim.session import Simulated, captured, model_shape
+from dojo.sim.session import Simulated, captured, compile_model, model_shape
 from dojo.sim.simulate import device_model, simulate
 
 MICRO_BATCHES = (1, 2, 4, 8, 16)
@@ -131,17 +129,9 @@ def _preference(c: Candidate) -> tuple[float, int, int, int, int, int]:
             p.interleave)
 
 
-def _program(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
-             batch: int, seq: int | None) -> Any:
-    graph, _ = captured(model, overrides, plan.mb, seq)
-    scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
-    return compile_program(work, plan, spec, batch), graph
-
-
 def _simulate(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
               batch: int, seq: int | None) -> Simulated:
-    program, graph = _program(model, overrides, spec, plan, batch, seq)
+    program, graph = compile_model(model, overrides, spec, plan, batch, seq)
     return Simulated(program=program, result=simulate(program), graph=graph)
 
 
@@ -152,7 +142,7 @@ def _screen(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: i
     ranked: list[tuple[float, Plan]] = []
     rejected: dict[str, str] = {}
     for plan in plan_space(shape, devices, batch, spec, precision):
-        program, _ = _program(model, overrides, spec, plan, batch, seq)
+        program, _ = compile_model(model, overrides, spec, plan, batch, seq)
         memory = device_memory(program)
         family = f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
         if not memory.fits:

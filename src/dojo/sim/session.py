@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.work import main_block, model_work
 from dojo.graph import Graph
@@ -58,19 +59,26 @@ def model_shape(graph: Graph, config: Any) -> ModelShape:
                       kv_heads=get("kv_heads"))
 
 
-def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec | str,
-                   plan: Plan, batch: int, seq: int | None = None,
-                   devices: int | None = None) -> Simulated:
-    """Simulate one step of `model` (global batch `batch`) under `plan` on `system`."""
-    spec = load_system(system, devices=devices) if isinstance(system, str) else system
+def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
+                  batch: int, seq: int | None = None) -> tuple[Program, Graph]:
+    """Capture `model` at the plan's micro-batch and compile it for `plan` on `spec`
+    (the plan is not validated here; `simulate_model` does that)."""
     graph, config = captured(model, overrides, plan.mb, seq)
-    from dojo.compiler.mapping import device_count
-
-    validate_plan(plan, model_shape(graph, config), device_count(spec), batch)
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
     work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
     program = compile_program(work, plan, spec, batch,
                               tokens_per_sample=int(tokens) if tokens and is_sequence else None)
+    return program, graph
+
+
+def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec | str,
+                   plan: Plan, batch: int, seq: int | None = None,
+                   devices: int | None = None) -> Simulated:
+    """Simulate one step of `model` (global batch `batch`) under `plan` on `system`."""
+    spec = load_system(system, devices=devices) if isinstance(system, str) else system
+    graph, config = captured(model, overrides, plan.mb, seq)
+    validate_plan(plan, model_shape(graph, config), device_count(spec), batch)
+    program, graph = compile_model(model, overrides, spec, plan, batch, seq)
     return Simulated(program=program, result=simulate(program), graph=graph)
