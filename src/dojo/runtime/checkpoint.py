@@ -21,10 +21,16 @@ from dojo.numerics import load_policy_state, policy_state
 MANIFEST = "manifest.json"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
+    """Run `write(tmp)` on a temporary name beside `path`, then rename it over `path`; a failure
+    (or a kill) leaves `path` as it was and no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
@@ -35,7 +41,7 @@ def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
     state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
              "rng": torch.get_rng_state(), "position": trainer.position,
              "quantizers": policy_state(trainer.model), "plan": trainer.plan.text()}
-    _atomic_write(root / f"rank{rank}.pt", lambda p: torch.save(state, p))
+    atomic_write(root / f"rank{rank}.pt", lambda p: torch.save(state, p))
     if trainer.mesh.groups or trainer.plan.devices > 1:
         import torch.distributed as dist
 
@@ -43,7 +49,7 @@ def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
     if rank == 0:
         manifest = {"plan": trainer.plan.text(), "ranks": trainer.plan.devices,
                     "position": trainer.position}
-        _atomic_write(root / MANIFEST, lambda p: p.write_text(json.dumps(manifest)))
+        atomic_write(root / MANIFEST, lambda p: p.write_text(json.dumps(manifest)))
     return root
 
 

@@ -10,13 +10,13 @@ complete checkpoint.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dojo.errors import DojoError
+from dojo.runtime.checkpoint import atomic_write
 
 STATE = "state.pt"
 
@@ -25,13 +25,7 @@ def save(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` as folder/state.pt atomically; returns the file."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / STATE
-    tmp = folder / f".{STATE}.tmp{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda tmp: torch.save(state, tmp))
     return target
 
 
