@@ -55,17 +55,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chart(rows: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dojo.report import write_bytes_atomic
+    from dojo.report.html import figure_png
 
     names = [str(r["system"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].bar(names, [float(r["step_time_s"]) for r in rows], color="#3b6ea8")
-    axes[0].set_ylabel("step time (s)")
-    axes[1].bar(names, [float(r["energy_j"]) / 1e3 for r in rows], color="#c0504d")
-    axes[1].set_ylabel("energy per step (kJ)")
+    fig = Figure(figsize=(9, 3.5))
+    left, right = fig.subplots(1, 2)
+    left.bar(names, [float(r["step_time_s"]) for r in rows], color="#3b6ea8")
+    left.set_ylabel("step time (s)")
+    right.bar(names, [float(r["energy_j"]) / 1e3 for r in rows], color="#c0504d")
+    right.set_ylabel("energy per step (kJ)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_bytes_atomic(path, figure_png(fig, dpi=110))

@@ -90,23 +90,10 @@ def _systems(args: argparse.Namespace, load: object) -> list[Any]:
 
 
 def _plot(points: list[dict[str, Any]], path: str, weak: bool) -> None:
-    import matplotlib
+    from dojo.report import plot_scaling, write_bytes_atomic
+    from dojo.report.html import figure_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    devices = [p["devices"] for p in points]
-    rate = [p["samples_per_s"] for p in points]
-    ideal = [rate[0] * d / devices[0] for d in devices]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(devices, rate, "o-", label="simulated")
-    ax.plot(devices, ideal, "--", color="gray", label="linear")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("devices")
-    ax.set_ylabel("samples / s")
-    ax.set_title(("weak" if weak else "strong") + " scaling")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig = plot_scaling({"simulated": [(p["devices"], p["samples_per_s"]) for p in points]},
+                       logy=True)
+    fig.axes[0].set_title(("weak" if weak else "strong") + " scaling")
+    write_bytes_atomic(path, figure_png(fig, dpi=110))
