@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "config": 0,
     "registry": 0,
+    "units": 0,
     "hardware": 1,
     "graph": 2,
     "numerics": 2,
@@ -34,7 +35,7 @@ LAYERS: dict[str, int] = {
 
 
 # The core modules sit together on layer 0 and may use one another.
-CORE = {"errors", "config", "registry"}
+CORE = {"errors", "config", "registry", "units"}
 
 
 def _package_of(path: Path) -> str:

@@ -19,8 +19,9 @@ from dojo.report import (
     plot_scaling,
     plot_timeline,
 )
-from dojo.report.html import figure_png, si
+from dojo.report.html import figure_png
 from dojo.sim.session import Simulated
+from dojo.units import si
 
 
 def test_report_is_well_formed_self_contained_and_escaped(tmp_path: Path) -> None:

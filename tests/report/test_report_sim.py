@@ -10,8 +10,8 @@ from pathlib import Path
 from report_checks import decode, parse
 
 from dojo.report import simulation_report
-from dojo.report.html import si
 from dojo.sim.session import Simulated
+from dojo.units import si
 
 
 def _rows(text: str) -> dict[str, str]:

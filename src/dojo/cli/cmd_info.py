@@ -31,33 +31,24 @@ def run(args: argparse.Namespace) -> int:
 def render(s: object) -> str:
     """A plain-text table of a `dojo.hardware.Summary`."""
     from dojo.hardware.derived import Summary
+    from dojo.units import si
 
     assert isinstance(s, Summary)  # internal contract, not user input
     lines = [f"{s.title} ({s.name})", ""]
     counts = "  ".join(f"{k} {v:,}" for k, v in s.counts.items() if v)
     lines += [f"  counts       {counts}"]
     for dtype, flops in s.peak_flops.items():
-        lines.append(f"  peak {dtype:<7} {_si(flops, 'FLOP/s')}")
+        lines.append(f"  peak {dtype:<7} {si(flops, 'FLOP/s')}")
     lines += [
-        f"  SRAM         {_si(s.sram_bytes, 'B')}   load {_si(s.sram_read_bytes_per_s, 'B/s')}",
-        f"  HBM          {_si(s.hbm_bytes, 'B')}   {_si(s.hbm_bytes_per_s, 'B/s')}",
-        f"  bisection    {_si(s.bisection_bytes_per_s, 'B/s')} per direction",
-        f"  power        {_si(s.power_watts, 'W')}",
+        f"  SRAM         {si(s.sram_bytes, 'B')}   load {si(s.sram_read_bytes_per_s, 'B/s')}",
+        f"  HBM          {si(s.hbm_bytes, 'B')}   {si(s.hbm_bytes_per_s, 'B/s')}",
+        f"  bisection    {si(s.bisection_bytes_per_s, 'B/s')} per direction",
+        f"  power        {si(s.power_watts, 'W')}",
         "",
         f"  {'level':<8} {'link':<10} {'role':<18} {'bandwidth':>12} {'latency':>10} {'count':>10}",
     ]
     for row in s.links:
         lines.append(f"  {row.level:<8} {row.name:<10} {row.role:<18} "
-                     f"{_si(row.bytes_per_s, 'B/s'):>12} {_si(row.latency_s, 's'):>10} "
+                     f"{si(row.bytes_per_s, 'B/s'):>12} {si(row.latency_s, 's'):>10} "
                      f"{row.count:>10,}")
     return "\n".join(lines)
-
-
-def _si(value: float, unit: str) -> str:
-    if value == 0:
-        return f"0 {unit}"
-    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
-                           (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
-        if abs(value) >= factor:
-            return f"{value / factor:.4g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"

@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,6 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 
 # PNG metadata left out so that a figure renders to the same bytes every time.
 _PNG_METADATA: dict[str, Any] = {"Software": None}
-
-
-def si(value: float, unit: str = "", digits: int = 4) -> str:
-    """`value` with an SI prefix: si(3.2e-3, 's') -> '3.2 ms'; non-finite values as text."""
-    if not math.isfinite(value):
-        return f"{value} {unit}".strip()
-    if value == 0:
-        return f"0 {unit}".strip()
-    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
-                           (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
-        if abs(value) >= factor:
-            return f"{value / factor:.{digits}g} {prefix}{unit}".strip()
-    return f"{value:.{digits}g} {unit}".strip()
 
 
 def _cell(value: Any) -> tuple[str, bool]:

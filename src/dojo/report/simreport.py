@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dojo.hardware.derived import summarize
-from dojo.report.html import HtmlReport, si
+from dojo.report.html import HtmlReport
 from dojo.report.plots import plot_breakdown, plot_timeline
+from dojo.units import si
 
 if TYPE_CHECKING:
     from dojo.sim.session import Simulated

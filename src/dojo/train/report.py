@@ -26,7 +26,8 @@ from dojo.report import (
     write_text_atomic,
     write_trace,
 )
-from dojo.report.html import figure_png, si
+from dojo.report.html import figure_png
+from dojo.units import si
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
