@@ -7,7 +7,6 @@ preset simulated on a Dojo V1 matrix beside H100s of the same power.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -65,7 +64,3 @@ class Progress:
     samples_per_s: float = 0.0
     eta_s: float = 0.0
 
-
-def option_names() -> list[str]:
-    """Field names of `TrainOptions`, for error messages."""
-    return [f.name for f in dataclasses.fields(TrainOptions)]
