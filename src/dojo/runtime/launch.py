@@ -101,17 +101,24 @@ def _collect(procs: list[Any], results: Any, nproc: int, limit_s: float) -> list
     return [out[r] for r in range(nproc)]
 
 
-def _raise_root_cause(procs: list[Any], done: dict[int, Any], rank: int, message: str) -> None:
+def _raise_root_cause(procs: list[Any], done: dict[int, Any], rank: int, message: str,
+                      settle_s: float = 15.0) -> None:
     """A rank failed. If another rank died without a word, that death is the cause (gloo tells
-    the survivors "connection closed" at once): name the dead rank, then the reporting one."""
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        for other, p in enumerate(procs):
-            if other != rank and other not in done and p.exitcode not in (None, 0):
+    the survivors "connection closed" at once): name the dead rank, then the reporting one.
+
+    The other ranks are given until they have all exited (at most `settle_s`) to show their exit
+    codes: a forkserver child's death reaches the parent with a delay that grows with load, so a
+    fixed short wait could blame the survivor."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        others = [(r, p) for r, p in enumerate(procs) if r != rank and r not in done]
+        for other, p in others:
+            if p.exitcode not in (None, 0):
                 raise RankError(other, f"worker process died with exit code {p.exitcode} "
                                        f"(then rank {rank}: {message})")
+        if all(p.exitcode is not None for _, p in others) or time.monotonic() > deadline:
+            raise RankError(rank, message)
         time.sleep(0.05)
-    raise RankError(rank, message)
 
 
 def _drain_errors(results: Any) -> None:
