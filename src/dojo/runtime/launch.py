@@ -111,12 +111,14 @@ def _raise_root_cause(procs: list[Any], done: dict[int, Any], rank: int, message
     fixed short wait could blame the survivor."""
     deadline = time.monotonic() + settle_s
     while True:
-        others = [(r, p) for r, p in enumerate(procs) if r != rank and r not in done]
-        for other, p in others:
-            if p.exitcode not in (None, 0):
-                raise RankError(other, f"worker process died with exit code {p.exitcode} "
+        # One reading of each exit code per pass: reading it twice could see a death only on
+        # the second reading and blame the survivor.
+        codes = {r: p.exitcode for r, p in enumerate(procs) if r != rank and r not in done}
+        for other, code in codes.items():
+            if code not in (None, 0):
+                raise RankError(other, f"worker process died with exit code {code} "
                                        f"(then rank {rank}: {message})")
-        if all(p.exitcode is not None for _, p in others) or time.monotonic() > deadline:
+        if all(c is not None for c in codes.values()) or time.monotonic() > deadline:
             raise RankError(rank, message)
         time.sleep(0.05)
 
