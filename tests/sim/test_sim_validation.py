@@ -1,8 +1,8 @@
 """The performance model against published, measured training runs (validation_cases.toml).
 
 The expected values are measurements from the papers (Narayanan et al. SC'21 Table 1, Korthikanti
-et al. 2022 Table 5); the test fails when the model drifts past the stated tolerance. The goal is
-5 % mean and 10 % max; MEAN_TOLERANCE and MAX_TOLERANCE say what is achieved and guarded today.
+et al. 2022 Table 5); the test fails when the model drifts past the stated tolerance, the goal of
+5 % mean and 10 % max absolute error of the step time.
 """
 
 from __future__ import annotations

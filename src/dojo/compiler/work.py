@@ -30,6 +30,7 @@ class OpCost:
     bytes: float
     target: str
     shape: tuple[int, int, int] = (0, 0, 0)  # GEMM output (batch, m, n) on this device; 0s: n/a
+    out_bytes: float = 0.0  # of `bytes`, those of the GEMM's output on this device (matrix ops)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,10 @@ def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: 
     target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
     if group[0].rule in MATRIX_RULES:
         shape = _gemm_shape(group[0], graph, tp, residual_numel)
-        return OpCost("matrix", flops / tp, moved * scale / tp, target, shape)
+        made = graph.tensors[group[0].outputs[0]] if group[0].outputs else None
+        item = made.bytes / max(1, math.prod(made.shape)) if made is not None else 0.0
+        return OpCost("matrix", flops / tp, moved * scale / tp, target, shape,
+                      out_bytes=math.prod(shape) * item * scale)
     out = max((math.prod(graph.tensors[t].shape) for op in group for t in op.outputs), default=0)
     div = 1 if (out <= residual_numel and not sp) else tp
     return OpCost("vector", flops / div, moved * scale / div, target)

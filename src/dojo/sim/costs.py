@@ -1,8 +1,10 @@
 """Cost models per device kind: how long an op or a collective takes on one device.
 
-Ops follow a roofline with size-dependent matrix efficiency: a matrix op of F FLOP and B bytes
-takes max(F / (peak * e(F)), B / (bw * e_vec)) + launch, where e(F) = e_max * F / (F + F_half)
-models tails and wave quantisation of small GEMMs; vector ops are bound by memory bandwidth.
+Ops follow a roofline with size-dependent matrix efficiency: a matrix op of F FLOP reading R
+bytes and writing W bytes takes max(F / (peak * e(F)), R' / (bw * e_vec)) + W' / (bw * e_vec)
++ launch, where e(F) = e_max * F / (F + F_half) models tails and wave quantisation of small GEMMs
+and W' = (1 - epilogue_overlap) * W is the part of the output store the kernel does not hide
+behind its tensor-core loop (R' = R + W - W'); vector ops are bound by memory bandwidth.
 Calibrations are data (sim/calibration/*.toml), measured by bench/calibrate.py where the device
 is at hand and taken from published measurements otherwise.
 """
@@ -37,6 +39,11 @@ class Calibration:
     # quantisation (0 = not modelled).
     tile_m: int = field(default=0, metadata=check(ge=0))
     tile_n: int = field(default=0, metadata=check(ge=0))
+    # Fraction of a GEMM's output store hidden behind tensor-core work. A non-persistent kernel
+    # (one output tile per thread block: cuBLAS/CUTLASS 2 on Ampere) stores its tile after its
+    # K loop, so the store adds to the time (0); a ping-pong persistent kernel overlaps one
+    # tile's epilogue with the next tile's math (1). 1 = plain roofline.
+    epilogue_overlap: float = field(default=1.0, metadata=check(ge=0, le=1))
     source: str = ""
 
 
@@ -81,13 +88,16 @@ class DeviceModel:
         return tiles / (waves * self.compute_units)
 
     def matrix_time(self, flops: float, nbytes: float,
-                    shape: tuple[int, int, int] = (0, 0, 0)) -> float:
-        """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes."""
+                    shape: tuple[int, int, int] = (0, 0, 0), out_bytes: float = 0.0) -> float:
+        """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes, of which
+        `out_bytes` are its output (stored after the K loop unless the kernel hides it)."""
         cal = self.calibration
         eff = cal.matrix_efficiency * flops / (flops + cal.matrix_half_flops) if flops else 1.0
         eff *= self.wave_efficiency(shape)
         compute = flops / (self.peak_flops * eff) if flops else 0.0
-        return max(compute, self.vector_time_raw(nbytes)) + cal.launch_s
+        store = (1.0 - cal.epilogue_overlap) * min(out_bytes, nbytes)
+        return (max(compute, self.vector_time_raw(nbytes - store))
+                + self.vector_time_raw(store) + cal.launch_s)
 
     def op_time(self, op: Any) -> float:
         """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate)."""
@@ -97,8 +107,8 @@ class DeviceModel:
             return self.vector_time(op.bytes, op.flops)
         if "convolution" in op.target:
             return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes,
-                                    op.shape)
-        return self.matrix_time(op.flops, op.bytes, op.shape)
+                                    op.shape, op.out_bytes)
+        return self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
 
     def vector_time_raw(self, nbytes: float) -> float:
         return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)

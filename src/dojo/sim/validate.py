@@ -122,11 +122,9 @@ def summary(outcomes: list[Outcome], gate: tuple[str, ...] = GATE_CONFIDENCE
             "all_max_abs_error": max(every, default=0.0)}
 
 
-# Stated tolerance of the gate (high-confidence cases). The project's goal is 5 % mean and 10 %
-# max; these bounds are what the model achieves today and guard against regressions until the
-# missing mechanisms (docs/validation.md) close the gap.
-MEAN_TOLERANCE = 0.06
-MAX_TOLERANCE = 0.12
+# Stated tolerance of the gate (high-confidence cases): the project's goal, 5 % mean and 10 % max.
+MEAN_TOLERANCE = 0.05
+MAX_TOLERANCE = 0.10
 
 
 def predict_case(case: Case) -> tuple[float, float]:
