@@ -86,10 +86,14 @@ def _collect(procs: list[Any], results: Any, nproc: int, limit_s: float) -> list
             rank, ok, payload = results.get(timeout=0.2)
         except queue.Empty:
             for rank, p in enumerate(procs):
-                if rank not in out and p.exitcode is not None:
-                    _drain_errors(results)
-                    raise RankError(rank, f"worker process died with exit code {p.exitcode} "
-                                          "before returning a result") from None
+                # exit code 0: it returned; its result is still in the pipe
+                if rank not in out and p.exitcode not in (None, 0):
+                    code, said = p.exitcode, _drain_errors(results)
+                    if rank in said:  # it raised, reported, then exited: its own words
+                        raise RankError(rank, said[rank]) from None
+                    then = "".join(f" (then rank {r}: {m})" for r, m in sorted(said.items()))
+                    raise RankError(rank, f"worker process died with exit code {code} "
+                                          f"before returning a result{then}") from None
             if time.monotonic() > deadline:
                 missing = [r for r in range(nproc) if r not in out]
                 raise RankError(missing[0], f"no result after {limit_s:.0f} s "
@@ -123,15 +127,16 @@ def _raise_root_cause(procs: list[Any], done: dict[int, Any], rank: int, message
         time.sleep(0.05)
 
 
-def _drain_errors(results: Any) -> None:
-    """A rank that raised reports before it exits: prefer its message over 'died'."""
+def _drain_errors(results: Any) -> dict[int, str]:
+    """The error reports still queued, by rank (a rank that raised reports before it exits)."""
+    said: dict[int, str] = {}
     try:
         while True:
             rank, ok, payload = results.get(timeout=0.5)
             if not ok:
-                raise RankError(rank, payload)
+                said.setdefault(rank, payload)
     except queue.Empty:
-        return
+        return said
 
 
 def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple[Any, ...],
