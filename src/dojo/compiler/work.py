@@ -5,7 +5,10 @@ The graph is captured at the plan's micro-batch size. Its ops fall into three se
 (after it: final norm, head, loss). Tensor parallelism follows Megatron-LM: matmul, convolution
 and attention ops (FLOP-counter ops) split `tp` ways; vector ops on the residual stream (norms,
 residual adds, dropout on the full hidden state) stay replicated unless sequence parallelism
-shards them; other vector ops run inside the split region and divide by `tp`.
+shards them; vector ops inside the split region divide by `tp`. The split region is found by
+dataflow (`tp_split`): a weight matmul moves its activation between the replicated and the split
+domain (column-parallel in, row-parallel out; their input-gradient matmuls the other way), and
+every other op keeps its inputs' domain.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def _section_of(graph: Graph, block: str | None) -> list[str]:
 
 
 def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: int,
-                graph: Graph, scale: float) -> OpCost:
+                graph: Graph, scale: float, split: set[int]) -> OpCost:
     """One kernel on one device of the tp split (see the module docstring for the rule)."""
     flops = sum(op.flops for op in group)
     target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
@@ -93,9 +96,43 @@ def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: 
         item = made.bytes / max(1, math.prod(made.shape)) if made is not None else 0.0
         return OpCost("matrix", flops / tp, moved * scale / tp, target, shape,
                       out_bytes=math.prod(shape) * item * scale)
-    out = max((math.prod(graph.tensors[t].shape) for op in group for t in op.outputs), default=0)
-    div = 1 if (out <= residual_numel and not sp) else tp
+    outs = [t for op in group for t in op.outputs]
+    if not outs:
+        return OpCost("vector", flops, moved * scale, target)
+    big = max(outs, key=lambda t: math.prod(graph.tensors[t].shape))
+    div = tp if _is_split(graph, big, sp, residual_numel, split) else 1
     return OpCost("vector", flops / div, moved * scale / div, target)
+
+
+def _is_split(graph: Graph, tensor: int, sp: bool, residual_numel: int, split: set[int]) -> bool:
+    """Whether one device of the tp group holds 1/tp of `tensor`: inside the split region, or
+    anywhere with sequence parallelism; models without a residual stream split every tensor."""
+    if sp or not residual_numel:
+        return True
+    return root(graph, tensor).id in split
+
+
+def tp_split(graph: Graph) -> set[int]:
+    """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc).
+
+    Tensors made from parameters alone (a weight's transpose or cast) are weights, not
+    activations; a matmul with one activation input flips its domain, any other op's outputs are
+    split when one of its activation inputs is."""
+    weights = {t.id for t in graph.tensors if t.role in ("parameter", "buffer")}
+    split: set[int] = set()
+    for op in graph.ops:
+        if op.phase == "optimizer":
+            continue
+        acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
+        outs = {root(graph, t).id for t in op.outputs}
+        if not acts:
+            weights |= outs
+        elif op.rule in MATRIX_RULES and "mm" in op.target and len(acts) == 1:
+            if acts[0] not in split:
+                split |= outs
+        elif any(a in split for a in acts):
+            split |= outs
+    return split
 
 
 def _gemm_shape(op: Op, graph: Graph, tp: int, residual_numel: int) -> tuple[int, int, int]:
@@ -161,13 +198,14 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         for t in op.outputs:
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
+    split = tp_split(graph) if tp > 1 else set()
     for group, label in fusion.groups(graph, labels, fuse):
         cost = _group_cost(group, fusion.fused_bytes(graph, group, readers), tp, sp,
-                           residual_numel, graph, scale)
+                           residual_numel, graph, scale, split)
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)
-    saved, attn_saved = _saved(graph, producer, tp, sp, residual_numel, scale)
+    saved, attn_saved = _saved(graph, producer, tp, sp, residual_numel, scale, split)
     params = _params(graph, block, labels)
     residual_bytes = residual_numel * 4 * scale
 
@@ -196,27 +234,48 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
 
 
 def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
-           residual_numel: int, scale: float) -> tuple[dict[str, float], dict[str, float]]:
-    """Bytes kept from forward for backward, per section, on one device of the split."""
+           residual_numel: int, scale: float, split: set[int]
+           ) -> tuple[dict[str, float], dict[str, float]]:
+    """Bytes kept from forward for backward, per section, on one device of the split.
+
+    Only tensors computed from the step's inputs count: a weight's transpose or cast saved for
+    backward is made from parameters alone, exists once per step and is not an activation."""
     saved: dict[str, float] = {}
     attn: dict[str, float] = {}
     seen: set[int] = set()
+    from_data = _data_dependent(graph)
+    # Dropout masks: the capture fills a float tensor with bernoulli; eager PyTorch on a GPU
+    # (native_dropout) keeps a 1-byte bool mask, as Megatron-LM's accounting assumes.
+    masks = {root(graph, t).id for op in graph.ops if "bernoulli" in op.target
+             for t in op.outputs}
     for op in graph.ops:
         if op.phase != "backward":
             continue
         for t in op.inputs:
             r = root(graph, t)
             made = producer.get(r.id)
-            if r.id in seen or made is None or made[0].phase != "forward":
+            if (r.id in seen or made is None or made[0].phase != "forward"
+                    or r.id not in from_data):
                 continue
             seen.add(r.id)
-            numel = math.prod(r.shape)
-            div = 1 if (numel <= residual_numel and not sp) else tp
-            size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
+            div = tp if _is_split(graph, r.id, sp, residual_numel, split) else 1
+            if r.id in masks:
+                size = math.prod(r.shape) / div
+            else:
+                size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
             saved[made[1]] = saved.get(made[1], 0.0) + size
             if _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
+
+
+def _data_dependent(graph: Graph) -> set[int]:
+    """Root ids of the forward tensors that depend on the step's inputs."""
+    dep = {root(graph, t.id).id for t in graph.tensors if t.role == "input"}
+    for op in graph.ops:
+        if op.phase == "forward" and any(root(graph, t).id in dep for t in op.inputs):
+            dep.update(root(graph, t).id for t in op.outputs)
+    return dep
 
 
 def _params(graph: Graph, block: str | None, labels: list[str]) -> dict[str, int]:

@@ -1,0 +1,70 @@
+"""Activation memory per transformer layer against Korthikanti et al. 2022 (arXiv:2205.05198),
+§4: bytes kept for backward per layer, 16-bit activations and 1-byte dropout masks, s = sequence,
+b = micro-batch, h = hidden, a = heads, t = tensor-parallel size:
+  no parallelism           s b h (34 + 5 a s / h)                (eq. 1)
+  tensor parallel          s b h (10 + 24 / t + 5 a s / (h t))   (eq. 2)
+  tensor + sequence par.   s b h / t (34 + 5 a s / h)            (eq. 3)
+The captured graph also keeps the two LayerNorms' per-row mean and 1/std, which the paper leaves
+out as minor: the tolerance is their size (at most 2 x 2 x 4 bytes x s b).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dojo.compiler.work import model_work
+from dojo.sim.session import captured
+
+S, B, H, A = 512, 2, 256, 4
+SBH = S * B * H
+STATS = 2 * 2 * 4 * S * B
+
+
+def _layer_bytes(tp: int = 1, sp: bool = False, attention: str = "math",
+                 dropout: float = 0.1) -> float:
+    graph, _ = captured("gpt", {"layers": 4, "hidden": H, "heads": A, "seq": S, "vocab": 1024,
+                                "ffn": 4 * H, "attention": attention, "dropout": dropout}, B, None)
+    work = model_work(graph, tp=tp, sp=sp, scale=0.5)  # FP32 capture -> 16-bit activations
+    assert work.block is not None
+    return work.block.saved_bytes
+
+
+def test_eq1_no_parallelism() -> None:
+    assert _layer_bytes() == pytest.approx(SBH * (34 + 5 * A * S / H), abs=STATS)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_eq2_tensor_parallel(tp: int) -> None:
+    expected = SBH * (10 + 24 / tp + 5 * A * S / (H * tp))
+    assert _layer_bytes(tp=tp) == pytest.approx(expected, abs=STATS)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_eq3_tensor_and_sequence_parallel(tp: int) -> None:
+    expected = SBH / tp * (34 + 5 * A * S / H)
+    assert _layer_bytes(tp=tp, sp=True) == pytest.approx(expected, abs=STATS)
+
+
+def test_flash_attention_without_dropout_keeps_no_score_matrix() -> None:
+    """Fused attention keeps no (s, s) tensor and no dropout masks: eq. 1 less 5 a s / h and
+    the two 1-byte masks on the hidden state."""
+    got = _layer_bytes(attention="flash", dropout=0.0)
+    assert got == pytest.approx(SBH * (34 - 2), abs=STATS)
+
+
+def test_vector_ops_split_inside_the_tensor_parallel_region_only() -> None:
+    """Megatron's split: the softmax over the heads' scores and the copies of q, k, v and the
+    context (as large as the residual stream, but per head) run on 1/t of the heads; the
+    LayerNorm on the replicated residual stream runs whole on every rank (unless sp)."""
+    graph, _ = captured("gpt", {"layers": 4, "hidden": H, "heads": A, "seq": S, "vocab": 1024,
+                                "ffn": 4 * H, "attention": "math", "dropout": 0.0}, B, None)
+
+    def bytes_of(tp: int, sp: bool, name: str) -> float:
+        work = model_work(graph, tp=tp, sp=sp, fuse="none")
+        assert work.block is not None
+        return sum(op.bytes for op in work.block.forward if name in op.target)
+
+    for name, split in (("_softmax", True), ("clone", True), ("native_layer_norm", False)):
+        assert bytes_of(1, False, name) > 0
+        assert bytes_of(4, False, name) == bytes_of(1, False, name) / (4 if split else 1)
+        assert bytes_of(4, True, name) == bytes_of(1, False, name) / 4
