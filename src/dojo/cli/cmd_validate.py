@@ -50,9 +50,12 @@ def run(args: argparse.Namespace) -> int:
     for o in outcomes:
         print(f"{o.case.id:<40} {o.case.confidence:<6} {o.case.measured_step_s:>11.3f} "
               f"{o.predicted_s:>12.3f} {o.error * 100:>+7.1f}%")
-    print(f"\ngated ({int(stats['gated_cases'])} high-confidence cases): mean |error| "
-          f"{stats['mean_abs_error'] * 100:.1f} % (tolerance {MEAN_TOLERANCE * 100:.0f} %), "
-          f"max {stats['max_abs_error'] * 100:.1f} % (tolerance {MAX_TOLERANCE * 100:.0f} %)")
+    if stats["gated_cases"]:
+        print(f"\ngated ({int(stats['gated_cases'])} high-confidence cases): mean |error| "
+              f"{stats['mean_abs_error'] * 100:.1f} % (tolerance {MEAN_TOLERANCE * 100:.0f} %), "
+              f"max {stats['max_abs_error'] * 100:.1f} % (tolerance {MAX_TOLERANCE * 100:.0f} %)")
+    else:
+        print("\nno high-confidence case selected: nothing gated")
     print(f"all {len(outcomes)} cases: mean {stats['all_mean_abs_error'] * 100:.1f} %, "
           f"max {stats['all_max_abs_error'] * 100:.1f} %")
     return 0 if ok else 1
