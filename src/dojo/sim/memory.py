@@ -81,8 +81,10 @@ def capacity(program: Program) -> tuple[float, float, float]:
     return total, total, 0.0
 
 
-def device_memory(program: Program) -> Memory:
-    """Memory of the most loaded stage, with the reason when it does not fit."""
+def device_memory(program: Program, chip_report: bool = True) -> Memory:
+    """Memory of the most loaded stage, with the reason when it does not fit; on Dojo the reason
+    adds the D1 compiler's per-chip report (`chip_report`: it costs a placement of every
+    chip, a tenth of a second on an ExaPOD)."""
     plan = program.plan
     sizes = PRECISION_BYTES[plan.precision]
     state_per_param = _optimizer_state_per_param(program)
@@ -105,7 +107,7 @@ def device_memory(program: Program) -> Memory:
             best = mem
     assert best is not None  # pp >= 1 is guaranteed by Plan validation
     if not best.fits:
-        best = _with_reason(best, program, stages)
+        best = _with_reason(best, program, stages, chip_report)
     return best
 
 
@@ -115,13 +117,14 @@ def _optimizer_state_per_param(program: Program) -> float:
     return work.optimizer_state_bytes / max(1, work.param_count)
 
 
-def _with_reason(mem: Memory, program: Program, stages: list[Memory]) -> Memory:
+def _with_reason(mem: Memory, program: Program, stages: list[Memory],
+                 chip_report: bool) -> Memory:
     gb = 1e9
     reason = (f"stage {mem.stage} needs {mem.total / gb:.2f} GB per {program.device} "
               f"(params {mem.params / gb:.2f} + grads {mem.grads / gb:.2f} + optimizer "
               f"{mem.optimizer_state / gb:.2f} + activations {mem.activations / gb:.2f}) "
               f"> capacity {mem.capacity / gb:.2f} GB")
-    if program.system.family == "dojo":
+    if program.system.family == "dojo" and chip_report:
         reason += "; " + dojo_oom_report(program, stages)
     return Memory(**{**mem.__dict__, "reason": reason})
 

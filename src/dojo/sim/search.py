@@ -143,7 +143,8 @@ def _screen(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: i
     rejected: dict[str, str] = {}
     for plan in plan_space(shape, devices, batch, spec, precision):
         program, _ = compile_model(model, overrides, spec, plan, batch, seq)
-        memory = device_memory(program)
+        # The stage's bytes say why; `dojo simulate` on the plan adds the per-chip report.
+        memory = device_memory(program, chip_report=False)
         family = f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
         if not memory.fits:
             rejected.setdefault(family, memory.reason)
