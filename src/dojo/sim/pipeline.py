@@ -95,8 +95,13 @@ def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,
         done[(kind, m, c * pp + stage)] = end
         spans.append(Span(stage, kind, m, c, start, end))
         busy[stage] = False
-        for s in range(pp):
-            try_start(s)
+        # Only two devices can have been waiting on this: itself (now free) and the consumer
+        # of this task's output (next virtual stage forward, previous one backward).
+        vs = c * pp + stage
+        consumer = vs + 1 if kind == "F" and vs < last_vs else vs - 1 if kind == "B" else vs
+        try_start(stage)
+        if 0 <= consumer <= last_vs and consumer % pp != stage:
+            try_start(consumer % pp)
 
     for s in range(pp):
         engine.at(0.0, lambda s=s: try_start(s))  # type: ignore[misc]
