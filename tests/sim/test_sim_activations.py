@@ -68,3 +68,19 @@ def test_vector_ops_split_inside_the_tensor_parallel_region_only() -> None:
         assert bytes_of(1, False, name) > 0
         assert bytes_of(4, False, name) == bytes_of(1, False, name) / (4 if split else 1)
         assert bytes_of(4, True, name) == bytes_of(1, False, name) / 4
+
+
+def test_dropout_traffic_counts_one_byte_masks() -> None:
+    """Megatron-LM's kernels with dropout on, against the same layer without: the dropout on
+    the attention probabilities reads and writes them (2 + 2 bytes) and writes its 1-byte mask,
+    and each of the two bias-dropout-add kernels writes a 1-byte mask of the hidden state."""
+    def forward_vector_bytes(dropout: float) -> float:
+        graph, _ = captured("gpt", {"layers": 4, "hidden": H, "heads": A, "seq": S,
+                                    "vocab": 1024, "ffn": 4 * H, "attention": "math",
+                                    "dropout": dropout}, B, None)
+        work = model_work(graph, scale=0.5, fuse="kernels")
+        assert work.block is not None
+        return sum(op.bytes for op in work.block.forward if op.kind == "vector")
+
+    scores = B * A * S * S
+    assert forward_vector_bytes(0.1) - forward_vector_bytes(0.0) == 5 * scores + 2 * SBH

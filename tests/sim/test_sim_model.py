@@ -95,3 +95,19 @@ def test_dojo_rejection_carries_the_per_chip_report() -> None:
     assert "tile[0,0]/chip[0,0]" in mem.reason and "short by" in mem.reason
     # Capacity per chip: its SRAM plus its share of the 20 x 32 GB of DIP HBM.
     assert mem.capacity == pytest.approx(354 * 1.25e6 + 20 * 32e9 / 150)
+
+
+def test_optimizer_step_adds_clipping_and_loss_scaling_passes() -> None:
+    """One A100, fused AdamW over N parameters with FP32 master weights, gradients and two
+    states: read master, gradient, m, v; write master, m, v and the 16-bit weights (30 B), plus
+    a read of the gradients for the clipping norm (4 B); FP16 adds the loss-scale unscale and
+    inf check, a read and a write of the gradients (8 B)."""
+    n = _params(SMALL["hidden"], SMALL["layers"], SMALL["ffn"], SMALL["vocab"], SMALL["seq"])
+    bw = 2.039e12 * 0.85  # A100 80 GB HBM x calibrated vector efficiency
+    times = {}
+    for precision in ("bf16", "fp16"):
+        plan = parse_plan(f"dp=1,mb=2,precision={precision},fusion=kernels")
+        sim = simulate_model("gpt", SMALL, "a100-cluster", plan, 2, devices=1)
+        times[precision] = sim.result.breakdown_s["optimizer"]
+    assert times["bf16"] == pytest.approx(n * (30 + 4) / bw + 4e-6, rel=1e-6)
+    assert times["fp16"] - times["bf16"] == pytest.approx(n * 8 / bw, rel=1e-6)

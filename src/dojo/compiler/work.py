@@ -85,7 +85,7 @@ def _section_of(graph: Graph, block: str | None) -> list[str]:
     return labels
 
 
-def _group_cost(group: list[Op], moved: int, tp: int, sp: bool, residual_numel: int,
+def _group_cost(group: list[Op], moved: float, tp: int, sp: bool, residual_numel: int,
                 graph: Graph, scale: float, split: set[int]) -> OpCost:
     """One kernel on one device of the tp split (see the module docstring for the rule)."""
     flops = sum(op.flops for op in group)
@@ -199,9 +199,11 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
     split = tp_split(graph) if tp > 1 else set()
+    masks = dropout_masks(graph)
     for group, label in fusion.groups(graph, labels, fuse):
-        cost = _group_cost(group, fusion.fused_bytes(graph, group, readers), tp, sp,
-                           residual_numel, graph, scale, split)
+        moved = float(fusion.fused_bytes(graph, group, readers))
+        moved -= _mask_excess(graph, group, readers, masks, scale)
+        cost = _group_cost(group, moved, tp, sp, residual_numel, graph, scale, split)
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)
@@ -244,10 +246,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
     attn: dict[str, float] = {}
     seen: set[int] = set()
     from_data = _data_dependent(graph)
-    # Dropout masks: the capture fills a float tensor with bernoulli; eager PyTorch on a GPU
-    # (native_dropout) keeps a 1-byte bool mask, as Megatron-LM's accounting assumes.
-    masks = {root(graph, t).id for op in graph.ops if "bernoulli" in op.target
-             for t in op.outputs}
+    masks = dropout_masks(graph)
     for op in graph.ops:
         if op.phase != "backward":
             continue
@@ -267,6 +266,28 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
             if _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
+
+
+def dropout_masks(graph: Graph) -> set[int]:
+    """Root ids of dropout masks. The capture fills a float tensor with bernoulli; PyTorch's
+    dropout on a GPU (native_dropout) writes and keeps a 1-byte mask, as Megatron-LM's memory
+    accounting assumes: masks are counted at 1 byte per element, in memory and in traffic."""
+    return {root(graph, t).id for op in graph.ops if "bernoulli" in op.target
+            for t in op.outputs}
+
+
+def _mask_excess(graph: Graph, group: list[Op], readers: dict[int, set[int]],
+                 masks: set[int], scale: float) -> float:
+    """Captured bytes the group moves for dropout masks beyond 1 byte per element (the caller
+    multiplies by `scale`, hence the division)."""
+    if not masks:
+        return 0.0
+    ids = {op.id for op in group}
+    made = {root(graph, t).id for op in group for t in op.outputs}
+    read = {root(graph, t).id for op in group for t in op.inputs} - made
+    moved = read | {r for r in made if len(group) == 1 or not readers.get(r) or readers[r] - ids}
+    return sum(graph.tensors[r].bytes - math.prod(graph.tensors[r].shape) / scale
+               for r in moved & masks)
 
 
 def _data_dependent(graph: Graph) -> set[int]:

@@ -207,14 +207,20 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
 def _optimizer_bytes_per_param(program: Program) -> float:
     """A fused (multi-tensor) optimizer as Megatron-LM and torch's fused AdamW run it: read the
     master weight, gradient and each state tensor, write the master, the states and the
-    low-precision weights; the captured unfused graph is an upper bound."""
+    low-precision weights; the captured unfused graph is an upper bound. Mixed-precision
+    trainers add passes over the FP32 gradients before the update: the global norm for
+    gradient clipping (a read) and, with FP16's loss scaling, the unscale and inf check (a read
+    and a write: Megatron-LM's `_unscale_main_grads_and_check_for_nan`)."""
     sizes = PRECISION_BYTES[program.plan.precision]
     if program.plan.fusion == "none":  # eager: one kernel per optimizer op, as captured
         return program.work.optimizer_bytes_per_param
     state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
     master = sizes["master"] or sizes["weights"]
     fused = 2 * master + sizes["grads"] + 2 * state + (sizes["weights"] if sizes["master"] else 0)
-    return min(fused, program.work.optimizer_bytes_per_param)
+    fused = min(fused, program.work.optimizer_bytes_per_param)
+    if sizes["master"]:
+        fused += sizes["grads"] * (3 if program.plan.precision == "fp16" else 1)
+    return fused
 
 
 def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int, ChunkTimes],
