@@ -5,8 +5,9 @@ bytes and writing W bytes takes max(F / (peak * e(F)), R' / (bw * e_vec)) + W' /
 + launch, where e(F) = e_max * F / (F + F_half) models tails and wave quantisation of small GEMMs
 and W' = (1 - epilogue_overlap) * W is the part of the output store the kernel does not hide
 behind its tensor-core loop (R' = R + W - W'); vector ops are bound by memory bandwidth.
-Calibrations are data (sim/calibration/*.toml), measured by bench/calibrate.py where the device
-is at hand and taken from published measurements otherwise.
+Calibrations are data (sim/calibration/*.toml), measured by bench/calibrate_cpu.py and
+bench/calibrate_gpu.py where the device is at hand and taken from published measurements
+otherwise.
 """
 
 from __future__ import annotations
