@@ -126,7 +126,7 @@ _FULL = tomllib.loads((resources.files("dojo.hardware") / "systems" / "d1.toml")
                       .read_text(encoding="utf-8"))
 _JUNK = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
                   st.text(max_size=5), st.booleans(), st.lists(st.integers(-3, 30), max_size=3),
-                  st.just({}))
+                  st.builds(dict))  # a fresh {} per draw: st.just({}) would share one
 
 
 @settings(max_examples=60, deadline=None,
