@@ -116,8 +116,8 @@ def tp_split(graph: Graph) -> set[int]:
     """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc).
 
     Tensors made from parameters alone (a weight's transpose or cast) are weights, not
-    activations; a matmul with one activation input flips its domain, any other op's outputs are
-    split when one of its activation inputs is."""
+    activations; a matmul or convolution with one activation input flips its domain, any other
+    op's outputs are split when one of its activation inputs is."""
     weights = {t.id for t in graph.tensors if t.role in ("parameter", "buffer")}
     split: set[int] = set()
     for op in graph.ops:
@@ -127,12 +127,17 @@ def tp_split(graph: Graph) -> set[int]:
         outs = {root(graph, t).id for t in op.outputs}
         if not acts:
             weights |= outs
-        elif op.rule in MATRIX_RULES and "mm" in op.target and len(acts) == 1:
+        elif op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
             if acts[0] not in split:
                 split |= outs
         elif any(a in split for a in acts):
             split |= outs
     return split
+
+
+def _weight_op(op: Op) -> bool:
+    """A matmul or convolution: with a weight as its other operand it is a Megatron linear."""
+    return "mm" in op.target or "convolution" in op.target
 
 
 def _gemm_shape(op: Op, graph: Graph, tp: int, residual_numel: int) -> tuple[int, int, int]:
