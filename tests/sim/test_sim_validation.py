@@ -45,3 +45,21 @@ def test_malformed_case_is_a_user_error() -> None:
            'confidence = "high"\n'
     with pytest.raises(DojoError, match="no measured or derived step time"):
         load_cases(text)
+
+
+def test_mosaic_step_times_match_their_published_mfu() -> None:
+    """The MPT cases' step times, derived from the table's per-GPU model FLOP/s, agree with its
+    MFU column through LLM Foundry's formula (MFU printed to 4 digits: 0.1 % tolerance)."""
+    import tomllib
+    from importlib import resources
+
+    raw = tomllib.loads((resources.files("dojo.sim") / "validation_cases.toml")
+                        .read_text("utf-8"))["case"]
+    mosaic = [c for c in raw if c["id"].startswith("mosaic")]
+    assert len(mosaic) == 10
+    for c in mosaic:
+        m, n = c["model"], int(c["params_published"])
+        per_seq = 6 * n * m["seq"] + 12 * m["layers"] * m["hidden"] * m["seq"] ** 2
+        step = per_seq * c["global_batch"] / (c["gpus"] * c["measured_mfu"]
+                                              * c["peak_tflops"] * 1e12)
+        assert step == pytest.approx(c["derived_step_time_s"], rel=1e-3), c["id"]
