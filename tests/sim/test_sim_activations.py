@@ -84,3 +84,21 @@ def test_dropout_traffic_counts_one_byte_masks() -> None:
 
     scores = B * A * S * S
     assert forward_vector_bytes(0.1) - forward_vector_bytes(0.0) == 5 * scores + 2 * SBH
+
+
+def test_the_loss_runs_in_fp32_under_mixed_precision() -> None:
+    """Autocast and Megatron-LM compute log-softmax and the loss on FP32 logits: those kernels
+    move the same bytes under BF16 as under FP32, while the final LayerNorm before the head
+    moves half."""
+    graph, _ = captured("gpt", {"layers": 4, "hidden": H, "heads": A, "seq": S, "vocab": 1024,
+                                "ffn": 4 * H, "attention": "math", "dropout": 0.0}, B, None)
+    fp32, bf16 = model_work(graph, scale=1.0), model_work(graph, scale=0.5)
+    kinds = [op.kind for op in fp32.post.forward]
+    head = kinds.index("matrix")
+    for i, (full, half) in enumerate(zip(fp32.post.forward, bf16.post.forward)):
+        if full.kind == "vector":
+            assert half.bytes == (full.bytes if i > head else full.bytes / 2)
+    loss_grads = list(zip(fp32.post.backward, bf16.post.backward))
+    first_mm = [f.kind for f, _ in loss_grads].index("matrix")
+    assert first_mm > 0
+    assert all(f.bytes == h.bytes for f, h in loss_grads[:first_mm])

@@ -205,10 +205,15 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     readers = fusion.consumers(graph)
     split = tp_split(graph) if tp > 1 else set()
     masks = dropout_masks(graph)
-    for group, label in fusion.groups(graph, labels, fuse):
+    grouped = fusion.groups(graph, labels, fuse)
+    loss = _loss_groups(grouped)
+    for i, (group, label) in enumerate(grouped):
+        # The loss over the logits runs in FP32 under mixed precision (autocast's FP32 ops,
+        # Megatron-LM's `output.float()` before its cross entropy).
+        here = 1.0 if i in loss else scale
         moved = float(fusion.fused_bytes(graph, group, readers))
-        moved -= _mask_excess(graph, group, readers, masks, scale)
-        cost = _group_cost(group, moved, tp, sp, residual_numel, graph, scale, split)
+        moved -= _mask_excess(graph, group, readers, masks, here)
+        cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split)
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)
@@ -271,6 +276,19 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
             if _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
+
+
+def _loss_groups(grouped: list[tuple[list[Op], str]]) -> set[int]:
+    """Indices of the vector kernels of the loss: in the `post` section, after its last forward
+    matrix op (the head) and, in backward, before its first matrix op."""
+    post = [(i, g) for i, (g, label) in enumerate(grouped) if label == "post"]
+    fwd = [(i, g) for i, g in post if g[0].phase == "forward"]
+    bwd = [(i, g) for i, g in post if g[0].phase == "backward"]
+    heads = [i for i, g in fwd if g[0].rule in MATRIX_RULES]
+    grads = [i for i, g in bwd if g[0].rule in MATRIX_RULES]
+    if not heads or not grads:
+        return set()
+    return ({i for i, _ in fwd if i > heads[-1]} | {i for i, _ in bwd if i < grads[0]})
 
 
 def dropout_masks(graph: Graph) -> set[int]:
