@@ -58,13 +58,20 @@ def groups(graph: Graph, labels: list[str], fuse: str = "full") -> list[tuple[li
     return out
 
 
-def fused_bytes(graph: Graph, group: list[Op], readers: dict[int, set[int]]) -> int:
-    """Bytes a fused group moves: inputs from outside it, and outputs read outside it (or by
-    nothing in the graph, i.e. the step's outputs and the carry into the next block)."""
-    if len(group) == 1:
-        return group[0].bytes_read + group[0].bytes_written
+def moved_tensors(graph: Graph, group: list[Op], readers: dict[int, set[int]]) -> set[int]:
+    """Root ids of the tensors a kernel moves: inputs from outside it, and outputs read outside
+    it (or by nothing in the graph, i.e. the step's outputs and the carry into the next block);
+    a single op writes all its outputs."""
     ids = {op.id for op in group}
     made = {root(graph, t).id for op in group for t in op.outputs}
     reads = {root(graph, t).id for op in group for t in op.inputs} - made
-    writes = {r for r in made if not readers.get(r) or readers[r] - ids}
-    return sum(graph.tensors[r].bytes for r in reads | writes)
+    if len(group) == 1:
+        return reads | made
+    return reads | {r for r in made if not readers.get(r) or readers[r] - ids}
+
+
+def fused_bytes(graph: Graph, group: list[Op], readers: dict[int, set[int]]) -> int:
+    """Bytes a kernel moves (`moved_tensors`); a single op as the capture counted it."""
+    if len(group) == 1:
+        return group[0].bytes_read + group[0].bytes_written
+    return sum(graph.tensors[r].bytes for r in moved_tensors(graph, group, readers))

@@ -112,22 +112,28 @@ def _is_split(graph: Graph, tensor: int, sp: bool, residual_numel: int, split: s
     return root(graph, tensor).id in split
 
 
-def tp_split(graph: Graph) -> set[int]:
-    """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc).
-
-    Tensors made from parameters alone (a weight's transpose or cast) are weights, not
-    activations; a matmul or convolution with one activation input flips its domain, any other
-    op's outputs are split when one of its activation inputs is."""
+def weight_derived(graph: Graph) -> set[int]:
+    """Root ids of the tensors made from parameters, buffers and constants alone (a weight's
+    transpose or cast, a causal mask): they exist once per step, not per micro-batch, and are
+    not activations; every other tensor of the step derives from its inputs."""
     weights = {t.id for t in graph.tensors if t.role in ("parameter", "buffer")}
+    for op in graph.ops:
+        if op.phase != "optimizer" and all(root(graph, t).id in weights for t in op.inputs):
+            weights.update(root(graph, t).id for t in op.outputs)
+    return weights
+
+
+def tp_split(graph: Graph, weights: set[int]) -> set[int]:
+    """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc):
+    a matmul or convolution with one activation input (`weights` are not activations) flips
+    its domain, any other op's outputs are split when one of its activation inputs is."""
     split: set[int] = set()
     for op in graph.ops:
-        if op.phase == "optimizer":
-            continue
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
+        if op.phase == "optimizer" or not acts:
+            continue
         outs = {root(graph, t).id for t in op.outputs}
-        if not acts:
-            weights |= outs
-        elif op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
+        if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
             if acts[0] not in split:
                 split |= outs
         elif any(a in split for a in acts):
@@ -203,7 +209,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         for t in op.outputs:
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
-    split = tp_split(graph) if tp > 1 else set()
+    weights = weight_derived(graph)
+    split = tp_split(graph, weights) if tp > 1 else set()
     masks = dropout_masks(graph)
     grouped = fusion.groups(graph, labels, fuse)
     loss = _loss_groups(grouped)
@@ -217,7 +224,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)
-    saved, attn_saved = _saved(graph, producer, tp, sp, residual_numel, scale, split)
+    saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
+                               weights, masks)
     params = _params(graph, block, labels)
     residual_bytes = residual_numel * 4 * scale
 
@@ -245,18 +253,16 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                      forward_flops=float(fwd), backward_flops=float(bwd))
 
 
-def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
-           residual_numel: int, scale: float, split: set[int]
+def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[int, bool, int],
+           scale: float, split: set[int], weights: set[int], masks: set[int]
            ) -> tuple[dict[str, float], dict[str, float]]:
-    """Bytes kept from forward for backward, per section, on one device of the split.
-
-    Only tensors computed from the step's inputs count: a weight's transpose or cast saved for
-    backward is made from parameters alone, exists once per step and is not an activation."""
+    """Bytes kept from forward for backward, per section, on one device of the split
+    (`split_of` = tp, sp, residual numel). Tensors made from weights alone are not activations;
+    dropout masks count 1 byte per element."""
+    tp, sp, residual_numel = split_of
     saved: dict[str, float] = {}
     attn: dict[str, float] = {}
     seen: set[int] = set()
-    from_data = _data_dependent(graph)
-    masks = dropout_masks(graph)
     for op in graph.ops:
         if op.phase != "backward":
             continue
@@ -264,7 +270,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], tp: int, sp: bool,
             r = root(graph, t)
             made = producer.get(r.id)
             if (r.id in seen or made is None or made[0].phase != "forward"
-                    or r.id not in from_data):
+                    or r.id in weights):
                 continue
             seen.add(r.id)
             div = tp if _is_split(graph, r.id, sp, residual_numel, split) else 1
@@ -305,21 +311,9 @@ def _mask_excess(graph: Graph, group: list[Op], readers: dict[int, set[int]],
     multiplies by `scale`, hence the division)."""
     if not masks:
         return 0.0
-    ids = {op.id for op in group}
-    made = {root(graph, t).id for op in group for t in op.outputs}
-    read = {root(graph, t).id for op in group for t in op.inputs} - made
-    moved = read | {r for r in made if len(group) == 1 or not readers.get(r) or readers[r] - ids}
+    moved = fusion.moved_tensors(graph, group, readers)
     return sum(graph.tensors[r].bytes - math.prod(graph.tensors[r].shape) / scale
                for r in moved & masks)
-
-
-def _data_dependent(graph: Graph) -> set[int]:
-    """Root ids of the forward tensors that depend on the step's inputs."""
-    dep = {root(graph, t.id).id for t in graph.tensors if t.role == "input"}
-    for op in graph.ops:
-        if op.phase == "forward" and any(root(graph, t).id in dep for t in op.inputs):
-            dep.update(root(graph, t).id for t in op.outputs)
-    return dep
 
 
 def _params(graph: Graph, block: str | None, labels: list[str]) -> dict[str, int]:
