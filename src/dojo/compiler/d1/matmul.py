@@ -40,6 +40,11 @@ _K_SPLITS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32)
 COMPONENTS = ("compute", "simd", "sram_read", "sram_write", "mesh", "hbm")
 
 
+def pacing_component(timing: object) -> str:
+    """The steady-state component (of COMPONENTS, as `<name>_s` fields) that sets the pace."""
+    return max(COMPONENTS, key=lambda c: float(getattr(timing, f"{c}_s")))
+
+
 @dataclass(frozen=True)
 class Mapping:
     """The chosen decomposition of one (batched) matmul and its time. Seconds, bytes, FLOP.
@@ -93,7 +98,7 @@ class Mapping:
     @property
     def bound(self) -> str:
         """The steady-state component that sets the pace."""
-        return max(COMPONENTS, key=lambda c: getattr(self, f"{c}_s"))
+        return pacing_component(self)
 
     @property
     def flops_per_s(self) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dojo.compiler.d1.figures import ACC_BYTES, ChipFigures, chip_figures, dtype_bytes
-from dojo.compiler.d1.matmul import COMPONENTS, Mapping, map_matmul
+from dojo.compiler.d1.matmul import COMPONENTS, Mapping, map_matmul, pacing_component
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
@@ -82,7 +82,7 @@ class StreamedOp:
     @property
     def bound(self) -> str:
         """The steady-state component that sets the pace."""
-        return max(COMPONENTS, key=lambda c: getattr(self, f"{c}_s"))
+        return pacing_component(self)
 
 
 @dataclass(frozen=True)
