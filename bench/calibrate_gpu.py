@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from dojo.hardware.loader import load_system
-from dojo.sim.costs import Calibration, DeviceModel, load_calibration
+from dojo.sim.costs import Calibration
 from dojo.sim.fit import GemmSample, fit_gemm, mean_log_error
+from dojo.sim.simulate import device_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = {"A100": ("a100-cluster", "a100"), "H100": ("h100-cluster", "h100")}
@@ -106,15 +107,6 @@ def launch_cost(device: str) -> float:
     return timer(device)(chain, 10) / 200
 
 
-def device_model(system: str, cal_name: str, device: str, dtype_name: str) -> DeviceModel:
-    """The simulator's view of one device of `system` (its published peak and bandwidth)."""
-    leaf = load_system(system, devices=1).leaf
-    pool = leaf.memory.get("hbm") or next(iter(leaf.memory.values()))
-    return DeviceModel(peak_flops=leaf.peak_flops[dtype_name], vector_flops=leaf.peak_flops["fp32"],
-                       mem_bytes_per_s=pool.read_bytes_per_s,
-                       calibration=load_calibration(cal_name), compute_units=leaf.compute_units)
-
-
 STEP_CASES = [  # (overrides, micro-batch): small GPTs that fit one GPU, eager, one kernel per op
     ({"layers": 4, "hidden": 2048, "heads": 16, "ffn": 8192, "vocab": 32768, "seq": 2048}, 4),
     ({"layers": 2, "hidden": 4096, "heads": 32, "ffn": 16384, "vocab": 32768, "seq": 2048}, 2),
@@ -186,11 +178,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if not cpu else "cpu"
     kind = next((v for k, v in KINDS.items() if k in name), None)
     system, cal_name = ("cpu", "cpu") if cpu else (kind or KINDS["A100"])
-    dtype, dtype_name, precision = ((torch.float32, "fp32", "fp32") if cpu
-                                    else (torch.bfloat16, "bf16", "bf16"))
+    dtype, precision = (torch.float32, "fp32") if cpu else (torch.bfloat16, "bf16")
     if cpu:
         torch.set_num_threads(1)
-    dev = device_model(system, cal_name, args.device, dtype_name)
+    dev = device_for(load_system(system, devices=1), precision)
     samples = measure_gemms(gemm_shapes(args.quick, cpu), args.device, dtype, args.quick)
     bw = bandwidth(args.device, dtype, 2**20 if cpu else 2**28)
     launch = launch_cost(args.device)

@@ -13,6 +13,7 @@ from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
+from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel, load_calibration
 from dojo.sim.memory import Memory, device_memory
@@ -66,13 +67,17 @@ class Result:
 
 def device_model(program: Program) -> DeviceModel:
     """Peak rates of one device at the plan's precision, and its calibration."""
-    spec = program.system
+    return device_for(program.system, program.plan.precision, program.leaves_per_device)
+
+
+def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel:
+    """One device of `spec` (`leaves` of its leaf units) as the simulator times it at
+    `precision`: peak rates, memory bandwidth and the leaf's calibration."""
     leaf = spec.leaf
-    n = program.leaves_per_device
-    dtype = next((d for d in PRECISION_DTYPES[program.plan.precision] if d in leaf.peak_flops),
-                 None)
+    n = leaves
+    dtype = next((d for d in PRECISION_DTYPES[precision] if d in leaf.peak_flops), None)
     if dtype is None:
-        raise DojoError(f"{spec.name} has no peak rate for precision '{program.plan.precision}'"
+        raise DojoError(f"{spec.name} has no peak rate for precision '{precision}'"
                         f" (it has {', '.join(leaf.peak_flops)})")
     pool = leaf.memory.get("sram") or leaf.memory.get("hbm") or next(iter(leaf.memory.values()))
     if not leaf.cost_model:
