@@ -77,25 +77,67 @@ class DeviceModel:
     timer: Callable[[Any], float] | None = None
     compute_units: int = 0  # streaming multiprocessors, for wave quantisation
 
-    def wave_efficiency(self, shape: tuple[int, int, int]) -> float:
-        """Fraction of the last wave of output tiles that keeps the compute units busy:
-        tiles / (waves x units), with waves = ceil(tiles / units)."""
+    def tiling(self, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
+        """(tiles, tile rows, tile columns) of a GEMM whose output is `shape` = (batch, m, n):
+        the calibration's output tile, clipped to the output (no kernel uses a tile larger than
+        its problem); None where no tiling is known (no compute units or tile in the
+        calibration: CPU, D1; or no shape: fused attention)."""
         b, m, n = shape
         cal = self.calibration
-        if not (self.compute_units and cal.tile_m and cal.tile_n and m and n):
+        if not (self.compute_units and cal.tile_m and cal.tile_n and b > 0 and m > 0 and n > 0):
+            return None
+        rows, cols = min(m, cal.tile_m), min(n, cal.tile_n)
+        return b * -(-m // rows) * -(-n // cols), rows, cols
+
+    def wave_efficiency(self, shape: tuple[int, int, int]) -> float:
+        """Fraction of the compute units' slots that the output tiles fill over the waves:
+        tiles / (waves x units), with waves = ceil(tiles / units); 1 when not tiled."""
+        tiling = self.tiling(shape)
+        if tiling is None:
             return 1.0
-        tiles = b * -(-m // cal.tile_m) * -(-n // cal.tile_n)
+        waves = -(-tiling[0] // self.compute_units)
+        return tiling[0] / (waves * self.compute_units)
+
+    def matrix_compute_time(self, flops: float, shape: tuple[int, int, int] = (0, 0, 0)) -> float:
+        """Seconds of tensor-core work for a GEMM of `flops` FLOP with output `shape`.
+
+        Tiled (a GPU with a known output tile): each compute unit runs one tile at a time at
+        its share of the rate, peak / units x e_max, and every tile of a wave costs a whole
+        tile (edge tiles are masked, not smaller), so the time is waves x one tile's time:
+        waves x 2 rows cols k / (peak / units x e_max), k = flops / (2 b m n). A GEMM of one
+        tile thus runs at one unit's rate, not the device's. Untiled: (flops + F_half) /
+        (peak x e_max), the half-saturation efficiency e_max F / (F + F_half) written as the
+        fixed ramp it amounts to. Either is non-decreasing in b, m, n and k.
+        """
+        if flops <= 0:
+            return 0.0
+        cal = self.calibration
+        rate = self.peak_flops * cal.matrix_efficiency
+        tiling = self.tiling(shape)
+        if tiling is None:
+            return (flops + cal.matrix_half_flops) / rate
+        tiles, rows, cols = tiling
         waves = -(-tiles // self.compute_units)
-        return tiles / (waves * self.compute_units)
+        b, m, n = shape
+        return flops * waves * self.compute_units * rows * cols / (b * m * n * rate)
 
     def matrix_time(self, flops: float, nbytes: float,
                     shape: tuple[int, int, int] = (0, 0, 0), out_bytes: float = 0.0) -> float:
         """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes, of which
-        `out_bytes` are its output (stored after the K loop unless the kernel hides it)."""
+        `out_bytes` are its output (stored after the K loop unless the kernel hides it):
+        max(compute, reads / (bw e_vec)) + store / (bw e_vec) + launch.
+
+        Bounds (tested in tests/sim/test_sim_cost_bounds.py), with F = flops, U units,
+        e = e_max, bw the memory bandwidth, t1 = 2 tile_m tile_n k / (peak / U x e) one whole
+        tile on one unit:
+        - lower: launch + max(F / peak, nbytes / bw): the device never beats its own peak;
+        - upper, tiled: launch + nbytes / (bw e_vec) + min(U F / (peak e), 4 F / (peak e) + t1):
+          never slower than one unit doing all the work (U >= 8), nor than the whole device
+          on the work padded to whole tiles (under 2x in m and in n) plus one tile;
+        - upper, untiled: launch + nbytes / (bw e_vec) + (F + F_half) / (peak e).
+        """
         cal = self.calibration
-        eff = cal.matrix_efficiency * flops / (flops + cal.matrix_half_flops) if flops else 1.0
-        eff *= self.wave_efficiency(shape)
-        compute = flops / (self.peak_flops * eff) if flops else 0.0
+        compute = self.matrix_compute_time(flops, shape)
         store = (1.0 - cal.epilogue_overlap) * min(out_bytes, nbytes)
         return (max(compute, self.vector_time_raw(nbytes - store))
                 + self.vector_time_raw(store) + cal.launch_s)
