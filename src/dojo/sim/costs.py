@@ -1,10 +1,12 @@
 """Cost models per device kind: how long an op or a collective takes on one device.
 
-Ops follow a roofline with size-dependent matrix efficiency: a matrix op of F FLOP reading R
-bytes and writing W bytes takes max(F / (peak * e(F)), R' / (bw * e_vec)) + W' / (bw * e_vec)
-+ launch, where e(F) = e_max * F / (F + F_half) models tails and wave quantisation of small GEMMs
-and W' = (1 - epilogue_overlap) * W is the part of the output store the kernel does not hide
-behind its tensor-core loop (R' = R + W - W'); vector ops are bound by memory bandwidth.
+Ops follow a roofline: a matrix op of F FLOP reading R bytes and writing W bytes takes
+max(C, R' / (bw * e_vec)) + W' / (bw * e_vec) + launch, where C is its tensor-core time
+(`DeviceModel.matrix_compute_time`: on a GPU, waves of output tiles, each tile at one SM's
+share of the peak, so a GEMM too small to fill the device runs at the rate of the SMs it
+fills; where no tiling is known, (F + F_half) / (peak * e_max)) and W' = (1 -
+epilogue_overlap) * W is the part of the output store the kernel does not hide behind its
+tensor-core loop (R' = R + W - W'); vector ops are bound by memory bandwidth.
 Calibrations are data (sim/calibration/*.toml), measured by bench/calibrate_cpu.py and
 bench/calibrate_gpu.py where the device is at hand and taken from published measurements
 otherwise.
