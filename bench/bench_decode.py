@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_decode.py [--size 96x64] [--clips 4] [--frames 16]
                                            [--workers 0,1] [--rounds 3] [--window 8] [--dir DIR]
                                            [--probe 96x64,320x192,640x480,1280x960]
+    .venv/bin/python bench/bench_decode.py --record src/dojo/data/decode_calibration.toml
 
 Makes a synthetic clip set (or reuses --dir; --size etc. then do not apply), then per round times
 - raw: every MP4 decoded start to end with PyAV on one thread, each frame converted to RGB;
@@ -13,11 +14,17 @@ Prints a markdown table of the best round's frames/s and the ratio to raw (goal 
 and `decode_fps_per_core` from `dojo.data.measure_decode_fps` for the host data-path model.
 `--probe` also measures `dojo.data.measure_decode_fps_at` (the cached synthetic probe clip) at
 each listed size, with the probe's bits per pixel.
+`--record FILE` measures instead the rates `dojo train` uses by default (`dojo.data.decodecal`):
+the data set's rendered clips at 32x32, 96x64, 320x192 and 640x480, and the probe clip at
+96x64 and 1280x960 (best of 3 runs each), and writes them as TOML with the machine and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -112,6 +119,62 @@ def probe_table(sizes: list[str]) -> list[str]:
     return lines
 
 
+RECORD_RENDERED = ("32x32", "96x64", "320x192", "640x480")
+RECORD_PROBE = ("96x64", "1280x960")
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def _rendered_fps(size: str, tmp: Path) -> float:
+    """Best of 3 runs of `measure_decode_fps` on a rendered clip set (1 clip, 2 cameras,
+    16 frames) at `size`."""
+    w, h = (int(x) for x in size.split("x"))
+    root = tmp / f"rendered-{size}"
+    synthesize(root, SynthConfig(clips=1, cameras=2, frames=16, width=w, height=h))
+    return max(measure_decode_fps(root, seconds=1.0) for _ in range(3))
+
+
+def record(path: Path) -> str:
+    """Measure the calibration `dojo train` ships (module docstring) and write it to `path`."""
+    import tomllib
+
+    lines = ["# Single-core H.264 decode rates (frames per CPU-second, one decoder thread,",
+             "# container open and YUV-to-RGB included), read by dojo.data.decodecal.",
+             "# Measured by the command below; best of 3 one-second runs per size.",
+             f'machine = "{_machine()}"',
+             f'date = "{datetime.datetime.now(datetime.UTC):%Y-%m-%d}"',
+             f'software = "PyAV {av.__version__}, libavcodec '
+             f'{".".join(map(str, av.library_versions["libavcodec"]))}, '
+             f'Python {platform.python_version()}"',
+             f'command = "python bench/bench_decode.py --record {path}"', ""]
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in RECORD_RENDERED:
+            fps = _rendered_fps(size, Path(tmp))
+            w, h = size.split("x")
+            lines += ["[[rendered]]  # the data set's own clips (dojo data synth)",
+                      f"width = {w}", f"height = {h}", f"frames_per_s = {fps:.1f}", ""]
+    for size in RECORD_PROBE:
+        w, h = (int(x) for x in size.split("x"))
+        fps = max(measure_decode_fps_at(w, h, seconds=1.0) for _ in range(3))
+        lines += ["[[probe]]  # the synthetic probe clip (dojo.data.decoderate)",
+                  f"width = {w}", f"height = {h}", f"frames_per_s = {fps:.1f}", ""]
+    text = "\n".join(lines).rstrip() + "\n"
+    tomllib.loads(text)  # what we write must read back
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="96x64")
@@ -124,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=GOP)
     parser.add_argument("--probe", default="", help="sizes for measure_decode_fps_at, WxH,...")
     parser.add_argument("--dir", help="reuse (or create) this clip set instead of a temp one")
+    parser.add_argument("--record", help="measure the shipped decode calibration into FILE")
     args = parser.parse_args(argv)
+    if args.record:
+        sys.stdout.write(record(Path(args.record)))
+        return 0
     torch.set_num_threads(1)
     width, height = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,9 @@ def test_metrics_json_has_exactly_the_documented_keys(tiny_run: TrainResult) -> 
     m = json.loads(tiny_run.files["metrics"].read_text())
     assert set(m) == {"train_loss", "val_iou", "baseline_iou", "steps", "simulated", "data_path"}
     assert set(m["simulated"]) == SIM_KEYS
-    assert set(m["data_path"]) == {"decode_fps_per_core", "hosts_needed"}
+    assert set(m["data_path"]) == {"decode_fps_per_core", "decode_fps_large", "decode_rates",
+                                   "hosts_needed"}
+    assert m["data_path"]["decode_rates"] == "recorded"
     assert m["steps"] == 4 and len(m["train_loss"]) == 4
     assert all(isinstance(x, float) and x > 0 for x in m["train_loss"])
     assert 0.0 <= m["val_iou"] <= 1.0 and 0.0 <= m["baseline_iou"] <= 1.0

@@ -22,7 +22,6 @@ class _Stop(Exception):
 def no_simulation(monkeypatch: pytest.MonkeyPatch, tiny_run: TrainResult) -> None:
     """The simulated half is the same for every run; reuse the session run's to keep this fast."""
     monkeypatch.setattr(run, "simulate_large", lambda *args, **kw: tiny_run.sim)
-    monkeypatch.setattr(run, "measure_decode_fps", lambda *args, **kw: 1000.0)
 
 
 def _interrupt_at(step: int) -> Callable[[Progress], None]:

@@ -2,7 +2,7 @@
 
     dojo train occupancy [--system v1] [--plan auto] [--precision fp32|bf16|cfp8] [--steps N]
                          [--out DIR] [--data DIR] [--resume] [--batch B] [--lr LR] [--seed S]
-                         [--policy skip|error] [--json]
+                         [--policy skip|error] [--synth] [--measure-decode] [--json]
 
 Progress (step, loss, samples/s, ETA) is one carriage-return line on stderr; the summary (or
 metrics.json with --json) goes to stdout.
@@ -36,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", default=None, help="random seed (default 0)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data", default="", help="folder with train/ and val/ clip sets "
-                   "(default OUT/../data, synthesized when missing)")
+                   "(default OUT/../data, synthesized when missing; a given --data must hold "
+                   "both unless --synth)")
+    p.add_argument("--synth", action="store_true", help="synthesize missing clip sets in --data")
+    p.add_argument("--measure-decode", action="store_true", help="measure decode rates on this "
+                   "machine instead of the recorded calibration (figures then vary run to run)")
     p.add_argument("--policy", default="skip", help="bad clips: skip (warn, count) or error")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
@@ -52,7 +56,8 @@ def options_from_args(args: argparse.Namespace) -> Any:
         raise ConfigError("dojo train", "model", args.model, "occupancy")
     values: dict[str, Any] = {"out": args.out, "data": args.data, "system": args.system,
                               "plan": args.plan, "precision": args.precision,
-                              "policy": args.policy, "resume": args.resume}
+                              "policy": args.policy, "resume": args.resume, "synth": args.synth,
+                              "measure_decode": args.measure_decode}
     for key, kind in _NUMBERS.items():
         raw = getattr(args, key)
         if raw is None:
@@ -97,12 +102,17 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
+    from dojo.cli.cmd_data import Terminated, sigterm_as_interrupt, terminated
     from dojo.train import train_occupancy
     from dojo.train.report import metrics
 
     bar = _Bar()
     try:
-        result = train_occupancy(opts, bar)
+        with sigterm_as_interrupt():
+            result = train_occupancy(opts, bar)
+    except Terminated:
+        bar.close()
+        return terminated("train")
     finally:
         bar.close()
     if args.json:

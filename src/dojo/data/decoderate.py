@@ -83,13 +83,17 @@ def probe_clip(width: int, height: int, cache_dir: str | Path | None = None) -> 
                      f"-beta{PATTERN_BETA:g}.mp4")
     if path.is_file() and _intact(path, width, height):
         return path
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.tmp-{os.getpid()}"
         encode_mp4(tmp, pattern_frames(width, height), PROBE_FPS)
         os.replace(tmp, path)
     except OSError as err:
+        tmp.unlink(missing_ok=True)
         raise DojoError(f"{folder}: cannot write the decode probe clip ({err})") from None
+    except BaseException:  # an encode error, Ctrl-C or SIGTERM: leave no temporary file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

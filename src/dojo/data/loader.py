@@ -88,7 +88,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
                       for s in range(0, clip.frames - window + 1, stride)]
         if not self.index:
             raise DojoError(f"{clipset.root}: no windows of {window} frames in "
-                            f"{len(clipset.clips)} usable clips (clips too short or all skipped)")
+                            f"{len(clipset.clips)} usable clips{_why_none(clipset, window)}")
         self._readers: dict[Path, VideoReader] = {}
         self.max_open = open_file_limit(clipset.manifest.width, clipset.manifest.height)
         # Set by ClipLoader when it has workers: inside a worker, float32 frames are decoded as
@@ -170,6 +170,17 @@ class ClipDataset(Dataset[dict[str, Any]]):
         for reader in self._readers.values():
             reader.close()
         self._readers = {}
+
+
+def _why_none(clipset: ClipSet, window: int) -> str:
+    """Why a set has no windows: the first skipped clip's file and reason, or the clip length."""
+    total = len(clipset.manifest.clips)
+    if clipset.skipped:
+        first = clipset.skipped[0]
+        return (f" of {total} ({len(clipset.skipped)} skipped; first: {first.file}: "
+                f"{first.reason})")
+    longest = max((c.frames for c in clipset.clips), default=0)
+    return f" of {total} (the longest has {longest} frames)"
 
 
 def open_file_limit(width: int, height: int) -> int:

@@ -91,16 +91,27 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
     `progress(done, total)` is called after each clip. Returns the manifest path.
     """
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
+    if not out.name:  # '' or '/': the set would land beside the current folder or at the root
+        raise DojoError(f"'{out}': expected the path of a folder to create for the clip set")
+    if out.exists() and not out.is_dir():
+        raise DojoError(f"{out}: is a file; expected a folder for the clip set")
+    if out.exists() and any(out.iterdir()) and not force:
         raise DojoError(f"{out}: already exists and is not empty (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise DojoError(f"{out}: cannot create the clip set there ({err.strerror}: "
+                        f"{err.filename})") from None
     try:
         _write_set(tmp, cfg, progress)
         _replace(tmp, out)
-    except BaseException:
+    except OSError as err:  # full disk, a folder made read-only meanwhile: one line, no set
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DojoError(f"{out}: cannot write the clip set ({err.strerror})") from None
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "manifest.json"

@@ -10,6 +10,14 @@ ranks of that stage, as in the simulator), four threads (tracks) per process:
 - dp-comm: the data-parallel gradient synchronisation (and the ZeRO all-gather);
 - optimizer: the optimizer update.
 
+With the data path (`data=`, a `dojo.sim.datapath.DataPath`), one more process, "data path
+(hosts -> DIPs -> tiles)", holds the input of the next step, which loads while this one computes
+(prefetch one step ahead): "host decode" (the hosts decoding the step's frames, from 0 to
+`decode_s`) and "PCIe + TTP" (host -> DIP -> tile, streamed beside the decode, from 0 to
+`transfer_s`, the slower hop). When loading takes longer than compute, each stage's compute
+track gets "wait for input" from the end of the compute step to the end of the step, so the
+trace ends at the step time the simulator reports (`Result.step_time_s`, data included).
+
 Pipeline transfers are flow events ("s" -> "f", bound to the enclosing slices): F of virtual stage
 v to F of v+1 for the same micro-batch, and B of v+1 to B of v. Transfers between chunks on the same
 device are not transfers (the simulator charges none) and get no arrow.
@@ -33,11 +41,13 @@ from dojo.sim.simulate import chunk_times, device_model
 
 if TYPE_CHECKING:
     from dojo.compiler.program import Program
+    from dojo.sim.datapath import DataPath
     from dojo.sim.pipeline import Span
     from dojo.sim.session import Simulated
 
 MAX_EVENTS = 200_000
 TRACKS = {"compute": 1, "tp-comm": 2, "dp-comm": 3, "optimizer": 4}
+DATA_TRACKS = {"host decode": 1, "PCIe + TTP": 2}
 _PHASE_ORDER = {"X": 0, "f": 1, "s": 2}
 _FIXED_PER_STAGE = 2 + 2 * len(TRACKS) + 2   # process name/sort, thread names/sorts, sync, opt
 
@@ -175,39 +185,78 @@ def _micro_budget(program: Program, max_events: int) -> int:
     return max(1, min(program.microbatches, room // per_micro))
 
 
-def trace_events(simulated: Simulated, max_events: int = MAX_EVENTS
-                 ) -> tuple[dict[str, Any], TraceInfo]:
-    """The trace as a JSON-ready object and what it holds; no I/O."""
+def _data_events(simulated: Simulated, data: DataPath) -> list[dict[str, Any]]:
+    """The data-path process (module docstring): metadata, its two tracks, and the wait."""
+    program, result = simulated.program, simulated.result
+    pid = program.plan.pp + 1
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+         "args": {"name": "data path (hosts -> DIPs -> tiles)"}},
+        {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0,
+         "args": {"sort_index": pid}}]
+    for track, tid in DATA_TRACKS.items():
+        events += [{"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                    "args": {"name": track}},
+                   {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid,
+                    "args": {"sort_index": tid}}]
+    sizing = {"hosts_needed": data.hosts_needed, "ingest_hosts_needed": data.ingest_hosts_needed}
+    for name, track, seconds in (("decode next step's frames", "host decode", data.decode_s),
+                                 ("host -> DIP -> tile", "PCIe + TTP", data.transfer_s)):
+        if _ns(seconds) > 0:
+            events.append({"name": name, "cat": "data", "ph": "X", "pid": pid,
+                           "tid": DATA_TRACKS[track], "ts": 0.0, "dur": _ns(seconds) / 1000,
+                           "args": {"seconds": seconds, **sizing}})
+    end = _ns(result.step_time_s)
+    start = end - _ns(data.exposed_s)
+    if end > start:
+        for stage in range(program.plan.pp):
+            events.append(_complete("wait for input", "data", stage + 1, "compute", start, end,
+                                    {"exposed_s": data.exposed_s}))
+    return events
+
+
+def trace_events(simulated: Simulated, max_events: int = MAX_EVENTS,
+                 data: DataPath | None = None) -> tuple[dict[str, Any], TraceInfo]:
+    """The trace as a JSON-ready object and what it holds; no I/O. With `data`, the data
+    path's process and the input wait (module docstring)."""
     if max_events < 1:
         raise DojoError(f"max_events = {max_events}: expected a positive event count")
     program, result = simulated.program, simulated.result
     keep = _micro_budget(program, max_events)
     spans = sorted((s for s in result.spans if s.micro < keep),
                    key=lambda s: (s.stage, s.start, s.end))
+    extra = _data_events(simulated, data) if data is not None else []
     body = _span_events(program, spans) + _step_events(simulated) + _flow_events(program, spans)
+    body += [e for e in extra if e["ph"] != "M"]
     # At equal times a slice comes before the flow ends bound to it.
     body.sort(key=lambda e: (e["pid"], e["tid"], e["ts"], _PHASE_ORDER[e["ph"]]))
-    events = _metadata(program) + body
+    events = _metadata(program) + [e for e in extra if e["ph"] == "M"] + body
     info = TraceInfo(path=None, events=len(events), spans_total=len(result.spans),
                      spans_written=len(spans), microbatches_total=program.microbatches,
                      microbatches_written=keep)
-    other = {
+    note = ("tp-comm events cover the tensor-parallel time the simulator adds to the end of "
+            "each span; one device per stage stands for its tp and dp ranks")
+    if data is not None:
+        note += ("; the data path loads the next step's input while this one computes, and "
+                 "compute waits for what it does not hide")
+    other: dict[str, Any] = {
         "model": simulated.graph.name, "system": program.system.name, "plan": program.plan.text(),
         "batch": program.batch, "step_time_s": result.step_time_s,
-        "microbatches": program.microbatches, "microbatches_shown": keep,
-        "note": ("tp-comm events cover the tensor-parallel time the simulator adds to the end of "
-                 "each span; one device per stage stands for its tp and dp ranks"),
+        "microbatches": program.microbatches, "microbatches_shown": keep, "note": note,
     }
+    if data is not None:
+        other["data_path"] = data.to_json()
     if info.truncated:
         other["truncated"] = (f"only micro-batches 0-{keep - 1} of {program.microbatches} are "
                               f"shown, to stay under {max_events} events")
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}, info
 
 
-def write_trace(simulated: Simulated, path: str | Path, max_events: int = MAX_EVENTS
-                ) -> TraceInfo:
-    """Write the Chrome/Perfetto trace of `simulated` to `path` atomically (compact JSON)."""
-    trace, info = trace_events(simulated, max_events)
+def write_trace(simulated: Simulated, path: str | Path, max_events: int = MAX_EVENTS,
+                data: DataPath | None = None) -> TraceInfo:
+    """Write the Chrome/Perfetto trace of `simulated` (with its data path, if given) to `path`
+    atomically (compact JSON)."""
+    trace, info = trace_events(simulated, max_events, data)
     target = write_text_atomic(path, json.dumps(trace, separators=(",", ":")))
     return TraceInfo(path=target, events=info.events, spans_total=info.spans_total,
                      spans_written=info.spans_written,

@@ -23,9 +23,12 @@ STATE = "state.pt"
 
 def save(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` as folder/state.pt atomically; returns the file."""
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / STATE
-    atomic_write(target, lambda tmp: torch.save(state, tmp))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: torch.save(state, tmp))
+    except OSError as err:  # full disk, a folder made read-only mid-run: one line
+        raise DojoError(f"{target}: cannot write the checkpoint ({err.strerror})") from None
     return target
 
 

@@ -20,9 +20,12 @@ PRECISIONS = ("fp32", "bf16", "cfp8")
 class TrainOptions:
     """Settings of one training run; steps and intervals count optimizer steps.
 
-    `data` is a folder holding `train/` and `val/` clip sets ("" means OUT/../data); missing
+    `data` is a folder holding `train/` and `val/` clip sets ("" means OUT/../data). Missing
     sets are synthesized with `train_clips` / `val_clips` clips (seeds `seed` and `seed + 1`,
-    so no held-out scene is seen in training).
+    so no held-out scene is seen in training) in the default folder, or in `data` only with
+    `synth` (a mistyped `--data` is an error, not a new data set). `measure_decode` measures
+    the decode rates on this machine instead of using the recorded calibration
+    (`dojo.data.decodecal`), which makes the simulated figures vary with the machine's load.
     """
 
     out: str = "runs/demo"
@@ -43,6 +46,8 @@ class TrainOptions:
     val_clips: int = field(default=8, metadata=check(gt=0))
     policy: str = field(default="skip", metadata=check(choices=POLICIES))
     resume: bool = False
+    synth: bool = False
+    measure_decode: bool = False
 
     def settings(self) -> dict[str, object]:
         """What a checkpoint must share with a run that resumes it."""

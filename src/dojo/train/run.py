@@ -1,10 +1,12 @@
 """`train_occupancy(options)`: the whole `dojo train occupancy` job, from data to report.
 
-1. data: OUT/../data/{train,val} (or `--data`), synthesized when missing; bad clips are an
-   error naming the file or are skipped, warned about and counted (`options.policy`);
+0. every option checked against the file system and the system files (`preflight`), then the
+   large preset simulated (`simulated`, seconds; checks the plan), before anything is written;
+1. data: OUT/../data/{train,val} (or `--data`), synthesized when missing (see `preflight`);
+   bad clips are an error naming the file or are skipped, warned about and counted;
 2. the model that matches the clips, under the precision policy; IoU of the untrained model;
 3. training with a checkpoint every `checkpoint_every` steps (and at the end), resumable;
-4. held-out IoU; the decode rate of this machine; the large preset simulated (`simulated`);
+4. held-out IoU; the decode rates (recorded, or measured with `measure_decode`: `decode`);
 5. OUT/report.html, OUT/trace.json, OUT/metrics.json, OUT/bev.png (`report`).
 Progress goes to the caller's `progress` callback; nothing is printed here.
 """
@@ -14,17 +16,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dojo.data import ClipLoader, LoaderConfig, SynthConfig, measure_decode_fps, synthesize
+from dojo.data import ClipLoader, LoaderConfig, synthesize
 from dojo.data.layout import SkippedClip
 from dojo.errors import DojoError
 from dojo.numerics import load_policy_state, policy_state
 from dojo.train import checkpoint
+from dojo.train.decode import DecodeRate, data_rate, large_rate
 from dojo.train.loop import (
     Example,
     batches,
@@ -35,12 +38,12 @@ from dojo.train.loop import (
     train_step,
 )
 from dojo.train.options import Progress, TrainOptions
-from dojo.train.simulated import SimulatedRun, simulate_large
+from dojo.train.preflight import Job, check_alike, check_batch, preflight
+from dojo.train.simulated import SimulatedRun, large_config, simulate_large
 
 ProgressFn = Callable[[Progress], None]
 EXAMPLES = 3  # held-out samples drawn in the report
 VAL_BATCH = 8
-FPS_SECONDS = 0.5  # decode measurement: long enough to be steady, short for `make run`
 
 
 @dataclass
@@ -66,26 +69,19 @@ class TrainResult:
     skipped: list[SkippedClip]
     train_samples: int
     sim: SimulatedRun
+    decode: tuple[DecodeRate, DecodeRate]  # at the data set's frame size, at the large preset's
     overrides: dict[str, Any]
     files: dict[str, Path]
 
 
-def ensure_data(root: Path, opts: TrainOptions, progress: ProgressFn) -> tuple[Path, Path]:
-    """root/train and root/val, synthesized (seeds `seed`, `seed + 1`) where missing."""
-    if (root / "manifest.json").is_file():
-        raise DojoError(f"{root}: is one clip set; --data expects a folder with train/ and val/ "
-                        "clip sets (held-out clips must be separate)")
-    sets = (("train", opts.train_clips, opts.seed), ("val", opts.val_clips, opts.seed + 1))
-    for name, clips, seed in sets:
-        target = root / name
-        if (target / "manifest.json").is_file():
-            continue
-
+def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
+    """job.data_root/train and /val, the missing ones synthesized (`preflight` decided which)."""
+    for name, cfg in job.synth.items():
         def tick(done: int, total: int, name: str = name) -> None:
             progress(Progress("data", f"making {name} clips {done}/{total}"))
 
-        synthesize(target, SynthConfig(clips=clips, seed=seed), tick)
-    return root / "train", root / "val"
+        synthesize(job.data_root / name, cfg, tick)
+    return job.data_root / "train", job.data_root / "val"
 
 
 def _loaders(train_dir: Path, val_dir: Path, opts: TrainOptions) -> tuple[ClipLoader, ClipLoader]:
@@ -93,11 +89,9 @@ def _loaders(train_dir: Path, val_dir: Path, opts: TrainOptions) -> tuple[ClipLo
                                                stride=1, seed=opts.seed, policy=opts.policy))
     val = ClipLoader(val_dir, LoaderConfig(batch_size=VAL_BATCH, window=opts.window,
                                            stride=opts.window, shuffle=False, policy=opts.policy))
-    a, b = train.dataset.clipset.manifest, val.dataset.clipset.manifest
-    for key in ("cameras", "width", "height", "grid"):
-        if getattr(a, key) != getattr(b, key):
-            raise DojoError(f"{val_dir / 'manifest.json'}: {key} = {getattr(b, key)!r}, but the "
-                            f"training set has {getattr(a, key)!r} (the model needs both alike)")
+    check_alike(train_dir.parent, train.dataset.clipset.manifest, val.dataset.clipset.manifest)
+    # Skipped clips may leave fewer windows than preflight counted from the manifest.
+    check_batch(opts.batch_size, len(train.dataset), train_dir)
     return train, val
 
 
@@ -109,9 +103,7 @@ def _state(model: Any, optimizer: Any, loader: ClipLoader, history: History,
             "settings": opts.settings()}
 
 
-def _restore(folder: Path, model: Any, optimizer: Any, loader: ClipLoader,
-             opts: TrainOptions) -> History:
-    state = checkpoint.load(folder, opts.settings())
+def _restore(state: dict[str, Any], model: Any, optimizer: Any, loader: ClipLoader) -> History:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
@@ -153,10 +145,13 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     from dojo.train.report import write_outputs
 
     tell = progress or (lambda _: None)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data_root = Path(opts.data) if opts.data else out.parent / "data"
-    train_dir, val_dir = ensure_data(data_root, opts, tell)
+    job = preflight(opts)  # every cheap check, before anything is made or written
+    tell(Progress("simulate", f"simulating occupancy-large on {opts.system} and H100s"))
+    cfg = large_config()
+    large = large_rate((cfg.width, cfg.height), opts.measure_decode)
+    sim = simulate_large(opts.system, opts.plan, opts.precision, large.frames_per_s)
+    _make_folder(job.out, "--out")
+    train_dir, val_dir = ensure_data(job, tell)
     loader, val_loader = _loaders(train_dir, val_dir, opts)
     manifest = loader.dataset.clipset.manifest
     overrides = model_overrides(manifest, opts.window, opts.channels, opts.lr)
@@ -165,23 +160,28 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     val_batches = [b for b in val_loader if b["frames"].shape[0]]
     if not val_batches:
         raise DojoError(f"{val_dir}: no usable held-out samples (every clip was skipped)")
-    folder = out / "checkpoint"
-    if opts.resume:
-        history = _restore(folder, model, optimizer, loader, opts)
+    if job.resume_state is not None:
+        history = _restore(job.resume_state, model, optimizer, loader)
     else:
         torch.manual_seed(opts.seed)
         history = History(baseline_iou=evaluate(model, val_batches)[0])
-    _train(model, optimizer, loss_fn, loader, val_batches, history, opts, folder, tell)
+    _train(model, optimizer, loss_fn, loader, val_batches, history, opts,
+           job.out / "checkpoint", tell)
     tell(Progress("eval", "held-out IoU"))
     val_iou, examples = evaluate(model, val_batches, EXAMPLES)
-    tell(Progress("simulate", f"simulating occupancy-large on {opts.system} and H100s"))
-    fps = measure_decode_fps(val_dir, FPS_SECONDS)
-    sim = simulate_large(opts.system, opts.plan, opts.precision, fps,
-                         (manifest.width, manifest.height), len(loader.dataset))
+    rates = (data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir), large)
     skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
     result = TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
-                         skipped=skipped, train_samples=len(loader.dataset), sim=sim,
+                         skipped=skipped, train_samples=len(loader.dataset),
+                         sim=replace(sim, epoch_samples=len(loader.dataset)), decode=rates,
                          overrides=overrides, files={})
-    tell(Progress("report", f"writing {out}"))
-    files = write_outputs(result, out)
-    return TrainResult(**{**result.__dict__, "files": files})
+    tell(Progress("report", f"writing {job.out}"))
+    files = write_outputs(result, job.out)
+    return replace(result, files=files)
+
+
+def _make_folder(folder: Path, flag: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DojoError(f"{folder}: cannot create the folder ({err.strerror}; {flag})") from None

@@ -4,9 +4,10 @@ What is simulated: one training step of `occupancy-large` (8 cameras x 8 frames 
 a 200 x 200 grid) at the precision of the real run, on the chosen Dojo system under the chosen
 plan (`auto` searches with `dojo.sim.search.best_plan`), and beside it on an H100 cluster sized
 to the same power budget (GPUs = Dojo system power / power per GPU, rounded to whole 8-GPU
-servers), both at the same global batch. The Dojo step includes its data path: host decode at
-the rate measured on this machine at the large frame size (`large_decode_fps`), then PCIe into
-the DIPs and TTP onto the tiles (`dojo.sim.datapath`).
+servers) at the precision the GPU really has (`gpu_precision`: BF16 for a CFP8 run), both at
+the same global batch. The Dojo step includes its data path: host decode at the given rate
+per core at the large frame size (recorded, or measured with `--measure-decode`:
+`dojo.train.decode`), then PCIe into the DIPs and TTP onto the tiles (`dojo.sim.datapath`).
 
 Utilisation maps (fractions of one step, 0..1):
 - per chip of each tile: the busy time of the pipeline stage the chip runs (forward, backward
@@ -27,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dojo.compiler.mapping import device_count, group_levels
-from dojo.compiler.program import PRECISION_BYTES, Program
+from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Program
 from dojo.errors import ConfigError
 from dojo.hardware.derived import summarize
 from dojo.hardware.loader import dip_count, load_system
@@ -68,8 +69,7 @@ class SimulatedRun:
     dojo_compute: Simulated            # the same step without input loading
     gpu: Simulated
     data: DataPath
-    decode_fps_per_core: float         # measured on this machine at the data set's size
-    decode_fps_large: float            # measured at the large preset's frame size
+    decode_fps_large: float            # frames/s per core at the large preset's frame size
     images_per_sample: int
     bytes_per_sample: float
     utilisation: Utilisation
@@ -113,26 +113,24 @@ def _step(model: str, spec: SystemSpec, plan_text: str, batch: int,
     return simulate_model(model, {}, spec, replace(plan, precision=precision), batch)
 
 
-def large_decode_fps(measured_fps: float, data_size: tuple[int, int],
-                     large_size: tuple[int, int]) -> float:
-    """Decode frames/s per core at `large_size` (width, height): `measured_fps` itself when the
-    data set already has that size, else measured here on a cached synthetic clip of that size
-    (`dojo.data.measure_decode_fps_at`, ~0.5 s; ~1.5 s more the first time, to encode it).
-    Scaling a small-frame rate by pixel count would overstate the cost: per-frame fixed costs
-    dominate small frames (docs/data.md)."""
-    if tuple(data_size) == tuple(large_size):
-        return measured_fps
-    from dojo.data.decoderate import measure_decode_fps_at
+def gpu_precision(precision: str, spec: SystemSpec) -> str:
+    """The precision policy the GPU really runs for a run at `precision`: the first matrix dtype
+    of the policy (`PRECISION_DTYPES`, in order of preference) that the GPU has a peak rate for
+    and that is itself a policy. H100s have no CFP8 (and FP8 is no policy here), so a CFP8 run
+    is compared with BF16 on them: rate, weights, gradients and activations all at BF16."""
+    peaks = spec.leaf.peak_flops
+    for dtype in PRECISION_DTYPES[precision]:
+        if dtype in peaks and dtype in PRECISION_BYTES:
+            return dtype
+    raise ConfigError(spec.name, "peak_flops", sorted(peaks),
+                      f"a rate for one of {', '.join(PRECISION_DTYPES[precision])}")
 
-    return measure_decode_fps_at(*large_size)
 
-
-def simulate_large(system: str, plan: str, precision: str, decode_fps_per_core: float,
-                   data_size: tuple[int, int], epoch_samples: int) -> SimulatedRun:
-    """Simulate the large preset on `system` under `plan` and on a GPU cluster of equal power.
-
-    `decode_fps_per_core` (frames/s on one core) was measured on frames of `data_size`
-    (width, height) pixels; the data path uses `large_decode_fps` of it.
+def simulate_large(system: str, plan: str, precision: str, decode_fps_large: float,
+                   epoch_samples: int = 0) -> SimulatedRun:
+    """Simulate the large preset on `system` under `plan` and on a GPU cluster of equal power
+    (at `gpu_precision`); the Dojo data path decodes at `decode_fps_large` frames/s per core
+    (the rate at the large preset's frame size). `epoch_samples` may be set later (`replace`).
     """
     spec = load_system(system)
     gpus = gpu_count_for_power(spec)
@@ -140,16 +138,14 @@ def simulate_large(system: str, plan: str, precision: str, decode_fps_per_core: 
     batch = common_batch(device_count(spec), gpus)
     cfg = large_config()
     dojo = _step(LARGE_MODEL, spec, plan, batch, precision)
-    gpu = _step(LARGE_MODEL, gpu_spec, "auto", batch, precision)
+    gpu = _step(LARGE_MODEL, gpu_spec, "auto", batch, gpu_precision(precision, gpu_spec))
     images = cfg.cameras * cfg.frames
-    fps_large = large_decode_fps(decode_fps_per_core, data_size, (cfg.width, cfg.height))
     nbytes = float(images * cfg.width * cfg.height * 3)  # uint8 RGB
-    path = data_path(spec, batch, images, nbytes, fps_large, dojo.result.step_time_s)
+    path = data_path(spec, batch, images, nbytes, decode_fps_large, dojo.result.step_time_s)
     fed = Simulated(program=dojo.program, result=with_data(dojo.result, path), graph=dojo.graph)
     util = utilisation(fed.program, fed.result, path)
     return SimulatedRun(dojo=fed, dojo_compute=dojo, gpu=gpu, data=path,
-                        decode_fps_per_core=decode_fps_per_core, decode_fps_large=fps_large,
-                        images_per_sample=images,
+                        decode_fps_large=decode_fps_large, images_per_sample=images,
                         bytes_per_sample=nbytes, utilisation=util, epoch_samples=epoch_samples)
 
 

@@ -1,0 +1,181 @@
+"""Everything `dojo train` can check before its first expensive step, checked first.
+
+`preflight(options)` reads but never writes: the output folder, the data folder and its clip
+sets, the system, the plan and its precision, the batch against the training windows, and the
+checkpoint to resume. It returns a `Job` saying where things go and what must be made. Then the
+job simulates (which checks the plan against the model, seconds), and only then creates folders,
+synthesizes clips and trains (minutes).
+
+Data folder semantics (docs/train.md):
+- no `--data`: OUT/../data; missing `train/` or `val/` sets are synthesized there;
+- `--data DIR`: DIR must hold both sets; a missing one (or a missing DIR) is an error naming the
+  path, unless `--synth` asks to synthesize the missing sets there;
+- either way a `train/` or `val/` that exists without a manifest is not a clip set: an error, and
+  nothing is written over it. A missing set is synthesized like its sibling (cameras, frames,
+  size, grid, rate) when the sibling exists, so the two always match.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dojo.data.layout import Manifest, read_manifest
+from dojo.data.synth import SynthConfig
+from dojo.errors import ConfigError, DojoError
+from dojo.hardware.loader import host_count, load_system
+from dojo.hardware.spec import SystemSpec
+from dojo.train import checkpoint
+from dojo.train.options import TrainOptions
+
+SETS = ("train", "val")
+_MATCH = ("cameras", "width", "height", "grid")  # what the held-out set must share
+
+
+@dataclass(frozen=True)
+class Job:
+    """Where a checked run goes: OUT, the data root, sets to synthesize (name -> config), the
+    training windows expected (exact for existing sets before bad clips are skipped), and the
+    checkpoint state to resume from (None when not resuming)."""
+
+    out: Path
+    data_root: Path
+    synth: dict[str, SynthConfig]
+    train_windows: int
+    resume_state: dict[str, Any] | None
+
+
+def preflight(opts: TrainOptions) -> Job:
+    """Check the options against the file system and the system files; writes nothing."""
+    out = check_out(opts.out)
+    check_system(opts.system)
+    check_plan(opts.plan, opts.precision)
+    root = Path(opts.data) if opts.data else out.parent / "data"
+    manifests = _existing_sets(root, bool(opts.data) and not opts.synth)
+    if manifests.keys() == set(SETS):
+        check_alike(root, manifests["train"], manifests["val"])
+    synth = {name: _synth_config(opts, name, manifests) for name in SETS if name not in manifests}
+    if synth:
+        _check_writable(root, "--data" if opts.data else "--out")
+    windows = (_windows(manifests["train"], opts.window) if "train" in manifests
+               else synth["train"].clips * max(0, synth["train"].frames - opts.window + 1))
+    check_batch(opts.batch_size, windows, root / "train")
+    state = checkpoint.load(out / "checkpoint", opts.settings()) if opts.resume else None
+    return Job(out=out, data_root=root, synth=synth, train_windows=windows, resume_state=state)
+
+
+def check_out(text: str) -> Path:
+    """OUT as a path: not empty, not an existing file, and creatable/writable by this user."""
+    if not text.strip():
+        raise ConfigError("--out", "out", text, "a folder path (an empty one would write into "
+                          "the current folder)")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise DojoError(f"{out}: exists and is not a folder; --out expects a folder to write "
+                        "report.html, trace.json, metrics.json and checkpoint/ into")
+    _check_writable(out, "--out")
+    return out
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """`folder` exists as a writable folder, or its nearest existing ancestor is one."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DojoError(f"{folder}: cannot create it, '{probe}' is a file ({flag} expects a "
+                        "folder path)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DojoError(f"{folder}: cannot write there, '{probe}' is not writable ({flag})")
+
+
+def check_system(name: str) -> SystemSpec:
+    """The Dojo system to simulate: it must have hosts and DIPs, which feed its input."""
+    spec = load_system(name)
+    if spec.host is None or spec.dip is None or host_count(spec) == 0:
+        raise ConfigError("--system", "system", name, "a Dojo system with hosts and DIPs to "
+                          "feed it (v1, cabinet, exapod): the job simulates its data path")
+    return spec
+
+
+def check_plan(text: str, precision: str) -> None:
+    """`auto`, or a plan that parses and whose `precision=`, if any, is the run's."""
+    if text == "auto":
+        return
+    from dojo.plan.plan import parse_plan
+
+    plan = parse_plan(text)
+    if "precision=" in text and plan.precision != precision:
+        raise ConfigError("--plan", "precision", plan.precision,
+                          f"{precision}, the precision of the run (--precision)")
+
+
+def check_batch(batch: int, windows: int, where: Path) -> None:
+    """One step trains on at most every window of the set: a larger batch is refused."""
+    if windows < 1:
+        raise DojoError(f"{where}: no training windows (clips shorter than the window, or "
+                        "every clip skipped)")
+    if batch > windows:
+        raise ConfigError("--batch", "batch_size", batch, f"at most {windows}, the training "
+                          f"windows in {where} (a step would train on {windows}, not {batch})")
+
+
+def check_alike(root: Path, train: Manifest, val: Manifest) -> None:
+    """The held-out set must have the training set's cameras, frame size and grid."""
+    for key in _MATCH:
+        want, got = getattr(train, key), getattr(val, key)
+        if want != got:
+            shown = (list(want), list(got)) if key == "cameras" else (want, got)
+            raise DojoError(f"{root / 'val' / 'manifest.json'}: {key} = {shown[1]!r}, expected "
+                            f"{shown[0]!r} as in {root / 'train' / 'manifest.json'} (held-out "
+                            "clips must come from the same cameras, frame size and grid)")
+
+
+def _existing_sets(root: Path, must_exist: bool) -> dict[str, Manifest]:
+    """Manifests of the sets under `root`; errors for anything that is not a clip set."""
+    if root.exists() and not root.is_dir():
+        raise DojoError(f"{root}: is a file; --data expects a folder with train/ and val/")
+    if (root / "manifest.json").is_file():
+        raise DojoError(f"{root}: is one clip set; --data expects a folder with train/ and val/ "
+                        "clip sets (held-out clips must be separate)")
+    found = {}
+    for name in SETS:
+        folder = root / name
+        if (folder / "manifest.json").is_file():
+            found[name] = read_manifest(folder)
+        elif folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+            raise DojoError(f"{folder}: not a clip set (no manifest.json, see docs/data.md); "
+                            "move it away or point --data at another folder")
+        elif must_exist:
+            raise DojoError(f"{folder}: no clip set there (--data {root} must hold train/ and "
+                            "val/ made by `dojo data synth`; add --synth to synthesize them)")
+    return found
+
+
+def _synth_config(opts: TrainOptions, name: str, found: dict[str, Manifest]) -> SynthConfig:
+    clips, seed = (opts.train_clips, opts.seed) if name == "train" else \
+        (opts.val_clips, opts.seed + 1)
+    if not found:
+        return SynthConfig(clips=clips, seed=seed)
+    m = next(iter(found.values()))
+    cfg = SynthConfig(clips=clips, seed=seed, cameras=min(6, len(m.cameras)),
+                      frames=min(c.frames for c in m.clips), width=m.width, height=m.height,
+                      grid=m.grid.size, range_m=m.grid.range_m, fps=m.fps,
+                      **({"gop": m.gop} if m.gop else {}))
+    from dojo.data.geometry import make_rig
+
+    names = [c.name for c in make_rig(cfg.cameras, cfg.width, cfg.height)]
+    if names != list(m.cameras):
+        raise DojoError(f"{opts.data or 'data'}/{name}: missing, and a synthesized set would have "
+                        f"cameras {names}, not {list(m.cameras)} as its sibling set: give both "
+                        "train/ and val/")
+    return cfg
+
+
+def _windows(m: Manifest, window: int) -> int:
+    """Training windows (stride 1) of the manifest's clips, before bad clips are skipped."""
+    return sum(max(0, c.frames - window + 1) for c in m.clips)
