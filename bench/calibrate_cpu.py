@@ -1,11 +1,20 @@
-"""Calibrate the simulator's cost model on this CPU (one thread), then check it on real steps.
+"""Calibrate the simulator's `cpu` device on this machine: one core (one intra-op thread, as
+every rank of `dojo run` uses), FP32, eager PyTorch. Each figure is a micro-benchmark; the zoo's
+training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 
-1. Measures FP32 GEMM throughput over sizes (the best large-GEMM rate is taken as the device's
-   peak; the half-efficiency FLOPs are fitted to the small sizes), elementwise bandwidth, and
-   per-op overhead of eager PyTorch; writes src/dojo/sim/calibration/cpu.toml and
-   src/dojo/hardware/systems/cpu.toml (with --write).
-2. Times real eager training steps of small zoo models and compares them with `dojo simulate`
-   on the `cpu` system: the error is the cost model's, measured on hardware at hand.
+1. GEMM throughput over square sizes: the best rate is the device's peak, the half-efficiency
+   FLOPs are fitted to the small sizes; 3x3 convolutions as a fraction of that rate.
+2. Elementwise add over working-set sizes: memory bandwidth (sets far beyond the last-level
+   cache), cache bandwidth and the largest set that still streams at it.
+3. Eager dispatch: forward and backward of a stack of tiny residual MLP blocks (LayerNorm,
+   Linear, GELU, Linear, add), whose kernels take well under a microsecond, divided by the ops
+   the simulator counts for it (dojo's own capture, one per non-view ATen op of forward and
+   backward): seconds per op as eager PyTorch issues it from nn.Module code (module calls,
+   views, autograd nodes and the backward call included).
+4. gloo on loopback between two processes: all-reduce time over message sizes; latency per
+   message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
+
+Every time is the minimum over repeats (the standard way to time on a shared machine).
 Run: .venv/bin/python bench/calibrate_cpu.py [--write]
 """
 
@@ -15,14 +24,16 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+THREADS = 1  # what each `dojo run` rank uses (dojo.runtime.launch)
 
 
-def _best(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
+def _best(fn: Callable[[], object], repeat: int = 7) -> float:
     fn()
     samples = []
     for _ in range(repeat):
@@ -35,9 +46,9 @@ def _best(fn, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
 def gemm_curve() -> list[tuple[float, float]]:
     """(FLOP, FLOP/s) of square FP32 GEMMs."""
     out = []
-    for n in (32, 64, 128, 256, 512, 1024, 1536):
+    for n in (32, 64, 128, 256, 384, 512, 768):
         a, b = torch.randn(n, n), torch.randn(n, n)
-        t = _best(lambda a=a, b=b: torch.mm(a, b))
+        t = _best(lambda a=a, b=b: torch.mm(a, b), 9)
         out.append((2.0 * n**3, 2.0 * n**3 / t))
     return out
 
@@ -64,110 +75,167 @@ def conv_ratio(peak: float) -> float:
     return min(1.0, statistics.median(rates) / peak)
 
 
-def bandwidth() -> float:
-    x, y = torch.randn(8_000_000), torch.randn(8_000_000)
-    t = _best(lambda: torch.add(x, y))
-    return 3 * 4 * 8_000_000 / t  # two reads and a write of FP32
+def stream_curve() -> list[tuple[float, float]]:
+    """(bytes moved, seconds) of FP32 `add(x, y, out=z)` from 12 KiB to 192 MiB of traffic."""
+    out = []
+    for exp in range(10, 25):
+        n = 1 << exp
+        x, y, z = torch.randn(n), torch.randn(n), torch.empty(n)
+        t = _best(lambda x=x, y=y, z=z: torch.add(x, y, out=z), 9 if exp < 20 else 3)
+        out.append((12.0 * n, t))
+    return out
 
 
-def launch_overhead() -> float:
-    """Seconds per op of eager autograd on tiny tensors: forward op plus its backward node."""
-    x = torch.randn(8, requires_grad=True)
+def fit_stream(curve: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(memory B/s, cache B/s, cache bytes) from `stream_curve`. The fixed cost of an add (its
+    dispatch: the two smallest adds extrapolated to 0 bytes) is taken off every point that
+    takes at least 4x as long (shorter ones are mostly dispatch); memory is the rate of the
+    largest set, cache the best rate; the cache holds the largest set still above the
+    geometric mean of the two."""
+    (n0, t0), (n1, t1) = curve[:2]
+    fixed = max(0.0, t0 - n0 * (t1 - t0) / (n1 - n0))
+    rates = [(n, n / (t - fixed)) for n, t in curve if t >= 4 * fixed]
+    memory = rates[-1][1]
+    cache = max(r for _, r in rates)
+    cut = (memory * cache) ** 0.5
+    size = max((n for n, r in rates if r >= cut), default=0.0)
+    return memory, cache, size
 
-    def chain() -> None:
-        y = x
-        for _ in range(200):
-            y = y * 1.0001
-        y.sum().backward()
 
-    return _best(chain) / 400
+class _Block(torch.nn.Module):
+    """x + fc2(gelu(fc1(norm(x)))): the shape of a transformer MLP sub-block."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.fc1 = torch.nn.Linear(width, 2 * width)
+        self.fc2 = torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))  # [b, width]
 
 
-def measured_step(name: str, overrides: dict, batch: int) -> float:  # type: ignore[type-arg]
-    from dojo.models import build
+def _stack(width: int = 8, depth: int = 8) -> torch.nn.Module:
+    return torch.nn.Sequential(*[_Block(width) for _ in range(depth)])
 
-    bundle = build(name, batch=batch, overrides=overrides, seed=0)
-    opt = bundle.make_optimizer(bundle.model.parameters())
+
+def _loss(y: torch.Tensor) -> torch.Tensor:
+    return y.square().mean()
+
+
+def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Forward and backward ops of one step of `model` as the simulator counts them: the
+    captured graph's non-view ops (dojo.compiler.fusion.groups at fusion=none)."""
+    from dojo.capture import capture
+    from dojo.compiler.fusion import FREE_RULES
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+    return sum(1 for op in graph.ops
+               if op.phase in ("forward", "backward") and op.rule not in FREE_RULES)
+
+
+def eager_op_time() -> tuple[float, int]:
+    """(seconds per counted op, ops per step) of forward + backward of the tiny block stack."""
+    model, x = _stack(), torch.randn(2, 8)
+    ops = counted_ops(model, x)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        bundle.loss_fn(bundle.model(*bundle.example_inputs), *bundle.targets).backward()
-        opt.step()
+        model.zero_grad(set_to_none=True)
+        _loss(model(x)).backward()
 
-    for _ in range(2):
-        step()
-    return statistics.median(_best(step, 1) for _ in range(5))
+    return _best(step, 30) / ops, ops
 
 
-CASES = [
-    ("mlp", {}, 64),
-    ("gpt", {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "vocab": 2048, "seq": 128}, 4),
-    ("gpt", {"layers": 2, "hidden": 512, "heads": 8, "ffn": 2048, "vocab": 4096, "seq": 256}, 2),
-    ("resnet18", {"image": 64}, 8),
-]
+def _gloo_rank(rank: int, world: int, sizes: list[int], repeat: int) -> list[float]:
+    """Best seconds of one all-reduce of each size (FP32 elements) on this rank (gloo)."""
+    import torch.distributed as dist
+
+    out = []
+    for n in sizes:
+        buf = torch.ones(n)
+        samples = []
+        for _ in range(repeat):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(buf)
+            samples.append(time.perf_counter() - start)
+        out.append(min(samples))
+    return out
+
+
+def gloo_fit() -> tuple[float, float, list[tuple[int, float]]]:
+    """(seconds per message step alpha, bytes/s, curve) of gloo all-reduce between two local
+    processes: t(n) = 2 alpha + n / bw (ring of two; link latency 0 in the system file)."""
+    from dojo.runtime.launch import launch
+
+    sizes = [1, 1 << 10, 1 << 14, 1 << 18, 1 << 20]
+    times = launch(_gloo_rank, 2, (sizes, 30), timeout_s=120, threads=THREADS)
+    best = [max(a, b) for a, b in zip(times[0], times[1])]
+    curve = [(4 * n, t) for n, t in zip(sizes, best)]
+    alpha = curve[0][1] / 2
+    bw = curve[-1][0] / max(curve[-1][1] - curve[0][1], 1e-9)
+    return alpha, bw, curve
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true", help="write the calibration files")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
     curve = gemm_curve()
     peak = max(rate for _, rate in curve)
     half = fit_half(curve, peak)
-    bw = bandwidth()
-    launch = launch_overhead()
+    memory, cache, cache_bytes = fit_stream(stream_curve())
+    per_op, ops = eager_op_time()
     conv = conv_ratio(peak)
-    print(f"machine: {platform.processor() or platform.machine()}, 1 thread")
+    alpha, link, gloo = gloo_fit()
+    print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
+          f"torch {torch.__version__}")
     print("| GEMM FLOP | GFLOP/s |\n|---|---|")
     for f, rate in curve:
         print(f"| {f:.3g} | {rate / 1e9:.1f} |")
-    print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, "
-          f"bandwidth {bw / 1e9:.2f} GB/s, per-op overhead {launch * 1e6:.1f} us, "
-          f"conv at {conv:.2f} of the GEMM rate")
+    print("\n| all-reduce bytes | gloo us |\n|---|---|")
+    for n, t in gloo:
+        print(f"| {n} | {t * 1e6:.1f} |")
+    print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, memory "
+          f"{memory / 1e9:.2f} GB/s, cache {cache / 1e9:.2f} GB/s up to {cache_bytes / 2**20:.1f}"
+          f" MiB, eager op {per_op * 1e6:.2f} us ({ops} ops per stack step), conv at {conv:.2f}"
+          f" of the GEMM rate, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
-        _write(peak, half, bw, launch, conv)
-    _validate()
+        _write(peak, half, (memory, cache, cache_bytes), per_op, conv, (alpha, link))
 
 
-def _write(peak: float, half: float, bw: float, launch: float, conv: float) -> None:
+def _write(peak: float, half: float, stream: tuple[float, float, float], per_op: float,
+           conv: float, gloo: tuple[float, float]) -> None:
+    memory, cache, cache_bytes = stream
+    alpha, link = gloo
     cal = ROOT / "src/dojo/sim/calibration/cpu.toml"
     cal.write_text(
-        "# Measured by bench/calibrate_cpu.py on the development machine (1 thread, FP32).\n"
+        f"# Measured by bench/calibrate_cpu.py on the development machine ({THREADS} thread, "
+        "FP32, eager).\n"
         'name = "cpu"\nmatrix_efficiency = 1.0\n'
-        f"matrix_half_flops = {half:.4g}\nvector_efficiency = 1.0\nlaunch_s = {launch:.4g}\n"
-        "link_efficiency = 1.0\ncollective_latency_s = 0.0\nidle_fraction = 0.3\n"
-        f"conv_efficiency = {conv:.3g}\n"
+        f"matrix_half_flops = {half:.4g}\nvector_efficiency = 1.0\nlaunch_s = {per_op:.4g}\n"
+        f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
+        f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
+        f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(
         "# One core of the development machine as a device, measured by bench/calibrate_cpu.py:\n"
-        "# peak = best FP32 GEMM rate, bandwidth = large elementwise add. For validating the\n"
-        "# simulator against real eager steps; not a training system.\n"
+        "# peak = best FP32 GEMM rate, bandwidth = elementwise add beyond the caches, links =\n"
+        "# gloo all-reduce between two local processes. FP32 only: the CPU has no BF16/FP16\n"
+        "# arithmetic (dojo's runtime would emulate their rounding, which no device model\n"
+        "# times). For checking the simulator against real eager steps; not a training system.\n"
         'name = "cpu"\ntitle = "one CPU core (measured)"\nfamily = "gpu"\n'
         'source = "bench/calibrate_cpu.py"\nhierarchy = ["gpu", "server", "cluster"]\n\n'
         f'[gpu]\ncost_model = "cpu"\npower_watts = 15.0\n\n[gpu.peak_flops]\nfp32 = {peak:.4g}\n'
-        f"bf16 = {peak:.4g}\n\n[gpu.memory.hbm]\nbytes = 24.0e9\nread_bytes_per_s = {bw:.4g}\n"
-        f"write_bytes_per_s = {bw:.4g}\n\n[server]\ncount = 1\ntopology = \"switch\"\n\n"
-        '[server.link]\nname = "shm"\nbytes_per_s = 5.0e9\n\n[cluster]\ncount = 1\n'
-        'topology = "fat_tree"\n\n[cluster.link]\nname = "loopback"\nbytes_per_s = 1.0e9\n',
+        f"\n[gpu.memory.hbm]\nbytes = 24.0e9\nread_bytes_per_s = {memory:.4g}\n"
+        f"write_bytes_per_s = {memory:.4g}\n\n[server]\ncount = 1\ntopology = \"switch\"\n\n"
+        f'[server.link]\nname = "loopback"\nbytes_per_s = {link:.4g}\n\n[cluster]\ncount = 1\n'
+        f'topology = "fat_tree"\n\n[cluster.link]\nname = "loopback"\nbytes_per_s = {link:.4g}\n',
         encoding="utf-8")
     print(f"wrote {cal.relative_to(ROOT)} and {system.relative_to(ROOT)}")
-
-
-def _validate() -> None:
-    from dojo.plan import parse_plan
-    from dojo.sim.session import simulate_model
-
-    print("\n| model | batch | measured s | simulated s | error |\n|---|---|---|---|---|")
-    for name, overrides, batch in CASES:
-        real = measured_step(name, overrides, batch)
-        plan = parse_plan(f"dp=1,mb={batch},precision=fp32,fusion=none")
-        sim = simulate_model(name, overrides, "cpu", plan, batch)
-        pred = sim.result.step_time_s
-        label = name + (f" {overrides.get('layers')}x{overrides.get('hidden')}"
-                        if name == "gpt" else "")
-        print(f"| {label} | {batch} | {real:.4f} | {pred:.4f} | {(pred - real) / real:+.1%} |")
 
 
 if __name__ == "__main__":

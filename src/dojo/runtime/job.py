@@ -17,6 +17,11 @@ from typing import Any
 from dojo.errors import DojoError
 from dojo.plan.plan import Plan, parse_plan
 
+# Steps at the start of a run that are not timed as steady state: the first step allocates
+# every activation and gradient buffer and creates the optimizer state (measured 1.5-2x a later
+# step on a CPU).
+WARMUP_STEPS = 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class Job:
@@ -96,13 +101,18 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     program that was simulated once; without it the rank simulates the job itself. The
     simulated step time comes from the parent's simulation then ("simulated_step_s" None).
 
-    Returns {"rank", "losses" (per step), "simulated_step_s", "step_s" (wall seconds per step),
-    "start_s" (seconds from entry to the first step), "executed" (the last step's pipeline tasks,
-    as `dojo.sim.pipeline.order` writes them)} and, with `return_state`, "params", "grads" (local
-    names), "shards" (local name -> (source, dim, index list)) and under ZeRO "zero_grad"
-    ((first flat index, averaged gradient slice)) and "zero_names" (the flat order).
+    Returns {"rank", "losses" (per step), "simulated_step_s", "step_s" (wall seconds per step,
+    the batch drawn before the clock starts, as a loader prefetches it), "warmup_steps" (how
+    many of the first steps `measured_step_s` leaves out), "threads" (intra-op threads this
+    rank ran with), "start_s" (seconds from entry to the first step), "executed" (the last
+    step's pipeline tasks, as `dojo.sim.pipeline.order` writes them)} and, with
+    `return_state`, "params", "grads" (local names), "shards" (local name -> (source, dim,
+    index list)) and under ZeRO "zero_grad" ((first flat index, averaged gradient slice)) and
+    "zero_names" (the flat order).
     """
     import os
+
+    import torch
 
     from dojo.runtime.checkpoint import load_checkpoint, save_checkpoint
     from dojo.runtime.trainer import Trainer
@@ -124,12 +134,14 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     while trainer.position < job.steps:
         if job.die_at is not None and job.die_at == (rank, trainer.position):
             os._exit(17)  # abrupt death, as a crashed or killed rank: no cleanup, no message
+        batch = trainer.data.get(trainer.position)
         t = time.perf_counter()
-        losses.append(trainer.step())
+        losses.append(trainer.step(batch))
         times.append(time.perf_counter() - t)
         if job.checkpoint and job.save_every and trainer.position % job.save_every == 0:
             save_checkpoint(trainer, job.checkpoint)
     out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "start_s": start,
+                           "warmup_steps": WARMUP_STEPS, "threads": torch.get_num_threads(),
                            "simulated_step_s": simulated, "executed": trainer.executed}
     if job.return_state:
         out["params"] = trainer.local_state()
@@ -139,6 +151,16 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
             out["zero_grad"] = trainer.zero.grad_slice()  # (first flat index, slice)
             out["zero_names"] = [n for n, _ in trainer.params]  # flat order
     return out
+
+
+def measured_step_s(result: dict[str, Any]) -> float | None:
+    """Seconds per step of one rank's `run_job` result in steady state: the median of its step
+    times after the warm-up steps (all of them when the run was no longer; None without steps)."""
+    import statistics
+
+    times = result["step_s"]
+    steady = times[result.get("warmup_steps", 0):] or times
+    return statistics.median(steady) if steady else None
 
 
 def run_distributed(job: Job, timeout_s: float = 30.0, method: str = "forkserver"

@@ -12,6 +12,10 @@ chunk, `program.batch` the global batch. Inside a `torch.distributed` world of `
 ranks (see `launch`) each rank takes its place in the mesh (`dojo.runtime.mesh`); without one,
 the plan must be a one-device plan and micro-batches become gradient accumulation.
 
+Optimizer: a plan with fusion `full` or `kernels` runs PyTorch's fused (multi-tensor) AdamW,
+Adam or SGD, one kernel over all parameters, as the simulator times it; `fusion=none` keeps the
+bundle's per-parameter loop (eager PyTorch's default on CPU). Other optimizers run as built.
+
 Numerics: the plan's precision policy (`dojo.numerics`) is applied to the model's nn.Linear and
 nn.Conv2d layers; master weights, gradients and optimizer state stay FP32. Losses are means over
 the global batch: each micro-batch's mean loss is scaled by 1/micro-batches and data-parallel
@@ -25,6 +29,7 @@ as in PyTorch DDP, so they do not match a whole-batch single-process run exactly
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,12 +119,16 @@ class Trainer:
         self.sp_partial = [p for n, p in self.params if n in partial]
         self.zero: ZeroOptimizer | None = None
         if plan.zero and "dp" in self.mesh.groups:
-            self.zero = ZeroOptimizer([p for _, p in self.params], bundle.make_optimizer,
+            self.zero = ZeroOptimizer([p for _, p in self.params], self._make_optimizer,
                                       self.mesh.groups["dp"], plan.dp, self.mesh.coords.dp,
                                       plan.zero)
         self.optimizer = (self.zero.optimizer if self.zero else
-                          bundle.make_optimizer([p for _, p in self.params]))
+                          self._make_optimizer([p for _, p in self.params]))
         self.data = data or Batches(bundle, program.batch, seed)
+
+    def _make_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        """The bundle's optimizer, fused when the plan fuses (see the module docstring)."""
+        return fused_optimizer(self.bundle.make_optimizer(params), self.plan.fusion)
 
     def _split(self) -> dict[str, Shard]:
         """Tensor (and sequence) parallel split of the gpt blocks; also the tp = 1 structure
@@ -161,9 +170,11 @@ class Trainer:
         tied = [p for n, p in owned if n.startswith(tuple(tied_names))]
         return owned, tied
 
-    def step(self) -> float:
-        """One optimizer step on the next global batch; returns the global mean loss."""
-        inputs, targets = self.data.get(self.position)
+    def step(self, batch: tuple[tuple[Tensor, ...], tuple[Tensor, ...]] | None = None) -> float:
+        """One optimizer step on the next global batch; returns the global mean loss. `batch` is
+        that batch (`self.data.get(self.position)`) when the caller drew it ahead, as a data
+        loader prefetches; None draws it here."""
+        inputs, targets = batch if batch is not None else self.data.get(self.position)
         micro_in, micro_tgt = self._micro_batches(inputs, targets)
         self.model.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,6 +260,22 @@ class Trainer:
         if self.zero is not None:
             return {}
         return {n: p.grad.detach().clone() for n, p in self.params if p.grad is not None}
+
+
+FUSED = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+
+
+def fused_optimizer(optimizer: torch.optim.Optimizer, fusion: str) -> torch.optim.Optimizer:
+    """`optimizer` rebuilt with `fused=True` (same parameter groups and settings) when `fusion`
+    is not "none" and it is one of PyTorch's fused-capable optimizers; else `optimizer`."""
+    if fusion == "none" or type(optimizer) not in FUSED:
+        return optimizer
+    if optimizer.defaults.get("differentiable") or optimizer.state:
+        return optimizer
+    groups = [{**g, "fused": True, "foreach": None} for g in optimizer.param_groups]
+    accepted = inspect.signature(type(optimizer)).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(groups, **{**settings, "fused": True, "foreach": None})
 
 
 def _mesh(program: Program, distributed: bool | None) -> Mesh:

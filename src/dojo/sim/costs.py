@@ -47,6 +47,14 @@ class Calibration:
     # K loop, so the store adds to the time (0); a ping-pong persistent kernel overlaps one
     # tile's epilogue with the next tile's math (1). 1 = plain roofline.
     epilogue_overlap: float = field(default=1.0, metadata=check(ge=0, le=1))
+    # Working sets up to `cache_bytes` (read + written by one op) stream at `cache_bytes_per_s`
+    # instead of the memory bandwidth: a CPU's small tensors live in its caches (0 = off).
+    cache_bytes: float = field(default=0.0, metadata=check(ge=0, unit="B"))
+    cache_bytes_per_s: float = field(default=0.0, metadata=check(ge=0, unit="B/s"))
+    # The device runs dojo's eager runtime (`dojo run`): no fusing compiler, so a fused group of
+    # N captured ops is N kernels, each paying `launch_s` (the eager dispatch of one op, paid in
+    # series with its kernel on a CPU), whatever the plan's fusion.
+    eager: bool = False
     source: str = ""
 
 
@@ -149,7 +157,7 @@ class DeviceModel:
         if self.timer is not None:
             return self.timer(op) + self.calibration.launch_s
         if op.kind != "matrix":
-            return self.vector_time(op.bytes, op.flops)
+            return self.vector_time(op.bytes, op.flops) + self.eager_launches(op)
         if "convolution" in op.target:
             return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes,
                                     op.shape, op.out_bytes)
@@ -159,6 +167,24 @@ class DeviceModel:
         return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)
 
     def vector_time(self, nbytes: float, flops: float = 0.0) -> float:
-        """Seconds for an elementwise/reduction op: bandwidth-bound, plus launch."""
+        """Seconds for an elementwise/reduction op: bandwidth-bound (at the cache's bandwidth
+        when its working set fits the calibrated cache), plus launch."""
         compute = flops / self.vector_flops
-        return max(self.vector_time_raw(nbytes), compute) + self.calibration.launch_s
+        return max(self.stream_time(nbytes), compute) + self.calibration.launch_s
+
+    def stream_time(self, nbytes: float) -> float:
+        """Seconds to stream `nbytes` (read + written) through an elementwise kernel: from the
+        cache when they fit `cache_bytes`, else at the memory bandwidth. Non-decreasing in
+        `nbytes` as long as the cache is faster than memory."""
+        cal = self.calibration
+        if cal.cache_bytes and cal.cache_bytes_per_s and nbytes <= cal.cache_bytes:
+            return nbytes / cal.cache_bytes_per_s
+        return self.vector_time_raw(nbytes)
+
+    def eager_launches(self, op: Any) -> float:
+        """Seconds of the extra launches of a fused group on an eager device: its target is
+        `fused[N]`, one kernel to a compiler but N dispatched ops to eager PyTorch (0 else)."""
+        cal = self.calibration
+        if not cal.eager or not op.target.startswith("fused["):
+            return 0.0
+        return (int(op.target[len("fused["):-1]) - 1) * cal.launch_s

@@ -1,0 +1,103 @@
+"""The closed loop on this machine: every zoo model's small preset, executed by `dojo run`'s
+runtime and simulated on the `cpu` system, one process and dp, tp and pp of 2 over gloo.
+
+    .venv/bin/python bench/bench_cpu_loop.py [--steps 6] [--repeats 3] [--models gpt,mlp]
+
+Measured: per run, the fastest step of rank 0 after the first (warm-up) step; the minimum over
+`--repeats` runs (the standard way to time on a shared machine; `uptime` is printed with the
+table). Simulated: `dojo.sim` on the `cpu` system for the same job (the program that ran).
+Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs the gpt models, pp gpt or llama.
+Prints a markdown table (docs/benchmarks.md); `--json` prints the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from typing import Any
+
+import torch
+
+PLANS = ("dp=1", "dp=2", "tp=2", "pp=2")
+
+
+def distinct_models() -> list[tuple[str, list[str]]]:
+    """(name, aliases) per distinct small preset: gpt2-small's small preset is gpt's, etc."""
+    from dojo.models import MODELS
+    from dojo.models.zoo import make_config
+
+    seen: dict[str, list[str]] = {}
+    for name in MODELS.names():
+        cfg = make_config(name, {}, small=True)
+        seen.setdefault(f"{type(cfg).__name__}{cfg!r}", []).append(name)
+    return [(next((n for n in names if n in ("gpt", "llama")), names[0]), names)
+            for names in seen.values()]
+
+
+def supports(model: str, plan: str) -> bool:
+    """Whether the runtime runs `plan` for `model` (tp: gpt family; pp: gpt or llama)."""
+    from dojo.models import MODELS
+
+    factory = MODELS.get(model).make_model.__module__
+    if plan.startswith("tp"):
+        return factory.endswith(".gpt")
+    if plan.startswith("pp"):
+        return factory.endswith((".gpt", ".llama"))
+    return True
+
+
+def closed_loop(model: str, plan: str, steps: int, repeats: int) -> tuple[float, float]:
+    """(measured s, simulated s) per step of `model`'s small preset under `plan` (FP32)."""
+    from dojo.runtime import Job, run_distributed
+
+    job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu")
+    best, simulated = float("inf"), 0.0
+    for _ in range(repeats):
+        sim, results = run_distributed(job, timeout_s=120)
+        best = min(best, min(results[0]["step_s"][1:]))
+        simulated = sim.result.step_time_s
+    return best, simulated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="", help="comma-separated (default: every preset)")
+    parser.add_argument("--plans", default=",".join(PLANS).replace(",", ";"),
+                        help="semicolon-separated plans")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    models = distinct_models()
+    if args.models:
+        wanted = args.models.split(",")
+        models = [(m, a) for m, a in models if m in wanted]
+    rows: list[dict[str, Any]] = []
+    for model, aliases in models:
+        for plan in args.plans.split(";"):
+            if not supports(model, plan):
+                continue
+            real, pred = closed_loop(model, plan, args.steps, args.repeats)
+            rows.append({"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
+                         "simulated_s": pred, "error": (pred - real) / real})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f}; measured = min over {args.repeats} runs x "
+          f"{args.steps - 1} steps")
+    print("\n| model (small preset) | plan | measured s | simulated s | error |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'/'.join(r['aliases'])} | {r['plan']} | {r['measured_s']:.4f} | "
+              f"{r['simulated_s']:.4f} | {r['error']:+.1%} |")
+    errors = [abs(r["error"]) for r in rows]
+    if errors:
+        print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}")
+
+
+if __name__ == "__main__":
+    main()
