@@ -33,10 +33,48 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def check_folder(folder: str | Path, *, resume: bool) -> Path:
+    """Check a checkpoint folder before any process starts; DojoError naming `--checkpoint`.
+
+    To resume, the folder must hold a manifest. To save, it must be a folder or not exist yet
+    below an existing, writable folder (nothing is created here)."""
+    root = Path(folder)
+    if not str(folder).strip():
+        raise DojoError("--checkpoint = '': expected a folder path")
+    if resume:
+        if not (root / MANIFEST).is_file():
+            raise DojoError(f"--checkpoint {root}: no {MANIFEST} there to resume from "
+                            "(missing folder, or an incomplete checkpoint)")
+        return root
+    if root.exists() and not root.is_dir():
+        raise DojoError(f"--checkpoint {root}: exists and is not a folder")
+    parent = root if root.is_dir() else root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DojoError(f"--checkpoint {root}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only_fs(parent):
+        raise DojoError(f"--checkpoint {root}: {parent} is not writable")
+    return root
+
+
+def _read_only_fs(path: Path) -> bool:
+    """True on a read-only mount or a virtual file system that refuses new files (os.access
+    says yes to root there)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return True
+    return bool(st.f_flag & os.ST_RDONLY) or st.f_blocks == 0
+
+
 def save_checkpoint(trainer: Any, folder: str | Path) -> Path:
     """Save this rank's state into `folder` (collective when distributed); returns the folder."""
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DojoError(f"checkpoint {root}: cannot create the folder ({err.strerror})") from None
     rank = trainer.mesh.rank
     state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
              "rng": torch.get_rng_state(), "position": trainer.position,

@@ -12,6 +12,8 @@ Contract:
 - Collectives time out after `timeout_s` seconds, so a rank that dies makes the others fail
   instead of hanging. The first failure is raised here as `RankError` naming the rank; the
   remaining workers are terminated. `launch` never waits longer than `timeout_s` plus start-up.
+- At most `max_ranks()` processes (4 per CPU core, between 8 and 64): more is refused, not
+  started, since every rank is a whole PyTorch process.
 - `fn(rank, world, *args)` must be importable (module level) and return a picklable value;
   results come back as a list indexed by rank.
 """
@@ -32,6 +34,25 @@ from dojo.errors import DojoError
 
 START_METHODS = ("forkserver", "spawn")
 START_GRACE_S = 60.0  # importing torch in a fresh worker on a loaded 2-core machine
+RANKS_PER_CORE = 4  # ranks are single-threaded; beyond a few per core they only wait on each other
+MIN_RANK_LIMIT = 8  # dp=2,tp=2,pp=2 must run on any machine, however small
+MAX_RANK_LIMIT = 64  # each rank is a whole PyTorch process (~300 MB); 64 of them is ~20 GB
+
+
+def max_ranks() -> int:
+    """The most local ranks `launch` (and `dojo run`) starts on this machine:
+    4 per CPU core, at least 8 and at most 64."""
+    cores = os.cpu_count() or 1
+    return max(MIN_RANK_LIMIT, min(MAX_RANK_LIMIT, RANKS_PER_CORE * cores))
+
+
+def check_ranks(nproc: int, what: str) -> None:
+    """DojoError unless 1 <= `nproc` <= `max_ranks()`; `what` names the flag or plan field."""
+    limit = max_ranks()
+    if not 1 <= nproc <= limit:
+        raise DojoError(f"{what} = {nproc}: expected 1 to {limit} local ranks (4 per CPU core of "
+                        f"this machine's {os.cpu_count() or 1}, at least {MIN_RANK_LIMIT}, at "
+                        f"most {MAX_RANK_LIMIT}: each rank is a whole PyTorch process)")
 
 
 class RankError(DojoError):
@@ -49,8 +70,9 @@ def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    if nproc < 1:
-        raise DojoError(f"launch: nproc = {nproc}: expected >= 1")
+    check_ranks(nproc, "launch: nproc")
+    if not timeout_s > 0 or timeout_s == float("inf"):
+        raise DojoError(f"launch: timeout_s = {timeout_s}: expected a finite number of seconds > 0")
     if method not in START_METHODS:
         raise DojoError(f"launch: method = {method!r}: expected one of {', '.join(START_METHODS)}")
     ctx: Any = mp.get_context(method)
@@ -173,3 +195,56 @@ def _default_backend(world: int) -> str:
     import torch
 
     return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
+
+
+def launch_script(script: str, script_args: Sequence[str], nproc: int,
+                  timeout_s: float | None = None, poll_s: float = 0.1) -> None:
+    """Start `python script` on `nproc` local ranks like torchrun; return when all exit 0.
+
+    Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free
+    MASTER_PORT and OMP_NUM_THREADS=1. The first rank to exit non-zero is a DojoError naming it;
+    with `timeout_s` (seconds, wall clock), ranks still running then are killed and the first of
+    them is named (a rank that never reaches its collective cannot hang the launcher).
+    """
+    import socket
+    import subprocess
+
+    check_ranks(nproc, "--nproc")
+    if timeout_s is not None and not 0 < timeout_s < float("inf"):
+        raise DojoError(f"--timeout = {timeout_s}: expected a finite number of seconds > 0")
+    if not os.path.isfile(script):
+        raise DojoError(f"dojo run: script {script} does not exist (or is not a file)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, script, *script_args], env=env))
+    try:
+        _watch_scripts(procs, script, timeout_s, poll_s)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _watch_scripts(procs: list[Any], script: str, timeout_s: float | None, poll_s: float) -> None:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        codes = [p.poll() for p in procs]
+        for rank, code in enumerate(codes):
+            if code not in (None, 0):
+                raise DojoError(f"dojo run: rank {rank} of {script} exited with status {code}")
+        if all(code == 0 for code in codes):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            running = [r for r, code in enumerate(codes) if code is None]
+            raise DojoError(f"dojo run: rank {running[0]} of {script} still running after "
+                            f"--timeout {timeout_s:g} s (ranks still running: {running}); "
+                            "job killed")
+        time.sleep(poll_s)
