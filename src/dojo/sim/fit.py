@@ -1,9 +1,10 @@
 """Fitting a GPU calibration (dojo.sim.costs.Calibration) to measured GEMM times.
 
 bench/calibrate_gpu.py measures GEMMs of transformer shapes on the device at hand; `fit_gemm`
-finds the matrix efficiency plateau `e_max`, its half-efficiency size `F_half` and the epilogue
-overlap that make `DeviceModel.matrix_time` reproduce them, minimising the mean absolute log
-error (a ratio error: a 10 % miss on a 1 ms GEMM weighs as much as one on a 1 s GEMM).
+finds the per-SM matrix efficiency `e_max` and the epilogue overlap (and, where the device model
+knows no output tile so that `F_half` enters the time, the half-efficiency size `F_half`) that
+make `DeviceModel.matrix_time` reproduce them, minimising the mean absolute log error (a ratio
+error: a 10 % miss on a 1 ms GEMM weighs as much as one on a 1 s GEMM).
 """
 
 from __future__ import annotations
@@ -44,18 +45,21 @@ def mean_log_error(samples: Sequence[GemmSample], dev: DeviceModel) -> float:
 
 def fit_gemm(samples: Sequence[GemmSample], dev: DeviceModel) -> tuple[Calibration, float]:
     """The calibration (dev's, with e_max, F_half and epilogue_overlap replaced) that fits the
-    samples best on a grid (e_max in steps of 0.01, F_half in tenths of a decade from 1e5 to
-    4e11 FLOP, overlap in tenths), or dev's own if none is better, and its mean absolute log
-    error."""
+    samples best on a grid (e_max in steps of 0.01, overlap in tenths, F_half in tenths of a
+    decade from 1e5 to 4e11 FLOP), or dev's own if none is better, and its mean absolute log
+    error. F_half is kept as it is when every sample is tiled on `dev` (a GPU model times
+    those by waves of tiles, which F_half does not enter)."""
     if not samples:
         raise ValueError("fit_gemm: no samples")
     best = (mean_log_error(samples, dev), dev.calibration)
+    tiled = all(dev.tiling((s.batch, s.m, s.n)) is not None for s in samples)
+    halves = ([dev.calibration.matrix_half_flops] if tiled
+              else [10 ** (e / 10) for e in range(50, 117)])
     for overlap_tenths in range(11):
-        for half_exp in range(50, 117):
+        for half in halves:
             for e_pct in range(30, 101):
                 cal = replace(dev.calibration, matrix_efficiency=e_pct / 100,
-                              matrix_half_flops=10 ** (half_exp / 10),
-                              epilogue_overlap=overlap_tenths / 10)
+                              matrix_half_flops=half, epilogue_overlap=overlap_tenths / 10)
                 err = mean_log_error(samples, replace(dev, calibration=cal))
                 if err < best[0]:
                     best = (err, cal)
