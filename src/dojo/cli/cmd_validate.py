@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Simulate every case of the validation set (published, "
                        "measured training runs) and print predicted vs measured step time. "
                        "Exits 1 when the gated cases' error passes the stated tolerance.")
-    p.add_argument("--only", default="", help="comma-separated substrings of case ids")
+    p.add_argument("--only", default="",
+                   help="comma-separated substrings of case ids (each must match a case)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 
@@ -24,14 +25,12 @@ def run(args: argparse.Namespace) -> int:
         MEAN_TOLERANCE,
         load_cases,
         predict_case,
+        select,
         summary,
         validate,
     )
 
-    cases = load_cases()
-    if args.only:
-        keys = [k for k in args.only.split(",") if k]
-        cases = [c for c in cases if any(k in c.id for k in keys)]
+    cases = select(load_cases(), args.only)
 
     def progress(i: int, n: int, name: str) -> None:
         print(f"\r[{i + 1}/{n}] {name:<45}", end="", file=sys.stderr, flush=True)

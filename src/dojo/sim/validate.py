@@ -57,6 +57,29 @@ def load_cases(text: str | None = None) -> list[Case]:
     return [_case(raw) for raw in data.get("case", [])]
 
 
+def select(cases: list[Case], only: str) -> list[Case]:
+    """The cases whose id contains one of the comma-separated substrings in `only` (all cases
+    when `only` is empty). A substring that matches no case is a DojoError naming the closest
+    ids, so a typo never validates zero cases and passes."""
+    import difflib
+
+    if not only:
+        return list(cases)
+    keys = [k.strip() for k in only.split(",")]
+    if not all(keys):
+        raise DojoError(f"--only = {only!r}: expected comma-separated parts of case ids, "
+                        "none of them empty")
+    ids = [c.id for c in cases]
+    for key in keys:
+        if not any(key in i for i in ids):
+            close = difflib.get_close_matches(key, ids, n=3, cutoff=0.0)
+            families = sorted({"-".join(i.split("-")[:2]) for i in ids})
+            raise DojoError(f"--only: no validation case id contains '{key}'; closest: "
+                            f"{', '.join(close)}; the {len(ids)} ids start with "
+                            f"{', '.join(families)}")
+    return [c for c in cases if any(k in c.id for k in keys)]
+
+
 def _case(raw: Mapping[str, Any]) -> Case:
     step = raw.get("measured_step_time_s")
     kind = "measured"
