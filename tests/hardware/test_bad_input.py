@@ -158,3 +158,49 @@ def test_mutated_files_never_traceback(tmp_path: Path, capsys: pytest.CaptureFix
     assert code in (0, 2)
     if code == 2:
         assert err.startswith("dojo: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["a100-cluster", "--devices", "-8"], "'devices' = -8: expected a positive integer"),
+    (["a100-cluster", "--devices", "0"], "'devices' = 0: expected a positive integer"),
+    (["a100-cluster:16", "--devices", "32"], "or 16 as in 'a100-cluster:16'"),
+    (["h100-cluster:2000000000000"], "2,000,000,000,000 gpus"),
+])
+def test_device_counts_are_never_silently_changed(capsys: pytest.CaptureFixture[str],
+                                                  argv: list[str], says: str) -> None:
+    code, err = _run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and says in err
+
+
+def test_device_count_given_twice_alike_is_fine(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "a100-cluster:16", "--devices", "16", "--json"]) == 0
+    assert '"gpus": 16' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    # 354 nodes x 25 chips x 10^12 tiles: refused from the counts, nothing built per unit
+    ({"tray": {"count": 10**12, "grid": [10**6, 10**6]}}, "expected at most 2**40"),
+    # 600 tiles x 25 chips in one tray: the DIPs of one tray would serve 15,000 chips
+    ({"tray": {"count": 600, "grid": [20, 30]}}, "15,000 chips per tray"),
+])
+def test_huge_counts_are_refused_quickly(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         override: dict[str, Any], says: str) -> None:
+    import time
+
+    path = _write(tmp_path, override, extends="v1")
+    start = time.monotonic()
+    code = main(["simulate", "mlp", "--system", str(path), "--batch", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err and str(path) in err
+    assert time.monotonic() - start < 5
+
+
+def test_size_limits_admit_the_shipped_systems() -> None:
+    from dojo.hardware import load_system
+    from dojo.hardware.loader import MAX_CHIPS_PER_DIP_UNIT, MAX_LEAVES, shipped_systems
+
+    for name in shipped_systems():
+        load_system(name)
+    # an ExaPOD is 10 x 2 x 6 x 25 x 354 nodes; a V1 tray's DIPs serve 6 x 25 chips
+    assert MAX_LEAVES >= 1000 * 10 * 2 * 6 * 25 * 354 and MAX_CHIPS_PER_DIP_UNIT >= 20 * 6 * 25
+    load_system("h100-cluster", devices=100_000)

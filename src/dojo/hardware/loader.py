@@ -31,6 +31,13 @@ from dojo.hardware.spec import (
 
 _TOP_KEYS = ("name", "title", "family", "source", "hierarchy", "dip", "host")
 
+# Size limits of a system (docs/architecture.md, Hardware). Figures are closed-form in the
+# counts, but two things are not: the D1 data path routes every chip of one DIP placement unit
+# to its nearest DIP (a V1 tray: 150 chips; 4,096 keeps that under about a second), and counts
+# beyond 2**40 leaves (a million ExaPODs) describe no machine and lose exactness in float sums.
+MAX_LEAVES = 2**40
+MAX_CHIPS_PER_DIP_UNIT = 4096
+
 
 def shipped_systems() -> list[str]:
     """Names of the systems that ship with dojo, in a stable order."""
@@ -42,15 +49,21 @@ def shipped_systems() -> list[str]:
 def load_system(name_or_path: str, devices: int | None = None) -> SystemSpec:
     """Load, merge, validate. `NAME:N` is shorthand for `devices=N` (GPU clusters only)."""
     text = name_or_path
+    if devices is not None and (isinstance(devices, bool) or devices < 1):
+        raise ConfigError("--devices", "devices", devices, "a positive integer")
     if ":" in text and not Path(text).exists():
         text, _, count = text.rpartition(":")
         if not count.isdigit() or int(count) < 1:
             raise ConfigError(name_or_path, "devices", count, "a positive integer after ':'")
+        if devices is not None and devices != int(count):
+            raise ConfigError("--devices", "devices", devices,
+                              f"no value, or {count} as in '{name_or_path}' (give the count once)")
         devices = int(count)
     data, source = _read_merged(text, seen=())
     spec = _build(data, source)
     if devices is not None:
         spec = scale_devices(spec, devices, source)
+        check_size(spec, source)
     return spec
 
 
@@ -125,7 +138,27 @@ def _build(data: dict[str, Any], source: str) -> SystemSpec:
                       levels=levels, dip=dip, host=host)
     _check_levels(spec, source)
     _check_attachments(spec, source)
+    check_size(spec, source)
     return spec
+
+
+def check_size(spec: SystemSpec, source: str) -> None:
+    """DojoError when `spec` passes `MAX_LEAVES` leaves or `MAX_CHIPS_PER_DIP_UNIT` chips in
+    one DIP placement unit (see the limits' comment)."""
+    leaves = units_of(spec, spec.leaf_name)
+    if leaves > MAX_LEAVES:
+        product = " x ".join(f"{lv.spec.count:,}" for lv in spec.levels)
+        raise DojoError(f"{source}: {leaves:,} {spec.leaf_name}s (counts {product}): expected "
+                        f"at most 2**40 = {MAX_LEAVES:,} in the whole system")
+    if spec.dip is None or spec.dip.placement.level not in spec.level_names:
+        return
+    where = spec.dip.placement.level
+    chip = spec.levels[0].name
+    chips = units_of(spec, chip) // max(1, units_of(spec, where))
+    if chips > MAX_CHIPS_PER_DIP_UNIT:
+        raise DojoError(f"{source}: {chips:,} {chip}s per {where} (dip.placement.level): "
+                        f"expected at most {MAX_CHIPS_PER_DIP_UNIT:,}, since each is routed to "
+                        f"its nearest DIP of the {where}")
 
 
 def _check_levels(spec: SystemSpec, source: str) -> None:
