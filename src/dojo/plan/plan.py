@@ -83,23 +83,43 @@ def _show(value: object) -> str:
 
 
 def parse_plan(text: str, source: str = "--plan") -> Plan:
-    """Parse ``key=value,...``; `on`/`off` for booleans. Unknown keys list the valid ones."""
+    """Parse ``key=value,...``; `on`/`off` for booleans. Unknown keys list the valid ones; a key
+    given twice, or a setting that means nothing under the rest of the plan, is refused."""
     data: dict[str, object] = {}
     for item in (p.strip() for p in text.split(",") if p.strip()):
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(source, item, item, "key=value, e.g. dp=8,tp=8,pp=16,mb=1")
+        key = key.strip()
         value = parse_scalar(raw.strip())
-        if key.strip() == "fusion" and isinstance(value, bool):
+        if key == "fusion" and isinstance(value, bool):
             value = "full" if value else "none"
-        data[key.strip()] = value
+        if key in data:
+            raise ConfigError(source, key, raw.strip(),
+                              f"each key once ({key} is given twice: {key}={_show(data[key])} "
+                              f"and {key}={raw.strip()})")
+        data[key] = value
     plan = parse(Plan, data, source)
-    if plan.interleave > 1 and "schedule" not in data:
+    if plan.interleave > 1 and plan.schedule == "1f1b":
+        # Megatron's interleaved schedule is 1F1B over virtual stages: the same schedule.
         plan = replace(plan, schedule="interleaved")
+    check_plan(plan, source)
+    return plan
+
+
+def check_plan(plan: Plan, source: str = "--plan") -> None:
+    """Refuse settings that mean nothing under the rest of the plan (merely redundant ones, such
+    as zero>0 with dp=1 or schedule=gpipe with pp=1, give the same step and are accepted)."""
+    if plan.interleave > 1 and plan.pp == 1:
+        raise ConfigError(source, "interleave", plan.interleave,
+                          f"1 with pp=1: virtual stages interleave pipeline stages, and pp 1 x "
+                          f"interleave {plan.interleave} = {plan.interleave} chunks on one device "
+                          "run back to back (use pp >= 2)")
     if plan.schedule == "interleaved" and plan.interleave < 2:
         raise ConfigError(source, "interleave", plan.interleave,
                           "at least 2 virtual stages per device for schedule=interleaved")
-    return plan
+    if plan.sp and plan.tp == 1:
+        raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
 
 
 def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
@@ -108,6 +128,9 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
 
     `batch` is the global batch in samples; `devices` the devices the system offers.
     """
+    check_plan(plan, source)
+    if batch < 1:
+        raise ConfigError("--batch", "batch", batch, "at least 1 sample")
     if plan.devices != devices:
         raise ConfigError(source, "dp*tp*pp", plan.devices,
                           f"{devices} devices (dp {plan.dp} x tp {plan.tp} x pp {plan.pp} = "
@@ -129,12 +152,10 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                               f"a divisor of the model's {name} = {size} "
                               f"({size} / {plan.tp} = {size / plan.tp:g})")
     micro = batch // (plan.dp * plan.mb)
-    if plan.schedule == "interleaved" and micro % plan.pp:
+    if plan.interleave > 1 and plan.schedule != "gpipe" and micro % plan.pp:
         raise ConfigError(source, "mb", plan.mb,
                           f"an interleaved schedule needs micro-batches ({micro}) divisible by "
                           f"pp {plan.pp}")
-    if plan.sp and plan.tp == 1:
-        raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
 
 
 def chunk_blocks(layers: int, chunks: int) -> list[int] | None:

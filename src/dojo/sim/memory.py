@@ -13,6 +13,7 @@ from typing import Any
 
 from dojo.compiler.program import PRECISION_BYTES, Program
 from dojo.hardware.loader import dip_count
+from dojo.plan.plan import Plan
 from dojo.sim.pipeline import order
 
 
@@ -50,18 +51,48 @@ class Memory:
 
 
 def in_flight_bytes(program: Program, stage: int) -> float:
-    """Peak activation bytes a stage holds under its schedule (saved from F until its B)."""
+    """Peak activation bytes a stage holds under its schedule (saved from F until its B).
+
+    The walk costs O(pp x interleave) whatever the micro-batch count m: GPipe holds every
+    micro-batch, so its peak is m x the stage's saved bytes. 1F1B and interleaved 1F1B run
+    `warm` forwards, then (F, B) pairs, then backwards; the live bytes only grow during the warm
+    phase, only shrink in the last, and in between each pair adds the bytes of one unit and frees
+    those of another. The chunk of unit k is periodic in k with period pp x interleave, and over
+    one period every chunk is added and freed pp times, so the live bytes are periodic over the
+    pairs and their maximum is reached within the first period. Walking the order of
+    `in_flight_micro(m)` micro-batches (the same warm phase and at least one period of pairs)
+    therefore gives the same peak as walking all m (a test checks it against the full walk)."""
     plan = program.plan
-    chunks = {c.index: c for c in program.chunks}
-    live = peak = 0.0
-    for kind, _, c in order(plan.schedule, stage, plan.pp, program.microbatches, plan.interleave):
-        saved = chunks[c * plan.pp + stage].saved_bytes
-        live += saved if kind == "F" else -saved
-        peak = max(peak, live)
+    saved = [c.saved_bytes for c in program.chunks]
+    peak = peak_in_flight(plan.schedule, stage, plan.pp, program.microbatches, plan.interleave,
+                          saved)
     # Full recompute rebuilds one block's activations at a time during backward.
     if plan.recompute == "full" and program.work.block is not None:
         peak += program.work.block.saved_bytes
     return peak
+
+
+def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: int,
+                   saved: list[float]) -> float:
+    """Peak of the bytes saved from F to B on `stage` (`saved` per virtual stage, bytes per
+    micro-batch), in O(pp x interleave) steps (see `in_flight_bytes`)."""
+    if schedule == "gpipe":
+        return micro * sum(saved[c * pp + stage] for c in range(interleave))
+    live = peak = 0.0
+    walk = min(micro, in_flight_micro(pp, interleave))
+    for kind, _, c in order(schedule, stage, pp, walk, interleave):
+        live += saved[c * pp + stage] if kind == "F" else -saved[c * pp + stage]
+        peak = max(peak, live)
+    return peak
+
+
+def in_flight_micro(pp: int, interleave: int) -> int:
+    """Micro-batches whose 1F1B order covers the warm phase of every stage (at most
+    2 (pp - 1) + (interleave - 1) pp units) plus one period (pp x interleave units) of pairs,
+    rounded up to a multiple of pp (the interleaved order groups micro-batches by pp)."""
+    units = 2 * (pp - 1) + (interleave - 1) * pp + pp * interleave
+    micro = -(-units // interleave) + 1
+    return -(-micro // pp) * pp
 
 
 def capacity(program: Program) -> tuple[float, float, float]:
@@ -86,20 +117,14 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
     adds the D1 compiler's per-chip report (`chip_report`: it costs a placement of every
     chip, a tenth of a second on an ExaPOD)."""
     plan = program.plan
-    sizes = PRECISION_BYTES[plan.precision]
     state_per_param = _optimizer_state_per_param(program)
     cap, onchip, offchip = capacity(program)
     best: Memory | None = None
     stages: list[Memory] = []
     for stage in range(plan.pp):
-        n = program.device_params(stage)
-        shard = plan.dp if plan.zero >= 1 else 1
+        params, grads, state = state_memory(plan, program.device_params(stage), state_per_param)
         mem = Memory(
-            stage=stage,
-            params=n * sizes["weights"] / (plan.dp if plan.zero >= 3 else 1)
-            + n * sizes["master"] / shard,
-            grads=n * sizes["grads"] / (plan.dp if plan.zero >= 2 else 1),
-            optimizer_state=n * state_per_param / shard,
+            stage=stage, params=params, grads=grads, optimizer_state=state,
             activations=in_flight_bytes(program, stage),
             capacity=cap, onchip=onchip, offchip_bytes_per_s=offchip, reason="")
         stages.append(mem)
@@ -109,6 +134,18 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
     if not best.fits:
         best = _with_reason(best, program, stages, chip_report)
     return best
+
+
+def state_memory(plan: Plan, params: float, state_per_param: float
+                 ) -> tuple[float, float, float]:
+    """(weights + master copy, gradients, optimizer state) bytes of a device holding `params`
+    parameters (after the tp split), sharded over dp by the plan's ZeRO stage."""
+    sizes = PRECISION_BYTES[plan.precision]
+    shard = plan.dp if plan.zero >= 1 else 1
+    weights = params * sizes["weights"] / (plan.dp if plan.zero >= 3 else 1)
+    return (weights + params * sizes["master"] / shard,
+            params * sizes["grads"] / (plan.dp if plan.zero >= 2 else 1),
+            params * state_per_param / shard)
 
 
 def _optimizer_state_per_param(program: Program) -> float:

@@ -1,10 +1,29 @@
-"""Pipeline schedules run on the event engine: bubbles come out of the schedule itself.
+"""Pipeline schedules: bubbles come out of the schedule itself.
 
 Each pipeline-stage device executes its forward (F) and backward (B) tasks in the order its
 schedule gives (GPipe, 1F1B, Megatron's interleaved 1F1B). A task starts when its device is free
-and its inputs have arrived: F of virtual stage v needs F of v-1 (plus the transfer), B of v needs
+and its input has arrived: F of virtual stage v needs F of v-1 (plus the transfer), B of v needs
 B of v+1. Tensor-parallel ranks and data-parallel replicas are identical, so one device per stage
-stands for all of them.
+stands for all of them. Nothing else contends, so a task's start is max(its device's previous
+end, its input's end + transfer) whatever order the tasks are computed in: `run_pipeline`
+computes them as their inputs become known (a work list, no time-ordered queue needed).
+
+Bounded work. Micro-batches are identical: a task's duration depends on its device, kind and
+chunk, never on its micro-batch. Under 1F1B and interleaved 1F1B every device runs `warm`
+forwards, then (F, B) pairs, then backwards, and shifting a device's order by one period of
+pairs (U x interleave pairs, U = 1 micro-batch for 1F1B, pp for the interleaved schedule) gives
+the same tasks with micro-batches U later. `run_pipeline` runs the pairs a period at a time
+("rounds") and records after each the state that decides everything later: how far each device
+got, when it is free, and the ends of tasks whose consumers have not started. The step is a
+max-plus linear map of that state, so if the state after round r equals the state after round
+r - c with every time later by the same L (and micro-batches later by c U), every later round
+repeats it: the state after round r + n c is that state n L later. The run then jumps n whole
+periods (leaving one round and the drain to simulate) and finishes directly. The rounds needed
+are the map's transient plus its cyclicity c (observed: a few rounds; a test compares the jump
+with the direct simulation for every micro-batch count to 64), so the work is O(pp x interleave)
+tasks per round and independent of the micro-batch count; the skipped tasks are not returned as
+spans (`Timeline.skipped` counts them). GPipe holds every micro-batch in flight and is
+simulated directly, up to `MAX_TASKS`.
 """
 
 from __future__ import annotations
@@ -12,9 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dojo.sim.engine import Engine
+from dojo.errors import DojoError
 
 Task = tuple[str, int, int]  # ("F" | "B", micro-batch, chunk)
+EXPLICIT_TASKS = 100_000   # up to this many tasks a run is simulated task by task
+MAX_TASKS = 4_000_000      # a run that would need more explicit tasks is refused
+MAX_ROUNDS = 256           # rounds searched for a periodic state before giving up on the jump
 
 
 @dataclass(frozen=True)
@@ -31,81 +53,191 @@ class Span:
 
 def order(schedule: str, stage: int, pp: int, micro: int, virtual: int) -> list[Task]:
     """The task order of one device (`virtual` chunks per device)."""
-    if schedule == "gpipe":
-        fwd = [("F", m, c) for c in range(virtual) for m in range(micro)]
-        bwd = [("B", m, c) for c in reversed(range(virtual)) for m in range(micro)]
-        return fwd + bwd
-    total = micro * virtual
+    return [task_at(schedule, stage, pp, micro, virtual, i) for i in range(2 * micro * virtual)]
+
+
+def warm_units(schedule: str, stage: int, pp: int, micro: int, virtual: int) -> int:
+    """Forwards a device runs before its first backward (1F1B and interleaved 1F1B)."""
     if virtual == 1:
-        warm = min(pp - stage - 1, micro)
-    else:
-        warm = min((pp - stage - 1) * 2 + (virtual - 1) * pp, total)
-    group = pp if virtual > 1 else 1
+        return min(pp - stage - 1, micro)
+    return min((pp - stage - 1) * 2 + (virtual - 1) * pp, micro * virtual)
 
-    def unit(k: int, backward: bool) -> Task:
-        if virtual == 1:
-            return ("B" if backward else "F", k, 0)
-        m = (k // (group * virtual)) * group + k % group
-        c = (k // group) % virtual
-        return ("B", m, virtual - 1 - c) if backward else ("F", m, c)
 
-    tasks = [unit(k, False) for k in range(warm)]
-    for i in range(total - warm):
-        tasks += [unit(warm + i, False), unit(i, True)]
-    tasks += [unit(k, True) for k in range(total - warm, total)]
-    return tasks
+def task_at(schedule: str, stage: int, pp: int, micro: int, virtual: int, i: int) -> Task:
+    """The `i`-th task of one device's order, in O(1)."""
+    total = micro * virtual
+    if schedule == "gpipe":
+        if i < total:
+            return ("F", i % micro, i // micro)
+        return ("B", (i - total) % micro, virtual - 1 - (i - total) // micro)
+    warm = warm_units(schedule, stage, pp, micro, virtual)
+    if i < warm:
+        return _unit(i, False, pp, virtual)
+    j = i - warm
+    if j < 2 * (total - warm):
+        return _unit(warm + j // 2, False, pp, virtual) if j % 2 == 0 else \
+            _unit(j // 2, True, pp, virtual)
+    return _unit(j - (total - warm), True, pp, virtual)
+
+
+def _unit(k: int, backward: bool, pp: int, virtual: int) -> Task:
+    if virtual == 1:
+        return ("B" if backward else "F", k, 0)
+    m = (k // (pp * virtual)) * pp + k % pp
+    c = (k // pp) % virtual
+    return ("B", m, virtual - 1 - c) if backward else ("F", m, c)
+
+
+@dataclass
+class _Run:
+    """The state of one pipeline run (see the module docstring)."""
+
+    pp: int
+    virtual: int
+    micro: int
+    schedule: str
+    duration: Callable[[int, Task], float]
+    transfer_s: float
+    pointer: list[int]
+    free: list[float]
+    done: dict[tuple[str, int, int], float]
+    spans: list[Span]
+
+    def needs(self, stage: int, task: Task) -> tuple[str, int, int] | None:
+        kind, m, c = task
+        vs = c * self.pp + stage
+        if kind == "F":
+            return ("F", m, vs - 1) if vs > 0 else None
+        return ("B", m, vs + 1) if vs < self.pp * self.virtual - 1 else ("F", m, vs)
+
+    def advance(self, limits: list[int]) -> None:
+        """Run every task that can run without passing `limits` (positions per device)."""
+        pp, last = self.pp, self.pp * self.virtual - 1
+        work = list(range(pp))
+        while work:
+            s = work.pop()
+            while self.pointer[s] < limits[s]:
+                task = task_at(self.schedule, s, pp, self.micro, self.virtual, self.pointer[s])
+                dep = self.needs(s, task)
+                if dep is not None and dep not in self.done:
+                    break
+                start = self.free[s]
+                if dep is not None:
+                    hop = 0.0 if dep[2] % pp == s else self.transfer_s
+                    start = max(start, self.done.pop(dep) + hop)
+                end = start + self.duration(s, task)
+                kind, m, c = task
+                vs = c * pp + s
+                if kind == "F" or vs > 0:
+                    self.done[(kind, m, vs)] = end
+                self.spans.append(Span(s, kind, m, c, start, end))
+                self.pointer[s] += 1
+                self.free[s] = end
+                consumer = vs + 1 if kind == "F" and vs < last else vs - 1 if kind == "B" else vs
+                if 0 <= consumer <= last and consumer % pp != s:
+                    work.append(consumer % pp)
+
+    def state(self, limits: list[int], base: int) -> tuple[tuple[object, ...], list[float]]:
+        """(structure, times): pointers relative to `limits`, pending inputs keyed relative to
+        micro-batch `base`, and the times (devices free, pending inputs' ends)."""
+        keys = sorted(self.done)
+        structure = (tuple(p - lim for p, lim in zip(self.pointer, limits)),
+                     tuple((k, m - base, v) for k, m, v in keys))
+        return structure, [*self.free, *(self.done[k] for k in keys)]
+
+    def jump(self, micro: int, seconds: float, tasks: int) -> None:
+        """Move the state `micro` micro-batches, `seconds` and `tasks` positions later."""
+        self.pointer = [p + tasks for p in self.pointer]
+        self.free = [t + seconds for t in self.free]
+        self.done = {(k, m + micro, v): t + seconds for (k, m, v), t in self.done.items()}
+
+
+def makespan_bounds(pp: int, micro: int, forward: list[float], backward: list[float],
+                    transfer_s: float) -> tuple[list[float], list[float]]:
+    """Per device s, (a lower bound on the end of its last task, the tail that must follow it)
+    for any task order, with `forward`/`backward` seconds per virtual stage (chunk c of device
+    s is virtual stage c pp + s). Device s's first task is a forward of a virtual stage >= s,
+    so it waits for the forwards of stages 0..s-1 and s transfers (its head); then it runs its
+    micro x (all its chunks' F + B) seconds of tasks; its last task is a backward of a virtual
+    stage >= s, and the backwards of stages s-1..0 and s transfers follow it (the tail)."""
+    interleave = len(forward) // pp
+    ends, tails = [], []
+    head = tail = 0.0
+    for s in range(pp):
+        work = sum(forward[c * pp + s] + backward[c * pp + s] for c in range(interleave))
+        ends.append(head + micro * work)
+        tails.append(tail)
+        head += forward[s] + transfer_s
+        tail += backward[s] + transfer_s
+    return ends, tails
 
 
 def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,
-                 duration: Callable[[int, Task], float], transfer_s: float) -> list[Span]:
-    """Simulate one step's pipeline; returns every task's span, in completion order."""
-    orders = [order(schedule, s, pp, micro, virtual) for s in range(pp)]
-    pointer = [0] * pp
-    busy = [False] * pp
-    done: dict[tuple[str, int, int], float] = {}  # (kind, micro, virtual stage) -> end
-    spans: list[Span] = []
-    engine = Engine()
-    last_vs = pp * virtual - 1
+                 duration: Callable[[int, Task], float], transfer_s: float,
+                 explicit: int = EXPLICIT_TASKS) -> list[Span]:
+    """Simulate one step's pipeline; returns the spans of the tasks it simulated, in completion
+    order: every task when the run has at most `explicit` tasks, else all but the periods the
+    steady state let it skip (module docstring), with the true times of those it kept."""
+    return simulate_pipeline(pp, virtual, micro, schedule, duration, transfer_s, explicit)[0]
 
-    def needs(stage: int, task: Task) -> tuple[str, int, int] | None:
-        kind, m, c = task
-        vs = c * pp + stage
-        if kind == "F":
-            return ("F", m, vs - 1) if vs > 0 else None
-        return ("B", m, vs + 1) if vs < last_vs else ("F", m, vs)
 
-    def try_start(stage: int) -> None:
-        if busy[stage] or pointer[stage] >= len(orders[stage]):
-            return
-        task = orders[stage][pointer[stage]]
-        dep = needs(stage, task)
-        if dep is not None and dep not in done:
-            return
-        ready = engine.now
-        if dep is not None:
-            same = dep[2] % pp == stage
-            ready = max(ready, done[dep] + (0.0 if same else transfer_s))
-        busy[stage] = True
-        pointer[stage] += 1
-        end = ready + duration(stage, task)
-        engine.at(end, lambda: finish(stage, task, ready, end))
-
-    def finish(stage: int, task: Task, start: float, end: float) -> None:
-        kind, m, c = task
-        done[(kind, m, c * pp + stage)] = end
-        spans.append(Span(stage, kind, m, c, start, end))
-        busy[stage] = False
-        # Only two devices can have been waiting on this: itself (now free) and the consumer
-        # of this task's output (next virtual stage forward, previous one backward).
-        vs = c * pp + stage
-        consumer = vs + 1 if kind == "F" and vs < last_vs else vs - 1 if kind == "B" else vs
-        try_start(stage)
-        if 0 <= consumer <= last_vs and consumer % pp != stage:
-            try_start(consumer % pp)
-
-    for s in range(pp):
-        engine.at(0.0, lambda s=s: try_start(s))  # type: ignore[misc]
-    engine.run()
-    if len(spans) != 2 * pp * virtual * micro:
+def simulate_pipeline(pp: int, virtual: int, micro: int, schedule: str,
+                      duration: Callable[[int, Task], float], transfer_s: float,
+                      explicit: int = EXPLICIT_TASKS) -> tuple[list[Span], int]:
+    """`run_pipeline`, and how many tasks per device were skipped (0 when none)."""
+    run = _Run(pp, virtual, micro, schedule, duration, transfer_s, [0] * pp, [0.0] * pp, {}, [])
+    per_device = 2 * micro * virtual
+    skipped = 0
+    if pp * per_device > explicit and schedule != "gpipe":
+        skipped = _run_periods(run)
+    if pp * (per_device - skipped) > MAX_TASKS:
+        raise DojoError(f"the pipeline has {pp} x {per_device} tasks and no steady state that "
+                        f"repeats: more than {MAX_TASKS} to simulate one by one (schedule="
+                        f"{schedule}, {micro} micro-batches); use fewer micro-batches (a larger "
+                        "mb) or schedule=1f1b")
+    run.advance([per_device] * pp)
+    if any(p != per_device for p in run.pointer):
         raise RuntimeError("pipeline schedule deadlocked")  # a bug in the schedule, not input
-    return spans
+    run.spans.sort(key=lambda s: (s.end, s.start, s.stage))
+    return run.spans, skipped
+
+
+def _run_periods(run: _Run) -> int:
+    """Run rounds of one period until the state repeats, then jump; returns the tasks per
+    device jumped over (0 if the state never repeated within `MAX_ROUNDS`)."""
+    pp, v, micro = run.pp, run.virtual, run.micro
+    shift = 1 if v == 1 else pp                       # micro-batches per period
+    step = 2 * shift * v                              # tasks per device per period
+    warm = [warm_units(run.schedule, s, pp, micro, v) for s in range(pp)]
+    rounds = min((micro * v - w) // (shift * v) for w in warm)  # periods of pairs everywhere
+    history: list[tuple[tuple[object, ...], list[float]]] = []
+    for r in range(min(rounds, MAX_ROUNDS)):
+        limits = [w + (r + 1) * step for w in warm]
+        run.advance(limits)
+        history.append(run.state(limits, (r + 1) * shift))
+        found = _period(history)
+        if found is None:
+            continue
+        cycle, lag = found
+        jump = (rounds - r - 2) // cycle            # whole periods, keeping a round in hand
+        if jump <= 0:
+            return 0
+        run.jump(jump * cycle * shift, jump * lag, jump * cycle * step)
+        return jump * cycle * step
+    return 0
+
+
+def _period(history: list[tuple[tuple[object, ...], list[float]]]) -> tuple[int, float] | None:
+    """(rounds c, seconds L) if the last state repeats the one c rounds before, and that one
+    the one before it, every time later by L (to 1e-12 of the times)."""
+    last, times = history[-1]
+    for c in range(1, (len(history) - 1) // 2 + 1):
+        mid, before = history[-1 - c], history[-1 - 2 * c]
+        if not last == mid[0] == before[0]:
+            continue
+        lag = times[0] - mid[1][0]
+        tol = 1e-12 * max(abs(t) for t in times)
+        if all(abs(a - b - lag) <= tol for a, b in zip(times, mid[1])) and \
+                all(abs(a - b - lag) <= tol for a, b in zip(mid[1], before[1])):
+            return c, lag
+    return None

@@ -1,18 +1,31 @@
 """The whole path from a model name to a simulated step: build -> capture -> compile -> simulate.
 
 Captures are cached per (model, overrides, micro-batch, sequence) within a process, since the
-same model is often simulated under many plans (validation, sweeps, plan search).
+same model is often simulated under many plans (validation, sweeps, plan search), and so is the
+per-device work compiled from a capture (per tensor split, precision and fusion).
+
+The plan search needs the work at many micro-batch sizes. Every size in a captured graph (tensor
+dimensions and bytes, op FLOPs and bytes) either stays fixed or grows with the micro-batch: for the
+models of the zoo it is affine in the micro-batch size b from b = 2 on (at b = 1 PyTorch elides
+some broadcasts, so the ops differ). `graph_at(..., derive=True)` therefore captures b = 2, 3 and
+4 once, extrapolates g(b) = g(2) + (g(3) - g(2)) (b - 2) field by field, and uses that only if it
+reproduces the capture at b = 4 exactly (a size of degree 2 or less in b that is affine at three
+points is affine); otherwise, and for b <= 4, it captures b itself. The work is then compiled
+from that graph as from any capture. A test compares derived and captured graphs for the zoo.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
-from dojo.compiler.work import main_block, model_work
+from dojo.compiler.work import ModelWork, main_block, model_work
+from dojo.errors import ConfigError
 from dojo.graph import Graph
 from dojo.hardware.loader import load_system
 from dojo.hardware.spec import SystemSpec
@@ -20,6 +33,10 @@ from dojo.plan.plan import ModelShape, Plan, validate_plan
 from dojo.sim.simulate import Result, simulate
 
 _CAPTURES: dict[tuple[Any, ...], tuple[Graph, Any]] = {}
+_WORKS: dict[tuple[Any, ...], ModelWork] = {}
+_AFFINE: dict[tuple[Any, ...], bool] = {}
+MAX_BATCH = 2**53   # samples: every count stays an exact float, every time finite
+MAX_SEQ = 2**31     # tokens per sample (PyTorch's int32 position range)
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,19 @@ class Simulated:
     program: Program
     result: Result
     graph: Graph
+
+
+def check_inputs(batch: int, seq: int | None = None, devices: int | None = None) -> None:
+    """Refuse sizes no step can have: a global batch below 1 sample or beyond 2^53, a sequence
+    below 1 token or beyond 2^31, fewer than 1 device. Every command reaches the simulator
+    through here (`compile_model`, `simulate_model`, `best_plan`)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ConfigError("--batch", "batch", batch,
+                          f"a whole number of samples from 1 to 2^53 = {MAX_BATCH}")
+    if seq is not None and not 1 <= seq <= MAX_SEQ:
+        raise ConfigError("--seq", "seq", seq, f"a sequence length from 1 to 2^31 = {MAX_SEQ}")
+    if devices is not None and devices < 1:
+        raise ConfigError("--devices", "devices", devices, "at least 1 device")
 
 
 def captured(model: str, overrides: Mapping[str, Any], batch: int, seq: int | None
@@ -59,13 +89,80 @@ def model_shape(graph: Graph, config: Any) -> ModelShape:
                       kv_heads=get("kv_heads"))
 
 
-def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
-                  batch: int, seq: int | None = None) -> tuple[Program, Graph]:
-    """Capture `model` at the plan's micro-batch and compile it for `plan` on `spec`
-    (the plan is not validated here; `simulate_model` does that)."""
-    graph, config = captured(model, overrides, plan.mb, seq)
+def graph_at(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
+             derive: bool = False) -> tuple[Graph, Any]:
+    """(graph, config) at micro-batch `mb`: captured, or with `derive` extrapolated from the
+    captures at 2, 3 and 4 samples when that is exact (module docstring); cached."""
+    key = (model, tuple(sorted(overrides.items())), mb, seq)
+    if key in _CAPTURES or not derive or mb <= 4 or not _affine_ok(model, overrides, seq):
+        return captured(model, overrides, mb, seq)
+    (g2, config), (g3, _) = (captured(model, overrides, b, seq) for b in (2, 3))
+    _CAPTURES[key] = (_affine(g2, g3, mb - 2), config)
+    return _CAPTURES[key]
+
+
+def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None, plan: Plan,
+             derive: bool = False) -> ModelWork:
+    """The per-device work of one micro-batch of `mb` samples under `plan`'s tensor split,
+    precision and fusion, compiled from `graph_at` (cached)."""
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    work = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
+    key = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp, scale, plan.fusion)
+    if key not in _WORKS:
+        graph, _ = graph_at(model, overrides, mb, seq, derive)
+        _WORKS[key] = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
+    return _WORKS[key]
+
+
+def _affine_ok(model: str, overrides: Mapping[str, Any], seq: int | None) -> bool:
+    key = (model, tuple(sorted(overrides.items())), seq)
+    if key not in _AFFINE:
+        g2, g3, g4 = (captured(model, overrides, b, seq)[0] for b in (2, 3, 4))
+        try:
+            _AFFINE[key] = _affine(g2, g3, 2) == g4
+        except _NotAffine:
+            _AFFINE[key] = False
+    return _AFFINE[key]
+
+
+class _NotAffine(Exception):
+    """Two graphs differ in structure (op count, targets), not only in sizes."""
+
+
+def _affine(a: Any, b: Any, k: int) -> Any:
+    """a + (b - a) k field by field: `a` and `b` are values at consecutive micro-batch sizes."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a)(**{f.name: _affine(getattr(a, f.name), getattr(b, f.name), k)
+                          for f in dataclasses.fields(a)})
+    if isinstance(a, tuple):
+        if not isinstance(b, tuple) or len(a) != len(b):
+            raise _NotAffine
+        return tuple(_affine(x, y, k) for x, y in zip(a, b))
+    if isinstance(a, str) and isinstance(b, str) and a != b:
+        return _affine_text(a, b, k)
+    if a is None or b is None or isinstance(a, (str, bool)):
+        if a != b:
+            raise _NotAffine
+        return a
+    return a + (b - a) * k
+
+
+def _affine_text(a: str, b: str, k: int) -> str:
+    """The numbers in a text (a graph's recorded input shapes, "(2, 64)") extrapolated."""
+    pa, pb = re.split(r"(\d+)", a), re.split(r"(\d+)", b)
+    if len(pa) != len(pb) or pa[0::2] != pb[0::2]:
+        raise _NotAffine
+    return "".join(x if i % 2 == 0 else str(_affine(int(x), int(y), k))
+                   for i, (x, y) in enumerate(zip(pa, pb)))
+
+
+def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
+                  batch: int, seq: int | None = None, derive: bool = False
+                  ) -> tuple[Program, Graph]:
+    """Capture `model` at the plan's micro-batch and compile it for `plan` on `spec`
+    (the plan is not validated here; `simulate_model` does that). `derive`: see `work_for`."""
+    check_inputs(batch, seq)
+    graph, config = graph_at(model, overrides, plan.mb, seq, derive)
+    work = work_for(model, overrides, plan.mb, seq, plan, derive)
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
     program = compile_program(work, plan, spec, batch,
@@ -77,6 +174,7 @@ def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec 
                    plan: Plan, batch: int, seq: int | None = None,
                    devices: int | None = None) -> Simulated:
     """Simulate one step of `model` (global batch `batch`) under `plan` on `system`."""
+    check_inputs(batch, seq, devices)
     spec = load_system(system, devices=devices) if isinstance(system, str) else system
     graph, config = captured(model, overrides, plan.mb, seq)
     validate_plan(plan, model_shape(graph, config), device_count(spec), batch)

@@ -17,7 +17,7 @@ from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel, load_calibration
 from dojo.sim.memory import Memory, device_memory
-from dojo.sim.pipeline import Span, Task, run_pipeline
+from dojo.sim.pipeline import Span, Task, makespan_bounds, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -151,31 +151,69 @@ def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
 
 
 def simulate(program: Program) -> Result:
-    """Time one training step of `program`; deterministic and free of I/O."""
+    """Time one training step of `program`; deterministic and free of I/O. The work is bounded
+    by the plan, not the batch: identical micro-batches repeat a periodic steady state that the
+    pipeline run jumps over (`dojo.sim.pipeline`), and every total below counts tasks instead of
+    walking them."""
     plan = program.plan
     dev = device_model(program)
     memory = device_memory(program)
     times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
-
-    transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
-    last = plan.pp * plan.interleave - 1
+    fwd, bwd, transfer = task_durations(program, dev, times)
 
     def duration(stage: int, task: Task) -> float:
         kind, _, c = task
-        vs = c * plan.pp + stage
-        t = times[vs]
-        # Without overlap, a pipeline send blocks the sender's stream until it completes
-        # (Megatron-LM 2021-22's blocking p2p); with overlap it only delays the receiver.
-        send = 0.0 if plan.overlap or plan.pp == 1 else transfer
-        if kind == "F":
-            return max(t.forward, t.stream) + t.tp_forward + (send if vs < last else 0.0)
-        return max(t.backward + t.recompute, t.stream) + t.tp_backward + (send if vs else 0.0)
+        return (fwd if kind == "F" else bwd)[c * plan.pp + stage]
 
     spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
                          duration, transfer)
     sync, opt = _finish_step(program, dev, spans)
     step = max(end for _, _, end in opt)
-    return _result(program, dev, memory, times, tuple(spans), sync, opt, step)
+    busy = [program.microbatches * sum(fwd[c * plan.pp + st] + bwd[c * plan.pp + st]
+                                       for c in range(plan.interleave)) + opt[st][2] - opt[st][1]
+            for st in range(plan.pp)]
+    return _result(program, dev, memory, times, tuple(spans), sync, opt, step, busy)
+
+
+def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTimes]
+                   ) -> tuple[list[float], list[float], float]:
+    """(forward, backward) seconds of one micro-batch's task per virtual stage, and the
+    pipeline transfer between stages."""
+    plan = program.plan
+    transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
+    last = plan.pp * plan.interleave - 1
+    # Without overlap, a pipeline send blocks the sender's stream until it completes
+    # (Megatron-LM 2021-22's blocking p2p); with overlap it only delays the receiver.
+    send = 0.0 if plan.overlap or plan.pp == 1 else transfer
+    fwd, bwd = [], []
+    for vs in range(last + 1):
+        t = times[vs]
+        fwd.append(max(t.forward, t.stream) + t.tp_forward + (send if vs < last else 0.0))
+        bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + (send if vs else 0.0))
+    return fwd, bwd, transfer
+
+
+def lower_bound(program: Program) -> float:
+    """Seconds `simulate(program)` cannot beat, from the task durations alone.
+
+    Device s's first task is a forward, which waits for the forwards of virtual stages 0..s-1
+    and their transfers (its head); it then runs its m micro-batches' tasks one after another;
+    its last task is a backward of virtual stage >= s, after which the backwards of stages
+    s-1..0 still run in turn on other devices (the tail), and then stage 0's gradient sync and
+    optimizer; its own sync and optimizer follow its last task too. So the step is at least
+    max over s of head_s + m W_s + max(tail_s + post_0, post_s), whatever the schedule.
+    """
+    plan = program.plan
+    dev = device_model(program)
+    memory = device_memory(program, chip_report=False)
+    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+    fwd, bwd, transfer = task_durations(program, dev, times)
+    ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
+    post = []
+    for stage in range(plan.pp):
+        t_sync, t_opt, blocks = _post_times(program, dev, stage)
+        post.append((t_sync / blocks if plan.overlap else t_sync) + t_opt)
+    return max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
 
 
 Interval = tuple[int, float, float]  # (stage, start s, end s)
@@ -186,27 +224,34 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
     """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
     optimizer update, per stage."""
     plan = program.plan
-    sizes = PRECISION_BYTES[plan.precision]
     sync, opt = [], []
     for stage in range(plan.pp):
         mine = [s for s in spans if s.stage == stage and s.kind == "B"]
         last = max(mine, key=lambda s: s.end)
-        grads = program.device_params(stage) * sizes["grads"]
-        t_sync = collective(program, dev, program.grad_sync_kind, grads, program.grad_levels)
-        if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
-            t_sync += collective(program, dev, "all_gather",
-                                 program.device_params(stage) * sizes["weights"],
-                                 program.grad_levels)
-        blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
+        t_sync, t_opt, blocks = _post_times(program, dev, stage)
         if plan.overlap:
             end = max(last.start + t_sync, last.end + t_sync / blocks)
         else:
             end = last.end + t_sync
         sync.append((stage, end - t_sync, end))
-        params = program.device_params(stage) / (plan.dp if plan.zero >= 1 else 1)
-        t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program))
         opt.append((stage, end, end + t_opt))
     return tuple(sync), tuple(opt)
+
+
+def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, float, int]:
+    """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
+    plan = program.plan
+    sizes = PRECISION_BYTES[plan.precision]
+    grads = program.device_params(stage) * sizes["grads"]
+    t_sync = collective(program, dev, program.grad_sync_kind, grads, program.grad_levels)
+    if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
+        t_sync += collective(program, dev, "all_gather",
+                             program.device_params(stage) * sizes["weights"],
+                             program.grad_levels)
+    blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
+    params = program.device_params(stage) / (plan.dp if plan.zero >= 1 else 1)
+    t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program))
+    return t_sync, t_opt, blocks
 
 
 def _optimizer_bytes_per_param(program: Program) -> float:
@@ -230,15 +275,14 @@ def _optimizer_bytes_per_param(program: Program) -> float:
 
 def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int, ChunkTimes],
             spans: tuple[Span, ...], sync: tuple[tuple[int, float, float], ...],
-            opt: tuple[tuple[int, float, float], ...], step: float) -> Result:
+            opt: tuple[tuple[int, float, float], ...], step: float, busy: list[float]
+            ) -> Result:
     plan = program.plan
     critical = max(range(plan.pp), key=lambda s: (opt[s][2], -s))
     breakdown = _breakdown(program, times, spans, sync, opt, critical, step)
     samples = program.batch / step
     tokens = samples * program.tokens_per_sample if program.tokens_per_sample else None
     achieved = program.model_flops / step / program.devices
-    busy = [sum(s.end - s.start for s in spans if s.stage == st) + opt[st][2] - opt[st][1]
-            for st in range(plan.pp)]
     return Result(step_time_s=step, samples_per_s=samples, tokens_per_s=tokens,
                   model_flops=program.model_flops, achieved_flops_per_device=achieved,
                   mfu=achieved / dev.peak_flops, breakdown_s=breakdown, memory=memory,
@@ -250,21 +294,16 @@ def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span
                sync: tuple[tuple[int, float, float], ...],
                opt: tuple[tuple[int, float, float], ...], stage: int, step: float
                ) -> dict[str, float]:
-    pp = program.plan.pp
+    # Every micro-batch runs each of the stage's chunks once forward and once backward.
+    pp, m = program.plan.pp, program.microbatches
     compute = recompute = comm = 0.0
-    last_b = 0.0
-    for s in spans:
-        if s.stage != stage:
-            continue
-        t = times[s.chunk * pp + stage]
-        if s.kind == "F":
-            compute += t.forward
-            comm += t.tp_forward + max(0.0, t.stream - t.forward)
-        else:
-            compute += t.backward
-            recompute += t.recompute
-            comm += t.tp_backward + max(0.0, t.stream - t.backward - t.recompute)
-            last_b = max(last_b, s.end)
+    for c in range(program.plan.interleave):
+        t = times[c * pp + stage]
+        compute += m * (t.forward + t.backward)
+        recompute += m * t.recompute
+        comm += m * (t.tp_forward + max(0.0, t.stream - t.forward) + t.tp_backward
+                     + max(0.0, t.stream - t.backward - t.recompute))
+    last_b = max((s.end for s in spans if s.stage == stage and s.kind == "B"), default=0.0)
     comm += max(0.0, sync[stage][2] - last_b)
     optimizer = opt[stage][2] - opt[stage][1]
     bubble = max(0.0, step - compute - recompute - comm - optimizer)
