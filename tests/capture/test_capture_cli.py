@@ -97,3 +97,29 @@ def test_unknown_set_key_lists_valid_keys(capsys: pytest.CaptureFixture[str]) ->
 def test_bad_batch_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", "mlp", "--batch", "two"]) == 2
     assert "--batch" in capsys.readouterr().err
+
+
+FACTORY = """
+import torch
+def factory():
+    m = torch.nn.Linear(4, 2)
+    return m, (torch.zeros(3, 4),), lambda out: out.sum(), torch.optim.SGD(m.parameters(), lr=0.1)
+"""
+
+
+@pytest.mark.parametrize("flags", [["--batch", "8"], ["--seq", "4"], ["--set", "x=1"]])
+def test_factory_refuses_flags_it_would_ignore(tmp_path: Path, flags: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "user.py").write_text(FACTORY)
+    assert main(["inspect", f"{tmp_path / 'user.py'}:factory", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flags[0] in err[0] and "user factory" in err[0]
+
+
+def test_huge_layer_count_is_refused_not_built(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    start = time.monotonic()
+    assert main(["inspect", "gpt", "--set", "layers=1000000000000000000"]) == 2
+    assert "at most 1,024 layers" in capsys.readouterr().err
+    assert time.monotonic() - start < 5

@@ -119,3 +119,20 @@ def test_factory_missing_file_and_bad_spec(tmp_path: Path) -> None:
         load_factory(f"{broken}:factory")
     with pytest.raises(DojoError, match="takes no --set overrides"):
         build(f"{broken}:factory", overrides={"x": 1})
+
+
+@pytest.mark.parametrize("name", ["gpt", "llama", "vit-b16", "mlp"])
+def test_layer_count_is_bounded_before_any_module_is_built(name: str) -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"'layers' = 10{18}: expected at most 1,024 layers"):
+        build(name, device="meta", overrides={"layers": 10**18})
+    assert time.monotonic() - start < 2  # refused from the number, not after building
+
+
+@pytest.mark.parametrize(("overrides", "batch"), [({"vocab": 10**18}, 2), ({}, 10**18)])
+def test_shapes_past_int64_bytes_are_one_line(overrides: dict[str, int], batch: int) -> None:
+    with pytest.raises(DojoError, match=r"a tensor would pass 2\*\*63 bytes") as err:
+        build("gpt", device="meta", batch=batch, overrides=overrides)
+    assert "\n" not in str(err.value)

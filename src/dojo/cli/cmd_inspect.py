@@ -41,6 +41,20 @@ def _int(text: str | None, flag: str) -> int | None:
         raise ConfigError(flag, flag.lstrip("-"), text, "an integer") from None
 
 
+def _refuse_factory_flags(model: str, batch: int | None, seq: int | None,
+                          sets: list[str] | None) -> None:
+    """A user factory fixes its own inputs and config: say so instead of ignoring the flags."""
+    path, sep, attr = model.rpartition(":")
+    if not (sep and path.endswith(".py") and attr):
+        return
+    given = [flag for flag, value in (("--batch", batch), ("--seq", seq), ("--set", sets))
+             if value is not None]
+    if given:
+        raise ConfigError(given[0], given[0].lstrip("-"), {"--batch": batch, "--seq": seq,
+                          "--set": sets}[given[0]], f"no value: model '{model}' is a user "
+                          "factory, whose example inputs and settings come from the factory")
+
+
 def summary(graph: Any) -> dict[str, Any]:
     """The --json mapping of a captured graph (see module docstring); FLOP and bytes."""
     from dojo.graph import peak_activation_bytes, phase_totals, state_bytes
@@ -65,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
     from dojo.graph import top_ops
     from dojo.models import build
 
+    top = _int(args.top, "--top")
+    if top is None or top < 0:
+        raise ConfigError("--top", "top", top, "an integer >= 0")
+    batch, seq = _int(args.batch, "--batch"), _int(args.seq, "--seq")
+    _refuse_factory_flags(args.model, batch, seq, args.sets)
     torch.set_num_threads(1)
-    top = _int(args.top, "--top") or 0
-    bundle = build(args.model, batch=_int(args.batch, "--batch"), seq=_int(args.seq, "--seq"),
-                   device="meta", overrides=parse_sets(args.sets))
+    bundle = build(args.model, batch=batch, seq=seq, device="meta",
+                   overrides=parse_sets(args.sets))
     optimizer = bundle.make_optimizer(bundle.model.parameters())
     captured = capture(bundle.model, bundle.example_inputs, bundle.loss_fn, optimizer,
                        targets=bundle.targets, name=args.model)
