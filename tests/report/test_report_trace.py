@@ -196,3 +196,42 @@ def test_write_is_atomic(interleaved: Simulated, tmp_path: Path,
 def test_missing_folder_is_a_one_line_user_error(interleaved: Simulated, tmp_path: Path) -> None:
     with pytest.raises(DojoError, match="does not exist"):
         write_trace(interleaved, tmp_path / "no" / "such" / "t.json")
+
+
+def _end_s(events: list[dict[str, Any]]) -> float:
+    """Where the trace ends: the latest end of a complete event, in seconds."""
+    return max(e["ts"] + e["dur"] for e in events if e["ph"] == "X") / 1e6
+
+
+@pytest.mark.parametrize("which", ["interleaved", "deep"])
+def test_trace_ends_at_the_step_time(which: str, request: pytest.FixtureRequest,
+                                     tmp_path: Path) -> None:
+    sim = request.getfixturevalue(which)
+    assert _end_s(_load(sim, tmp_path)) == pytest.approx(sim.result.step_time_s, rel=1e-6)
+
+
+@pytest.mark.parametrize("decode_s, transfer_s", [(0.9, 0.2), (0.0001, 0.00005)])
+def test_data_path_in_the_trace_ends_it_at_the_step_with_data(
+        decode_s: float, transfer_s: float, interleaved: Simulated, tmp_path: Path) -> None:
+    """Issue 14 item 10: a step that waits for its input must not end at its compute. The
+    data path's figures are given by hand; the step with data is compute + what input exposes
+    (input of the next step loads during this one: exposed = max(0, data - compute))."""
+    from dojo.sim.datapath import DataPath, with_data
+
+    compute = interleaved.result.step_time_s
+    data_s = max(decode_s, transfer_s)
+    exposed = max(0.0, data_s - compute)
+    path = DataPath(decode_s=decode_s, transfer_s=transfer_s, data_s=data_s, exposed_s=exposed,
+                    hosts_needed=9, ingest_hosts_needed=3, bottleneck=exposed > 0)
+    fed = Simulated(program=interleaved.program, result=with_data(interleaved.result, path),
+                    graph=interleaved.graph)
+    events = _load(fed, tmp_path, data=path)
+    assert _end_s(events) == pytest.approx(compute + exposed, rel=1e-6)
+    assert _end_s(events) == pytest.approx(fed.result.step_time_s, rel=1e-6)
+    data = [e for e in events if e["ph"] == "X" and e.get("cat") == "data"]
+    names = {e["name"]: e for e in data}
+    assert names["decode next step's frames"]["dur"] == pytest.approx(decode_s * 1e6, abs=1e-3)
+    assert names["host -> DIP -> tile"]["dur"] == pytest.approx(transfer_s * 1e6, abs=1e-3)
+    waits = [e for e in data if e["name"] == "wait for input"]
+    assert len(waits) == (interleaved.program.plan.pp if exposed > 0 else 0)
+    assert all(e["dur"] == pytest.approx(exposed * 1e6, abs=1e-3) for e in waits)

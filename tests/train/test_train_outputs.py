@@ -86,3 +86,32 @@ def test_bad_arguments_exit_2_with_one_line(argv: list[str], flag: str, tmp_path
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dojo: error:") and flag in err and "\n" not in err
+
+
+def test_same_options_give_the_same_metrics_json_bytes(tiny_run: TrainResult, tiny_data: Path,
+                                                       tmp_path: Path) -> None:
+    """metrics.json is a pure function of the options and the data (issue 14 item 3): a second
+    run in another folder writes the same bytes. Decode rates come from the recorded file, and
+    nothing measured (wall clock, live decode, paths) is in the file."""
+    from dojo.train import train_occupancy
+
+    from .conftest import tiny_options
+
+    again = train_occupancy(tiny_options(tmp_path / "again", tiny_data))
+    first = tiny_run.files["metrics"].read_bytes()
+    assert again.files["metrics"].read_bytes() == first
+    assert str(tmp_path).encode() not in first and str(tiny_data).encode() not in first
+
+
+def test_trace_ends_at_the_reported_step_time(tiny_run: TrainResult) -> None:
+    """Issue 14 item 10: the trace holds the data path, so it lasts the step metrics.json
+    reports (data loading included), not only its compute."""
+    events = json.loads(tiny_run.files["trace"].read_text())["traceEvents"]
+    end_s = max(e["ts"] + e["dur"] for e in events if e["ph"] == "X") / 1e6
+    step = json.loads(tiny_run.files["metrics"].read_text())["simulated"]["step_time_s"]
+    assert end_s == pytest.approx(step, rel=1e-6)
+    data = tiny_run.sim.data
+    if data.exposed_s > 0:  # the step waits for input: the data track is what ends it
+        assert any(e.get("name") == "wait for input" for e in events)
+        assert step == pytest.approx(tiny_run.sim.dojo_compute.result.step_time_s
+                                     + data.exposed_s, rel=1e-9)

@@ -69,3 +69,26 @@ def test_command_line_run_prints_metrics(tiny_data: Path, tmp_path: Path,
     assert "precision=cfp8" in m["simulated"]["plan"]
     assert "\rtrain [" in captured.err and "2/2" in captured.err
     assert (out / "report.html").is_file() and (out / "checkpoint" / "state.pt").is_file()
+    # H100s have no CFP8: the GPU side runs, and is labelled, BF16 (issue 14 item 10).
+    html = (out / "report.html").read_text()
+    gpu_section = html.split("same power")[1].split("metrics.json")[0]
+    gpu_row = gpu_section[gpu_section.index("GPU: h100-cluster"):]
+    assert "<td>bf16</td>" in gpu_row.split("</tr>")[0]
+    assert "The GPUs run bf16" in gpu_section
+
+
+def test_gpu_runs_the_precision_it_has() -> None:
+    """The H100 file lists no CFP8 or FP8 matrix rate (read here from the file), so a CFP8 run
+    is compared with BF16 GPUs, and FP32 and BF16 runs with GPUs at the same."""
+    from dojo.hardware.loader import load_system
+    from dojo.train.simulated import gpu_precision
+
+    h100 = load_system("h100-cluster", devices=8)
+    import dojo.hardware
+
+    systems = Path(dojo.hardware.__file__).parent / "systems"
+    toml = tomllib.loads((systems / "h100-cluster.toml").read_text())
+    assert {"fp32", "bf16"} <= set(toml["gpu"]["peak_flops"])
+    assert not {"cfp8", "fp8"} & set(toml["gpu"]["peak_flops"])
+    assert [gpu_precision(p, h100) for p in ("fp32", "bf16", "cfp8")] == ["fp32", "bf16", "bf16"]
+    assert gpu_precision("cfp8", load_system("v1")) == "cfp8"  # D1 has CFP8 itself

@@ -205,10 +205,10 @@ def _gpu(rep: HtmlReport, result: TrainResult) -> None:
                     ("GPU", sim.gpu)):
         p, r = s.program, s.result
         rows.append((f"{name}: {p.system.name}", f"{p.devices:,} {p.device}s",
-                     si(summarize(p.system).power_watts, "W"), p.plan.text(),
+                     si(summarize(p.system).power_watts, "W"), p.plan.precision, p.plan.text(),
                      si(r.step_time_s, "s"), si(r.samples_per_s, "samples/s"),
                      si(r.energy_j, "J"), si(sim.energy_per_epoch_j(s), "J")))
-    rep.table(rows, ["system", "devices", "power", "plan", "step time", "throughput",
+    rep.table(rows, ["system", "devices", "power", "precision", "plan", "step time", "throughput",
                      "energy/step", "energy/epoch"])
     rep.paragraph("The GPU cluster has no DIP data path in the model, so its step excludes "
                   "input loading: compare it with the Dojo compute-only row.")
