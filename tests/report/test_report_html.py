@@ -146,3 +146,41 @@ def test_si_prefixes() -> None:
     assert si(1.1e18, "FLOP/s") == "1.1 EFLOP/s"
     assert si(0, "B") == "0 B"
     assert si(12345, "", digits=3) == "12.3 k"
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    (lambda d: d, "is a folder"),
+    (lambda d: d / "missing" / "r.html", "does not exist"),
+    (lambda d: d / "file.txt" / "r.html", "is not a folder"),
+    (lambda d: Path("/proc/r.html"), "is not writable"),
+    (lambda d: Path(""), "expected a file path"),
+])
+def test_report_write_refuses_unusable_paths_in_one_line(tmp_path: Path, where: object,
+                                                         says: str) -> None:
+    from dojo.errors import DojoError
+
+    (tmp_path / "file.txt").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(DojoError, match=says) as err:
+        HtmlReport("t").write(where(tmp_path), "--report")  # type: ignore[operator]
+    assert "\n" not in str(err.value) and "--report" in str(err.value)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("name", "magic"), [("c.png", PNG_SIGNATURE), ("c.svg", b"<?xml"),
+                                             ("c.PDF", b"%PDF-")])
+def test_charts_are_written_in_the_format_their_extension_names(
+        tmp_path: Path, name: str, magic: bytes) -> None:
+    from dojo.report.html import write_figure
+
+    path = write_figure(_small_figure(), tmp_path / name, "--chart")
+    assert path.read_bytes().startswith(magic)
+
+
+def test_charts_refuse_an_unknown_extension(tmp_path: Path) -> None:
+    from dojo.errors import DojoError
+    from dojo.report.html import write_figure
+
+    with pytest.raises(DojoError, match=r"--chart .*c\.xyz: extension '\.xyz': expected one of"):
+        write_figure(_small_figure(), tmp_path / "c.xyz", "--chart")
+    assert list(tmp_path.iterdir()) == []

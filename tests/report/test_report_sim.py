@@ -53,3 +53,25 @@ def test_report_has_the_sections_figures_and_numbers(interleaved: Simulated,
     assert rows["gpus"] == "8" and rows["pp"] == "2" and rows["interleave"] == "2"
     blob = re.search(r'<code class="json">(.*?)</code>', text, flags=re.S)
     assert blob and json.loads(unescape(blob.group(1)))["fits"] == m.fits
+
+
+def test_device_memory_is_named_by_its_pool(interleaved: Simulated) -> None:
+    from types import SimpleNamespace
+
+    from dojo.hardware import load_system
+    from dojo.report.simreport import device_memory_label
+
+    rows = _rows(simulation_report(interleaved).html())
+    # An H100's 80 GB are HBM stacks beside the die: the report must not call them on chip.
+    assert "on chip" not in rows and rows["HBM"] == si(interleaved.result.memory.onchip, "B")
+    dojo = SimpleNamespace(program=SimpleNamespace(system=load_system("v1")))
+    assert device_memory_label(dojo) == "SRAM (on chip)"  # type: ignore[arg-type]
+
+
+def test_long_titles_wrap_instead_of_overflowing(interleaved: Simulated) -> None:
+    text = simulation_report(interleaved).html()
+    title = re.search(r"<h1>(.*?)</h1>", text)
+    assert title and len(title.group(1)) > 60 and " " not in title.group(1).split("plan ")[-1]
+    # the plan text has no spaces to break at: the style must let the heading break anywhere
+    style = re.search(r"<style>(.*?)</style>", text, flags=re.S)
+    assert style and re.search(r"h1[^{]*\{[^}]*overflow-wrap:\s*anywhere", style.group(1))

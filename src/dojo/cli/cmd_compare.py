@@ -18,17 +18,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "of the largest system)")
     p.add_argument("--seq", type=int, default=None, help="sequence length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--chart", metavar="PNG", help="write a bar chart of step time and energy")
+    p.add_argument("--chart", metavar="FILE", help="write a bar chart of step time and energy "
+                   "(.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dojo.cli.cmd_simulate import default_batch
+    from dojo.cli.common import system_list
+    from dojo.errors import ConfigError
     from dojo.hardware import load_system
     from dojo.sim.search import best_plan
 
-    specs = [load_system(name.strip()) for name in args.systems.split(",") if name.strip()]
+    if args.chart is not None:
+        from dojo.report.html import FIGURE_FORMATS, check_output
+
+        check_output(args.chart, "--chart", tuple(FIGURE_FORMATS))
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError("--batch", "batch", args.batch, "an integer >= 1")
+    specs = [load_system(name) for name in system_list(args.systems, "--systems")]
     batch = args.batch if args.batch is not None else max(default_batch(s) for s in specs)
     rows: list[dict[str, Any]] = []
     for spec in specs:
@@ -57,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
 def _chart(rows: list[dict[str, Any]], path: str) -> None:
     from matplotlib.figure import Figure
 
-    from dojo.report import write_bytes_atomic
-    from dojo.report.html import figure_png
+    from dojo.report.html import write_figure
 
     names = [str(r["system"]) for r in rows]
     fig = Figure(figsize=(9, 3.5))
@@ -68,4 +76,4 @@ def _chart(rows: list[dict[str, Any]], path: str) -> None:
     right.bar(names, [float(r["energy_j"]) / 1e3 for r in rows], color="#c0504d")
     right.set_ylabel("energy per step (kJ)")
     fig.tight_layout()
-    write_bytes_atomic(path, figure_png(fig, dpi=110))
+    write_figure(fig, path, "--chart")

@@ -17,15 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "--weak keeps the batch per data-parallel replica.")
     p.add_argument("model")
     p.add_argument("--system", default=None, help="GPU cluster to resize")
-    p.add_argument("--devices", default="", help="comma-separated device counts")
-    p.add_argument("--systems", default="", help="comma-separated systems (e.g. tile,v1,exapod)")
+    p.add_argument("--devices", default=None, help="comma-separated device counts (>= 1)")
+    p.add_argument("--systems", default=None, help="comma-separated systems (e.g. tile,v1,exapod)")
     p.add_argument("--plan", default="tp=1,pp=1", help="plan without dp (dp fills the devices)")
     p.add_argument("--batch", type=int, required=True,
                    help="global batch (strong) or batch at the first point (weak)")
     p.add_argument("--weak", action="store_true", help="weak scaling")
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--plot", metavar="PNG", help="write the scaling plot")
+    p.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
@@ -39,17 +39,30 @@ def run(args: argparse.Namespace) -> int:
     from dojo.plan import parse_plan
     from dojo.sim.session import simulate_model
 
-    specs = _systems(args, load_system)
+    if args.plot is not None:
+        from dojo.report.html import FIGURE_FORMATS, check_output
+
+        check_output(args.plot, "--plot", tuple(FIGURE_FORMATS))
+    if args.batch < 1:
+        raise ConfigError("--batch", "batch", args.batch, "an integer >= 1")
     base = parse_plan(args.plan)
+    if any(part.partition("=")[0].strip() == "dp" for part in args.plan.split(",")):
+        raise ConfigError("--plan", "dp", base.dp, "no dp: dp fills the devices of each point")
+    specs = _systems(args, load_system)
     first = device_count(specs[0])
-    points = []
-    for spec in specs:
+    runs = []
+    for spec in specs:  # every point checked before the first is simulated
         n = device_count(spec)
         if n % (base.tp * base.pp):
             raise ConfigError("--devices", "devices", n, f"a multiple of tp x pp = "
                               f"{base.tp * base.pp}")
-        plan = replace(base, dp=n // (base.tp * base.pp))
         batch = args.batch * n // first if args.weak else args.batch
+        if batch < 1:
+            raise ConfigError("--batch", "batch", args.batch, f"a batch that stays >= 1 when "
+                              f"weak scaling goes from {first} to {n} devices")
+        runs.append((spec, n, replace(base, dp=n // (base.tp * base.pp)), batch))
+    points = []
+    for spec, n, plan, batch in runs:
         print(f"{spec.name}: {n} devices, {plan.text()}, batch {batch}", file=sys.stderr)
         sim = simulate_model(args.model, parse_sets(args.set), spec, plan, batch, args.seq)
         r = sim.result
@@ -74,26 +87,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _systems(args: argparse.Namespace, load: object) -> list[Any]:
-    from dojo.errors import ConfigError
+    from dojo.cli.common import int_list, system_list
+    from dojo.errors import ConfigError, DojoError
     from dojo.hardware import load_system
 
-    if args.systems:
-        return [load_system(s.strip()) for s in args.systems.split(",") if s.strip()]
+    if args.systems is not None:
+        if args.system is not None or args.devices is not None:
+            raise DojoError("dojo sweep: give --systems A,B,... or --system S --devices N,M,..."
+                            ", not both")
+        return [load_system(s) for s in system_list(args.systems, "--systems")]
     if not args.system or not args.devices:
         raise ConfigError("--devices", "devices", args.devices,
                           "--system with --devices N,M,... or --systems A,B,...")
-    try:
-        counts = [int(x) for x in args.devices.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError("--devices", "devices", args.devices, "integers like 8,16,32") from None
-    return [load_system(args.system, devices=n) for n in counts]
+    return [load_system(args.system, devices=n) for n in int_list(args.devices, "--devices")]
 
 
 def _plot(points: list[dict[str, Any]], path: str, weak: bool) -> None:
-    from dojo.report import plot_scaling, write_bytes_atomic
-    from dojo.report.html import figure_png
+    from dojo.report import plot_scaling
+    from dojo.report.html import write_figure
 
     fig = plot_scaling({"simulated": [(p["devices"], p["samples_per_s"]) for p in points]},
                        logy=True)
     fig.axes[0].set_title(("weak" if weak else "strong") + " scaling")
-    write_bytes_atomic(path, figure_png(fig, dpi=110))
+    write_figure(fig, path, "--plot")

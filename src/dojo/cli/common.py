@@ -26,3 +26,26 @@ def parse_sets(items: Sequence[str] | None, source: str = "--set") -> dict[str, 
             raise ConfigError(source, "", item, "key=value")
         out[key.strip()] = parse_scalar(raw.strip())
     return out
+
+
+def system_list(text: str, flag: str) -> list[str]:
+    """The names in a comma-separated `--systems` value; ConfigError when it names none or has
+    an empty item (`v1,,tile`), so a typo never prints an empty table."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names) or not all(names):
+        raise ConfigError(flag, flag.lstrip("-"), text,
+                          "comma-separated system names like v1,h100-cluster:48, none empty")
+    return names
+
+
+def int_list(text: str, flag: str, least: int = 1) -> list[int]:
+    """The integers in a comma-separated value like `8,16,32`, each >= `least`."""
+    items = [item.strip() for item in text.split(",")]
+    try:
+        values = [int(item) for item in items]
+    except ValueError:
+        values = []
+    if not values or any(v < least for v in values):
+        raise ConfigError(flag, flag.lstrip("-"), text,
+                          f"comma-separated integers >= {least}, like 8,16,32")
+    return values

@@ -11,14 +11,19 @@ import base64
 import html
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dojo.report.files import write_text_atomic
+from dojo.errors import DojoError
+from dojo.report.files import write_bytes_atomic, write_text_atomic
 
+# Long unbroken words (a plan like dp=8,tp=1,pp=1,mb=1,...) wrap instead of running off the page.
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
+       padding: 0 1em; }
+h1, h2, h3, h4, p, th, td, figcaption { overflow-wrap: anywhere; word-break: break-word; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -31,6 +36,53 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 
 # PNG metadata left out so that a figure renders to the same bytes every time.
 _PNG_METADATA: dict[str, Any] = {"Software": None}
+# Formats a chart may be written in, by file extension, with the metadata that would make two
+# renderings differ (dates, versions) left out.
+FIGURE_FORMATS: dict[str, dict[str, Any]] = {
+    "png": _PNG_METADATA, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+
+
+def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Path:
+    """Check an output file path before any work: DojoError naming `flag` when it is empty, a
+    folder, below a missing folder or a file, not writable, or (with `formats`) has an
+    extension not in `formats`."""
+    text = str(path)
+    target = Path(text)
+    if not text.strip():
+        raise DojoError(f"{flag} = '': expected a file path")
+    if target.is_dir():
+        raise DojoError(f"{flag} {text}: is a folder: expected a file path inside it")
+    ext = target.suffix.lower().lstrip(".")
+    if formats and ext not in formats:
+        raise DojoError(f"{flag} {text}: extension '.{ext}': expected one of "
+                        f"{', '.join('.' + f for f in formats)}")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DojoError(f"{flag} {text}: folder '{folder}' {what}")
+    if not os.access(folder, os.W_OK | os.X_OK) or _read_only(folder):
+        raise DojoError(f"{flag} {text}: folder '{folder}' is not writable")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise DojoError(f"{flag} {text}: the file is not writable")
+    return target
+
+
+def _read_only(folder: Path) -> bool:
+    """A read-only mount, or a virtual file system (/proc) where root's access() says yes."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return True
+    return bool(st.f_flag & os.ST_RDONLY) or st.f_blocks == 0
+
+
+def write_figure(fig: Any, path: str | Path, flag: str, dpi: int = 110) -> Path:
+    """Write a matplotlib figure in the format its extension names (PNG, SVG or PDF)."""
+    target = check_output(path, flag, tuple(FIGURE_FORMATS))
+    fmt = target.suffix.lower().lstrip(".")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=FIGURE_FORMATS[fmt])
+    return write_bytes_atomic(target, buf.getvalue())
 
 
 def _cell(value: Any) -> tuple[str, bool]:
@@ -141,9 +193,10 @@ class HtmlReport:
                 f"<title>{title}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
                 f"<h1>{title}</h1>\n{body}\n</body>\n</html>\n")
 
-    def write(self, path: str | Path) -> Path:
-        """Write the document to `path` atomically; returns the path."""
-        return write_text_atomic(path, self.html())
+    def write(self, path: str | Path, flag: str = "report") -> Path:
+        """Write the document to `path` atomically; returns the path. A folder, a missing or
+        read-only folder is a DojoError naming `flag` (the option the path came from)."""
+        return write_text_atomic(check_output(path, flag), self.html())
 
 
 def _close(fig: Any) -> None:

@@ -69,15 +69,23 @@ def _breakdown(report: HtmlReport, simulated: Simulated) -> None:
     report.figure(plot_breakdown({simulated.graph.name: r}), "Step time breakdown")
 
 
+def device_memory_label(simulated: Simulated) -> str:
+    """Name of the memory a device addresses directly, from its pools: "SRAM (on chip)" on a
+    D1, "HBM" on a GPU (whose HBM sits beside the die, not on it)."""
+    spec = simulated.program.system
+    pools = " + ".join(name.upper() for name in spec.leaf.memory)
+    return f"{pools} (on chip)" if spec.family == "dojo" else pools
+
+
 def _memory(report: HtmlReport, simulated: Simulated) -> None:
     m = simulated.result.memory
     rows = [(k, si(v, "B")) for k, v in (("parameters", m.params), ("gradients", m.grads),
                                           ("optimizer state", m.optimizer_state),
                                           ("activations in flight", m.activations),
                                           ("total", m.total), ("capacity", m.capacity),
-                                          ("on chip", m.onchip))]
+                                          (device_memory_label(simulated), m.onchip))]
     if m.offchip_bytes_per_s:
-        rows.append(("off-chip bandwidth", si(m.offchip_bytes_per_s, "B/s")))
+        rows.append(("DIP HBM bandwidth (off chip)", si(m.offchip_bytes_per_s, "B/s")))
     report.heading("Memory per device")
     report.paragraph(f"Most loaded device: pipeline stage {m.stage}. "
                      + ("It fits." if m.fits else f"It does not fit: {m.reason}.")
