@@ -123,3 +123,18 @@ def test_huge_layer_count_is_refused_not_built(capsys: pytest.CaptureFixture[str
     assert main(["inspect", "gpt", "--set", "layers=1000000000000000000"]) == 2
     assert "at most 1,024 layers" in capsys.readouterr().err
     assert time.monotonic() - start < 5
+
+
+def test_readme_inspect_figures_match_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("dojo inspect gpt3-175b "))
+    m = re.search(r"([\d.]+)B parameters, ([\d.]+)e(\d+) FLOP per step \(batch (\d+)\)", line)
+    assert m, line
+    out = _json(capsys, ["inspect", "gpt3-175b", "--batch", m.group(4), "--json"])
+    assert f"{out['params'] / 1e9:.1f}" == m.group(1)
+    assert f"{out['flops']['total'] / 10 ** int(m.group(3)):.1f}" == m.group(2)
+    # and the figure is the model's: 6 x params x tokens plus attention, within 5 %
+    tokens = int(m.group(4)) * 2048
+    assert 1.0 < out["flops"]["total"] / (6 * out["params"] * tokens) < 1.05
