@@ -2,7 +2,8 @@
 
     dojo train occupancy [--system v1] [--plan auto] [--precision fp32|bf16|cfp8] [--steps N]
                          [--out DIR] [--data DIR] [--resume] [--batch B] [--lr LR] [--seed S]
-                         [--policy skip|error] [--synth] [--measure-decode] [--json]
+                         [--threads 2] [--policy skip|error] [--synth] [--measure-decode]
+                         [--json]
 
 Progress (step, loss, samples/s, ETA) is one carriage-return line on stderr; the summary (or
 metrics.json with --json) goes to stdout.
@@ -17,7 +18,7 @@ from typing import Any
 from dojo.cli.common import print_json
 from dojo.errors import ConfigError
 
-_NUMBERS = {"steps": int, "batch_size": int, "lr": float, "seed": int}
+_NUMBERS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "threads": int}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", dest="batch_size", default=None, help="samples per step (4)")
     p.add_argument("--lr", default=None, help="peak learning rate (default 3e-3)")
     p.add_argument("--seed", default=None, help="random seed (default 0)")
+    p.add_argument("--threads", default=None, help="torch CPU threads for training (default 2; "
+                   "losses differ in the last bits with another count)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data", default="", help="folder with train/ and val/ clip sets "
                    "(default OUT/../data, synthesized when missing; a given --data must hold "

@@ -26,6 +26,9 @@ class TrainOptions:
     `synth` (a mistyped `--data` is an error, not a new data set). `measure_decode` measures
     the decode rates on this machine instead of using the recorded calibration
     (`dojo.data.decodecal`), which makes the simulated figures vary with the machine's load.
+    `threads` is torch's CPU thread count for training: its kernels split reductions by it, so
+    losses differ in the last bits with another count (2, the demo machine's cores, by default,
+    so metrics.json is the same on every machine).
     """
 
     out: str = "runs/demo"
@@ -48,6 +51,7 @@ class TrainOptions:
     resume: bool = False
     synth: bool = False
     measure_decode: bool = False
+    threads: int = field(default=2, metadata=check(gt=0, le=1024))
 
     def settings(self) -> dict[str, object]:
         """What a checkpoint must share with a run that resumes it."""

@@ -141,7 +141,10 @@ def _train(model: Any, optimizer: Any, loss_fn: Any, loader: ClipLoader,
 
 
 def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> TrainResult:
-    """Run the whole job (module docstring); returns the result, files already written."""
+    """Run the whole job (module docstring); returns the result, files already written.
+
+    torch runs on `opts.threads` CPU threads for the job (restored after): its kernels split
+    reductions by thread count, so the losses depend on it in the last bits."""
     from dojo.train.report import write_outputs
 
     tell = progress or (lambda _: None)
@@ -152,6 +155,20 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     sim = simulate_large(opts.system, opts.plan, opts.precision, large.frames_per_s)
     _make_folder(job.out, "--out")
     train_dir, val_dir = ensure_data(job, tell)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        result = _learn(job, opts, (train_dir, val_dir), sim, large, tell)
+    finally:
+        torch.set_num_threads(threads)
+    tell(Progress("report", f"writing {job.out}"))
+    return replace(result, files=write_outputs(result, job.out))
+
+
+def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path, Path], sim: SimulatedRun,
+           large: DecodeRate, tell: ProgressFn) -> TrainResult:
+    """Model, baseline, training, held-out IoU and decode rates; the result without files."""
+    train_dir, val_dir = dirs
     loader, val_loader = _loaders(train_dir, val_dir, opts)
     manifest = loader.dataset.clipset.manifest
     overrides = model_overrides(manifest, opts.window, opts.channels, opts.lr)
@@ -169,15 +186,12 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
            job.out / "checkpoint", tell)
     tell(Progress("eval", "held-out IoU"))
     val_iou, examples = evaluate(model, val_batches, EXAMPLES)
-    rates = (data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir), large)
+    data_fps = data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir)
     skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
-    result = TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
-                         skipped=skipped, train_samples=len(loader.dataset),
-                         sim=replace(sim, epoch_samples=len(loader.dataset)), decode=rates,
-                         overrides=overrides, files={})
-    tell(Progress("report", f"writing {job.out}"))
-    files = write_outputs(result, job.out)
-    return replace(result, files=files)
+    return TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
+                       skipped=skipped, train_samples=len(loader.dataset),
+                       sim=replace(sim, epoch_samples=len(loader.dataset)),
+                       decode=(data_fps, large), overrides=overrides, files={})
 
 
 def _make_folder(folder: Path, flag: str) -> None:
