@@ -6,12 +6,16 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    FLOPs are fitted to the small sizes; 3x3 convolutions as a fraction of that rate.
 2. Elementwise add over working-set sizes: memory bandwidth (sets far beyond the last-level
    cache), cache bandwidth and the largest set that still streams at it.
-3. Eager dispatch: forward and backward of a stack of tiny residual MLP blocks (LayerNorm,
-   Linear, GELU, Linear, add), whose kernels take well under a microsecond, divided by the ops
-   the simulator counts for it (dojo's own capture, one per non-view ATen op of forward and
-   backward): seconds per op as eager PyTorch issues it from nn.Module code (module calls,
-   views, autograd nodes and the backward call included).
-4. gloo on loopback between two processes: all-reduce time over message sizes; latency per
+3. Eager dispatch: forward and backward of tiny stacks of two residual blocks each (a
+   transformer MLP block, an attention block with its head views, a conv-BN-ReLU unit), whose
+   kernels take well under a microsecond, divided by the ops the simulator counts for them
+   (dojo's own capture, one per non-view ATen op of forward and backward): seconds per op as
+   eager PyTorch issues it from nn.Module code (module calls, views, autograd nodes and the
+   backward call included); the median of the three.
+4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
+   cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
+   are compute-bound; the median as a fraction of the peak.
+5. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
 Every time is the minimum over repeats (the standard way to time on a shared machine).
@@ -102,8 +106,42 @@ def fit_stream(curve: list[tuple[float, float]]) -> tuple[float, float, float]:
     return memory, cache, size
 
 
-class _Block(torch.nn.Module):
-    """x + fc2(gelu(fc1(norm(x)))): the shape of a transformer MLP sub-block."""
+def _vector_ops(x: torch.Tensor) -> dict[str, tuple[object, tuple[object, ...]]]:
+    """ATen overloads and arguments of the vector kernels small models run, on `x` [64, 256]."""
+    aten = torch.ops.aten
+    w, g = torch.ones(x.shape[-1]), torch.randn_like(x)
+    return {"gelu": (aten.gelu.default, (x,)),
+            "gelu_backward": (aten.gelu_backward.default, (g, x)),
+            "layer_norm": (aten.native_layer_norm.default, (x, [x.shape[-1]], w, w, 1e-5)),
+            "log_softmax": (aten._log_softmax.default, (x, -1, False)),
+            "softmax": (aten._softmax.default, (x, -1, False)),
+            "mul": (aten.mul.Tensor, (x, g)), "add": (aten.add.Tensor, (x, g)),
+            "relu": (aten.relu.default, (x,)), "sum": (aten.sum.dim_IntList, (x, [0]))}
+
+
+def vector_rates(cache: float) -> dict[str, float]:
+    """Counted FLOP/s (dojo.capture.costs.flops_of) of the vector kernels of `_vector_ops` that
+    are compute-bound on a cache-resident [64, 256] FP32 tensor (net of dispatch, a 1-element
+    add, they take over twice their bytes at the `cache` B/s); the others stream."""
+    from dojo.capture.costs import flops_of, nbytes
+
+    one = torch.randn(1)
+    dispatch = _best(lambda: torch.ops.aten.add.Tensor(one, one), 50)
+    rates = {}
+    for name, (op, args) in _vector_ops(torch.randn(64, 256)).items():
+        out = op(*args)  # type: ignore[operator]
+        outs = list(out) if isinstance(out, tuple) else [out]
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        flops, _ = flops_of(op, args, {}, out, tensors, outs[:1])
+        moved = sum(nbytes(t) for t in tensors + outs)
+        net = _best(lambda op=op, args=args: op(*args), 50) - dispatch  # type: ignore[operator]
+        if flops and net > 2 * moved / cache:
+            rates[name] = flops / net
+    return rates
+
+
+class _MLPBlock(torch.nn.Module):
+    """x + fc2(gelu(fc1(norm(x)))): a transformer MLP sub-block."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -112,11 +150,47 @@ class _Block(torch.nn.Module):
         self.fc2 = torch.nn.Linear(2 * width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))  # [b, width]
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))  # [b, t, width]
 
 
-def _stack(width: int = 8, depth: int = 8) -> torch.nn.Module:
-    return torch.nn.Sequential(*[_Block(width) for _ in range(depth)])
+class _AttentionBlock(torch.nn.Module):
+    """x + proj(attention(qkv(norm(x)))) with heads split and merged by views."""
+
+    def __init__(self, width: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = torch.nn.LayerNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.proj = torch.nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        q, k, v = (z.view(b, t, self.heads, w // self.heads).transpose(1, 2)  # [b, h, t, w/h]
+                   for z in self.qkv(self.norm(x)).split(w, dim=-1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj(y.transpose(1, 2).reshape(b, t, w))  # [b, t, w]
+
+
+class _ConvBlock(torch.nn.Module):
+    """relu(bn(conv3x3(x))) + x: a residual CNN unit."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))) + x  # [b, c, h, w]
+
+
+def _stacks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    """Two tiny blocks of each kind and an input: kernels of well under a microsecond."""
+    def two(block: type[torch.nn.Module], width: int) -> torch.nn.Module:
+        return torch.nn.Sequential(block(width), block(width))
+
+    return {"mlp": (two(_MLPBlock, 8), torch.randn(1, 2, 8)),
+            "attention": (two(_AttentionBlock, 8), torch.randn(1, 4, 8)),
+            "conv": (two(_ConvBlock, 2), torch.randn(2, 2, 4, 4))}
 
 
 def _loss(y: torch.Tensor) -> torch.Tensor:
@@ -135,16 +209,18 @@ def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
                if op.phase in ("forward", "backward") and op.rule not in FREE_RULES)
 
 
-def eager_op_time() -> tuple[float, int]:
-    """(seconds per counted op, ops per step) of forward + backward of the tiny block stack."""
-    model, x = _stack(), torch.randn(2, 8)
-    ops = counted_ops(model, x)
+def eager_op_times() -> dict[str, tuple[float, int]]:
+    """(seconds per counted op, ops per step) of forward + backward of each tiny block stack."""
+    out = {}
+    for name, (model, x) in _stacks().items():
+        ops = counted_ops(model, x)
 
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        _loss(model(x)).backward()
+        def step(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
+            model.zero_grad(set_to_none=True)
+            _loss(model(x)).backward()
 
-    return _best(step, 30) / ops, ops
+        out[name] = (_best(step, 200) / ops, ops)
+    return out
 
 
 def _gloo_rank(rank: int, world: int, sizes: list[int], repeat: int) -> list[float]:
@@ -187,7 +263,10 @@ def main() -> None:
     peak = max(rate for _, rate in curve)
     half = fit_half(curve, peak)
     memory, cache, cache_bytes = fit_stream(stream_curve())
-    per_op, ops = eager_op_time()
+    stacks = eager_op_times()
+    per_op = statistics.median(t for t, _ in stacks.values())
+    rates = vector_rates(cache)
+    vector = statistics.median(rates.values()) / peak
     conv = conv_ratio(peak)
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
@@ -195,20 +274,27 @@ def main() -> None:
     print("| GEMM FLOP | GFLOP/s |\n|---|---|")
     for f, rate in curve:
         print(f"| {f:.3g} | {rate / 1e9:.1f} |")
+    print("\n| vector kernel | counted GFLOP/s |\n|---|---|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate / 1e9:.2f} |")
     print("\n| all-reduce bytes | gloo us |\n|---|---|")
     for n, t in gloo:
         print(f"| {n} | {t * 1e6:.1f} |")
     print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, memory "
           f"{memory / 1e9:.2f} GB/s, cache {cache / 1e9:.2f} GB/s up to {cache_bytes / 2**20:.1f}"
-          f" MiB, eager op {per_op * 1e6:.2f} us ({ops} ops per stack step), conv at {conv:.2f}"
+          f" MiB, eager op {per_op * 1e6:.2f} us (median of "
+          + ", ".join(f"{k} {t * 1e6:.1f} us/{n} ops" for k, (t, n) in stacks.items())
+          + "), vector kernels at "
+          f"{vector:.3f} of peak (median), conv at {conv:.2f}"
           f" of the GEMM rate, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
-        _write(peak, half, (memory, cache, cache_bytes), per_op, conv, (alpha, link))
+        _write(peak, half, (memory, cache, cache_bytes), (per_op, vector, conv), (alpha, link))
 
 
-def _write(peak: float, half: float, stream: tuple[float, float, float], per_op: float,
-           conv: float, gloo: tuple[float, float]) -> None:
+def _write(peak: float, half: float, stream: tuple[float, float, float],
+           kernels: tuple[float, float, float], gloo: tuple[float, float]) -> None:
     memory, cache, cache_bytes = stream
+    per_op, vector, conv = kernels
     alpha, link = gloo
     cal = ROOT / "src/dojo/sim/calibration/cpu.toml"
     cal.write_text(
@@ -219,6 +305,7 @@ def _write(peak: float, half: float, stream: tuple[float, float, float], per_op:
         f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
         f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
         f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
+        f"vector_compute_efficiency = {vector:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

@@ -8,7 +8,6 @@ times; the measured step leaves out warm-up and data drawing."""
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import math
 from dataclasses import replace
@@ -78,22 +77,21 @@ def _eager_ops(graph: Any) -> int:
 
 
 @pytest.mark.parametrize("fusion", ["full", "none"])
-def test_simulated_step_charges_one_dispatch_per_captured_op(
-        fusion: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the cpu system the step grows by launch x (micro-batches x captured ops + 1 for the
-    fused optimizer) when launch_s goes from 0 to L, whatever the plan's fusion."""
-    sim_module = importlib.import_module("dojo.sim.simulate")
+def test_program_charges_one_dispatch_per_captured_op(fusion: str) -> None:
+    """On the cpu device a micro-batch's forward and backward ops cost launch x (the captured
+    graph's non-view ops) more when launch_s goes from 0 to L, whatever the plan's fusion."""
+    from dojo.sim.simulate import device_for
 
     plan = parse_plan(f"dp=1,mb=1,precision=fp32,fusion={fusion}")
-    program, graph = compile_model("gpt", GPT, load_system("cpu"), plan, batch=3)
-    steps = {}
+    spec = load_system("cpu")
+    program, graph = compile_model("gpt", GPT, spec, plan, batch=3)
+    dev = device_for(spec, "fp32")
+    totals = {}
     for launch in (0.0, 1e-5):
-        cal = replace(load_calibration("cpu"), launch_s=launch)
-        monkeypatch.setattr(sim_module, "load_calibration", lambda name, cal=cal: cal)
-        steps[launch] = sim_module.simulate(program).step_time_s
-    expected = 1e-5 * (program.microbatches * _eager_ops(graph) + 1)
-    assert program.microbatches == 3
-    assert steps[1e-5] - steps[0.0] == pytest.approx(expected, rel=1e-9)
+        timed = replace(dev, calibration=replace(dev.calibration, launch_s=launch))
+        ops = [o for c in program.chunks for o in c.forward + c.backward]
+        totals[launch] = sum(timed.op_time(o) for o in ops)
+    assert totals[1e-5] - totals[0.0] == pytest.approx(1e-5 * _eager_ops(graph), rel=1e-9)
 
 
 def test_cpu_system_refuses_emulated_precisions() -> None:

@@ -102,11 +102,13 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     simulated step time comes from the parent's simulation then ("simulated_step_s" None).
 
     Returns {"rank", "losses" (per step), "simulated_step_s", "step_s" (wall seconds per step,
-    the batch drawn before the clock starts, as a loader prefetches it), "warmup_steps" (how
-    many of the first steps `measured_step_s` leaves out), "threads" (intra-op threads this
-    rank ran with), "start_s" (seconds from entry to the first step), "executed" (the last
-    step's pipeline tasks, as `dojo.sim.pipeline.order` writes them)} and, with
-    `return_state`, "params", "grads" (local names), "shards" (local name -> (source, dim,
+    the batch drawn before the clock starts, as a loader prefetches it), "step_cpu_s" (CPU
+    seconds of this process per step, all its threads: the wall time of an idle core, which
+    other jobs on a shared machine do not inflate; waits on other ranks are not in it),
+    "warmup_steps" (how many of the first steps `measured_step_s` leaves out), "threads"
+    (intra-op threads this rank ran with), "start_s" (seconds from entry to the first step),
+    "executed" (the last step's pipeline tasks, as `dojo.sim.pipeline.order` writes them)} and,
+    with `return_state`, "params", "grads" (local names), "shards" (local name -> (source, dim,
     index list)) and under ZeRO "zero_grad" ((first flat index, averaged gradient slice)) and
     "zero_names" (the flat order).
     """
@@ -130,18 +132,20 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     if job.resume and job.checkpoint:
         load_checkpoint(trainer, job.checkpoint)
     start = time.perf_counter() - t0
-    losses, times = [], []
+    losses, times, cpu = [], [], []
     while trainer.position < job.steps:
         if job.die_at is not None and job.die_at == (rank, trainer.position):
             os._exit(17)  # abrupt death, as a crashed or killed rank: no cleanup, no message
         batch = trainer.data.get(trainer.position)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         losses.append(trainer.step(batch))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         if job.checkpoint and job.save_every and trainer.position % job.save_every == 0:
             save_checkpoint(trainer, job.checkpoint)
-    out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "start_s": start,
-                           "warmup_steps": WARMUP_STEPS, "threads": torch.get_num_threads(),
+    out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "step_cpu_s": cpu,
+                           "start_s": start, "warmup_steps": WARMUP_STEPS,
+                           "threads": torch.get_num_threads(),
                            "simulated_step_s": simulated, "executed": trainer.executed}
     if job.return_state:
         out["params"] = trainer.local_state()

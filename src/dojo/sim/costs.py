@@ -55,6 +55,10 @@ class Calibration:
     # N captured ops is N kernels, each paying `launch_s` (the eager dispatch of one op, paid in
     # series with its kernel on a CPU), whatever the plan's fusion.
     eager: bool = False
+    # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
+    # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
+    # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
+    vector_compute_efficiency: float = field(default=1.0, metadata=check(gt=0, le=1))
     source: str = ""
 
 
@@ -169,7 +173,7 @@ class DeviceModel:
     def vector_time(self, nbytes: float, flops: float = 0.0) -> float:
         """Seconds for an elementwise/reduction op: bandwidth-bound (at the cache's bandwidth
         when its working set fits the calibrated cache), plus launch."""
-        compute = flops / self.vector_flops
+        compute = flops / (self.vector_flops * self.calibration.vector_compute_efficiency)
         return max(self.stream_time(nbytes), compute) + self.calibration.launch_s
 
     def stream_time(self, nbytes: float) -> float:
