@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.mapping import device_count, leaves_per_device
 from dojo.compiler.program import PRECISION_BYTES, Program
 from dojo.hardware.loader import dip_count
+from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan
-from dojo.sim.pipeline import order
+from dojo.sim.pipeline import warm_units
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,19 @@ def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: i
     micro-batch), in O(pp x interleave) steps (see `in_flight_bytes`)."""
     if schedule == "gpipe":
         return micro * sum(saved[c * pp + stage] for c in range(interleave))
-    live = peak = 0.0
     walk = min(micro, in_flight_micro(pp, interleave))
-    for kind, _, c in order(schedule, stage, pp, walk, interleave):
-        live += saved[c * pp + stage] if kind == "F" else -saved[c * pp + stage]
+    total = walk * interleave
+    warm = warm_units(schedule, stage, pp, walk, interleave)
+    # Unit k's chunk is (k // pp) % interleave (reversed for backwards); see pipeline.order.
+    group = pp if interleave > 1 else 1
+    chunk = [saved[((k // group) % interleave) * pp + stage] for k in range(total)]
+    back = [saved[(interleave - 1 - (k // group) % interleave) * pp + stage]
+            for k in range(total)]
+    live = peak = sum(chunk[:warm])
+    for i in range(total - warm):   # (F of unit warm + i, B of unit i) pairs
+        live += chunk[warm + i]
         peak = max(peak, live)
+        live -= back[i]
     return peak
 
 
@@ -97,14 +107,18 @@ def in_flight_micro(pp: int, interleave: int) -> int:
 
 def capacity(program: Program) -> tuple[float, float, float]:
     """(capacity, on-chip bytes, off-chip bytes/s) of one device."""
-    spec = program.system
-    n = program.leaves_per_device
+    return capacity_of(program.system)
+
+
+def capacity_of(spec: SystemSpec) -> tuple[float, float, float]:
+    """(capacity, on-chip bytes, off-chip bytes/s) of one device of `spec`."""
+    n = leaves_per_device(spec)
     if spec.family == "dojo":
         sram = spec.leaf.memory["sram"].bytes * n
         dips = dip_count(spec)
         if spec.dip is None or dips == 0:
             return sram, sram, 0.0
-        devices = program.devices
+        devices = device_count(spec)
         hbm = spec.dip.hbm.bytes * dips / devices
         bw = min(spec.dip.hbm.read_bytes_per_s, spec.dip.ttp.bytes_per_s) * dips / devices
         return sram + hbm, sram, bw

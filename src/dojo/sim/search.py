@@ -1,32 +1,65 @@
 """Automatic planning: the fastest plan that fits, found by branch and bound over the simulator.
 
-The objective is the event-driven simulator itself, which is neither linear nor convex in the
-plan, so a MILP would have to approximate it; instead every candidate gets a closed-form lower
-bound on its step time (its share of the matrix FLOPs at the device's best efficiency, stretched by
-the pipeline bubble (pp - 1) / (interleave x micro-batches)), candidates that do not fit in memory
-are rejected with the reason, and the rest are simulated in order of their bound until the bound
-passes the best time found. The result equals exhaustive enumeration (a test checks it).
+The space is every plan the plan vocabulary can write for the model, the devices and the batch:
+every dp x tp x pp that fills the devices and divides the model (tensor parallelism across any
+level, not only inside a server), every micro-batch size `mb` that divides the per-replica batch,
+every `interleave` whose virtual stages divide the blocks, every schedule, recompute and ZeRO
+stage, and sequence parallelism on and off. Omitted, because each is dominated (never faster,
+never smaller) or identical:
+- `overlap=off`: every task takes at least as long as with overlap (a blocking send adds to
+  it), the pipeline's task ends are monotone in the durations (a task starts at the max of its
+  device's previous end and its input's end plus the transfer), and the sync then ends at
+  last.end + sync instead of max(last.start + sync, last.end + sync / blocks); memory is the same.
+- with pp = 1, `schedule=gpipe` (nothing waits on another device, so both orders take the sum of
+  the same tasks, and GPipe holds every micro-batch) and `interleave` > 1 (refused: nothing to
+  interleave); `schedule=1f1b` with interleave > 1 is the interleaved schedule.
+- with dp = 1, `zero` > 0 (it shards over dp: the same bytes and times); with tp = 1, `sp=on`
+  (refused).
+`precision` and `fusion` are held at the caller's values: they say what the software runs (its
+number formats; whether a compiler fuses kernels), which a plan of the same step cannot choose.
+
+Bounds, cheapest first; each is a true lower bound of the simulated step (a test checks both over
+a whole space):
+1. per plan, before compiling it: a device's weights, gradients and optimizer state (activations
+   left out) must fit, else its whole family (tp, pp, interleave, zero) is rejected at once; and
+   `makespan_bounds` on the chunks' op times alone (no communication, no memory streaming);
+2. compiled, and if it fits: `simulate.lower_bound`, the same pipeline bound on the exact task
+   durations with transfers, gradient sync and the optimizer.
+Plans wait in one queue ordered by their best bound; the head is refined (1 -> 2) or simulated
+(2), and the search stops when the head's bound exceeds the K-th best simulated time. Since no
+plan whose bound is below that time is left unsimulated, the result equals exhaustive
+enumeration (`exhaustive`; a test compares them on a space whose best micro-batch is 25).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from dojo.compiler.mapping import device_count, group_levels
+from dojo.compiler.mapping import device_count, device_name, leaves_per_device
+from dojo.compiler.work import ModelWork
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import ModelShape, Plan, validate_plan
-from dojo.sim.memory import device_memory
-from dojo.sim.session import Simulated, captured, compile_model, model_shape
-from dojo.sim.simulate import device_model, simulate
+from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
+from dojo.sim.costs import DeviceModel
+from dojo.sim.memory import capacity_of, device_memory, state_memory
+from dojo.sim.pipeline import makespan_bounds
+from dojo.sim.session import (
+    Simulated,
+    captured,
+    check_inputs,
+    compile_model,
+    model_shape,
+    simulate_model,
+    work_for,
+)
+from dojo.sim.simulate import device_for, lower_bound, simulate
 
-MICRO_BATCHES = (1, 2, 4, 8, 16)
-INTERLEAVES = (1, 2, 4)
 RECOMPUTES = ("none", "selective", "full")
-ZEROS = (0, 1, 3)
+SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
 
 
 @dataclass(frozen=True)
@@ -59,134 +92,235 @@ class Search:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
-def plan_space(shape: ModelShape, devices: int, batch: int, spec: SystemSpec,
-               precision: str = "bf16") -> Iterator[Plan]:
-    """Every plan worth considering: tensor parallelism kept inside the fastest level."""
-    # For models without attention blocks (CNNs), `tp` splits every matrix op and its vector ops
-    # across devices like a spatial/channel split; only the splits' boundary traffic is unmodelled.
-    fast = _fast_group(spec)
+def plan_space(shape: ModelShape, devices: int, batch: int, precision: str = "bf16",
+               fusion: str = "full") -> Iterator[Plan]:
+    """Every plan worth considering (module docstring): valid, and not dominated."""
     for tp in _divisors(devices):
-        if tp > fast:
-            break
         for pp in _divisors(devices // tp):
             dp = devices // (tp * pp)
-            for mb in MICRO_BATCHES:
-                for inter in INTERLEAVES if pp > 1 else (1,):
-                    for rec in RECOMPUTES:
-                        for zero in ZEROS if dp > 1 else (0,):
-                            plan = Plan(dp=dp, tp=tp, pp=pp, mb=mb, interleave=inter,
-                                        schedule="interleaved" if inter > 1 else "1f1b",
-                                        recompute=rec, sp=tp > 1, zero=zero,
-                                        precision=precision)
-                            try:
-                                validate_plan(plan, shape, devices, batch)
-                            except ConfigError:
-                                continue
-                            yield plan
+            if batch % dp:
+                continue
+            inters = [v for v in range(1, shape.layers + 3) if pp > 1 or v == 1]
+            for inter in (v for v in inters if chunk_blocks(shape.layers, pp * v)):
+                for mb in _divisors(batch // dp):
+                    yield from _variants(Plan(dp=dp, tp=tp, pp=pp, mb=mb, interleave=inter,
+                                              precision=precision, fusion=fusion),
+                                         shape, devices, batch)
 
 
-def _fast_group(spec: SystemSpec) -> int:
-    """Devices that share the first level above them (a GPU server, a Dojo tile)."""
-    levels = group_levels(spec, device_count(spec), 1)
-    return levels[0].members if levels else 1
+def _variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
+    """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
+    (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
+    schedules = ["1f1b" if base.interleave == 1 else "interleaved"]
+    if base.pp > 1:
+        schedules.append("gpipe")
+    fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "mb", "interleave", "precision",
+                                            "fusion")}
+    for schedule in schedules:
+        try:
+            validate_plan(Plan(**fields, schedule=schedule), shape, devices, batch)
+        except ConfigError:
+            continue
+        for rec in RECOMPUTES:
+            for zero in (0, 1, 2, 3) if base.dp > 1 else (0,):
+                for sp in (False, True) if base.tp > 1 else (False,):
+                    yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero, sp=sp)
 
 
 def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
-              seq: int | None = None, top: int = 5, precision: str = "bf16") -> Search:
-    """Search the plan space of `model` on `spec` for global batch `batch`."""
+              seq: int | None = None, top: int = 5, precision: str = "bf16",
+              fusion: str = "full") -> Search:
+    """Search the plan space of `model` on `spec` for global batch `batch` (module docstring)."""
     start = time.perf_counter()
+    check_inputs(batch, seq)
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
     devices = device_count(spec)
-    ranked, rejected = _screen(model, overrides, spec, batch, seq, shape, devices, precision)
-    if not ranked:
-        reasons = "; ".join(f"{f}: {r}" for f, r in rejected[:3]) or (
-            f"no dp x tp x pp = {devices} divides both the model ({shape.layers} blocks, "
-            f"{shape.heads} heads) and the batch")
-        raise DojoError(f"no plan fits {model} on {spec.name} with batch {batch}: {reasons}")
+    space = list(plan_space(shape, devices, batch, precision, fusion))
+    if not space:
+        raise DojoError(f"no plan fits {model} on {spec.name} with batch {batch}: no dp x tp x "
+                        f"pp = {devices} divides both the model ({shape.layers} blocks, "
+                        f"{shape.heads} heads) and the batch")
+    screen = _Screen(model, overrides, spec, batch, seq)
+    queue = screen.ranked(space)
     found: list[Candidate] = []
     evaluated = 0
-    for bound, plan in ranked:
+    while queue:
+        bound, _, index, tier, plan = heapq.heappop(queue)
         if len(found) >= top and bound > found[top - 1].step_time_s:
             break
-        sim = _simulate(model, overrides, spec, plan, batch, seq)
+        if tier == 1:
+            refined = screen.refine(plan)
+            if refined is not None:
+                heapq.heappush(queue, (refined, _simplicity(plan), index, 2, plan))
+            continue
+        program, graph = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
+        sim = Simulated(program=program, result=simulate(program), graph=graph)
         evaluated += 1
         r = sim.result
         found.append(Candidate(plan, r.step_time_s, r.mfu, r.memory.fits, sim))
         found.sort(key=_preference)
-    return Search(best=found[0], candidates=tuple(found[:top]), rejected=tuple(rejected),
+    if not found:
+        reasons = "; ".join(f"{f}: {r}" for f, r in screen.rejected.items()) or "none fits"
+        raise DojoError(f"no plan fits {model} on {spec.name} with batch {batch}: "
+                        f"{reasons[:2000]}")
+    fitting = {_family(c.plan) for c in found}
+    rejected = tuple((f, r) for f, r in screen.rejected.items() if f not in fitting)
+    return Search(best=found[0], candidates=tuple(found[:top]), rejected=rejected,
                   search_s=time.perf_counter() - start, evaluated=evaluated,
-                  considered=len(ranked) + len(rejected))
+                  considered=len(space))
 
 
-def _preference(c: Candidate) -> tuple[float, int, int, int, int, int]:
-    """Fastest first; among equal times (to 1e-9), the plan with fewer moving parts."""
-    p = c.plan
-    return (round(c.step_time_s, 12), RECOMPUTES.index(p.recompute), p.zero, p.tp, p.pp,
-            p.interleave)
+def _family(plan: Plan) -> str:
+    return f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
 
 
-def _simulate(model: str, overrides: Mapping[str, Any], spec: SystemSpec, plan: Plan,
-              batch: int, seq: int | None) -> Simulated:
-    program, graph = compile_model(model, overrides, spec, plan, batch, seq)
-    return Simulated(program=program, result=simulate(program), graph=graph)
+def _simplicity(p: Plan) -> tuple[int, ...]:
+    """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp."""
+    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.pp, p.interleave,
+            int(p.schedule == "gpipe"), int(p.sp), p.mb)
 
 
-def _screen(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
-            seq: int | None, shape: ModelShape, devices: int, precision: str
-            ) -> tuple[list[tuple[float, Plan]], list[tuple[str, str]]]:
-    """Plans that fit, with their lower bounds (ascending); the rest grouped by family."""
-    ranked: list[tuple[float, Plan]] = []
-    rejected: dict[str, str] = {}
-    for plan in plan_space(shape, devices, batch, spec, precision):
-        program, _ = compile_model(model, overrides, spec, plan, batch, seq)
-        # The stage's bytes say why; `dojo simulate` on the plan adds the per-chip report.
+def _preference(c: Candidate) -> tuple[Any, ...]:
+    """Fastest first; among equal times (to 1e-12 s), the plan with fewer moving parts."""
+    return (round(c.step_time_s, 12), _simplicity(c.plan), c.plan.text())
+
+
+class _Screen:
+    """The bounds of the module docstring, with what they share cached."""
+
+    def __init__(self, model: str, overrides: Mapping[str, Any], spec: SystemSpec,
+                 batch: int, seq: int | None) -> None:
+        self.args = (model, overrides, spec, batch, seq)
+        self.rejected: dict[str, str] = {}
+        self.capacity = capacity_of(spec)[0]
+        self._dev: dict[str, DeviceModel] = {}
+        self._sums: dict[tuple[Any, ...], tuple[float, ...]] = {}
+        self._bounds: dict[tuple[Any, ...], float] = {}
+        self._state: dict[tuple[Any, ...], bool] = {}
+
+    def ranked(self, space: list[Plan]) -> list[tuple[float, Any, int, int, Plan]]:
+        """The first bound of every plan whose family's state fits, as a heap; ties go to the
+        simpler plan, then to the order of the space."""
+        queue = []
+        for index, plan in enumerate(space):
+            if self._state_fits(plan):
+                queue.append((self._first_bound(plan), _simplicity(plan), index, 1, plan))
+        heapq.heapify(queue)
+        return queue
+
+    def refine(self, plan: Plan) -> float | None:
+        """The second bound, or None (and the reason recorded) if the plan does not fit."""
+        model, overrides, spec, batch, seq = self.args
+        program, _ = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
         memory = device_memory(program, chip_report=False)
-        family = f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
         if not memory.fits:
-            rejected.setdefault(family, memory.reason)
-            continue
-        ranked.append((_lower_bound(program), plan))
-    ranked.sort(key=lambda x: (x[0], x[1].text()))
-    fitting = {f"tp={p.tp},pp={p.pp},recompute={p.recompute},zero={p.zero}" for _, p in ranked}
-    out = [(f, r) for f, r in rejected.items() if f not in fitting]
-    return ranked, out
+            self.rejected.setdefault(_family(plan), memory.reason)
+            return None
+        return lower_bound(program, memory) * SAFETY
+
+    def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
+        model, overrides, _, _, seq = self.args
+        return work_for(model, overrides, mb or plan.mb, seq, plan, derive=True)
+
+    def _state_fits(self, plan: Plan) -> bool:
+        """Weights, gradients and optimizer state of the fullest stage within capacity."""
+        key = (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision)
+        if key not in self._state:
+            work = self._work(plan, 2)
+            per_param = work.optimizer_state_bytes / max(1, work.param_count)
+            worst = max(sum(state_memory(plan, params / plan.tp, per_param))
+                        for params in _stage_params(work, plan))
+            self._state[key] = worst <= self.capacity
+            if not self._state[key]:
+                gb = 1e9
+                for rec in RECOMPUTES:
+                    self.rejected.setdefault(
+                        _family(replace(plan, recompute=rec)),
+                        f"weights, gradients and optimizer state alone need {worst / gb:.2f} "
+                        f"GB per {device_name(self.args[2])} > capacity "
+                        f"{self.capacity / gb:.2f} GB")
+        return self._state[key]
+
+    def _first_bound(self, plan: Plan) -> float:
+        """`makespan_bounds` on the chunks' op times (seconds per micro-batch) alone."""
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute)
+        if key not in self._bounds:
+            fwd, bwd = self._chunk_times(plan)
+            micro = self.args[3] // (plan.dp * plan.mb)
+            ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
+            self._bounds[key] = max(e + t for e, t in zip(ends, tails)) * SAFETY
+        return self._bounds[key]
+
+    def _chunk_times(self, plan: Plan) -> tuple[list[float], list[float]]:
+        pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = self._section_sums(plan)
+        work = self._work(plan)
+        chunks = plan.pp * plan.interleave
+        split = chunk_blocks(work.repeat, chunks) if work.block else None
+        rec = {"full": blk_f, "selective": blk_sel}.get(plan.recompute, 0.0)
+        fwd, bwd = [], []
+        for v in range(chunks):
+            n = split[v] if split else 0
+            first, last = float(v == 0), float(v == chunks - 1)
+            fwd.append(first * pre_f + n * blk_f + last * post_f)
+            bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b)
+        return fwd, bwd
+
+    def _section_sums(self, plan: Plan) -> tuple[float, ...]:
+        key = (plan.mb, plan.tp, plan.sp)
+        if key not in self._sums:
+            work = self._work(plan)
+            dev = self._device(plan.precision)
+            block = work.block
+
+            def total(ops: Any) -> float:
+                return sum(dev.op_time(o) for o in ops)
+
+            self._sums[key] = (
+                total(work.pre.forward), total(work.pre.backward),
+                total(block.forward) if block else 0.0, total(block.backward) if block else 0.0,
+                total(block.recompute_selective) if block else 0.0,
+                total(work.post.forward), total(work.post.backward))
+        return self._sums[key]
+
+    def _device(self, precision: str) -> DeviceModel:
+        if precision not in self._dev:
+            spec = self.args[2]
+            self._dev[precision] = device_for(spec, precision, leaves_per_device(spec))
+        return self._dev[precision]
 
 
-def _lower_bound(program: Any) -> float:
-    """Seconds the simulator cannot beat: the busiest stage's compute (its ops timed exactly as
-    the simulator times them, communication left out), stretched by the schedule's bubble."""
-    dev = device_model(program)
-    plan = program.plan
-    busiest = 0.0
-    for stage in range(plan.pp):
-        work = 0.0
-        for chunk in program.device_chunks(stage):
-            ops = list(chunk.forward) + list(chunk.backward) + list(chunk.recompute)
-            work += sum(dev.op_time(o) for o in ops)
-        busiest = max(busiest, work * program.microbatches)
-    bubble = (plan.pp - 1) / (plan.interleave * program.microbatches)
-    return busiest * (1 + bubble)
+def _stage_params(work: ModelWork, plan: Plan) -> list[float]:
+    """Trainable parameters (whole, before the tp split) on each pipeline stage."""
+    chunks = plan.pp * plan.interleave
+    split = chunk_blocks(work.repeat, chunks) if work.block else None
+    per_stage = [0.0] * plan.pp
+    for v in range(chunks):
+        params = (work.block.params * split[v]) if work.block and split else 0
+        params += work.pre.params if v == 0 else 0
+        params += work.post.params if v == chunks - 1 else 0
+        per_stage[v % plan.pp] += params
+    return per_stage
 
 
 def exhaustive(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
                seq: int | None = None, precision: str = "bf16") -> Candidate:
-    """Simulate every fitting plan (the reference the search is tested against)."""
+    """Simulate every plan of the space, each from its own capture (the reference the search
+    is tested against)."""
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
     best: Candidate | None = None
-    for plan in plan_space(shape, device_count(spec), batch, spec, precision):
-        sim = _simulate(model, overrides, spec, plan, batch, seq)
+    for plan in plan_space(shape, device_count(spec), batch, precision):
+        sim = simulate_model(model, overrides, spec, plan, batch, seq)
         if not sim.result.memory.fits:
             continue
         cand = Candidate(plan, sim.result.step_time_s, sim.result.mfu, True, sim)
-        if best is None or cand.step_time_s < best.step_time_s:
+        if best is None or _preference(cand) < _preference(best):
             best = cand
     if best is None:
         raise DojoError(f"no plan fits {model} on {spec.name}")
     return best
-
-

@@ -5,6 +5,7 @@ A pure function of the compiled program (graph x plan x system): no I/O, no glob
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,21 @@ class Result:
 
 def device_model(program: Program) -> DeviceModel:
     """Peak rates of one device at the plan's precision, and its calibration."""
-    return device_for(program.system, program.plan.precision, program.leaves_per_device)
+    spec, key = program.system, (id(program.system), program.plan.precision,
+                                 program.leaves_per_device)
+    held = _DEVICES.get(key)
+    if held is None or held[0] is not spec or not spec.leaf.cost_model or \
+            held[1].calibration is not load_calibration(spec.leaf.cost_model):
+        # One device model per system and precision: the D1 timer memoises its ops in it,
+        # which the plan search (hundreds of programs on one system) reuses.
+        if len(_DEVICES) >= 8:
+            _DEVICES.pop(next(iter(_DEVICES)))
+        held = _DEVICES[key] = (spec, device_for(spec, program.plan.precision,
+                                                 program.leaves_per_device))
+    return held[1]
+
+
+_DEVICES: dict[tuple[int, str, int], tuple[SystemSpec, DeviceModel]] = {}
 
 
 def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel:
@@ -118,11 +133,15 @@ def collective(program: Program, dev: DeviceModel, kind: str, nbytes: float,
 
 
 def _comm_time(program: Program, comms: tuple[Comm, ...], dev: DeviceModel) -> float:
-    return sum(collective(program, dev, c.kind, c.nbytes, c.levels) for c in comms)
+    # A chunk issues the same few collectives once per block: time each kind once.
+    counts = Counter((c.kind, c.nbytes, c.levels) for c in comms)
+    return sum(n * collective(program, dev, kind, nbytes, levels)
+               for (kind, nbytes, levels), n in counts.items())
 
 
 def _ops_time(ops: Any, dev: DeviceModel) -> float:
-    return sum(dev.op_time(o) for o in ops)
+    # A chunk repeats its block's ops once per block: time each distinct op once.
+    return sum(n * dev.op_time(o) for o, n in Counter(ops).items())
 
 
 def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory) -> ChunkTimes:
@@ -193,7 +212,7 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-def lower_bound(program: Program) -> float:
+def lower_bound(program: Program, memory: Memory | None = None) -> float:
     """Seconds `simulate(program)` cannot beat, from the task durations alone.
 
     Device s's first task is a forward, which waits for the forwards of virtual stages 0..s-1
@@ -205,7 +224,7 @@ def lower_bound(program: Program) -> float:
     """
     plan = program.plan
     dev = device_model(program)
-    memory = device_memory(program, chip_report=False)
+    memory = memory or device_memory(program, chip_report=False)
     times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
     fwd, bwd, transfer = task_durations(program, dev, times)
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
