@@ -22,7 +22,10 @@ def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
                 "--plan", "dp=2,tp=2,pp=2,mb=1", "--batch", "8", "--json")
     assert list(out) == ["step_time_s", "samples_per_s", "tokens_per_s", "model_flops",
                          "achieved_flops_per_device", "mfu", "breakdown_s",
-                         "memory_bytes_per_device", "fits", "energy_j"]
+                         "memory_bytes_per_device", "fits", "energy_j", "plan", "notes"]
+    assert out["plan"] == ("dp=2,tp=2,pp=2,mb=1,interleave=1,schedule=1f1b,recompute=none,"
+                           "sp=off,zero=0,precision=bf16,overlap=on,fusion=full")
+    assert out["notes"] == []  # mb was given
     assert list(out["breakdown_s"]) == ["compute", "exposed_comm", "bubble", "recompute",
                                         "optimizer", "data"]
     assert list(out["memory_bytes_per_device"]) == ["params", "grads", "optimizer_state",
@@ -52,6 +55,10 @@ def test_plan_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
     ("dp=8,mb=3", "batch 8 / (dp 8 x mb 3)"),
     ("dp=1,tp=8", "heads = 4"),
     ("dp=8,warp=9", "one of the keys"),
+    ("dp=2,dp=8", "dp is given twice: dp=2 and dp=8"),
+    ("dp=8,interleave=2", "1 with pp=1: virtual stages interleave pipeline stages"),
+    ("dp=8,schedule=interleaved,interleave=2", "1 with pp=1"),
+    ("dp=4,pp=2,interleave=2,schedule=1f1b,mb=2", "micro-batches (1) divisible by pp 2"),
 ])
 def test_bad_plans_explain_the_arithmetic(capsys: pytest.CaptureFixture[str], plan: str,
                                           needle: str) -> None:
@@ -59,6 +66,18 @@ def test_bad_plans_explain_the_arithmetic(capsys: pytest.CaptureFixture[str], pl
                  "--batch", "8"])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_a_defaulted_micro_batch_is_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--plan dp=2` leaves mb out: the output names the mb it simulated and says how many
+    one-sample micro-batches that makes (issue 14 item 2)."""
+    out = _json(capsys, "simulate", "gpt", *SETS, "--system", "a100-cluster:2", "--plan", "dp=2",
+                "--batch", "8", "--json")
+    assert out["plan"].startswith("dp=2,tp=1,pp=1,mb=1,")
+    assert out["notes"] and "4 micro-batches of 1 sample" in out["notes"][0]
+    assert main(["simulate", "gpt", *SETS, "--system", "a100-cluster:2", "--plan", "dp=2",
+                 "--batch", "8"]) == 0
+    assert "note           --plan gives no mb, so mb=1" in capsys.readouterr().out
 
 
 def test_sweep_strong_scaling_efficiency(capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,13 +70,17 @@ def test_more_tiles_never_slower_at_fixed_batch_per_tile() -> None:
     assert rates[0] < rates[1] < rates[2]
 
 
-@pytest.mark.parametrize(("system", "batch"), [("a100-cluster:16", 64), ("tile", 25)])
+@pytest.mark.parametrize(("system", "batch"), [
+    ("tile", 25), pytest.param("a100-cluster:4", 12, marks=pytest.mark.slow)])
 def test_search_matches_exhaustive_enumeration(system: str, batch: int) -> None:
+    """Branch and bound prunes only what its true lower bounds rule out: the same best as
+    simulating every plan of the space, each from its own capture (micro-batches of 3, 5, 6
+    and 12 included; tests/sim/test_sim_search.py checks the space itself)."""
     spec = load_system(system)
     found = best_plan("gpt", SMALL, spec, batch)
     reference = exhaustive("gpt", SMALL, spec, batch)
-    assert found.best.step_time_s <= reference.step_time_s * 1.02
-    assert found.evaluated <= found.considered
+    assert found.best.step_time_s == pytest.approx(reference.step_time_s, rel=1e-9)
+    assert found.evaluated < found.considered
 
 
 def test_plans_that_do_not_fit_are_rejected_with_bytes() -> None:

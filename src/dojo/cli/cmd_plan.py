@@ -29,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from dojo.errors import ConfigError
     from dojo.hardware import load_system
     from dojo.sim.search import best_plan
+    from dojo.sim.session import check_inputs
 
     if args.top < 1:
         raise ConfigError("--top", "top", args.top, "at least 1")
     spec = load_system(args.system, devices=args.devices)
     batch = args.batch if args.batch is not None else default_batch(spec)
+    check_inputs(batch, args.seq)  # before the progress line: a refusal is one line
     print(f"searching plans for {args.model} on {spec.name} (batch {batch})...", file=sys.stderr)
     found = best_plan(args.model, parse_sets(args.set), spec, batch, args.seq, top=args.top)
     if args.json:

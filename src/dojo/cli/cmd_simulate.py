@@ -68,14 +68,31 @@ def run(args: argparse.Namespace) -> int:
         from dojo.report import simulation_report
 
         simulation_report(sim).write(args.report)
+    notes = plan_notes(args.plan, sim)
     if args.json:
-        print_json(sim.result.to_json())
+        print_json({**sim.result.to_json(), "plan": sim.program.plan.text(full=True),
+                    "notes": notes})
     else:
         print(render(sim))
+        for note in notes:
+            print(f"  note           {note}")
     if args.trace:
         print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)",
               file=sys.stderr)
     return 0
+
+
+def plan_notes(text: str, sim: Any) -> list[str]:
+    """What the simulator chose that the user did not write: a defaulted micro-batch size that
+    splits each replica's batch into many one-sample micro-batches (small kernels, and one
+    pipeline task per sample)."""
+    p = sim.program
+    given = {item.partition("=")[0].strip() for item in text.split(",")}
+    if text == "auto" or "mb" in given or p.microbatches <= 1:
+        return []
+    return [f"--plan gives no mb, so mb=1: each replica runs {p.microbatches} micro-batches of "
+            f"1 sample; any mb that divides {p.microbatches} runs larger kernels (dojo plan "
+            "searches them)"]
 
 
 def render(sim: Any) -> str:
@@ -84,7 +101,8 @@ def render(sim: Any) -> str:
     gb = 1e9
     mem = r.memory
     lines = [
-        f"{p.system.title}: {p.devices} {p.device}s, plan {p.plan.text()}, batch {p.batch}, "
+        f"{p.system.title}: {p.devices} {p.device}s, plan {p.plan.text(full=True)}, "
+        f"batch {p.batch}, "
         f"{p.microbatches} micro-batches",
         f"  step time      {r.step_time_s:.4g} s    {r.samples_per_s:.4g} samples/s"
         + (f"    {r.tokens_per_s:.4g} tokens/s" if r.tokens_per_s else ""),

@@ -53,14 +53,14 @@ class Plan:
     def devices(self) -> int:
         return self.dp * self.tp * self.pp
 
-    def text(self) -> str:
-        """The plan in CLI form, defaults left out."""
+    def text(self, full: bool = False) -> str:
+        """The plan in CLI form, defaults left out unless `full`."""
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "mb", "interleave", "schedule", "recompute", "sp", "zero",
                      "precision", "overlap", "fusion"):
             value = getattr(self, name)
-            if name in ("dp", "tp", "pp") or value != getattr(default, name):
+            if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
         return ",".join(parts)
 

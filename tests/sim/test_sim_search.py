@@ -1,0 +1,112 @@
+"""The plan search (issue 14 item 2): its space, its bounds and its result against an independent
+enumeration of every plan the vocabulary can write."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from dojo.compiler.mapping import device_count
+from dojo.errors import ConfigError
+from dojo.hardware import load_system
+from dojo.models.zoo import MODELS
+from dojo.plan import parse_plan
+from dojo.plan.plan import Plan, validate_plan
+from dojo.sim import session
+from dojo.sim.search import _Screen, best_plan, plan_space
+from dojo.sim.session import compile_model, model_shape, simulate_model
+from dojo.sim.simulate import lower_bound, simulate
+
+TINY = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "seq": 64, "vocab": 512}
+
+
+def _every_plan(devices: int, batch: int, layers: int) -> list[Plan]:
+    """Every plan text the vocabulary can write for this case (dominated ones included), built
+    here without the search's space: the reference's own enumeration."""
+    out = []
+    shape = model_shape(*session.captured("gpt", TINY, 1, None))
+    for tp, pp in itertools.product((1, 2, 4, 8), repeat=2):
+        if devices % (tp * pp):
+            continue
+        dp = devices // (tp * pp)
+        mbs = [mb for mb in range(1, batch + 1) if batch % mb == 0]  # validate needs it
+        for mb, inter in itertools.product(mbs, range(1, layers + 3)):
+            for sched, rec, zero, sp, overlap in itertools.product(
+                    ("1f1b", "gpipe", "interleaved"), ("none", "selective", "full"),
+                    (0, 1, 2, 3), ("off", "on"), ("on", "off")):
+                text = (f"dp={dp},tp={tp},pp={pp},mb={mb},interleave={inter},schedule={sched},"
+                        f"recompute={rec},zero={zero},sp={sp},overlap={overlap}")
+                try:
+                    plan = parse_plan(text)
+                    validate_plan(plan, shape, devices, batch)
+                except ConfigError:
+                    continue
+                out.append(plan)
+    return sorted(set(out), key=lambda p: p.text())
+
+
+@pytest.mark.parametrize("batch", [10, pytest.param(50, marks=pytest.mark.slow)])
+def test_search_equals_every_plan_simulated(batch: int) -> None:
+    """On 2 H100s the fastest plans run each replica's samples as micro-batches of 5 (batch 10)
+    or 25 and 50 (batch 50), which the old (1, 2, 4, 8, 16) never offered. The search must return
+    the fastest of all the plans the plan vocabulary writes, each simulated from its own
+    capture, and beat every plan restricted to power-of-two micro-batches."""
+    spec = load_system("h100-cluster:2")
+    found = best_plan("gpt", TINY, spec, batch)
+    times = {}
+    for plan in _every_plan(2, batch, 2):
+        sim = simulate_model("gpt", TINY, spec, plan, batch)
+        if sim.result.memory.fits:
+            times[plan] = sim.result.step_time_s
+    best = min(times.values())
+    assert found.best.step_time_s == pytest.approx(best, rel=1e-9)
+    assert times[found.best.plan] == pytest.approx(found.best.step_time_s, rel=1e-9)
+    powers = min(t for p, t in times.items() if p.mb in (1, 2, 4, 8, 16))
+    assert found.best.plan.mb not in (1, 2, 4, 8, 16) and best < powers * (1 - 1e-6)
+
+
+@pytest.mark.parametrize(("system", "batch", "model"), [
+    ("h100-cluster:2", 50, TINY),
+    ("a100-cluster:4", 8, {**TINY, "layers": 4}),
+    ("tile", 100, {**TINY, "layers": 4}),
+])
+def test_bounds_never_exceed_the_simulated_step(system: str, batch: int,
+                                                model: dict[str, int]) -> None:
+    """Both bounds of the branch and bound, for every plan of the space (pipelines with
+    transfers, tp collectives, Dojo's D1 timer): below the simulated time."""
+    spec = load_system(system)
+    screen = _Screen("gpt", model, spec, batch, None)
+    shape = model_shape(*session.captured("gpt", model, 1, None))
+    checked = 0
+    for plan in plan_space(shape, device_count(spec), batch):
+        program, _ = compile_model("gpt", model, spec, plan, batch, derive=True)
+        step = simulate(program).step_time_s
+        assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()
+        assert lower_bound(program) <= step * (1 + 1e-9), plan.text()
+        checked += 1
+    assert checked >= 30
+
+
+def test_space_has_every_micro_batch_that_divides_the_replica_batch() -> None:
+    shape = model_shape(*session.captured("gpt", TINY, 1, None))
+    space = list(plan_space(shape, 48, 1200))
+    mbs = {p.mb for p in space if p.dp == 48}
+    assert mbs == {1, 5, 25}
+    assert {p.mb for p in space if p.dp == 16} == {1, 3, 5, 15, 25, 75}
+    assert any(p.tp == 16 for p in space) is False        # 4 heads: tp divides 4
+    assert {p.zero for p in space if p.dp > 1} == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("name", [
+    "mlp", "gpt", *(pytest.param(n, marks=pytest.mark.slow)
+                    for n in ("resnet18", "vit-b16", "llama", "occupancy"))])
+def test_derived_graph_is_the_captured_graph(name: str) -> None:
+    """The search extrapolates a graph at micro-batch b from the captures at 2 and 3 (checked at
+    4); it must be the graph a capture at b gives, op for op and byte for byte."""
+    small = dict(MODELS.get(name).small)
+    derived, _ = session.graph_at(name, small, 6, None, derive=True)
+    key = (name, tuple(sorted(small.items())), 6, None)
+    session._CAPTURES.pop(key)
+    captured, _ = session.captured(name, small, 6, None)
+    assert derived == captured
