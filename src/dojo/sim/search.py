@@ -233,17 +233,18 @@ class _Screen:
         if key not in self._state:
             work = self._work(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
-            worst = max(sum(state_memory(plan, params / plan.tp, per_param))
-                        for params in _stage_params(work, plan))
-            self._state[key] = worst <= self.capacity
+            state = [sum(state_memory(plan, params / plan.tp, per_param))
+                     for params in _stage_params(work, plan)]
+            worst = max(range(plan.pp), key=lambda s: state[s])
+            self._state[key] = state[worst] <= self.capacity
             if not self._state[key]:
                 gb = 1e9
                 for rec in RECOMPUTES:
                     self.rejected.setdefault(
                         _family(replace(plan, recompute=rec)),
-                        f"weights, gradients and optimizer state alone need {worst / gb:.2f} "
-                        f"GB per {device_name(self.args[2])} > capacity "
-                        f"{self.capacity / gb:.2f} GB")
+                        f"stage {worst} needs {state[worst] / gb:.2f} GB per "
+                        f"{device_name(self.args[2])} in weights, gradients and optimizer state "
+                        f"alone (before activations) > capacity {self.capacity / gb:.2f} GB")
         return self._state[key]
 
     def _first_bound(self, plan: Plan) -> float:
