@@ -21,6 +21,11 @@ from dojo.cli.main import main
         (["--clips", "two"], "'clips' = 'two'"),
         (["--cameras", "7"], "'cameras' = 7"),
         (["--range", "-1"], "'range_m' = -1"),
+        # issue 14 item 6: unbounded work is refused, not started
+        (["--clips", "10000000000000"], "'clips' = 10000000000000"),
+        (["--frames", "10000000000000000"], "'frames' = 10000000000000000"),
+        # 6 cameras x 96 x 64 x 3 B per frame: 4 GiB holds 2**32 // 110,592 = 38,836 frames
+        (["--frames", "40000"], f"at most {2**32 // (6 * 96 * 64 * 3)}"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

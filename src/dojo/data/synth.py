@@ -26,15 +26,18 @@ from dojo.data.video import CRF, GOP, encode_mp4
 from dojo.errors import ConfigError, DojoError
 
 Progress = Callable[[int, int], None]
+MAX_CLIPS = 1_000_000        # a million clips is days of rendering; more is a typo
+MAX_FRAMES = 100_000         # frames per clip (about 3 hours at 10 frames/s)
+MAX_CLIP_BYTES = 4 * 2**30   # RGB frames of one clip, all cameras, held while rendering
 
 
 @dataclass(frozen=True, kw_only=True)
 class SynthConfig:
     """What `dojo data synth` makes: sizes in pixels, range in metres, rate in frames/s."""
 
-    clips: int = dataclasses.field(default=4, metadata=check(gt=0))
+    clips: int = dataclasses.field(default=4, metadata=check(gt=0, le=MAX_CLIPS))
     cameras: int = dataclasses.field(default=6, metadata=check(ge=1, le=6))
-    frames: int = dataclasses.field(default=8, metadata=check(gt=0))
+    frames: int = dataclasses.field(default=8, metadata=check(gt=0, le=MAX_FRAMES))
     width: int = dataclasses.field(default=96, metadata=check(ge=16, le=4096, unit="pixels"))
     height: int = dataclasses.field(default=64, metadata=check(ge=16, le=4096, unit="pixels"))
     seed: int = dataclasses.field(default=0, metadata=check(ge=0))
@@ -50,6 +53,15 @@ class SynthConfig:
             if value % 2:
                 raise ConfigError("dojo data synth", name, value,
                                   "an even number of pixels (H.264 yuv420p halves chroma)")
+        # A clip's frames are rendered in memory before encoding: bound them.
+        clip_bytes = self.cameras * self.frames * self.width * self.height * 3
+        if clip_bytes > MAX_CLIP_BYTES:
+            most = MAX_CLIP_BYTES // (self.cameras * self.width * self.height * 3)
+            raise ConfigError("dojo data synth", "frames", self.frames,
+                              f"at most {most} at {self.cameras} cameras x {self.width} x "
+                              f"{self.height} (a clip is rendered in memory: {self.cameras} x "
+                              f"{self.frames} x {self.width} x {self.height} x 3 B = "
+                              f"{clip_bytes / 2**30:.3g} GiB > {MAX_CLIP_BYTES // 2**30} GiB)")
 
 
 def clip_scene(cfg: SynthConfig, index: int) -> Scene:
