@@ -18,8 +18,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 5. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
-Every time is the minimum over repeats (the standard way to time on a shared machine).
-Run: .venv/bin/python bench/calibrate_cpu.py [--write]
+Every time is the minimum over repeats (the standard way to time on a shared machine), and
+each curve the best of `--rounds` passes.
+Run: .venv/bin/python bench/calibrate_cpu.py [--write] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -209,17 +210,22 @@ def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
                if op.phase in ("forward", "backward") and op.rule not in FREE_RULES)
 
 
-def eager_op_times() -> dict[str, tuple[float, int]]:
-    """(seconds per counted op, ops per step) of forward + backward of each tiny block stack."""
-    out = {}
-    for name, (model, x) in _stacks().items():
-        ops = counted_ops(model, x)
+def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, int]]:
+    """(seconds per counted op, ops per step) of forward + backward of each tiny block stack:
+    the fastest of `rounds` rounds that take turns over the stacks (a shared machine's load
+    comes and goes over seconds)."""
+    out: dict[str, tuple[float, int]] = {}
+    stacks = _stacks()
+    counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
+    for _ in range(rounds):
+        for name, (model, x) in stacks.items():
 
-        def step(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
-            model.zero_grad(set_to_none=True)
-            _loss(model(x)).backward()
+            def step(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
+                model.zero_grad(set_to_none=True)
+                _loss(model(x)).backward()
 
-        out[name] = (_best(step, 200) / ops, ops)
+            t = _best(step, 100) / counts[name]
+            out[name] = (min(t, out.get(name, (t, 0))[0]), counts[name])
     return out
 
 
@@ -254,20 +260,32 @@ def gloo_fit() -> tuple[float, float, list[tuple[int, float]]]:
     return alpha, bw, curve
 
 
+def _rounds(measure: Callable[[], list[tuple[float, float]]], rounds: int,
+            best: Callable[..., float]) -> list[tuple[float, float]]:
+    """`measure` run `rounds` times (a shared machine's load comes and goes over seconds):
+    per point, the `best` (min of times, max of rates) of its values."""
+    curves = [measure() for _ in range(rounds)]
+    return [(points[0][0], best(v for _, v in points)) for points in zip(*curves)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true", help="write the calibration files")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat each curve, keep the best")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    curve = gemm_curve()
+    curve = _rounds(gemm_curve, args.rounds, max)
     peak = max(rate for _, rate in curve)
     half = fit_half(curve, peak)
-    memory, cache, cache_bytes = fit_stream(stream_curve())
+    memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, args.rounds, min))
     stacks = eager_op_times()
     per_op = statistics.median(t for t, _ in stacks.values())
-    rates = vector_rates(cache)
+    rates: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, rate in vector_rates(cache).items():
+            rates[name] = max(rate, rates.get(name, 0.0))
     vector = statistics.median(rates.values()) / peak
-    conv = conv_ratio(peak)
+    conv = max(conv_ratio(peak) for _ in range(args.rounds))
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}")
