@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.cli.common import system_list
     from dojo.errors import ConfigError
     from dojo.hardware import load_system
+    from dojo.models import check_model
     from dojo.sim.search import best_plan
 
     if args.chart is not None:
@@ -39,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch", "batch", args.batch, "an integer >= 1")
     specs = [load_system(name) for name in system_list(args.systems, "--systems")]
     batch = args.batch if args.batch is not None else max(default_batch(s) for s in specs)
+    overrides = parse_sets(args.set)
+    check_model(args.model, overrides)  # before any progress line
     rows: list[dict[str, Any]] = []
     for spec in specs:
         print(f"planning {spec.name}...", file=sys.stderr)
-        found = best_plan(args.model, parse_sets(args.set), spec, batch, args.seq)
+        found = best_plan(args.model, overrides, spec, batch, args.seq)
         r = found.best.simulated.result
         rows.append({"system": spec.name, "plan": found.best.plan.text(),
                      "step_time_s": r.step_time_s, "samples_per_s": r.samples_per_s,

@@ -73,17 +73,17 @@ def summary(graph: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    top = _int(args.top, "--top")
+    if top is None or top < 0:
+        raise ConfigError("--top", "top", top, "an integer >= 0")
+    batch, seq = _int(args.batch, "--batch"), _int(args.seq, "--seq")
+    _refuse_factory_flags(args.model, batch, seq, args.sets)
     import torch
 
     from dojo.capture import capture
     from dojo.graph import top_ops
     from dojo.models import build
 
-    top = _int(args.top, "--top")
-    if top is None or top < 0:
-        raise ConfigError("--top", "top", top, "an integer >= 0")
-    batch, seq = _int(args.batch, "--batch"), _int(args.seq, "--seq")
-    _refuse_factory_flags(args.model, batch, seq, args.sets)
     torch.set_num_threads(1)
     bundle = build(args.model, batch=batch, seq=seq, device="meta",
                    overrides=parse_sets(args.sets))

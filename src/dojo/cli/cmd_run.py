@@ -66,15 +66,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_model_args(args: argparse.Namespace) -> None:
-    """Refuse what `--model` would otherwise ignore or start processes for: steps < 1, --nproc
-    (the plan decides the ranks), more ranks than this machine allows, --resume without
-    --checkpoint, and a checkpoint folder that cannot be written or read."""
+    """Refuse what `--model` would otherwise ignore or start processes for: steps, batch or seq
+    < 1, --nproc (the plan decides the ranks), more ranks than this machine allows, --resume
+    without --checkpoint, and a checkpoint folder that cannot be written or read."""
     from dojo.errors import DojoError
     from dojo.plan import parse_plan
     from dojo.runtime.launch import check_ranks
 
     if args.steps < 1:
         raise DojoError(f"--steps = {args.steps}: expected at least 1 optimizer step")
+    if args.batch < 1:
+        raise DojoError(f"--batch = {args.batch}: expected at least 1 sample")
+    if args.seq is not None and args.seq < 1:
+        raise DojoError(f"--seq = {args.seq}: expected at least 1 token per sample")
     if args.nproc != 1:
         raise DojoError(f"--nproc = {args.nproc}: applies to scripts only; with --model the "
                         "plan's dp x tp x pp sets the ranks")

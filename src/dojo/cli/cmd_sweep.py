@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.compiler.mapping import device_count
     from dojo.errors import ConfigError
     from dojo.hardware import load_system
+    from dojo.models import check_model
     from dojo.plan import parse_plan
     from dojo.sim.session import simulate_model
 
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if any(part.partition("=")[0].strip() == "dp" for part in args.plan.split(",")):
         raise ConfigError("--plan", "dp", base.dp, "no dp: dp fills the devices of each point")
     specs = _systems(args, load_system)
+    overrides = parse_sets(args.set)
+    check_model(args.model, overrides)  # before any progress line
     first = device_count(specs[0])
     runs = []
     for spec in specs:  # every point checked before the first is simulated
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     points = []
     for spec, n, plan, batch in runs:
         print(f"{spec.name}: {n} devices, {plan.text()}, batch {batch}", file=sys.stderr)
-        sim = simulate_model(args.model, parse_sets(args.set), spec, plan, batch, args.seq)
+        sim = simulate_model(args.model, overrides, spec, plan, batch, args.seq)
         r = sim.result
         points.append({"system": spec.name, "devices": n, "batch": batch, "plan": plan.text(),
                        "step_time_s": r.step_time_s, "samples_per_s": r.samples_per_s,

@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Simulate every case of the validation set (published, "
                        "measured training runs) and print predicted vs measured step time. "
                        "Exits 1 when the gated cases' error passes the stated tolerance.")
-    p.add_argument("--only", default="",
+    p.add_argument("--only", default=None,
                    help="comma-separated substrings of case ids (each must match a case)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)

@@ -199,6 +199,17 @@ def build(
     )
 
 
+def check_model(name: str, overrides: Mapping[str, Any] | None = None) -> None:
+    """What `build` would refuse about `name` and `overrides` (unknown name, bad or unknown
+    keys, too many layers, overrides on a user factory), without building anything: for
+    commands that print progress before their first build."""
+    if _is_factory_spec(name):
+        if overrides:
+            raise DojoError(f"model '{name}' is a user factory: it takes no --set overrides")
+        return
+    make_config(name, overrides)
+
+
 def _is_factory_spec(name: str) -> bool:
     path, sep, attr = name.rpartition(":")
     return bool(sep) and path.endswith(".py") and bool(attr)

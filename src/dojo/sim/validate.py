@@ -57,13 +57,13 @@ def load_cases(text: str | None = None) -> list[Case]:
     return [_case(raw) for raw in data.get("case", [])]
 
 
-def select(cases: list[Case], only: str) -> list[Case]:
+def select(cases: list[Case], only: str | None) -> list[Case]:
     """The cases whose id contains one of the comma-separated substrings in `only` (all cases
-    when `only` is empty). A substring that matches no case is a DojoError naming the closest
-    ids, so a typo never validates zero cases and passes."""
+    when `only` is None). An empty part, or one that matches no case, is a DojoError naming the
+    closest ids, so a typo never validates zero cases and passes."""
     import difflib
 
-    if not only:
+    if only is None:
         return list(cases)
     keys = [k.strip() for k in only.split(",")]
     if not all(keys):
