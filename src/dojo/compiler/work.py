@@ -191,11 +191,17 @@ def main_block(graph: Graph) -> str | None:
 
 
 def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
-               fuse: str = "full") -> ModelWork:
+               fuse: str = "full", fused_attention: bool = True) -> ModelWork:
     """Split the graph's micro-batch work by section for one device of a `tp`-way split.
 
     `scale` converts captured bytes to the plan's precision (0.5 for BF16 from an FP32 capture).
+    `fused_attention`: the device runs `scaled_dot_product_attention` as one fused kernel
+    whatever its dropout (GPUs' FlashAttention), so the math fallback a CPU capture recorded
+    is replaced by it (`fusion.fuse_attention`); False times the capture as it ran (a CPU,
+    whose fused kernel has no dropout).
     """
+    if fused_attention:
+        graph = fusion.fuse_attention(graph, weight_derived(graph))
     block = main_block(graph)
     repeat = graph.repeat_of(block)
     residual_numel = 0
@@ -258,7 +264,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[in
            ) -> tuple[dict[str, float], dict[str, float]]:
     """Bytes kept from forward for backward, per section, on one device of the split
     (`split_of` = tp, sp, residual numel). Tensors made from weights alone are not activations;
-    dropout masks count 1 byte per element."""
+    dropout masks count 1 byte per element; norm and attention statistics stay FP32."""
     tp, sp, residual_numel = split_of
     saved: dict[str, float] = {}
     attn: dict[str, float] = {}
@@ -276,12 +282,22 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[in
             div = tp if _is_split(graph, r.id, sp, residual_numel, split) else 1
             if r.id in masks:
                 size = math.prod(r.shape) / div
+            elif _is_statistic(made[0], r.id):
+                size = r.bytes / div
             else:
                 size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
             saved[made[1]] = saved.get(made[1], 0.0) + size
             if _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
+
+
+def _is_statistic(op: Op, tensor: int) -> bool:
+    """A norm's saved mean and 1/std, a fused attention kernel's row logsumexp (and RNG state):
+    kept in FP32 (as captured) whatever the compute precision, as mixed-precision kernels
+    (apex's and Megatron-LM's LayerNorm, FlashAttention) keep them."""
+    stats = "attention" in op.target or op.rule == "norm_softmax"
+    return stats and tensor in op.outputs[1:]
 
 
 def _loss_groups(grouped: list[tuple[list[Op], str]]) -> set[int]:
