@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,7 +242,7 @@ def draw(per_command: int | None, seed: int) -> list[Case]:
     return cases
 
 
-def _params(cases: list[Case]) -> list[object]:
+def _params(cases: list[Case]) -> list[Any]:
     out = []
     for case in cases:
         reason = _known(case.command, case.slot, case.cls)
@@ -382,7 +383,7 @@ DIRECTED: list[tuple[tuple[str, ...], str, bool, bool]] = [
 DIRECTED_KNOWN: dict[tuple[str, ...], str] = {}
 
 
-def _directed() -> list[object]:
+def _directed() -> list[Any]:
     out = []
     for argv, item, sub, slow in DIRECTED:
         marks = [pytest.mark.slow] if slow else []

@@ -16,7 +16,7 @@ from dojo.units import si
 
 def _rows(text: str) -> dict[str, str]:
     """First cell -> second cell of every two-or-more-column table row."""
-    out = {}
+    out: dict[str, str] = {}
     for row in re.findall(r"<tr>(.*?)</tr>", text, flags=re.S):
         cells = [unescape(re.sub(r"<[^>]+>", "", c))
                  for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, flags=re.S)]
@@ -65,7 +65,7 @@ def test_device_memory_is_named_by_its_pool(interleaved: Simulated) -> None:
     # An H100's 80 GB are HBM stacks beside the die: the report must not call them on chip.
     assert "on chip" not in rows and rows["HBM"] == si(interleaved.result.memory.onchip, "B")
     dojo = SimpleNamespace(program=SimpleNamespace(system=load_system("v1")))
-    assert device_memory_label(dojo) == "SRAM (on chip)"  # type: ignore[arg-type]
+    assert device_memory_label(dojo) == "SRAM (on chip)"
 
 
 def test_long_titles_wrap_instead_of_overflowing(interleaved: Simulated) -> None:
