@@ -174,7 +174,7 @@ def makespan_bounds(pp: int, micro: int, forward: list[float], backward: list[fl
 
 def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,
                  duration: Callable[[int, Task], float], transfer_s: float,
-                 explicit: int = EXPLICIT_TASKS) -> list[Span]:
+                 explicit: int | None = None) -> list[Span]:
     """Simulate one step's pipeline; returns the spans of the tasks it simulated, in completion
     order: every task when the run has at most `explicit` tasks, else all but the periods the
     steady state let it skip (module docstring), with the true times of those it kept."""
@@ -183,8 +183,10 @@ def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,
 
 def simulate_pipeline(pp: int, virtual: int, micro: int, schedule: str,
                       duration: Callable[[int, Task], float], transfer_s: float,
-                      explicit: int = EXPLICIT_TASKS) -> tuple[list[Span], int]:
-    """`run_pipeline`, and how many tasks per device were skipped (0 when none)."""
+                      explicit: int | None = None) -> tuple[list[Span], int]:
+    """`run_pipeline`, and how many tasks per device were skipped (0 when none); `explicit`
+    defaults to `EXPLICIT_TASKS`."""
+    explicit = EXPLICIT_TASKS if explicit is None else explicit
     run = _Run(pp, virtual, micro, schedule, duration, transfer_s, [0] * pp, [0.0] * pp, {}, [])
     per_device = 2 * micro * virtual
     skipped = 0
