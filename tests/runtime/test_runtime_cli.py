@@ -70,6 +70,8 @@ def test_runtime_cli_script_timeout_kills_the_job_and_names_the_rank(
     (["--model", "gpt", "--plan", "dp=1000", "--batch", "1000"], "dp x tp x pp = 1000"),
     (["--nproc", "100000", "x.py"], "--nproc = 100000: expected 1 to"),
     (["--nproc", "0", "x.py"], "--nproc = 0"),
+    (["--steps", "5", "x.py"], "--steps: applies to --model only"),
+    (["--plan", "dp=2", "--nproc", "2", "x.py"], "--plan: applies to --model only"),
 ])
 def test_runtime_cli_refuses_before_starting_anything(
         argv: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -105,3 +107,11 @@ def test_runtime_cli_checkpoint_folder_checked_first(
     assert main(argv + (["--resume"] if resume else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0]
+
+
+def test_runtime_cli_model_only_flags_list_the_parser_defaults() -> None:
+    from dojo.cli.cmd_run import _MODEL_FLAGS
+    from dojo.cli.main import build_parser
+
+    args = build_parser().parse_args(["run", "x.py"])
+    assert {k: getattr(args, k) for k in _MODEL_FLAGS} == _MODEL_FLAGS

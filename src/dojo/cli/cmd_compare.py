@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [load_system(name) for name in system_list(args.systems, "--systems")]
     batch = args.batch if args.batch is not None else max(default_batch(s) for s in specs)
     overrides = parse_sets(args.set)
-    check_model(args.model, overrides)  # before any progress line
+    check_model(args.model, overrides, args.seq)  # before any progress line
     rows: list[dict[str, Any]] = []
     for spec in specs:
         print(f"planning {spec.name}...", file=sys.stderr)

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model and args.script:
         raise DojoError("dojo run: give a script or --model, not both")
     if args.script:
+        _refuse_model_flags(args)
         launch_script(args.script, [a for a in args.script_args if a != "--"], args.nproc,
                       args.timeout)
         return 0
@@ -63,6 +64,22 @@ def run(args: argparse.Namespace) -> int:
         raise DojoError("dojo run: give a script to launch or --model NAME to train")
     check_model_args(args)
     return run_model(args)
+
+
+# Flags that only --model uses, with their defaults: given to a script they would be ignored.
+_MODEL_FLAGS = {"plan": "dp=1,precision=fp32", "batch": 4, "seq": None, "steps": 3, "seed": 0,
+                "set": None, "full": False, "system": "h100-cluster", "checkpoint": None,
+                "resume": False, "json": False}
+
+
+def _refuse_model_flags(args: argparse.Namespace) -> None:
+    """A script launch ignores --plan, --batch...: name the first one given instead."""
+    from dojo.errors import DojoError
+
+    for name, default in _MODEL_FLAGS.items():
+        if getattr(args, name) != default:
+            raise DojoError(f"--{name}: applies to --model only; a script reads its own "
+                            f"settings (pass them after the script: dojo run {args.script} ...)")
 
 
 def check_model_args(args: argparse.Namespace) -> None:

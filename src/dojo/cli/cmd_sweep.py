@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--plan", "dp", base.dp, "no dp: dp fills the devices of each point")
     specs = _systems(args, load_system)
     overrides = parse_sets(args.set)
-    check_model(args.model, overrides)  # before any progress line
+    check_model(args.model, overrides, args.seq)  # before any progress line
     first = device_count(specs[0])
     runs = []
     for spec in specs:  # every point checked before the first is simulated

@@ -199,15 +199,16 @@ def build(
     )
 
 
-def check_model(name: str, overrides: Mapping[str, Any] | None = None) -> None:
-    """What `build` would refuse about `name` and `overrides` (unknown name, bad or unknown
-    keys, too many layers, overrides on a user factory), without building anything: for
-    commands that print progress before their first build."""
+def check_model(name: str, overrides: Mapping[str, Any] | None = None,
+                seq: int | None = None) -> None:
+    """What `build` would refuse about `name`, `overrides` and `seq` (unknown name, bad or
+    unknown keys, too many layers, overrides on a user factory, a bad sequence length), without
+    building anything: for commands that print progress before their first build."""
     if _is_factory_spec(name):
         if overrides:
             raise DojoError(f"model '{name}' is a user factory: it takes no --set overrides")
         return
-    make_config(name, overrides)
+    _check_seq(name, MODELS.get(name), make_config(name, overrides), seq)
 
 
 def _is_factory_spec(name: str) -> bool:
