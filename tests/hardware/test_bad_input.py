@@ -204,3 +204,15 @@ def test_size_limits_admit_the_shipped_systems() -> None:
     # an ExaPOD is 10 x 2 x 6 x 25 x 354 nodes; a V1 tray's DIPs serve 6 x 25 chips
     assert MAX_LEAVES >= 1000 * 10 * 2 * 6 * 25 * 354 and MAX_CHIPS_PER_DIP_UNIT >= 20 * 6 * 25
     load_system("h100-cluster", devices=100_000)
+
+
+def test_empty_name_and_folders_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "v1").mkdir()  # a folder that happens to share a shipped name does not shadow it
+    code, err = _run(capsys, "")
+    assert code == 2 and "expected a shipped name (a100-cluster" in err
+    code, err = _run(capsys, "adir")
+    assert code == 2 and "adir: is a folder" in err
+    assert main(["info", "v1", "--json"]) == 0

@@ -71,7 +71,12 @@ def _locate(name_or_path: str, base: Path | None) -> tuple[Path, str]:
     candidate = Path(name_or_path)
     if base is not None and not candidate.is_absolute():
         candidate = base / candidate
-    if name_or_path.endswith(".toml") or candidate.exists():
+    if not name_or_path.strip():
+        raise DojoError(f"system '{name_or_path}': expected a shipped name "
+                        f"({', '.join(shipped_systems())}) or a path to a .toml file")
+    if candidate.is_dir() and name_or_path not in shipped_systems():
+        raise DojoError(f"{name_or_path}: is a folder: expected a system .toml file")
+    if name_or_path.endswith(".toml") or candidate.is_file():
         if not candidate.is_file():
             raise DojoError(f"{name_or_path}: no such system file")
         return candidate, str(name_or_path)
