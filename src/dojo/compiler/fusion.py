@@ -4,6 +4,9 @@ This is the pass that fused kernels (Megatron-LM's bias-GELU, bias-dropout-add, 
 softmax) and torch.compile's Inductor perform: a chain of elementwise, normalisation and
 reduction ops reads what it needs from memory once and writes only what something outside the
 chain consumes; intermediates that live only inside the chain stay in registers.
+
+`fuse_attention` is the other fusion a device makes whatever the capture did: SDPA calls that a
+CPU capture lowered to their unfused math fallback run as FlashAttention's fused kernels.
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def fused_bytes(graph: Graph, group: list[Op], readers: dict[int, set[int]]) -> 
 SDPA_FALLBACK = "aten._safe_softmax.default"
 FLASH_FORWARD = "aten._scaled_dot_product_flash_attention.default"
 FLASH_BACKWARD = "aten._scaled_dot_product_flash_attention_backward.default"
-_LAYOUT = ("aten.clone.default", "aten._unsafe_view.default", "aten.mul.Scalar")
+_COPIES = ("aten.clone.default", "aten._unsafe_view.default")
+_AROUND_MATMULS = (*_COPIES, "aten.mul.Scalar")  # copies and the sqrt(scale) multiply
 
 
 class _NoMatch(Exception):
@@ -135,7 +139,7 @@ class _Flow:
         cut, start = -1, t
         while (op := self.made_by.get(t)) is not None and op.phase == phase:
             acts = self.acts(op)
-            if len(acts) != 1 or not (op.rule in FREE_RULES or op.target in _LAYOUT):
+            if len(acts) != 1 or not (op.rule in FREE_RULES or op.target in _AROUND_MATMULS):
                 break
             path.append(op)
             if op.rule not in FREE_RULES:
@@ -214,7 +218,7 @@ def _backward_site(flow: _Flow, fwd: set[int]) -> tuple[set[int], int, tuple[int
         if op.id in region or len(acts) != 1 or acts[0] not in made:
             continue
         scale = op.target == "aten.mul.Scalar" and acts[0] in matmuls
-        if op.rule in FREE_RULES or op.target in _LAYOUT[:2] or scale:
+        if op.rule in FREE_RULES or op.target in _COPIES or scale:
             region.add(op.id)
             made |= {root(graph, t).id for t in op.outputs}
     grads = tuple(t for op in ops if op.id not in region for t in op.inputs
@@ -265,6 +269,11 @@ def _site(flow: _Flow, anchor: Op) -> _Site:
     # FlashAttention's backward recomputes the scores (QK^T) before its four matmuls.
     return _Site(fwd, bwd, qkv, out, grad_out, grads,
                  (scores.flops + values.flops, matmuls + scores.flops))
+
+
+def has_sdpa_fallback(graph: Graph) -> bool:
+    """Whether the capture lowered some SDPA call to its math fallback (see above)."""
+    return any(op.target == SDPA_FALLBACK for op in graph.ops)
 
 
 def fuse_attention(graph: Graph, weights: set[int]) -> Graph:
@@ -345,7 +354,7 @@ def _token_major(ops: list[Op], tensors: list[TensorInfo], outs: set[int]) -> li
     made = {t: op for op in ops for t in op.outputs}
     new = []
     for op in ops:
-        if op.target in _LAYOUT[:2] and len(op.outputs) == 1 and op.inputs:
+        if op.target in _COPIES and len(op.outputs) == 1 and op.inputs:
             src = op.inputs[0]
             transposed = op.target != "aten.clone.default" or (
                 src in made and made[src].target == "aten.transpose.int")

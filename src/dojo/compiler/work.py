@@ -200,7 +200,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     is replaced by it (`fusion.fuse_attention`); False times the capture as it ran (a CPU,
     whose fused kernel has no dropout).
     """
-    if fused_attention:
+    if fused_attention and fusion.has_sdpa_fallback(graph):
         graph = fusion.fuse_attention(graph, weight_derived(graph))
     block = main_block(graph)
     repeat = graph.repeat_of(block)
