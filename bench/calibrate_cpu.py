@@ -15,7 +15,10 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.
-5. gloo on loopback between two processes: all-reduce time over message sizes; latency per
+5. The optimizer step outside its kernels: fused AdamW plus the runtime's two zero_grad calls
+   over 4 and 68 tiny tensors: a fixed part and a part per parameter tensor (the simulator's
+   `host_step_time`; see docs/simulator.md for what it still needs).
+6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
 Every time is the minimum over repeats (the standard way to time on a shared machine), and
@@ -229,6 +232,29 @@ def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, int]]:
     return out
 
 
+def optimizer_overhead(repeat: int = 200) -> tuple[float, float]:
+    """(fixed s, s per parameter tensor) of a fused AdamW step plus the runtime's two
+    zero_grad calls (model and optimizer, set_to_none), on tiny tensors (no kernel time)."""
+    def timed(n: int) -> float:
+        params = [torch.nn.Parameter(torch.randn(16)) for _ in range(n)]
+        model = torch.nn.ParameterList(params)
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, fused=True)
+        best = float("inf")
+        for _ in range(repeat):
+            for q in params:
+                q.grad = torch.ones(16)
+            start = time.perf_counter()
+            model.zero_grad(set_to_none=False)  # keeps the grads; walks them as zero_grad does
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    few, many = timed(4), timed(68)
+    per = max(0.0, (many - few) / 64)
+    return max(0.0, few - 4 * per), per
+
+
 def _gloo_rank(rank: int, world: int, sizes: list[int], repeat: int) -> list[float]:
     """Best seconds of one all-reduce of each size (FP32 elements) on this rank (gloo)."""
     import torch.distributed as dist
@@ -286,6 +312,7 @@ def main() -> None:
             rates[name] = max(rate, rates.get(name, 0.0))
     vector = statistics.median(rates.values()) / peak
     conv = max(conv_ratio(peak) for _ in range(args.rounds))
+    opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(args.rounds))
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}")
@@ -304,13 +331,16 @@ def main() -> None:
           + ", ".join(f"{k} {t * 1e6:.1f} us/{n} ops" for k, (t, n) in stacks.items())
           + "), vector kernels at "
           f"{vector:.3f} of peak (median), conv at {conv:.2f}"
-          f" of the GEMM rate, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
+          f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
+          f" per tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
-        _write(peak, half, (memory, cache, cache_bytes), (per_op, vector, conv), (alpha, link))
+        _write(peak, half, (memory, cache, cache_bytes), (per_op, vector, conv), (alpha, link),
+               (opt_fixed, opt_tensor))
 
 
 def _write(peak: float, half: float, stream: tuple[float, float, float],
-           kernels: tuple[float, float, float], gloo: tuple[float, float]) -> None:
+           kernels: tuple[float, float, float], gloo: tuple[float, float],
+           optimizer: tuple[float, float]) -> None:
     memory, cache, cache_bytes = stream
     per_op, vector, conv = kernels
     alpha, link = gloo
@@ -323,7 +353,8 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
         f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
         f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
-        f"vector_compute_efficiency = {vector:.4g}\n"
+        f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {optimizer[0]:.4g}\n"
+        f"optimizer_tensor_s = {optimizer[1]:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

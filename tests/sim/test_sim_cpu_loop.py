@@ -57,6 +57,16 @@ def test_small_working_sets_stream_from_cache() -> None:
     assert off.vector_time(1e6) == pytest.approx(1e6 / 1e10, rel=1e-12)
 
 
+def test_host_step_time_scales_with_parameter_tensors_and_micro_batches() -> None:
+    """Outside its ops an eager step pays the optimizer's fixed cost, a cost per parameter
+    tensor, and one accumulation add (a dispatched op) per tensor per extra micro-batch."""
+    dev = _device(launch_s=2e-5, optimizer_step_s=1e-4, optimizer_tensor_s=5e-6)
+    assert dev.host_step_time(10, 1) == pytest.approx(1e-4 + 10 * 5e-6, rel=1e-12)
+    assert dev.host_step_time(10, 4) - dev.host_step_time(10, 1) == pytest.approx(
+        3 * 10 * 2e-5, rel=1e-9)
+    assert _device(eager=False, optimizer_step_s=1e-4).host_step_time(10, 4) == 0.0
+
+
 def test_new_fields_leave_other_calibrations_unchanged() -> None:
     """GPU and D1 calibrations keep the neutral defaults of the CPU's fields."""
     defaults = Calibration(name="x", matrix_efficiency=1, matrix_half_flops=0,
@@ -64,8 +74,10 @@ def test_new_fields_leave_other_calibrations_unchanged() -> None:
                            collective_latency_s=0)
     for kind in ("a100", "h100", "d1"):
         cal = load_calibration(kind)
-        assert (cal.eager, cal.cache_bytes, cal.cache_bytes_per_s) == (
-            defaults.eager, defaults.cache_bytes, defaults.cache_bytes_per_s) == (False, 0, 0)
+        fields = ("eager", "cache_bytes", "cache_bytes_per_s", "vector_compute_efficiency",
+                  "optimizer_step_s", "optimizer_tensor_s")
+        assert [getattr(cal, f) for f in fields] == [getattr(defaults, f) for f in fields] \
+            == [False, 0, 0, 1, 0, 0]
     assert load_calibration("cpu").eager
 
 

@@ -59,6 +59,10 @@ class Calibration:
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
     vector_compute_efficiency: float = field(default=1.0, metadata=check(gt=0, le=1))
+    # Host time of an eager step outside its ops (see `host_step_time`): the fused optimizer
+    # step's fixed part and its part per parameter tensor, zero_grad included (0 = none).
+    optimizer_step_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    optimizer_tensor_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     source: str = ""
 
 
@@ -184,6 +188,18 @@ class DeviceModel:
         if cal.cache_bytes and cal.cache_bytes_per_s and nbytes <= cal.cache_bytes:
             return nbytes / cal.cache_bytes_per_s
         return self.vector_time_raw(nbytes)
+
+    def host_step_time(self, param_tensors: int, microbatches: int) -> float:
+        """Seconds an eager step spends on one device outside its captured ops: the optimizer
+        step's fixed cost, its cost per parameter tensor (zero_grad included), and one
+        gradient-accumulation add per parameter tensor for every micro-batch after the first
+        (autograd's AccumulateGrad, a dispatched op each). 0 on a device that is not eager.
+        Needs the program's count of parameter tensors per device (not yet carried)."""
+        cal = self.calibration
+        if not cal.eager:
+            return 0.0
+        accumulate = max(0, microbatches - 1) * param_tensors * cal.launch_s
+        return cal.optimizer_step_s + param_tensors * cal.optimizer_tensor_s + accumulate
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of the extra launches of a fused group on an eager device: its target is
