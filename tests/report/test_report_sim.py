@@ -6,6 +6,7 @@ import json
 import re
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 from report_checks import decode, parse
 
@@ -64,7 +65,7 @@ def test_device_memory_is_named_by_its_pool(interleaved: Simulated) -> None:
     rows = _rows(simulation_report(interleaved).html())
     # An H100's 80 GB are HBM stacks beside the die: the report must not call them on chip.
     assert "on chip" not in rows and rows["HBM"] == si(interleaved.result.memory.onchip, "B")
-    dojo = SimpleNamespace(program=SimpleNamespace(system=load_system("v1")))
+    dojo: Any = SimpleNamespace(program=SimpleNamespace(system=load_system("v1")))
     assert device_memory_label(dojo) == "SRAM (on chip)"
 
 
