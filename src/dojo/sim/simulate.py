@@ -113,10 +113,33 @@ def _d1_timer(spec: Any, dtype: str) -> Any:
     from dojo.compiler.d1 import d1_op_time
 
     @lru_cache(maxsize=4096)
-    def timed(kind: str, flops: float, nbytes: float, target: str) -> float:
+    def timed(kind: str, flops: float, nbytes: float, target: str,
+              shape: tuple[int, int, int]) -> float:
+        real = _matmul_shape(kind, flops, shape)
+        if real is not None:
+            return d1_op_time(real, spec, dtype=dtype).time_s * flops / _shape_flops(real)
         return d1_op_time(OpCost(kind, flops, nbytes, target), spec, dtype=dtype).time_s
 
-    return lambda op: timed(op.kind, op.flops, op.bytes, op.target)
+    return lambda op: timed(op.kind, op.flops, op.bytes, op.target, op.shape)
+
+
+def _matmul_shape(kind: str, flops: float, shape: tuple[int, int, int]) -> Any:
+    """The real `MatmulShape` of a matrix op whose output (batch, m, n) is known: its reduction
+    k = FLOP / (2 batch m n), at least 1; None when the shape is unknown (the D1 compiler then
+    maps the square matmul with the op's FLOP and bytes)."""
+    from dojo.compiler.d1.ops import MatmulShape
+
+    batch, m, n = shape
+    if kind != "matrix" or flops <= 0 or min(batch, m, n) < 1:
+        return None
+    k = max(1, round(flops / (2.0 * batch * m * n)))
+    return MatmulShape(m=m, n=n, k=k, batch=batch)
+
+
+def _shape_flops(shape: Any) -> float:
+    """FLOP of a `MatmulShape` (2 m n k per matmul): the op's own FLOP are kept exact by scaling
+    the mapped time by their ratio (k is rounded to a whole number)."""
+    return 2.0 * shape.batch * shape.m * shape.n * shape.k
 
 
 def collective(program: Program, dev: DeviceModel, kind: str, nbytes: float,
