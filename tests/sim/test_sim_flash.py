@@ -151,3 +151,27 @@ def test_gpt3_175b_with_flash_and_dropout_fits_on_80_gb() -> None:
     assert mem.activations == pytest.approx(activations, rel=1e-6)
     assert mem.total == pytest.approx(state + activations, rel=1e-2)
     assert state + activations < 80e9 and mem.fits
+
+
+def test_the_system_decides_whether_attention_is_fused() -> None:
+    """`compile_model` (and the plan search's screen) fuse SDPA's captured fallback for devices
+    with a fused dropout kernel (GPUs, D1), never for the CPU, which runs the fallback."""
+    from dojo.sim.search import _Screen
+
+    model = {"layers": 2, "hidden": 64, "heads": 4, "seq": 64, "vocab": 256, "ffn": 256,
+             "attention": "flash", "dropout": 0.1}
+    plan = parse_plan("dp=1,mb=2", "test plan")
+
+    def fused_ops(system: str) -> tuple[int, int]:
+        spec = load_system(system, devices=1)
+        program, _ = compile_model("gpt", model, spec, plan, batch=2)
+        screened = _Screen("gpt", model, spec, 2, None)._work(plan)
+        counts = []
+        for work in (program.work, screened):
+            sections = (work.pre, work.block, work.post)
+            counts.append(sum("attention" in op.target for sec in sections if sec
+                              for op in sec.forward))
+        return counts[0], counts[1]
+
+    assert fused_ops("cpu") == (0, 0)
+    assert fused_ops("h100-cluster") == (2, 2)  # one kernel per layer

@@ -52,6 +52,7 @@ from dojo.sim.session import (
     captured,
     check_inputs,
     compile_model,
+    fuses_attention,
     model_shape,
     simulate_model,
     work_for,
@@ -224,8 +225,9 @@ class _Screen:
         return lower_bound(program, memory) * SAFETY
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
-        model, overrides, _, _, seq = self.args
-        return work_for(model, overrides, mb or plan.mb, seq, plan, derive=True)
+        model, overrides, spec, _, seq = self.args
+        return work_for(model, overrides, mb or plan.mb, seq, plan, derive=True,
+                        fused_attention=fuses_attention(spec))
 
     def _state_fits(self, plan: Plan) -> bool:
         """Weights, gradients and optimizer state of the fullest stage within capacity."""

@@ -102,15 +102,25 @@ def graph_at(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
 
 
 def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None, plan: Plan,
-             derive: bool = False) -> ModelWork:
+             derive: bool = False, *, fused_attention: bool) -> ModelWork:
     """The per-device work of one micro-batch of `mb` samples under `plan`'s tensor split,
-    precision and fusion, compiled from `graph_at` (cached)."""
+    precision and fusion, compiled from `graph_at` (cached). `fused_attention`: whether the
+    device runs attention as one fused kernel (`fuses_attention`; `model_work`)."""
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    key = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp, scale, plan.fusion)
+    key = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp, scale, plan.fusion,
+           fused_attention)
     if key not in _WORKS:
         graph, _ = graph_at(model, overrides, mb, seq, derive)
-        _WORKS[key] = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion)
+        _WORKS[key] = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion,
+                                 fused_attention=fused_attention)
     return _WORKS[key]
+
+
+def fuses_attention(spec: SystemSpec) -> bool:
+    """Whether `spec`'s devices run `scaled_dot_product_attention` as one fused kernel whatever
+    its dropout: GPUs (FlashAttention) and D1 do; a CPU runs PyTorch's unfused math fallback
+    whenever dropout is on, as its capture recorded it."""
+    return spec.leaf.cost_model != "cpu"
 
 
 def _affine_ok(model: str, overrides: Mapping[str, Any], seq: int | None) -> bool:
@@ -162,7 +172,8 @@ def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, pl
     (the plan is not validated here; `simulate_model` does that). `derive`: see `work_for`."""
     check_inputs(batch, seq)
     graph, config = graph_at(model, overrides, plan.mb, seq, derive)
-    work = work_for(model, overrides, plan.mb, seq, plan, derive)
+    work = work_for(model, overrides, plan.mb, seq, plan, derive,
+                    fused_attention=fuses_attention(spec))
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
     program = compile_program(work, plan, spec, batch,
