@@ -58,7 +58,7 @@ def _junk(rng: random.Random) -> str:
 VALUES: dict[str, Callable[[random.Random], str]] = {
     "zero": lambda r: "0",
     "negative": lambda r: str(-r.choice([1, 8, r.randint(2, 10**6)])),
-    "huge": lambda r: str(10 ** r.randint(13, 30)),
+    "huge": lambda r: str(10 ** r.randint(16, 30)),  # past 2^53 samples and 2^40 devices
     "nonnumber": lambda r: r.choice(["abc", "1.5x", "nan", "--", _junk(r)]),
     "empty": lambda r: "",
     "unknown": lambda r: "no" + _junk(r),

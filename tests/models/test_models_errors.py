@@ -131,8 +131,15 @@ def test_layer_count_is_bounded_before_any_module_is_built(name: str) -> None:
     assert time.monotonic() - start < 2  # refused from the number, not after building
 
 
-@pytest.mark.parametrize(("overrides", "batch"), [({"vocab": 10**18}, 2), ({}, 10**18)])
+@pytest.mark.parametrize(("overrides", "batch"), [({"vocab": 10**18}, 2), ({}, 9 * 10**15),
+                                                  ({"seq": 10**20}, 2)])
 def test_shapes_past_int64_bytes_are_one_line(overrides: dict[str, int], batch: int) -> None:
     with pytest.raises(DojoError, match=r"a tensor would pass 2\*\*63 bytes") as err:
         build("gpt", device="meta", batch=batch, overrides=overrides)
     assert "\n" not in str(err.value)
+
+
+def test_batch_past_2_to_53_is_refused_before_any_tensor() -> None:
+    with pytest.raises(ConfigError, match=r"'batch' = 9007199254740993: expected an integer from "
+                                          r"1 to 2\^53"):
+        build("mlp", device="meta", batch=2**53 + 1)

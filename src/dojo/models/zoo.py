@@ -32,6 +32,7 @@ DEFAULT_BATCH = 2
 # traced: 1,024 is 8x the deepest published model here (Llama 3 405B, 126); a GPT of that
 # depth builds on "meta" in about 15 s on a loaded 2-core machine (14 ms per layer).
 MAX_LAYERS = 1024
+MAX_BATCH = 2**53  # samples: counts stay exact in float64 arithmetic (the simulator's limit too)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +171,8 @@ def build(
     entry = MODELS.get(name)
     cfg = make_config(name, overrides, small=small)
     batch = DEFAULT_BATCH if batch is None else batch
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError("--batch", "batch", batch, "an integer >= 1")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ConfigError("--batch", "batch", batch, "an integer from 1 to 2^53")
     seq = _check_seq(name, entry, cfg, seq)
     dev = torch.device(device)
     try:
@@ -180,11 +181,11 @@ def build(
             with dev:
                 model = entry.make_model(cfg)
         inputs, target = _example_data(entry, cfg, batch, seq, dev, seed)
-    except RuntimeError as err:
-        if "overflow" not in str(err):
+    except (RuntimeError, TypeError) as err:
+        if "overflow" not in str(err).lower():
             raise
         # a shape whose byte size passes 2**63: torch cannot even describe the tensor
-        shown = " ".join(str(err).split())[:120]
+        shown = " ".join(str(err).splitlines()[0].split())[:120]
         raise DojoError(f"model '{name}' with --batch {batch} and {dict(overrides or {})}: a "
                         f"tensor would pass 2**63 bytes ({shown})") from None
     return ModelBundle(
