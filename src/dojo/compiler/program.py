@@ -132,11 +132,16 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
     fwd: list[OpCost] = []
     bwd: list[OpCost] = []
     rec: list[OpCost] = []
+    tp_f: list[Comm] = []
+    tp_b: list[Comm] = []
+    tp_r: list[Comm] = []
     saved = 0.0
     params = 0
     for sec, n in sections:
         fwd += list(sec.forward) * n
         bwd += list(sec.backward) * n
+        tp_f += _tp_comms(tp_levels, sec.tp_forward) * n
+        tp_b += _tp_comms(tp_levels, sec.tp_backward) * n
         params += sec.params * n
         # Checkpointing applies to the repeated blocks (their inputs are the checkpoints);
         # embeddings, heads and models without blocks keep their activations.
@@ -144,16 +149,13 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
         saved += _saved(sec, recompute) * n
         if recompute == "full":
             rec += list(sec.forward) * n
+            tp_r += _tp_comms(tp_levels, sec.tp_forward) * n
         elif recompute == "selective":
             rec += list(sec.recompute_selective) * n
     blocks = per_chunk if work.block is not None else 0
-    ar = work.residual_bytes
-    tp_f = _tp_comms(plan, tp_levels, ar, 2 * blocks + (1 if v == 0 else 0))
-    tp_b = _tp_comms(plan, tp_levels, ar, 2 * blocks + (1 if v == virtual - 1 else 0))
-    tp_r = _tp_comms(plan, tp_levels, ar, 2 * blocks) if plan.recompute == "full" else ()
     return Chunk(index=v, blocks=blocks, forward=tuple(fwd), backward=tuple(bwd),
-                 recompute=tuple(rec), tp_forward=tp_f, tp_backward=tp_b, tp_recompute=tp_r,
-                 saved_bytes=saved, params=params)
+                 recompute=tuple(rec), tp_forward=tuple(tp_f), tp_backward=tuple(tp_b),
+                 tp_recompute=tuple(tp_r), saved_bytes=saved, params=params)
 
 
 def _saved(sec: SectionWork, recompute: str) -> float:
@@ -164,14 +166,9 @@ def _saved(sec: SectionWork, recompute: str) -> float:
     return sec.saved_bytes
 
 
-def _tp_comms(plan: Plan, levels: tuple[GroupLevel, ...], nbytes: float,
-              count: int) -> tuple[Comm, ...]:
-    """Megatron's tensor-parallel traffic: an all-reduce of the residual stream per split
-    region (two per transformer block each way), or with sequence parallelism a reduce-scatter
-    plus an all-gather of the same bytes."""
-    if plan.tp == 1 or count == 0:
-        return ()
-    if plan.sp:
-        return (Comm("reduce_scatter", nbytes, levels, "tp"),
-                Comm("all_gather", nbytes, levels, "tp")) * count
-    return (Comm("all_reduce", nbytes, levels, "tp"),) * count
+def _tp_comms(levels: tuple[GroupLevel, ...],
+              comms: tuple[tuple[str, float], ...]) -> list[Comm]:
+    """A section's tensor-parallel traffic (`work.tp_collectives`: where the dataflow leaves
+    the split region, as Megatron's f and g, or needs a split tensor whole) on the tp group's
+    links."""
+    return [Comm(kind, nbytes, levels, "tp") for kind, nbytes in comms]

@@ -47,6 +47,9 @@ class SectionWork:
     selective_saved: float    # of which produced by the attention core (dropped by selective)
     input_bytes: float        # bytes of the section's input (kept under full recompute)
     params: int               # trainable parameters of the section (whole model, not split)
+    # The tp group's collectives, (kind, bytes per member), in issue order (`tp_collectives`)
+    tp_forward: tuple[tuple[str, float], ...] = ()
+    tp_backward: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,11 @@ def _group_cost(group: list[Op], moved: float, tp: int, sp: bool, residual_numel
 
 def _is_split(graph: Graph, tensor: int, sp: bool, residual_numel: int, split: set[int]) -> bool:
     """Whether one device of the tp group holds 1/tp of `tensor`: inside the split region, or
-    anywhere with sequence parallelism; models without a residual stream split every tensor."""
-    if sp or not residual_numel:
-        return True
-    return root(graph, tensor).id in split
+    anywhere with sequence parallelism. Outside the split region every rank holds the whole
+    tensor and runs its ops whole (a CNN's BatchNorm after a row-parallel convolution, as a
+    transformer's residual LayerNorm)."""
+    del residual_numel  # the split region comes from the dataflow, residual stream or not
+    return sp or root(graph, tensor).id in split
 
 
 def weight_derived(graph: Graph) -> set[int]:
@@ -136,9 +140,117 @@ def tp_split(graph: Graph, weights: set[int]) -> set[int]:
         if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
             if acts[0] not in split:
                 split |= outs
+        elif _input_grad(graph, op) is not None:
+            # A convolution's backward in one op: its input gradient lies in the domain of
+            # the forward input (inputs[1]), its weight and bias gradients are split.
+            grad_in = root(graph, op.outputs[0]).id
+            split |= outs - {grad_in}
+            if root(graph, op.inputs[1]).id in split:
+                split.add(grad_in)
         elif any(a in split for a in acts):
             split |= outs
     return split
+
+
+def _input_grad(graph: Graph, op: Op) -> int | None:
+    """The input gradient of a convolution's fused backward (outputs[0] shaped as the forward
+    input, inputs[1]); None for other ops or when no input gradient is computed."""
+    if "convolution_backward" not in op.target or len(op.inputs) < 2 or not op.outputs:
+        return None
+    grad = op.outputs[0]
+    return grad if graph.tensors[grad].shape == graph.tensors[op.inputs[1]].shape else None
+
+
+# Per row, the FP32 partial statistics the shards of a feature-split row combine: a norm's sum
+# and sum of squares, a softmax's max and sum of exponentials, the loss's target logit
+# (Megatron-LM's vocab-parallel cross entropy); and in backward, the row sums of its gradient.
+_ROW_STATS = {"native_layer_norm": (2, 2), "native_group_norm": (2, 2), "_softmax": (2, 1),
+              "_safe_softmax": (2, 1), "_log_softmax": (2, 1), "nll_loss_forward": (1, 0)}
+
+
+def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: set[int],
+                   sp: bool, scale: float) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """The tp group's collectives by (section, phase), found where the dataflow leaves the split
+    region or needs the whole of a split tensor, as (kind, bytes per member):
+    - a weight matmul or convolution whose input is split (row-parallel) produces partial sums:
+      an all-reduce of its output (Megatron's g). Its conjugate (f) is the input gradient of a
+      column-parallel op in backward: the same flip, found the same way (a convolution's fused
+      backward by `_input_grad`). With sequence parallelism each becomes a reduce-scatter and an
+      all-gather of the same bytes;
+    - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
+      VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
+    - a norm, softmax or loss over features split by a column-parallel op all-reduces its
+      per-row FP32 statistics (`_ROW_STATS`), forward and backward; a softmax over scores split
+      by heads, or a BatchNorm's per-channel statistics, need none.
+    Bytes are at the plan's precision (`scale`), statistics in FP32."""
+    made_by: dict[int, Op] = {}
+    for op in graph.ops:
+        for t in op.outputs if op.rule not in FREE_RULES else ():
+            made_by.setdefault(root(graph, t).id, op)
+    vocab = _vocab_table(graph)
+    out: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for op, label in zip(graph.ops, labels):
+        if op.phase == "optimizer":
+            continue
+        acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
+        comms = out.setdefault((label, op.phase), [])
+        partial = _partial_bytes(graph, op, acts, split, vocab)
+        if partial:
+            kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
+            comms += [(k, partial * scale) for k in kinds]
+        stats = _ROW_STATS.get(op.target.split(".")[1]) if "." in op.target else None
+        if stats and acts and acts[0] in split and _feature_split(graph, acts[0], made_by,
+                                                                  weights):
+            # a norm's saved mean has one element per row; else rows of the last dimension
+            rows = (math.prod(graph.tensors[op.outputs[1]].shape) if "norm" in op.target
+                    else math.prod(graph.tensors[op.inputs[0]].shape[:-1]))
+            comms.append(("all_reduce", 4.0 * rows * stats[0]))
+            if stats[1]:
+                out.setdefault((label, "backward"), []).append(
+                    ("all_reduce", 4.0 * rows * stats[1]))
+    return out
+
+
+def _partial_bytes(graph: Graph, op: Op, acts: list[int], split: set[int],
+                   vocab: int | None) -> float:
+    """Captured bytes of the partial sums `op` leaves on each rank (0: none; see
+    `tp_collectives`)."""
+    if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1 and acts[0] in split:
+        return float(graph.tensors[op.outputs[0]].bytes)
+    grad = _input_grad(graph, op)
+    if grad is not None and root(graph, op.inputs[0]).id in split and \
+            root(graph, op.inputs[1]).id not in split:
+        return float(graph.tensors[grad].bytes)
+    if vocab is not None and op.phase == "forward" and "embedding" in op.target and \
+            vocab in {root(graph, t).id for t in op.inputs}:
+        return float(graph.tensors[op.outputs[0]].bytes)
+    return 0.0
+
+
+def _vocab_table(graph: Graph) -> int | None:
+    """Root id of the largest table an embedding lookup reads (the vocabulary), if any."""
+    tables = [root(graph, t) for op in graph.ops
+              if op.phase == "forward" and op.target.startswith("aten.embedding.")
+              for t in op.inputs if graph.tensors[t].role == "parameter"]
+    return max(tables, key=lambda t: t.shape[0]).id if tables else None
+
+
+def _feature_split(graph: Graph, tensor: int, made_by: dict[int, Op], weights: set[int]) -> bool:
+    """Whether split `tensor` is split along its features: the first matrix op up its chain of
+    producers is a column-parallel weight op (not a matmul of two activations, whose output is
+    split by heads)."""
+    t = tensor
+    for _ in range(len(graph.ops)):
+        op = made_by.get(t)
+        if op is None:
+            return False
+        acts = [r for r in (root(graph, i).id for i in op.inputs) if r not in weights]
+        if op.rule in MATRIX_RULES:
+            return _weight_op(op) and len(acts) == 1
+        if not acts:
+            return False
+        t = acts[0]
+    return False
 
 
 def _weight_op(op: Op) -> bool:
@@ -234,6 +346,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                                weights, masks)
     params = _params(graph, block, labels)
     residual_bytes = residual_numel * 4 * scale
+    comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
 
     def section(label: str) -> SectionWork:
         return SectionWork(forward=tuple(costs.get((label, "forward"), ())),
@@ -242,7 +355,9 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            saved_bytes=saved.get(label, 0.0),
                            selective_saved=attn_saved.get(label, 0.0),
                            input_bytes=residual_bytes / (tp if sp else 1),
-                           params=params.get(label, 0))
+                           params=params.get(label, 0),
+                           tp_forward=tuple(comms.get((label, "forward"), ())),
+                           tp_backward=tuple(comms.get((label, "backward"), ())))
 
     totals = _optimizer_totals(graph)
     state = state_bytes(graph)
