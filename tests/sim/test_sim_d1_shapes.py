@@ -56,3 +56,14 @@ def test_unknown_shape_keeps_the_square_equivalent() -> None:
     dev, spec = _v1(), load_system("v1")
     op = OpCost("matrix", 2.0 * 512**3, 3 * 2.0 * 512**2, "attention")
     assert dev.op_time(op) == (d1_op_time(op, spec).time_s + dev.calibration.launch_s)
+
+
+def test_a_convolution_is_timed_by_its_flop_and_bytes() -> None:
+    """A convolution runs as an implicit GEMM (its k = C kh kw im2col operand is never written):
+    its recorded output shape does not make it the explicit GEMM that would move 9x the bytes."""
+    dev, spec = _v1(), load_system("v1")
+    m, n, k = 65536, 32, 288  # 3x3 conv, 32 -> 32 channels, 65,536 output pixels
+    nbytes = 2.0 * (m * 32 + k * n + m * n)
+    op = OpCost("matrix", 2.0 * m * n * k, nbytes, "aten.convolution.default", (1, m, n))
+    plain = OpCost(op.kind, op.flops, op.bytes, op.target)
+    assert dev.op_time(op) == d1_op_time(plain, spec).time_s + dev.calibration.launch_s

@@ -8,7 +8,9 @@ residual adds, dropout on the full hidden state) stay replicated unless sequence
 shards them; vector ops inside the split region divide by `tp`. The split region is found by
 dataflow (`tp_split`): a weight matmul moves its activation between the replicated and the split
 domain (column-parallel in, row-parallel out; their input-gradient matmuls the other way), and
-every other op keeps its inputs' domain.
+every other op keeps its inputs' domain. Where the dataflow leaves the split region with partial
+sums, or needs a split tensor whole, the tp group communicates (`tp_collectives`), for every
+model alike: transformers, CNNs, MLPs.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def _d1_timer(spec: Any, dtype: str) -> Any:
     @lru_cache(maxsize=4096)
     def timed(kind: str, flops: float, nbytes: float, target: str,
               shape: tuple[int, int, int]) -> float:
-        real = _matmul_shape(kind, flops, shape)
+        real = _matmul_shape(kind, flops, shape, target)
         if real is not None:
             return d1_op_time(real, spec, dtype=dtype).time_s * flops / _shape_flops(real)
         return d1_op_time(OpCost(kind, flops, nbytes, target), spec, dtype=dtype).time_s
@@ -123,14 +123,17 @@ def _d1_timer(spec: Any, dtype: str) -> Any:
     return lambda op: timed(op.kind, op.flops, op.bytes, op.target, op.shape)
 
 
-def _matmul_shape(kind: str, flops: float, shape: tuple[int, int, int]) -> Any:
-    """The real `MatmulShape` of a matrix op whose output (batch, m, n) is known: its reduction
-    k = FLOP / (2 batch m n), at least 1; None when the shape is unknown (the D1 compiler then
-    maps the square matmul with the op's FLOP and bytes)."""
+def _matmul_shape(kind: str, flops: float, shape: tuple[int, int, int], target: str) -> Any:
+    """The real `MatmulShape` of a matmul whose output (batch, m, n) is known: its reduction
+    k = FLOP / (2 batch m n), at least 1. None when the shape is unknown, and for convolutions:
+    they run as implicit GEMMs (the input read once, not its k = C kh kw im2col copy), and a
+    convolution's backward is two GEMMs in one op; the D1 compiler then maps the square matmul
+    with the op's FLOP and bytes."""
     from dojo.compiler.d1.ops import MatmulShape
 
     batch, m, n = shape
-    if kind != "matrix" or flops <= 0 or min(batch, m, n) < 1:
+    if kind != "matrix" or flops <= 0 or min(batch, m, n) < 1 or "mm" not in target \
+            or "convolution" in target:
         return None
     k = max(1, round(flops / (2.0 * batch * m * n)))
     return MatmulShape(m=m, n=n, k=k, batch=batch)
