@@ -76,3 +76,26 @@ def test_training_runs_on_the_threads_asked_whatever_the_caller_set(
         assert seen == [3, 3] and torch.get_num_threads() == 1  # restored after
     finally:
         torch.set_num_threads(before)
+
+
+def test_measure_decode_measures_live_and_says_so(tiny_data: Path, tmp_path: Path,
+                                                  no_simulation: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--measure-decode asks the live measurements (stubbed here) and metrics.json says
+    "measured"; without it nothing is measured (the default run, `tiny_run`, says "recorded")."""
+    import json
+
+    import dojo.data.decoderate as decoderate
+    import dojo.data.video as video
+
+    asked: list[object] = []
+    monkeypatch.setattr(decoderate, "measure_decode_fps_at",
+                        lambda w, h, *a, **k: asked.append((w, h)) or 123.0)
+    monkeypatch.setattr(video, "measure_decode_fps", lambda path, *a, **k: asked.append(path)
+                        or 4567.0)
+    result = train_occupancy(tiny_options(tmp_path / "run", tiny_data, steps=1,
+                                          measure_decode=True))
+    m = json.loads(result.files["metrics"].read_text())["data_path"]
+    assert (m["decode_rates"], m["decode_fps_large"], m["decode_fps_per_core"]) == \
+        ("measured", 123.0, 4567.0)
+    assert asked == [(1280, 960), tiny_data / "val"]
