@@ -186,15 +186,8 @@ VALUES.update({
 })
 
 # Known failures in commands owned by others (routed by the lead). (command, slot, class).
-_B = "owner B (simulate/plan: batch, plan parsing, simulator bounds)"
 _C = "owner C (train/data)"
-_PLAN_LATE = (f"item 9, {_B}: cmd_plan prints 'searching plans ...' on stderr before the "
-              "model's --set values are checked, so the refusal is a second line")
 KNOWN: dict[tuple[str, str, str], str] = {
-    ("simulate", "--trace", "folder_out"): (
-        f"item 8, {_B}: --trace to a folder ends in IsADirectoryError from "
-        "report/files.py write_bytes_atomic (it checks the parent, not the target)"),
-    **{("plan", "--set", c): _PLAN_LATE for c in ("set_key", "set_value", "set_huge")},
     ("train", "--out", "readonly_dir"): (
         f"item 7/8, {_C}: train --out /proc/x is refused only after the large configuration is "
         "simulated (~35 s), and after a progress line"),

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.cli.cmd_simulate import default_batch
     from dojo.errors import ConfigError
     from dojo.hardware import load_system
+    from dojo.models import check_model
     from dojo.sim.search import best_plan
     from dojo.sim.session import check_inputs
 
@@ -35,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--top", "top", args.top, "at least 1")
     spec = load_system(args.system, devices=args.devices)
     batch = args.batch if args.batch is not None else default_batch(spec)
-    check_inputs(batch, args.seq)  # before the progress line: a refusal is one line
+    overrides = parse_sets(args.set)
+    # Before the progress line, so that a refusal is one line.
+    check_inputs(batch, args.seq)
+    check_model(args.model, overrides, args.seq)
     print(f"searching plans for {args.model} on {spec.name} (batch {batch})...", file=sys.stderr)
-    found = best_plan(args.model, parse_sets(args.set), spec, batch, args.seq, top=args.top)
+    found = best_plan(args.model, overrides, spec, batch, args.seq, top=args.top)
     if args.json:
         print_json(found.to_json())
         return 0

@@ -59,6 +59,12 @@ def default_batch(spec: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dojo.report.html import check_output
+
+    # Output paths are checked before the simulation, so a bad one costs nothing.
+    for flag, path in (("--trace", args.trace), ("--report", args.report)):
+        if path is not None:
+            check_output(path, flag)
     sim = simulated_from_args(args)
     if args.trace:
         from dojo.report.trace import write_trace
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from dojo.report import simulation_report
 
-        simulation_report(sim).write(args.report)
+        simulation_report(sim).write(args.report, flag="--report")
     notes = plan_notes(args.plan, sim)
     if args.json:
         print_json({**sim.result.to_json(), "plan": sim.program.plan.text(full=True),
