@@ -185,3 +185,25 @@ def test_closed_loop_within_15_percent(model: str, plan: str) -> None:
         measured = min(measured, *steady)
         simulated = sim.result.step_time_s
     assert abs(simulated - measured) / measured <= 0.15, (measured, simulated)
+
+
+def test_run_cli_reports_the_steady_state_step(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`dojo run --model` prints the median step after warm-up (not the median of every step,
+    which the first step's warm-up drags up), with the rank's threads and CPU seconds."""
+    import json
+    import types
+
+    import dojo.runtime
+    from dojo.cli.main import main
+
+    rank0 = {"losses": [1.0] * 4, "step_s": [9.0, 0.1, 0.3, 0.2], "warmup_steps": 1,
+             "threads": 1, "step_cpu_s": [8.0, 0.1, 0.2, 0.2]}
+    sim = types.SimpleNamespace(program=types.SimpleNamespace(
+        plan=types.SimpleNamespace(text=lambda: "dp=1")),
+        result=types.SimpleNamespace(step_time_s=0.25))
+    monkeypatch.setattr(dojo.runtime, "run_distributed", lambda job, timeout_s: (sim, [rank0]))
+    assert main(["run", "--model", "mlp", "--steps", "4", "--system", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step_s_measured"] == pytest.approx(0.2)  # median of 0.1, 0.3, 0.2
+    assert out["threads"] == 1 and out["step_cpu_s"] == rank0["step_cpu_s"]
