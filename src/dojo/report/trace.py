@@ -106,7 +106,7 @@ def _metadata(program: Program) -> list[dict[str, Any]]:
     return events
 
 
-def _tp_seconds(program: Program) -> dict[tuple[str, int], float]:
+def tp_seconds(program: Program) -> dict[tuple[str, int], float]:
     """Tensor-parallel seconds per (kind, virtual stage), from the simulator's own chunk times."""
     if program.plan.tp == 1:
         return {}
@@ -122,7 +122,7 @@ def _tp_seconds(program: Program) -> dict[tuple[str, int], float]:
 
 def _span_events(program: Program, spans: list[Span]) -> list[dict[str, Any]]:
     pp = program.plan.pp
-    tp = _tp_seconds(program)
+    tp = tp_seconds(program)
     events = []
     for s in spans:
         vs = s.chunk * pp + s.stage

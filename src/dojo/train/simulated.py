@@ -11,7 +11,8 @@ per core at the large frame size (recorded, or measured with `--measure-decode`:
 
 Utilisation maps (fractions of one step, 0..1):
 - per chip of each tile: the busy time of the pipeline stage the chip runs (forward, backward
-  and optimizer spans of `Result`) over the step time. Devices are numbered tp fastest, then dp,
+  and optimizer spans of `Result`, less the tensor-parallel collectives the simulator adds to
+  the end of each span) over the step time. Devices are numbered tp fastest, then dp,
   then pp (the order of `dojo.compiler.mapping.group_levels`), so chip d runs stage
   d // (tp x dp) and sits on tile d // chips-per-tile.
 - per link level and traffic kind: bytes one device sends at that level per step over (link
@@ -157,10 +158,16 @@ def utilisation(program: Program, result: Result, path: DataPath) -> Utilisation
                        links=links, traffic_labels=kinds, link_labels=levels)
 
 
-def _stage_busy(result: Result, stages: int) -> list[float]:
+def _stage_busy(program: Program, result: Result, stages: int) -> list[float]:
+    """Compute seconds per stage over the step: F/B spans without the tensor-parallel time the
+    simulator adds to their ends (`dojo.report.trace.tp_seconds`), plus the optimizer."""
+    from dojo.report.trace import tp_seconds
+
+    tp = tp_seconds(program)
     busy = [0.0] * stages
     for span in result.spans:
-        busy[span.stage] += span.end - span.start
+        virtual = span.chunk * stages + span.stage
+        busy[span.stage] += span.end - span.start - tp.get((span.kind, virtual), 0.0)
     for stage, start, end in result.optimizer_spans:
         busy[stage] += end - start
     step = result.step_time_s
@@ -170,7 +177,7 @@ def _stage_busy(result: Result, stages: int) -> list[float]:
 def _tile_map(program: Program, result: Result
               ) -> tuple[list[list[float]], list[str], list[str]]:
     plan = program.plan
-    busy = _stage_busy(result, plan.pp)
+    busy = _stage_busy(program, result, plan.pp)
     levels = group_levels(program.system, program.devices, 1)
     per_tile = levels[0].members if levels else program.devices
     tiles = max(1, program.devices // per_tile)
