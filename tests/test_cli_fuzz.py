@@ -185,13 +185,8 @@ VALUES.update({
     "readonly_dir": lambda r: "/proc/dojo_fuzz",
 })
 
-# Known failures in commands owned by others (routed by the lead). (command, slot, class).
-_C = "owner C (train/data)"
-KNOWN: dict[tuple[str, str, str], str] = {
-    ("train", "--out", "readonly_dir"): (
-        f"item 7/8, {_C}: train --out /proc/x is refused only after the large configuration is "
-        "simulated (~35 s), and after a progress line"),
-}
+# Known failures, each with the issue item in its reason. (command, slot, class).
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 def _known(command: str, slot: str, cls: str) -> str | None:

@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "registry": 0,
     "units": 0,
+    "paths": 0,
     "hardware": 1,
     "graph": 2,
     "numerics": 2,
@@ -35,7 +36,7 @@ LAYERS: dict[str, int] = {
 
 
 # The core modules sit together on layer 0 and may use one another.
-CORE = {"errors", "config", "registry", "units"}
+CORE = {"errors", "config", "registry", "units", "paths"}
 
 
 def _package_of(path: Path) -> str:

@@ -9,10 +9,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from dojo.cli.common import print_json
@@ -50,40 +47,6 @@ def add_parser(subparsers: Any) -> None:
     fps.set_defaults(run=_fps)
 
 
-TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so every `except BaseException` clean-up runs."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM raises `Terminated` (a KeyboardInterrupt), so a killed command
-    removes its temporary files as Ctrl-C does. Later SIGTERMs are ignored, so a second one
-    cannot cut the clean-up short. Only the main thread can install handlers; elsewhere
-    (a command run from a worker thread) the default stays."""
-    def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def terminated(command: str) -> int:
-    """The one line and exit status of a command stopped by SIGTERM (after its clean-up)."""
-    print(f"dojo: {command}: terminated (SIGTERM); temporary files removed", file=sys.stderr)
-    return TERMINATED
-
-
 def _number(text: str, flag: str, kind: type = int) -> Any:
     try:
         return kind(text)
@@ -116,11 +79,7 @@ def _synth(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"dojo data synth: {done}/{total} clips", file=sys.stderr, flush=True)
 
-    try:
-        with sigterm_as_interrupt():
-            manifest = synthesize(args.out, cfg, progress=progress, force=args.force)
-    except Terminated:
-        return terminated("data synth")
+    manifest = synthesize(args.out, cfg, progress=progress, force=args.force)
     print_json({"manifest": str(manifest), "clips": cfg.clips, "cameras": cfg.cameras,
                 "frames": cfg.frames, "size": [cfg.width, cfg.height], "fps": cfg.fps,
                 "gop": cfg.gop, "grid": cfg.grid, "range_m": cfg.range_m, "seed": cfg.seed})

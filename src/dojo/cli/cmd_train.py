@@ -105,17 +105,12 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
-    from dojo.cli.cmd_data import Terminated, sigterm_as_interrupt, terminated
     from dojo.train import train_occupancy
     from dojo.train.report import metrics
 
     bar = _Bar()
     try:
-        with sigterm_as_interrupt():
-            result = train_occupancy(opts, bar)
-    except Terminated:
-        bar.close()
-        return terminated("train")
+        result = train_occupancy(opts, bar)
     finally:
         bar.close()
     if args.json:

@@ -4,14 +4,18 @@ Each subcommand lives in `dojo.cli.cmd_<name>` and exposes `add_parser(subparser
 `run(args) -> int`. Command modules import only the standard library at module level; torch,
 plotting and video are imported inside `run`, so `dojo --help` stays fast.
 User errors (`DojoError`) print one line on stderr and exit with status 2, without a traceback.
+Ctrl-C (130) and SIGTERM (143) unwind the same way, so every command removes its temporary files.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 # Order is the order shown in `dojo --help`.
 COMMANDS: tuple[str, ...] = (
@@ -26,6 +30,34 @@ COMMANDS: tuple[str, ...] = (
     "run",
     "train",
 )
+
+
+TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `except BaseException` clean-up runs."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises `Terminated` (a KeyboardInterrupt), so a killed command
+    removes its temporary files as Ctrl-C does. Later SIGTERMs are ignored, so a second one
+    cannot cut the clean-up short. Only the main thread can install handlers; elsewhere
+    (a command run from a worker thread) the default stays."""
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        with sigterm_as_interrupt():
+            return int(args.run(args))
     except DojoError as err:
         print(f"dojo: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"dojo: {args.command}: terminated (SIGTERM); temporary files removed",
+              file=sys.stderr)
+        return TERMINATED
     except KeyboardInterrupt:
         print("dojo: interrupted", file=sys.stderr)
         return 130

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dojo.errors import DojoError
+from dojo.paths import can_create_in
 from dojo.report.files import write_bytes_atomic, write_text_atomic
 
 # Long unbroken words (a plan like dp=8,tp=1,pp=1,mb=1,...) wrap instead of running off the page.
@@ -60,20 +61,11 @@ def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Pa
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise DojoError(f"{flag} {text}: folder '{folder}' {what}")
-    if not os.access(folder, os.W_OK | os.X_OK) or _read_only(folder):
+    if not can_create_in(folder):
         raise DojoError(f"{flag} {text}: folder '{folder}' is not writable")
     if target.exists() and not os.access(target, os.W_OK):
         raise DojoError(f"{flag} {text}: the file is not writable")
     return target
-
-
-def _read_only(folder: Path) -> bool:
-    """A read-only mount, or a virtual file system (/proc) where root's access() says yes."""
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return True
-    return bool(st.f_flag & os.ST_RDONLY) or st.f_blocks == 0
 
 
 def write_figure(fig: Any, path: str | Path, flag: str, dpi: int = 110) -> Path:

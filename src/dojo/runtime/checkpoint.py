@@ -17,6 +17,7 @@ import torch
 
 from dojo.errors import DojoError
 from dojo.numerics import load_policy_state, policy_state
+from dojo.paths import can_create_in, nearest_existing
 
 MANIFEST = "manifest.json"
 
@@ -48,24 +49,12 @@ def check_folder(folder: str | Path, *, resume: bool) -> Path:
         return root
     if root.exists() and not root.is_dir():
         raise DojoError(f"--checkpoint {root}: exists and is not a folder")
-    parent = root if root.is_dir() else root.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(root)
     if not parent.is_dir():
         raise DojoError(f"--checkpoint {root}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or _read_only_fs(parent):
+    if not can_create_in(parent):
         raise DojoError(f"--checkpoint {root}: {parent} is not writable")
     return root
-
-
-def _read_only_fs(path: Path) -> bool:
-    """True on a read-only mount or a virtual file system that refuses new files (os.access
-    says yes to root there)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return True
-    return bool(st.f_flag & os.ST_RDONLY) or st.f_blocks == 0
 
 
 def save_checkpoint(trainer: Any, folder: str | Path) -> Path:

@@ -17,7 +17,6 @@ Data folder semantics (docs/train.md):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from dojo.data.synth import SynthConfig
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.loader import host_count, load_system
 from dojo.hardware.spec import SystemSpec
+from dojo.paths import can_create_in, nearest_existing
 from dojo.train import checkpoint
 from dojo.train.options import TrainOptions
 
@@ -81,15 +81,11 @@ def check_out(text: str) -> Path:
 
 def _check_writable(folder: Path, flag: str) -> None:
     """`folder` exists as a writable folder, or its nearest existing ancestor is one."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         raise DojoError(f"{folder}: cannot create it, '{probe}' is a file ({flag} expects a "
                         "folder path)")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not can_create_in(probe):
         raise DojoError(f"{folder}: cannot write there, '{probe}' is not writable ({flag})")
 
 

@@ -1,0 +1,30 @@
+"""Where output may go: one check of "can a new file be made in this folder" for every writer.
+
+`os.access` alone is not enough: it answers yes to root on a read-only mount and on virtual file
+systems such as /proc, where creating a file still fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its closest existing ancestor (the folder a new
+    `path` would be created in, directly or through new sub-folders)."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def can_create_in(folder: Path) -> bool:
+    """True when `folder` is a folder in which this process can create files."""
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return not (st.f_flag & os.ST_RDONLY) and st.f_blocks != 0
