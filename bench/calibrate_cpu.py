@@ -15,6 +15,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.
+   Transcendental pointwise kernels (GELU, erf, exp, SiLU...) in counted FLOP per element
+   against the norms and softmax (`pointwise_weights`): what dojo.capture.costs'
+   `_POINTWISE_WEIGHT` ships; printed beside it, not written (the capture is code, not data).
 5. The optimizer step outside its kernels: fused AdamW plus the runtime's two zero_grad calls
    over 4 and 68 tiny tensors: a fixed part and a part per parameter tensor (the simulator's
    `host_step_time`; see docs/simulator.md for what it still needs).
@@ -142,6 +145,52 @@ def vector_rates(cache: float) -> dict[str, float]:
         if flops and net > 2 * moved / cache:
             rates[name] = flops / net
     return rates
+
+
+def _pointwise_kernels(cols: int) -> tuple[dict[str, tuple[int, Callable[[], object]]],
+                                             dict[str, Callable[[], object]]]:
+    """(norms and softmax with their counted FLOP per element, transcendental kernels) on
+    [64, cols] FP32 tensors."""
+    aten = torch.ops.aten
+    x, w = torch.randn(64, cols), torch.ones(cols)
+    g = torch.randn_like(x)
+    refs: dict[str, tuple[int, Callable[[], object]]] = {
+        "softmax": (4, lambda: aten._softmax.default(x, -1, False)),
+        "log_softmax": (4, lambda: aten._log_softmax.default(x, -1, False)),
+        "softmax_backward": (3, lambda: aten._softmax_backward_data.default(
+            g, x, -1, torch.float32)),
+        "layer_norm": (5, lambda: aten.native_layer_norm.default(x, [cols], w, w, 1e-5))}
+    kernels: dict[str, Callable[[], object]] = {
+        "gelu": lambda: aten.gelu.default(x),
+        "gelu_backward": lambda: aten.gelu_backward.default(g, x),
+        "erf": lambda: aten.erf.default(x), "exp": lambda: aten.exp.default(x),
+        "tanh": lambda: aten.tanh.default(x), "sigmoid": lambda: aten.sigmoid.default(x),
+        "silu": lambda: aten.silu.default(x),
+        "silu_backward": lambda: aten.silu_backward.default(g, x)}
+    return refs, kernels
+
+
+def pointwise_weights(rounds: int = 3) -> dict[str, float]:
+    """Measured FLOP per element of transcendental pointwise kernels (GELU, erf, exp, SiLU...):
+    each kernel's seconds per element (net of dispatch, a 1-element add) over the seconds per
+    counted FLOP of the norms and softmax (their counts are arithmetic: dojo.capture.costs),
+    the median of those four; per kernel the geometric mean over [64, 256] and [64, 1024] FP32
+    tensors (cache-resident), each the best of `rounds` passes. What `_POINTWISE_WEIGHT` ships."""
+    one = torch.randn(1)
+    measured: dict[str, list[float]] = {}
+    for cols in (256, 1024):
+        refs, kernels = _pointwise_kernels(cols)
+        timed = list(kernels.items()) + [(k, f) for k, (_, f) in refs.items()]
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            dispatch = _best(lambda: torch.ops.aten.add.Tensor(one, one), 200)
+            for name, fn in timed:
+                t = max(1e-12, _best(fn, 200) - dispatch) / (64 * cols)
+                best[name] = min(t, best.get(name, t))
+        per_flop = statistics.median(best[k] / c for k, (c, _) in refs.items())
+        for name in kernels:
+            measured.setdefault(name, []).append(best[name] / per_flop)
+    return {k: statistics.geometric_mean(v) for k, v in measured.items()}
 
 
 class _MLPBlock(torch.nn.Module):
@@ -322,6 +371,11 @@ def main() -> None:
     print("\n| vector kernel | counted GFLOP/s |\n|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate / 1e9:.2f} |")
+    from dojo.capture.costs import _POINTWISE_WEIGHT
+
+    print("\n| pointwise kernel | measured FLOP/element | shipped |\n|---|---|---|")
+    for name, weight in pointwise_weights(args.rounds).items():
+        print(f"| {name} | {weight:.1f} | {_POINTWISE_WEIGHT.get(name, 1)} |")
     print("\n| all-reduce bytes | gloo us |\n|---|---|")
     for n, t in gloo:
         print(f"| {n} | {t * 1e6:.1f} |")

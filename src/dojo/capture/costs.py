@@ -4,9 +4,11 @@ FLOP come first from `torch.utils.flop_counter` (matmul, conv, attention); this 
 there the CPU attention kernels it lacks, so FlopCounterMode counts them too. Every other op gets
 a documented formula, with N the element count of the named tensor:
 
-- views and metadata ops (schema says the output aliases an input, not written): 0 FLOP, 0 bytes;
+- views and metadata ops (schema says the output aliases an input, not written; and
+  `_unsafe_view`, a view whose schema hides the alias from autograd): 0 FLOP, 0 bytes;
 - pointwise ops (ATen tag `pointwise`): N(output) FLOP, times the weight in `_POINTWISE_WEIGHT`
-  for fused ones (addcmul, addcdiv, lerp: 2);
+  for fused ones (addcmul, addcdiv, lerp: 2) and transcendental ones (erf, exp, tanh and the
+  activations built on them, from their measured cost; see `_POINTWISE_WEIGHT`);
 - reductions (tag `reduction`): N(largest input) FLOP;
 - `_NORM_SOFTMAX`: a fixed number of FLOP per element of the first input (layer/batch/group norm
   forward 5, backward 8; softmax forward 4, backward 3; log-softmax forward 4, backward 3; losses,
@@ -29,7 +31,22 @@ from torch.utils import flop_counter
 
 aten = torch.ops.aten
 
-_POINTWISE_WEIGHT: dict[str, int] = {"addcmul": 2, "addcdiv": 2, "lerp": 2}
+# FLOP per output element of pointwise ops that are not one operation. Fused multiply-adds: 2.
+# Transcendental functions are evaluated as polynomial/rational approximations (erf: a rational
+# of degree ~8 plus a division; exp: range reduction and a degree-6 polynomial), so they weigh
+# what one core measures them at against the FLOP-counted norms and softmax
+# (bench/calibrate_cpu.py `pointwise_weights`, [64 x 256] and [64 x 1024] FP32: gelu 6-12,
+# gelu_backward 9-16, erf 8-9, exp 5-6, sigmoid and silu 5-6, silu_backward 6-7, tanh 18-19).
+# Counted FLOPs only; the op's bytes still bound it on a device whose vector units keep up.
+_POINTWISE_WEIGHT: dict[str, int] = {
+    "addcmul": 2, "addcdiv": 2, "lerp": 2,
+    "gelu": 8, "gelu_backward": 12, "erf": 8, "exp": 5, "sigmoid": 5, "silu": 5,
+    "silu_backward": 6, "tanh": 18,
+    "sigmoid_backward": 3, "tanh_backward": 3,  # g (1 - y) y and g (1 - y^2): 3 operations
+}
+# Views that ATen's schema does not annotate as aliasing (so autograd does not track them):
+# `_unsafe_view` reshapes a fresh tensor in place of a copy (reshape after mm/bmm or clone).
+_UNANNOTATED_VIEWS: frozenset[str] = frozenset({"_unsafe_view"})
 
 # op packet name -> FLOP per element of the first tensor input
 _NORM_SOFTMAX: dict[str, int] = {
@@ -43,6 +60,7 @@ _NORM_SOFTMAX: dict[str, int] = {
     "native_group_norm": 5,
     "native_group_norm_backward": 8,
     "_softmax": 4,
+    "_safe_softmax": 4,  # softmax that returns 0 on fully masked rows (SDPA's math fallback)
     "_softmax_backward_data": 3,
     "_log_softmax": 4,
     "_log_softmax_backward_data": 3,
@@ -71,7 +89,7 @@ _ZERO_FLOP: frozenset[str] = frozenset({
     "gather", "scatter", "slice_scatter", "select_scatter", "constant_pad_nd", "zeros", "ones",
     "zeros_like", "ones_like", "empty", "empty_like", "full", "full_like", "fill", "fill_",
     "zero_", "arange", "new_zeros", "new_ones", "new_empty", "new_full", "scalar_tensor",
-    "_unsafe_view", "empty_strided", "new_empty_strided", "lift_fresh_copy", "repeat", "tril",
+    "empty_strided", "new_empty_strided", "lift_fresh_copy", "repeat", "tril",
     "triu", "masked_fill", "where", "_reshape_copy", "contiguous", "randperm", "rand", "randn",
     "randint", "bernoulli", "native_dropout", "native_dropout_backward", "index_put",
     "_index_put_impl", "expand_copy", "unfold_backward", "roll", "flip", "select_backward",
@@ -107,7 +125,10 @@ def nbytes(t: torch.Tensor) -> int:
 
 
 def is_view(op: Any) -> bool:
-    """True when `op`'s first result aliases an input without writing it (view, t, split...)."""
+    """True when `op`'s first result aliases an input without writing it (view, t, split...,
+    and `_unsafe_view`, whose schema leaves the alias out)."""
+    if op.overloadpacket.__name__ in _UNANNOTATED_VIEWS:
+        return True
     returns = op._schema.returns
     if not returns or returns[0].alias_info is None:
         return False
