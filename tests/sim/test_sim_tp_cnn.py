@@ -91,3 +91,21 @@ def test_planner_prefers_dp_for_a_small_cnn_on_slow_links() -> None:
     tp_plans = [c for c in found.candidates if c.plan.tp == 2]
     assert all(c.step_time_s > found.best.step_time_s for c in tp_plans)
     assert math.isfinite(found.best.step_time_s)
+
+
+def test_vit_pairs_start_at_the_blocks_first_linear() -> None:
+    """ViT-B/16's patch embedding (a convolution on the images) stays whole on every rank, as
+    Megatron-LM keeps it, so each block has its two Megatron pairs: 2 all-reduces of the
+    residual stream (b x 197 tokens x 768, BF16) per block each way, never of the 3h or 4h
+    activations inside a pair."""
+    from dojo.sim.session import captured
+
+    graph, _ = captured("vit-b16", {}, 2, None)
+    work = model_work(graph, tp=2, scale=0.5)
+    residual = 2 * 197 * 768 * 2
+    assert work.block is not None and work.repeat == 12
+    for phase in ("forward", "backward"):
+        # the head's (b x 768) input gradient and the loss's row statistics are far smaller
+        big = {name: [nbytes for _, nbytes in getattr(sec, f"tp_{phase}") if nbytes > 10_000]
+               for name, sec in (("pre", work.pre), ("block", work.block), ("post", work.post))}
+        assert big == {"pre": [], "block": [residual] * 2, "post": []}, phase

@@ -96,10 +96,18 @@ def _group_cost(group: list[Op], moved: float, tp: int, sp: bool, residual_numel
     flops = sum(op.flops for op in group)
     target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
     if group[0].rule in MATRIX_RULES:
-        shape = _gemm_shape(group[0], graph, tp, residual_numel)
-        made = graph.tensors[group[0].outputs[0]] if group[0].outputs else None
+        op = group[0]
+        ins = any(root(graph, t).id in split for t in op.inputs)
+        out = any(root(graph, t).id in split for t in op.outputs)
+        # Split by the dataflow: a matrix op touching no split tensor (camera geometry on the
+        # inputs) runs whole on every rank unless sequence parallelism shards it; one that
+        # leaves the split region (row-parallel) keeps its output whole and splits k.
+        div = tp if (sp or ins or out or not split) else 1
+        shape = _gemm_shape(op, graph, div, whole=(ins and not out) or
+                            (not split and _output_is_residual(op, graph, residual_numel)))
+        made = graph.tensors[op.outputs[0]] if op.outputs else None
         item = made.bytes / max(1, math.prod(made.shape)) if made is not None else 0.0
-        return OpCost("matrix", flops / tp, moved * scale / tp, target, shape,
+        return OpCost("matrix", flops / div, moved * scale / div, target, shape,
                       out_bytes=math.prod(shape) * item * scale)
     outs = [t for op in group for t in op.outputs]
     if not outs:
@@ -129,10 +137,13 @@ def weight_derived(graph: Graph) -> set[int]:
     return weights
 
 
-def tp_split(graph: Graph, weights: set[int]) -> set[int]:
+def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[int]:
     """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc):
     a matmul or convolution with one activation input (`weights` are not activations) flips
-    its domain, any other op's outputs are split when one of its activation inputs is."""
+    its domain, any other op's outputs are split when one of its activation inputs is.
+    `whole_stem` (models with a residual stream): a weight op on the model's input data (ViT's
+    patch embedding) stays whole on every rank, as Megatron-LM keeps it, so that the stream it
+    feeds is replicated and the blocks' pairs start at their first linear."""
     split: set[int] = set()
     for op in graph.ops:
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
@@ -140,6 +151,8 @@ def tp_split(graph: Graph, weights: set[int]) -> set[int]:
             continue
         outs = {root(graph, t).id for t in op.outputs}
         if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
+            if whole_stem and graph.tensors[acts[0]].role == "input":
+                continue
             if acts[0] not in split:
                 split |= outs
         elif _input_grad(graph, op) is not None:
@@ -260,12 +273,17 @@ def _weight_op(op: Op) -> bool:
     return "mm" in op.target or "convolution" in op.target
 
 
-def _gemm_shape(op: Op, graph: Graph, tp: int, residual_numel: int) -> tuple[int, int, int]:
+def _output_is_residual(op: Op, graph: Graph, residual_numel: int) -> bool:
+    """Whether the op's output is the size of the residual stream (or smaller)."""
+    return bool(op.outputs) and math.prod(graph.tensors[op.outputs[0]].shape) <= residual_numel
+
+
+def _gemm_shape(op: Op, graph: Graph, tp: int, whole: bool) -> tuple[int, int, int]:
     """(batch, m, n) of a matmul or convolution's output on one device of the tp split.
 
-    Column-parallel ops (output wider than the residual stream) split their larger output
-    dimension; row-parallel ops (output the size of the residual stream) split the reduction
-    dimension and keep their output; batched matmuls split heads, i.e. the batch.
+    Row-parallel ops (`whole`: they leave the split region) split the reduction dimension and
+    keep their output; batched matmuls split heads, i.e. the batch; other ops split their
+    larger output dimension (column-parallel, weight gradients).
     """
     if not op.outputs:
         return (0, 0, 0)
@@ -278,7 +296,7 @@ def _gemm_shape(op: Op, graph: Graph, tp: int, residual_numel: int) -> tuple[int
         return (0, 0, 0)
     if tp > 1 and b > 1:
         b = max(1, b // tp)
-    elif tp > 1 and m * n > residual_numel:
+    elif tp > 1 and not whole:
         m, n = (m // tp, n) if m >= n else (m, n // tp)
     return (b, max(1, m), max(1, n))
 
@@ -330,7 +348,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
     weights = weight_derived(graph)
-    split = tp_split(graph, weights) if tp > 1 else set()
+    split = tp_split(graph, weights, whole_stem=residual_numel > 0) if tp > 1 else set()
     masks = dropout_masks(graph)
     grouped = fusion.groups(graph, labels, fuse)
     loss = _loss_groups(grouped)
