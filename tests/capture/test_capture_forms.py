@@ -67,18 +67,38 @@ def test_cpu_attention_kernel_flops_are_the_closed_form() -> None:
     assert attn == {"forward": 4 * bhsd, "backward": 10 * bhsd}
 
 
-def test_folded_blocks_equal_the_full_capture(tiny_gpt: Any) -> None:
-    model, inputs, loss_fn, targets = tiny_gpt(5)
+@pytest.mark.parametrize("layers", [2, 5])
+def test_folded_blocks_equal_the_full_capture(tiny_gpt: Any, layers: int) -> None:
+    """A stack of identical blocks (2 layers too: the small presets) folds into one template
+    whose totals, state and peak memory equal the unfolded capture's."""
+    model, inputs, loss_fn, targets = tiny_gpt(layers)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     folded = dojo.capture(model, inputs, loss_fn, opt, targets=targets).graph
     full = dojo.capture(model, inputs, loss_fn, opt, targets=targets, repeat_blocks=False).graph
-    assert [(b.name, b.repeat) for b in folded.blocks] == [("blocks", 5)] and not full.blocks
+    assert [(b.name, b.repeat) for b in folded.blocks] == [("blocks", layers)]
+    assert not full.blocks
     assert len(folded.ops) < len(full.ops)
     assert phase_totals(folded) == phase_totals(full)
     assert state_bytes(folded) == state_bytes(full)
     assert peak_activation_bytes(folded) == peak_activation_bytes(full)
     block_params = sum(p.numel() for p in model.blocks[0].parameters())
     assert folded.blocks[0].params == block_params
+
+
+def test_pairs_fold_only_outside_longer_stacks() -> None:
+    """Two identical stages that each hold 3 identical layers keep the 3-stack (the finer block
+    a pipeline splits); a lone pair of identical layers is a stack of 2."""
+    from dojo.capture.blocks import find_stacks
+
+    def layers(n: int) -> nn.ModuleList:
+        return nn.ModuleList(nn.Linear(4, 4) for _ in range(n))
+
+    stages = nn.Module()
+    stages.stages = nn.ModuleList(nn.ModuleDict({"layers": layers(3)}) for _ in range(2))
+    assert find_stacks(stages) == {"stages.0.layers": 3, "stages.1.layers": 3}
+    pair = nn.Module()
+    pair.blocks, pair.heads = layers(2), nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 2)])
+    assert find_stacks(pair) == {"blocks": 2}
 
 
 def test_capture_size_does_not_grow_with_depth(tiny_gpt: Any) -> None:

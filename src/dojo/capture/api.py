@@ -77,7 +77,7 @@ def capture(model: nn.Module, example_inputs: Any, loss_fn: Callable[..., Tensor
     The step is `loss = loss_fn(model(*example_inputs), *targets)`, its gradients, and one
     `optimizer` update (SGD, Adam, AdamW; see dojo.capture.optim). Tensors may be real or on the
     "meta" device; tracing uses fake tensors either way, so nothing is computed. With
-    `repeat_blocks`, stacks of >= 3 identical blocks are traced at depth 2 and folded into one
+    `repeat_blocks`, stacks of >= 2 identical blocks are traced at depth 2 and folded into one
     template (see dojo.capture.blocks). Raises DojoError when the step cannot be traced, naming
     the op or source line and the reason.
     """

@@ -1,12 +1,15 @@
 """Repeated identical blocks: find them, trace them at depth 2, keep one instance as a template.
 
 A *stack* is a ModuleList or Sequential of >= `MIN_REPEAT` children with identical structure
-(types, parameter and buffer names, shapes and dtypes). Capture traces the model with each stack
-cut to its first two children, then `compress` checks that instance 1's forward, backward and
-optimizer ops match instance 0's one for one (target and shapes), keeps instance 0 as the
-template with the stack's real depth as its repeat count, and records the carry (tensors one
-instance hands the next). Instance 1 is what proves the carry: whatever it reads from instance 0
-is the residual stream, whatever instance 0's backward reads from instance 1's is its gradient.
+(types, parameter and buffer names, shapes and dtypes); a stack of exactly 2 counts only where
+it neither holds nor sits inside a longer stack (so a 2-layer transformer folds into a block a
+pipeline can split, while a pair of identical stages keeps its inner stacks of >= 3). Capture
+traces the model with each stack cut to its first two children, then `compress` checks that
+instance 1's forward, backward and optimizer ops match instance 0's one for one (target and
+shapes), keeps instance 0 as the template with the stack's real depth as its repeat count, and
+records the carry (tensors one instance hands the next). Instance 1 is what proves the carry:
+whatever it reads from instance 0 is the residual stream, whatever instance 0's backward reads
+from instance 1's is its gradient.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dojo.capture.build import RawGraph, RawOp
 from dojo.capture.trace import Mark
 from dojo.graph import Block
 
-MIN_REPEAT = 3
+MIN_REPEAT = 2
 
 
 def _structure(m: nn.Module) -> tuple[Any, ...]:
@@ -32,17 +35,31 @@ def _structure(m: nn.Module) -> tuple[Any, ...]:
     return mods, params, bufs
 
 
-def find_stacks(model: nn.Module) -> dict[str, int]:
-    """Module path -> depth of each outermost stack of identical blocks in `model`."""
+def _identical_stacks(model: nn.Module, depth: int) -> dict[str, int]:
+    """Module path -> depth of each ModuleList/Sequential of >= `depth` identical children."""
     found: dict[str, int] = {}
     for path, mod in model.named_modules():
-        if not path or not isinstance(mod, nn.ModuleList | nn.Sequential) or len(mod) < MIN_REPEAT:
-            continue
-        if any(path.startswith(p + ".") for p in found):
+        if not path or not isinstance(mod, nn.ModuleList | nn.Sequential) or len(mod) < depth:
             continue
         first = _structure(mod[0])
         if all(_structure(m) == first for m in list(mod)[1:]):
             found[path] = len(mod)
+    return found
+
+
+def find_stacks(model: nn.Module) -> dict[str, int]:
+    """Module path -> depth of each outermost stack of identical blocks in `model`: stacks of
+    >= 3 first, then stacks of 2 that neither hold nor sit inside one of those."""
+    def outermost(stacks: dict[str, int]) -> dict[str, int]:
+        return {p: n for p, n in stacks.items()
+                if not any(p.startswith(q + ".") for q in stacks)}
+
+    found = outermost(_identical_stacks(model, 3))
+    pairs = outermost(_identical_stacks(model, MIN_REPEAT))
+    for path, depth in pairs.items():
+        if depth < 3 and not any(path.startswith(q + ".") or q.startswith(path + ".")
+                                 for q in found):
+            found[path] = depth
     return found
 
 
