@@ -1,0 +1,44 @@
+"""Parameter tensors per section of a captured step: what an eager optimizer loops over.
+
+An eager step spends host time per parameter tensor outside its captured ops (the optimizer's
+per-tensor bookkeeping, `zero_grad`, one gradient-accumulation add per extra micro-batch:
+`dojo.sim.costs.DeviceModel.host_step_time`), so the simulator needs the count per pipeline
+stage. Sections follow `dojo.compiler.work`: 'pre' before the repeated block, 'block' (one
+instance), 'post' after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dojo.graph import Graph
+
+
+def param_tensors_by_section(graph: Graph, block: str | None,
+                             labels: Sequence[str]) -> dict[str, int]:
+    """Trainable parameter tensors per section ('pre', 'block' for one block instance, 'post'),
+    `labels` being each op's section in `graph.ops` order. A parameter belongs to the block when
+    the template holds it, else to the section of its first reader (a parameter only the block
+    reads, or none, counts as 'pre'), as `compiler.work` assigns parameter elements."""
+    first_use: dict[int, str] = {}
+    for op, label in zip(graph.ops, labels):
+        for t in op.inputs:
+            first_use.setdefault(_root(graph, t), label)
+    made = {tid for op in graph.ops for tid in op.outputs}
+    out: dict[str, int] = {}
+    for info in graph.tensors:
+        if info.role != "parameter" or info.view_of is not None or info.id in made:
+            continue
+        if block is not None and info.block == block:
+            label = "block"
+        else:
+            label = first_use.get(info.id, "pre")
+            label = "pre" if label == "block" else label
+        out[label] = out.get(label, 0) + 1
+    return out
+
+
+def _root(graph: Graph, tid: int) -> int:
+    while (up := graph.tensors[tid].view_of) is not None:
+        tid = up
+    return tid
