@@ -56,3 +56,22 @@ def test_runtime_backend_refuses_uncovered_op(backend) -> None:  # type: ignore[
         torch.compile(nn.Conv1d(2, 2, 3), backend="dojo")(torch.randn(1, 2, 8))
     assert isinstance(info.value, DojoError) or "conv1d" in str(info.value)
     assert "cfp8" in str(info.value) and "conv1d" in str(info.value)
+
+
+def test_runtime_backend_times_the_plans_fusion(backend) -> None:  # type: ignore[no-untyped-def]
+    """The backend compiles the work the session would: `fusion=none` (eager, one kernel per
+    op) launches every vector op on its own, so it can never be faster than `fusion=full`,
+    and with ReLU between the linears it is strictly slower by at least one launch."""
+    from dojo.sim.costs import load_calibration
+
+    x = torch.randn(3, 8)
+    steps = {}
+    for fusion in ("full", "none"):
+        backend.reset()
+        torch._dynamo.reset()
+        backend.configure(system="h100-cluster:1", plan=f"dp=1,fusion={fusion}")
+        torch.compile(_mlp(), backend="dojo")(x).square().sum().backward()
+        sims = backend.last_simulations()
+        assert sims[0].program.plan.fusion == fusion
+        steps[fusion] = sims[0].step_time_s
+    assert steps["none"] >= steps["full"] + load_calibration("h100").launch_s * (1 - 1e-9)

@@ -120,6 +120,7 @@ def simulate_graph(gm: torch.fx.GraphModule, example_inputs: list[Any],
     from dojo.compiler.program import PRECISION_BYTES, compile_program
     from dojo.compiler.work import model_work
     from dojo.hardware.loader import load_system
+    from dojo.sim.session import fuses_attention
     from dojo.sim.simulate import simulate
 
     step = _GraphStep(gm, example_inputs)
@@ -129,8 +130,10 @@ def simulate_graph(gm: torch.fx.GraphModule, example_inputs: list[Any],
                        name=f"dynamo_graph_{len(_STATE['simulations'])}")
     plan = parse_plan(f"{config.plan},precision={config.precision}", "backend plan")
     spec = load_system(config.system)
+    # The same work the session compiles for this plan and system (fusion, attention kernel).
     work = model_work(captured.graph, tp=plan.tp, sp=plan.sp,
-                      scale=PRECISION_BYTES[plan.precision]["activation_scale"])
+                      scale=PRECISION_BYTES[plan.precision]["activation_scale"],
+                      fuse=plan.fusion, fused_attention=fuses_attention(spec))
     program = compile_program(work, plan, spec, batch=plan.dp * plan.mb)
     result = simulate(program)
     return GraphSimulation(index=len(_STATE["simulations"]), ops=len(captured.graph.ops),
