@@ -8,10 +8,11 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    cache), cache bandwidth and the largest set that still streams at it.
 3. Eager dispatch: forward and backward of tiny stacks of two residual blocks each (a
    transformer MLP block, an attention block with its head views, a conv-BN-ReLU unit), whose
-   kernels take well under a microsecond, divided by the ops the simulator counts for them
-   (dojo's own capture, one per non-view ATen op of forward and backward): seconds per op as
-   eager PyTorch issues it from nn.Module code (module calls, views, autograd nodes and the
-   backward call included); the median of the three.
+   kernels take well under a microsecond, each phase divided by the ops the simulator counts
+   for it (dojo's own capture, one per non-view ATen op): seconds per forward op as eager
+   PyTorch issues it from nn.Module code (module calls and views included), and per backward
+   op as autograd's engine issues it (its nodes, view backwards and the backward call
+   included); the median of the three stacks per phase.
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.
@@ -250,34 +251,46 @@ def _loss(y: torch.Tensor) -> torch.Tensor:
     return y.square().mean()
 
 
-def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Forward and backward ops of one step of `model` as the simulator counts them: the
+def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(forward, backward) ops of one step of `model` as the simulator counts them: the
     captured graph's non-view ops (dojo.compiler.fusion.groups at fusion=none)."""
     from dojo.capture import capture
     from dojo.compiler.fusion import FREE_RULES
 
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
-    return sum(1 for op in graph.ops
-               if op.phase in ("forward", "backward") and op.rule not in FREE_RULES)
+    return tuple(sum(1 for op in graph.ops if op.phase == phase and op.rule not in FREE_RULES)
+                 for phase in ("forward", "backward"))  # type: ignore[return-value]
 
 
-def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, int]]:
-    """(seconds per counted op, ops per step) of forward + backward of each tiny block stack:
-    the fastest of `rounds` rounds that take turns over the stacks (a shared machine's load
-    comes and goes over seconds)."""
-    out: dict[str, tuple[float, int]] = {}
+def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float]:
+    """Fastest (forward, backward) seconds of one step of `model` over `repeat` steps."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss = _loss(model(x))
+        mid = time.perf_counter()
+        loss.backward()
+        end = time.perf_counter()
+        best = [min(best[0], mid - start), min(best[1], end - mid)]
+    return best[0], best[1]
+
+
+def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, float, int, int]]:
+    """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
+    each tiny block stack: the forward issued op by op from Python module code, the backward
+    by autograd's engine; the fastest of `rounds` rounds that take turns over the stacks (a
+    shared machine's load comes and goes over seconds)."""
+    out: dict[str, tuple[float, float, int, int]] = {}
     stacks = _stacks()
     counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
     for _ in range(rounds):
         for name, (model, x) in stacks.items():
-
-            def step(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
-                model.zero_grad(set_to_none=True)
-                _loss(model(x)).backward()
-
-            t = _best(step, 100) / counts[name]
-            out[name] = (min(t, out.get(name, (t, 0))[0]), counts[name])
+            fwd, bwd = _phase_times(model, x, 100)
+            nf, nb = counts[name]
+            old = out.get(name, (fwd / nf, bwd / nb, nf, nb))
+            out[name] = (min(old[0], fwd / nf), min(old[1], bwd / nb), nf, nb)
     return out
 
 
@@ -354,7 +367,8 @@ def main() -> None:
     half = fit_half(curve, peak)
     memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, args.rounds, min))
     stacks = eager_op_times()
-    per_op = statistics.median(t for t, _ in stacks.values())
+    per_op = statistics.median(f for f, _, _, _ in stacks.values())
+    per_op_backward = statistics.median(b for _, b, _, _ in stacks.values())
     rates: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, rate in vector_rates(cache).items():
@@ -381,22 +395,24 @@ def main() -> None:
         print(f"| {n} | {t * 1e6:.1f} |")
     print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, memory "
           f"{memory / 1e9:.2f} GB/s, cache {cache / 1e9:.2f} GB/s up to {cache_bytes / 2**20:.1f}"
-          f" MiB, eager op {per_op * 1e6:.2f} us (median of "
-          + ", ".join(f"{k} {t * 1e6:.1f} us/{n} ops" for k, (t, n) in stacks.items())
+          f" MiB, eager op forward {per_op * 1e6:.2f} us, backward {per_op_backward * 1e6:.2f}"
+          " us (medians of "
+          + ", ".join(f"{k} {f * 1e6:.1f} us/{nf} + {b * 1e6:.1f} us/{nb} ops"
+                      for k, (f, b, nf, nb) in stacks.items())
           + "), vector kernels at "
           f"{vector:.3f} of peak (median), conv at {conv:.2f}"
           f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
           f" per tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
-        _write(peak, half, (memory, cache, cache_bytes), (per_op, vector, conv), (alpha, link),
-               (opt_fixed, opt_tensor))
+        _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
+               (alpha, link), (opt_fixed, opt_tensor))
 
 
 def _write(peak: float, half: float, stream: tuple[float, float, float],
-           kernels: tuple[float, float, float], gloo: tuple[float, float],
+           kernels: tuple[float, float, float, float], gloo: tuple[float, float],
            optimizer: tuple[float, float]) -> None:
     memory, cache, cache_bytes = stream
-    per_op, vector, conv = kernels
+    per_op, per_op_backward, vector, conv = kernels
     alpha, link = gloo
     cal = ROOT / "src/dojo/sim/calibration/cpu.toml"
     cal.write_text(
@@ -408,7 +424,7 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
         f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
         f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {optimizer[0]:.4g}\n"
-        f"optimizer_tensor_s = {optimizer[1]:.4g}\n"
+        f"optimizer_tensor_s = {optimizer[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

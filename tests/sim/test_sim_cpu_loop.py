@@ -46,6 +46,21 @@ def test_fused_group_is_one_dispatch_per_op_on_an_eager_device() -> None:
     assert eager.op_time(single) == pytest.approx(launch, rel=1e-12)
 
 
+def test_backward_ops_pay_the_autograd_engines_dispatch() -> None:
+    """On an eager device a backward op costs `launch_backward_s` where a forward op costs
+    `launch_s` (their difference is the whole change); without a backward figure, or on a device
+    that is not eager, both phases pay `launch_s`."""
+    op = OpCost("vector", 1e3, 4e3, "aten.gelu.default")
+    split = _device(launch_s=3e-5, launch_backward_s=2e-5, eager=True)
+    forward, backward = split.for_phase("forward"), split.for_phase("backward")
+    assert forward.op_time(op) - backward.op_time(op) == pytest.approx(1e-5, rel=1e-9)
+    fused = OpCost("vector", 0.0, 0.0, "fused[4]")
+    assert backward.op_time(fused) == pytest.approx(4 * 2e-5, rel=1e-12)
+    for same in (_device(launch_s=3e-5, launch_backward_s=0.0, eager=True),
+                 _device(launch_s=3e-5, launch_backward_s=2e-5, eager=False)):
+        assert same.for_phase("backward").op_time(op) == same.op_time(op)
+
+
 def test_small_working_sets_stream_from_cache() -> None:
     """Up to `cache_bytes` an op streams at the cache's rate, beyond at memory's; crossing the
     edge never makes an op cheaper."""
@@ -60,10 +75,15 @@ def test_small_working_sets_stream_from_cache() -> None:
 def test_host_step_time_scales_with_parameter_tensors_and_micro_batches() -> None:
     """Outside its ops an eager step pays the optimizer's fixed cost, a cost per parameter
     tensor, and one accumulation add (a dispatched op) per tensor per extra micro-batch."""
-    dev = _device(launch_s=2e-5, optimizer_step_s=1e-4, optimizer_tensor_s=5e-6)
+    dev = _device(launch_s=2e-5, launch_backward_s=0.0, optimizer_step_s=1e-4,
+                  optimizer_tensor_s=5e-6)
     assert dev.host_step_time(10, 1) == pytest.approx(1e-4 + 10 * 5e-6, rel=1e-12)
     assert dev.host_step_time(10, 4) - dev.host_step_time(10, 1) == pytest.approx(
         3 * 10 * 2e-5, rel=1e-9)
+    # the adds are AccumulateGrad's, issued by the autograd engine: a backward dispatch each
+    split = _device(launch_s=2e-5, launch_backward_s=1e-5, optimizer_step_s=1e-4)
+    assert split.host_step_time(10, 4) - split.host_step_time(10, 1) == pytest.approx(
+        3 * 10 * 1e-5, rel=1e-9)
     assert _device(eager=False, optimizer_step_s=1e-4).host_step_time(10, 4) == 0.0
 
 
@@ -75,9 +95,9 @@ def test_new_fields_leave_other_calibrations_unchanged() -> None:
     for kind in ("a100", "h100", "d1"):
         cal = load_calibration(kind)
         fields = ("eager", "cache_bytes", "cache_bytes_per_s", "vector_compute_efficiency",
-                  "optimizer_step_s", "optimizer_tensor_s")
+                  "optimizer_step_s", "optimizer_tensor_s", "launch_backward_s")
         assert [getattr(cal, f) for f in fields] == [getattr(defaults, f) for f in fields] \
-            == [False, 0, 0, 1, 0, 0]
+            == [False, 0, 0, 1, 0, 0, 0]
     assert load_calibration("cpu").eager
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -55,6 +55,10 @@ class Calibration:
     # N captured ops is N kernels, each paying `launch_s` (the eager dispatch of one op, paid in
     # series with its kernel on a CPU), whatever the plan's fusion.
     eager: bool = False
+    # Dispatch of one op that autograd's engine issues in the backward (C++, no module call) on
+    # an eager device; `launch_s` is then a forward op's, issued from Python module code
+    # (0 = the same as `launch_s`). See `DeviceModel.for_phase`.
+    launch_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
@@ -198,8 +202,19 @@ class DeviceModel:
         cal = self.calibration
         if not cal.eager:
             return 0.0
-        accumulate = max(0, microbatches - 1) * param_tensors * cal.launch_s
+        # AccumulateGrad's adds are issued by the autograd engine: a backward dispatch each.
+        accumulate = (max(0, microbatches - 1) * param_tensors
+                      * self.for_phase("backward").calibration.launch_s)
         return cal.optimizer_step_s + param_tensors * cal.optimizer_tensor_s + accumulate
+
+    def for_phase(self, phase: str) -> DeviceModel:
+        """The device as it times the ops of `phase`: on an eager device with a measured
+        `launch_backward_s`, a backward op costs that dispatch (the autograd engine issues it
+        from C++) where forward and recompute ops (re-run from Python) pay `launch_s`."""
+        cal = self.calibration
+        if phase != "backward" or not cal.eager or not cal.launch_backward_s:
+            return self
+        return replace(self, calibration=replace(cal, launch_s=cal.launch_backward_s))
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of the extra launches of a fused group on an eager device: its target is
