@@ -26,9 +26,6 @@ from typing import Any
 import torch
 
 PLANS = ("dp=1", "dp=2", "tp=2", "pp=2")
-# The capture folds stacks of 3 or more identical blocks; the 2-layer small presets are not
-# folded, so the simulator sees one block and refuses pp=2: pipeline runs use 4 layers.
-PP_LAYERS = {"layers": 4}
 
 
 def distinct_models() -> list[tuple[str, list[str]]]:
@@ -62,9 +59,7 @@ def closed_loop(model: str, plan: str, steps: int, repeats: int
     preset under `plan` (FP32); rank 0's fastest step after warm-up, best of `repeats` runs."""
     from dojo.runtime import Job, run_distributed
 
-    overrides = PP_LAYERS if plan.startswith("pp") else {}
-    job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu",
-              overrides=overrides)
+    job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu")
     best, cpu, simulated = float("inf"), float("inf"), 0.0
     for _ in range(repeats):
         sim, results = run_distributed(job, timeout_s=120)
@@ -141,7 +136,7 @@ def main() -> None:
                    "error_phases": (pred - phases) / phases if phases else None}
             rows.append(row)
             if not args.json:
-                label = "/".join(aliases) + (" (layers=4)" if plan.startswith("pp") else "")
+                label = "/".join(aliases)
                 vs_cpu = f"{cpu:.4f} | {row['error_cpu']:+.1%}" if cpu else "- | -"
                 vs_phases = f"{phases:.4f} | {row['error_phases']:+.1%}" if phases else "- | -"
                 print(f"| {label} | {plan} | {real:.4f} | {pred:.4f} | {row['error']:+.1%} | "
