@@ -21,7 +21,7 @@ def _sections(name: str) -> dict[str, int]:
     bundle: Any = build(name, batch=2, small=True, device="meta")
     opt = bundle.make_optimizer(bundle.model.parameters())
     graph = capture(bundle.model, bundle.example_inputs, bundle.loss_fn, opt,
-                         targets=bundle.targets).graph
+                    targets=bundle.targets).graph
     block = graph.blocks[0].name if graph.blocks else None
     return param_tensors_by_section(graph, block, _section_of(graph, block))
 
