@@ -227,3 +227,37 @@ def test_run_cli_reports_the_steady_state_step(monkeypatch: pytest.MonkeyPatch,
     out = json.loads(capsys.readouterr().out)
     assert out["step_s_measured"] == pytest.approx(0.2)  # median of 0.1, 0.3, 0.2
     assert out["threads"] == 1 and out["step_cpu_s"] == rank0["step_cpu_s"]
+
+
+def test_step_charges_host_time_and_the_backward_dispatch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt (148 parameter tensors, counted from its modules) on the cpu system:
+    the simulated step grows by 28 d when `optimizer_tensor_s` grows by d, and by (micro-batches
+    x backward ops + accumulation adds) d when `launch_backward_s` does: host time and the
+    autograd engine's dispatch are in the step, not only in `DeviceModel`."""
+    import importlib
+
+    from dojo.models import build
+
+    simulate_module = importlib.import_module("dojo.sim.simulate")  # dojo.sim.simulate: a function
+
+    plan = parse_plan("dp=1,mb=1,precision=fp32,fusion=none")
+    spec = load_system("cpu")
+    program, graph = compile_model("gpt", {}, spec, plan, batch=4)
+    tensors = len(list(build("gpt", batch=2, device="meta").model.parameters()))
+    dev = simulate_module.device_for(spec, "fp32")
+
+    def step(**fields: float) -> float:
+        timed = replace(dev, calibration=replace(dev.calibration, **fields))
+        monkeypatch.setattr(simulate_module, "device_model", lambda _: timed)
+        return simulate_module.simulate(program).step_time_s
+
+    d = 1e-3
+    base = step()
+    assert step(optimizer_tensor_s=dev.calibration.optimizer_tensor_s + d) - base == \
+        pytest.approx(tensors * d, rel=1e-6)
+    backward_ops = sum(graph.repeat_of(op.block) for op in graph.ops
+                       if op.phase == "backward" and op.rule not in FREE_RULES)
+    micro = program.microbatches
+    assert step(launch_backward_s=dev.calibration.launch_backward_s + d) - base == \
+        pytest.approx((micro * backward_ops + (micro - 1) * tensors) * d, rel=1e-6)

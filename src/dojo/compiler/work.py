@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dojo.capture.params import param_tensors_by_section
 from dojo.compiler import fusion
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
@@ -52,6 +53,7 @@ class SectionWork:
     # The tp group's collectives, (kind, bytes per member), in issue order (`tp_collectives`)
     tp_forward: tuple[tuple[str, float], ...] = ()
     tp_backward: tuple[tuple[str, float], ...] = ()
+    param_tensors: int = 0    # trainable parameter tensors of the section (one block instance)
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
                                weights, masks)
     params = _params(graph, block, labels)
+    tensors = param_tensors_by_section(graph, block, labels)
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
 
@@ -377,7 +380,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            input_bytes=residual_bytes / (tp if sp else 1),
                            params=params.get(label, 0),
                            tp_forward=tuple(comms.get((label, "forward"), ())),
-                           tp_backward=tuple(comms.get((label, "backward"), ())))
+                           tp_backward=tuple(comms.get((label, "backward"), ())),
+                           param_tensors=tensors.get(label, 0))
 
     totals = _optimizer_totals(graph)
     state = state_bytes(graph)

@@ -14,11 +14,16 @@ from collections.abc import Mapping
 from dojo.compiler.program import Program
 
 
-def stage_param_tensors(program: Program, stage: int, sections: Mapping[str, int]) -> int:
+def stage_param_tensors(program: Program, stage: int,
+                        sections: Mapping[str, int] | None = None) -> int:
     """Parameter tensors one device of pipeline `stage` holds and updates: the 'pre' section's
     on the device of virtual chunk 0, `sections['block']` per block of each of its chunks, the
     'post' section's on the device of the last chunk. A tp shard is one tensor per rank, as is
     every tensor a ZeRO optimizer walks (its loop still runs over all of them)."""
+    if sections is None:  # the counts the program's work carries (`SectionWork.param_tensors`)
+        work = program.work
+        sections = {"pre": work.pre.param_tensors, "post": work.post.param_tensors,
+                    "block": work.block.param_tensors if work.block is not None else 0}
     last = len(program.chunks) - 1
     count = 0
     for chunk in program.device_chunks(stage):

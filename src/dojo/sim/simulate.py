@@ -17,6 +17,7 @@ from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel, load_calibration
+from dojo.sim.eager import stage_param_tensors
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.pipeline import Span, Task, makespan_bounds, run_pipeline
 
@@ -182,7 +183,8 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         stream = max(stream, _zero3_time(program, weights, dev))
     recompute = _ops_time(chunk.recompute, dev) + _comm_time(program, chunk.tp_recompute, dev)
     return ChunkTimes(forward=_ops_time(chunk.forward, dev),
-                      backward=_ops_time(chunk.backward, dev), recompute=recompute,
+                      backward=_ops_time(chunk.backward, dev.for_phase("backward")),
+                      recompute=recompute,
                       tp_forward=_comm_time(program, chunk.tp_forward, dev),
                       tp_backward=_comm_time(program, chunk.tp_backward, dev), stream=stream)
 
@@ -295,7 +297,11 @@ def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, 
                              program.grad_levels)
     blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
     params = program.device_params(stage) / (plan.dp if plan.zero >= 1 else 1)
-    t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program))
+    # The update's FLOPs too (a CPU core runs AdamW's sqrt and division below its bandwidth),
+    # and on an eager device the host time per parameter tensor outside the kernels.
+    t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program),
+                            params * program.work.optimizer_flops_per_param)
+    t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches)
     return t_sync, t_opt, blocks
 
 
