@@ -198,7 +198,7 @@ class DeviceModel:
         step's fixed cost, its cost per parameter tensor (zero_grad included), and one
         gradient-accumulation add per parameter tensor for every micro-batch after the first
         (autograd's AccumulateGrad, a dispatched op each). 0 on a device that is not eager.
-        Needs the program's count of parameter tensors per device (not yet carried)."""
+        `param_tensors` is one device's count (`dojo.sim.eager.stage_param_tensors`)."""
         cal = self.calibration
         if not cal.eager:
             return 0.0
