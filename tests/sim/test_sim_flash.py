@@ -168,9 +168,10 @@ def test_the_system_decides_whether_attention_is_fused() -> None:
         screened = _Screen("gpt", model, spec, 2, None)._work(plan)
         counts = []
         for work in (program.work, screened):
-            sections = (work.pre, work.block, work.post)
-            counts.append(sum("attention" in op.target for sec in sections if sec
-                              for op in sec.forward))
+            # the block section is one instance of the repeated (folded) block
+            times = ((work.pre, 1), (work.block, work.repeat), (work.post, 1))
+            counts.append(sum(n * sum("attention" in op.target for op in sec.forward)
+                              for sec, n in times if sec))
         return counts[0], counts[1]
 
     assert fused_ops("cpu") == (0, 0)

@@ -89,7 +89,8 @@ def test_bounds_never_exceed_the_simulated_step(system: str, batch: int,
 
 
 def test_space_has_every_micro_batch_that_divides_the_replica_batch() -> None:
-    shape = model_shape(*session.captured("gpt", TINY, 1, None))
+    # 4 blocks, so dp=16 has a pipeline (pp=3 stages: 4 + embedding and head = 6 = 3 x 2)
+    shape = model_shape(*session.captured("gpt", {**TINY, "layers": 4}, 1, None))
     space = list(plan_space(shape, 48, 1200))
     mbs = {p.mb for p in space if p.dp == 48}
     assert mbs == {1, 5, 25}

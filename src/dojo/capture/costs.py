@@ -4,8 +4,7 @@ FLOP come first from `torch.utils.flop_counter` (matmul, conv, attention); this 
 there the CPU attention kernels it lacks, so FlopCounterMode counts them too. Every other op gets
 a documented formula, with N the element count of the named tensor:
 
-- views and metadata ops (schema says the output aliases an input, not written; and
-  `_unsafe_view`, a view whose schema hides the alias from autograd): 0 FLOP, 0 bytes;
+- views and metadata ops (schema says the output aliases an input, not written): 0 FLOP, 0 bytes;
 - pointwise ops (ATen tag `pointwise`): N(output) FLOP, times the weight in `_POINTWISE_WEIGHT`
   for fused ones (addcmul, addcdiv, lerp: 2) and transcendental ones (erf, exp, tanh and the
   activations built on them, from their measured cost; see `_POINTWISE_WEIGHT`);
@@ -44,9 +43,6 @@ _POINTWISE_WEIGHT: dict[str, int] = {
     "silu_backward": 6, "tanh": 18,
     "sigmoid_backward": 3, "tanh_backward": 3,  # g (1 - y) y and g (1 - y^2): 3 operations
 }
-# Views that ATen's schema does not annotate as aliasing (so autograd does not track them):
-# `_unsafe_view` reshapes a fresh tensor in place of a copy (reshape after mm/bmm or clone).
-_UNANNOTATED_VIEWS: frozenset[str] = frozenset({"_unsafe_view"})
 
 # op packet name -> FLOP per element of the first tensor input
 _NORM_SOFTMAX: dict[str, int] = {
@@ -89,7 +85,7 @@ _ZERO_FLOP: frozenset[str] = frozenset({
     "gather", "scatter", "slice_scatter", "select_scatter", "constant_pad_nd", "zeros", "ones",
     "zeros_like", "ones_like", "empty", "empty_like", "full", "full_like", "fill", "fill_",
     "zero_", "arange", "new_zeros", "new_ones", "new_empty", "new_full", "scalar_tensor",
-    "empty_strided", "new_empty_strided", "lift_fresh_copy", "repeat", "tril",
+    "_unsafe_view", "empty_strided", "new_empty_strided", "lift_fresh_copy", "repeat", "tril",
     "triu", "masked_fill", "where", "_reshape_copy", "contiguous", "randperm", "rand", "randn",
     "randint", "bernoulli", "native_dropout", "native_dropout_backward", "index_put",
     "_index_put_impl", "expand_copy", "unfold_backward", "roll", "flip", "select_backward",
@@ -125,10 +121,7 @@ def nbytes(t: torch.Tensor) -> int:
 
 
 def is_view(op: Any) -> bool:
-    """True when `op`'s first result aliases an input without writing it (view, t, split...,
-    and `_unsafe_view`, whose schema leaves the alias out)."""
-    if op.overloadpacket.__name__ in _UNANNOTATED_VIEWS:
-        return True
+    """True when `op`'s first result aliases an input without writing it (view, t, split...)."""
     returns = op._schema.returns
     if not returns or returns[0].alias_info is None:
         return False
