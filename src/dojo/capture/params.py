@@ -9,23 +9,25 @@ instance), 'post' after it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from dojo.graph import Graph
+from dojo.graph.analysis import root
 
 
-def param_tensors_by_section(graph: Graph, block: str | None,
-                             labels: Sequence[str]) -> dict[str, int]:
-    """Trainable parameter tensors per section ('pre', 'block' for one block instance, 'post'),
-    `labels` being each op's section in `graph.ops` order. A parameter belongs to the block when
-    the template holds it, else to the section of its first reader (a parameter only the block
-    reads, or none, counts as 'pre'), as `compiler.work` assigns parameter elements."""
+def param_sizes_by_section(graph: Graph, block: str | None,
+                           labels: Sequence[str]) -> dict[str, list[int]]:
+    """Element counts of the trainable parameter tensors per section ('pre', 'block' for one
+    block instance, 'post'), `labels` being each op's section in `graph.ops` order. A parameter
+    belongs to the block when the template holds it, else to the section of its first reader
+    (a parameter only the block reads, or none, counts as 'pre')."""
     first_use: dict[int, str] = {}
     for op, label in zip(graph.ops, labels):
         for t in op.inputs:
-            first_use.setdefault(_root(graph, t), label)
+            first_use.setdefault(root(graph, t).id, label)
     made = {tid for op in graph.ops for tid in op.outputs}
-    out: dict[str, int] = {}
+    out: dict[str, list[int]] = {}
     for info in graph.tensors:
         if info.role != "parameter" or info.view_of is not None or info.id in made:
             continue
@@ -34,11 +36,11 @@ def param_tensors_by_section(graph: Graph, block: str | None,
         else:
             label = first_use.get(info.id, "pre")
             label = "pre" if label == "block" else label
-        out[label] = out.get(label, 0) + 1
+        out.setdefault(label, []).append(math.prod(info.shape))
     return out
 
 
-def _root(graph: Graph, tid: int) -> int:
-    while (up := graph.tensors[tid].view_of) is not None:
-        tid = up
-    return tid
+def param_tensors_by_section(graph: Graph, block: str | None,
+                             labels: Sequence[str]) -> dict[str, int]:
+    """Trainable parameter tensors per section (see `param_sizes_by_section`)."""
+    return {k: len(v) for k, v in param_sizes_by_section(graph, block, labels).items()}

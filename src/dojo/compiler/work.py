@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dojo.capture.params import param_tensors_by_section
+from dojo.capture.params import param_sizes_by_section
 from dojo.compiler import fusion
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
@@ -366,8 +366,9 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
             selective.setdefault(label, []).append(cost)
     saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
                                weights, masks)
-    params = _params(graph, block, labels)
-    tensors = param_tensors_by_section(graph, block, labels)
+    sizes = param_sizes_by_section(graph, block, labels)
+    params = {label: sum(v) for label, v in sizes.items()}
+    tensors = {label: len(v) for label, v in sizes.items()}
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
 
@@ -469,26 +470,6 @@ def _mask_excess(graph: Graph, group: list[Op], readers: dict[int, set[int]],
     moved = fusion.moved_tensors(graph, group, readers)
     return sum(graph.tensors[r].bytes - math.prod(graph.tensors[r].shape) / scale
                for r in moved & masks)
-
-
-def _params(graph: Graph, block: str | None, labels: list[str]) -> dict[str, int]:
-    """Trainable parameters per section (one block instance for 'block')."""
-    first_use: dict[int, str] = {}
-    for op, label in zip(graph.ops, labels):
-        for t in op.inputs:
-            first_use.setdefault(root(graph, t).id, label)
-    made = {tid for op in graph.ops for tid in op.outputs}
-    out: dict[str, int] = {}
-    for info in graph.tensors:
-        if info.role != "parameter" or info.view_of is not None or info.id in made:
-            continue
-        if block is not None and info.block == block:
-            label = "block"
-        else:
-            label = first_use.get(info.id, "pre")
-            label = "pre" if label == "block" else label
-        out[label] = out.get(label, 0) + math.prod(info.shape)
-    return out
 
 
 def _optimizer_totals(graph: Graph) -> tuple[float, float]:
