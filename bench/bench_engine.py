@@ -2,8 +2,9 @@
 
 Both run one training step's pipeline (every stage executes its schedule's task order; a task
 starts when its device is free and its input has arrived, after a transfer when it crosses
-devices): `dojo.sim.pipeline.run_pipeline` on `dojo.sim.engine.Engine`, and the same rules as
-SimPy processes (one per stage, one event per finished task). The makespans must agree; the
+devices): `dojo.sim.pipeline.run_pipeline` (a work list since this session: each task's start
+is computed once its inputs are known, no time-ordered queue), and the same rules as SimPy
+processes (one per stage, one event per finished task). The makespans must agree; the
 table gives wall time per step and the ratio.
 Run: .venv/bin/python bench/bench_engine.py
 """
