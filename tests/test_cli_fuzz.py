@@ -403,3 +403,10 @@ def test_issue14_reproductions_are_refused(argv: tuple[str, ...], out_of_process
         status, err, seconds = run_inprocess(argv, tmp_path, capsys)
     check_refusal(status, err, seconds, before, _snapshot(tmp_path),
                   SUBPROCESS_LIMIT_S if out_of_process else TIME_LIMIT_S)
+
+
+def test_every_command_is_fuzzed() -> None:
+    """A command added to the CLI without slots here would escape the contract unchecked."""
+    from dojo.cli.main import COMMANDS as REGISTERED
+
+    assert sorted(set(REGISTERED) - set(COMMANDS)) == []
