@@ -31,7 +31,9 @@ LAYERS: dict[str, int] = {
     "runtime": 7,
     "report": 8,
     "train": 9,  # the main job: uses report and everything below it
-    "cli": 10,
+    "service": 10,  # the multi-tenant server: nothing below may import it
+    "client": 10,  # HTTP client of the service: talks to it over HTTP only, never imports it
+    "cli": 11,
 }
 
 
