@@ -1,0 +1,279 @@
+"""The durable store: every SQL statement of the service lives here (style rule 15).
+
+SQLAlchemy 2 Core over SQLite (the embedded default, a file in the data folder) or PostgreSQL
+(by URL); the schema is made by Alembic migrations (`migrations/`). Each method is one
+transaction. Job rows are keyed by (tenant, id): every query about a tenant's job names the
+tenant in its key, so another tenant's id simply matches nothing. State changes are
+compare-and-set (`transition` updates only from the states it expects), which is what keeps a job
+from being started twice after a crash. Token hashes are stored; tokens never are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+meta = sa.MetaData()
+tenants = sa.Table("tenants", meta, sa.Column("id", sa.String, primary_key=True),
+                   sa.Column("quota_tile_hours", sa.Float), sa.Column("created_at", sa.Float))
+tokens = sa.Table("tokens", meta, sa.Column("id", sa.String, primary_key=True),
+                  sa.Column("tenant_id", sa.String), sa.Column("role", sa.String),
+                  sa.Column("hash", sa.String), sa.Column("created_at", sa.Float),
+                  sa.Column("expires_at", sa.Float))
+jobs = sa.Table("jobs", meta, *(sa.Column(n, sa.String, primary_key=n in ("tenant_id", "id"))
+                                for n in ("tenant_id", "id", "kind", "spec", "state", "reason",
+                                          "rect", "result", "idempotency_key", "created_by")),
+                *(sa.Column(n, sa.Integer) for n in ("priority", "tiles", "attempts", "runs")),
+                *(sa.Column(n, sa.Float) for n in ("limit_s", "submitted_at", "started_at",
+                                                   "finished_at", "used_tile_s", "progress")))
+audit = sa.Table("audit", meta, sa.Column("seq", sa.Integer, primary_key=True),
+                 sa.Column("tenant_id", sa.String), sa.Column("actor", sa.String),
+                 sa.Column("action", sa.String), sa.Column("target", sa.String),
+                 sa.Column("detail", sa.String), sa.Column("at", sa.Float))
+
+ACTIVE = ("queued", "running", "preempting", "cancelling")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Job:
+    tenant: str
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    state: str
+    priority: int
+    tiles: int
+    limit_s: float
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    runs: int
+    reason: str
+    rect: list[int] | None
+    used_tile_s: float
+    progress: float
+    result: dict[str, Any] | None
+    created_by: str
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        return out
+
+
+def _job(row: Any) -> Job:
+    m = row._mapping
+    return Job(tenant=m["tenant_id"], id=m["id"], kind=m["kind"], spec=json.loads(m["spec"]),
+               state=m["state"], priority=m["priority"], tiles=m["tiles"], limit_s=m["limit_s"],
+               submitted_at=m["submitted_at"], started_at=m["started_at"],
+               finished_at=m["finished_at"], attempts=m["attempts"], runs=m["runs"],
+               reason=m["reason"] or "", rect=json.loads(m["rect"]) if m["rect"] else None,
+               used_tile_s=m["used_tile_s"] or 0.0, progress=m["progress"] or 0.0,
+               result=json.loads(m["result"]) if m["result"] else None,
+               created_by=m["created_by"])
+
+
+class Conflict(Exception):
+    """A name that exists already."""
+
+
+class Store:
+    """The service's state. `url`: a SQLAlchemy URL (sqlite:///path or postgresql://...);
+    `schema` (PostgreSQL only) puts every table in that schema, created if missing."""
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            args = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        elif schema:
+            args = {"connect_args": {"options": f"-csearch_path={schema}"}}
+        self.engine = sa.create_engine(url, **args)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if schema and not url.startswith("sqlite"):
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- tenants and tokens ------------------------------------------------------------------
+    def create_tenant(self, name: str, quota_tile_hours: float, token_id: str, role: str,
+                      token_hash: str) -> None:
+        """The tenant and its first token, in one transaction; `Conflict` if the name exists."""
+        now = time.time()
+        try:
+            with self.engine.begin() as c:
+                c.execute(tenants.insert().values(id=name, quota_tile_hours=quota_tile_hours,
+                                                  created_at=now))
+                c.execute(tokens.insert().values(id=token_id, tenant_id=name, role=role,
+                                                 hash=token_hash, created_at=now))
+                c.execute(audit.insert().values(tenant_id=name, actor="admin",
+                                                action="tenant.create", target=name,
+                                                detail=f"quota {quota_tile_hours} tile-hours",
+                                                at=now))
+        except IntegrityError as err:
+            raise Conflict(name) from err
+
+    def add_token(self, tenant: str, token_id: str, role: str, token_hash: str,
+                  expires_at: float | None = None) -> None:
+        with self.engine.begin() as c:
+            c.execute(tokens.insert().values(id=token_id, tenant_id=tenant, role=role,
+                                             hash=token_hash, created_at=time.time(),
+                                             expires_at=expires_at))
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        """The token row (tenant, role, hash, expiry) for authentication, by its public id."""
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(tokens).where(tokens.c.id == token_id)).first()
+        return dict(row._mapping) if row else None
+
+    def tenant(self, tenant: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(tenants).where(tenants.c.id == tenant)).first()
+        return dict(row._mapping) if row else None
+
+    def tenants(self) -> dict[str, float]:
+        """Every tenant's quota (tile-hours): the scheduler's fair-share weights."""
+        with self.engine.connect() as c:
+            return {r.id: r.quota_tile_hours for r in c.execute(sa.select(tenants))}
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, tenant: str, actor: str, fields: dict[str, Any],
+               idempotency_key: str | None) -> tuple[Job, bool]:
+        """Insert a queued job (and its audit line) in one transaction. With an idempotency key
+        already used by this tenant, the earlier job comes back instead; (job, created)."""
+        if idempotency_key:
+            old = self._by_key(tenant, idempotency_key)
+            if old is not None:
+                return old, False
+        jid = uuid.uuid4().hex[:16]
+        now = time.time()
+        row = dict(tenant_id=tenant, id=jid, kind=fields["kind"],
+                   spec=json.dumps(fields["spec"], sort_keys=True), state="queued",
+                   priority=fields["priority"], tiles=fields["tiles"], limit_s=fields["limit_s"],
+                   submitted_at=now, attempts=0, runs=0, reason="", used_tile_s=0.0,
+                   progress=0.0, idempotency_key=idempotency_key, created_by=actor)
+        try:
+            with self.engine.begin() as c:
+                c.execute(jobs.insert().values(**row))
+                c.execute(audit.insert().values(tenant_id=tenant, actor=actor,
+                                                action="job.submit", target=jid,
+                                                detail=fields["kind"], at=now))
+        except IntegrityError:
+            old = self._by_key(tenant, idempotency_key or "")
+            if old is None:
+                raise
+            return old, False
+        job = self.job(tenant, jid)
+        assert job is not None
+        return job, True
+
+    def _by_key(self, tenant: str, key: str) -> Job | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(jobs).where(jobs.c.tenant_id == tenant,
+                                                  jobs.c.idempotency_key == key)).first()
+        return _job(row) if row else None
+
+    def job(self, tenant: str, job_id: str) -> Job | None:
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(jobs).where(jobs.c.tenant_id == tenant,
+                                                  jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def jobs(self, tenant: str, limit: int = 200) -> list[Job]:
+        """The tenant's newest jobs first."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs).where(jobs.c.tenant_id == tenant)
+                             .order_by(jobs.c.submitted_at.desc()).limit(limit))
+            return [_job(r) for r in rows]
+
+    def active(self) -> list[Job]:
+        """Every tenant's queued and running jobs: what the controller schedules."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs).where(jobs.c.state.in_(ACTIVE))
+                             .order_by(jobs.c.submitted_at))
+            return [_job(r) for r in rows]
+
+    def transition(self, tenant: str, job_id: str, expect: Iterable[str], state: str,
+                   actor: str = "scheduler", **values: Any) -> bool:
+        """Move a job to `state` only if it is in one of `expect` (compare-and-set), with the
+        given column values and an audit line, in one transaction. False when it was not."""
+        for key in ("rect", "result"):
+            if key in values and values[key] is not None:
+                values[key] = json.dumps(values[key])
+        with self.engine.begin() as c:
+            done = c.execute(jobs.update().where(jobs.c.tenant_id == tenant,
+                                                 jobs.c.id == job_id,
+                                                 jobs.c.state.in_(tuple(expect)))
+                             .values(state=state, **values)).rowcount
+            if done:
+                c.execute(audit.insert().values(tenant_id=tenant, actor=actor,
+                                                action=f"job.{state}", target=job_id,
+                                                detail=str(values.get("reason", ""))[:500],
+                                                at=time.time()))
+        return bool(done)
+
+    def progress(self, tenant: str, job_id: str, progress: float) -> None:
+        with self.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.tenant_id == tenant, jobs.c.id == job_id)
+                      .values(progress=progress))
+
+    def usage(self, tenant: str) -> dict[str, float]:
+        """Tile-seconds used by finished runs, and committed by active jobs (tiles x limit)."""
+        with self.engine.connect() as c:
+            used = c.execute(sa.select(sa.func.coalesce(sa.func.sum(jobs.c.used_tile_s), 0.0))
+                             .where(jobs.c.tenant_id == tenant)).scalar_one()
+            committed = c.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(jobs.c.tiles * jobs.c.limit_s), 0.0))
+                .where(jobs.c.tenant_id == tenant, jobs.c.state.in_(ACTIVE))).scalar_one()
+        return {"used_tile_s": float(used), "committed_tile_s": float(committed)}
+
+    def used_by_tenant(self) -> dict[str, float]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs.c.tenant_id, sa.func.sum(jobs.c.used_tile_s))
+                             .group_by(jobs.c.tenant_id))
+            return {r[0]: float(r[1] or 0.0) for r in rows}
+
+    # -- audit ------------------------------------------------------------------------------
+    def log(self, tenant: str, actor: str, action: str, target: str, detail: str = "") -> None:
+        with self.engine.begin() as c:
+            c.execute(audit.insert().values(tenant_id=tenant, actor=actor, action=action,
+                                            target=target, detail=detail, at=time.time()))
+
+    def audit_log(self, tenant: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(audit).where(audit.c.tenant_id == tenant)
+                             .order_by(audit.c.seq.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
