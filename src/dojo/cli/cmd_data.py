@@ -1,9 +1,14 @@
-"""`dojo data`: make synthetic driving clips, check a clip set, measure decode speed.
+"""`dojo data`: make synthetic driving clips, check a clip set, measure decode speed, and
+catalog, query and mine clips.
 
     dojo data synth --out DIR --clips N [--cameras 6] [--frames 8] [--size 96x64] [--seed 0]
-                    [--grid 32] [--range 16] [--fps 10] [--force]
+                    [--grid 32] [--range 16] [--fps 10] [--force] [--catalog CAT] [--split S]
+                    [--scenario NAME] [--weather NAME] [--time-of-day NAME]
     dojo data check DIR [--policy error|skip] [--verify]
     dojo data fps PATH [--seconds 1]
+    dojo data index DIR [--catalog CAT] [--split S]
+    dojo data query "SQL" [--catalog CAT] [--slices FILE] [--format table|json|csv]
+    dojo data mine RUN --slice NAME --budget N [--slices FILE] [--pool SPLIT]
 """
 
 from __future__ import annotations
@@ -32,7 +37,18 @@ def add_parser(subparsers: Any) -> None:
     synth.add_argument("--range", default="16", help="BEV half-extent R in metres (default 16)")
     synth.add_argument("--fps", default="10", help="frames per second (default 10)")
     synth.add_argument("--force", action="store_true", help="replace an existing folder")
+    synth.add_argument("--catalog", default="", help="catalog to index the set into "
+                       "(default OUT/catalog)")
+    synth.add_argument("--split", default="", help="split of the clips (default OUT's name)")
+    synth.add_argument("--scenario", default="", help="force every clip's scenario (default: "
+                       "the mix of docs/data.md)")
+    synth.add_argument("--weather", default="", help="force the weather (clear, rain, fog)")
+    synth.add_argument("--time-of-day", default="", help="force the time (day, dusk, night)")
     synth.set_defaults(run=_synth)
+
+    from dojo.cli.cmd_catalog import add_catalog_parsers
+
+    add_catalog_parsers(sub)
 
     check = sub.add_parser("check", help="validate a clip set and list clips that would be skipped")
     check.add_argument("root", help="clip set folder (with manifest.json)")
@@ -73,16 +89,19 @@ def _synth(args: argparse.Namespace) -> int:
         "frames": _number(args.frames, "--frames"), "width": width, "height": height,
         "seed": _number(args.seed, "--seed"), "grid": _number(args.grid, "--grid"),
         "range_m": _number(args.range, "--range", float), "fps": _number(args.fps, "--fps", float),
+        "scenario": args.scenario, "weather": args.weather, "time_of_day": args.time_of_day,
     }
     cfg = parse(SynthConfig, mapping, "dojo data synth")
 
     def progress(done: int, total: int) -> None:
         print(f"dojo data synth: {done}/{total} clips", file=sys.stderr, flush=True)
 
-    manifest = synthesize(args.out, cfg, progress=progress, force=args.force)
+    manifest = synthesize(args.out, cfg, progress=progress, force=args.force,
+                          catalog=args.catalog or None, split=args.split)
     print_json({"manifest": str(manifest), "clips": cfg.clips, "cameras": cfg.cameras,
                 "frames": cfg.frames, "size": [cfg.width, cfg.height], "fps": cfg.fps,
-                "gop": cfg.gop, "grid": cfg.grid, "range_m": cfg.range_m, "seed": cfg.seed})
+                "gop": cfg.gop, "grid": cfg.grid, "range_m": cfg.range_m, "seed": cfg.seed,
+                "catalog": args.catalog or str(manifest.parent / "catalog")})
     return 0
 
 

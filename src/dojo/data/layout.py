@@ -58,6 +58,7 @@ class ClipEntry:
     frames: int = dataclasses.field(metadata=check(gt=0))
     videos: dict[str, str]
     labels: str
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # scenario, weather, ...
 
 
 @dataclass(frozen=True, kw_only=True)

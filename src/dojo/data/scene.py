@@ -36,9 +36,13 @@ _PALETTE = ((200, 40, 40), (40, 70, 190), (230, 230, 230), (30, 30, 30), (210, 1
 
 @dataclass(frozen=True)
 class Road:
-    """A constant-curvature road; `curvature` in 1/m, positive bends left."""
+    """A constant-curvature road; `curvature` in 1/m, positive bends left. `features` are
+    painted or paved places along it as (kind, s): "zebra" (a pedestrian crossing centred at
+    arc length s), "crossroad" (a cross street 10 m wide centred at s), "parking" (a car park:
+    paved to the sidewalks' outer edge, stalls every 2.7 m)."""
 
     curvature: float = 0.0
+    features: tuple[tuple[str, float], ...] = ()
 
     def point(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World (x, y) of road coordinates (s, d), arrays of equal shape (m)."""
@@ -79,6 +83,7 @@ class Actor:
     d: float
     speed: float
     yaw_offset: float = 0.0  # rad relative to the lane tangent (pi: facing backwards)
+    d_speed: float = 0.0  # lateral speed (m/s, + to the left): crossing, cutting in
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class Scene:
     fps: float
     frames: int
     ego_d: float = 0.0
+    tags: tuple[tuple[str, str], ...] = ()  # what the generator drew: scenario, weather, ...
 
 
 def ego_pose(scene: Scene, k: int) -> np.ndarray:
@@ -107,7 +113,7 @@ def boxes_world(scene: Scene, k: int) -> np.ndarray:
         return np.zeros((0, 7))
     t = k / scene.fps
     s = np.array([a.s0 + a.speed * t for a in scene.actors])
-    d = np.array([a.d for a in scene.actors])
+    d = np.array([a.d + a.d_speed * t for a in scene.actors])
     x, y = scene.road.point(s, d)
     yaw = scene.road.heading(s) + np.array([a.yaw_offset for a in scene.actors])
     size = np.array([(a.length, a.width, a.height) for a in scene.actors])
@@ -167,12 +173,12 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def _lane_traffic(rng: np.random.Generator, d: float, speed: float, ego_s0: float,
-                  ego_lane: bool) -> list[Actor]:
+                  ego_lane: bool, truck_share: float = 0.15) -> list[Actor]:
     """Vehicles in one lane, all at the same speed, spaced so they never touch (or the ego)."""
     out = []
     s = ego_s0 - 35.0 + float(rng.uniform(0.0, 10.0))
     while s < ego_s0 + 45.0:
-        kind = 1 if rng.random() < 0.15 else 0
+        kind = 1 if rng.random() < truck_share else 0
         length, width, height = _size(rng, kind)
         clear_of_ego = abs(s - ego_s0) > (length + EGO_LENGTH) / 2 + 3.0
         if (not ego_lane or clear_of_ego) and rng.random() < 0.7:
@@ -185,7 +191,7 @@ def _lane_traffic(rng: np.random.Generator, d: float, speed: float, ego_s0: floa
 def _pedestrians(rng: np.random.Generator, side: float, ego_s0: float) -> list[Actor]:
     """Walkers on one sidewalk in three strips: forward, backward, standing; one speed per strip."""
     strips = (
-        (ROAD_HALF_WIDTH + 0.75, float(rng.uniform(0.8, 1.6)), 0.0),
+        (ROAD_HALF_WIDTH + 0.9, float(rng.uniform(0.8, 1.6)), 0.0),  # clear of the cones
         (ROAD_HALF_WIDTH + 1.75, -float(rng.uniform(0.8, 1.6)), math.pi),
         (SIDEWALK_OUTER - 0.4, 0.0, None),
     )
@@ -204,7 +210,7 @@ def _cones(rng: np.random.Generator, side: float, ego_s0: float) -> list[Actor]:
     s = ego_s0 + float(rng.uniform(-20.0, 10.0))
     for _ in range(int(rng.integers(0, 4))):
         length, width, height = _size(rng, 3)
-        d = side * (ROAD_HALF_WIDTH + 0.35)
+        d = side * (ROAD_HALF_WIDTH + 0.3)
         out.append(Actor(3, length, width, height, (240, 120, 20), s, d, 0.0, 0.0))
         s += float(rng.uniform(3.0, 6.0))
     return out

@@ -20,8 +20,9 @@ import numpy as np
 from dojo.config import check
 from dojo.data.geometry import Camera, make_rig
 from dojo.data.layout import FORMAT, VERSION, write_manifest, write_npz
-from dojo.data.render import render_view
-from dojo.data.scene import CLASS_NAMES, Scene, boxes_world, ego_pose, make_scene, occupancy, to_ego
+from dojo.data.render import look_for, render_view
+from dojo.data.scenario import SCENARIOS, TIME_OF_DAY, WEATHER, make_clip_scene
+from dojo.data.scene import CLASS_NAMES, Scene, boxes_world, ego_pose, occupancy, to_ego
 from dojo.data.video import CRF, GOP, encode_mp4
 from dojo.errors import ConfigError, DojoError
 
@@ -46,6 +47,10 @@ class SynthConfig:
     fps: float = dataclasses.field(default=10.0, metadata=check(gt=0, le=240, unit="frames/s"))
     gop: int = dataclasses.field(default=GOP, metadata=check(gt=0, unit="frames"))
     crf: int = dataclasses.field(default=CRF, metadata=check(ge=0, le=51))
+    # "" draws each clip's tag from the mix of `dojo.data.scenario`; a name forces it
+    scenario: str = dataclasses.field(default="", metadata=check(choices=("", *SCENARIOS)))
+    weather: str = dataclasses.field(default="", metadata=check(choices=("", *WEATHER)))
+    time_of_day: str = dataclasses.field(default="", metadata=check(choices=("", *TIME_OF_DAY)))
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -65,14 +70,18 @@ class SynthConfig:
 
 
 def clip_scene(cfg: SynthConfig, index: int) -> Scene:
-    """The scene of clip `index`: a function of (cfg.seed, index, frames, fps) only."""
-    return make_scene(np.random.default_rng([cfg.seed, index]), cfg.frames, cfg.fps)
+    """The scene of clip `index`: a function of (cfg.seed, index, frames, fps) and the forced
+    tags only; its tags (scenario, weather, time of day) are in `Scene.tags`."""
+    forced = {"scenario": cfg.scenario, "weather": cfg.weather, "time_of_day": cfg.time_of_day}
+    return make_clip_scene(np.random.default_rng([cfg.seed, index]), cfg.frames, cfg.fps, forced)
 
 
 def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
                 range_m: float) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Pixels and labels of one clip: per camera (T, H, W, 3) uint8, and the labels.npz arrays."""
     colours = np.array([a.colour for a in scene.actors], dtype=np.float64).reshape(-1, 3)
+    tags = dict(scene.tags)
+    look = look_for(tags.get("weather", "clear"), tags.get("time_of_day", "day"))
     poses = np.stack([ego_pose(scene, k) for k in range(scene.frames)])  # (T, 4, 4)
     views = [np.empty((scene.frames, c.height, c.width, 3), np.uint8) for c in rig]
     boxes, occ = [], []
@@ -80,7 +89,7 @@ def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
         world = boxes_world(scene, k)
         for cam, frames in zip(rig, views, strict=True):
             frames[k] = render_view(scene.road, poses[k] @ cam.E, cam.K, cam.width, cam.height,
-                                    world, colours)
+                                    world, colours, look, k)
         ego = to_ego(world, poses[k])
         boxes.append(ego)
         occ.append(occupancy(ego, grid, range_m))
@@ -97,10 +106,11 @@ def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
 
 
 def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = None,
-               force: bool = False) -> Path:
-    """Write a clip set to `out` (a new or empty folder; `force` replaces an existing one).
-
-    `progress(done, total)` is called after each clip. Returns the manifest path.
+               force: bool = False, catalog: str | None = None, split: str = "") -> Path:
+    """Write a clip set to `out` (a new or empty folder; `force` replaces an existing one) and
+    index it into `catalog` (None: OUT/catalog; "": no catalog) under `split` (default: OUT's
+    name), `dojo.data.catalog`. `progress(done, total)` is called after each clip. Returns the
+    manifest path.
     """
     out = Path(out)
     if not out.name:  # '' or '/': the set would land beside the current folder or at the root
@@ -126,6 +136,10 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
     except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if catalog != "":
+        from dojo.data.catalog import index_set
+
+        index_set(str(out), catalog or "", split)
     return out / "manifest.json"
 
 
@@ -135,13 +149,14 @@ def _write_set(root: Path, cfg: SynthConfig, progress: Progress | None) -> None:
     for i in range(cfg.clips):
         name = f"clip_{i:04d}"
         (root / name).mkdir()
-        views, labels = render_clip(clip_scene(cfg, i), rig, cfg.grid, cfg.range_m)
+        scene = clip_scene(cfg, i)
+        views, labels = render_clip(scene, rig, cfg.grid, cfg.range_m)
         for cam, frames in zip(rig, views, strict=True):
             encode_mp4(root / name / f"{cam.name}.mp4", frames, cfg.fps, cfg.gop, cfg.crf)
         write_npz(root / name / "labels.npz", labels)
         entries.append({"name": name, "frames": cfg.frames,
                         "videos": {c.name: f"{name}/{c.name}.mp4" for c in rig},
-                        "labels": f"{name}/labels.npz"})
+                        "labels": f"{name}/labels.npz", "tags": dict(scene.tags)})
         if progress is not None:
             progress(i + 1, cfg.clips)
     write_manifest(root, {

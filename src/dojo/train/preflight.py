@@ -23,6 +23,7 @@ from typing import Any
 
 from dojo.data.layout import Manifest, read_manifest
 from dojo.data.synth import SynthConfig
+from dojo.data.video import GOP
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.loader import host_count, load_system
 from dojo.hardware.spec import SystemSpec
@@ -161,7 +162,7 @@ def _synth_config(opts: TrainOptions, name: str, found: dict[str, Manifest]) -> 
     cfg = SynthConfig(clips=clips, seed=seed, cameras=min(6, len(m.cameras)),
                       frames=min(c.frames for c in m.clips), width=m.width, height=m.height,
                       grid=m.grid.size, range_m=m.grid.range_m, fps=m.fps,
-                      **({"gop": m.gop} if m.gop else {}))
+                      gop=m.gop or GOP)
     from dojo.data.geometry import make_rig
 
     names = [c.name for c in make_rig(cfg.cameras, cfg.width, cfg.height)]

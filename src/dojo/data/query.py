@@ -1,0 +1,175 @@
+"""SQL over the clip catalog with DuckDB, embedded; named slices from `slices.toml`.
+
+`connect(catalog)` opens an in-memory DuckDB whose views read the catalog's Parquet files where
+they lie (a local folder, or any fsspec URL registered with DuckDB): `cameras`, `frames`,
+`objects`, `splits` as stored, and `clips`, the stored clip rows joined with what the other
+tables say about each clip (so nothing is stored twice):
+
+    split                  from splits
+    ego_speed_mps          mean over frames (m/s);  max_objects_in_range: max over frames
+    occupied_fraction      mean fraction of occupied grid cells
+    objects, cars, trucks, pedestrians, cones   objects that come inside the grid's range
+    occlusion              mean occlusion (0..1) of those objects
+    mean_luma              mean over cameras of the first frame's luma (0..255)
+    bits_per_pixel, video_bytes   mean and sum over cameras
+
+Only one SELECT (or WITH ... SELECT) statement runs: nothing a query does can change the
+catalog. Each slice of a slices file becomes a view `slice_NAME` too.
+
+A slices file (TOML):
+
+    [slices.night]
+    where = "time_of_day = 'night'"      # a condition on the `clips` view
+    weight = 3.0                         # sampling weight for training (default 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from dojo.config import check, parse
+from dojo.data import store
+from dojo.data.catalog import TABLES
+from dojo.data.scenario import TAGS
+from dojo.errors import ConfigError, DojoError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+CLIPS_VIEW = """
+CREATE VIEW clips AS
+SELECT c.*, s.split, f.ego_speed_mps, f.max_objects_in_range,
+       f.occupied_cells / (c.grid * c.grid) AS occupied_fraction,
+       coalesce(o.objects, 0) AS objects, coalesce(o.cars, 0) AS cars,
+       coalesce(o.trucks, 0) AS trucks, coalesce(o.pedestrians, 0) AS pedestrians,
+       coalesce(o.cones, 0) AS cones, o.occlusion,
+       k.mean_luma, k.bits_per_pixel, k.video_bytes
+FROM clips_stored c
+LEFT JOIN splits s USING (clip_hash)
+LEFT JOIN (SELECT clip_hash, avg(ego_speed_mps) AS ego_speed_mps,
+                  max(objects_in_range) AS max_objects_in_range,
+                  avg(occupied_cells) AS occupied_cells
+           FROM frames GROUP BY clip_hash) f USING (clip_hash)
+LEFT JOIN (SELECT clip_hash, count(*) AS objects,
+                  count(*) FILTER (WHERE class = 'car') AS cars,
+                  count(*) FILTER (WHERE class = 'truck') AS trucks,
+                  count(*) FILTER (WHERE class = 'pedestrian') AS pedestrians,
+                  count(*) FILTER (WHERE class = 'cone') AS cones,
+                  avg(occlusion) AS occlusion
+           FROM objects WHERE frames_in_range > 0 GROUP BY clip_hash) o USING (clip_hash)
+LEFT JOIN (SELECT clip_hash, avg(mean_luma) AS mean_luma, avg(bits_per_pixel) AS bits_per_pixel,
+                  sum(bytes) AS video_bytes
+           FROM cameras GROUP BY clip_hash) k USING (clip_hash)
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slice:
+    """A named subset of clips: `where` is a SQL condition on the `clips` view; `weight` how
+    much more often training draws its clips (a clip in several slices takes the largest)."""
+
+    where: str
+    weight: float = dataclasses.field(default=1.0, metadata=check(gt=0, le=100))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SliceFile:
+    slices: dict[str, Slice]
+
+
+def load_slices(path: str) -> dict[str, Slice]:
+    """Parse a slices file; a missing or malformed one is one DojoError naming the field."""
+    if not store.exists(path):
+        raise DojoError(f"{path}: no slices file there (expected TOML with [slices.NAME] "
+                        "tables holding `where`)")
+    try:
+        data = tomllib.loads(store.read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise DojoError(f"{path}: not valid TOML ({err})") from None
+    slices = dict(parse(SliceFile, data, path).slices)
+    if not slices:
+        raise ConfigError(path, "slices", {}, "at least one [slices.NAME] table")
+    for name in slices:
+        if not _NAME.match(name):
+            raise ConfigError(path, f"slices.{name}", name, "a name of letters, digits and _")
+    return slices
+
+
+def tag_slices(con: Any) -> dict[str, Slice]:
+    """One slice per tag value present in the catalog (`scenario_urban`, `weather_rain`,
+    `time_of_day_night`...): the default slices of an evaluation."""
+    out = {}
+    for key in TAGS:
+        rows = con.execute(f"SELECT DISTINCT {key} FROM clips WHERE {key} IS NOT NULL "
+                           f"ORDER BY 1").fetchall()
+        for (value,) in rows:
+            if _NAME.match(f"x{value}"):
+                out[f"{key}_{value}"] = Slice(where=f"{key} = '{value}'")
+    return out
+
+
+def connect(catalog: str, slices: dict[str, Slice] | None = None) -> Any:
+    """A DuckDB connection with the catalog's views (module docstring) and a `slice_NAME`
+    view per slice. A missing catalog is a DojoError naming it."""
+    import duckdb
+
+    con = duckdb.connect()
+    fs, path = store.resolve(catalog)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if not local:
+        con.register_filesystem(fs)
+    for name in TABLES:
+        url = store.join(catalog, f"{name}.parquet")
+        if not store.exists(url):
+            raise DojoError(f"{catalog}: no catalog there ({name}.parquet missing; make one with "
+                            "`dojo data synth` or `dojo data index DIR`)")
+        where = store.join(path, f"{name}.parquet") if local else url
+        view = "clips_stored" if name == "clips" else name
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{_quote(where)}')")
+    con.execute(CLIPS_VIEW)
+    for name, sl in (slices or {}).items():
+        try:
+            con.execute(f"CREATE VIEW slice_{name} AS SELECT * FROM clips WHERE {sl.where}")
+            con.execute(f"SELECT count(*) FROM slice_{name}").fetchall()
+        except duckdb.Error as err:
+            raise ConfigError("slices", f"slices.{name}.where", sl.where,
+                              f"a SQL condition on the clips view ({_first_line(err)})") from None
+    return con
+
+
+def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of one SELECT; anything else, or bad SQL, is a DojoError."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as err:
+        raise DojoError(f"bad SQL: {_first_line(err)}") from None
+    if len(statements) != 1:
+        raise DojoError(f"bad SQL: expected one statement, got {len(statements)}")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise DojoError(f"bad SQL: only SELECT queries run on the catalog, not "
+                        f"{statements[0].type.name}")
+    try:
+        result = con.execute(sql)
+        rows = result.fetchall()
+    except duckdb.Error as err:
+        raise DojoError(f"bad SQL: {_first_line(err)}") from None
+    return [d[0] for d in result.description], rows
+
+
+def slice_members(con: Any, slices: dict[str, Slice], column: str = "clip_hash"
+                  ) -> dict[str, set[Any]]:
+    """Values of `column` (of the clips view) in each slice."""
+    return {name: {r[0] for r in con.execute(f"SELECT {column} FROM slice_{name}").fetchall()}
+            for name in slices}
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
