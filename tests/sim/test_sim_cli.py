@@ -23,7 +23,7 @@ def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(out) == ["step_time_s", "samples_per_s", "tokens_per_s", "model_flops",
                          "achieved_flops_per_device", "mfu", "breakdown_s",
                          "memory_bytes_per_device", "fits", "energy_j", "plan", "notes"]
-    assert out["plan"] == ("dp=2,tp=2,pp=2,mb=1,interleave=1,schedule=1f1b,recompute=none,"
+    assert out["plan"] == ("dp=2,tp=2,pp=2,cp=1,mb=1,interleave=1,schedule=1f1b,recompute=none,"
                            "sp=off,zero=0,precision=bf16,overlap=on,fusion=full")
     assert out["notes"] == []  # mb was given
     assert list(out["breakdown_s"]) == ["compute", "exposed_comm", "bubble", "recompute",

@@ -86,7 +86,7 @@ def check_model_args(args: argparse.Namespace) -> None:
     """Refuse what `--model` would otherwise ignore or start processes for: steps, batch or seq
     < 1, --nproc (the plan decides the ranks), more ranks than this machine allows, --resume
     without --checkpoint, and a checkpoint folder that cannot be written or read."""
-    from dojo.errors import DojoError
+    from dojo.errors import ConfigError, DojoError
     from dojo.plan import parse_plan
     from dojo.runtime.launch import check_ranks
 
@@ -100,6 +100,9 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise DojoError(f"--nproc = {args.nproc}: applies to scripts only; with --model the "
                         "plan's dp x tp x pp sets the ranks")
     plan = parse_plan(args.plan)
+    if plan.cp > 1:
+        raise ConfigError("--plan", "cp", plan.cp, "1: `dojo run` executes dp, tp and pp; context "
+                          "parallelism is simulated only (dojo simulate)")
     check_ranks(plan.devices, f"--plan {args.plan}: dp x tp x pp")
     if args.resume and not args.checkpoint:
         raise DojoError("--resume: expected --checkpoint FOLDER to resume from")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dojo.compiler.context import Ring, ring_of
 from dojo.compiler.mapping import (
     GroupLevel,
     device_count,
@@ -81,6 +82,7 @@ class Program:
     model_flops: float                   # per step, forward + backward, no recompute
     leaves_per_device: int
     tokens_per_sample: int | None = None  # sequence length for sequence models
+    ring: Ring | None = None             # context parallelism's ring attention (cp > 1)
 
     def device_chunks(self, stage: int) -> tuple[Chunk, ...]:
         return tuple(c for c in self.chunks if c.index % self.plan.pp == stage)
@@ -91,15 +93,25 @@ class Program:
 
 
 def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
-                    tokens_per_sample: int | None = None) -> Program:
-    """Lay the plan over the system: chunks per virtual stage, collectives mapped onto links."""
+                    tokens_per_sample: int | None = None, kv_width: int = 0) -> Program:
+    """Lay the plan over the system: chunks per virtual stage, collectives mapped onto links.
+    Ranks are tp innermost, then cp, dp and pp; with cp > 1, `work` is one cp rank's
+    (`context.ring_work`) and `kv_width` the K elements per token on one tp rank."""
     devices = device_count(system)
     if plan.devices != devices:
-        raise DojoError(f"plan uses dp {plan.dp} x tp {plan.tp} x pp {plan.pp} = {plan.devices} "
-                        f"devices; {system.name} has {devices} {device_name(system)}s")
+        cp = f" x cp {plan.cp}" if plan.cp > 1 else ""
+        raise DojoError(f"plan uses dp {plan.dp} x tp {plan.tp} x pp {plan.pp}{cp} = "
+                        f"{plan.devices} devices; {system.name} has {devices} "
+                        f"{device_name(system)}s")
+    if plan.cp > 1 and not (tokens_per_sample and kv_width):
+        raise DojoError(f"cp {plan.cp}: context parallelism needs a sequence model with "
+                        "attention heads")
     tp_levels = group_levels(system, plan.tp, 1)
-    dp_levels = group_levels(system, plan.dp, plan.tp)
-    pp_levels = group_levels(system, 2, plan.tp * plan.dp)
+    dp_levels = group_levels(system, plan.dp_cp, plan.tp)
+    pp_levels = group_levels(system, 2, plan.tp * plan.dp_cp)
+    ring = ring_of(work, plan.cp, group_levels(system, plan.cp, plan.tp), kv_width,
+                   (tokens_per_sample or 0) // plan.cp, plan.mb,
+                   4 * PRECISION_BYTES[plan.precision]["activation_scale"])
     virtual = plan.pp * plan.interleave
     chunks = tuple(_chunk(work, plan, v, virtual, tp_levels) for v in range(virtual))
     # Megatron's scatter/gather optimisation sends 1/tp of the activations per tp rank.
@@ -113,7 +125,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
                    work=work,
                    model_flops=(work.forward_flops + work.backward_flops) * micro * plan.dp,
                    leaves_per_device=leaves_per_device(system),
-                   tokens_per_sample=tokens_per_sample)
+                   tokens_per_sample=tokens_per_sample, ring=ring)
 
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,

@@ -6,6 +6,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `dp`: data-parallel replicas (gradients all-reduced, or reduce-scattered with `zero`).
 - `tp`: tensor parallelism, Megatron column/row splits of each block's matmuls; `sp` adds sequence
   parallelism (norms and dropout sharded on the sequence, all-reduce -> reduce-scatter+all-gather).
+- `cp`: context parallelism (ring attention, as Megatron-LM and TransformerEngine): each of `cp`
+  ranks holds seq/cp tokens of every sequence (two chunks of seq/(2 cp), for causal balance),
+  and attention passes K and V blocks around the ring (`dojo.compiler.context`). Ranks are tp
+  innermost, then cp, then dp, then pp; gradients are reduced (and ZeRO shards) over dp x cp.
 - `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
   virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
 - `recompute`: none | selective (attention core) | full (every block's forward, once more).
@@ -39,6 +43,7 @@ class Plan:
     dp: int = field(default=1, metadata=check(ge=1))
     tp: int = field(default=1, metadata=check(ge=1))
     pp: int = field(default=1, metadata=check(ge=1))
+    cp: int = field(default=1, metadata=check(ge=1))
     mb: int = field(default=1, metadata=check(ge=1))
     interleave: int = field(default=1, metadata=check(ge=1))
     schedule: str = field(default="1f1b", metadata=check(choices=SCHEDULES))
@@ -51,14 +56,19 @@ class Plan:
 
     @property
     def devices(self) -> int:
-        return self.dp * self.tp * self.pp
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def dp_cp(self) -> int:
+        """Ranks holding the same weights: gradients are reduced, and ZeRO shards, over dp x cp."""
+        return self.dp * self.cp
 
     def text(self, full: bool = False) -> str:
         """The plan in CLI form, defaults left out unless `full`."""
         default = Plan()
         parts = []
-        for name in ("dp", "tp", "pp", "mb", "interleave", "schedule", "recompute", "sp", "zero",
-                     "precision", "overlap", "fusion"):
+        for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
+                     "zero", "precision", "overlap", "fusion"):
             value = getattr(self, name)
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
@@ -132,8 +142,9 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
     if batch < 1:
         raise ConfigError("--batch", "batch", batch, "at least 1 sample")
     if plan.devices != devices:
-        raise ConfigError(source, "dp*tp*pp", plan.devices,
-                          f"{devices} devices (dp {plan.dp} x tp {plan.tp} x pp {plan.pp} = "
+        cp = f" x cp {plan.cp}" if plan.cp > 1 else ""
+        raise ConfigError(source, "dp*tp*pp" + ("*cp" if cp else ""), plan.devices,
+                          f"{devices} devices (dp {plan.dp} x tp {plan.tp} x pp {plan.pp}{cp} = "
                           f"{plan.devices})")
     if batch % (plan.dp * plan.mb):
         raise ConfigError(source, "mb", plan.mb,

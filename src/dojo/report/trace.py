@@ -69,8 +69,8 @@ class TraceInfo:
 
 
 def stage_label(program: Program, stage: int) -> str:
-    """'stage 3 (gpu 24-31)': ranks are tp innermost, then dp, then pp (as `compiler.mapping`)."""
-    per = program.plan.tp * program.plan.dp
+    """'stage 3 (gpu 24-31)': ranks are tp innermost, then cp, dp, then pp (`compiler.mapping`)."""
+    per = program.plan.tp * program.plan.dp_cp
     first = stage * per
     ranks = f"{first}-{first + per - 1}" if per > 1 else f"{first}"
     return f"stage {stage} ({program.device} {ranks})"

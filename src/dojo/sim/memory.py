@@ -74,6 +74,12 @@ def in_flight_bytes(program: Program, stage: int) -> float:
     return peak
 
 
+def ring_buffers(program: Program) -> float:
+    """Bytes of context parallelism's ring receive buffers (`Ring.buffer_bytes`): held while
+    one layer's attention runs, so they add once to the peak."""
+    return program.ring.buffer_bytes if program.ring is not None else 0.0
+
+
 def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: int,
                    saved: list[float]) -> float:
     """Peak of the bytes saved from F to B on `stage` (`saved` per virtual stage, bytes per
@@ -139,7 +145,7 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
         params, grads, state = state_memory(plan, program.device_params(stage), state_per_param)
         mem = Memory(
             stage=stage, params=params, grads=grads, optimizer_state=state,
-            activations=in_flight_bytes(program, stage),
+            activations=in_flight_bytes(program, stage) + ring_buffers(program),
             capacity=cap, onchip=onchip, offchip_bytes_per_s=offchip, reason="")
         stages.append(mem)
         if best is None or mem.total > best.total:
@@ -153,12 +159,12 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
 def state_memory(plan: Plan, params: float, state_per_param: float
                  ) -> tuple[float, float, float]:
     """(weights + master copy, gradients, optimizer state) bytes of a device holding `params`
-    parameters (after the tp split), sharded over dp by the plan's ZeRO stage."""
+    parameters (after the tp split), sharded over dp x cp by the plan's ZeRO stage."""
     sizes = PRECISION_BYTES[plan.precision]
-    shard = plan.dp if plan.zero >= 1 else 1
-    weights = params * sizes["weights"] / (plan.dp if plan.zero >= 3 else 1)
+    shard = plan.dp_cp if plan.zero >= 1 else 1
+    weights = params * sizes["weights"] / (plan.dp_cp if plan.zero >= 3 else 1)
     return (weights + params * sizes["master"] / shard,
-            params * sizes["grads"] / (plan.dp if plan.zero >= 2 else 1),
+            params * sizes["grads"] / (plan.dp_cp if plan.zero >= 2 else 1),
             params * state_per_param / shard)
 
 
@@ -185,7 +191,7 @@ def dojo_oom_report(program: Program, stages: list[Memory]) -> str:
     from dojo.compiler.d1 import SramOutOfMemory, plan_sram
 
     plan = program.plan
-    per_stage = plan.tp * plan.dp  # ranks: tp innermost, then dp, then pp
+    per_stage = plan.tp * plan.dp_cp  # ranks: tp innermost, then cp, dp, then pp
     chips = [stages[i // per_stage] for i in range(program.devices)]
     try:
         plan_sram([m.params for m in chips], [m.grads for m in chips],

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.context import local_seq, ring_work
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.work import ModelWork, main_block, model_work
@@ -108,12 +109,46 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     device runs attention as one fused kernel (`fuses_attention`; `model_work`)."""
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
     key = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp, scale, plan.fusion,
-           fused_attention)
+           fused_attention, plan.cp)
     if key not in _WORKS:
-        graph, _ = graph_at(model, overrides, mb, seq, derive)
-        _WORKS[key] = model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale, fuse=plan.fusion,
-                                 fused_attention=fused_attention)
+        # With context parallelism a rank's work is that of seq/cp tokens, its attention run
+        # once per ring step (`dojo.compiler.context`).
+        graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
+                            derive)
+        _WORKS[key] = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
+                                           fuse=plan.fusion, fused_attention=fused_attention),
+                                plan.cp, plan.tp)
     return _WORKS[key]
+
+
+def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None
+                ) -> int | None:
+    """Tokens per sample one rank captures: `seq` (None: the model's context) without context
+    parallelism, seq/cp with it (refused for models that are not token sequences, and for a
+    sequence that does not cut into 2 cp chunks)."""
+    if plan.cp == 1:
+        return seq
+    from dojo.errors import DojoError
+    from dojo.models import MODELS, make_config
+
+    try:
+        sequence = MODELS.get(model).sequence
+    except DojoError:
+        sequence = False
+    if not sequence:
+        raise ConfigError("--plan", "cp", plan.cp, f"1 for model '{model}': context parallelism "
+                          "splits token sequences, and it is not a sequence model of the zoo")
+    return local_seq(seq if seq is not None else int(make_config(model, overrides).seq), plan.cp)
+
+
+def kv_width(config: Any, tp: int) -> int:
+    """Elements of K (or V) per token on one tp rank: kv_heads / tp x head_dim (kv_heads =
+    heads without grouped-query attention)."""
+    heads = int(getattr(config, "heads", 0) or 0)
+    if not heads:
+        return 0
+    kv = int(getattr(config, "kv_heads", 0) or heads)
+    return kv // tp * (int(config.hidden) // heads)
 
 
 def fuses_attention(spec: SystemSpec) -> bool:
@@ -171,13 +206,15 @@ def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, pl
     """Capture `model` at the plan's micro-batch and compile it for `plan` on `spec`
     (the plan is not validated here; `simulate_model` does that). `derive`: see `work_for`."""
     check_inputs(batch, seq)
-    graph, config = graph_at(model, overrides, plan.mb, seq, derive)
+    local = context_seq(model, overrides, plan, seq)
+    graph, config = graph_at(model, overrides, plan.mb, local, derive)
     work = work_for(model, overrides, plan.mb, seq, plan, derive,
                     fused_attention=fuses_attention(spec))
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
     program = compile_program(work, plan, spec, batch,
-                              tokens_per_sample=int(tokens) if tokens and is_sequence else None)
+                              tokens_per_sample=int(tokens) if tokens and is_sequence else None,
+                              kv_width=kv_width(config, plan.tp))
     return program, graph
 
 
@@ -187,7 +224,7 @@ def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec 
     """Simulate one step of `model` (global batch `batch`) under `plan` on `system`."""
     check_inputs(batch, seq, devices)
     spec = load_system(system, devices=devices) if isinstance(system, str) else system
-    graph, config = captured(model, overrides, plan.mb, seq)
+    graph, config = captured(model, overrides, plan.mb, context_seq(model, overrides, plan, seq))
     validate_plan(plan, model_shape(graph, config), device_count(spec), batch)
     program, graph = compile_model(model, overrides, spec, plan, batch, seq)
     return Simulated(program=program, result=simulate(program), graph=graph)

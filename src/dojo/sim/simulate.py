@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.context import exposed
 from dojo.compiler.mapping import GroupLevel, zplane_levels
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
 from dojo.compiler.work import OpCost
@@ -32,6 +33,8 @@ class ChunkTimes:
     tp_forward: float
     tp_backward: float
     stream: float  # weights streamed from off-chip memory per pass (Dojo), overlapped
+    cp_forward: float = 0.0   # ring attention's exposed K,V transfers (context parallelism)
+    cp_backward: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,30 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         # backward reduce-scatters its gradients); prefetching overlaps it with compute.
         stream = max(stream, _zero3_time(program, weights, dev))
     recompute = _ops_time(chunk.recompute, dev) + _comm_time(program, chunk.tp_recompute, dev)
+    ring_f, ring_b = _ring_times(program, dev, chunk.blocks)
+    if program.plan.recompute != "none":   # the attention core, and its ring, run again
+        recompute += ring_f
     return ChunkTimes(forward=_ops_time(chunk.forward, dev),
                       backward=_ops_time(chunk.backward, dev.for_phase("backward")),
                       recompute=recompute,
                       tp_forward=_comm_time(program, chunk.tp_forward, dev),
-                      tp_backward=_comm_time(program, chunk.tp_backward, dev), stream=stream)
+                      tp_backward=_comm_time(program, chunk.tp_backward, dev), stream=stream,
+                      cp_forward=ring_f, cp_backward=ring_b)
+
+
+def _ring_times(program: Program, dev: DeviceModel, blocks: int) -> tuple[float, float]:
+    """Exposed seconds of context parallelism's ring attention over `blocks` layers, forward and
+    backward: per layer cp - 1 transfers, each beside one ring step's attention kernels
+    (`dojo.compiler.context.exposed`)."""
+    ring = program.ring
+    if ring is None or not blocks:
+        return 0.0, 0.0
+    out = []
+    for nbytes, ops, phase in ((ring.block_bytes, ring.forward, "forward"),
+                               (2 * ring.block_bytes, ring.backward, "backward")):
+        send = collective(program, dev, "send_recv", nbytes, ring.levels)
+        out.append(blocks * exposed(ring.cp - 1, send, _ops_time(ops, dev.for_phase(phase))))
+    return out[0], out[1]
 
 
 def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
@@ -235,8 +257,10 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     fwd, bwd = [], []
     for vs in range(last + 1):
         t = times[vs]
-        fwd.append(max(t.forward, t.stream) + t.tp_forward + (send if vs < last else 0.0))
-        bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + (send if vs else 0.0))
+        fwd.append(max(t.forward, t.stream) + t.tp_forward + t.cp_forward
+                   + (send if vs < last else 0.0))
+        bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + t.cp_backward
+                   + (send if vs else 0.0))
     return fwd, bwd, transfer
 
 
@@ -296,7 +320,7 @@ def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, 
                              program.device_params(stage) * sizes["weights"],
                              program.grad_levels)
     blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
-    params = program.device_params(stage) / (plan.dp if plan.zero >= 1 else 1)
+    params = program.device_params(stage) / (plan.dp_cp if plan.zero >= 1 else 1)
     # The update's FLOPs too (a CPU core runs AdamW's sqrt and division below its bandwidth),
     # and on an eager device the host time per parameter tensor outside the kernels.
     t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program),
@@ -353,6 +377,7 @@ def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span
         compute += m * (t.forward + t.backward)
         recompute += m * t.recompute
         comm += m * (t.tp_forward + max(0.0, t.stream - t.forward) + t.tp_backward
+                     + t.cp_forward + t.cp_backward
                      + max(0.0, t.stream - t.backward - t.recompute))
     last_b = max((s.end for s in spans if s.stage == stage and s.kind == "B"), default=0.0)
     comm += max(0.0, sync[stage][2] - last_b)

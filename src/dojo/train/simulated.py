@@ -181,7 +181,7 @@ def _tile_map(program: Program, result: Result
     levels = group_levels(program.system, program.devices, 1)
     per_tile = levels[0].members if levels else program.devices
     tiles = max(1, program.devices // per_tile)
-    rows = [[busy[min(plan.pp - 1, d // (plan.tp * plan.dp))]
+    rows = [[busy[min(plan.pp - 1, d // (plan.tp * plan.dp_cp))]
              for d in range(t * per_tile, (t + 1) * per_tile)] for t in range(tiles)]
     unit = program.system.levels[1].name if program.system.family == "dojo" else "group"
     return (rows, [f"{unit} {t}" for t in range(tiles)],
@@ -197,7 +197,7 @@ def _traffic(program: Program) -> dict[str, list[tuple[Any, float]]]:
         for comm in (*chunk.tp_forward, *chunk.tp_backward, *chunk.tp_recompute):
             out["tensor parallel"] += [(lv, comm.nbytes * micro) for lv in comm.levels]
     grads = program.device_params(0) * PRECISION_BYTES[plan.precision]["grads"]
-    ring = 2 * (plan.dp - 1) / plan.dp if plan.dp > 1 else 0.0
+    ring = 2 * (plan.dp_cp - 1) / plan.dp_cp if plan.dp_cp > 1 else 0.0
     out["gradient sync"] += [(lv, grads * ring) for lv in program.grad_levels]
     if plan.pp > 1:
         out["pipeline"] += [(lv, 2 * program.p2p.nbytes * micro) for lv in program.p2p.levels]
