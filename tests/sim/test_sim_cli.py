@@ -73,7 +73,7 @@ def test_a_defaulted_micro_batch_is_said(capsys: pytest.CaptureFixture[str]) -> 
     one-sample micro-batches that makes (issue 14 item 2)."""
     out = _json(capsys, "simulate", "gpt", *SETS, "--system", "a100-cluster:2", "--plan", "dp=2",
                 "--batch", "8", "--json")
-    assert out["plan"].startswith("dp=2,tp=1,pp=1,mb=1,")
+    assert out["plan"].startswith("dp=2,tp=1,pp=1,cp=1,mb=1,")
     assert out["notes"] and "4 micro-batches of 1 sample" in out["notes"][0]
     assert main(["simulate", "gpt", *SETS, "--system", "a100-cluster:2", "--plan", "dp=2",
                  "--batch", "8"]) == 0
