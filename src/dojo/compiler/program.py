@@ -22,6 +22,7 @@ from dojo.compiler.work import ModelWork, OpCost, SectionWork
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan, chunk_blocks, microbatches
+from dojo.plan.policies import policy_classes
 
 # Bytes per parameter for the model copy, gradients and the optimizer's master weights, by
 # precision policy. BF16/FP16 follow Megatron-LM (BF16 weights, FP32 main grads and master
@@ -31,10 +32,14 @@ PRECISION_BYTES = {
     "bf16": {"weights": 2, "grads": 4, "master": 4, "activation_scale": 0.5},
     "fp16": {"weights": 2, "grads": 4, "master": 4, "activation_scale": 0.5},
     "cfp8": {"weights": 1, "grads": 2, "master": 4, "activation_scale": 0.5},
+    # FP8 on GPUs (TransformerEngine): BF16 weights and activations, FP32 grads and masters;
+    # the FP8 GEMMs and their weight cache are dojo.sim.fp8's.
+    "fp8": {"weights": 2, "grads": 4, "master": 4, "activation_scale": 0.5},
 }
-# The dtype whose peak rate the matrix units run at, per policy, in order of preference.
+# The dtype whose peak rate the matrix units run at, per policy, in order of preference
+# (CFP8 is Dojo's: a GPU runs a CFP8 run in BF16; fp8's FP8 GEMMs are dojo.sim.fp8's).
 PRECISION_DTYPES = {"fp32": ("fp32",), "bf16": ("bf16",), "fp16": ("fp16", "bf16"),
-                    "cfp8": ("cfp8", "fp8", "bf16")}
+                    "cfp8": ("cfp8", "bf16"), "fp8": ("bf16",)}
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,11 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
         # Checkpointing applies to the repeated blocks (their inputs are the checkpoints);
         # embeddings, heads and models without blocks keep their activations.
         recompute = plan.recompute if sec is work.block else "none"
+        classes = policy_classes(recompute)
+        if classes is not None:  # op-level policy: in the selective slots (compiler.recompute)
+            recompute = "selective"
+            if "mm" not in classes:  # the rerun linears repeat their tp collectives
+                tp_r += _tp_comms(tp_levels, sec.tp_forward) * n
         saved += _saved(sec, recompute) * n
         if recompute == "full":
             rec += list(sec.forward) * n

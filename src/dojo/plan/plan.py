@@ -12,10 +12,20 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   innermost, then cp, then dp, then pp; gradients are reduced (and ZeRO shards) over dp x cp.
 - `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
   virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
-- `recompute`: none | selective (attention core) | full (every block's forward, once more).
+- `recompute`: none | selective (attention core) | full (every block's forward, once more) |
+  an op-level policy, `ops:mm+attention` or `matmuls`: the block is checkpointed but the outputs
+  of the named matmul classes are kept (`dojo.plan.policies`).
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
-- `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8).
-- `overlap`: overlap the data-parallel gradient reduction with the backward pass.
+- `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
+  tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
+  them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`).
+- `overlap`: overlap the data-parallel gradient reduction with the backward pass, bucket by
+  bucket (one bucket per block) as each virtual stage's gradients complete (`dojo.sim.overlap`).
+- `tp_overlap`: overlap the tensor-parallel all-gathers and reduce-scatters with the GEMMs that
+  depend on them (TransformerEngine's userbuffers; needs `sp=on`), at the SM cost the overlapped
+  communication kernels take from the GEMMs.
+- `grad_reduce`: the dtype of the data-parallel gradient reduction and of the gradient buffers:
+  fp32 | bf16 | auto (the precision policy's gradients: FP32 main grads under bf16/fp16/fp8).
 - `fusion`: how vector ops between matmuls become kernels: `full` (a compiler such as
   torch.compile/Inductor fuses each run), `kernels` (hand-written fused kernels as in Megatron-LM
   and apex: a pointwise chain fuses up to and including one softmax/norm/reduction, which ends
@@ -29,10 +39,12 @@ from dataclasses import dataclass, field, replace
 
 from dojo.config import check, parse, parse_scalar
 from dojo.errors import ConfigError
+from dojo.plan.policies import check_recompute
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 RECOMPUTE = ("none", "selective", "full")
-PRECISIONS = ("fp32", "bf16", "fp16", "cfp8")
+PRECISIONS = ("fp32", "bf16", "fp16", "cfp8", "fp8")
+GRAD_REDUCE = ("auto", "fp32", "bf16")
 FUSIONS = ("full", "kernels", "none")
 
 
@@ -47,12 +59,14 @@ class Plan:
     mb: int = field(default=1, metadata=check(ge=1))
     interleave: int = field(default=1, metadata=check(ge=1))
     schedule: str = field(default="1f1b", metadata=check(choices=SCHEDULES))
-    recompute: str = field(default="none", metadata=check(choices=RECOMPUTE))
+    recompute: str = "none"  # RECOMPUTE or an op-level policy (dojo.plan.policies)
     sp: bool = False
     zero: int = field(default=0, metadata=check(ge=0, le=3))
     precision: str = field(default="bf16", metadata=check(choices=PRECISIONS))
     overlap: bool = True
     fusion: str = field(default="full", metadata=check(choices=FUSIONS))
+    tp_overlap: bool = False
+    grad_reduce: str = field(default="auto", metadata=check(choices=GRAD_REDUCE))
 
     @property
     def devices(self) -> int:
@@ -68,7 +82,7 @@ class Plan:
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
-                     "zero", "precision", "overlap", "fusion"):
+                     "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce"):
             value = getattr(self, name)
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
@@ -130,6 +144,12 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
                           "at least 2 virtual stages per device for schedule=interleaved")
     if plan.sp and plan.tp == 1:
         raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
+    check_recompute(plan.recompute, source, RECOMPUTE)
+    if plan.tp_overlap and not plan.sp:
+        raise ConfigError(source, "tp_overlap", "on",
+                          "sp=on: the overlapped tp communication is the all-gathers and "
+                          "reduce-scatters of sequence parallelism (Megatron-LM's "
+                          "--tp-comm-overlap needs --sequence-parallel)")
 
 
 def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,

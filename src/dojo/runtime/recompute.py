@@ -35,6 +35,9 @@ def apply_recompute(model: nn.Module, mode: str) -> None:
     model that has no blocks (full) or no `ParallelAttention` (selective)."""
     if mode == "none":
         return
+    if mode not in ("selective", "full"):
+        raise DojoError(f"recompute={mode}: dojo run executes recompute=none, selective and "
+                        "full; op-level policies are simulated (dojo simulate) only")
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
         raise DojoError(f"recompute={mode} needs a block-structured model (gpt, llama); "

@@ -16,6 +16,9 @@ from dojo.compiler.program import PRECISION_BYTES, Program
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan
+from dojo.plan.policies import policy_classes
+from dojo.sim.fp8 import FP8_CACHE_BYTES_PER_PARAM
+from dojo.sim.overlap import grad_bytes
 from dojo.sim.pipeline import warm_units
 
 
@@ -71,6 +74,8 @@ def in_flight_bytes(program: Program, stage: int) -> float:
     # Full recompute rebuilds one block's activations at a time during backward.
     if plan.recompute == "full" and program.work.block is not None:
         peak += program.work.block.saved_bytes
+    elif policy_classes(plan.recompute) is not None and program.work.block is not None:
+        peak += max(0.0, program.work.block.selective_saved)  # one block rerun at a time
     return peak
 
 
@@ -163,8 +168,10 @@ def state_memory(plan: Plan, params: float, state_per_param: float
     sizes = PRECISION_BYTES[plan.precision]
     shard = plan.dp_cp if plan.zero >= 1 else 1
     weights = params * sizes["weights"] / (plan.dp_cp if plan.zero >= 3 else 1)
+    if plan.precision == "fp8":  # TransformerEngine's cached FP8 weights and transposes
+        weights += params * FP8_CACHE_BYTES_PER_PARAM / (plan.dp_cp if plan.zero >= 3 else 1)
     return (weights + params * sizes["master"] / shard,
-            params * sizes["grads"] / (plan.dp_cp if plan.zero >= 2 else 1),
+            params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1),
             params * state_per_param / shard)
 
 

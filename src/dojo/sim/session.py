@@ -25,12 +25,14 @@ from typing import Any
 from dojo.compiler.context import local_seq, ring_work
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
+from dojo.compiler.recompute import apply_policy
 from dojo.compiler.work import ModelWork, main_block, model_work
 from dojo.errors import ConfigError
 from dojo.graph import Graph
 from dojo.hardware.loader import load_system
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, validate_plan
+from dojo.plan.policies import policy_classes
 from dojo.sim.simulate import Result, simulate
 
 _CAPTURES: dict[tuple[Any, ...], tuple[Graph, Any]] = {}
@@ -118,7 +120,13 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
         _WORKS[key] = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
                                            fuse=plan.fusion, fused_attention=fused_attention),
                                 plan.cp, plan.tp)
-    return _WORKS[key]
+    classes = policy_classes(plan.recompute)
+    if classes is not None and (*key, plan.recompute) not in _WORKS:  # op-level recompute
+        graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
+                            derive)
+        _WORKS[(*key, plan.recompute)] = apply_policy(_WORKS[key], graph, classes, plan.tp,
+                                                      plan.sp, scale, fused_attention)
+    return _WORKS[key] if classes is None else _WORKS[(*key, plan.recompute)]
 
 
 def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None

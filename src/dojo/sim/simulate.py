@@ -19,7 +19,9 @@ from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel, load_calibration
 from dojo.sim.eager import stage_param_tensors
+from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
 from dojo.sim.memory import Memory, device_memory
+from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
 from dojo.sim.pipeline import Span, Task, makespan_bounds, run_pipeline
 
 
@@ -98,6 +100,8 @@ def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel
     if dtype is None:
         raise DojoError(f"{spec.name} has no peak rate for precision '{precision}'"
                         f" (it has {', '.join(leaf.peak_flops)})")
+    if precision == "fp8":
+        fp8_peak(spec)  # refused in one line where the leaf has no FP8 tensor cores
     pool = leaf.memory.get("sram") or leaf.memory.get("hbm") or next(iter(leaf.memory.values()))
     if not leaf.cost_model:
         raise DojoError(f"{spec.path}: field '{spec.leaf_name}.cost_model' is missing: "
@@ -184,16 +188,35 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         # FSDP: every pass gathers the chunk's weights from the data-parallel shards (and the
         # backward reduce-scatters its gradients); prefetching overlaps it with compute.
         stream = max(stream, _zero3_time(program, weights, dev))
-    recompute = _ops_time(chunk.recompute, dev) + _comm_time(program, chunk.tp_recompute, dev)
+    op_time, (fwd, bwd, rec) = dev.op_time, (_ops_time(chunk.forward, dev), _ops_time(
+        chunk.backward, dev.for_phase("backward")), _ops_time(chunk.recompute, dev))
+    if program.plan.precision == "fp8":
+        timer = Fp8Timer(dev, fp8_device(dev, program.system, program.leaves_per_device),
+                         _block_ops(program), program.microbatches)
+        op_time = timer.op_time
+        fwd, bwd, rec = timer.chunk_times(chunk.forward, chunk.backward, chunk.recompute,
+                                          dev.for_phase("backward"))
+    sms = sm_fractions(dev)
+
+    def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...]) -> float:
+        if not program.plan.tp_overlap:
+            return _comm_time(program, comms, dev)
+        return tp_phase_time(program, comms, ops, op_time,
+                             lambda c: collective(program, dev, c.kind, c.nbytes, c.levels), sms)
+
+    recompute = rec + tp(chunk.tp_recompute, chunk.recompute)
     ring_f, ring_b = _ring_times(program, dev, chunk.blocks)
     if program.plan.recompute != "none":   # the attention core, and its ring, run again
         recompute += ring_f
-    return ChunkTimes(forward=_ops_time(chunk.forward, dev),
-                      backward=_ops_time(chunk.backward, dev.for_phase("backward")),
-                      recompute=recompute,
-                      tp_forward=_comm_time(program, chunk.tp_forward, dev),
-                      tp_backward=_comm_time(program, chunk.tp_backward, dev), stream=stream,
+    return ChunkTimes(forward=fwd, backward=bwd, recompute=recompute,
+                      tp_forward=tp(chunk.tp_forward, chunk.forward),
+                      tp_backward=tp(chunk.tp_backward, chunk.backward), stream=stream,
                       cp_forward=ring_f, cp_backward=ring_b)
+
+
+def _block_ops(program: Program) -> tuple[OpCost, ...] | None:
+    block = program.work.block
+    return None if block is None else block.forward + block.backward + block.recompute_selective
 
 
 def _ring_times(program: Program, dev: DeviceModel, blocks: int) -> tuple[float, float]:
@@ -214,7 +237,7 @@ def _ring_times(program: Program, dev: DeviceModel, blocks: int) -> tuple[float,
 def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
     gather = collective(program, dev, "all_gather", weights, program.grad_levels)
     grads = weights / PRECISION_BYTES[program.plan.precision]["weights"] \
-        * PRECISION_BYTES[program.plan.precision]["grads"]
+        * grad_bytes(program.plan)
     scatter = collective(program, dev, "reduce_scatter", grads, program.grad_levels)
     return gather + scatter / 2  # the forward pays the gather, the backward both: on average
 
@@ -282,8 +305,9 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
     post = []
     for stage in range(plan.pp):
-        t_sync, t_opt, blocks = _post_times(program, dev, stage)
-        post.append((t_sync / blocks if plan.overlap else t_sync) + t_opt)
+        t_sync, t_opt, _ = _post_times(program, dev, stage)
+        last = last_bucket_time(program, stage, _collective_of(program, dev))
+        post.append((last if plan.overlap else t_sync) + t_opt)
     return max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
 
 
@@ -299,9 +323,9 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
     for stage in range(plan.pp):
         mine = [s for s in spans if s.stage == stage and s.kind == "B"]
         last = max(mine, key=lambda s: s.end)
-        t_sync, t_opt, blocks = _post_times(program, dev, stage)
-        if plan.overlap:
-            end = max(last.start + t_sync, last.end + t_sync / blocks)
+        t_sync, t_opt, _ = _post_times(program, dev, stage)
+        if plan.overlap:  # bucket by bucket as each virtual stage's gradients complete
+            end = dp_sync_end(program, stage, spans, _collective_of(program, dev))
         else:
             end = last.end + t_sync
         sync.append((stage, end - t_sync, end))
@@ -309,11 +333,15 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
     return tuple(sync), tuple(opt)
 
 
+def _collective_of(program: Program, dev: DeviceModel) -> Any:
+    return lambda kind, nbytes, levels: collective(program, dev, kind, nbytes, levels)
+
+
 def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, float, int]:
     """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
     plan = program.plan
     sizes = PRECISION_BYTES[plan.precision]
-    grads = program.device_params(stage) * sizes["grads"]
+    grads = program.device_params(stage) * grad_bytes(plan)
     t_sync = collective(program, dev, program.grad_sync_kind, grads, program.grad_levels)
     if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
         t_sync += collective(program, dev, "all_gather",
@@ -341,10 +369,11 @@ def _optimizer_bytes_per_param(program: Program) -> float:
         return program.work.optimizer_bytes_per_param
     state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
     master = sizes["master"] or sizes["weights"]
-    fused = 2 * master + sizes["grads"] + 2 * state + (sizes["weights"] if sizes["master"] else 0)
+    fused = 2 * master + grad_bytes(program.plan) + 2 * state \
+        + (sizes["weights"] if sizes["master"] else 0)
     fused = min(fused, program.work.optimizer_bytes_per_param)
     if sizes["master"]:
-        fused += sizes["grads"] * (3 if program.plan.precision == "fp16" else 1)
+        fused += grad_bytes(program.plan) * (3 if program.plan.precision == "fp16" else 1)
     return fused
 
 
