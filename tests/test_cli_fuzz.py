@@ -177,6 +177,18 @@ COMMANDS: dict[str, Command] = {
         Slot("--precision", "--precision", ("unknown",)),
         Slot("--out", "--out", ("empty", "afile", "readonly_dir")),
     ), subprocess=True, default_cases=1),
+    "serve": Command(("serve", "--port", "8698", "--data", "svc"), (
+        Slot("--port", "--port", ("zero", "negative", "huge", "nonnumber")),
+        Slot("--system", "--system", ("unknown", "missing", "empty", "system_count")),
+        Slot("--max-attempts", "--max-attempts", ("zero", "negative", "nonnumber")),
+    )),
+    # Refused before any request: the server named here never answers.
+    "client": Command(("submit", "train", "mlp", "--server", "http://127.0.0.1:9"), (
+        Slot("--tiles", "--tiles", ("zero", "negative", "nonnumber")),
+        Slot("--steps", "--steps", ("zero", "negative", "nonnumber")),
+        Slot("--limit-s", "--limit-s", ("float_bad",)),
+        Slot("--set", "--set", ("set_form",)),
+    )),
 }
 
 VALUES.update({

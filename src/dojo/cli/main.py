@@ -29,6 +29,8 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "run",
     "train",
+    "serve",   # also `dojo admin`
+    "client",  # submit, jobs, usage, logs, cancel
 )
 
 

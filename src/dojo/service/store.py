@@ -167,7 +167,7 @@ class Store:
         """Insert a queued job (and its audit line) in one transaction. With an idempotency key
         already used by this tenant, the earlier job comes back instead; (job, created)."""
         if idempotency_key:
-            old = self._by_key(tenant, idempotency_key)
+            old = self.job_by_key(tenant, idempotency_key)
             if old is not None:
                 return old, False
         jid = uuid.uuid4().hex[:16]
@@ -184,7 +184,7 @@ class Store:
                                                 action="job.submit", target=jid,
                                                 detail=fields["kind"], at=now))
         except IntegrityError:
-            old = self._by_key(tenant, idempotency_key or "")
+            old = self.job_by_key(tenant, idempotency_key or "")
             if old is None:
                 raise
             return old, False
@@ -192,7 +192,7 @@ class Store:
         assert job is not None
         return job, True
 
-    def _by_key(self, tenant: str, key: str) -> Job | None:
+    def job_by_key(self, tenant: str, key: str) -> Job | None:
         with self.engine.connect() as c:
             row = c.execute(sa.select(jobs).where(jobs.c.tenant_id == tenant,
                                                   jobs.c.idempotency_key == key)).first()

@@ -1,0 +1,122 @@
+"""`dojo serve` (the training service) and `dojo admin tenant create` (its tenants).
+
+    dojo serve [--data DIR] [--db URL] [--system v1|exapod|FILE] [--host H] [--port P]
+    dojo admin tenant create NAME --quota-tile-hours X [--role admin] [--data DIR] [--db URL]
+
+The service's packages (FastAPI, SQLAlchemy...) are imported inside `run`, so `dojo --help`
+never loads them; install them with `pip install -e '.[service]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA = "dojo-data"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the multi-tenant training service (HTTP API, console)",
+                       description="Serve the HTTP API (OpenAPI at /docs) and the web console "
+                       "(/) over a durable store, scheduling jobs on the system's tiles.")
+    _store_args(p)
+    p.add_argument("--system", default="v1", help="v1, exapod or a system .toml (default v1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument("--port", type=int, default=8600)
+    p.add_argument("--allow-factories", action="store_true",
+                   help="accept models given as file.py:factory (run only in sandboxed workers)")
+    p.add_argument("--worker-cpu-s", type=int, default=3600, help="CPU seconds per worker")
+    p.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="runs of a job whose worker dies before it is failed (default 3)")
+    p.set_defaults(run=run_serve)
+
+    a = sub.add_parser("admin", help="administer the service's tenants and tokens",
+                       description="Create tenants (prints the API token once) and tokens.")
+    asub = a.add_subparsers(dest="what", metavar="WHAT", required=True)
+    t = asub.add_parser("tenant", help="tenants").add_subparsers(dest="verb", required=True)
+    c = t.add_parser("create", help="create a tenant and print its first token (once)")
+    c.add_argument("name")
+    c.add_argument("--quota-tile-hours", type=float, required=True)
+    c.add_argument("--role", default="admin", choices=("admin", "member", "read-only"))
+    _store_args(c)
+    tok = asub.add_parser("token", help="tokens").add_subparsers(dest="verb", required=True)
+    tc = tok.add_parser("create", help="another token for a tenant (printed once)")
+    tc.add_argument("tenant")
+    tc.add_argument("--role", default="member", choices=("admin", "member", "read-only"))
+    tc.add_argument("--expires-s", type=float, default=None, help="valid for this many seconds")
+    _store_args(tc)
+    a.set_defaults(run=run_admin)
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=os.environ.get("DOJO_DATA", DEFAULT_DATA),
+                   help=f"data folder: SQLite store, job folders (default $DOJO_DATA or "
+                   f"./{DEFAULT_DATA})")
+    p.add_argument("--db", default=os.environ.get("DOJO_DB"),
+                   help="database URL, e.g. postgresql://host/db (default SQLite in --data)")
+
+
+def _need_service() -> None:
+    from dojo.errors import DojoError
+
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as err:
+        raise DojoError(f"the service needs its extra: pip install -e '.[service]' "
+                        f"({err.name} is missing)") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dojo.errors import ConfigError
+
+    _need_service()
+    from dojo.service.controller import Limits
+    from dojo.service.server import Settings, serve
+
+    if not 0 < args.port < 65536:
+        raise ConfigError("--port", "port", args.port, "a TCP port from 1 to 65535")
+    if args.max_attempts < 1:
+        raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
+    limits = Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
+                    max_attempts=args.max_attempts)
+    serve(Settings(data=Path(args.data), db=args.db, system=args.system, host=args.host,
+                   port=args.port, allow_factories=args.allow_factories, limits=limits))
+    return 0
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    import time
+
+    from dojo.errors import ConfigError, DojoError
+
+    _need_service()
+    from dojo.service.auth import new_token
+    from dojo.service.server import open_store
+    from dojo.service.store import Conflict
+
+    store = open_store(Path(args.data), args.db)
+    token_id, token, digest = new_token()
+    if args.what == "tenant":
+        if not args.name.replace("-", "").replace("_", "").isalnum() or len(args.name) > 64:
+            raise ConfigError("NAME", "name", args.name, "letters, digits, - and _ (at most 64)")
+        if not 0 < args.quota_tile_hours < float("inf"):
+            raise ConfigError("--quota-tile-hours", "quota_tile_hours", args.quota_tile_hours,
+                              "a number of tile-hours > 0")
+        try:
+            store.create_tenant(args.name, args.quota_tile_hours, token_id, args.role, digest)
+        except Conflict:
+            raise DojoError(f"tenant '{args.name}' exists already") from None
+        print(f"tenant {args.name}: quota {args.quota_tile_hours:g} tile-hours", file=sys.stderr)
+    else:
+        if store.tenant(args.tenant) is None:
+            raise DojoError(f"no tenant '{args.tenant}'")
+        expires = time.time() + args.expires_s if args.expires_s else None
+        store.add_token(args.tenant, token_id, args.role, digest, expires)
+    print(f"{args.role} token (shown once, keep it; export DOJO_TOKEN=...):", file=sys.stderr)
+    print(token)
+    store.close()
+    return 0

@@ -1,0 +1,114 @@
+"""`Client`: the service's HTTP API as methods; errors become one-line `ServiceError`s."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dojo.errors import DojoError
+
+CONFIG = Path("~/.config/dojo/token")
+
+
+class ServiceError(DojoError):
+    """The server refused (status and its detail) or could not be reached."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(detail)
+
+
+def load_token(explicit: str | None = None) -> str:
+    """The token: given, else $DOJO_TOKEN, else the first line of ~/.config/dojo/token
+    ($DOJO_CONFIG names another file)."""
+    if explicit:
+        return explicit
+    if os.environ.get("DOJO_TOKEN"):
+        return os.environ["DOJO_TOKEN"].strip()
+    path = Path(os.environ.get("DOJO_CONFIG", str(CONFIG))).expanduser()
+    if path.is_file():
+        return path.read_text().strip().splitlines()[0].strip()
+    raise DojoError(f"no token: set DOJO_TOKEN or write it to {path} "
+                    "(dojo admin tenant create prints one)")
+
+
+class Client:
+    """One server, one token. Every method returns the decoded JSON of the response."""
+
+    def __init__(self, server: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.server = server.rstrip("/")
+        self.token = load_token(token)
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, path: str, body: Any = None,
+              headers: dict[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+            **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            try:
+                detail = json.loads(err.read()).get("detail", err.reason)
+            except (ValueError, AttributeError):
+                detail = err.reason
+            if isinstance(detail, list):
+                detail = "; ".join(str(d) for d in detail)
+            raise ServiceError(err.code, f"{self.server}: {err.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ServiceError(0, f"{self.server}: cannot reach the server ({reason})") from None
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._call("POST", "/api/jobs", spec, headers)
+
+    def jobs(self) -> Any:
+        return self._call("GET", "/api/jobs")
+
+    def job(self, job_id: str) -> Any:
+        return self._call("GET", f"/api/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> Any:
+        return self._call("POST", f"/api/jobs/{job_id}/cancel")
+
+    def usage(self) -> Any:
+        return self._call("GET", "/api/usage")
+
+    def machine(self) -> Any:
+        return self._call("GET", "/api/machine")
+
+    def logs(self, job_id: str, offset: int = 0) -> Any:
+        return self._call("GET", f"/api/jobs/{job_id}/logs?offset={offset}")
+
+    def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
+        """Log text as it is written, until the job is over (`dojo logs -f`)."""
+        offset = 0
+        while True:
+            part = self.logs(job_id, offset)
+            if part["text"]:
+                yield part["text"]
+            offset = part["offset"]
+            if part["done"] and not part["text"]:
+                return
+            if not part["text"]:
+                time.sleep(poll_s)
+
+    def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> Any:
+        """Poll until the job is succeeded, failed or cancelled; returns it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise ServiceError(0, f"job {job_id} still {job['state']} after {timeout_s:g} s")
+            time.sleep(poll_s)
