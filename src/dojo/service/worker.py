@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0])
     lock = open(folder / "lock", "a+")  # noqa: SIM115 -- held until the process exits
     fcntl.flock(lock, fcntl.LOCK_EX)
+    (folder / "pid").write_text(str(os.getpid()))
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda *_: _stop.__setitem__(0, True))
     job = json.loads((folder / "job.json").read_text())

@@ -1,0 +1,133 @@
+"""Durability with real processes on loopback: kill -9 of the server while a job trains, then a
+restart (nothing lost, nothing run twice at once, resumed from the checkpoint, idempotent
+resubmission); a worker killed twice (retried, then failed with the reason); SIGTERM (clean exit,
+job requeued). Plus a fast in-process check of restart recovery."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from dojo.client import Client, ServiceError
+
+from .procs import Server, make_tenant, wait_for
+
+TRAIN = {"kind": "train", "model": "mlp", "tiles": 2, "plan": "dp=50", "batch": 100,
+         "steps": 14, "checkpoint_every": 2, "min_step_s": 1.0, "limit_s": 900}
+
+
+def lock_is_free(folder: Path) -> bool:
+    """True when no worker holds the job's lock (a worker holds it for its whole life)."""
+    with open(folder / "lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def steps_of(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_kill9_restart_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    token = make_tenant(tmp_path, "acme")
+    server = Server(tmp_path).start()
+    try:
+        c = Client(server.url, token)
+        job = c.submit(TRAIN, idempotency_key="train-1")
+        queued = c.submit({"kind": "simulate", "model": "mlp", "tiles": 6, "plan": "dp=150",
+                           "batch": 150})
+        folder = tmp_path / "jobs" / "acme" / job["id"]
+        wait_for(lambda: len(steps_of(folder)) >= 5, 180, what="5 training steps")
+        server.kill9()
+        # The worker dies with the server: its lock comes free.
+        wait_for(lambda: lock_is_free(folder), 10, 0.2, what="the worker to die")
+        before = len(steps_of(folder))
+        server.start()
+        again = c.submit(TRAIN, idempotency_key="train-1")   # the same job, not a new one
+        assert again["id"] == job["id"]
+        done = c.wait(job["id"], timeout_s=300)
+        assert done["state"] == "succeeded", done
+        assert c.wait(queued["id"], timeout_s=300)["state"] == "succeeded"
+        assert sorted(j["id"] for j in c.jobs()) == sorted([job["id"], queued["id"]])
+        lines = steps_of(folder)
+        runs = [ln["run"] for ln in lines]
+        assert runs == sorted(runs) and set(runs) == {1, 2} and done["runs"] == 2
+        first_of_2 = next(ln["step"] for ln in lines if ln["run"] == 2)
+        # Resumed from the last checkpoint (every 2 steps), not from step 1.
+        assert first_of_2 == 2 * ((before) // 2) + 1 and first_of_2 > 1
+        assert [ln["step"] for ln in lines if ln["run"] == 2] == list(range(first_of_2, 15))
+        assert done["result"]["local_steps"] == 14 and done["result"]["step_time_s"] > 0
+    finally:
+        server.kill9()
+
+
+@pytest.mark.slow
+def test_worker_death_retries_then_fails_and_sigterm_is_clean(tmp_path: Path) -> None:
+    token = make_tenant(tmp_path, "acme")
+    server = Server(tmp_path, "--max-attempts", "2").start()
+    try:
+        c = Client(server.url, token)
+        job = c.submit({**TRAIN, "steps": 100})
+        folder = tmp_path / "jobs" / "acme" / job["id"]
+        for attempt in (1, 2):
+            wait_for(lambda n=attempt: len({ln["run"] for ln in steps_of(folder)}) >= n
+                     and (folder / "pid").is_file(), 180, what=f"run {attempt} to train")
+            os.kill(int((folder / "pid").read_text()), signal.SIGKILL)
+            (folder / "pid").unlink()
+            if attempt == 1:
+                wait_for(lambda: c.job(job["id"])["runs"] == 2, 60, what="the retry")
+        failed = c.wait(job["id"], timeout_s=60)
+        assert failed["state"] == "failed" and failed["attempts"] == 2
+        assert "SIGKILL" in failed["reason"] and "attempt 2" in failed["reason"]
+        # SIGTERM while a job trains: exit 0, the job requeued to resume later.
+        other = c.submit({**TRAIN, "steps": 100})
+        wait_for(lambda: steps_of(tmp_path / "jobs" / "acme" / other["id"]), 180,
+                 what="the second job to train")
+        assert server.stop() == 0
+        server.proc = None
+        token_store = Server(tmp_path)  # read the store directly: no server running
+        from dojo.service.server import open_store
+
+        store = open_store(token_store.data, None)
+        row = store.job("acme", other["id"])
+        store.close()
+        assert row is not None and row.state == "queued" and "stopped" in row.reason
+    finally:
+        server.kill9()
+    with pytest.raises(ServiceError):
+        Client(server.url, token, timeout_s=2).jobs()
+
+
+def test_restart_recovery_requeues_running_jobs(tmp_path: Path) -> None:
+    from dojo.service.server import Settings, build
+
+    svc = build(Settings(data=tmp_path))
+    svc.store.create_tenant("acme", 10.0, "t", "admin", "h")
+    fields = {"kind": "train", "spec": {"model": "mlp"}, "priority": 0, "tiles": 2,
+              "limit_s": 60.0}
+    a, _ = svc.store.submit("acme", "t", fields, None)
+    b, _ = svc.store.submit("acme", "t", fields, None)
+    svc.store.transition("acme", a.id, ["queued"], "running", rect=[0, 0, 1, 2], runs=1)
+    svc.store.transition("acme", b.id, ["queued"], "running", rect=[1, 0, 1, 2], runs=1)
+    svc.store.transition("acme", b.id, ["running"], "cancelling")
+    svc.controller.recover()   # what a restart after kill -9 does first
+    ra, rb = svc.store.job("acme", a.id), svc.store.job("acme", b.id)
+    assert ra is not None and rb is not None
+    assert (ra.state, ra.rect, ra.runs) == ("queued", None, 1) and "restarted" in ra.reason
+    assert rb.state == "cancelled"
+    svc.store.close()
