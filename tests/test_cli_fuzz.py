@@ -189,6 +189,10 @@ COMMANDS: dict[str, Command] = {
         Slot("--limit-s", "--limit-s", ("float_bad",)),
         Slot("--set", "--set", ("set_form",)),
     )),
+    "eval": Command(("eval", "adir"), (
+        Slot("run", None, ("missing", "empty", "afile", "folder"), 1),
+        Slot("--slices", "--slices", ("missing", "afile", "empty")),
+    )),
 }
 
 VALUES.update({

@@ -45,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--measure-decode", action="store_true", help="measure decode rates on this "
                    "machine instead of the recorded calibration (figures then vary run to run)")
     p.add_argument("--policy", default="skip", help="bad clips: skip (warn, count) or error")
+    p.add_argument("--slices", default="", help="slices file (TOML) for IoU by slice (default: "
+                   "one slice per scenario, weather and time of day)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(run=run)
@@ -60,7 +62,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {"out": args.out, "data": args.data, "system": args.system,
                               "plan": args.plan, "precision": args.precision,
                               "policy": args.policy, "resume": args.resume, "synth": args.synth,
-                              "measure_decode": args.measure_decode}
+                              "measure_decode": args.measure_decode, "slices": args.slices}
     for key, kind in _NUMBERS.items():
         raw = getattr(args, key)
         if raw is None:

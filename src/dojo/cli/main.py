@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "serve",   # also `dojo admin`
     "client",  # submit, jobs, usage, logs, cancel
+    "eval",
 )
 
 

@@ -68,10 +68,11 @@ LEFT JOIN (SELECT clip_hash, avg(mean_luma) AS mean_luma, avg(bits_per_pixel) AS
 @dataclass(frozen=True, kw_only=True)
 class Slice:
     """A named subset of clips: `where` is a SQL condition on the `clips` view; `weight` how
-    much more often training draws its clips (a clip in several slices takes the largest)."""
+    many times training draws each of its clips' windows per epoch (rounded to a whole number;
+    a clip in several slices takes the largest)."""
 
     where: str
-    weight: float = dataclasses.field(default=1.0, metadata=check(gt=0, le=100))
+    weight: float = dataclasses.field(default=1.0, metadata=check(ge=1, le=100))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,14 +130,21 @@ def connect(catalog: str, slices: dict[str, Slice] | None = None) -> Any:
         view = "clips_stored" if name == "clips" else name
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{_quote(where)}')")
     con.execute(CLIPS_VIEW)
-    for name, sl in (slices or {}).items():
+    add_slices(con, slices or {})
+    return con
+
+
+def add_slices(con: Any, slices: dict[str, Slice]) -> None:
+    """A view `slice_NAME` per slice; a `where` that does not run is a ConfigError naming it."""
+    import duckdb
+
+    for name, sl in slices.items():
         try:
             con.execute(f"CREATE VIEW slice_{name} AS SELECT * FROM clips WHERE {sl.where}")
             con.execute(f"SELECT count(*) FROM slice_{name}").fetchall()
         except duckdb.Error as err:
             raise ConfigError("slices", f"slices.{name}.where", sl.where,
                               f"a SQL condition on the clips view ({_first_line(err)})") from None
-    return con
 
 
 def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -46,12 +46,13 @@ class TrainOptions:
     eval_every: int = field(default=50, metadata=check(gt=0))
     checkpoint_every: int = field(default=50, metadata=check(gt=0))
     train_clips: int = field(default=32, metadata=check(gt=0))
-    val_clips: int = field(default=8, metadata=check(gt=0))
+    val_clips: int = field(default=16, metadata=check(gt=0))
     policy: str = field(default="skip", metadata=check(choices=POLICIES))
     resume: bool = False
     synth: bool = False
     measure_decode: bool = False
     threads: int = field(default=2, metadata=check(gt=0, le=1024))
+    slices: str = ""  # slices file for evaluation by slice ("": one slice per tag value)
 
     def settings(self) -> dict[str, object]:
         """What a checkpoint must share with a run that resumes it."""

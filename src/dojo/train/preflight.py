@@ -46,6 +46,7 @@ class Job:
     synth: dict[str, SynthConfig]
     train_windows: int
     resume_state: dict[str, Any] | None
+    slices: dict[str, Any] | None = None  # parsed --slices file (None: one per tag value)
 
 
 def preflight(opts: TrainOptions) -> Job:
@@ -64,7 +65,13 @@ def preflight(opts: TrainOptions) -> Job:
                else synth["train"].clips * max(0, synth["train"].frames - opts.window + 1))
     check_batch(opts.batch_size, windows, root / "train")
     state = checkpoint.load(out / "checkpoint", opts.settings()) if opts.resume else None
-    return Job(out=out, data_root=root, synth=synth, train_windows=windows, resume_state=state)
+    slices = None
+    if opts.slices:
+        from dojo.data.query import load_slices
+
+        slices = load_slices(opts.slices)
+    return Job(out=out, data_root=root, synth=synth, train_windows=windows, resume_state=state,
+               slices=slices)
 
 
 def check_out(text: str) -> Path:

@@ -4,9 +4,10 @@ metrics.json has exactly the keys `train_loss` (per step), `val_iou`, `baseline_
 `simulated` {`system`, `plan`, `step_time_s`, `samples_per_s`, `energy_j`} (the Dojo step of the
 large preset, data loading included) and `data_path` {`decode_fps_per_core` (frames/s per core at
 the data set's frame size), `decode_fps_large` (at 1280 x 960, what the data path uses),
-`decode_rates` ("recorded" or "measured"), `hosts_needed`}. Nothing in it is measured on this
-machine unless `--measure-decode` asks: wall-clock figures (training time, samples/s) are in the
-report only, marked as measured.
+`decode_rates` ("recorded" or "measured"), `hosts_needed`}, `dataset` {`train`, `val`: dataset
+version IDs, `dojo.data.catalog`} and `slices` {name: {`clips`, `iou`, `ci95`, `weight`}}.
+Nothing in it is measured on this machine unless `--measure-decode` asks: wall-clock figures
+(training time, samples/s) are in the report only, marked as measured.
 
 Bird's-eye pictures put ego forward up and ego left on the left (row i of a grid is x forward,
 column j is y left, so the image is the grid flipped on both axes).
@@ -55,6 +56,8 @@ def metrics(result: TrainResult) -> dict[str, Any]:
                       "decode_fps_large": large_fps.frames_per_s,
                       "decode_rates": large_fps.source,
                       "hosts_needed": sim.data.hosts_needed},
+        "dataset": dict(result.dataset),
+        "slices": result.slices,
     }
 
 
@@ -104,6 +107,7 @@ def build_report(result: TrainResult, bev_png: bytes) -> HtmlReport:
     rep.image(bev_png, "Bird's-eye view, ego (triangle) at the centre, forward up: the model's "
               "probability of occupancy beside the ground truth, on clips never trained on.")
     _data(rep, result)
+    slice_section(rep, {"this run": result.slices})
     _simulated(rep, result)
     _utilisation(rep, result)
     _data_path(rep, result)
@@ -145,6 +149,26 @@ def _data(rep: HtmlReport, result: TrainResult) -> None:
     if result.skipped:
         rep.table([(s.clip, s.file, s.reason) for s in result.skipped],
                   ["clip", "file", "reason"])
+
+
+def slice_section(rep: HtmlReport, by_round: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """IoU per slice with 95 % bootstrap intervals: a table and bars (one colour a round)."""
+    from dojo.train.slices import BOOTSTRAP, slice_figure
+
+    rep.heading("Held-out IoU by slice")
+    rep.paragraph(f"Each slice pools the intersections and unions of its held-out clips; the "
+                  f"interval is the 2.5-97.5th percentile over {BOOTSTRAP} resamples of its "
+                  "clips (seeded). Few clips give wide intervals.")
+    rows = []
+    for label, slices in by_round.items():
+        for name, v in slices.items():
+            rows.append((label, name, v["clips"], f"{v['iou']:.3f}",
+                         f"{v['ci95'][0]:.3f} - {v['ci95'][1]:.3f}", v["weight"]))
+    if not rows:
+        rep.paragraph("No slice has a held-out clip.")
+        return
+    rep.table(rows, ["round", "slice", "clips", "IoU", "95 % interval", "weight"])
+    rep.figure(slice_figure(by_round), "Held-out IoU per slice, 95 % bootstrap intervals.")
 
 
 def _simulated(rep: HtmlReport, result: TrainResult) -> None:

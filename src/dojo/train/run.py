@@ -13,6 +13,7 @@ Progress goes to the caller's `progress` callback; nothing is printed here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from dojo.data import ClipLoader, LoaderConfig, synthesize
+from dojo.data.catalog import index_set, write_version
 from dojo.data.layout import SkippedClip
 from dojo.errors import DojoError
 from dojo.numerics import load_policy_state, policy_state
@@ -40,6 +42,7 @@ from dojo.train.loop import (
 from dojo.train.options import Progress, TrainOptions
 from dojo.train.preflight import Job, check_alike, check_batch, preflight
 from dojo.train.simulated import SimulatedRun, large_config, simulate_large
+from dojo.train.slices import clip_counts, slice_ious
 
 ProgressFn = Callable[[Progress], None]
 EXAMPLES = 3  # held-out samples drawn in the report
@@ -72,6 +75,8 @@ class TrainResult:
     decode: tuple[DecodeRate, DecodeRate]  # at the data set's frame size, at the large preset's
     overrides: dict[str, Any]
     files: dict[str, Path]
+    dataset: dict[str, str] = field(default_factory=dict)  # set -> dataset version ID
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # `train.slices`
 
 
 def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
@@ -80,8 +85,19 @@ def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
         def tick(done: int, total: int, name: str = name) -> None:
             progress(Progress("data", f"making {name} clips {done}/{total}"))
 
-        synthesize(job.data_root / name, cfg, tick)
+        synthesize(job.data_root / name, cfg, tick, catalog="")
     return job.data_root / "train", job.data_root / "val"
+
+
+def catalog_sets(root: Path, catalog: Path, progress: ProgressFn) -> dict[str, str]:
+    """Index ROOT/train and ROOT/val into `catalog` (OUT/catalog: the run's own, so the data
+    folder is only read) and record each as a dataset version; returns {set: version ID}."""
+    versions = {}
+    for name in ("train", "val"):
+        progress(Progress("data", f"cataloguing {name} clips"))
+        indexed = index_set(str(root / name), str(catalog), name)
+        versions[name] = write_version(str(catalog), indexed.clips, note=f"{name} set").id
+    return versions
 
 
 def _loaders(train_dir: Path, val_dir: Path, opts: TrainOptions) -> tuple[ClipLoader, ClipLoader]:
@@ -100,7 +116,7 @@ def _state(model: Any, optimizer: Any, loader: ClipLoader, history: History,
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": torch.get_rng_state(), "loader": loader.state_dict(),
             "policy": policy_state(model), "history": history,
-            "settings": opts.settings()}
+            "settings": opts.settings(), "options": dataclasses.asdict(opts)}
 
 
 def _restore(state: dict[str, Any], model: Any, optimizer: Any, loader: ClipLoader) -> History:
@@ -155,12 +171,14 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     sim = simulate_large(opts.system, opts.plan, opts.precision, large.frames_per_s)
     _make_folder(job.out, "--out")
     train_dir, val_dir = ensure_data(job, tell)
+    versions = catalog_sets(job.data_root, job.out / "catalog", tell)
     threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
         result = _learn(job, opts, (train_dir, val_dir), sim, large, tell)
     finally:
         torch.set_num_threads(threads)
+    result = replace(result, dataset=versions)
     tell(Progress("report", f"writing {job.out}"))
     return replace(result, files=write_outputs(result, job.out))
 
@@ -186,12 +204,16 @@ def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path, Path], sim: Simulated
            job.out / "checkpoint", tell)
     tell(Progress("eval", "held-out IoU"))
     val_iou, examples = evaluate(model, val_batches, EXAMPLES)
+    names = [c.name for c in val_loader.dataset.clipset.clips]
+    by_slice = slice_ious(str(job.out / "catalog"), val_dir, names,
+                          clip_counts(model, val_batches), job.slices, opts.seed)
     data_fps = data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir)
     skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
     return TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
                        skipped=skipped, train_samples=len(loader.dataset),
                        sim=replace(sim, epoch_samples=len(loader.dataset)),
-                       decode=(data_fps, large), overrides=overrides, files={})
+                       decode=(data_fps, large), overrides=overrides, files={},
+                       slices=by_slice)
 
 
 def _make_folder(folder: Path, flag: str) -> None:
