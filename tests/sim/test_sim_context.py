@@ -169,3 +169,27 @@ def test_local_seq_error_names_the_arithmetic() -> None:
     assert local_seq(32768, 2) == 16384
     with pytest.raises(ConfigError, match=r"seq 100 / 8 = 12.5"):
         local_seq(100, 4)
+
+
+def test_allgather_cp_exposes_its_collectives_and_holds_every_block() -> None:
+    """cp_comm=allgather (Llama 3's CP): per layer an all-gather of K, V before attention, and in
+    backward another and a reduce-scatter of dK, dV, all exposed. On one NVSwitch level a ring
+    all-gather of cp blocks takes (cp - 1) (latency + block / (link x efficiency)); buffers are
+    all cp blocks of K, V and of dK, dV."""
+    cp = 4
+    plan = parse_plan(f"cp={cp},cp_comm=allgather")
+    assert plan.text() == f"dp=1,tp=1,pp=1,cp={cp},cp_comm=allgather"
+    assert parse_plan(plan.text(full=True)) == plan
+    sim = _sim(plan.text(), cp)
+    program, ring = sim.program, sim.program.ring
+    dev = device_model(program)
+    cal = dev.calibration
+    times = chunk_times(program, program.chunks[0], dev, sim.result.memory)
+    layers = program.chunks[0].blocks
+    gather = (cp - 1) * (2 * 0.7e-6 + cal.collective_latency_s
+                         + ring.block_bytes / (450e9 * cal.link_efficiency))
+    assert times.cp_forward == pytest.approx(layers * gather, rel=1e-9)
+    assert times.cp_backward == pytest.approx(2 * layers * gather, rel=1e-9)
+    assert ring.buffer_bytes == 2 * cp * ring.block_bytes
+    p2p = _sim(f"cp={cp}", cp)
+    assert sim.result.step_time_s > p2p.result.step_time_s   # the ring hides what this exposes

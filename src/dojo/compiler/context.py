@@ -18,6 +18,10 @@ the kv heads, `kv_heads / tp`, of `head_dim`, at `item` bytes per element):
 - receive buffers, double-buffered: 2 x (K,V + dK,dV) = 4 blocks, held during one layer's
   attention (added once to the peak);
 - exposed seconds per layer = (cp - 1) x max(0, transfer - step compute).
+With `cp_comm=allgather` (Megatron-LM's all-gather type; Llama 3's "all-gather based method")
+the same blocks move in one all-gather of K, V before attention, and in backward another and a
+reduce-scatter of dK, dV, each exposed; the rank holds all cp blocks of K, V and of dK, dV while
+a layer's attention runs (2 cp blocks).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Ring:
 
     cp: int
     block_bytes: float
+    comm: str          # "p2p" (ring) or "allgather"
     levels: tuple[GroupLevel, ...]
     forward: tuple[OpCost, ...]
     backward: tuple[OpCost, ...]
@@ -55,8 +60,11 @@ class Ring:
 
     @property
     def buffer_bytes(self) -> float:
-        """Receive buffers held while a layer's attention runs (double-buffered K,V and dK,dV)."""
-        return BUFFERS * self.block_bytes if self.cp > 1 else 0.0
+        """Buffers held while a layer's attention runs: double-buffered K,V and dK,dV blocks
+        (p2p), or all cp blocks of K,V and of dK,dV (allgather)."""
+        if self.cp == 1:
+            return 0.0
+        return (2 * self.cp if self.comm == "allgather" else BUFFERS) * self.block_bytes
 
 
 def local_seq(seq: int, cp: int, source: str = "--plan") -> int:
@@ -99,7 +107,7 @@ def _ring_section(sec: SectionWork, cp: int) -> SectionWork:
 
 
 def ring_of(work: ModelWork, cp: int, levels: tuple[GroupLevel, ...], kv_width: int,
-            tokens: int, mb: int, item: float) -> Ring | None:
+            tokens: int, mb: int, item: float, comm: str = "p2p") -> Ring | None:
     """The ring of a rank whose `work` is `ring_work` of a seq/cp capture: `tokens` = seq/cp
     per sample, `kv_width` = kv_heads/tp x head_dim elements per token, `item` bytes per
     element. None without context parallelism."""
@@ -107,8 +115,8 @@ def ring_of(work: ModelWork, cp: int, levels: tuple[GroupLevel, ...], kv_width: 
         return None
     block = work.block or work.pre
     # ring_work repeats each attention kernel cp times in a row: one of each is one step
-    return Ring(cp=cp, block_bytes=2.0 * tokens * kv_width * item * mb, levels=levels,
-                forward=tuple(o for o in block.forward if is_core(o))[::cp],
+    return Ring(cp=cp, block_bytes=2.0 * tokens * kv_width * item * mb, comm=comm,
+                levels=levels, forward=tuple(o for o in block.forward if is_core(o))[::cp],
                 backward=tuple(o for o in block.backward if is_core(o))[::cp])
 
 

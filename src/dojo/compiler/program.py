@@ -116,7 +116,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     pp_levels = group_levels(system, 2, plan.tp * plan.dp_cp)
     ring = ring_of(work, plan.cp, group_levels(system, plan.cp, plan.tp), kv_width,
                    (tokens_per_sample or 0) // plan.cp, plan.mb,
-                   4 * PRECISION_BYTES[plan.precision]["activation_scale"])
+                   4 * PRECISION_BYTES[plan.precision]["activation_scale"], plan.cp_comm)
     virtual = plan.pp * plan.interleave
     chunks = tuple(_chunk(work, plan, v, virtual, tp_levels) for v in range(virtual))
     # Megatron's scatter/gather optimisation sends 1/tp of the activations per tp rank.

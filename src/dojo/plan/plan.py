@@ -10,6 +10,9 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   ranks holds seq/cp tokens of every sequence (two chunks of seq/(2 cp), for causal balance),
   and attention passes K and V blocks around the ring (`dojo.compiler.context`). Ranks are tp
   innermost, then cp, then dp, then pp; gradients are reduced (and ZeRO shards) over dp x cp.
+  `cp_comm` (Megatron-LM's --cp-comm-type): `p2p` passes blocks around the ring beside the
+  attention of each step; `allgather` gathers all of K and V before attention (exposed) and
+  reduce-scatters dK, dV after it, as Llama 3 was trained.
 - `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
   virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
 - `recompute`: none | selective (attention core) | full (every block's forward, once more) |
@@ -46,6 +49,7 @@ RECOMPUTE = ("none", "selective", "full")
 PRECISIONS = ("fp32", "bf16", "fp16", "cfp8", "fp8")
 GRAD_REDUCE = ("auto", "fp32", "bf16")
 FUSIONS = ("full", "kernels", "none")
+CP_COMMS = ("p2p", "allgather")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +71,7 @@ class Plan:
     fusion: str = field(default="full", metadata=check(choices=FUSIONS))
     tp_overlap: bool = False
     grad_reduce: str = field(default="auto", metadata=check(choices=GRAD_REDUCE))
+    cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
 
     @property
     def devices(self) -> int:
@@ -78,12 +83,15 @@ class Plan:
         return self.dp * self.cp
 
     def text(self, full: bool = False) -> str:
-        """The plan in CLI form, defaults left out unless `full`."""
+        """The plan in CLI form, defaults left out unless `full` (cp_comm only with cp > 1)."""
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
-                     "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce"):
+                     "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
+                     "cp_comm"):
             value = getattr(self, name)
+            if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
+                continue
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
         return ",".join(parts)

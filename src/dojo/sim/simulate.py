@@ -222,10 +222,15 @@ def _block_ops(program: Program) -> tuple[OpCost, ...] | None:
 def _ring_times(program: Program, dev: DeviceModel, blocks: int) -> tuple[float, float]:
     """Exposed seconds of context parallelism's ring attention over `blocks` layers, forward and
     backward: per layer cp - 1 transfers, each beside one ring step's attention kernels
-    (`dojo.compiler.context.exposed`)."""
+    (`dojo.compiler.context.exposed`); with cp_comm=allgather, the collectives themselves."""
     ring = program.ring
     if ring is None or not blocks:
         return 0.0, 0.0
+    if ring.comm == "allgather":   # exposed: gather K,V; in backward again, and scatter dK,dV
+        full = ring.cp * ring.block_bytes
+        gather = collective(program, dev, "all_gather", full, ring.levels)
+        return blocks * gather, blocks * (gather + collective(program, dev, "reduce_scatter",
+                                                              full, ring.levels))
     out = []
     for nbytes, ops, phase in ((ring.block_bytes, ring.forward, "forward"),
                                (2 * ring.block_bytes, ring.backward, "backward")):
