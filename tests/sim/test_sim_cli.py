@@ -24,7 +24,8 @@ def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
                          "achieved_flops_per_device", "mfu", "breakdown_s",
                          "memory_bytes_per_device", "fits", "energy_j", "plan", "notes"]
     assert out["plan"] == ("dp=2,tp=2,pp=2,cp=1,mb=1,interleave=1,schedule=1f1b,recompute=none,"
-                           "sp=off,zero=0,precision=bf16,overlap=on,fusion=full")
+                           "sp=off,zero=0,precision=bf16,overlap=on,fusion=full,tp_overlap=off,"
+                           "grad_reduce=auto")
     assert out["notes"] == []  # mb was given
     assert list(out["breakdown_s"]) == ["compute", "exposed_comm", "bubble", "recompute",
                                         "optimizer", "data"]
