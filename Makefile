@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup browser run test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Headless Chromium for the web console's browser tests (tests/service/test_console.py); they
+# skip, saying why, where it cannot be installed (not root, no apt-get).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || \
+	  echo "chromium not installed: the browser tests will skip"
+
 run: setup
 	$(BIN)/dojo train occupancy --out runs/demo
 
@@ -24,10 +32,10 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/python tools/check_size.py
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q -m "not slow" -n $(PYTEST_WORKERS)
 
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/pytest -q -m slow
 
 bench: setup
