@@ -144,6 +144,9 @@ class Store:
             c.execute(tokens.insert().values(id=token_id, tenant_id=tenant, role=role,
                                              hash=token_hash, created_at=time.time(),
                                              expires_at=expires_at))
+            c.execute(audit.insert().values(tenant_id=tenant, actor="admin",
+                                            action="token.create", target=token_id,
+                                            detail=role, at=time.time()))
 
     def token(self, token_id: str) -> dict[str, Any] | None:
         """The token row (tenant, role, hash, expiry) for authentication, by its public id."""
