@@ -8,7 +8,9 @@ a documented formula, with N the element count of the named tensor:
 - pointwise ops (ATen tag `pointwise`): N(output) FLOP, times the weight in `_POINTWISE_WEIGHT`
   for fused ones (addcmul, addcdiv, lerp: 2) and transcendental ones (erf, exp, tanh and the
   activations built on them, from their measured cost; see `_POINTWISE_WEIGHT`);
-- reductions (tag `reduction`): N(largest input) FLOP;
+- reductions (tag `reduction`), and the scans, selections and accumulating scatters of
+  `_REDUCTION_LIKE` (cumsum, topk, index_add, scatter_add: one add or compare per element):
+  N(largest input) FLOP;
 - `_NORM_SOFTMAX`: a fixed number of FLOP per element of the first input (layer/batch/group norm
   forward 5, backward 8; softmax forward 4, backward 3; log-softmax forward 4, backward 3; losses,
   pooling, embedding backward); `_PER_OUTPUT` likewise per output element (grid sampling: 8);
@@ -93,6 +95,11 @@ _ZERO_FLOP: frozenset[str] = frozenset({
 })
 
 
+# Untagged ops that pass over their input once with one add or compare per element (an MoE
+# router's top-k, its dispatch's cumsum and index_add, the gather's backward scatter_add).
+_REDUCTION_LIKE: frozenset[str] = frozenset({"cumsum", "topk", "index_add", "scatter_add"})
+
+
 def _register_cpu_attention() -> None:
     """Teach FlopCounterMode the CPU flash-attention kernels (same formula as the GPU ones)."""
     reg = flop_counter.flop_registry
@@ -151,7 +158,7 @@ def flops_of(op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any,
     if torch.Tag.pointwise in tags:
         n = sum(int(t.numel()) for t in tensors_out[:1])
         return _POINTWISE_WEIGHT.get(name.rstrip("_"), 1) * n, "pointwise"
-    if torch.Tag.reduction in tags:
+    if torch.Tag.reduction in tags or name.rstrip("_") in _REDUCTION_LIKE:
         n = max((int(t.numel()) for t in tensors_in), default=0)
         return n, "reduction"
     return 0, "unknown"

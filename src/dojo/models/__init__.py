@@ -11,7 +11,7 @@ Importing this package registers every model; the order below is the listing ord
 from __future__ import annotations
 
 # isort: off
-from dojo.models import mlp, resnet, vit, gpt, llama, occupancy  # noqa: F401  (registration order)
+from dojo.models import mlp, resnet, vit, gpt, llama, moelm, occupancy  # noqa: F401
 # isort: on
 from dojo.models.factory import load_factory
 from dojo.models.zoo import (
