@@ -148,3 +148,18 @@ def test_moe_config_errors_show_arithmetic() -> None:
         make_config("deepseek-v3", {"groups": 3}, small=True)
     with pytest.raises(ConfigError, match=r"top_k.*at most experts = 4"):
         make_config("mixtral-8x7b", {"top_k": 5}, small=True)
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("mixtral-8x7b", "46,702,792,704 parameters (46.7B), 12,879,925,248 active per token (12.9B)"),
+    ("deepseek-v3", "671,026,404,352 parameters (671.0B), 37,552,282,624 active per token"),
+])
+def test_inspect_prints_published_counts(name: str, shown: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from dojo.cli.main import main
+
+    assert main(["inspect", name, "--batch", "1", "--seq", "16", "--top", "0"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"model {name}: {shown}" + ("" if "mixtral" in name else " (37.6B)")
+    assert (_mixtral_counts() if "mixtral" in name else _deepseek_counts())[0] == int(
+        first.split(": ")[1].split(" ")[0].replace(",", ""))

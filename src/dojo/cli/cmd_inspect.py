@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
         return 0
-    print(_table(args.model, captured.graph, info, top_ops(captured.graph, top)))
+    from dojo.models.moe import active_parameters
+
+    print(_table(args.model, captured.graph, info, top_ops(captured.graph, top),
+                 active_parameters(bundle.model)))
     return 0
 
 
@@ -102,8 +105,11 @@ def _gib(n: int) -> str:
     return f"{n:,} B ({n / 2**30:.3f} GiB)"
 
 
-def _table(name: str, graph: Any, info: dict[str, Any], top: list[Any]) -> str:
-    lines = [f"model {name}: {info['params']:,} parameters"]
+def _table(name: str, graph: Any, info: dict[str, Any], top: list[Any],
+           active: int | None = None) -> str:
+    lines = [f"model {name}: {info['params']:,} parameters ({info['params'] / 1e9:.1f}B)"]
+    if active is not None:   # mixture of experts: what one token passes through
+        lines[0] += f", {active:,} active per token ({active / 1e9:.1f}B)"
     blocks = ", ".join(f"{b.name} x{b.repeat}" for b in graph.blocks)
     if blocks:
         lines.append(f"repeated blocks (captured once): {blocks}")

@@ -127,3 +127,14 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
         return y.view(shape)
+
+
+def active_parameters(model: nn.Module) -> int | None:
+    """Parameters one token passes through: all but the routed experts it is not sent to
+    (each MoE layer counts top_k of its experts); None for a model without MoE layers."""
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    if not layers:
+        return None
+    idle = sum(sum(p.numel() for p in m.experts.parameters()) * (m.n - m.top_k) // m.n
+               for m in layers)
+    return sum(p.numel() for p in model.parameters()) - idle
