@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dojo.compiler.context import Ring, ring_of
+from dojo.compiler.experts import ExpertParallel, MoeLayout, apply_experts
 from dojo.compiler.mapping import (
     GroupLevel,
     device_count,
@@ -88,6 +89,7 @@ class Program:
     leaves_per_device: int
     tokens_per_sample: int | None = None  # sequence length for sequence models
     ring: Ring | None = None             # context parallelism's ring attention (cp > 1)
+    experts: ExpertParallel | None = None  # expert parallelism (`compiler.experts`)
 
     def device_chunks(self, stage: int) -> tuple[Chunk, ...]:
         return tuple(c for c in self.chunks if c.index % self.plan.pp == stage)
@@ -98,10 +100,12 @@ class Program:
 
 
 def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
-                    tokens_per_sample: int | None = None, kv_width: int = 0) -> Program:
+                    tokens_per_sample: int | None = None, kv_width: int = 0,
+                    moe: MoeLayout | None = None) -> Program:
     """Lay the plan over the system: chunks per virtual stage, collectives mapped onto links.
     Ranks are tp innermost, then cp, dp and pp; with cp > 1, `work` is one cp rank's
-    (`context.ring_work`) and `kv_width` the K elements per token on one tp rank."""
+    (`context.ring_work`) and `kv_width` the K elements per token on one tp rank. `moe`: the
+    model's routed experts, for the plan's expert parallelism (`compiler.experts`)."""
     devices = device_count(system)
     if plan.devices != devices:
         cp = f" x cp {plan.cp}" if plan.cp > 1 else ""
@@ -123,7 +127,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     p2p_bytes = work.residual_bytes / plan.tp
     grads_kind = "reduce_scatter" if plan.zero >= 2 else "all_reduce"
     micro = microbatches(plan, batch)
-    return Program(plan=plan, system=system, device=device_name(system), devices=devices,
+    program = Program(plan=plan, system=system, device=device_name(system), devices=devices,
                    microbatches=micro, batch=batch, chunks=chunks,
                    p2p=Comm("send_recv", p2p_bytes, pp_levels, "pp"),
                    grad_sync_kind=grads_kind, grad_levels=dp_levels, tp_levels=tp_levels,
@@ -131,6 +135,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
                    model_flops=(work.forward_flops + work.backward_flops) * micro * plan.dp,
                    leaves_per_device=leaves_per_device(system),
                    tokens_per_sample=tokens_per_sample, ring=ring)
+    return apply_experts(program, moe, PRECISION_BYTES[plan.precision]["activation_scale"])
 
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,

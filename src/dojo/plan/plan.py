@@ -18,6 +18,11 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `recompute`: none | selective (attention core) | full (every block's forward, once more) |
   an op-level policy, `ops:mm+attention` or `matmuls`: the block is checkpointed but the outputs
   of the named matmul classes are kept (`dojo.plan.policies`).
+- `ep`: expert parallelism, carved out of dp (dp % ep == 0, as Megatron-LM): each MoE layer's
+  routed experts spread over ep data-parallel ranks, tokens dispatched to them and combined
+  back by all-to-all; expert gradients reduced over dp / ep (`dojo.compiler.experts`).
+  `imbalance` (>= 1): the busiest expert rank's load over the mean (its expert work and
+  all-to-all bytes scale by it). The capacity factor is the model's (`--set capacity=1.25`).
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
@@ -72,6 +77,8 @@ class Plan:
     tp_overlap: bool = False
     grad_reduce: str = field(default="auto", metadata=check(choices=GRAD_REDUCE))
     cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
+    ep: int = field(default=1, metadata=check(ge=1))
+    imbalance: float = field(default=1.0, metadata=check(ge=1))
 
     @property
     def devices(self) -> int:
@@ -88,10 +95,12 @@ class Plan:
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm"):
+                     "cp_comm", "ep", "imbalance"):
             value = getattr(self, name)
             if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
                 continue
+            if name in ("ep", "imbalance") and self.ep == 1 and value == getattr(default, name):
+                continue   # no expert parallelism: nothing to show
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
         return ",".join(parts)
@@ -106,6 +115,7 @@ class ModelShape:
     hidden: int = 0
     ffn: int = 0
     kv_heads: int = 0
+    experts: int = 0      # routed experts per MoE layer (0: no MoE layers)
 
 
 def _show(value: object) -> str:
@@ -190,11 +200,28 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
             raise ConfigError(source, "tp", plan.tp,
                               f"a divisor of the model's {name} = {size} "
                               f"({size} / {plan.tp} = {size / plan.tp:g})")
+    check_experts(plan, shape, source)
     micro = batch // (plan.dp * plan.mb)
     if plan.interleave > 1 and plan.schedule != "gpipe" and micro % plan.pp:
         raise ConfigError(source, "mb", plan.mb,
                           f"an interleaved schedule needs micro-batches ({micro}) divisible by "
                           f"pp {plan.pp}")
+
+
+def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None:
+    """ep is carved out of dp and splits whole experts: dp % ep == 0, experts % ep == 0."""
+    if plan.ep == 1:
+        return
+    if not shape.experts:
+        raise ConfigError(source, "ep", plan.ep, "1: the model has no routed experts")
+    if plan.dp % plan.ep:
+        raise ConfigError(source, "ep", plan.ep,
+                          f"a divisor of dp (ep is carved out of the data-parallel ranks): "
+                          f"dp {plan.dp} / ep {plan.ep} = {plan.dp / plan.ep:g}")
+    if shape.experts % plan.ep:
+        raise ConfigError(source, "ep", plan.ep,
+                          f"a divisor of the model's experts = {shape.experts} "
+                          f"({shape.experts} / {plan.ep} = {shape.experts / plan.ep:g})")
 
 
 def chunk_blocks(layers: int, chunks: int) -> list[int] | None:

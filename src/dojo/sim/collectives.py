@@ -6,7 +6,10 @@ over `levels` (inside out). The cost model takes the fastest applicable one, as 
 - tree: double binary tree, log-depth latency, twice the buffer over the slowest bandwidth;
 - hierarchical: reduce-scatter inside each level going out, all-gather coming back in, so outer
   (slower) levels carry only 1/inner of the data;
-- mesh2d: on a 2D mesh level, rings along rows then columns of the most square rectangle.
+- mesh2d: on a 2D mesh level, rings along rows then columns of the most square rectangle;
+- pairwise (all-to-all): each member sends every other member its 1/n share at once, so each
+  level carries the shares of the members that first meet there, over that level's bandwidth,
+  all levels at the same time (NVLink inside a server while InfiniBand carries the rest).
 Formulas use a per-step latency a and per-member bandwidth b (times the link efficiency).
 """
 
@@ -78,6 +81,24 @@ def mesh2d(kind: str, nbytes: float, levels: Sequence[GroupLevel], eff: float,
                 total += (n - 1) * (lv.latency_s + alpha + share / (n * lv.bytes_per_s * eff))
                 share /= n
     return _passes(kind) * total
+
+
+@ALGORITHMS.register("pairwise")
+def pairwise(kind: str, nbytes: float, levels: Sequence[GroupLevel], eff: float,
+             alpha: float) -> float | None:
+    """All-to-all: at level i (m_i members, c_i = m_1 ... m_i members below one unit) a
+    member sends nbytes (c_i - c_(i-1)) / n in (m_i - 1) latency steps; levels run at once."""
+    if kind != "all_to_all":
+        return None
+    n = math.prod(lv.members for lv in levels)
+    worst, below = 0.0, 1
+    for lv in levels:
+        inside = below * lv.members
+        share = nbytes * (inside - below) / n
+        worst = max(worst, (lv.members - 1) * (lv.latency_s + alpha)
+                    + share / (lv.bytes_per_s * eff))
+        below = inside
+    return worst
 
 
 def _rectangle(n: int) -> tuple[int, int]:

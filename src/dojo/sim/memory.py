@@ -8,9 +8,10 @@ streams in (`spills`), at the chip's share of the DIPs' bandwidth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from dojo.compiler.experts import param_groups
 from dojo.compiler.mapping import device_count, leaves_per_device
 from dojo.compiler.program import PRECISION_BYTES, Program
 from dojo.hardware.loader import dip_count
@@ -147,7 +148,10 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
     best: Memory | None = None
     stages: list[Memory] = []
     for stage in range(plan.pp):
-        params, grads, state = state_memory(plan, program.device_params(stage), state_per_param)
+        # per parameter group: the dense weights over dp, experts' 1/ep over dp / ep
+        params, grads, state = (sum(x) for x in zip(*(
+            state_memory(replace(plan, dp=dp, cp=1), held, state_per_param)
+            for held, _, dp in param_groups(program, stage))))
         mem = Memory(
             stage=stage, params=params, grads=grads, optimizer_state=state,
             activations=in_flight_bytes(program, stage) + ring_buffers(program),

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from dojo.compiler.experts import bucket_groups
 from dojo.compiler.program import PRECISION_BYTES, Comm, Program
 from dojo.plan.plan import Plan
 from dojo.plan.policies import op_class
@@ -100,11 +101,12 @@ def bucket_time(program: Program, params: float,
     its gradients reduced (all-reduce, or reduce-scatter under ZeRO 2/3) at `grad_bytes`, and
     under ZeRO the updated shard's weights gathered back."""
     plan = program.plan
-    local = params / plan.tp
-    t = collective(program.grad_sync_kind, local * grad_bytes(plan), program.grad_levels)
-    if plan.zero >= 1 and program.grad_levels:
-        t += collective("all_gather", local * PRECISION_BYTES[plan.precision]["weights"],
-                        program.grad_levels)
+    t = 0.0
+    for local, levels in bucket_groups(program, params):   # with ep: experts over dp x cp / ep
+        t += collective(program.grad_sync_kind, local * grad_bytes(plan), levels)
+        if plan.zero >= 1 and levels:
+            t += collective("all_gather", local * PRECISION_BYTES[plan.precision]["weights"],
+                            levels)
     return t
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.context import local_seq, ring_work
+from dojo.compiler.experts import moe_layout
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.recompute import apply_policy
@@ -89,7 +90,7 @@ def model_shape(graph: Graph, config: Any) -> ModelShape:
         return int(getattr(config, key, 0) or 0)
 
     return ModelShape(layers=layers, heads=get("heads"), hidden=get("hidden"), ffn=get("ffn"),
-                      kv_heads=get("kv_heads"))
+                      kv_heads=get("kv_heads"), experts=get("experts"))
 
 
 def graph_at(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
@@ -220,9 +221,10 @@ def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, pl
                     fused_attention=fuses_attention(spec))
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
+    moe = moe_layout(graph, config, plan.mb * int(tokens) if tokens and is_sequence else plan.mb)
     program = compile_program(work, plan, spec, batch,
                               tokens_per_sample=int(tokens) if tokens and is_sequence else None,
-                              kv_width=kv_width(config, plan.tp))
+                              kv_width=kv_width(config, plan.tp), moe=moe)
     return program, graph
 
 

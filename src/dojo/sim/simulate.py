@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.context import exposed
+from dojo.compiler.experts import param_groups
 from dojo.compiler.mapping import GroupLevel, zplane_levels
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
 from dojo.compiler.work import OpCost
@@ -346,14 +347,15 @@ def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, 
     """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
     plan = program.plan
     sizes = PRECISION_BYTES[plan.precision]
-    grads = program.device_params(stage) * grad_bytes(plan)
-    t_sync = collective(program, dev, program.grad_sync_kind, grads, program.grad_levels)
-    if plan.zero >= 1 and program.grad_levels:   # updated shards gathered back
-        t_sync += collective(program, dev, "all_gather",
-                             program.device_params(stage) * sizes["weights"],
-                             program.grad_levels)
+    t_sync = params = 0.0
+    # per parameter group: the dense weights over dp, with ep the experts' 1/ep over dp / ep
+    for held, levels, dp in param_groups(program, stage):
+        t_sync += collective(program, dev, program.grad_sync_kind, held * grad_bytes(plan),
+                             levels)
+        if plan.zero >= 1 and levels:   # updated shards gathered back
+            t_sync += collective(program, dev, "all_gather", held * sizes["weights"], levels)
+        params += held / (dp if plan.zero >= 1 else 1)
     blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
-    params = program.device_params(stage) / (plan.dp_cp if plan.zero >= 1 else 1)
     # The update's FLOPs too (a CPU core runs AdamW's sqrt and division below its bandwidth),
     # and on an eager device the host time per parameter tensor outside the kernels.
     t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program),

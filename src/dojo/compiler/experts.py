@@ -1,0 +1,225 @@
+"""Expert parallelism (`ep`): the routed experts of MoE layers spread over ranks, tokens moved
+to them and back by all-to-all.
+
+Model (as Megatron-LM's MoE with its all-to-all token dispatcher): ep is carved out of the
+data-parallel ranks (dp % ep == 0; ranks are tp innermost, then dp, so an ep group is ep
+consecutive dp ranks, stride tp). Each rank holds experts / ep of every MoE layer's routed
+experts and all of the rest (attention, router, shared experts, dense layers: replicated as in
+plain data parallelism). Per MoE layer and micro-batch:
+
+- the router runs on the rank's own tokens; dispatch is one all-to-all over the ep group that
+  sends each of the rank's tokens x top_k assignments (hidden values each) to the rank holding
+  its expert, combine one all-to-all back: per member a buffer of tokens x top_k x hidden x
+  activation bytes, of which (ep - 1) / ep leaves the rank. Backward runs both again (the
+  gradients of combine and dispatch), and full recompute replays the forward pair. With tp > 1
+  each tp rank dispatches its 1/tp of the tokens (Megatron requires sequence parallelism there);
+- a rank's experts then see ep x the local rows of 1/ep of the experts: the same FLOPs as the
+  captured layer, which computed every expert on the local tokens at the same capacity;
+- load imbalance (`imbalance` >= 1): the busiest rank receives `imbalance` x the mean rows, so
+  its expert kernels take (imbalance - 1) x more (added as scaled copies of the captured expert
+  ops) and its all-to-all buffers are `imbalance` x larger. Every rank waits for the busiest;
+- expert weights, their gradients and optimizer state are 1/ep per rank; their gradients are
+  reduced over the ranks holding the same experts: the data-parallel group divided by ep (size
+  dp / ep, stride tp x ep), with ZeRO sharding over that group.
+
+The captured graph names its routed experts (dojo.models.moe): parameters `*.experts.*` with
+the expert index first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from dojo.compiler.fusion import MATRIX_RULES
+from dojo.compiler.mapping import GroupLevel, group_levels
+from dojo.compiler.work import OpCost, main_block
+from dojo.errors import DojoError
+from dojo.graph import Graph
+
+if TYPE_CHECKING:
+    from dojo.compiler.program import Chunk, Program
+
+EXPERT_TAG = ".experts."
+
+
+@dataclass(frozen=True)
+class MoeLayout:
+    """What the capture says about a model's routed experts, plan-independent, per micro-batch.
+
+    Parameters are whole-model element counts; op costs are one block instance's expert
+    kernels as captured (FLOP, bytes at the capture's dtype, unsplit)."""
+
+    experts: int
+    top_k: int
+    hidden: int
+    tokens: int                   # tokens per micro-batch (micro-batch x sequence)
+    block_layers: int             # MoE layers in one instance of the repeated block
+    outer_layers: int             # MoE layers outside it (counted on the first stage)
+    block_params: int             # routed-expert parameters of one block instance
+    outer_params: int             # routed-expert parameters outside the block
+    forward_ops: tuple[OpCost, ...]
+    backward_ops: tuple[OpCost, ...]
+
+
+@dataclass(frozen=True)
+class ExpertParallel:
+    """The plan's expert parallelism laid over the system (attached to `Program.experts`)."""
+
+    ep: int
+    imbalance: float
+    a2a_levels: tuple[GroupLevel, ...]     # the ep group
+    grad_levels: tuple[GroupLevel, ...]    # ranks holding the same experts: dp / ep of them
+    chunk_expert_params: tuple[float, ...]  # per virtual stage, held per rank (1/ep), whole tp
+    a2a_bytes: float                       # one all-to-all buffer per member (bytes)
+    layout: MoeLayout
+
+
+def moe_layout(graph: Graph, config: Any, tokens: int) -> MoeLayout | None:
+    """The routed experts of `graph` (None without any); `config.top_k` experts per token,
+    `tokens` per micro-batch."""
+    block = main_block(graph)
+    made = {t for op in graph.ops for t in op.outputs}   # updated copies are not weights
+    experts = [t for t in graph.tensors if t.role == "parameter" and t.view_of is None
+               and t.id not in made and EXPERT_TAG in f".{t.name}" and len(t.shape) == 3]
+    if not experts:
+        return None
+    top_k = int(getattr(config, "top_k", 0) or 0)
+    if top_k < 1:
+        raise DojoError("the model has routed experts (parameters '*.experts.*') but no "
+                        "config field 'top_k' saying how many each token is sent to")
+    count, hidden, width = experts[0].shape
+    rows = math.ceil(float(getattr(config, "capacity", 1.0)) * tokens * top_k / count)
+    # the expert kernels: outputs (E, C, *) over the dispatch buffer, and weight gradients
+    expert_shapes = {(hidden, width), (width, hidden)}
+    inside = [t for t in experts if block is not None and t.block == block]
+    outside = [t for t in experts if t not in inside]
+
+    def layers(ts: list[Any]) -> int:
+        return len({t.name.rsplit(".", 1)[0] for t in ts})
+
+    def ops(phase: str) -> tuple[OpCost, ...]:
+        out = []
+        for op in graph.ops:
+            made = [graph.tensors[t].shape for t in op.outputs[:1]]
+            if op.phase != phase or op.block != block or not made or len(made[0]) != 3 \
+                    or made[0][0] != count or op.flops <= 0:
+                continue
+            if made[0][1] != max(1, rows) and tuple(made[0][1:]) not in expert_shapes:
+                continue
+            kind = "matrix" if op.rule in MATRIX_RULES else "vector"
+            out.append(OpCost(kind, float(op.flops), float(op.bytes_read + op.bytes_written),
+                              op.target, made[0] if kind == "matrix" else (0, 0, 0)))
+        return tuple(out)
+
+    return MoeLayout(experts=count, top_k=top_k, hidden=hidden, tokens=tokens,
+                     block_layers=layers(inside), outer_layers=layers(outside),
+                     block_params=sum(math.prod(t.shape) for t in inside),
+                     outer_params=sum(math.prod(t.shape) for t in outside),
+                     forward_ops=ops("forward"), backward_ops=ops("backward"))
+
+
+def a2a_bytes(layout: MoeLayout, tp: int, scale: float, imbalance: float = 1.0) -> float:
+    """One dispatch (or combine) buffer per ep member, bytes: tokens / tp x top_k x hidden x
+    activation bytes (4 x `scale`: 2 for BF16), x `imbalance` on the busiest rank."""
+    return layout.tokens / tp * layout.top_k * layout.hidden * 4.0 * scale * imbalance
+
+
+def sent_bytes(nbytes: float, ep: int) -> float:
+    """Bytes one member sends in an all-to-all of `nbytes` per member: all but its own 1/ep."""
+    return nbytes * (ep - 1) / ep
+
+
+def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> Program:
+    """`program` with the plan's ep: expert weights 1/ep per rank, all-to-alls per MoE layer,
+    the busiest rank's extra expert work. Unchanged without ep and imbalance."""
+    from dojo.compiler.program import Comm
+
+    plan = program.plan
+    ep, imbalance = getattr(plan, "ep", 1), getattr(plan, "imbalance", 1.0)
+    if layout is None:
+        if ep > 1:
+            raise DojoError(f"ep={ep} needs a model with routed experts (parameters "
+                            "'*.experts.*'); this one has none")
+        return program
+    if ep == 1 and imbalance == 1.0:
+        return program
+    # ep consecutive ranks of the cp x dp ones (stride tp; Megatron-Core's expert mapping)
+    a2a_levels = group_levels(program.system, ep, plan.tp)
+    grad_levels = group_levels(program.system, plan.dp_cp // ep, plan.tp * ep)
+    nbytes = a2a_bytes(layout, plan.tp, scale, imbalance)
+    a2a = Comm("all_to_all", nbytes, a2a_levels, "ep")
+    last = len(program.chunks) - 1
+    chunks, held = [], []
+    for c in program.chunks:
+        outer = c.index == 0
+        layers = layout.block_layers * c.blocks + (layout.outer_layers if outer else 0)
+        whole = layout.block_params * c.blocks + (layout.outer_params if outer else 0)
+        held.append(whole / ep)
+        chunks.append(_with_experts(c, plan, layout, layers, whole, a2a if ep > 1 else None,
+                                    scale, c.index == last))
+    moe = ExpertParallel(ep=ep, imbalance=imbalance, a2a_levels=a2a_levels,
+                         grad_levels=grad_levels, chunk_expert_params=tuple(held),
+                         a2a_bytes=nbytes, layout=layout)
+    return replace(program, chunks=tuple(chunks), experts=moe)
+
+
+def _with_experts(c: Chunk, plan: Any, layout: MoeLayout, layers: int, whole: int,
+                  a2a: Any, scale: float, last: bool) -> Chunk:
+    del last
+    extra = plan.imbalance - 1.0
+    blocks = c.blocks
+    fwd = _scaled(layout.forward_ops, extra / plan.tp, scale) * blocks
+    bwd = _scaled(layout.backward_ops, extra / plan.tp, scale) * blocks
+    comms = (a2a, a2a) * layers if a2a is not None else ()
+    full = plan.recompute == "full"
+    return replace(c, forward=c.forward + fwd, backward=c.backward + bwd,
+                   recompute=c.recompute + (fwd if full else ()),
+                   tp_forward=c.tp_forward + comms, tp_backward=c.tp_backward + comms,
+                   tp_recompute=c.tp_recompute + (comms if full else ()),
+                   params=c.params - whole + whole / plan.ep)
+
+
+def _scaled(ops: tuple[OpCost, ...], factor: float, scale: float) -> tuple[OpCost, ...]:
+    """Copies of the captured expert ops doing `factor` of their work on one device (GEMMs:
+    `factor` of their rows), bytes at the plan's precision (`scale`)."""
+    if factor <= 0:
+        return ()
+    out = []
+    for o in ops:
+        b, m, n = o.shape
+        shape = (b, max(1, round(m * factor)), n) if o.kind == "matrix" else o.shape
+        out.append(OpCost(o.kind, o.flops * factor, o.bytes * scale * factor, o.target, shape))
+    return tuple(out)
+
+
+def param_groups(program: Program, stage: int
+                 ) -> list[tuple[float, tuple[GroupLevel, ...], int]]:
+    """(parameters held per device after the tp split, the levels their gradients reduce
+    over, the size of that group) of `stage`: one group without ep; with ep the dense
+    parameters over dp x cp and the experts' 1/ep over dp x cp / ep."""
+    plan = program.plan
+    total = program.device_params(stage)
+    moe = program.experts
+    if moe is None or moe.ep == 1:
+        return [(total, program.grad_levels, plan.dp_cp)]
+    held = sum(moe.chunk_expert_params[c.index] for c in program.device_chunks(stage)) / plan.tp
+    return [(total - held, program.grad_levels, plan.dp_cp),
+            (held, moe.grad_levels, plan.dp_cp // moe.ep)]
+
+
+def bucket_groups(program: Program, params: float) -> list[tuple[float, tuple[GroupLevel, ...]]]:
+    """A gradient bucket of `params` whole parameters (a block's, or the embedding section's)
+    split into (parameters on this device, levels they reduce over): with ep its routed
+    experts' 1/ep go over the experts' group, the rest over dp x cp."""
+    local = params / program.plan.tp
+    moe, work = program.experts, program.work
+    if moe is None or moe.ep == 1:
+        return [(local, program.grad_levels)]
+    if work.block is not None and params == work.block.params:
+        whole = moe.layout.block_params
+    else:
+        whole = moe.layout.outer_params if params == work.pre.params else 0
+    held = whole / moe.ep / program.plan.tp
+    return [(local - whole / program.plan.tp, program.grad_levels), (held, moe.grad_levels)]

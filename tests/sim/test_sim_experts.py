@@ -1,0 +1,150 @@
+"""Expert parallelism (`ep`) against closed forms: all-to-all bytes and time, expert memory
+over ep, the experts' gradient group, imbalance and capacity, and the plan's errors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from dojo.compiler.experts import param_groups, sent_bytes
+from dojo.compiler.mapping import GroupLevel
+from dojo.errors import ConfigError
+from dojo.hardware import load_system
+from dojo.plan.plan import parse_plan
+from dojo.sim.collectives import collective_time
+from dojo.sim.memory import device_memory
+from dojo.sim.session import compile_model, simulate_model
+from dojo.sim.simulate import collective, device_model
+
+H, F, E, K, LAYERS, SEQ = 64, 96, 8, 2, 4, 32
+MOE = {"layers": LAYERS, "hidden": H, "heads": 4, "kv_heads": 2, "ffn": 128, "expert_ffn": F,
+       "experts": E, "top_k": K, "seq": SEQ, "vocab": 256}
+EXPERT_PARAMS = LAYERS * 3 * E * H * F        # routed experts, whole model
+
+
+def _program(plan: str, system: str = "h100-cluster:16", batch: int = 32, **over: object):
+    spec = load_system(system)
+    return compile_model("moe", {**MOE, **over}, spec, parse_plan(plan), batch)[0]
+
+
+def test_all_to_all_bytes_per_rank_closed_form() -> None:
+    mb, ep = 2, 4
+    program = _program(f"dp=16,ep={ep},mb={mb}")
+    tokens = mb * SEQ
+    per_dispatch = tokens * K * H * 2           # BF16 activations
+    (chunk,) = program.chunks
+    a2a_f = [c for c in chunk.tp_forward if c.kind == "all_to_all"]
+    a2a_b = [c for c in chunk.tp_backward if c.kind == "all_to_all"]
+    # dispatch + combine per MoE layer, forward and backward
+    assert len(a2a_f) == len(a2a_b) == 2 * LAYERS
+    assert {c.nbytes for c in a2a_f + a2a_b} == {per_dispatch}
+    assert sent_bytes(a2a_f[0].nbytes, ep) == tokens * K * H * 2 * (ep - 1) / ep
+    # the ep group: ep consecutive data-parallel ranks inside one 8-GPU server (NVLink)
+    (level,) = a2a_f[0].levels
+    assert (level.level, level.members) == ("server", ep)
+    dev = device_model(program)
+    cal = dev.calibration
+    want = (ep - 1) * (level.latency_s + cal.collective_latency_s) + \
+        per_dispatch * (ep - 1) / ep / (level.bytes_per_s * cal.link_efficiency)
+    assert collective(program, dev, "all_to_all", per_dispatch, a2a_f[0].levels) == \
+        pytest.approx(want)
+    full = _program(f"dp=16,ep={ep},mb={mb},recompute=full")
+    assert sum(c.kind == "all_to_all" for c in full.chunks[0].tp_recompute) == 2 * LAYERS
+
+
+def test_pairwise_all_to_all_over_two_levels() -> None:
+    inner = GroupLevel("server", "nvlink", 8, 400e9, 0.0, "switch")
+    outer = GroupLevel("cluster", "ib", 4, 50e9, 0.0, "fat_tree")
+    s = 3.2e9
+    t, algo = collective_time("all_to_all", s, (inner, outer), 1.0, 0.0)
+    # 7 of 32 shares stay in the server, 24 cross InfiniBand; both move at once
+    assert algo == "pairwise"
+    assert t == pytest.approx(max(s * 7 / 32 / 400e9, s * 24 / 32 / 50e9))
+    ring = 31 / 32 * s / 50e9
+    assert t < ring
+
+
+def test_expert_memory_divides_by_ep_and_zero_shards_over_dp_over_ep() -> None:
+    base = device_memory(_program("dp=16,mb=2"))
+    split = device_memory(_program("dp=16,ep=8,mb=2"))
+    # BF16 weights (2) + FP32 master (4) per parameter; 7/8 of the experts leave the rank
+    assert base.params - split.params == pytest.approx(EXPERT_PARAMS * 7 / 8 * 6)
+    assert base.grads - split.grads == pytest.approx(EXPERT_PARAMS * 7 / 8 * 4)
+    assert base.optimizer_state - split.optimizer_state == pytest.approx(EXPERT_PARAMS * 7 / 8
+                                                                         * 8)
+    # ZeRO-1: the experts' 1/ep is sharded over dp / ep ranks: exp / dp per rank either way
+    z0 = device_memory(_program("dp=16,mb=2,zero=1"))
+    z8 = device_memory(_program("dp=16,ep=8,mb=2,zero=1"))
+    assert z0.optimizer_state == pytest.approx(z8.optimizer_state)
+    assert z0.params - z8.params == pytest.approx(EXPERT_PARAMS * 7 / 8 * 2)
+
+
+def test_expert_gradients_reduce_over_dp_over_ep() -> None:
+    program = _program("dp=16,ep=4,mb=2", system="h100-cluster:16")
+    dense, experts = param_groups(program, 0)
+    assert experts[0] == pytest.approx(EXPERT_PARAMS / 4)
+    assert experts[2] == 16 // 4 and dense[2] == 16
+    assert math.prod(g.members for g in experts[1]) == 4     # ranks 0, 4, 8, 12
+    assert math.prod(g.members for g in dense[1]) == 16
+    # stride ep = 4 over 8-GPU servers: 2 per server, 2 servers
+    assert [(g.level, g.members) for g in experts[1]] == [("server", 2), ("cluster", 2)]
+    (one,) = param_groups(_program("dp=16,mb=2"), 0)
+    assert one[0] == pytest.approx(dense[0] + EXPERT_PARAMS)
+
+
+def _step(plan: str, **over: object) -> float:
+    spec = load_system("h100-cluster:16")
+    return simulate_model("moe", {**MOE, **over}, spec, parse_plan(plan), 64).result.step_time_s
+
+
+def test_step_time_monotone_in_imbalance_and_capacity() -> None:
+    steps = [_step(f"dp=16,ep=4,mb=2,imbalance={i}") for i in (1.0, 1.5, 2.0, 3.0)]
+    assert steps == sorted(steps) and steps[0] < steps[-1]
+    caps = [_step("dp=16,ep=4,mb=2", capacity=c) for c in (1.0, 1.25, 2.0)]
+    assert caps == sorted(caps) and caps[0] < caps[-1]
+
+
+def test_imbalance_scales_a2a_bytes_and_adds_expert_work() -> None:
+    even = _program("dp=16,ep=4,mb=2")
+    skew = _program("dp=16,ep=4,mb=2,imbalance=1.5")
+    a2a = [c.nbytes for c in skew.chunks[0].tp_forward if c.kind == "all_to_all"]
+    assert set(a2a) == {1.5 * 2 * SEQ * K * H * 2}
+    extra = sum(o.flops for o in skew.chunks[0].forward) - sum(o.flops
+                                                               for o in even.chunks[0].forward)
+    # half again the expert GEMMs' forward: 3 GEMMs of E x C x H x F per layer, C = T k / E
+    c = math.ceil(2 * SEQ * K / E)
+    gemm = 2 * E * c * H * F
+    assert extra >= 0.5 * 3 * gemm * LAYERS
+    assert extra <= 0.5 * 3 * gemm * LAYERS * 1.1   # plus the silu and product between
+
+
+def test_plan_text_and_errors_show_arithmetic() -> None:
+    plan = parse_plan("dp=16,ep=4,imbalance=1.2")
+    assert "ep=4" in plan.text() and "imbalance=1.2" in plan.text()
+    assert "ep" not in parse_plan("dp=16").text()
+    spec = load_system("h100-cluster:16")
+    cases = [("dp=16,ep=3", "dp 16 / ep 3 = 5.33"),
+             ("dp=16,ep=16", "experts = 8 (8 / 16 = 0.5)")]
+    for text, shown in cases:
+        with pytest.raises(ConfigError, match=shown.replace("(", r"\(").replace(")", r"\)")):
+            simulate_model("moe", MOE, spec, parse_plan(text), 64)
+    with pytest.raises(ConfigError, match="the model has no routed experts"):
+        simulate_model("llama", {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
+                                 "ffn": 128, "seq": 32, "vocab": 256}, spec,
+                       parse_plan("dp=16,ep=2"), 64)
+    with pytest.raises(ConfigError, match="imbalance"):
+        parse_plan("dp=16,ep=2,imbalance=0.5")
+    assert replace(plan, ep=1).ep == 1
+
+
+def test_cli_bad_ep_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from dojo.cli.main import main
+
+    sets = [x for k, v in MOE.items() for x in ("--set", f"{k}={v}")]
+    code = main(["simulate", "moe", "--system", "h100-cluster:16", "--plan", "dp=16,ep=3",
+                 "--batch", "64", *sets])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "ep" in err and "dp 16 / ep 3" in err
