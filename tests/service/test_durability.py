@@ -131,3 +131,31 @@ def test_restart_recovery_requeues_running_jobs(tmp_path: Path) -> None:
     assert (ra.state, ra.rect, ra.runs) == ("queued", None, 1) and "restarted" in ra.reason
     assert rb.state == "cancelled"
     svc.store.close()
+
+
+@pytest.mark.slow
+def test_urgent_job_preempts_a_training_job_that_then_resumes(tmp_path: Path) -> None:
+    token = make_tenant(tmp_path, "acme")   # an admin token may submit urgent jobs
+    server = Server(tmp_path).start()
+    try:
+        c = Client(server.url, token)
+        whole = {"tiles": 6, "plan": "dp=150", "batch": 150}
+        low = c.submit({**TRAIN, **whole, "steps": 10})
+        folder = tmp_path / "jobs" / "acme" / low["id"]
+        wait_for(lambda: len(steps_of(folder)) >= 3, 180, what="3 training steps")
+        urgent = c.submit({"kind": "simulate", "model": "mlp", **whole, "priority": 1})
+        assert c.wait(urgent["id"], timeout_s=300)["state"] == "succeeded"
+        done = c.wait(low["id"], timeout_s=300)
+        assert done["state"] == "succeeded" and done["runs"] == 2
+        lines = steps_of(folder)
+        first_of_2 = next(ln["step"] for ln in lines if ln["run"] == 2)
+        assert first_of_2 > 1   # resumed from the checkpoint saved when it was preempted
+        assert [ln["step"] for ln in lines if ln["run"] == 2] == list(range(first_of_2, 11))
+        actions = [a["action"] for a in c._call("GET", "/api/audit")
+                   if a["target"] == low["id"]]
+        assert "job.preempting" in actions
+        # The urgent job ran while the preempted one was off the machine.
+        u = c.job(urgent["id"])
+        assert u["started_at"] < done["started_at"]
+    finally:
+        server.kill9()

@@ -64,6 +64,9 @@ def test_transitions_are_compare_and_set(db_url: tuple[str, str | None]) -> None
     assert store.usage("acme") == {"used_tile_s": 120.0, "committed_tile_s": 0.0}
     store.submit("acme", "t1", FIELDS, None)
     assert store.usage("acme")["committed_tile_s"] == 2 * 600.0
+    # Fair share's recent use: 120 tile-s halve once per half-life after the run finished.
+    store.transition("acme", job.id, ["succeeded"], "succeeded", finished_at=1000.0)
+    assert store.used_by_tenant(1000.0 + 3600.0, 3600.0) == {"acme": pytest.approx(60.0)}
     store.close()
 
 

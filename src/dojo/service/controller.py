@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dojo.service.mesh import Machine, Rect
-from dojo.service.scheduler import Pending, Queue, Running, schedule
+from dojo.service.scheduler import USAGE_HALF_LIFE_S, Pending, Queue, Running, schedule
 from dojo.service.store import Job, Store
 
 log = logging.getLogger("dojo.service")
@@ -151,7 +151,7 @@ class Controller:
                 cells = tuple(Rect(*j.rect).cells())
                 running.append(Running(key, j.tenant, cells, j.started_at or now, j.limit_s,
                                        j.priority, preemptible=j.kind == "train"))
-        usage = self.store.used_by_tenant()
+        usage = self.store.used_by_tenant(now, USAGE_HALF_LIFE_S)
         return Queue(tuple(pending), tuple(running), usage, self.store.tenants())
 
     def _launch(self, job: Job, rect: Rect, now: float) -> None:

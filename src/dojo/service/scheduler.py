@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from dojo.service.mesh import Cell, Grid, Machine, Rect
 
+USAGE_HALF_LIFE_S = 24 * 3600.0  # usage for fair share halves every day (seconds)
+
 
 @dataclass(frozen=True)
 class Pending:

@@ -255,11 +255,17 @@ class Store:
                 .where(jobs.c.tenant_id == tenant, jobs.c.state.in_(ACTIVE))).scalar_one()
         return {"used_tile_s": float(used), "committed_tile_s": float(committed)}
 
-    def used_by_tenant(self) -> dict[str, float]:
+    def used_by_tenant(self, now: float, half_life_s: float) -> dict[str, float]:
+        """Each tenant's recent use for fair share: every job's tile-seconds, halved for every
+        `half_life_s` since it last ran (finished, or now while it runs)."""
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(jobs.c.tenant_id, sa.func.sum(jobs.c.used_tile_s))
-                             .group_by(jobs.c.tenant_id))
-            return {r[0]: float(r[1] or 0.0) for r in rows}
+            rows = c.execute(sa.select(jobs.c.tenant_id, jobs.c.used_tile_s, jobs.c.finished_at)
+                             .where(jobs.c.used_tile_s > 0))
+            out: dict[str, float] = {}
+            for tenant, used, finished in rows:
+                age = max(0.0, now - (finished if finished is not None else now))
+                out[tenant] = out.get(tenant, 0.0) + float(used) * 0.5 ** (age / half_life_s)
+            return out
 
     # -- audit ------------------------------------------------------------------------------
     def log(self, tenant: str, actor: str, action: str, target: str, detail: str = "") -> None:

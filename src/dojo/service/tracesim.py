@@ -20,9 +20,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from dojo.service.mesh import Grid, Machine
-from dojo.service.scheduler import DEFAULT, Decisions, Pending, Policy, Queue, Running, schedule
-
-USAGE_HALF_LIFE_S = 24 * 3600.0  # fair share looks at roughly the last day
+from dojo.service.scheduler import (
+    DEFAULT,
+    USAGE_HALF_LIFE_S,
+    Decisions,
+    Pending,
+    Policy,
+    Queue,
+    Running,
+    schedule,
+)
 
 
 @dataclass(frozen=True)
