@@ -107,3 +107,37 @@ def test_fp8_is_refused_without_fp8_tensor_cores(system: str, capsys) -> None:  
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
     assert system.split(":")[0] in err and "FP8" in err
+
+
+def test_linear_inputs_are_kept_in_fp8() -> None:
+    """Per GPT block, the tensors only weight GEMMs read in the backward (LN1 out 2 s b h, LN2
+    out 2 s b h, GELU out 8 s b h BF16 bytes) halve, and the attention output (also read by
+    FlashAttention's backward) gains its FP8 copy (+1 s b h): -1 - 1 - 4 + 1 = -5 s b h; with
+    tp=2 the LayerNorm outputs stay whole: -3.5; with sp every term halves: -2.5."""
+    from dojo.compiler.fp8 import fp8_saved_change
+    from dojo.sim.session import captured
+
+    s, b, h = 256, 2, 128
+    graph, _ = captured("gpt", {"layers": 4, "hidden": h, "heads": 4, "seq": s, "vocab": 512,
+                                "ffn": 4 * h}, b, None)
+    sbh = s * b * h
+    for tp, sp, change in ((1, False, -5.0), (2, False, -3.5), (2, True, -2.5)):
+        assert fp8_saved_change(graph, tp, sp, 0.5) == pytest.approx(change * sbh)
+    spec = load_system("h100-cluster", devices=1)
+    model = {"layers": 4, "hidden": h, "heads": 4, "seq": s, "vocab": 512, "ffn": 4 * h}
+    fp8, bf16 = (compile_model("gpt", model, spec, parse_plan(f"mb={b},precision={p}"), b)[0]
+                 for p in ("fp8", "bf16"))
+    assert fp8.chunks[0].saved_bytes - bf16.chunks[0].saved_bytes == pytest.approx(-4 * 5 * sbh)
+
+
+def test_fp8_params_hold_fp8_weights_only() -> None:
+    from dojo.errors import ConfigError
+    from dojo.sim.fp8 import gathered_weight_bytes
+
+    plan = parse_plan("dp=4,zero=1,precision=fp8,fp8_params=on")
+    w, g, _ = state_memory(plan, 1e9, 8.0)
+    assert (w, g) == (1e9 * (2 + 4 / 4), 4e9)  # FP8 data + transpose, FP32 master over dp
+    assert gathered_weight_bytes(plan) == 1.0
+    assert gathered_weight_bytes(parse_plan("precision=fp8")) == 2.0
+    with pytest.raises(ConfigError, match="fp8_params"):
+        parse_plan("fp8_params=on")

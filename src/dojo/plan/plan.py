@@ -26,7 +26,9 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
-  them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`).
+  them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`). `fp8_params=on`
+  keeps the weights themselves in FP8 (TransformerEngine's fp8_model_init, NeMo's
+  fp8_param_gather: FP8 data and transpose, no BF16 copy; ZeRO gathers them at 1 byte).
 - `overlap`: overlap the data-parallel gradient reduction with the backward pass, bucket by
   bucket (one bucket per block) as each virtual stage's gradients complete (`dojo.sim.overlap`).
 - `tp_overlap`: overlap the tensor-parallel all-gathers and reduce-scatters with the GEMMs that
@@ -76,6 +78,7 @@ class Plan:
     fusion: str = field(default="full", metadata=check(choices=FUSIONS))
     tp_overlap: bool = False
     grad_reduce: str = field(default="auto", metadata=check(choices=GRAD_REDUCE))
+    fp8_params: bool = False
     cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
     ep: int = field(default=1, metadata=check(ge=1))
     imbalance: float = field(default=1.0, metadata=check(ge=1))
@@ -90,17 +93,20 @@ class Plan:
         return self.dp * self.cp
 
     def text(self, full: bool = False) -> str:
-        """The plan in CLI form, defaults left out unless `full` (cp_comm only with cp > 1)."""
+        """The plan in CLI form, defaults left out unless `full` (cp_comm only with cp > 1,
+        fp8_params only with precision=fp8)."""
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm", "ep", "imbalance"):
+                     "cp_comm", "ep", "imbalance", "fp8_params"):
             value = getattr(self, name)
             if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
                 continue
             if name in ("ep", "imbalance") and self.ep == 1 and value == getattr(default, name):
                 continue   # no expert parallelism: nothing to show
+            if name == "fp8_params" and self.precision != "fp8" and not value:
+                continue
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
         return ",".join(parts)
@@ -163,6 +169,10 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
     if plan.sp and plan.tp == 1:
         raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
     check_recompute(plan.recompute, source, RECOMPUTE)
+    if plan.fp8_params and plan.precision != "fp8":
+        raise ConfigError(source, "fp8_params", "on",
+                          f"precision=fp8 (FP8 weights need FP8 GEMMs; precision is "
+                          f"{plan.precision})")
     if plan.tp_overlap and not plan.sp:
         raise ConfigError(source, "tp_overlap", "on",
                           "sp=on: the overlapped tp communication is the all-gathers and "

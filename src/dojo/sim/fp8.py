@@ -16,9 +16,10 @@ W its (k, n) weight and dY the (m, n) gradient of its output, on this device's t
 - weights: amax and cast-transpose of W once per step (TransformerEngine caches the FP8 weight
   over a step's micro-batches): 6 k n bytes per step, a 1/m share per micro-batch.
 Every cast is one kernel (its launch included). Memory: BF16 weights, FP32 master weights and
-gradients as under bf16, plus the cached FP8 weight and its transpose (2 bytes per parameter);
-activations are counted at BF16 (TransformerEngine saves some GEMM inputs in FP8: an upper
-bound).
+gradients as under bf16, plus the cached FP8 weight and its transpose (2 bytes per parameter),
+or with `fp8_params` the FP8 weight and transpose alone (no BF16 copy; ZeRO gathers 1 byte per
+parameter); activations as TransformerEngine keeps them, the linears' inputs in FP8
+(`dojo.compiler.fp8`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
+from dojo.compiler.program import PRECISION_BYTES
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
+from dojo.plan.plan import Plan
 from dojo.plan.policies import op_class
 from dojo.sim.costs import DeviceModel
 
 CAST_BYTES_PER_ELEMENT = 6.0  # amax read (2) + cast read (2) + FP8 data and transpose (1 + 1)
 FP8_CACHE_BYTES_PER_PARAM = 2.0  # the cached FP8 weight and its transpose
+
+
+def gathered_weight_bytes(plan: Plan) -> float:
+    """Bytes per parameter that ZeRO's parameter all-gather moves: the weights' dtype (1 byte
+    with `fp8_params`, whose transpose each rank makes itself)."""
+    return 1.0 if plan.fp8_params else float(PRECISION_BYTES[plan.precision]["weights"])
 
 
 def fp8_peak(spec: SystemSpec) -> float:

@@ -172,8 +172,9 @@ def state_memory(plan: Plan, params: float, state_per_param: float
     sizes = PRECISION_BYTES[plan.precision]
     shard = plan.dp_cp if plan.zero >= 1 else 1
     weights = params * sizes["weights"] / (plan.dp_cp if plan.zero >= 3 else 1)
-    if plan.precision == "fp8":  # TransformerEngine's cached FP8 weights and transposes
-        weights += params * FP8_CACHE_BYTES_PER_PARAM / (plan.dp_cp if plan.zero >= 3 else 1)
+    if plan.precision == "fp8":  # TransformerEngine's FP8 weights and transposes: cached
+        fp8 = params * FP8_CACHE_BYTES_PER_PARAM / (plan.dp_cp if plan.zero >= 3 else 1)
+        weights = fp8 if plan.fp8_params else weights + fp8  # or the weights themselves
     return (weights + params * sizes["master"] / shard,
             params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1),
             params * state_per_param / shard)

@@ -40,6 +40,7 @@ from dojo.compiler.experts import bucket_groups
 from dojo.compiler.program import PRECISION_BYTES, Comm, Program
 from dojo.plan.plan import Plan
 from dojo.plan.policies import op_class
+from dojo.sim.fp8 import gathered_weight_bytes
 
 GRAD_REDUCE_BYTES = {"fp32": 4.0, "bf16": 2.0}
 OVERLAPPED = ("all_gather", "reduce_scatter")
@@ -105,8 +106,7 @@ def bucket_time(program: Program, params: float,
     for local, levels in bucket_groups(program, params):   # with ep: experts over dp x cp / ep
         t += collective(program.grad_sync_kind, local * grad_bytes(plan), levels)
         if plan.zero >= 1 and levels:
-            t += collective("all_gather", local * PRECISION_BYTES[plan.precision]["weights"],
-                            levels)
+            t += collective("all_gather", local * gathered_weight_bytes(plan), levels)
     return t
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from dojo.compiler.context import local_seq, ring_work
 from dojo.compiler.experts import moe_layout
+from dojo.compiler.fp8 import fp8_activations
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.recompute import apply_policy
@@ -111,8 +112,8 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     precision and fusion, compiled from `graph_at` (cached). `fused_attention`: whether the
     device runs attention as one fused kernel (`fuses_attention`; `model_work`)."""
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    key = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp, scale, plan.fusion,
-           fused_attention, plan.cp)
+    key: tuple[Any, ...] = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp,
+                            scale, plan.fusion, fused_attention, plan.cp)
     if key not in _WORKS:
         # With context parallelism a rank's work is that of seq/cp tokens, its attention run
         # once per ring step (`dojo.compiler.context`).
@@ -121,13 +122,20 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
         _WORKS[key] = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
                                            fuse=plan.fusion, fused_attention=fused_attention),
                                 plan.cp, plan.tp)
+    # FP8 activations (compiler.fp8), then an op-level recompute policy (compiler.recompute)
     classes = policy_classes(plan.recompute)
-    if classes is not None and (*key, plan.recompute) not in _WORKS:  # op-level recompute
-        graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
-                            derive)
-        _WORKS[(*key, plan.recompute)] = apply_policy(_WORKS[key], graph, classes, plan.tp,
-                                                      plan.sp, scale, fused_attention)
-    return _WORKS[key] if classes is None else _WORKS[(*key, plan.recompute)]
+    steps = ["fp8"] if plan.precision == "fp8" else []
+    steps += [plan.recompute] if classes is not None else []
+    for step in steps:
+        key, parent = (*key, step), key
+        if key not in _WORKS:
+            graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
+                                derive)
+            _WORKS[key] = (fp8_activations(_WORKS[parent], graph, plan.tp, plan.sp, scale,
+                                           fused_attention) if step == "fp8" else
+                           apply_policy(_WORKS[parent], graph, classes or frozenset(), plan.tp,
+                                        plan.sp, scale, fused_attention))
+    return _WORKS[key]
 
 
 def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None

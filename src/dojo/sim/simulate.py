@@ -20,7 +20,7 @@ from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel, load_calibration
 from dojo.sim.eager import stage_param_tensors
-from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
+from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
 from dojo.sim.pipeline import Span, Task, makespan_bounds, run_pipeline
@@ -346,14 +346,14 @@ def _collective_of(program: Program, dev: DeviceModel) -> Any:
 def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, float, int]:
     """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
     plan = program.plan
-    sizes = PRECISION_BYTES[plan.precision]
     t_sync = params = 0.0
     # per parameter group: the dense weights over dp, with ep the experts' 1/ep over dp / ep
     for held, levels, dp in param_groups(program, stage):
         t_sync += collective(program, dev, program.grad_sync_kind, held * grad_bytes(plan),
                              levels)
         if plan.zero >= 1 and levels:   # updated shards gathered back
-            t_sync += collective(program, dev, "all_gather", held * sizes["weights"], levels)
+            t_sync += collective(program, dev, "all_gather", held * gathered_weight_bytes(plan),
+                                 levels)
         params += held / (dp if plan.zero >= 1 else 1)
     blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
     # The update's FLOPs too (a CPU core runs AdamW's sqrt and division below its bandwidth),

@@ -1,0 +1,64 @@
+"""Activations under precision=fp8: the linears' inputs kept in FP8 (TransformerEngine).
+
+A TransformerEngine linear run in FP8 keeps, for its weight-gradient GEMM, the FP8 copy of its
+input that its forward GEMM read, not the BF16 tensor: so a tensor of the block saved for the
+backward only because weight GEMMs read it (the norm's output before QKV and FC1, the attention
+output before the projection, the activation before FC2) is kept at 1 byte per element instead
+of 2; one that another op's backward also reads (FlashAttention's backward reads its output)
+stays in BF16 and the FP8 copy comes on top. Found from the captured graph: a saved tensor of
+the block (made by its forward, read by the backward) whose backward readers, views aside,
+include weight matmuls (`mm`/`addmm`), sized as `work._saved` sizes it on one device of the tp
+split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dojo.compiler import fusion
+from dojo.compiler.work import ModelWork, main_block, tp_split, weight_derived
+from dojo.graph import Graph
+from dojo.graph.analysis import root
+from dojo.plan.policies import op_class
+
+
+def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
+    """Change in one block instance's saved bytes on one device when the linears keep FP8
+    inputs (negative: fewer bytes; see the module docstring)."""
+    block = main_block(graph)
+    if block is None:
+        return 0.0
+    weights = weight_derived(graph)
+    carry = graph.block(block).carry
+    residual = 1 if carry else 0
+    split = tp_split(graph, weights, whole_stem=residual > 0) if tp > 1 else set()
+    made = {root(graph, t).id for op in graph.ops if op.phase == "forward" and op.block == block
+            for t in op.outputs}
+    readers: dict[int, list[str | None]] = {}
+    for op in graph.ops:
+        if op.phase != "backward" or op.rule in fusion.FREE_RULES:
+            continue
+        for t in {root(graph, i).id for i in op.inputs}:
+            if t in made and t not in weights:
+                readers.setdefault(t, []).append(op_class(op.target))
+    change = 0.0
+    for rid, classes in readers.items():
+        if "mm" not in classes:
+            continue
+        r = graph.tensors[rid]
+        if not r.dtype.startswith("float"):
+            continue
+        half = r.bytes * scale / (tp if (sp or rid in split) else 1) / 2
+        change += -half if all(c == "mm" for c in classes) else half
+    return change
+
+
+def fp8_activations(work: ModelWork, graph: Graph, tp: int, sp: bool, scale: float,
+                    fused_attention: bool = True) -> ModelWork:
+    """`work` with its block's saved bytes as TransformerEngine keeps them under FP8."""
+    if work.block is None:
+        return work
+    if fused_attention and fusion.has_sdpa_fallback(graph):
+        graph = fusion.fuse_attention(graph, weight_derived(graph))
+    saved = work.block.saved_bytes + fp8_saved_change(graph, tp, sp, scale)
+    return replace(work, block=replace(work.block, saved_bytes=saved))
