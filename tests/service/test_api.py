@@ -51,6 +51,10 @@ def test_auth_roles_and_isolation(env: Any) -> None:
     reader = token_for(svc, "acme", "read-only")
     assert client.get("/api/jobs").status_code == 401
     assert client.get("/api/jobs", headers=h(a[:-2] + "zz")).status_code == 401
+    tid, expired, digest = new_token()
+    svc.store.add_token("acme", tid, "admin", digest, expires_at=1.0)  # expired in 1970
+    assert client.get("/api/jobs", headers=h(expired)).status_code == 401
+    assert client.get("/api/jobs", headers={"Authorization": a}).status_code == 401  # no scheme
     r = client.post("/api/jobs", json=SIM, headers=h(a))
     assert r.status_code == 201, r.text
     jid = r.json()["id"]

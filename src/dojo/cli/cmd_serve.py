@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
     p.add_argument("--max-attempts", type=int, default=3,
                    help="runs of a job whose worker dies before it is failed (default 3)")
+    p.add_argument("--rate-limit", type=float, default=50.0,
+                   help="requests per second per tenant, bursts of 4x (default 50)")
+    p.add_argument("--hold", action="store_true",
+                   help="accept and queue jobs but start none (maintenance, load tests)")
     p.set_defaults(run=run_serve)
 
     a = sub.add_parser("admin", help="administer the service's tenants and tokens",
@@ -81,10 +85,14 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--port", "port", args.port, "a TCP port from 1 to 65535")
     if args.max_attempts < 1:
         raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
+    if not 0 < args.rate_limit < float("inf"):
+        raise ConfigError("--rate-limit", "rate_limit", args.rate_limit,
+                          "requests per second > 0")
     limits = Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
                     max_attempts=args.max_attempts)
     serve(Settings(data=Path(args.data), db=args.db, system=args.system, host=args.host,
-                   port=args.port, allow_factories=args.allow_factories, limits=limits))
+                   port=args.port, allow_factories=args.allow_factories, limits=limits,
+                   hold=args.hold, rate_per_s=args.rate_limit))
     return 0
 
 

@@ -80,8 +80,8 @@ def create_app(svc: Service, rate: RateLimit | None = None) -> FastAPI:
         return job
 
     @app.get("/api/jobs")
-    def jobs(who: Who) -> list[dict[str, Any]]:
-        return ops.listing(svc, who)
+    def jobs(who: Who, limit: int = 200) -> list[dict[str, Any]]:
+        return ops.listing(svc, who, limit)
 
     @app.get("/api/jobs/{job_id}")
     def job(job_id: str, who: Who) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Controller:
     data: Path
     limits: Limits = field(default_factory=Limits)
     tick_s: float = 0.25
+    hold: bool = False  # accept and queue jobs but start none (maintenance, API load tests)
     workers: dict[tuple[str, str], _Worker] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -110,6 +111,8 @@ class Controller:
     # -- one tick -----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
         self._reap(now)
+        if self.hold:
+            return
         active = self.store.active()
         for job in active:
             w = self.workers.get((job.tenant, job.id))

@@ -45,7 +45,8 @@ def public(job: Job) -> dict[str, Any]:
             "priority": job.priority, "submitted_at": job.submitted_at,
             "started_at": job.started_at, "finished_at": job.finished_at,
             "attempts": job.attempts, "runs": job.runs, "reason": job.reason, "rect": job.rect,
-            "used_tile_s": job.used_tile_s, "result": job.result}
+            "used_tile_s": job.used_tile_s, "result": job.result,
+            "idempotency_key": job.idempotency_key}
 
 
 def _writer(who: Identity) -> None:
@@ -93,8 +94,10 @@ def get(svc: Service, who: Identity, job_id: str) -> dict[str, Any]:
     return public(_own(svc, who, job_id))
 
 
-def listing(svc: Service, who: Identity) -> list[dict[str, Any]]:
-    return [public(j) for j in svc.store.jobs(who.tenant)]
+def listing(svc: Service, who: Identity, limit: int = 200) -> list[dict[str, Any]]:
+    if not 1 <= limit <= 100_000:
+        raise Refused(422, [f"limit = {limit}: expected 1 to 100000 jobs"])
+    return [public(j) for j in svc.store.jobs(who.tenant, limit)]
 
 
 def cancel(svc: Service, who: Identity, job_id: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class Settings:
     allow_factories: bool = False
     limits: Limits = field(default_factory=Limits)
     tick_s: float = 0.25
+    hold: bool = False          # queue jobs, start none
+    rate_per_s: float = 50.0    # requests per second per tenant (bursts of 4x)
 
 
 def open_store(data: Path, db: str | None) -> Store:
@@ -48,7 +50,7 @@ def build(settings: Settings) -> Service:
     machine = machine_of(spec)
     store = open_store(settings.data, settings.db)
     controller = Controller(store, machine, settings.system, settings.data.resolve(),
-                            settings.limits, settings.tick_s)
+                            settings.limits, settings.tick_s, hold=settings.hold)
     return Service(store, machine, settings.system, settings.data.resolve(), controller,
                    settings.allow_factories)
 
@@ -56,11 +58,11 @@ def build(settings: Settings) -> Service:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from dojo.service.app import create_app
+    from dojo.service.app import RateLimit, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     svc = build(settings)
-    app = create_app(svc)
+    app = create_app(svc, RateLimit(settings.rate_per_s, 4 * settings.rate_per_s))
 
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:

@@ -64,6 +64,7 @@ class Job:
     progress: float
     result: dict[str, Any] | None
     created_by: str
+    idempotency_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -79,7 +80,7 @@ def _job(row: Any) -> Job:
                reason=m["reason"] or "", rect=json.loads(m["rect"]) if m["rect"] else None,
                used_tile_s=m["used_tile_s"] or 0.0, progress=m["progress"] or 0.0,
                result=json.loads(m["result"]) if m["result"] else None,
-               created_by=m["created_by"])
+               created_by=m["created_by"], idempotency_key=m["idempotency_key"])
 
 
 class Conflict(Exception):
@@ -97,8 +98,10 @@ class Store:
         args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             args = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-        elif schema:
-            args = {"connect_args": {"options": f"-csearch_path={schema}"}}
+        else:  # PostgreSQL: as many connections as the API's worker threads (40)
+            args = {"pool_size": 20, "max_overflow": 30}
+            if schema:
+                args["connect_args"] = {"options": f"-csearch_path={schema}"}
         self.engine = sa.create_engine(url, **args)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -208,7 +211,7 @@ class Store:
         return _job(row) if row else None
 
     def jobs(self, tenant: str, limit: int = 200) -> list[Job]:
-        """The tenant's newest jobs first."""
+        """The tenant's `limit` newest jobs, newest first."""
         with self.engine.connect() as c:
             rows = c.execute(sa.select(jobs).where(jobs.c.tenant_id == tenant)
                              .order_by(jobs.c.submitted_at.desc()).limit(limit))
