@@ -111,3 +111,41 @@ def test_derived_graph_is_the_captured_graph(name: str) -> None:
     session._CAPTURES.pop(key)
     captured, _ = session.captured(name, small, 6, None)
     assert derived == captured
+
+
+LONG = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 160, "seq": 8192,
+        "vocab": 512}
+
+
+def test_context_sizes_keep_4096_tokens_per_rank() -> None:
+    """cp is tried in powers of two that divide the devices and cut the sequence into 2 cp
+    chunks, down to MIN_CP_TOKENS = 4096 tokens per rank; never for models without sequences."""
+    from dojo.sim.search import context_sizes
+
+    assert context_sizes("llama", {**LONG, "seq": 32768}, None, 16) == (1, 2, 4, 8)
+    assert context_sizes("llama", LONG, None, 16) == (1, 2)
+    assert context_sizes("llama", LONG, 4096, 16) == (1,)
+    assert context_sizes("llama", {**LONG, "seq": 32768}, None, 12) == (1, 2, 4)
+    assert context_sizes("mlp", {}, None, 16) == (1,)
+
+
+def test_search_with_cp_equals_every_plan_simulated() -> None:
+    """With 8,192-token sequences on 2 H100s the space holds cp = 2 plans; the search returns
+    the fastest plan of the whole space, each plan simulated from its own capture, and both
+    bounds stay below every cp plan's simulated step."""
+    from dojo.sim.search import exhaustive
+
+    spec = load_system("h100-cluster:2")
+    found = best_plan("llama", LONG, spec, 4)
+    every = exhaustive("llama", LONG, spec, 4)
+    assert found.best.step_time_s == pytest.approx(every.step_time_s, rel=1e-9)
+    screen = _Screen("llama", LONG, spec, 4, None)
+    shape = model_shape(*session.captured("llama", LONG, 1, None))
+    cp_plans = list(plan_space(shape, 1, 4))   # the devices left to dp x tp x pp with cp = 2
+    assert cp_plans and found.considered == len(list(plan_space(shape, 2, 4))) + len(cp_plans)
+    for plan in cp_plans:
+        plan = Plan(**{**plan.__dict__, "cp": 2})
+        program, _ = compile_model("llama", LONG, spec, plan, 4, derive=True)
+        step = simulate(program).step_time_s
+        assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()
+        assert lower_bound(program) <= step * (1 + 1e-9), plan.text()

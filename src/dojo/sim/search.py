@@ -17,6 +17,12 @@ never smaller) or identical:
   (refused).
 `precision` and `fusion` are held at the caller's values: they say what the software runs (its
 number formats; whether a compiler fuses kernels), which a plan of the same step cannot choose.
+Context parallelism (`context_space`): for a sequence model, every cp that divides the devices and
+cuts the sequence into 2 cp chunks of at least `MIN_CP_TOKENS` / 2 tokens each, over the space of
+the devices / cp left (cp_comm held at p2p, the ring). The floor is a restriction for speed, not
+a dominance argument: each cp needs its own captures, and below 4,096 tokens per rank a ring step's
+attention is short against its transfer and cp only shrinks activations that recompute and pp
+also shrink.
 
 Bounds, cheapest first; each is a true lower bound of the simulated step (a test checks both over
 a whole space):
@@ -52,6 +58,7 @@ from dojo.sim.session import (
     captured,
     check_inputs,
     compile_model,
+    context_seq,
     fuses_attention,
     model_shape,
     simulate_model,
@@ -60,6 +67,7 @@ from dojo.sim.session import (
 from dojo.sim.simulate import device_for, lower_bound, simulate
 
 RECOMPUTES = ("none", "selective", "full")
+MIN_CP_TOKENS = 4096   # tokens per rank below which the search tries no larger cp
 SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
 
 
@@ -113,14 +121,39 @@ def plan_space(shape: ModelShape, devices: int, batch: int, precision: str = "bf
                                          shape, devices, batch)
 
 
+def context_space(shape: ModelShape, devices: int, batch: int, cps: tuple[int, ...] = (1,),
+                  precision: str = "bf16", fusion: str = "full") -> Iterator[Plan]:
+    """`plan_space` of the devices / cp left, for each context-parallel size in `cps`."""
+    for cp in (c for c in cps if devices % c == 0):
+        for plan in plan_space(shape, devices // cp, batch, precision, fusion):
+            yield replace(plan, cp=cp)
+
+
+def context_sizes(model: str, overrides: Mapping[str, Any], seq: int | None,
+                  devices: int) -> tuple[int, ...]:
+    """The cp sizes the search tries (module docstring): 1, and for a sequence model the
+    powers of two that divide the devices and keep seq / cp >= MIN_CP_TOKENS."""
+    out, cp = [1], 2
+    while devices % cp == 0:
+        try:
+            local = context_seq(model, overrides, Plan(cp=cp), seq)
+        except ConfigError:
+            break
+        if local is None or local < MIN_CP_TOKENS:
+            break
+        out.append(cp)
+        cp *= 2
+    return tuple(out)
+
+
 def _variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
     """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
     (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
     schedules = ["1f1b" if base.interleave == 1 else "interleaved"]
     if base.pp > 1:
         schedules.append("gpipe")
-    fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "mb", "interleave", "precision",
-                                            "fusion")}
+    fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
+                                            "precision", "fusion")}
     for schedule in schedules:
         try:
             validate_plan(Plan(**fields, schedule=schedule), shape, devices, batch)
@@ -141,7 +174,8 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
     devices = device_count(spec)
-    space = list(plan_space(shape, devices, batch, precision, fusion))
+    cps = context_sizes(model, overrides, seq, devices)
+    space = list(context_space(shape, devices, batch, cps, precision, fusion))
     if not space:
         raise DojoError(f"no plan fits {model} on {spec.name} with batch {batch}: no dp x tp x "
                         f"pp = {devices} divides both the model ({shape.layers} blocks, "
@@ -177,12 +211,13 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
 
 
 def _family(plan: Plan) -> str:
-    return f"tp={plan.tp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
+    cp = f",cp={plan.cp}" if plan.cp > 1 else ""
+    return f"tp={plan.tp}{cp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
 
 
 def _simplicity(p: Plan) -> tuple[int, ...]:
     """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp."""
-    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.pp, p.interleave,
+    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.pp, p.interleave,
             int(p.schedule == "gpipe"), int(p.sp), p.mb)
 
 
@@ -231,7 +266,7 @@ class _Screen:
 
     def _state_fits(self, plan: Plan) -> bool:
         """Weights, gradients and optimizer state of the fullest stage within capacity."""
-        key = (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision)
+        key = (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp)
         if key not in self._state:
             work = self._work(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
@@ -251,7 +286,7 @@ class _Screen:
 
     def _first_bound(self, plan: Plan) -> float:
         """`makespan_bounds` on the chunks' op times (seconds per micro-batch) alone."""
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute)
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp)
         if key not in self._bounds:
             fwd, bwd = self._chunk_times(plan)
             micro = self.args[3] // (plan.dp * plan.mb)
@@ -274,7 +309,7 @@ class _Screen:
         return fwd, bwd
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp)
+        key = (plan.mb, plan.tp, plan.sp, plan.cp)
         if key not in self._sums:
             work = self._work(plan)
             dev = self._device(plan.precision)
@@ -317,7 +352,9 @@ def exhaustive(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
     best: Candidate | None = None
-    for plan in plan_space(shape, device_count(spec), batch, precision):
+    devices = device_count(spec)
+    cps = context_sizes(model, overrides, seq, devices)
+    for plan in context_space(shape, devices, batch, cps, precision):
         sim = simulate_model(model, overrides, spec, plan, batch, seq)
         if not sim.result.memory.fits:
             continue
