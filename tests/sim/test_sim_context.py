@@ -146,6 +146,8 @@ def test_step_time_is_monotone(tmp_path: Path) -> None:
     (["llama", "--plan", "cp=2,dp=2", "--seq", "256"], "dp 2 x tp 1 x pp 1 x cp 2 = 4"),
     (["mlp", "--plan", "cp=2"], "field 'cp' = 2: expected 1 for model 'mlp'"),
     (["llama", "--plan", "cp=0", "--seq", "256"], "field 'cp' = 0"),
+    (["llama", "--plan", "cp=2", "--seq", "512"],
+     "field 'seq' = 512: expected an integer in [1, 256] (the model's context)"),
 ])
 def test_bad_cp_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str],
                                    needle: str) -> None:

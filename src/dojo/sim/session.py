@@ -141,12 +141,13 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
 def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None
                 ) -> int | None:
     """Tokens per sample one rank captures: `seq` (None: the model's context) without context
-    parallelism, seq/cp with it (refused for models that are not token sequences, and for a
-    sequence that does not cut into 2 cp chunks)."""
+    parallelism, seq/cp with it (refused for models that are not token sequences, for a
+    sequence beyond the model's context, as without cp, and for one that does not cut into 2 cp
+    chunks)."""
     if plan.cp == 1:
         return seq
     from dojo.errors import DojoError
-    from dojo.models import MODELS, make_config
+    from dojo.models import MODELS, check_model, make_config
 
     try:
         sequence = MODELS.get(model).sequence
@@ -155,6 +156,7 @@ def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int |
     if not sequence:
         raise ConfigError("--plan", "cp", plan.cp, f"1 for model '{model}': context parallelism "
                           "splits token sequences, and it is not a sequence model of the zoo")
+    check_model(model, overrides, seq)
     return local_seq(seq if seq is not None else int(make_config(model, overrides).seq), plan.cp)
 
 
