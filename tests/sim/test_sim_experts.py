@@ -8,8 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from dojo.compiler.experts import param_groups, sent_bytes
+from dojo.compiler.experts import MoeLayout, ep_gemm, param_groups, sent_bytes
 from dojo.compiler.mapping import GroupLevel
+from dojo.compiler.work import OpCost
 from dojo.errors import ConfigError
 from dojo.hardware import load_system
 from dojo.plan.plan import parse_plan
@@ -116,8 +117,40 @@ def test_imbalance_scales_a2a_bytes_and_adds_expert_work() -> None:
     # half again the expert GEMMs' forward: 3 GEMMs of E x C x H x F per layer, C = T k / E
     c = math.ceil(2 * SEQ * K / E)
     gemm = 2 * E * c * H * F
-    assert extra >= 0.5 * 3 * gemm * LAYERS
-    assert extra <= 0.5 * 3 * gemm * LAYERS * 1.1   # plus the silu and product between
+    assert extra == pytest.approx(0.5 * 3 * gemm * LAYERS)
+
+
+def test_expert_gemms_under_ep_are_bigger_and_read_fewer_weights() -> None:
+    """Per rank: experts / ep batches of ep x C rows, the same FLOP, 1/ep of the weights."""
+    ep, c = 4, math.ceil(2 * SEQ * K / E)
+    local = [o for o in _program("dp=16,mb=2").chunks[0].forward if "bmm" in o.target]
+    split = [o for o in _program(f"dp=16,ep={ep},mb=2").chunks[0].forward if "bmm" in o.target]
+    assert len(local) == len(split) == 3 * LAYERS
+    for a, b in zip(local, split):
+        assert a.shape[:2] == (E, c) and b.shape == (E // ep, ep * c, a.shape[2])
+        assert b.flops == a.flops == 2 * E * c * H * F
+        # BF16 operands: tokens in, the weight (E x H x F) once, the output
+        out = E * c * a.shape[2] * 2
+        assert a.bytes == E * c * (H + F) * 2 + E * H * F * 2
+        assert b.bytes == a.bytes - E * H * F * 2 * (ep - 1) / ep
+        assert a.out_bytes == b.out_bytes == out
+    # At DeepSeek-V3's shapes (256 experts of 7168 x 2048, 128 rows each at 4,096 tokens) one
+    # expert GEMM reads 7.5 GB of weights for 0.96 TFLOP: memory-bound on an H100 (3.35 TB/s
+    # against 989 TFLOP/s). Over ep = 64 a rank runs 4 experts x 8,192 rows: compute-bound.
+    big = MoeLayout(experts=256, top_k=8, hidden=7168, tokens=4096, block_layers=1,
+                    outer_layers=0, block_params=3 * 256 * 7168 * 2048, outer_params=0,
+                    width=2048, rows=128)
+    nbytes = (256 * 128 * (7168 + 2048) + 256 * 7168 * 2048) * 2.0
+    gemm = OpCost("matrix", 2.0 * 256 * 128 * 7168 * 2048, nbytes, "aten.bmm.default",
+                  (256, 128, 2048), 256 * 128 * 2048 * 2.0)
+    spread = ep_gemm(gemm, big, 64, 1, 0.5)
+    assert spread.shape == (4, 8192, 2048)
+    dev = device_model(_program("dp=16,mb=2"))
+    weights_alone = 256 * 7168 * 2048 * 2 / dev.mem_bytes_per_s
+    assert dev.op_time(gemm) > weights_alone
+    # compute-bound: the tensor-core time exceeds streaming all its operands
+    assert dev.matrix_compute_time(spread.flops, spread.shape) > spread.bytes / dev.mem_bytes_per_s
+    assert dev.op_time(spread) < 0.7 * dev.op_time(gemm)
 
 
 def test_plan_text_and_errors_show_arithmetic() -> None:

@@ -14,10 +14,12 @@ plain data parallelism). Per MoE layer and micro-batch:
   gradients of combine and dispatch), and full recompute replays the forward pair. With tp > 1
   each tp rank dispatches its 1/tp of the tokens (Megatron requires sequence parallelism there);
 - a rank's experts then see ep x the local rows of 1/ep of the experts: the same FLOPs as the
-  captured layer, which computed every expert on the local tokens at the same capacity;
+  captured layer, which computed every expert on the local tokens at the same capacity, but
+  each expert GEMM is (experts / ep) x (ep x C rows) and reads 1/ep of the expert weights
+  (`ep_gemm`): bigger, less memory-bound GEMMs are what ep buys besides memory;
 - load imbalance (`imbalance` >= 1): the busiest rank receives `imbalance` x the mean rows, so
-  its expert kernels take (imbalance - 1) x more (added as scaled copies of the captured expert
-  ops) and its all-to-all buffers are `imbalance` x larger. Every rank waits for the busiest;
+  its expert GEMMs take (imbalance - 1) x more rows (added as scaled copies) and its
+  all-to-all buffers are `imbalance` x larger. Every rank waits for the busiest;
 - expert weights, their gradients and optimizer state are 1/ep per rank; their gradients are
   reduced over the ranks holding the same experts: the data-parallel group divided by ep (size
   dp / ep, stride tp x ep), with ZeRO sharding over that group.
@@ -32,7 +34,6 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from dojo.compiler.fusion import MATRIX_RULES
 from dojo.compiler.mapping import GroupLevel, group_levels
 from dojo.compiler.work import OpCost, main_block
 from dojo.errors import DojoError
@@ -47,9 +48,7 @@ EXPERT_TAG = ".experts."
 @dataclass(frozen=True)
 class MoeLayout:
     """What the capture says about a model's routed experts, plan-independent, per micro-batch.
-
-    Parameters are whole-model element counts; op costs are one block instance's expert
-    kernels as captured (FLOP, bytes at the capture's dtype, unsplit)."""
+    Parameters are whole-model element counts."""
 
     experts: int
     top_k: int
@@ -59,8 +58,8 @@ class MoeLayout:
     outer_layers: int             # MoE layers outside it (counted on the first stage)
     block_params: int             # routed-expert parameters of one block instance
     outer_params: int             # routed-expert parameters outside the block
-    forward_ops: tuple[OpCost, ...]
-    backward_ops: tuple[OpCost, ...]
+    width: int                    # each expert's FFN width
+    rows: int                     # capacity C: rows per expert per micro-batch, as captured
 
 
 @dataclass(frozen=True)
@@ -90,34 +89,18 @@ def moe_layout(graph: Graph, config: Any, tokens: int) -> MoeLayout | None:
         raise DojoError("the model has routed experts (parameters '*.experts.*') but no "
                         "config field 'top_k' saying how many each token is sent to")
     count, hidden, width = experts[0].shape
-    rows = math.ceil(float(getattr(config, "capacity", 1.0)) * tokens * top_k / count)
-    # the expert kernels: outputs (E, C, *) over the dispatch buffer, and weight gradients
-    expert_shapes = {(hidden, width), (width, hidden)}
+    rows = max(1, math.ceil(float(getattr(config, "capacity", 1.0)) * tokens * top_k / count))
     inside = [t for t in experts if block is not None and t.block == block]
     outside = [t for t in experts if t not in inside]
 
     def layers(ts: list[Any]) -> int:
         return len({t.name.rsplit(".", 1)[0] for t in ts})
 
-    def ops(phase: str) -> tuple[OpCost, ...]:
-        out = []
-        for op in graph.ops:
-            made = [graph.tensors[t].shape for t in op.outputs[:1]]
-            if op.phase != phase or op.block != block or not made or len(made[0]) != 3 \
-                    or made[0][0] != count or op.flops <= 0:
-                continue
-            if made[0][1] != max(1, rows) and tuple(made[0][1:]) not in expert_shapes:
-                continue
-            kind = "matrix" if op.rule in MATRIX_RULES else "vector"
-            out.append(OpCost(kind, float(op.flops), float(op.bytes_read + op.bytes_written),
-                              op.target, made[0] if kind == "matrix" else (0, 0, 0)))
-        return tuple(out)
-
     return MoeLayout(experts=count, top_k=top_k, hidden=hidden, tokens=tokens,
                      block_layers=layers(inside), outer_layers=layers(outside),
                      block_params=sum(math.prod(t.shape) for t in inside),
                      outer_params=sum(math.prod(t.shape) for t in outside),
-                     forward_ops=ops("forward"), backward_ops=ops("backward"))
+                     width=width, rows=rows)
 
 
 def a2a_bytes(layout: MoeLayout, tp: int, scale: float, imbalance: float = 1.0) -> float:
@@ -150,7 +133,6 @@ def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> P
     grad_levels = group_levels(program.system, plan.dp_cp // ep, plan.tp * ep)
     nbytes = a2a_bytes(layout, plan.tp, scale, imbalance)
     a2a = Comm("all_to_all", nbytes, a2a_levels, "ep")
-    last = len(program.chunks) - 1
     chunks, held = [], []
     for c in program.chunks:
         outer = c.index == 0
@@ -158,7 +140,7 @@ def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> P
         whole = layout.block_params * c.blocks + (layout.outer_params if outer else 0)
         held.append(whole / ep)
         chunks.append(_with_experts(c, plan, layout, layers, whole, a2a if ep > 1 else None,
-                                    scale, c.index == last))
+                                    scale))
     moe = ExpertParallel(ep=ep, imbalance=imbalance, a2a_levels=a2a_levels,
                          grad_levels=grad_levels, chunk_expert_params=tuple(held),
                          a2a_bytes=nbytes, layout=layout)
@@ -166,31 +148,57 @@ def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> P
 
 
 def _with_experts(c: Chunk, plan: Any, layout: MoeLayout, layers: int, whole: int,
-                  a2a: Any, scale: float, last: bool) -> Chunk:
-    del last
-    extra = plan.imbalance - 1.0
-    blocks = c.blocks
-    fwd = _scaled(layout.forward_ops, extra / plan.tp, scale) * blocks
-    bwd = _scaled(layout.backward_ops, extra / plan.tp, scale) * blocks
+                  a2a: Any, scale: float) -> Chunk:
+    def ops(seq: tuple[OpCost, ...]) -> tuple[OpCost, ...]:
+        mine = tuple(ep_gemm(o, layout, plan.ep, plan.tp, scale) for o in seq)
+        gemms = [o for o, was in zip(mine, seq) if _is_expert_gemm(was, layout, plan.tp)]
+        return mine + _busiest(gemms, layout, plan, scale)
+
     comms = (a2a, a2a) * layers if a2a is not None else ()
     full = plan.recompute == "full"
-    return replace(c, forward=c.forward + fwd, backward=c.backward + bwd,
-                   recompute=c.recompute + (fwd if full else ()),
+    return replace(c, forward=ops(c.forward), backward=ops(c.backward),
+                   recompute=ops(c.recompute),
                    tp_forward=c.tp_forward + comms, tp_backward=c.tp_backward + comms,
                    tp_recompute=c.tp_recompute + (comms if full else ()),
                    params=c.params - whole + whole / plan.ep)
 
 
-def _scaled(ops: tuple[OpCost, ...], factor: float, scale: float) -> tuple[OpCost, ...]:
-    """Copies of the captured expert ops doing `factor` of their work on one device (GEMMs:
-    `factor` of their rows), bytes at the plan's precision (`scale`)."""
-    if factor <= 0:
+def _is_expert_gemm(o: OpCost, layout: MoeLayout, tp: int) -> bool:
+    """A batched matmul over the experts (the captured shape's batch is experts, / tp split)."""
+    return o.kind == "matrix" and "bmm" in o.target and o.shape[0] in (
+        layout.experts, max(1, layout.experts // tp))
+
+
+def ep_gemm(o: OpCost, layout: MoeLayout, ep: int, tp: int, scale: float) -> OpCost:
+    """An expert GEMM as one rank of the ep group runs it: experts / ep batches of ep x C rows
+    (a weight gradient keeps its shape and sums over ep x C), the same FLOP, and 1/ep of the
+    weight operand's bytes (a weight gradient's output likewise); other ops unchanged."""
+    if ep == 1 or not _is_expert_gemm(o, layout, tp):
+        return o
+    b, m, n = o.shape
+    weight = b * layout.hidden * layout.width * 4.0 * scale   # one weight operand, this device
+    rows = m == layout.rows
+    shape = (max(1, b // ep), m * ep if rows else m, n)
+    out = o.out_bytes if rows else o.out_bytes / ep
+    return OpCost(o.kind, o.flops, o.bytes - weight * (1 - 1 / ep), o.target, shape, out)
+
+
+def _busiest(gemms: list[OpCost], layout: MoeLayout, plan: Any, scale: float
+             ) -> tuple[OpCost, ...]:
+    """The busiest rank's extra expert work, extra = imbalance - 1: extra x the rows of each
+    expert GEMM, as copies with extra x its FLOP and its activation bytes (the weight operand
+    is read once, already counted)."""
+    extra = plan.imbalance - 1.0
+    if extra <= 0:
         return ()
     out = []
-    for o in ops:
+    for o in gemms:
         b, m, n = o.shape
-        shape = (b, max(1, round(m * factor)), n) if o.kind == "matrix" else o.shape
-        out.append(OpCost(o.kind, o.flops * factor, o.bytes * scale * factor, o.target, shape))
+        weight = b * layout.hidden * layout.width * 4.0 * scale
+        rows = m in (layout.rows, layout.rows * plan.ep)
+        shape = (b, max(1, round(m * extra)), n) if rows else o.shape
+        out.append(OpCost(o.kind, o.flops * extra, max(0.0, o.bytes - weight) * extra,
+                          o.target, shape, o.out_bytes * extra if rows else 0.0))
     return tuple(out)
 
 
