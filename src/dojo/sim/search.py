@@ -51,6 +51,7 @@ from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
 from dojo.sim.costs import DeviceModel
+from dojo.sim.fp8 import fp8_device
 from dojo.sim.memory import capacity_of, device_memory, state_memory
 from dojo.sim.pipeline import makespan_bounds
 from dojo.sim.session import (
@@ -309,7 +310,7 @@ class _Screen:
         return fwd, bwd
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp, plan.cp)
+        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision)
         if key not in self._sums:
             work = self._work(plan)
             dev = self._device(plan.precision)
@@ -328,7 +329,10 @@ class _Screen:
     def _device(self, precision: str) -> DeviceModel:
         if precision not in self._dev:
             spec = self.args[2]
-            self._dev[precision] = device_for(spec, precision, leaves_per_device(spec))
+            dev = device_for(spec, precision, leaves_per_device(spec))
+            if precision == "fp8":  # every matrix op at the FP8 peak: still a lower bound
+                dev = fp8_device(dev, spec, leaves_per_device(spec))
+            self._dev[precision] = dev
         return self._dev[precision]
 
 
