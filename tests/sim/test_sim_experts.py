@@ -181,3 +181,29 @@ def test_cli_bad_ep_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> No
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "ep" in err and "dp 16 / ep 3" in err
+
+
+def test_search_tries_ep_and_equals_every_plan_simulated() -> None:
+    """On 4 H100s the space of a small MoE model holds ep = 1, 2, 4 wherever ep divides dp;
+    the search returns the fastest plan of the whole space (each plan simulated from its own
+    capture), and both bounds stay below every ep plan's simulated step."""
+    from dojo.sim import session
+    from dojo.sim.search import _Screen, best_plan, exhaustive, plan_space
+    from dojo.sim.session import model_shape
+    from dojo.sim.simulate import lower_bound, simulate
+
+    small = {**MOE, "layers": 2}
+    spec = load_system("h100-cluster:4")
+    shape = model_shape(*session.captured("moe", small, 1, None))
+    space = list(plan_space(shape, 4, 8))
+    assert {(p.dp, p.ep) for p in space} >= {(4, 1), (4, 2), (4, 4), (2, 2), (1, 1)}
+    assert all(p.dp % p.ep == 0 for p in space)
+    found = best_plan("moe", small, spec, 8)
+    every = exhaustive("moe", small, spec, 8)
+    assert found.best.step_time_s == pytest.approx(every.step_time_s, rel=1e-9)
+    screen = _Screen("moe", small, spec, 8, None)
+    for plan in (p for p in space if p.ep > 1):
+        program, _ = compile_model("moe", small, spec, plan, 8, derive=True)
+        step = simulate(program).step_time_s
+        assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()
+        assert lower_bound(program) <= step * (1 + 1e-9), plan.text()

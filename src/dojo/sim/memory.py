@@ -149,9 +149,8 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
     stages: list[Memory] = []
     for stage in range(plan.pp):
         # per parameter group: the dense weights over dp, experts' 1/ep over dp / ep
-        params, grads, state = (sum(x) for x in zip(*(
-            state_memory(replace(plan, dp=dp, cp=1), held, state_per_param)
-            for held, _, dp in param_groups(program, stage))))
+        params, grads, state = grouped_state(
+            plan, [(held, n) for held, _, n in param_groups(program, stage)], state_per_param)
         mem = Memory(
             stage=stage, params=params, grads=grads, optimizer_state=state,
             activations=in_flight_bytes(program, stage) + ring_buffers(program),
@@ -178,6 +177,16 @@ def state_memory(plan: Plan, params: float, state_per_param: float
     return (weights + params * sizes["master"] / shard,
             params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1),
             params * state_per_param / shard)
+
+
+def grouped_state(plan: Plan, groups: list[tuple[float, int]], state_per_param: float
+                  ) -> tuple[float, float, float]:
+    """`state_memory` summed over parameter groups, each (parameters held after the tp split,
+    the ranks its gradients reduce and ZeRO shards over): with ep the dense weights over
+    dp x cp and the experts' 1/ep over dp x cp / ep (`compiler.experts.param_groups`)."""
+    parts = [state_memory(replace(plan, dp=n, cp=1), held, state_per_param)
+             for held, n in groups]
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts))
 
 
 def _optimizer_state_per_param(program: Program) -> float:

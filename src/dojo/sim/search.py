@@ -23,6 +23,8 @@ the devices / cp left (cp_comm held at p2p, the ring). The floor is a restrictio
 a dominance argument: each cp needs its own captures, and below 4,096 tokens per rank a ring step's
 attention is short against its transfer and cp only shrinks activations that recompute and pp
 also shrink.
+Expert parallelism (MoE models): every ep that divides both dp and the experts; `imbalance` is
+held at 1 (a property of the router's balance, not a choice of the plan).
 
 Bounds, cheapest first; each is a true lower bound of the simulated step (a test checks both over
 a whole space):
@@ -45,14 +47,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dojo.compiler.experts import MoeLayout, ep_gemm, stage_groups
 from dojo.compiler.mapping import device_count, device_name, leaves_per_device
+from dojo.compiler.program import PRECISION_BYTES
 from dojo.compiler.work import ModelWork
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
-from dojo.sim.memory import capacity_of, device_memory, state_memory
+from dojo.sim.memory import capacity_of, device_memory, grouped_state
 from dojo.sim.pipeline import makespan_bounds
 from dojo.sim.session import (
     Simulated,
@@ -60,7 +64,9 @@ from dojo.sim.session import (
     check_inputs,
     compile_model,
     context_seq,
+    experts_of,
     fuses_attention,
+    graph_at,
     model_shape,
     simulate_model,
     work_for,
@@ -163,7 +169,15 @@ def _variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterat
         for rec in RECOMPUTES:
             for zero in (0, 1, 2, 3) if base.dp > 1 else (0,):
                 for sp in (False, True) if base.tp > 1 else (False,):
-                    yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero, sp=sp)
+                    for ep in expert_sizes(shape, base.dp):
+                        yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero, sp=sp,
+                                   ep=ep)
+
+
+def expert_sizes(shape: ModelShape, dp: int) -> list[int]:
+    """The ep the search tries: 1, and for an MoE model every divisor of both dp and its
+    experts (ep is carved out of dp and splits whole experts)."""
+    return [e for e in _divisors(dp) if shape.experts and shape.experts % e == 0] or [1]
 
 
 def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
@@ -213,12 +227,13 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
 
 def _family(plan: Plan) -> str:
     cp = f",cp={plan.cp}" if plan.cp > 1 else ""
-    return f"tp={plan.tp}{cp},pp={plan.pp},recompute={plan.recompute},zero={plan.zero}"
+    ep = f",ep={plan.ep}" if plan.ep > 1 else ""
+    return f"tp={plan.tp}{cp},pp={plan.pp}{ep},recompute={plan.recompute},zero={plan.zero}"
 
 
 def _simplicity(p: Plan) -> tuple[int, ...]:
     """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp."""
-    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.pp, p.interleave,
+    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.ep, p.pp, p.interleave,
             int(p.schedule == "gpipe"), int(p.sp), p.mb)
 
 
@@ -239,6 +254,7 @@ class _Screen:
         self._sums: dict[tuple[Any, ...], tuple[float, ...]] = {}
         self._bounds: dict[tuple[Any, ...], float] = {}
         self._state: dict[tuple[Any, ...], bool] = {}
+        self._layouts: dict[tuple[int, int], MoeLayout | None] = {}
 
     def ranked(self, space: list[Plan]) -> list[tuple[float, Any, int, int, Plan]]:
         """The first bound of every plan whose family's state fits, as a heap; ties go to the
@@ -267,12 +283,14 @@ class _Screen:
 
     def _state_fits(self, plan: Plan) -> bool:
         """Weights, gradients and optimizer state of the fullest stage within capacity."""
-        key = (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp)
+        key = (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp,
+               plan.ep)
         if key not in self._state:
             work = self._work(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
-            state = [sum(state_memory(plan, params / plan.tp, per_param))
-                     for params in _stage_params(work, plan)]
+            experts = _stage_experts(work, plan, self._layout(plan, 2))
+            state = [sum(grouped_state(plan, stage_groups(plan, params, ex), per_param))
+                     for params, ex in zip(_stage_params(work, plan), experts)]
             worst = max(range(plan.pp), key=lambda s: state[s])
             self._state[key] = state[worst] <= self.capacity
             if not self._state[key]:
@@ -287,7 +305,8 @@ class _Screen:
 
     def _first_bound(self, plan: Plan) -> float:
         """`makespan_bounds` on the chunks' op times (seconds per micro-batch) alone."""
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp)
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
+               plan.ep)
         if key not in self._bounds:
             fwd, bwd = self._chunk_times(plan)
             micro = self.args[3] // (plan.dp * plan.mb)
@@ -310,14 +329,16 @@ class _Screen:
         return fwd, bwd
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision)
+        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)
         if key not in self._sums:
             work = self._work(plan)
             dev = self._device(plan.precision)
             block = work.block
+            layout, scale = self._layout(plan), PRECISION_BYTES[plan.precision]["activation_scale"]
 
-            def total(ops: Any) -> float:
-                return sum(dev.op_time(o) for o in ops)
+            def total(ops: Any) -> float:   # expert GEMMs as one ep rank runs them
+                return sum(dev.op_time(ep_gemm(o, layout, plan.ep, plan.tp, scale)
+                                       if layout else o) for o in ops)
 
             self._sums[key] = (
                 total(work.pre.forward), total(work.pre.backward),
@@ -325,6 +346,16 @@ class _Screen:
                 total(block.recompute_selective) if block else 0.0,
                 total(work.post.forward), total(work.post.backward))
         return self._sums[key]
+
+    def _layout(self, plan: Plan, mb: int | None = None) -> MoeLayout | None:
+        """The routed experts at micro-batch `mb` (the plan's by default), or None."""
+        model, overrides, _, _, seq = self.args
+        key = (mb or plan.mb, plan.cp)
+        if key not in self._layouts:
+            local = context_seq(model, overrides, plan, seq)
+            graph, config = graph_at(model, overrides, key[0], local, derive=True)
+            self._layouts[key] = experts_of(graph, config, key[0], local)
+        return self._layouts[key]
 
     def _device(self, precision: str) -> DeviceModel:
         if precision not in self._dev:
@@ -347,6 +378,20 @@ def _stage_params(work: ModelWork, plan: Plan) -> list[float]:
         params += work.post.params if v == chunks - 1 else 0
         per_stage[v % plan.pp] += params
     return per_stage
+
+
+def _stage_experts(work: ModelWork, plan: Plan, layout: MoeLayout | None) -> list[float]:
+    """Routed-expert parameters (whole) on each pipeline stage: the block's share of each
+    stage's blocks, and the experts outside the block on the first stage."""
+    if layout is None or work.block is None or not work.block.params:
+        return [0.0] * plan.pp
+    share = layout.block_params / work.block.params
+    out = []
+    for stage, params in enumerate(_stage_params(work, plan)):
+        blocks = params - (work.pre.params if stage == 0 else 0) \
+            - (work.post.params if stage == plan.pp - 1 else 0)
+        out.append(blocks * share + (layout.outer_params if stage == 0 else 0))
+    return out
 
 
 def exhaustive(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.context import local_seq, ring_work
-from dojo.compiler.experts import moe_layout
+from dojo.compiler.experts import MoeLayout, moe_layout
 from dojo.compiler.fp8 import fp8_activations
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
@@ -231,11 +231,19 @@ def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, pl
                     fused_attention=fuses_attention(spec))
     tokens = seq if seq is not None else getattr(config, "seq", None)
     is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
-    moe = moe_layout(graph, config, plan.mb * int(tokens) if tokens and is_sequence else plan.mb)
     program = compile_program(work, plan, spec, batch,
                               tokens_per_sample=int(tokens) if tokens and is_sequence else None,
-                              kv_width=kv_width(config, plan.tp), moe=moe)
+                              kv_width=kv_width(config, plan.tp),
+                              moe=experts_of(graph, config, plan.mb, local))
     return program, graph
+
+
+def experts_of(graph: Graph, config: Any, mb: int, seq: int | None) -> MoeLayout | None:
+    """The routed experts of `graph`, captured at `mb` samples of `seq` tokens (None: the
+    model's context), for expert parallelism (`compiler.experts.moe_layout`); None without."""
+    tokens = seq if seq is not None else getattr(config, "seq", None)
+    is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
+    return moe_layout(graph, config, mb * int(tokens) if tokens and is_sequence else mb)
 
 
 def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec | str,
