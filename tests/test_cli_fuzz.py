@@ -182,6 +182,11 @@ COMMANDS: dict[str, Command] = {
         Slot("--system", "--system", ("unknown", "missing", "empty", "system_count")),
         Slot("--max-attempts", "--max-attempts", ("zero", "negative", "nonnumber")),
     )),
+    "worker": Command(("worker", "--data", "svc", "--name", "h1"), (
+        Slot("--slots", "--slots", ("zero", "negative", "nonnumber")),
+        Slot("--system", "--system", ("unknown", "missing", "empty")),
+        Slot("--worker-memory-gb", "--worker-memory-gb", ("float_bad",)),
+    )),
     # Refused before any request: the server named here never answers.
     "client": Command(("submit", "train", "mlp", "--server", "http://127.0.0.1:9"), (
         Slot("--tiles", "--tiles", ("zero", "negative", "nonnumber")),

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from dojo.service.app import RateLimit, create_app
 from dojo.service.auth import new_token
+from dojo.service.mesh import Rect
 from dojo.service.server import Settings, build
 
 
@@ -123,7 +124,8 @@ def test_a_controller_tick_allocates_a_rectangle(env: Any, monkeypatch: Any) -> 
     svc, client = env
     a, b = tenant(svc, "acme"), tenant(svc, "zeta")
     launched: list[Any] = []
-    monkeypatch.setattr(svc.controller, "_launch", lambda job, rect, now: launched.append(rect))
+    monkeypatch.setattr(svc.controller.agent, "_launch",
+                        lambda job, now: launched.append(Rect(*job.rect)))
     client.post("/api/jobs", json={**SIM, "tiles": 4}, headers=h(a))
     client.post("/api/jobs", json={**SIM, "tiles": 4}, headers=h(b))
     svc.controller.tick(1e9)

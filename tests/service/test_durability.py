@@ -122,8 +122,10 @@ def test_restart_recovery_requeues_running_jobs(tmp_path: Path) -> None:
               "limit_s": 60.0}
     a, _ = svc.store.submit("acme", "t", fields, None)
     b, _ = svc.store.submit("acme", "t", fields, None)
-    svc.store.transition("acme", a.id, ["queued"], "running", rect=[0, 0, 1, 2], runs=1)
-    svc.store.transition("acme", b.id, ["queued"], "running", rect=[1, 0, 1, 2], runs=1)
+    svc.store.transition("acme", a.id, ["queued"], "running", rect=[0, 0, 1, 2], runs=1,
+                         host="local")
+    svc.store.transition("acme", b.id, ["queued"], "running", rect=[1, 0, 1, 2], runs=1,
+                         host="local")
     svc.store.transition("acme", b.id, ["running"], "cancelling")
     svc.controller.recover()   # what a restart after kill -9 does first
     ra, rb = svc.store.job("acme", a.id), svc.store.job("acme", b.id)

@@ -2,6 +2,7 @@
 
     dojo serve [--data DIR] [--db URL] [--system v1|exapod|FILE] [--host H] [--port P]
     dojo admin tenant create NAME --quota-tile-hours X [--role admin] [--data DIR] [--db URL]
+    dojo worker --db URL --data DIR [--name H]       (another worker host)
 
 The service's packages (FastAPI, SQLAlchemy...) are imported inside `run`, so `dojo --help`
 never loads them; install them with `pip install -e '.[service]'`.
@@ -13,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA = "dojo-data"
 
@@ -35,7 +37,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="requests per second per tenant, bursts of 4x (default 50)")
     p.add_argument("--hold", action="store_true",
                    help="accept and queue jobs but start none (maintenance, load tests)")
+    p.add_argument("--no-local-workers", action="store_true",
+                   help="run no jobs here: only `dojo worker` hosts claim them")
     p.set_defaults(run=run_serve)
+
+    w = sub.add_parser("worker", help="a worker host for a dojo service (claims and runs jobs)",
+                       description="Join a service as a worker host: claim the jobs its "
+                       "scheduler placed, through the shared database, and run them here.")
+    _store_args(w)
+    w.add_argument("--system", default="v1", help="the server's --system")
+    w.add_argument("--name", default=None, help="host name (default: this machine's, + pid)")
+    w.add_argument("--slots", type=int, default=os.cpu_count() or 1,
+                   help="jobs run at once on this host (default: its CPU count)")
+    w.add_argument("--worker-cpu-s", type=int, default=3600, help="CPU seconds per worker")
+    w.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
+    w.add_argument("--max-attempts", type=int, default=3,
+                   help="runs of a job whose worker dies before it is failed (default 3)")
+    w.set_defaults(run=run_worker)
 
     a = sub.add_parser("admin", help="administer the service's tenants and tokens",
                        description="Create tenants (prints the API token once) and tokens.")
@@ -78,21 +96,59 @@ def run_serve(args: argparse.Namespace) -> int:
     from dojo.errors import ConfigError
 
     _need_service()
-    from dojo.service.controller import Limits
     from dojo.service.server import Settings, serve
 
     if not 0 < args.port < 65536:
         raise ConfigError("--port", "port", args.port, "a TCP port from 1 to 65535")
-    if args.max_attempts < 1:
-        raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
     if not 0 < args.rate_limit < float("inf"):
         raise ConfigError("--rate-limit", "rate_limit", args.rate_limit,
                           "requests per second > 0")
-    limits = Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
-                    max_attempts=args.max_attempts)
+    limits = _limits(args)
     serve(Settings(data=Path(args.data), db=args.db, system=args.system, host=args.host,
                    port=args.port, allow_factories=args.allow_factories, limits=limits,
-                   hold=args.hold, rate_per_s=args.rate_limit))
+                   hold=args.hold, rate_per_s=args.rate_limit,
+                   local_workers=not args.no_local_workers))
+    return 0
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from dojo.errors import ConfigError
+    from dojo.service.agent import Limits
+
+    if args.max_attempts < 1:
+        raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
+    if args.worker_cpu_s < 1:
+        raise ConfigError("--worker-cpu-s", "worker_cpu_s", args.worker_cpu_s, "at least 1 s")
+    if not 0.25 <= args.worker_memory_gb < float("inf"):
+        raise ConfigError("--worker-memory-gb", "worker_memory_gb", args.worker_memory_gb,
+                          "at least 0.25 GB")
+    return Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
+                  max_attempts=args.max_attempts)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import logging
+    import socket
+
+    from dojo.errors import ConfigError
+
+    _need_service()
+    from dojo.hardware import load_system
+    from dojo.service.agent import serve_host
+    from dojo.service.mesh import machine_of
+    from dojo.service.server import open_store
+
+    limits = _limits(args)
+    if args.slots < 1:
+        raise ConfigError("--slots", "slots", args.slots, "at least 1 job at a time")
+    machine_of(load_system(args.system))  # a Dojo system with tiles, or a one-line error
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = open_store(Path(args.data), args.db)
+    try:
+        serve_host(store, Path(args.data).resolve(), args.system, name, limits, args.slots)
+    finally:
+        store.close()
     return 0
 
 

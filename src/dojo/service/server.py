@@ -31,6 +31,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     tick_s: float = 0.25
     hold: bool = False          # queue jobs, start none
+    local_workers: bool = True  # run jobs here too (else only on `dojo worker` hosts)
     rate_per_s: float = 50.0    # requests per second per tenant (bursts of 4x)
 
 
@@ -50,7 +51,8 @@ def build(settings: Settings) -> Service:
     machine = machine_of(spec)
     store = open_store(settings.data, settings.db)
     controller = Controller(store, machine, settings.system, settings.data.resolve(),
-                            settings.limits, settings.tick_s, hold=settings.hold)
+                            settings.limits, settings.tick_s, hold=settings.hold,
+                            local_workers=settings.local_workers)
     return Service(store, machine, settings.system, settings.data.resolve(), controller,
                    settings.allow_factories)
 

@@ -30,10 +30,12 @@ tokens = sa.Table("tokens", meta, sa.Column("id", sa.String, primary_key=True),
                   sa.Column("expires_at", sa.Float))
 jobs = sa.Table("jobs", meta, *(sa.Column(n, sa.String, primary_key=n in ("tenant_id", "id"))
                                 for n in ("tenant_id", "id", "kind", "spec", "state", "reason",
-                                          "rect", "result", "idempotency_key", "created_by")),
+                                          "rect", "result", "idempotency_key", "created_by",
+                                          "host")),
                 *(sa.Column(n, sa.Integer) for n in ("priority", "tiles", "attempts", "runs")),
                 *(sa.Column(n, sa.Float) for n in ("limit_s", "submitted_at", "started_at",
-                                                   "finished_at", "used_tile_s", "progress")))
+                                                   "finished_at", "used_tile_s", "progress",
+                                                   "heartbeat_at")))
 audit = sa.Table("audit", meta, sa.Column("seq", sa.Integer, primary_key=True),
                  sa.Column("tenant_id", sa.String), sa.Column("actor", sa.String),
                  sa.Column("action", sa.String), sa.Column("target", sa.String),
@@ -65,6 +67,8 @@ class Job:
     result: dict[str, Any] | None
     created_by: str
     idempotency_key: str | None = None
+    host: str | None = None          # the worker host that claimed it (None: not yet claimed)
+    heartbeat_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -80,7 +84,8 @@ def _job(row: Any) -> Job:
                reason=m["reason"] or "", rect=json.loads(m["rect"]) if m["rect"] else None,
                used_tile_s=m["used_tile_s"] or 0.0, progress=m["progress"] or 0.0,
                result=json.loads(m["result"]) if m["result"] else None,
-               created_by=m["created_by"], idempotency_key=m["idempotency_key"])
+               created_by=m["created_by"], idempotency_key=m["idempotency_key"],
+               host=m["host"], heartbeat_at=m["heartbeat_at"])
 
 
 class Conflict(Exception):
@@ -225,17 +230,20 @@ class Store:
             return [_job(r) for r in rows]
 
     def transition(self, tenant: str, job_id: str, expect: Iterable[str], state: str,
-                   actor: str = "scheduler", **values: Any) -> bool:
-        """Move a job to `state` only if it is in one of `expect` (compare-and-set), with the
-        given column values and an audit line, in one transaction. False when it was not."""
+                   actor: str = "scheduler", on_host: str | None = None,
+                   **values: Any) -> bool:
+        """Move a job to `state` only if it is in one of `expect` (and, with `on_host`, claimed
+        by that host): compare-and-set, with the given column values and an audit line, in one
+        transaction. False when it was not."""
         for key in ("rect", "result"):
             if key in values and values[key] is not None:
                 values[key] = json.dumps(values[key])
+        where = [jobs.c.tenant_id == tenant, jobs.c.id == job_id,
+                 jobs.c.state.in_(tuple(expect))]
+        if on_host is not None:
+            where.append(jobs.c.host == on_host)
         with self.engine.begin() as c:
-            done = c.execute(jobs.update().where(jobs.c.tenant_id == tenant,
-                                                 jobs.c.id == job_id,
-                                                 jobs.c.state.in_(tuple(expect)))
-                             .values(state=state, **values)).rowcount
+            done = c.execute(jobs.update().where(*where).values(state=state, **values)).rowcount
             if done:
                 c.execute(audit.insert().values(tenant_id=tenant, actor=actor,
                                                 action=f"job.{state}", target=job_id,
@@ -243,10 +251,40 @@ class Store:
                                                 at=time.time()))
         return bool(done)
 
-    def progress(self, tenant: str, job_id: str, progress: float) -> None:
+    # -- worker hosts -----------------------------------------------------------------------
+    def claim(self, host: str, now: float) -> Job | None:
+        """Claim one placed, unclaimed job for `host` (oldest placement first): SELECT ... FOR
+        UPDATE SKIP LOCKED on PostgreSQL, so hosts never wait on each other; the UPDATE is
+        compare-and-set on `host IS NULL` as well, which is what makes SQLite safe too."""
         with self.engine.begin() as c:
-            c.execute(jobs.update().where(jobs.c.tenant_id == tenant, jobs.c.id == job_id)
-                      .values(progress=progress))
+            row = c.execute(sa.select(jobs.c.tenant_id, jobs.c.id)
+                            .where(jobs.c.state == "running", jobs.c.host.is_(None))
+                            .order_by(jobs.c.started_at).limit(1)
+                            .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            done = c.execute(jobs.update().where(jobs.c.tenant_id == row[0], jobs.c.id == row[1],
+                                                 jobs.c.state == "running",
+                                                 jobs.c.host.is_(None))
+                             .values(host=host, heartbeat_at=now)).rowcount
+            if not done:
+                return None
+            c.execute(audit.insert().values(tenant_id=row[0], actor=host, action="job.claim",
+                                            target=row[1], detail="", at=now))
+        return self.job(row[0], row[1])
+
+    def heartbeat(self, host: str, now: float) -> None:
+        """`host` is alive: stamp every job it holds."""
+        with self.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.host == host, jobs.c.state.in_(ACTIVE))
+                      .values(heartbeat_at=now))
+
+    def host_jobs(self, host: str) -> list[Job]:
+        """The active jobs claimed by `host`."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs).where(jobs.c.host == host,
+                                                   jobs.c.state.in_(ACTIVE)))
+            return [_job(r) for r in rows]
 
     def usage(self, tenant: str) -> dict[str, float]:
         """Tile-seconds used by finished runs, and committed by active jobs (tiles x limit)."""
