@@ -53,6 +53,12 @@ def test_all_to_all_bytes_per_rank_closed_form() -> None:
         pytest.approx(want)
     full = _program(f"dp=16,ep={ep},mb={mb},recompute=full")
     assert sum(c.kind == "all_to_all" for c in full.chunks[0].tp_recompute) == 2 * LAYERS
+    # op-level recompute: replaying the expert GEMMs (ops:mm keeps only the linears) replays
+    # the dispatch and combine; keeping every matmul output (matmuls) does not
+    drop = _program(f"dp=16,ep={ep},mb={mb},recompute=ops:mm")
+    keep = _program(f"dp=16,ep={ep},mb={mb},recompute=matmuls")
+    assert sum(c.kind == "all_to_all" for c in drop.chunks[0].tp_recompute) == 2 * LAYERS
+    assert not any(c.kind == "all_to_all" for c in keep.chunks[0].tp_recompute)
 
 
 def test_pairwise_all_to_all_over_two_levels() -> None:

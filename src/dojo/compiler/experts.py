@@ -11,7 +11,8 @@ plain data parallelism). Per MoE layer and micro-batch:
   sends each of the rank's tokens x top_k assignments (hidden values each) to the rank holding
   its expert, combine one all-to-all back: per member a buffer of tokens x top_k x hidden x
   activation bytes, of which (ep - 1) / ep leaves the rank. Backward runs both again (the
-  gradients of combine and dispatch), and full recompute replays the forward pair. With tp > 1
+  gradients of combine and dispatch), and a recompute that replays the expert GEMMs (full, or
+  an op-level policy that does not keep them) replays the forward pair. With tp > 1
   each tp rank dispatches its 1/tp of the tokens (Megatron requires sequence parallelism there);
 - a rank's experts then see ep x the local rows of 1/ep of the experts: the same FLOPs as the
   captured layer, which computed every expert on the local tokens at the same capacity, but
@@ -155,11 +156,13 @@ def _with_experts(c: Chunk, plan: Any, layout: MoeLayout, layers: int, whole: in
         return mine + _busiest(gemms, layout, plan, scale)
 
     comms = (a2a, a2a) * layers if a2a is not None else ()
-    full = plan.recompute == "full"
+    # a recompute that replays the expert GEMMs (full, or an op-level policy that drops their
+    # outputs) dispatches their tokens again and combines the result again
+    replay = any(_is_expert_gemm(o, layout, plan.tp) for o in c.recompute)
     return replace(c, forward=ops(c.forward), backward=ops(c.backward),
                    recompute=ops(c.recompute),
                    tp_forward=c.tp_forward + comms, tp_backward=c.tp_backward + comms,
-                   tp_recompute=c.tp_recompute + (comms if full else ()),
+                   tp_recompute=c.tp_recompute + (comms if replay else ()),
                    params=c.params - whole + whole / plan.ep)
 
 
