@@ -85,6 +85,10 @@ def test_admission_errors_one_line_per_field(env: Any) -> None:
     fields = sorted(line.split(" ")[0].rstrip(":") for line in lines)
     assert fields == ["colour", "kind", "limit_s", "model", "plan", "tiles"]
     assert any("2 x 3" in line for line in lines)  # tiles: the V1 mesh named
+    r = client.post("/api/jobs", json={**SIM, "tiles": "auto"}, headers=h(a))
+    assert r.status_code == 422 and r.json()["detail"][0].startswith("tiles = 'auto'")
+    r = client.post("/api/jobs", json={**SIM, "tiles": "auto", "batch": 8}, headers=h(a))
+    assert r.status_code == 201 and r.json()["tiles"] == 0   # sized later, by a worker
     r = client.post("/api/jobs", json={**SIM, "model": "evil.py:make"}, headers=h(a))
     assert r.status_code == 422 and "refused" in r.json()["detail"][0]
 

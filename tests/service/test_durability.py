@@ -161,3 +161,21 @@ def test_urgent_job_preempts_a_training_job_that_then_resumes(tmp_path: Path) ->
         assert u["started_at"] < done["started_at"]
     finally:
         server.kill9()
+
+
+@pytest.mark.slow
+def test_tiles_auto_sizes_the_partition_with_the_planner(tmp_path: Path) -> None:
+    # gpt2-medium at batch 50 does not fit one tile (SRAM only, no DIP HBM: `dojo plan
+    # gpt2-medium --system tile --batch 50` refuses) and does fit the 6-tile tray.
+    token = make_tenant(tmp_path, "acme")
+    with Server(tmp_path) as server:
+        c = Client(server.url, token)
+        job = c.submit({"kind": "simulate", "model": "gpt2-medium", "tiles": "auto",
+                        "batch": 50, "limit_s": 900})
+        assert job["tiles"] == 0
+        done = c.wait(job["id"], timeout_s=400)
+        assert done["state"] == "succeeded", done
+        assert 2 <= done["tiles"] <= 6 and "sized by the planner" in done["reason"]
+        assert done["result"]["fits"] is True
+        log = c.logs(job["id"])["text"]
+        assert "1 tiles: does not fit" in log or "sizing: 1 tiles" not in log

@@ -116,7 +116,8 @@ class Agent:
         folder = job_dir(self.data, job.tenant, job.id)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").unlink(missing_ok=True)
-        spec = {"id": job.id, "kind": job.kind, "spec": job.spec, "tiles": job.tiles,
+        kind = "size" if job.state == "sizing" else job.kind
+        spec = {"id": job.id, "kind": kind, "spec": job.spec, "tiles": job.tiles,
                 "rect": job.rect, "system": self.system, "run": job.runs, "host": self.host}
         (folder / "job.json").write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOJO_TOKEN")}
@@ -140,6 +141,8 @@ class Agent:
             state = job.state if job else "gone"
             if state == "cancelling":
                 self._finish(w, now, "cancelled", reason="cancelled")
+            elif rc == 0 and state == "sizing":
+                self._sized(w, now)
             elif rc == 0:
                 path = job_dir(self.data, w.job.tenant, w.job.id) / "result.json"
                 result = json.loads(path.read_text()) if path.is_file() else None
@@ -149,6 +152,24 @@ class Agent:
                 self._finish(w, now, "queued", reason=f"{why}: resumes from its checkpoint")
             else:
                 self._failed(w, now, rc, job)
+
+    def _sized(self, w: _Worker, now: float) -> None:
+        """The planner chose the tiles: queue the job for them (or fail it past its quota)."""
+        self.workers.pop((w.job.tenant, w.job.id), None)
+        path = job_dir(self.data, w.job.tenant, w.job.id) / "sizing.json"
+        sized = json.loads(path.read_text())
+        tiles = int(sized["tiles"])
+        why = f"sized by the planner: {tiles} tiles ({sized['note']})"
+        quota = (self.store.tenant(w.job.tenant) or {}).get("quota_tile_hours", 0.0) * 3600
+        use = self.store.usage(w.job.tenant)
+        extra = (tiles - 1) * w.job.limit_s  # admission committed one tile
+        if use["used_tile_s"] + use["committed_tile_s"] + extra > quota:
+            self.store.transition(w.job.tenant, w.job.id, ("sizing",), "failed",
+                                  actor=self.host, on_host=self.host, host=None,
+                                  finished_at=now, reason=f"{why}: past the tile-hour quota")
+            return
+        self.store.transition(w.job.tenant, w.job.id, ("sizing",), "queued", actor=self.host,
+                              on_host=self.host, host=None, tiles=tiles, reason=why)
 
     def _failed(self, w: _Worker, now: float, rc: int, job: Job | None) -> None:
         why = _last_error(job_dir(self.data, w.job.tenant, w.job.id) / "log.txt", rc)
@@ -169,9 +190,10 @@ class Agent:
         used = job.used_tile_s + job.tiles * max(0.0, now - w.started)
         if state != "queued":
             values["finished_at"] = now
-        self.store.transition(job.tenant, job.id, ("running", "preempting", "cancelling"),
-                              state, actor=self.host, on_host=self.host, rect=None, host=None,
-                              used_tile_s=used, **values)
+        held = ("running", "preempting", "cancelling", "sizing")
+        self.store.transition(job.tenant, job.id, held, state, actor=self.host,
+                              on_host=self.host, rect=None, host=None, used_tile_s=used,
+                              **values)
 
 
 def serve_host(store: Store, data: Path, system: str, host: str, limits: Limits,

@@ -93,6 +93,9 @@ class Controller:
                                       on_host=job.host, rect=None, host=None,
                                       reason=f"host {job.host} stopped answering: requeued, "
                                       "resumes from its last checkpoint")
+        for job in active:
+            if job.state == "queued" and job.tiles == 0:  # tiles "auto": a host sizes it first
+                self.store.transition(job.tenant, job.id, ("queued",), "sizing", host=None)
         active = self.store.active()
         decisions = schedule(self._queue(active, now), self.machine, now)
         by_key = {f"{j.tenant}/{j.id}": j for j in active}
@@ -118,7 +121,7 @@ class Controller:
         pending, running = [], []
         for j in active:
             key = f"{j.tenant}/{j.id}"
-            if j.state == "queued":
+            if j.state == "queued" and j.tiles > 0:
                 pending.append(Pending(key, j.tenant, j.tiles, j.limit_s, j.submitted_at,
                                        j.priority))
             elif j.rect is not None:

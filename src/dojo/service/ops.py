@@ -78,7 +78,7 @@ def submit(svc: Service, who: Identity, body: Any, key: str | None) -> tuple[dic
         tenant = svc.store.tenant(who.tenant)
         quota_s = (tenant["quota_tile_hours"] if tenant else 0.0) * 3600.0
         use = svc.store.usage(who.tenant)
-        need = ok.tiles * ok.limit_s
+        need = max(1, ok.tiles) * ok.limit_s   # tiles "auto": at least one (checked again)
         if use["used_tile_s"] + use["committed_tile_s"] + need > quota_s:
             left = max(0.0, quota_s - use["used_tile_s"] - use["committed_tile_s"]) / 3600
             raise Refused(422, [f"tiles x limit_s = {ok.tiles} x {ok.limit_s:g} s = "
@@ -108,8 +108,9 @@ def cancel(svc: Service, who: Identity, job_id: str) -> dict[str, Any]:
     if job.state == "queued":
         svc.store.transition(who.tenant, job.id, ("queued",), "cancelled", actor=who.token_id,
                              finished_at=time.time(), reason="cancelled")
-    elif job.state in ("running", "preempting"):
-        svc.store.transition(who.tenant, job.id, ("running", "preempting"), "cancelling",
+    elif job.state in ("running", "preempting", "sizing"):
+        svc.store.transition(who.tenant, job.id, ("running", "preempting", "sizing"),
+                             "cancelling",
                              actor=who.token_id)
     return public(_own(svc, who, job_id))
 

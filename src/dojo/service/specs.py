@@ -66,10 +66,13 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
         bad.append(f"model = {_short(model)}: model factories are refused by this server "
                    "(start it with --allow-factories to run them in sandboxed workers)")
     tiles = body.get("tiles", 1)
-    field("tiles", _int(tiles) and 1 <= tiles <= machine.tiles
-          and bool(shapes(tiles, machine.rows, machine.cols)),
-          f"a whole number of tiles from 1 to {machine.tiles} that fits a rectangle of the "
-          f"{machine.rows} x {machine.cols} mesh")
+    field("tiles", tiles == "auto" or (_int(tiles) and 1 <= tiles <= machine.tiles
+                                       and bool(shapes(tiles, machine.rows, machine.cols))),
+          f"auto or a whole number of tiles from 1 to {machine.tiles} that fits a rectangle "
+          f"of the {machine.rows} x {machine.cols} mesh")
+    if tiles == "auto" and "batch" not in body:
+        bad.append("tiles = 'auto': expected a batch too (the planner sizes the partition "
+                   "for a global batch)")
     limit = body.get("limit_s", 600)
     field("limit_s", _num(limit) and 1 <= limit <= MAX_LIMIT_S,
           f"a wall-time limit in seconds from 1 to {MAX_LIMIT_S:g}")
@@ -99,7 +102,9 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
     spec.setdefault("plan", "auto")
     if kind == "train":
         spec.setdefault("steps", 20)
-    return Admitted(str(kind), spec, int(tiles), float(limit), int(prio))
+    # tiles 0: "auto", sized by the planner in a worker before the job is queued for tiles.
+    return Admitted(str(kind), spec, 0 if tiles == "auto" else int(tiles), float(limit),
+                    int(prio))
 
 
 def _plan_ok(text: str) -> bool:

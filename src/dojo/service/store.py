@@ -41,7 +41,7 @@ audit = sa.Table("audit", meta, sa.Column("seq", sa.Integer, primary_key=True),
                  sa.Column("action", sa.String), sa.Column("target", sa.String),
                  sa.Column("detail", sa.String), sa.Column("at", sa.Float))
 
-ACTIVE = ("queued", "running", "preempting", "cancelling")
+ACTIVE = ("queued", "sizing", "running", "preempting", "cancelling")
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -253,18 +253,19 @@ class Store:
 
     # -- worker hosts -----------------------------------------------------------------------
     def claim(self, host: str, now: float) -> Job | None:
-        """Claim one placed, unclaimed job for `host` (oldest placement first): SELECT ... FOR
+        """Claim one placed (or to be sized), unclaimed job for `host`: SELECT ... FOR
         UPDATE SKIP LOCKED on PostgreSQL, so hosts never wait on each other; the UPDATE is
         compare-and-set on `host IS NULL` as well, which is what makes SQLite safe too."""
         with self.engine.begin() as c:
             row = c.execute(sa.select(jobs.c.tenant_id, jobs.c.id)
-                            .where(jobs.c.state == "running", jobs.c.host.is_(None))
+                            .where(jobs.c.state.in_(("running", "sizing")),
+                                   jobs.c.host.is_(None))
                             .order_by(jobs.c.started_at).limit(1)
                             .with_for_update(skip_locked=True)).first()
             if row is None:
                 return None
             done = c.execute(jobs.update().where(jobs.c.tenant_id == row[0], jobs.c.id == row[1],
-                                                 jobs.c.state == "running",
+                                                 jobs.c.state.in_(("running", "sizing")),
                                                  jobs.c.host.is_(None))
                              .values(host=host, heartbeat_at=now)).rowcount
             if not done:

@@ -150,13 +150,54 @@ def run_train(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     return {**out, "final_loss": loss, "local_steps": steps}
 
 
+def run_size(job: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """tiles "auto": the fewest tiles on which some plan of the model fits its global batch
+    (binary search over the tile counts that make rectangles; fitting grows with the tiles).
+    Writes sizing.json; the job then queues for that many tiles."""
+    from dojo.errors import DojoError
+    from dojo.hardware import load_system
+    from dojo.service.mesh import Rect, machine_of, shapes
+    from dojo.service.specs import partition_system
+    from dojo.sim.search import best_plan
+
+    base = load_system(job["system"])
+    m = machine_of(base)
+    spec = job["spec"]
+    sizes = [n for n in range(1, m.tiles + 1)
+             if (hw := shapes(n, m.rows, m.cols)) and hw[0][0] * hw[0][1] == n]
+    lo, hi, found, last = 0, len(sizes) - 1, None, ""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        h, w = shapes(sizes[mid], m.rows, m.cols)[0]
+        part = partition_system(base, Rect(0, 0, h, w))
+        try:
+            best = best_plan(spec["model"], spec.get("set", {}), part, spec["batch"],
+                             spec.get("seq")).best
+            ok = best.fits
+            last = f"plan {best.plan.text()}, {best.step_time_s:.4g} s per step"
+        except DojoError as err:
+            ok, last = False, str(err)
+        print(f"[worker] sizing: {sizes[mid]} tiles: {'fits' if ok else 'does not fit'} "
+              f"({last})", flush=True)
+        if ok:
+            found, hi = (sizes[mid], last), mid - 1
+        else:
+            lo = mid + 1
+    if found is None:
+        raise DojoError(f"tiles = 'auto': {spec['model']} does not fit batch {spec['batch']} "
+                        f"even on all {m.tiles} tiles ({last})")
+    sized = {"tiles": found[0], "note": found[1]}
+    (folder / "sizing.json").write_text(json.dumps(sized))
+    return sized
+
+
 def _report(sim: Any, folder: Path) -> None:
     from dojo.report import simulation_report
 
     simulation_report(sim).write(str(folder / "report.html"))
 
 
-KINDS = {"simulate": run_simulate, "plan": run_plan, "train": run_train}
+KINDS = {"simulate": run_simulate, "plan": run_plan, "train": run_train, "size": run_size}
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
