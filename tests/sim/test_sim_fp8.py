@@ -165,3 +165,12 @@ def test_plan_search_bounds_hold_under_fp8() -> None:
         assert lower_bound(program) <= step * (1 + 1e-9), plan.text()
         checked += 1
     assert checked >= 100
+
+
+def test_mfu_is_relative_to_the_fp8_peak() -> None:
+    from dojo.sim.simulate import simulate
+
+    spec = load_system("h100-cluster", devices=1)
+    program = compile_model("gpt", MODEL, spec, parse_plan("mb=2,precision=fp8"), 8)[0]
+    result = simulate(program)
+    assert result.mfu == pytest.approx(program.model_flops / result.step_time_s / FP8)

@@ -215,6 +215,13 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
                       cp_forward=ring_f, cp_backward=ring_b)
 
 
+def _mfu_peak(program: Program, dev: DeviceModel) -> float:
+    """The peak MFU is relative to: the rate the plan's GEMMs run at (FP8's under fp8)."""
+    if program.plan.precision == "fp8":
+        return fp8_peak(program.system) * program.leaves_per_device
+    return dev.peak_flops
+
+
 def _block_ops(program: Program) -> tuple[OpCost, ...] | None:
     block = program.work.block
     return None if block is None else block.forward + block.backward + block.recompute_selective
@@ -396,7 +403,7 @@ def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int,
     achieved = program.model_flops / step / program.devices
     return Result(step_time_s=step, samples_per_s=samples, tokens_per_s=tokens,
                   model_flops=program.model_flops, achieved_flops_per_device=achieved,
-                  mfu=achieved / dev.peak_flops, breakdown_s=breakdown, memory=memory,
+                  mfu=achieved / _mfu_peak(program, dev), breakdown_s=breakdown, memory=memory,
                   energy_j=_energy(program, dev, busy, step), spans=spans, sync_spans=sync,
                   optimizer_spans=opt, critical_stage=critical)
 
