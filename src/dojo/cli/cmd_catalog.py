@@ -3,6 +3,7 @@
     dojo data index DIR [--catalog CAT] [--split S]
     dojo data query "SQL" [--catalog CAT] [--slices FILE] [--format table|json|csv]
     dojo data query --slice NAME --slices FILE [--catalog CAT] [--format ...]
+    dojo data mine RUN --slice NAME --budget N [--slices FILE] [--pool SPLIT] [--catalog CAT]
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ def add_catalog_parsers(sub: Any) -> None:
     query.add_argument("--slice", default="", help="list the clips of this slice")
     query.add_argument("--format", default="table", help="table, json or csv (default table)")
     query.set_defaults(run=_query)
+
+    mine = sub.add_parser("mine", help="pick unused clips like a run's weak slice: a new "
+                          "dataset version")
+    mine.add_argument("run_dir", metavar="RUN", help="a `dojo train occupancy` output folder")
+    mine.add_argument("--slice", required=True, help="the slice to improve")
+    mine.add_argument("--budget", required=True, help="clips to add")
+    mine.add_argument("--slices", default="", help="slices file (default: one slice per tag)")
+    mine.add_argument("--pool", default="pool", help="split to mine from (default pool)")
+    mine.add_argument("--catalog", default="", help="catalog (default RUN/catalog)")
+    mine.set_defaults(run=_mine)
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -105,3 +116,17 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _mine(args: argparse.Namespace) -> int:
+    try:
+        budget = int(args.budget)
+    except ValueError:
+        raise ConfigError("--budget", "budget", args.budget, "an integer") from None
+    if budget < 1:
+        raise ConfigError("--budget", "budget", budget, "at least 1 clip")
+    from dojo.train.mine import mine_run
+
+    print_json(mine_run(args.run_dir, args.slice, budget, slices_file=args.slices,
+                        pool=args.pool, catalog=args.catalog))
+    return 0

@@ -18,7 +18,8 @@ from typing import Any
 from dojo.cli.common import print_json
 from dojo.errors import ConfigError
 
-_NUMBERS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "threads": int}
+_NUMBERS = {"steps": int, "batch_size": int, "lr": float, "seed": int, "threads": int,
+            "rounds": int, "budget": int}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="skip", help="bad clips: skip (warn, count) or error")
     p.add_argument("--slices", default="", help="slices file (TOML) for IoU by slice (default: "
                    "one slice per scenario, weather and time of day)")
+    p.add_argument("--rounds", default=None, help="mining rounds: after round 0, mine --budget "
+                   "clips for the weakest slice and retrain (default 1: no mining)")
+    p.add_argument("--budget", default=None, help="clips mined per round (default 8)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(run=run)

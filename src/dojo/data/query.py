@@ -20,7 +20,7 @@ A slices file (TOML):
 
     [slices.night]
     where = "time_of_day = 'night'"      # a condition on the `clips` view
-    weight = 3.0                         # intended sampling weight (reported; not applied yet)
+    weight = 3.0                         # training draws its clips 3x per epoch (default 1)
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ LEFT JOIN (SELECT clip_hash, avg(mean_luma) AS mean_luma, avg(bits_per_pixel) AS
 
 @dataclass(frozen=True, kw_only=True)
 class Slice:
-    """A named subset of clips: `where` is a SQL condition on the `clips` view; `weight` the
-    intended sampling weight of its clips in training (checked and reported with the slice's
-    IoU; the loader does not sample by it yet)."""
+    """A named subset of clips: `where` is a SQL condition on the `clips` view; `weight` how
+    many times per epoch training draws its clips' windows (rounded; a clip in several slices
+    takes the largest; `dojo.data.subset` repeats the clip in the training manifest)."""
 
     where: str
     weight: float = dataclasses.field(default=1.0, metadata=check(ge=1, le=100))

@@ -53,6 +53,9 @@ class TrainOptions:
     measure_decode: bool = False
     threads: int = field(default=2, metadata=check(gt=0, le=1024))
     slices: str = ""  # slices file for evaluation by slice ("": one slice per tag value)
+    rounds: int = field(default=1, metadata=check(ge=1, le=20))  # mining rounds (`rounds`)
+    budget: int = field(default=8, metadata=check(ge=1, le=100_000))  # clips mined per round
+    pool_clips: int = field(default=64, metadata=check(ge=1, le=100_000))  # synthesized pool
 
     def settings(self) -> dict[str, object]:
         """What a checkpoint must share with a run that resumes it."""

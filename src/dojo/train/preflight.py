@@ -47,6 +47,7 @@ class Job:
     train_windows: int
     resume_state: dict[str, Any] | None
     slices: dict[str, Any] | None = None  # parsed --slices file (None: one per tag value)
+    catalog: Path | None = None  # the run's catalog (None: OUT/catalog)
 
 
 def preflight(opts: TrainOptions) -> Job:

@@ -15,6 +15,7 @@ column j is y left, so the image is the grid flipped on both axes).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ def metrics(result: TrainResult) -> dict[str, Any]:
                       "hosts_needed": sim.data.hosts_needed},
         "dataset": dict(result.dataset),
         "slices": result.slices,
+        "rounds": result.rounds,
     }
 
 
@@ -107,7 +109,10 @@ def build_report(result: TrainResult, bev_png: bytes) -> HtmlReport:
     rep.image(bev_png, "Bird's-eye view, ego (triangle) at the centre, forward up: the model's "
               "probability of occupancy beside the ground truth, on clips never trained on.")
     _data(rep, result)
-    slice_section(rep, {"this run": result.slices})
+    slice_section(rep, {f"round {r['round']}": r["slices"] for r in result.rounds}
+                  or {"this run": result.slices})
+    if result.rounds:
+        _rounds(rep, result.rounds)
     _simulated(rep, result)
     _utilisation(rep, result)
     _data_path(rep, result)
@@ -169,6 +174,22 @@ def slice_section(rep: HtmlReport, by_round: dict[str, dict[str, dict[str, Any]]
         return
     rep.table(rows, ["round", "slice", "clips", "IoU", "95 % interval", "weight"])
     rep.figure(slice_figure(by_round), "Held-out IoU per slice, 95 % bootstrap intervals.")
+
+
+def _rounds(rep: HtmlReport, rounds: list[dict[str, Any]]) -> None:
+    rep.heading("Mining rounds")
+    rep.paragraph("Each round mines clips for the previous round's weakest slice from the pool "
+                  "and trains a fresh model on the new dataset version; the slice's IoU before "
+                  "(previous round) and after (this round) on the same held-out clips.")
+    rows = []
+    for prev, r in itertools.pairwise(rounds):
+        s = r["mined_for"]
+        before, after = prev["slices"].get(s, {}), r["slices"].get(s, {})
+        rows.append((r["round"], s, r["added"], r["train_version"], r["train_clips"],
+                     f"{before.get('iou', float('nan')):.3f}",
+                     f"{after.get('iou', float('nan')):.3f}", f"{r['val_iou']:.3f}"))
+    rep.table(rows, ["round", "mined for", "clips added", "version", "clips", "slice IoU before",
+                     "slice IoU after", "held-out IoU"])
 
 
 def _simulated(rep: HtmlReport, result: TrainResult) -> None:

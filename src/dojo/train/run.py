@@ -77,6 +77,8 @@ class TrainResult:
     files: dict[str, Path]
     dataset: dict[str, str] = field(default_factory=dict)  # set -> dataset version ID
     slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # `train.slices`
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # `train.rounds` (--rounds > 1)
+    model: Any = field(default=None, repr=False)  # the trained model (mining scores with it)
 
 
 def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
@@ -172,6 +174,11 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     _make_folder(job.out, "--out")
     train_dir, val_dir = ensure_data(job, tell)
     versions = catalog_sets(job.data_root, job.out / "catalog", tell)
+    if job.slices and any(round(sl.weight) > 1 for sl in job.slices.values()):
+        from dojo.train.rounds import weighted_set
+
+        train_dir = weighted_set(str(job.out / "catalog"), versions["train"], job.slices,
+                                 job.out / "weighted" / "train")
     threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
@@ -179,6 +186,19 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     finally:
         torch.set_num_threads(threads)
     result = replace(result, dataset=versions)
+    if opts.rounds > 1:
+        from dojo.train.rounds import run_rounds
+
+        def learn(round_job: Job, round_train: Path) -> TrainResult:
+            torch.set_num_threads(opts.threads)
+            try:
+                _make_folder(round_job.out, "--out")
+                out = _learn(round_job, opts, (round_train, val_dir), sim, large, tell)
+            finally:
+                torch.set_num_threads(threads)
+            return out
+
+        result = replace(result, rounds=run_rounds(job, opts, val_dir, result, learn, tell))
     tell(Progress("report", f"writing {job.out}"))
     return replace(result, files=write_outputs(result, job.out))
 
@@ -205,7 +225,7 @@ def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path, Path], sim: Simulated
     tell(Progress("eval", "held-out IoU"))
     val_iou, examples = evaluate(model, val_batches, EXAMPLES)
     names = [c.name for c in val_loader.dataset.clipset.clips]
-    by_slice = slice_ious(str(job.out / "catalog"), val_dir, names,
+    by_slice = slice_ious(str(job.catalog or job.out / "catalog"), val_dir, names,
                           clip_counts(model, val_batches), job.slices, opts.seed)
     data_fps = data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir)
     skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
@@ -213,7 +233,7 @@ def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path, Path], sim: Simulated
                        skipped=skipped, train_samples=len(loader.dataset),
                        sim=replace(sim, epoch_samples=len(loader.dataset)),
                        decode=(data_fps, large), overrides=overrides, files={},
-                       slices=by_slice)
+                       slices=by_slice, model=model)
 
 
 def _make_folder(folder: Path, flag: str) -> None:
