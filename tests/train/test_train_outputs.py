@@ -17,7 +17,8 @@ SIM_KEYS = {"system", "plan", "step_time_s", "samples_per_s", "energy_j"}
 def test_metrics_json_has_exactly_the_documented_keys(tiny_run: TrainResult) -> None:
     m = json.loads(tiny_run.files["metrics"].read_text())
     assert set(m) == {"train_loss", "val_iou", "baseline_iou", "steps", "simulated", "data_path",
-                      "dataset", "slices"}
+                      "dataset", "slices", "rounds"}
+    assert m["rounds"] == []  # one round: nothing mined
     assert set(m["simulated"]) == SIM_KEYS
     assert set(m["data_path"]) == {"decode_fps_per_core", "decode_fps_large", "decode_rates",
                                    "hosts_needed"}
