@@ -195,3 +195,15 @@ def test_allgather_cp_exposes_its_collectives_and_holds_every_block() -> None:
     assert ring.buffer_bytes == 2 * cp * ring.block_bytes
     p2p = _sim(f"cp={cp}", cp)
     assert sim.result.step_time_s > p2p.result.step_time_s   # the ring hides what this exposes
+
+
+def test_pipeline_sends_a_ranks_tokens_across_dp_x_cp() -> None:
+    """With cp a pipeline stage sends its seq/cp tokens of the residual stream (1/cp of cp=1's
+    message), and the next stage sits tp x cp x dp ranks further on: on 8-GPU nodes, tp 2 x
+    cp 2 x dp 2 = 8 puts the stages on different nodes."""
+    one = _sim("tp=2,dp=2,pp=2", 8).program
+    split = _sim("tp=2,cp=2,dp=2,pp=2", 16).program
+    assert split.p2p.nbytes == one.p2p.nbytes / 2
+    assert one.p2p.nbytes == 1 * SEQ * 64 * 2 / 2   # mb 1 x seq x hidden x BF16 / tp 2
+    assert [(lv.level, lv.members) for lv in split.p2p.levels] == [("cluster", 2)]
+    assert [(lv.level, lv.members) for lv in one.p2p.levels] == [("server", 2)]
