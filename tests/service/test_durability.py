@@ -179,3 +179,19 @@ def test_tiles_auto_sizes_the_partition_with_the_planner(tmp_path: Path) -> None
         assert done["result"]["fits"] is True
         log = c.logs(job["id"])["text"]
         assert "1 tiles: does not fit" in log or "sizing: 1 tiles" not in log
+
+
+@pytest.mark.slow
+def test_occupancy_job_trains_on_synthesized_clips(tmp_path: Path) -> None:
+    token = make_tenant(tmp_path, "acme")
+    with Server(tmp_path) as server:
+        c = Client(server.url, token)
+        job = c.submit({"kind": "occupancy", "steps": 6, "clips": 4, "batch": 2,
+                        "limit_s": 600})
+        done = c.wait(job["id"], timeout_s=400)
+        assert done["state"] == "succeeded", done
+        folder = tmp_path / "jobs" / "acme" / job["id"]
+        assert [ln["step"] for ln in steps_of(folder)] == list(range(1, 7))
+        r = done["result"]
+        assert 0.0 <= r["val_iou"] <= 1.0 and r["step_time_s"] > 0 and r["local_steps"] == 6
+        assert (folder / "data" / "train").is_dir() and (folder / "report.html").is_file()

@@ -127,6 +127,6 @@ class Controller:
             elif j.rect is not None:
                 cells = tuple(Rect(*j.rect).cells())
                 running.append(Running(key, j.tenant, cells, j.started_at or now, j.limit_s,
-                                       j.priority, preemptible=j.kind == "train"))
+                                       j.priority, preemptible=j.kind in ("train", "occupancy")))
         usage = self.store.used_by_tenant(now, USAGE_HALF_LIFE_S)
         return Queue(tuple(pending), tuple(running), usage, self.store.tenants())

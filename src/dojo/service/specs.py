@@ -15,13 +15,13 @@ from typing import Any
 from dojo.errors import DojoError
 from dojo.service.mesh import Machine, Rect, shapes
 
-KINDS = ("simulate", "plan", "train")
+KINDS = ("simulate", "plan", "train", "occupancy")
 MAX_LIMIT_S = 7 * 24 * 3600.0
 MAX_STEPS = 100_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[\w./-]{1,200}\.py:[A-Za-z_]\w{0,63}$")
 _KEYS = {"kind", "model", "tiles", "plan", "batch", "seq", "set", "steps", "seed",
-         "limit_s", "priority", "min_step_s", "checkpoint_every"}
+         "limit_s", "priority", "min_step_s", "checkpoint_every", "clips"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
 
     kind = body.get("kind")
     field("kind", kind in KINDS, " or ".join(KINDS))
+    if kind == "occupancy":
+        body = {"model": "occupancy", **body}
+        field("model", body["model"] == "occupancy", "occupancy (or no model) for this kind")
     model = body.get("model")
     is_factory = isinstance(model, str) and ":" in model
     field("model", isinstance(model, str) and bool(_NAME.match(model) or _FACTORY.match(model)),
@@ -84,7 +87,7 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
     field("plan", isinstance(plan, str) and len(plan) <= 200 and _plan_ok(plan),
           "auto or a plan like dp=25,tp=1 (dojo simulate --help)")
     for name, hi in (("batch", 2**31), ("seq", 2**31), ("steps", MAX_STEPS), ("seed", 2**31),
-                     ("checkpoint_every", MAX_STEPS)):
+                     ("checkpoint_every", MAX_STEPS), ("clips", 256)):
         if name in body:
             v = body[name]
             field(name, _int(v) and (0 if name == "seed" else 1) <= v <= hi,
@@ -100,7 +103,7 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
         raise Invalid(bad)
     spec = {k: v for k, v in body.items() if k not in ("tiles", "limit_s", "priority")}
     spec.setdefault("plan", "auto")
-    if kind == "train":
+    if kind in ("train", "occupancy"):
         spec.setdefault("steps", 20)
     # tiles 0: "auto", sized by the planner in a worker before the job is queued for tiles.
     return Admitted(str(kind), spec, 0 if tiles == "auto" else int(tiles), float(limit),

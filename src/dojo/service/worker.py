@@ -9,9 +9,10 @@ result.json (and report.html) on success, and exits:
     0   done            75  preempted or stopped (checkpoint saved; the job resumes later)
     2   the job's input is wrong (reason on the last line of log.txt)   other: crashed
 
-Job kinds: `simulate` (one step on the job's tile partition), `plan` (the plan search on it) and
+Job kinds: `simulate` (one step on the job's tile partition), `plan` (the plan search on it),
 `train` (the runtime trains the model here on CPU, one step at a time with checkpoints, while
-step time, energy and cost on the partition come from the simulator).
+step time, energy and cost on the partition come from the simulator), `occupancy` (the driving
+job, `dojo train occupancy`, on clips synthesized for it) and `size` (tiles "auto").
 """
 
 from __future__ import annotations
@@ -191,13 +192,64 @@ def run_size(job: dict[str, Any], folder: Path) -> dict[str, Any]:
     return sized
 
 
+class _Stopped(Exception):
+    """Raised from the progress callback when the worker is asked to stop."""
+
+
+def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """`dojo train occupancy` as a job: multi-camera clips synthesized into the job's folder
+    (once), the occupancy network trained here with checkpoints every `checkpoint_every` steps
+    (a stop resumes from the last one), the large preset simulated on the server's system."""
+    import shutil
+
+    from dojo.train.options import TrainOptions
+    from dojo.train.run import train_occupancy
+
+    spec = job["spec"]
+    out = folder / "run"
+    steps = spec.get("steps", 20)
+    clips = spec.get("clips", 8)
+    opts = TrainOptions(out=str(out), data=str(folder / "data"), synth=True,
+                        system=job["system"], steps=steps, batch_size=spec.get("batch", 4),
+                        train_clips=clips, val_clips=max(2, clips // 2),
+                        eval_every=max(1, steps // 4),
+                        checkpoint_every=spec.get("checkpoint_every", 5),
+                        seed=spec.get("seed", 0), threads=1,
+                        resume=(out / "checkpoint").is_dir())
+    metrics = open(folder / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    def progress(p: Any) -> None:
+        if p.phase == "train":
+            metrics.write(json.dumps({"step": p.step, "loss": p.loss, "steps": p.steps,
+                                      "run": job["run"]}) + "\n")
+            print(f"step {p.step}/{p.steps} loss {p.loss:.4f}", flush=True)
+        else:
+            print(f"[{p.phase}] {p.message}", flush=True)
+        if _stop[0]:
+            raise _Stopped
+
+    try:
+        result = train_occupancy(opts, progress)
+    except _Stopped:
+        return None
+    if (out / "report.html").is_file():
+        shutil.copyfile(out / "report.html", folder / "report.html")
+    dojo = result.sim.dojo.result
+    return {"val_iou": result.val_iou, "baseline_iou": result.history.baseline_iou,
+            "final_loss": result.history.train_loss[-1], "local_steps": steps,
+            "train_samples": result.train_samples, "system": job["system"],
+            "step_time_s": dojo.step_time_s, "energy_j": dojo.energy_j,
+            "plan": result.sim.dojo.program.plan.text(full=True)}
+
+
 def _report(sim: Any, folder: Path) -> None:
     from dojo.report import simulation_report
 
     simulation_report(sim).write(str(folder / "report.html"))
 
 
-KINDS = {"simulate": run_simulate, "plan": run_plan, "train": run_train, "size": run_size}
+KINDS = {"simulate": run_simulate, "plan": run_plan, "train": run_train, "size": run_size,
+         "occupancy": run_occupancy}
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

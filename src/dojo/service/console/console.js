@@ -182,7 +182,8 @@ $("submit").onsubmit = async (event) => {
   const spec = { kind: f.get("kind"), model: f.get("model"), tiles: Number(f.get("tiles")),
                  plan: f.get("plan") || "auto" };
   if (f.get("batch")) spec.batch = Number(f.get("batch"));
-  if (spec.kind === "train" && f.get("steps")) spec.steps = Number(f.get("steps"));
+  if (["train", "occupancy"].includes(spec.kind) && f.get("steps")) spec.steps = Number(f.get("steps"));
+  if (spec.kind === "occupancy") { delete spec.model; delete spec.plan; }
   try {
     await api("/api/jobs", { method: "POST", body: JSON.stringify(spec),
                              headers: { "Content-Type": "application/json" } });
