@@ -139,3 +139,30 @@ def test_a_controller_tick_allocates_a_rectangle(env: Any, monkeypatch: Any) -> 
     assert (m["rows"], m["cols"], m["queued"]) == (2, 3, 1)
     owners = {t["tenant"] for t in m["allocations"]}
     assert owners <= {"acme", "other"} and len(m["allocations"]) == 1
+
+
+def test_concurrent_submissions_cannot_overrun_the_quota(env: Any) -> None:
+    import threading
+
+    from dojo.service import ops
+    from dojo.service.auth import Identity
+
+    svc, _ = env
+    tenant(svc, "acme", quota=1.5)  # room for exactly 3 jobs of 0.5 tile-hours
+    who = Identity("acme", "t", "member")
+    outcomes: list[int] = []
+
+    def submit() -> None:
+        try:
+            ops.submit(svc, who, {**SIM, "tiles": 1, "limit_s": 1800}, None)
+            outcomes.append(201)
+        except ops.Refused as err:
+            outcomes.append(err.status)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [201] * 3 + [422] * 5
+    assert len(svc.store.jobs("acme")) == 3

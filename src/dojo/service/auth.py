@@ -48,7 +48,7 @@ class Verifier:
 
     def __init__(self, lookup: Any) -> None:
         self._lookup = lookup  # token id -> row dict (tenant_id, role, hash, expires_at) or None
-        self._cache: dict[str, tuple[float, Identity]] = {}
+        self._cache: dict[str, tuple[float, Identity | None]] = {}  # also recent refusals
         self._lock = threading.Lock()
 
     def check(self, token: str, now: float | None = None) -> Identity | None:
@@ -67,6 +67,9 @@ class Verifier:
         try:
             _hasher.verify(row["hash"], token)
         except (VerificationError, InvalidHashError):
+            # The same wrong token again costs no argon2 for a while (a flood of it, no CPU).
+            with self._lock:
+                self._cache[digest] = (now + CACHE_S, None)
             return None
         who = Identity(row["tenant_id"], row["id"], row["role"])
         until = now + CACHE_S

@@ -7,6 +7,7 @@ id of another tenant is "not found", exactly like an id that never existed.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def submit(svc: Service, who: Identity, body: Any, key: str | None) -> tuple[dic
                    may_prioritise=who.role == "admin")
     except Invalid as err:
         raise Refused(422, err.lines) from None
+    with _tenant_lock(who.tenant):  # the quota check and the insert as one step per tenant
+        return _submit_checked(svc, who, ok, key)
+
+
+def _submit_checked(svc: Service, who: Identity, ok: Any, key: str | None
+                    ) -> tuple[dict[str, Any], bool]:
     if key is None or svc.store.job_by_key(who.tenant, key) is None:
         tenant = svc.store.tenant(who.tenant)
         quota_s = (tenant["quota_tile_hours"] if tenant else 0.0) * 3600.0
@@ -88,6 +95,17 @@ def submit(svc: Service, who: Identity, body: Any, key: str | None) -> tuple[dic
         "kind": ok.kind, "spec": ok.spec, "tiles": ok.tiles, "limit_s": ok.limit_s,
         "priority": ok.priority}, key)
     return public(job), created
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _tenant_lock(tenant: str) -> threading.Lock:
+    """One lock per tenant: concurrent submissions cannot both pass the quota check. (The API
+    is one server process; worker hosts never submit.)"""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(tenant, threading.Lock())
 
 
 def get(svc: Service, who: Identity, job_id: str) -> dict[str, Any]:
@@ -165,13 +183,14 @@ def usage(svc: Service, who: Identity) -> dict[str, Any]:
 def machine(svc: Service, who: Identity) -> dict[str, Any]:
     """The tile map: own jobs by id, other tenants' only as "other" (no ids, no names)."""
     tiles = []
-    for job in svc.store.active():
+    active = svc.store.active()
+    for job in active:
         if job.rect is None:
             continue
         mine = job.tenant == who.tenant
         tiles.append({"rect": job.rect, "job": job.id if mine else None,
                       "tenant": job.tenant if mine else "other", "state": job.state})
-    queued = sum(1 for j in svc.store.active() if j.state == "queued")
+    queued = sum(1 for j in active if j.state == "queued")
     return {"system": svc.system, "rows": svc.machine.rows, "cols": svc.machine.cols,
             "allocations": tiles, "queued": queued}
 
