@@ -166,3 +166,44 @@ def test_concurrent_submissions_cannot_overrun_the_quota(env: Any) -> None:
         t.join()
     assert sorted(outcomes) == [201] * 3 + [422] * 5
     assert len(svc.store.jobs("acme")) == 3
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_dataset_uploads_are_checked_and_scoped(env: Any) -> None:
+    svc, client = env
+    a, b = tenant(svc, "acme"), tenant(svc, "zeta")
+    reader = token_for(svc, "acme", "read-only")
+    good = _zip({"train/manifest.json": b"{}", "val/manifest.json": b"{}",
+                 "train/clip_0000/front.mp4": b"x"})
+    bad = {
+        "traversal": _zip({"train/../../../etc/x": b"x", "val/manifest.json": b"{}"}),
+        "absolute": _zip({"/train/x": b"x", "val/manifest.json": b"{}"}),
+        "outside": _zip({"train/m": b"x", "val/m": b"x", "other/m": b"x"}),
+        "no val": _zip({"train/manifest.json": b"{}"}),
+        "not a zip": b"hello",
+    }
+    for why, body in bad.items():
+        r = client.put("/api/datasets/clips", content=body, headers=h(a))
+        assert r.status_code == 422, why
+    assert not (tmp := svc.data / "datasets" / "acme" / "clips").exists(), tmp
+    assert not list((svc.data.parent).glob("etc"))
+    assert client.put("/api/datasets/Bad..Name", content=good, headers=h(a)).status_code == 422
+    assert client.put("/api/datasets/clips", content=good, headers=h(reader)).status_code == 403
+    r = client.put("/api/datasets/clips", content=good, headers=h(a))
+    assert r.status_code == 200 and r.json()["files"] == 3
+    assert client.get("/api/datasets", headers=h(a)).json() == ["clips"]
+    assert client.get("/api/datasets", headers=h(b)).json() == []
+    occ = {"kind": "occupancy", "dataset": "clips", "steps": 2}
+    assert client.post("/api/jobs", json=occ, headers=h(a)).status_code == 201
+    r = client.post("/api/jobs", json=occ, headers=h(b))   # zeta has no dataset "clips"
+    assert r.status_code == 422 and r.json()["detail"][0].startswith("dataset = 'clips'")

@@ -60,3 +60,18 @@ def test_client_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch.setenv("DOJO_TOKEN", token[:-3] + "abc")
         assert main(["jobs", *s]) == 2
         assert "401" in capsys.readouterr().err
+
+
+def test_help_imports_no_service_packages() -> None:
+    # `dojo --help` builds every subparser: none may import FastAPI, SQLAlchemy or torch.
+    import subprocess
+    import sys
+
+    from .procs import SRC
+
+    code = ("import sys; from dojo.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'fastapi', 'sqlalchemy', 'uvicorn', "
+            "'dojo.service', 'httpx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == "[]"

@@ -195,3 +195,38 @@ def test_occupancy_job_trains_on_synthesized_clips(tmp_path: Path) -> None:
         r = done["result"]
         assert 0.0 <= r["val_iou"] <= 1.0 and r["step_time_s"] > 0 and r["local_steps"] == 6
         assert (folder / "data" / "train").is_dir() and (folder / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_occupancy_job_trains_on_an_uploaded_dataset(tmp_path: Path) -> None:
+    import io
+    import urllib.request
+    import zipfile
+
+    from dojo.cli.main import main
+
+    clips = tmp_path / "mine"
+    for name, seed in (("train", "0"), ("val", "1")):
+        assert main(["data", "synth", "--out", str(clips / name), "--clips", "3", "--cameras",
+                     "2", "--frames", "8", "--size", "96x64", "--seed", seed]) == 0
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for path in sorted(clips.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(clips).as_posix())
+    data = tmp_path / "server"
+    data.mkdir()
+    token = make_tenant(data, "acme")
+    with Server(data) as server:
+        req = urllib.request.Request(f"{server.url}/api/datasets/mine", data=buf.getvalue(),
+                                     method="PUT", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+        c = Client(server.url, token)
+        job = c.submit({"kind": "occupancy", "dataset": "mine", "steps": 4, "batch": 2})
+        done = c.wait(job["id"], timeout_s=400)
+        assert done["state"] == "succeeded", done
+        folder = data / "jobs" / "acme" / job["id"]
+        assert not (folder / "data").exists()          # trained on the upload, nothing made
+        # 3 clips of 8 frames, windows of 4 frames: 3 x (8 - 4 + 1) = 15 training samples.
+        assert done["result"]["train_samples"] == 15

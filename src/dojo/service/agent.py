@@ -119,6 +119,8 @@ class Agent:
         kind = "size" if job.state == "sizing" else job.kind
         spec = {"id": job.id, "kind": kind, "spec": job.spec, "tiles": job.tiles,
                 "rect": job.rect, "system": self.system, "run": job.runs, "host": self.host}
+        if job.spec.get("dataset"):
+            spec["dataset_dir"] = str(self.data / "datasets" / job.tenant / job.spec["dataset"])
         (folder / "job.json").write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOJO_TOKEN")}
         env["OMP_NUM_THREADS"] = "1"

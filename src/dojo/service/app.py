@@ -9,6 +9,7 @@ parsing; a tenant that floods the API gets 429 from a per-tenant token bucket.
 # and `Who` is local to `create_app`.
 
 import json
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
-from dojo.service import ops
+from dojo.service import datasets, ops
 from dojo.service.auth import Identity, Verifier
 from dojo.service.ops import Refused, Service
 
@@ -111,12 +113,36 @@ def create_app(svc: Service, rate: RateLimit | None = None) -> FastAPI:
     def machine(who: Who) -> dict[str, Any]:
         return ops.machine(svc, who)
 
+    @app.put("/api/datasets/{name}")
+    async def upload(name: str, request: Request, who: Who) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "upload.zip"
+            await _save_body(request, path, datasets.MAX_UPLOAD)
+            return await run_in_threadpool(ops.upload_dataset, svc, who, name, path)
+
+    @app.get("/api/datasets")
+    def list_datasets(who: Who) -> list[str]:
+        return ops.list_datasets(svc, who)
+
     @app.get("/api/audit")
     def audit(who: Who) -> list[dict[str, Any]]:
         return ops.audit_log(svc, who)
 
     app.mount("/", StaticFiles(directory=CONSOLE, html=True), name="console")
     return app
+
+
+async def _save_body(request: Request, path: Path, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"body of {declared} bytes: expected at most {limit}")
+    size = 0
+    with path.open("wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(413, f"body over {limit} bytes")
+            f.write(chunk)
 
 
 async def _json_body(request: Request) -> Any:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dojo.service import datasets
 from dojo.service.auth import Identity
 from dojo.service.controller import Controller
 from dojo.service.mesh import Machine
@@ -75,6 +76,10 @@ def submit(svc: Service, who: Identity, body: Any, key: str | None) -> tuple[dic
                    may_prioritise=who.role == "admin")
     except Invalid as err:
         raise Refused(422, err.lines) from None
+    dataset = ok.spec.get("dataset")
+    if dataset is not None and not datasets.folder(svc.data, who.tenant, dataset).is_dir():
+        raise Refused(422, [f"dataset = {dataset!r}: expected one of your uploaded datasets "
+                            "(PUT /api/datasets/NAME)"])
     with _tenant_lock(who.tenant):  # the quota check and the insert as one step per tenant
         return _submit_checked(svc, who, ok, key)
 
@@ -193,6 +198,26 @@ def machine(svc: Service, who: Identity) -> dict[str, Any]:
     queued = sum(1 for j in active if j.state == "queued")
     return {"system": svc.system, "rows": svc.machine.rows, "cols": svc.machine.cols,
             "allocations": tiles, "queued": queued}
+
+
+def upload_dataset(svc: Service, who: Identity, name: str, zip_path: Path) -> dict[str, Any]:
+    """Unpack an uploaded zip of train/ and val/ clip sets as the tenant's dataset `name`."""
+    _writer(who)
+    try:
+        datasets.check_name(name)
+        with _tenant_lock(who.tenant):
+            counts = datasets.unpack(zip_path, datasets.folder(svc.data, who.tenant, name))
+    except datasets.BadUpload as err:
+        raise Refused(422, [str(err)]) from None
+    svc.store.log(who.tenant, who.token_id, "dataset.upload", name,
+                  f"{counts['files']} files, {counts['bytes']} bytes")
+    return {"name": name, **counts}
+
+
+def list_datasets(svc: Service, who: Identity) -> list[str]:
+    root = svc.data / "datasets" / who.tenant
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  ) if root.is_dir() else []
 
 
 def audit_log(svc: Service, who: Identity) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ MAX_STEPS = 100_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[\w./-]{1,200}\.py:[A-Za-z_]\w{0,63}$")
 _KEYS = {"kind", "model", "tiles", "plan", "batch", "seq", "set", "steps", "seed",
-         "limit_s", "priority", "min_step_s", "checkpoint_every", "clips"}
+         "limit_s", "priority", "min_step_s", "checkpoint_every", "clips", "dataset"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,10 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
             v = body[name]
             field(name, _int(v) and (0 if name == "seed" else 1) <= v <= hi,
                   f"a whole number up to {hi}")
+    if "dataset" in body:
+        field("dataset", kind == "occupancy" and isinstance(body["dataset"], str)
+              and bool(_NAME.match(body["dataset"])) and "." not in body["dataset"],
+              "the name of an uploaded dataset (occupancy jobs only)")
     if "min_step_s" in body:
         field("min_step_s", _num(body["min_step_s"]) and 0 <= body["min_step_s"] <= 60,
               "seconds from 0 to 60")

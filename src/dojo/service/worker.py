@@ -197,9 +197,10 @@ class _Stopped(Exception):
 
 
 def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
-    """`dojo train occupancy` as a job: multi-camera clips synthesized into the job's folder
-    (once), the occupancy network trained here with checkpoints every `checkpoint_every` steps
-    (a stop resumes from the last one), the large preset simulated on the server's system."""
+    """`dojo train occupancy` as a job: on the tenant's uploaded dataset, or multi-camera clips
+    synthesized into the job's folder (once); the occupancy network trained here with
+    checkpoints every `checkpoint_every` steps (a stop resumes from the last one); the large
+    preset simulated on the server's system."""
     import shutil
 
     from dojo.train.options import TrainOptions
@@ -209,7 +210,8 @@ def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     out = folder / "run"
     steps = spec.get("steps", 20)
     clips = spec.get("clips", 8)
-    opts = TrainOptions(out=str(out), data=str(folder / "data"), synth=True,
+    uploaded = job.get("dataset_dir")
+    opts = TrainOptions(out=str(out), data=uploaded or str(folder / "data"), synth=not uploaded,
                         system=job["system"], steps=steps, batch_size=spec.get("batch", 4),
                         train_clips=clips, val_clips=max(2, clips // 2),
                         eval_every=max(1, steps // 4),
