@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Capture MODEL's training step, compile it for PLAN on SYSTEM "
                        "and simulate it: step time, breakdown, memory per device, energy.")
     add_common(p)
+    p.add_argument("--stack", default="", help="software stack whose calibration the system "
+                   "file carries ([gpu.stacks.NAME], written by dojo calibrate)")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace JSON")
     p.add_argument("--report", metavar="FILE", help="write an HTML report")
     p.set_defaults(run=run)
@@ -41,6 +43,10 @@ def simulated_from_args(args: argparse.Namespace) -> Any:
     from dojo.sim.session import simulate_model
 
     spec = load_system(args.system, devices=args.devices)
+    if getattr(args, "stack", ""):
+        from dojo.hardware.stacks import with_stack
+
+        spec = with_stack(spec, args.stack)
     overrides = parse_sets(args.set)
     batch = args.batch if args.batch is not None else default_batch(spec)
     if args.plan == "auto":

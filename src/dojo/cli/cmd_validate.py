@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "Exits 1 when the gated cases' error passes the stated tolerance.")
     p.add_argument("--only", default=None,
                    help="comma-separated substrings of case ids (each must match a case)")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="predict each case from a calibration fitted to the other cases on its "
+                   "hardware (dojo calibrate's fit): the out-of-sample error")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 
@@ -35,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     def progress(i: int, n: int, name: str) -> None:
         print(f"\r[{i + 1}/{n}] {name:<45}", end="", file=sys.stderr, flush=True)
 
-    outcomes = validate(cases, predict_case, progress)
+    if args.leave_one_out:
+        from dojo.sim.validate import leave_one_out
+
+        outcomes = leave_one_out(cases, progress)
+    else:
+        outcomes = validate(cases, predict_case, progress)
     print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     stats = summary(outcomes)
     ok = stats["mean_abs_error"] <= MEAN_TOLERANCE and stats["max_abs_error"] <= MAX_TOLERANCE

@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "compare",
     "sweep",
     "validate",
+    "calibrate",
     "run",
     "train",
     "serve",   # also `dojo admin`

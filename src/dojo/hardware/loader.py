@@ -67,6 +67,12 @@ def load_system(name_or_path: str, devices: int | None = None) -> SystemSpec:
     return spec
 
 
+def system_data(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """The raw tables of a system file, `extends` merged in, and its source name (unchecked:
+    `load_system` checks them). A tool that writes a derived system file starts from these."""
+    return _read_merged(name_or_path, seen=())
+
+
 def _locate(name_or_path: str, base: Path | None) -> tuple[Path, str]:
     candidate = Path(name_or_path)
     if base is not None and not candidate.is_absolute():

@@ -60,6 +60,11 @@ class LeafSpec:
     cost_model: str = ""  # name of the simulator's calibration for this device kind
     compute_units: int = field(default=0, metadata=check(ge=0))  # SMs of a GPU
     note: str = ""
+    # Fields of the `cost_model` calibration this system overrides (a file written by
+    # `dojo calibrate` carries its fitted efficiencies here), and per software stack (`stacks`,
+    # selected with `--stack` or a validation case's `stack`), overrides on top of those.
+    calibration: Mapping[str, float] = field(default_factory=dict)
+    stacks: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

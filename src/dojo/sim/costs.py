@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from typing import Any
 
@@ -72,6 +72,9 @@ class Calibration:
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.
     overlap_sms_all_gather: float = field(default=0.0, metadata=check(ge=0))
     overlap_sms_reduce_scatter: float = field(default=0.0, metadata=check(ge=0))
+    # Fixed seconds per training step outside the modelled work (data loader, logging, the
+    # host's synchronisation at the step boundary); fitted by `dojo calibrate` (0 = none).
+    step_overhead_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     source: str = ""
 
 
@@ -90,6 +93,26 @@ def load_calibration(name: str) -> Calibration:
     path = resources.files("dojo.sim") / "calibration" / f"{name}.toml"
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     return parse(Calibration, data, f"sim/calibration/{name}.toml")
+
+
+@functools.cache
+def _calibration_with(name: str, overrides: tuple[tuple[str, float], ...], source: str,
+                      prefix: str) -> Calibration:
+    base = load_calibration(name)
+    if not overrides:
+        return base
+    data = {f.name: getattr(base, f.name) for f in fields(base)}
+    data.update(overrides)
+    return parse(Calibration, data, source, prefix)
+
+
+def calibration_with(name: str, overrides: Mapping[str, float], source: str = "",
+                     prefix: str = "calibration") -> Calibration:
+    """The shipped calibration `name` with a system file's `overrides` of its fields applied
+    and checked (ConfigError naming `source` and `prefix`.field); the shipped object itself
+    when there are none. Memoised: the same overrides give the same object."""
+    items = tuple(sorted(overrides.items()))
+    return _calibration_with(name, items, source or f"calibration {name}", prefix)
 
 
 @dataclass(frozen=True)

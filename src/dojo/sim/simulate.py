@@ -18,7 +18,7 @@ from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
-from dojo.sim.costs import DeviceModel, load_calibration
+from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import stage_param_tensors
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
@@ -79,7 +79,7 @@ def device_model(program: Program) -> DeviceModel:
                                  program.leaves_per_device)
     held = _DEVICES.get(key)
     if held is None or held[0] is not spec or not spec.leaf.cost_model or \
-            held[1].calibration is not load_calibration(spec.leaf.cost_model):
+            held[1].calibration is not leaf_calibration(spec):
         # One device model per system and precision: the D1 timer memoises its ops in it,
         # which the plan search (hundreds of programs on one system) reuses.
         if len(_DEVICES) >= 8:
@@ -111,8 +111,14 @@ def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel
     return DeviceModel(peak_flops=leaf.peak_flops[dtype] * n,
                        vector_flops=leaf.peak_flops.get("fp32", leaf.peak_flops[dtype]) * n,
                        mem_bytes_per_s=pool.read_bytes_per_s * n,
-                       calibration=load_calibration(leaf.cost_model), timer=timer,
+                       calibration=leaf_calibration(spec), timer=timer,
                        compute_units=leaf.compute_units * n)
+
+
+def leaf_calibration(spec: SystemSpec) -> Calibration:
+    """The leaf's cost model with the system file's own overrides (`[gpu.calibration]`)."""
+    return calibration_with(spec.leaf.cost_model, spec.leaf.calibration, spec.path,
+                            f"{spec.leaf_name}.calibration")
 
 
 def _d1_timer(spec: Any, dtype: str) -> Any:
@@ -320,7 +326,7 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
     for stage in range(plan.pp):
         t_sync, t_opt, _ = _post_times(program, dev, stage)
         last = last_bucket_time(program, stage, _collective_of(program, dev))
-        post.append((last if plan.overlap else t_sync) + t_opt)
+        post.append((last if plan.overlap else t_sync) + t_opt + dev.calibration.step_overhead_s)
     return max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
 
 
@@ -330,7 +336,8 @@ Interval = tuple[int, float, float]  # (stage, start s, end s)
 def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
                  ) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
     """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
-    optimizer update, per stage."""
+    optimizer update, per stage; the update's span ends with the calibrated fixed per-step
+    overhead (`Calibration.step_overhead_s`: data loading, logging, the step's host sync)."""
     plan = program.plan
     sync, opt = [], []
     for stage in range(plan.pp):
@@ -342,7 +349,7 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
         else:
             end = last.end + t_sync
         sync.append((stage, end - t_sync, end))
-        opt.append((stage, end, end + t_opt))
+        opt.append((stage, end, end + t_opt + dev.calibration.step_overhead_s))
     return tuple(sync), tuple(opt)
 
 

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from dojo.errors import DojoError
+from dojo.sim.runs import Run
 
 GATE_CONFIDENCE = ("high",)
 
@@ -35,6 +36,7 @@ class Case:
     measured_step_s: float
     measured_kind: str  # "measured" or "derived"
     confidence: str
+    stack: str = ""  # training software (validation_cases.toml's header lists them)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def _case(raw: Mapping[str, Any]) -> Case:
                 implementation=dict(raw.get("implementation", {})),
                 global_batch=int(raw["global_batch"]), plan=raw["plan"],
                 precision=raw["precision"], measured_step_s=float(step), measured_kind=kind,
-                confidence=raw["confidence"])
+                confidence=raw["confidence"], stack=raw.get("stack", ""))
 
 
 def _six_n_step(raw: Mapping[str, Any]) -> float:
@@ -154,12 +156,45 @@ def predict_case(case: Case) -> tuple[float, float]:
     """(step seconds, MFU) the simulator predicts for a case, through `dojo simulate`'s path."""
     from dataclasses import replace
 
+    from dojo.hardware.loader import load_system
+    from dojo.hardware.stacks import with_stack
     from dojo.plan.plan import parse_plan
     from dojo.sim.session import simulate_model
 
     name, overrides = model_for(case)
     plan = replace(parse_plan(case.plan, source=f"validation case {case.id}"),
                    precision=case.precision)
-    sim = simulate_model(name, overrides, case.hardware, plan, case.global_batch,
-                         devices=case.gpus)
+    spec = with_stack(load_system(case.hardware, devices=case.gpus), case.stack, strict=False)
+    sim = simulate_model(name, overrides, spec, plan, case.global_batch)
     return sim.result.step_time_s, sim.result.mfu
+
+
+def case_run(case: Case) -> Run:
+    """A case as a measured run for `dojo calibrate`'s fit (dojo.sim.calibrate)."""
+    name, overrides = model_for(case)
+    plan = case.plan if "precision=" in case.plan else f"{case.plan},precision={case.precision}"
+    return Run(model=name, plan=plan, batch=case.global_batch, seconds=case.measured_step_s,
+               stack=case.stack, overrides=overrides, devices=case.gpus, label=case.id)
+
+
+def leave_one_out(cases: list[Case], progress: Callable[[int, int, str], None] | None = None
+                  ) -> list[Outcome]:
+    """Each case predicted by the calibration fitted to the other cases on its hardware (its
+    system's GEMM and link efficiencies, step overhead and per-stack GEMM efficiencies; see
+    dojo.sim.calibrate.leave_one_out). Outcomes in the order of `cases`; mfu is not given (0)."""
+    from dojo.sim import calibrate
+
+    predicted: dict[str, float] = {}
+    done = 0
+    for hardware in dict.fromkeys(c.hardware for c in cases):
+        group = [c for c in cases if c.hardware == hardware]
+        prepared = calibrate.prepare([case_run(c) for c in group], hardware)
+
+        def step(i: int, n: int, label: str, base: int = done) -> None:
+            if progress is not None:
+                progress(base + i, len(cases), label)
+
+        for held in calibrate.leave_one_out(prepared, progress=step):
+            predicted[held.run.label] = held.predicted_s
+        done += len(group)
+    return [Outcome(c, predicted[c.id], 0.0) for c in cases]
