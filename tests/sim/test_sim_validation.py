@@ -63,3 +63,23 @@ def test_mosaic_step_times_match_their_published_mfu() -> None:
         step = per_seq * c["global_batch"] / (c["gpus"] * c["measured_mfu"]
                                               * c["peak_tflops"] * 1e12)
         assert step == pytest.approx(c["derived_step_time_s"], rel=1e-3), c["id"]
+
+
+def test_fsdp_step_times_match_their_published_mfu() -> None:
+    """The torchtitan cases' step times (local batch x seq / WPS) agree with the published MFU
+    through torchtitan's formula (6 N + 12 L h s) x WPS / 312e12, N counted from the shape (the
+    MFU is printed to 3 digits: 0.2 % tolerance)."""
+    titan = [c for c in load_cases() if c.id.startswith("torchtitan")]
+    assert len(titan) == 3
+    published = {"torchtitan24-llama2-13b-a100-64": 0.611,
+                 "torchtitan24-llama2-70b-a100-64": 0.505,
+                 "torchtitan24-llama3-70b-a100-64": 0.517}
+    for c in titan:
+        m = c.model
+        h, layers, s, kv = m["hidden"], m["layers"], m["seq"], m["kv_heads"]
+        per_layer = 2 * h * h + 2 * h * (h * kv // m["heads"]) + 3 * h * m["ffn"] + 2 * h
+        params = layers * per_layer + 2 * m["vocab"] * h + h
+        tokens_per_gpu = c.global_batch * s / c.gpus
+        wps = tokens_per_gpu / c.measured_step_s
+        mfu = (6 * params + 12 * layers * h * s) * wps / 312e12
+        assert mfu == pytest.approx(published[c.id], rel=2e-3), c.id

@@ -68,7 +68,6 @@ def prepare(runs: Sequence[Run], system: str) -> list[Prepared]:
     """Compile every run on `system` (its device count from the run, else the plan's)."""
     from dojo.errors import UnknownNameError
     from dojo.hardware.loader import load_system
-    from dojo.hardware.stacks import with_stack
     from dojo.models import check_model
     from dojo.plan.plan import parse_plan
     from dojo.sim.session import simulate_model
@@ -83,8 +82,8 @@ def prepare(runs: Sequence[Run], system: str) -> list[Prepared]:
         try:
             check_model(run.model, run.overrides, run.seq)
             plan = parse_plan(run.plan, source=f"{run.label}, column 'plan'")
-            spec = with_stack(load_system(system, devices=run.devices or plan.devices),
-                              run.stack, strict=False)
+            # The system as written, not the run's stack: the fit carries the stacks itself.
+            spec = load_system(system, devices=run.devices or plan.devices)
             sim = simulate_model(run.model, run.overrides, spec, plan, run.batch, run.seq)
         except DojoError as err:
             raise DojoError(f"{run.label}: {err}") from None
