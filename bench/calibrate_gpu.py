@@ -144,8 +144,8 @@ def simulated_step(overrides: dict[str, int], batch: int, system: str, precision
     from dojo.sim.session import simulate_model
 
     sim_module = importlib.import_module("dojo.sim.simulate")
-    # The simulator reads calibrations by name; swap in the fitted one for this call.
-    swap = (mock.patch.object(sim_module, "load_calibration", lambda name: cal)
+    # The simulator reads each system's calibration here; swap in the fitted one for this call.
+    swap = (mock.patch.object(sim_module, "leaf_calibration", lambda spec: cal)
             if cal is not None else contextlib.nullcontext())
     with swap:
         plan = parse_plan(f"dp=1,mb={batch},precision={precision},fusion=none")

@@ -153,6 +153,13 @@ COMMANDS: dict[str, Command] = {
     "validate": Command(("validate", "--only", "narayanan21-t1-1.7b"), (
         Slot("--only", "--only", ("unknown", "list_empty")),
     )),
+    "calibrate": Command(("calibrate", "--system", "h100-cluster", "--runs", "runs.csv",
+                          "--out", "mine.toml"), (
+        Slot("--system", "--system", ("unknown", "empty", "missing", "folder", "system_count")),
+        Slot("--runs", "--runs", ("missing", "folder", "afile", "empty")),
+        Slot("--out", "--out", ("badext", "folder_out", "no_parent", "readonly")),
+        Slot("--iterations", "--iterations", ("zero", "negative", "nonnumber")),
+    )),
     "run": Command(("run", "--model", "mlp", "--steps", "1"), (
         Slot("--steps", "--steps", ("zero", "negative", "nonnumber")),
         Slot("--timeout", "--timeout", ("float_bad",)),
@@ -277,6 +284,7 @@ def _prepare(root: Path) -> None:
     (root / "adir").mkdir()
     (root / "adir" / "x.txt").write_text("x")
     (root / "afile.txt").write_text("x")
+    (root / "runs.csv").write_text("model,plan,batch,seconds\nmlp,dp=8,8,0.01\n")
 
 
 def check_refusal(status: int, err: str, seconds: float, before: list[tuple[str, int]],

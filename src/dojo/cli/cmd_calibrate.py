@@ -27,12 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dojo.errors import ConfigError
     from dojo.report.html import check_output
     from dojo.sim.calibrate import MAX_ITERATIONS, fit, prepare
     from dojo.sim.runs import fitted_system_text, read_runs
 
     out = check_output(args.out, "--out", ("toml",))
     iterations = MAX_ITERATIONS if args.iterations is None else args.iterations
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise ConfigError("--iterations", "iterations", iterations,
+                          f"a whole number from 1 to {MAX_ITERATIONS}")
     runs = read_runs(args.runs)
     prepared = prepare(runs, args.system)
     result = fit(prepared, iterations)
@@ -90,5 +94,9 @@ def _print(runs: list, result: object, residuals: list[float]) -> None:
     for stack, fields in result.stacks.items():
         if fields:
             print(f"  stack {stack}: matrix_efficiency {fields['matrix_efficiency']:.3f}")
+    fitted = 3 - len(result.held) + sum(1 for f in result.stacks.values() if f)
+    if len(runs) < fitted:
+        print(f"  note: {len(runs)} runs for {fitted} fitted parameters: the runs do not "
+              "determine them all (measure more plans, sizes or stacks)")
     for name in result.held:
         print(f"  {name}: not determined by these runs (no run's step depends on it): kept")

@@ -86,7 +86,9 @@ def prepare(runs: Sequence[Run], system: str) -> list[Prepared]:
             spec = load_system(system, devices=run.devices or plan.devices)
             sim = simulate_model(run.model, run.overrides, spec, plan, run.batch, run.seq)
         except DojoError as err:
-            raise DojoError(f"{run.label}: {err}") from None
+            text = str(err)
+            raise DojoError(text if text.startswith(run.label) else f"{run.label}: {text}") \
+                from None
         out.append(Prepared(run, sim.program))
     return out
 
