@@ -21,7 +21,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    `_POINTWISE_WEIGHT` ships; printed beside it, not written (the capture is code, not data).
 5. The optimizer step outside its kernels: fused AdamW plus the runtime's two zero_grad calls
    over 4 and 68 tiny tensors: a fixed part and a part per parameter tensor (the simulator's
-   `host_step_time`; see docs/simulator.md for what it still needs).
+   `host_step_time`; see docs/simulator.md for what it still needs). Likewise the runtime's
+   data-parallel gradient sync outside its all-reduce (packing into one flat buffer, scaling,
+   unpacking: `dojo.sim.eager.sync_host_time`).
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
@@ -317,6 +319,35 @@ def optimizer_overhead(repeat: int = 200) -> tuple[float, float]:
     return max(0.0, few - 4 * per), per
 
 
+def grad_sync_overhead(repeat: int = 200) -> tuple[float, float]:
+    """(fixed s, s per parameter tensor) of the runtime's data-parallel gradient sync outside
+    its collective (`dojo.runtime.trainer._all_reduce_grads` with the all-reduce itself a no-op:
+    packing, scaling, unpacking), on tiny tensors (no streaming time)."""
+    import torch.distributed as dist
+
+    from dojo.runtime.trainer import _all_reduce_grads
+
+    def timed(n: int) -> float:
+        params = [torch.nn.Parameter(torch.randn(16)) for _ in range(n)]
+        best = float("inf")
+        for _ in range(repeat):
+            for q in params:
+                q.grad = torch.ones(16)
+            start = time.perf_counter()
+            _all_reduce_grads(params, None, scale=0.5)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        few, many = timed(4), timed(68)
+    finally:
+        dist.all_reduce = real
+    per = max(0.0, (many - few) / 64)
+    return max(0.0, few - 4 * per), per
+
+
 def _gloo_rank(rank: int, world: int, sizes: list[int], repeat: int) -> list[float]:
     """Best seconds of one all-reduce of each size (FP32 elements) on this rank (gloo)."""
     import torch.distributed as dist
@@ -376,6 +407,7 @@ def main() -> None:
     vector = statistics.median(rates.values()) / peak
     conv = max(conv_ratio(peak) for _ in range(args.rounds))
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(args.rounds))
+    sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(args.rounds))
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}")
@@ -402,15 +434,16 @@ def main() -> None:
           + "), vector kernels at "
           f"{vector:.3f} of peak (median), conv at {conv:.2f}"
           f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
-          f" per tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
+          f" per tensor, gradient sync {sync_fixed * 1e6:.1f} us + {sync_tensor * 1e6:.2f} us per"
+          f" tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
         _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
-               (alpha, link), (opt_fixed, opt_tensor))
+               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor))
 
 
 def _write(peak: float, half: float, stream: tuple[float, float, float],
            kernels: tuple[float, float, float, float], gloo: tuple[float, float],
-           optimizer: tuple[float, float]) -> None:
+           host: tuple[float, float, float, float]) -> None:
     memory, cache, cache_bytes = stream
     per_op, per_op_backward, vector, conv = kernels
     alpha, link = gloo
@@ -423,8 +456,9 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
         f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
         f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
-        f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {optimizer[0]:.4g}\n"
-        f"optimizer_tensor_s = {optimizer[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
+        f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {host[0]:.4g}\n"
+        f"optimizer_tensor_s = {host[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
+        f"grad_sync_s = {host[2]:.4g}\ngrad_sync_tensor_s = {host[3]:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

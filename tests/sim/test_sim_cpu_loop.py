@@ -261,3 +261,66 @@ def test_step_charges_host_time_and_the_backward_dispatch(
     micro = program.microbatches
     assert step(launch_backward_s=dev.calibration.launch_backward_s + d) - base == \
         pytest.approx((micro * backward_ops + (micro - 1) * tensors) * d, rel=1e-6)
+
+
+def test_data_parallel_step_charges_the_runtimes_gradient_and_loss_sync(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt on 2 ranks of the cpu system: the step grows by (parameter tensors of the model,
+    counted from its modules) x d when `grad_sync_tensor_s` grows by d under dp=2 (the runtime
+    packs and unpacks every gradient), not under dp=1 or pp=2 (no data-parallel sync); the
+    loss all-reduce adds 2 message steps of latency whenever there are 2 ranks."""
+    import importlib
+
+    from dojo.models import build
+
+    simulate_module = importlib.import_module("dojo.sim.simulate")
+    tensors = len(list(build("gpt", batch=2, device="meta").model.parameters()))
+    dev = simulate_module.device_for(load_system("cpu"), "fp32")
+
+    def grows(plan_text: str, **fields: float) -> float:
+        plan = parse_plan(plan_text)
+        spec = load_system("cpu", devices=plan.devices)
+        program, _ = compile_model("gpt", {}, spec, plan, batch=4)
+        out = []
+        for extra in (0.0, 1e-3):
+            cal = replace(dev.calibration, **{k: v + extra for k, v in fields.items()})
+            monkeypatch.setattr(simulate_module, "device_model",
+                                lambda _, cal=cal: replace(dev, calibration=cal))
+            out.append(simulate_module.simulate(program).step_time_s)
+        return out[1] - out[0]
+
+    per_tensor = {"grad_sync_tensor_s": dev.calibration.grad_sync_tensor_s}
+    assert grows("dp=2,mb=1,precision=fp32", **per_tensor) == pytest.approx(tensors * 1e-3,
+                                                                          rel=1e-6)
+    assert grows("dp=1,mb=1,precision=fp32", **per_tensor) == pytest.approx(0.0, abs=1e-12)
+    assert grows("pp=2,mb=1,precision=fp32", **per_tensor) == pytest.approx(0.0, abs=1e-9)
+    # the loss all-reduce: a ring of 2 over one element, 2 alpha; dp=1 has none
+    latency = {"collective_latency_s": dev.calibration.collective_latency_s}
+    assert grows("dp=1,mb=1,precision=fp32", **latency) == pytest.approx(0.0, abs=1e-12)
+    # tp=2: its own collectives grow too, so compare with the loss all-reduce's share removed
+    program, _ = compile_model("gpt", {}, load_system("cpu", devices=2),
+                               parse_plan("dp=2,mb=1,precision=fp32"), batch=4)
+    from dojo.sim.eager import sync_host_time
+
+    base = replace(dev.calibration, grad_sync_s=0.0, grad_sync_tensor_s=0.0)
+    assert sync_host_time(program, replace(dev, calibration=base), 0, 0.0) == pytest.approx(
+        2 * base.collective_latency_s, rel=1e-12)
+
+
+def test_sync_host_time_is_zero_off_eager_devices() -> None:
+    """GPU and D1 devices keep their step: the eager runtime's sync host time is CPU-only."""
+    from dojo.sim.eager import sync_host_time
+    from dojo.sim.simulate import device_for
+
+    plan = parse_plan("dp=2,mb=1")
+    spec = load_system("a100-cluster", devices=2)
+    program, _ = compile_model("gpt", GPT, spec, plan, batch=4)
+    assert sync_host_time(program, device_for(spec, "bf16"), 0, 1e6) == 0.0
+    cpu = load_system("cpu", devices=2)
+    program, _ = compile_model("gpt", GPT, cpu, parse_plan("dp=2,mb=1,precision=fp32"), batch=4)
+    dev = device_for(cpu, "fp32")
+    cal = dev.calibration
+    # 1e6 FP32 gradients: packed (read, write), scaled (read, write), unpacked (read, write)
+    expected = cal.grad_sync_s + dev.stream_time(1e6 * 4 * 6) + 2 * cal.collective_latency_s
+    assert sync_host_time(program, replace(dev, calibration=replace(
+        cal, grad_sync_tensor_s=0.0)), 0, 1e6) == pytest.approx(expected, rel=1e-12)

@@ -67,6 +67,11 @@ class Calibration:
     # step's fixed part and its part per parameter tensor, zero_grad included (0 = none).
     optimizer_step_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     optimizer_tensor_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Host time of the eager runtime's data-parallel gradient sync outside the collective:
+    # packing the gradients into one flat buffer and unpacking them (`dojo.sim.eager`), its
+    # fixed part and its part per parameter tensor (0 = none).
+    grad_sync_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    grad_sync_tensor_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # SMs the communication kernels of a tensor-parallel collective overlapped with a GEMM hold
     # (TransformerEngine's userbuffers: ring-exchange all-gathers, pipelined reduce-scatters);
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.

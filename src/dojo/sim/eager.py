@@ -5,6 +5,12 @@ no captured op holds: the optimizer step's fixed part, its part per parameter te
 `zero_grad`, and one accumulation add per tensor per extra micro-batch. Its tensor count is one
 device's: `stage_param_tensors` lays the sections' counts (`dojo.capture.params`) over the
 program's chunks as `compiler.program` lays their parameters.
+
+`sync_host_time` prices what the runtime's synchronisation costs the host beyond the
+collectives' transfer (`dojo.runtime.trainer`): with dp > 1 the gradients are packed into one
+flat buffer (a reshape and a copy per tensor), scaled after the all-reduce and unpacked (a
+slice, a view and a copy per tensor); with more than one rank the step's loss is all-reduced
+(one FP32 element over the world, 2 (n - 1) message steps of a ring).
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dojo.compiler.program import Program
+from dojo.sim.costs import DeviceModel
+
+# Bytes the flat gradient sync streams per FP32 gradient element: the packing copy (read and
+# write), the in-place scale after the all-reduce, the unpacking copy.
+SYNC_BYTES_PER_PARAM = 3 * 2 * 4
 
 
 def stage_param_tensors(program: Program, stage: int,
@@ -33,3 +44,22 @@ def stage_param_tensors(program: Program, stage: int,
         if chunk.index == last:
             count += sections.get("post", 0)
     return count
+
+
+def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float) -> float:
+    """Seconds one device of pipeline `stage` spends on the runtime's gradient and loss
+    synchronisation outside the collectives' transfer, on an eager device (0 elsewhere): with
+    dp > 1 and no ZeRO, the flat gradient buffer's packing and unpacking, `grad_sync_s` +
+    tensors x `grad_sync_tensor_s` + its `params` FP32 gradients streamed
+    `SYNC_BYTES_PER_PARAM` bytes each; with more than one rank, the loss all-reduce's
+    2 (ranks - 1) x `collective_latency_s` (one element: latency only)."""
+    cal, plan = dev.calibration, program.plan
+    if not cal.eager:
+        return 0.0
+    t = 0.0
+    if plan.dp > 1 and plan.zero == 0:
+        t += (cal.grad_sync_s + stage_param_tensors(program, stage) * cal.grad_sync_tensor_s
+              + dev.stream_time(params * SYNC_BYTES_PER_PARAM))
+    if plan.devices > 1:
+        t += 2 * (plan.devices - 1) * cal.collective_latency_s
+    return t

@@ -19,7 +19,7 @@ from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import stage_param_tensors
+from dojo.sim.eager import stage_param_tensors, sync_host_time
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
@@ -375,6 +375,7 @@ def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, 
     t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program),
                             params * program.work.optimizer_flops_per_param)
     t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches)
+    t_opt += sync_host_time(program, dev, stage, params)
     return t_sync, t_opt, blocks
 
 
