@@ -70,10 +70,6 @@ class Job:
     host: str | None = None          # the worker host that claimed it (None: not yet claimed)
     heartbeat_at: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        return out
-
 
 def _job(row: Any) -> Job:
     m = row._mapping
