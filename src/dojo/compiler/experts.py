@@ -36,12 +36,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from dojo.compiler.mapping import GroupLevel, group_levels
-from dojo.compiler.work import OpCost, main_block
+from dojo.compiler.work import ModelWork, OpCost, SectionWork, main_block
 from dojo.errors import DojoError
 from dojo.graph import Graph
 
 if TYPE_CHECKING:
-    from dojo.compiler.program import Chunk, Program
+    from dojo.compiler.program import Program
 
 EXPERT_TAG = ".experts."
 
@@ -115,13 +115,43 @@ def sent_bytes(nbytes: float, ep: int) -> float:
     return nbytes * (ep - 1) / ep
 
 
-def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> Program:
-    """`program` with the plan's ep: expert weights 1/ep per rank, all-to-alls per MoE layer,
-    the busiest rank's extra expert work. Unchanged without ep and imbalance."""
-    from dojo.compiler.program import Comm
+def ep_work(work: ModelWork, layout: MoeLayout | None, plan: Any, scale: float) -> ModelWork:
+    """`work` with its expert GEMMs as one ep rank runs them (`ep_gemm`) and the busiest
+    rank's extra rows (`imbalance`), section by section, before the chunks repeat them."""
+    if layout is None or (plan.ep == 1 and plan.imbalance == 1.0):
+        return work
+
+    def ops(seq: tuple[OpCost, ...]) -> tuple[OpCost, ...]:
+        mine = tuple(ep_gemm(o, layout, plan.ep, plan.tp, scale) for o in seq)
+        gemms = [o for o, was in zip(mine, seq) if _is_expert_gemm(was, layout, plan.tp)]
+        return mine + _busiest(gemms, layout, plan, scale)
+
+    def section(sec: SectionWork) -> SectionWork:
+        return replace(sec, forward=ops(sec.forward), backward=ops(sec.backward),
+                       recompute_selective=ops(sec.recompute_selective))
+
+    return replace(work, pre=section(work.pre), post=section(work.post),
+                   block=section(work.block) if work.block is not None else None)
+
+
+def replays_experts(work: ModelWork, layout: MoeLayout, plan: Any) -> bool:
+    """Whether the plan's recompute reruns the block's expert GEMMs (full recompute, or a
+    selective or op-level one whose rerun kernels include them), so that it dispatches their
+    tokens and combines their outputs again. `work` as captured (before `ep_work`)."""
+    if work.block is None or plan.recompute == "none":
+        return False
+    rerun = work.block.forward if plan.recompute == "full" else work.block.recompute_selective
+    return any(_is_expert_gemm(o, layout, plan.tp) for o in rerun)
+
+
+def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> Program:
+    """`program` (compiled from `ep_work`) with the plan's ep: expert weights 1/ep per rank,
+    a dispatch and a combine all-to-all per MoE layer forward and backward, and again in the
+    recompute when it `replay`s the expert GEMMs. Unchanged without ep and imbalance."""
+    from dojo.compiler.program import PRECISION_BYTES, Comm
 
     plan = program.plan
-    ep, imbalance = getattr(plan, "ep", 1), getattr(plan, "imbalance", 1.0)
+    ep, imbalance = plan.ep, plan.imbalance
     if layout is None:
         if ep > 1:
             raise DojoError(f"ep={ep} needs a model with routed experts (parameters "
@@ -129,6 +159,7 @@ def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> P
         return program
     if ep == 1 and imbalance == 1.0:
         return program
+    scale = PRECISION_BYTES[plan.precision]["activation_scale"]
     # ep consecutive ranks of the cp x dp ones (stride tp; Megatron-Core's expert mapping)
     a2a_levels = group_levels(program.system, ep, plan.tp)
     grad_levels = group_levels(program.system, plan.dp_cp // ep, plan.tp * ep)
@@ -140,30 +171,16 @@ def apply_experts(program: Program, layout: MoeLayout | None, scale: float) -> P
         layers = layout.block_layers * c.blocks + (layout.outer_layers if outer else 0)
         whole = layout.block_params * c.blocks + (layout.outer_params if outer else 0)
         held.append(whole / ep)
-        chunks.append(_with_experts(c, plan, layout, layers, whole, a2a if ep > 1 else None,
-                                    scale))
+        comms = (a2a, a2a) * layers if ep > 1 else ()
+        again = (a2a, a2a) * layout.block_layers * c.blocks if ep > 1 and replay else ()
+        chunks.append(replace(c, tp_forward=c.tp_forward + comms,
+                              tp_backward=c.tp_backward + comms,
+                              tp_recompute=c.tp_recompute + again,
+                              params=c.params - whole + whole // ep))
     moe = ExpertParallel(ep=ep, imbalance=imbalance, a2a_levels=a2a_levels,
                          grad_levels=grad_levels, chunk_expert_params=tuple(held),
                          a2a_bytes=nbytes, layout=layout)
     return replace(program, chunks=tuple(chunks), experts=moe)
-
-
-def _with_experts(c: Chunk, plan: Any, layout: MoeLayout, layers: int, whole: int,
-                  a2a: Any, scale: float) -> Chunk:
-    def ops(seq: tuple[OpCost, ...]) -> tuple[OpCost, ...]:
-        mine = tuple(ep_gemm(o, layout, plan.ep, plan.tp, scale) for o in seq)
-        gemms = [o for o, was in zip(mine, seq) if _is_expert_gemm(was, layout, plan.tp)]
-        return mine + _busiest(gemms, layout, plan, scale)
-
-    comms = (a2a, a2a) * layers if a2a is not None else ()
-    # a recompute that replays the expert GEMMs (full, or an op-level policy that drops their
-    # outputs) dispatches their tokens again and combines the result again
-    replay = any(_is_expert_gemm(o, layout, plan.tp) for o in c.recompute)
-    return replace(c, forward=ops(c.forward), backward=ops(c.backward),
-                   recompute=ops(c.recompute),
-                   tp_forward=c.tp_forward + comms, tp_backward=c.tp_backward + comms,
-                   tp_recompute=c.tp_recompute + (comms if replay else ()),
-                   params=c.params - whole + whole / plan.ep)
 
 
 def _is_expert_gemm(o: OpCost, layout: MoeLayout, tp: int) -> bool:

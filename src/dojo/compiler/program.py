@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dojo.compiler.context import Ring, ring_of
-from dojo.compiler.experts import ExpertParallel, MoeLayout, apply_experts
+from dojo.compiler.experts import (
+    ExpertParallel,
+    MoeLayout,
+    apply_experts,
+    ep_work,
+    replays_experts,
+)
 from dojo.compiler.mapping import (
     GroupLevel,
     device_count,
@@ -121,6 +127,8 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     ring = ring_of(work, plan.cp, group_levels(system, plan.cp, plan.tp), kv_width,
                    (tokens_per_sample or 0) // plan.cp, plan.mb,
                    4 * PRECISION_BYTES[plan.precision]["activation_scale"], plan.cp_comm)
+    replay = moe is not None and replays_experts(work, moe, plan)
+    work = ep_work(work, moe, plan, PRECISION_BYTES[plan.precision]["activation_scale"])
     virtual = plan.pp * plan.interleave
     chunks = tuple(_chunk(work, plan, v, virtual, tp_levels) for v in range(virtual))
     # Megatron's scatter/gather optimisation sends 1/tp of the activations per tp rank.
@@ -135,7 +143,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
                    model_flops=(work.forward_flops + work.backward_flops) * micro * plan.dp,
                    leaves_per_device=leaves_per_device(system),
                    tokens_per_sample=tokens_per_sample, ring=ring)
-    return apply_experts(program, moe, PRECISION_BYTES[plan.precision]["activation_scale"])
+    return apply_experts(program, moe, replay)
 
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,

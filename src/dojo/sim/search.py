@@ -47,13 +47,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dojo.compiler.experts import MoeLayout, ep_gemm, stage_groups
-from dojo.compiler.mapping import device_count, device_name, leaves_per_device
+from dojo.compiler.experts import MoeLayout, a2a_bytes, ep_gemm, replays_experts, stage_groups
+from dojo.compiler.mapping import (
+    device_count,
+    device_name,
+    group_levels,
+    leaves_per_device,
+    zplane_levels,
+)
 from dojo.compiler.program import PRECISION_BYTES
 from dojo.compiler.work import ModelWork
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
+from dojo.sim.collectives import collective_time
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.memory import capacity_of, device_memory, grouped_state
@@ -320,13 +327,33 @@ class _Screen:
         chunks = plan.pp * plan.interleave
         split = chunk_blocks(work.repeat, chunks) if work.block else None
         rec = {"full": blk_f, "selective": blk_sel}.get(plan.recompute, 0.0)
+        # with ep, each MoE layer's dispatch and combine all-to-alls, exposed in the task
+        pair, outer, inner, again = self._all_to_all(plan, work)
         fwd, bwd = [], []
         for v in range(chunks):
             n = split[v] if split else 0
             first, last = float(v == 0), float(v == chunks - 1)
-            fwd.append(first * pre_f + n * blk_f + last * post_f)
-            bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b)
+            a2a = pair * (n * inner + first * outer)
+            fwd.append(first * pre_f + n * blk_f + last * post_f + a2a)
+            bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b + a2a
+                       + pair * n * inner * again)
         return fwd, bwd
+
+    def _all_to_all(self, plan: Plan, work: ModelWork) -> tuple[float, int, int, int]:
+        """(seconds of one MoE layer's dispatch + combine on the ep group, MoE layers outside
+        the block and in one block, 1 if the recompute replays them); zeros without ep."""
+        layout = self._layout(plan)
+        if layout is None or plan.ep == 1:
+            return 0.0, 0, 0, 0
+        spec = self.args[2]
+        cal = self._device(plan.precision).calibration
+        levels = group_levels(spec, plan.ep, plan.tp)
+        nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
+        t = min(collective_time("all_to_all", nbytes, lv, cal.link_efficiency,
+                                cal.collective_latency_s)[0]
+                for lv in (levels, zplane_levels(spec, levels) or levels))
+        return 2 * t, layout.outer_layers, layout.block_layers, int(
+            replays_experts(work, layout, plan))
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
         key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)

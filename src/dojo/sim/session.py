@@ -241,9 +241,19 @@ def compile_model(model: str, overrides: Mapping[str, Any], spec: SystemSpec, pl
 def experts_of(graph: Graph, config: Any, mb: int, seq: int | None) -> MoeLayout | None:
     """The routed experts of `graph`, captured at `mb` samples of `seq` tokens (None: the
     model's context), for expert parallelism (`compiler.experts.moe_layout`); None without."""
-    tokens = seq if seq is not None else getattr(config, "seq", None)
-    is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
-    return moe_layout(graph, config, mb * int(tokens) if tokens and is_sequence else mb)
+    key = (id(graph), mb, seq)
+    held = _LAYOUTS.get(key)
+    if held is None or held[0] is not graph:   # cached per capture (the search asks often)
+        tokens = seq if seq is not None else getattr(config, "seq", None)
+        is_sequence = any(t.role == "input" and t.dtype.startswith("int") for t in graph.tensors)
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        held = _LAYOUTS[key] = (graph, moe_layout(graph, config, mb * int(tokens)
+                                                  if tokens and is_sequence else mb))
+    return held[1]
+
+
+_LAYOUTS: dict[tuple[int, int, int | None], tuple[Graph, MoeLayout | None]] = {}
 
 
 def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec | str,
