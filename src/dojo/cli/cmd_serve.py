@@ -104,6 +104,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--rate-limit", "rate_limit", args.rate_limit,
                           "requests per second > 0")
     limits = _limits(args)
+    from dojo.hardware import load_system
+    from dojo.service.mesh import machine_of
+    from dojo.service.storecheck import check_listen
+
+    machine_of(load_system(args.system))  # before the store is made: a bad system writes nothing
+    check_listen(args.host, args.port)  # before the store too: a bad --host or a busy port
     serve(Settings(data=Path(args.data), db=args.db, system=args.system, host=args.host,
                    port=args.port, allow_factories=args.allow_factories, limits=limits,
                    hold=args.hold, rate_per_s=args.rate_limit,
@@ -143,8 +149,8 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ConfigError("--slots", "slots", args.slots, "at least 1 job at a time")
     machine_of(load_system(args.system))  # a Dojo system with tiles, or a one-line error
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = open_store(Path(args.data), args.db)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         serve_host(store, Path(args.data).resolve(), args.system, name, limits, args.slots)
     finally:
@@ -162,14 +168,17 @@ def run_admin(args: argparse.Namespace) -> int:
     from dojo.service.server import open_store
     from dojo.service.store import Conflict
 
-    store = open_store(Path(args.data), args.db)
-    token_id, token, digest = new_token()
-    if args.what == "tenant":
+    if args.what == "tenant":  # checked before the store is opened: a bad value writes nothing
         if not args.name.replace("-", "").replace("_", "").isalnum() or len(args.name) > 64:
             raise ConfigError("NAME", "name", args.name, "letters, digits, - and _ (at most 64)")
         if not 0 < args.quota_tile_hours < float("inf"):
             raise ConfigError("--quota-tile-hours", "quota_tile_hours", args.quota_tile_hours,
                               "a number of tile-hours > 0")
+    elif args.expires_s is not None and not 0 < args.expires_s < float("inf"):
+        raise ConfigError("--expires-s", "expires_s", args.expires_s, "a number of seconds > 0")
+    store = open_store(Path(args.data), args.db)
+    token_id, token, digest = new_token()
+    if args.what == "tenant":
         try:
             store.create_tenant(args.name, args.quota_tile_hours, token_id, args.role, digest)
         except Conflict:

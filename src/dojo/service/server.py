@@ -36,10 +36,15 @@ class Settings:
 
 
 def open_store(data: Path, db: str | None) -> Store:
-    """The store at `db`, or SQLite in `data`; migrated to the newest schema."""
-    data.mkdir(parents=True, exist_ok=True)
-    store = Store(db or f"sqlite:///{data.resolve() / 'dojo.db'}")
-    store.migrate()
+    """The store at `db`, or SQLite in `data`; migrated to the newest schema. A data folder that
+    cannot be made or a database that cannot be opened is a one-line ConfigError, and a data
+    folder made here is removed again."""
+    from dojo.service.storecheck import opened
+
+    with opened(data, db):
+        data.mkdir(parents=True, exist_ok=True)
+        store = Store(db or f"sqlite:///{data.resolve() / 'dojo.db'}")
+        store.migrate()
     return store
 
 
@@ -62,8 +67,8 @@ def serve(settings: Settings) -> None:
 
     from dojo.service.app import RateLimit, create_app
 
+    svc = build(settings)  # before logging starts: a refusal stays one line, without INFO noise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    svc = build(settings)
     app = create_app(svc, RateLimit(settings.rate_per_s, 4 * settings.rate_per_s))
 
     @asynccontextmanager

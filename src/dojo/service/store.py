@@ -100,9 +100,10 @@ class Store:
         if url.startswith("sqlite"):
             args = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         else:  # PostgreSQL: as many connections as the API's worker threads (40)
-            args = {"pool_size": 20, "max_overflow": 30}
+            args = {"pool_size": 20, "max_overflow": 30,
+                    "connect_args": {"connect_timeout": 10}}  # an unreachable host: seconds
             if schema:
-                args["connect_args"] = {"options": f"-csearch_path={schema}"}
+                args["connect_args"]["options"] = f"-csearch_path={schema}"
         self.engine = sa.create_engine(url, **args)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
