@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dojo.errors import DojoError
+from dojo.errors import ConfigError, DojoError
 
 CONFIG = Path("~/.config/dojo/token")
 
@@ -38,12 +38,38 @@ def load_token(explicit: str | None = None) -> str:
                     "(dojo admin tenant create prints one)")
 
 
+def _quoted(job_id: str) -> str:
+    """A job id as one path segment: `../x` or `a b` reach the server as the id they are."""
+    from urllib.parse import quote
+
+    return quote(job_id, safe="")
+
+
+def check_server(server: str) -> str:
+    """`server` without its trailing /; a DojoError unless it is an http(s) URL with a host
+    and a valid port, so a typo is named, not reported as an unreachable server."""
+    from urllib.parse import urlsplit
+
+    expected = "an http:// or https:// URL like http://127.0.0.1:8600"
+    try:
+        parts = urlsplit(server)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as err:
+        raise ConfigError("--server", "server", server, f"{expected} ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("--server", "server", server, expected)
+    return server.rstrip("/")
+
+
 class Client:
     """One server, one token. Every method returns the decoded JSON of the response."""
 
     def __init__(self, server: str, token: str | None = None, timeout_s: float = 30.0) -> None:
-        self.server = server.rstrip("/")
+        self.server = check_server(server)
         self.token = load_token(token)
+        if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
+            raise DojoError("the token holds spaces or characters other than printable ASCII "
+                            "(expected the token `dojo admin tenant create` printed)")
         self.timeout_s = timeout_s
 
     def _call(self, method: str, path: str, body: Any = None,
@@ -54,7 +80,7 @@ class Client:
             **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as err:
             try:
                 detail = json.loads(err.read()).get("detail", err.reason)
@@ -62,10 +88,16 @@ class Client:
                 detail = err.reason
             if isinstance(detail, list):
                 detail = "; ".join(str(d) for d in detail)
+            detail = " ".join(str(detail).split())
             raise ServiceError(err.code, f"{self.server}: {err.code} {detail}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ServiceError(0, f"{self.server}: cannot reach the server ({reason})") from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:  # a 200 that is not JSON: some other web server
+            raise ServiceError(0, f"{self.server}: not a dojo service (its answer to {path} is "
+                               "not JSON)") from None
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
@@ -75,10 +107,10 @@ class Client:
         return self._call("GET", "/api/jobs")
 
     def job(self, job_id: str) -> Any:
-        return self._call("GET", f"/api/jobs/{job_id}")
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}")
 
     def cancel(self, job_id: str) -> Any:
-        return self._call("POST", f"/api/jobs/{job_id}/cancel")
+        return self._call("POST", f"/api/jobs/{_quoted(job_id)}/cancel")
 
     def usage(self) -> Any:
         return self._call("GET", "/api/usage")
@@ -87,7 +119,7 @@ class Client:
         return self._call("GET", "/api/machine")
 
     def logs(self, job_id: str, offset: int = 0) -> Any:
-        return self._call("GET", f"/api/jobs/{job_id}/logs?offset={offset}")
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}/logs?offset={offset}")
 
     def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
         """Log text as it is written, until the job is over (`dojo logs -f`)."""
