@@ -48,7 +48,10 @@ def add_catalog_parsers(sub: Any) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from dojo.data.catalog import index_set
+    from dojo.data.catalog import default_catalog, index_set, read_set_manifest
+
+    read_set_manifest(args.root)  # a bad set is named before the catalog
+    _check_catalog_folder(args.catalog or default_catalog(args.root))
 
     def progress(done: int, total: int) -> None:
         print(f"dojo data index: {done}/{total} clips", file=sys.stderr, flush=True)
@@ -60,6 +63,30 @@ def _index(args: argparse.Namespace) -> int:
                 "clips": len(result.clips), "skipped": [
                     {"clip": s.clip, "file": s.file, "reason": s.reason} for s in result.skipped]})
     return 1 if result.skipped else 0
+
+
+def _check_catalog_folder(catalog: str) -> None:
+    """A local catalog folder that is a file or cannot be made is refused before any clip is
+    read (a folder made to find out is removed again); URLs are left to their store."""
+    import shutil
+    from pathlib import Path
+
+    from dojo.data import store
+
+    if store.is_url(catalog):
+        return
+    path = Path(catalog)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--catalog", "catalog", catalog, "a folder (this is a file)")
+    missing = next((p for p in (*reversed(path.parents), path) if not p.exists()), None)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError("--catalog", "catalog", catalog, f"a folder that can be made "
+                          f"({err.strerror or err})") from None
+    finally:
+        if missing is not None:
+            shutil.rmtree(missing, ignore_errors=True)
 
 
 def _query(args: argparse.Namespace) -> int:

@@ -147,6 +147,9 @@ def add_slices(con: Any, slices: dict[str, Slice]) -> None:
                               f"a SQL condition on the clips view ({_first_line(err)})") from None
 
 
+MAX_ROWS = 1_000_000  # rows one query may print: about 100 bytes each in memory
+
+
 def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Column names and rows of one SELECT; anything else, or bad SQL, is a DojoError."""
     import duckdb
@@ -162,9 +165,12 @@ def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
                         f"{statements[0].type.name}")
     try:
         result = con.execute(sql)
-        rows = result.fetchall()
+        rows = result.fetchmany(MAX_ROWS + 1)
     except duckdb.Error as err:
         raise DojoError(f"bad SQL: {_first_line(err)}") from None
+    if len(rows) > MAX_ROWS:  # memory bounded by this, not by the query (range(10^10))
+        raise DojoError(f"the query returns more than {MAX_ROWS:,} rows; narrow it with WHERE, "
+                        "LIMIT or an aggregate")
     return [d[0] for d in result.description], rows
 
 

@@ -37,9 +37,14 @@ class LoadedRun:
 
 def load_run(run: str | Path) -> LoadedRun:
     """The trained model of RUN; a missing folder or checkpoint is one DojoError."""
+    if not str(run).strip():
+        raise DojoError("RUN is empty (expected the --out folder of `dojo train`)")
     run = Path(run)
     if not run.is_dir():
         raise DojoError(f"{run}: no such run folder (expected the --out of `dojo train`)")
+    if not (run / "checkpoint" / checkpoint.STATE).is_file():
+        raise DojoError(f"{run}: not a finished training run (no checkpoint/{checkpoint.STATE}; "
+                        "expected the --out folder of `dojo train occupancy`)")
     state = checkpoint.load(run / "checkpoint", {})
     if "options" not in state:
         raise DojoError(f"{run / 'checkpoint' / checkpoint.STATE}: saved before runs recorded "
