@@ -219,7 +219,12 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
 
 
 def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None:
-    """ep is carved out of dp and splits whole experts: dp % ep == 0, experts % ep == 0."""
+    """ep is carved out of dp and splits whole experts: dp % ep == 0, experts % ep == 0; the
+    busiest of ep ranks gets at most all the tokens, ep x the mean: 1 <= imbalance <= ep."""
+    if plan.imbalance > plan.ep:
+        raise ConfigError(source, "imbalance", plan.imbalance,
+                          f"at most ep = {plan.ep}: the busiest of {plan.ep} expert ranks gets at "
+                          f"most all the tokens, {plan.ep} x the mean")
     if plan.ep == 1:
         return
     if not shape.experts:
