@@ -128,8 +128,9 @@ def _fps(args: argparse.Namespace) -> int:
     from dojo.data.video import measure_decode_fps
 
     seconds = _number(args.seconds, "--seconds", float)
-    if not seconds > 0:
-        raise ConfigError("--seconds", "seconds", seconds, "a number > 0")
+    if not 0 < seconds <= 3600:  # inf never ends; the rate settles within seconds
+        raise ConfigError("--seconds", "seconds", seconds, "a number of seconds > 0, at most "
+                          "3600")
     print_json({"path": args.path, "decode_fps_per_core": round(measure_decode_fps(
         args.path, seconds), 1)})
     return 0
