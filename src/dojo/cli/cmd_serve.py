@@ -176,6 +176,8 @@ def run_admin(args: argparse.Namespace) -> int:
                               "a number of tile-hours > 0")
     elif args.expires_s is not None and not 0 < args.expires_s < float("inf"):
         raise ConfigError("--expires-s", "expires_s", args.expires_s, "a number of seconds > 0")
+    elif not args.db and not (Path(args.data) / "dojo.db").is_file():  # made nothing to say so
+        raise DojoError(f"no tenant '{args.tenant}' ({args.data} holds no store yet)")
     store = open_store(Path(args.data), args.db)
     token_id, token, digest = new_token()
     if args.what == "tenant":
