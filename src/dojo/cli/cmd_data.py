@@ -127,6 +127,8 @@ def _check(args: argparse.Namespace) -> int:
 def _fps(args: argparse.Namespace) -> int:
     from dojo.data.video import measure_decode_fps
 
+    if not args.path.strip():  # "" is the current folder to pathlib: every clip under it
+        raise ConfigError("PATH", "path", args.path, "an .mp4 file or a folder of them")
     seconds = _number(args.seconds, "--seconds", float)
     if not 0 < seconds <= 3600:  # inf never ends; the rate settles within seconds
         raise ConfigError("--seconds", "seconds", seconds, "a number of seconds > 0, at most "
