@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_fuzz_verbs import VERB_VALUES, VERBS, Command, Slot, set_up
 
+from cli_fuzz_verbs import VERB_VALUES, VERBS, Command, Slot, set_up
 from dojo.cli.main import main
 
 TIME_LIMIT_S = 20.0
