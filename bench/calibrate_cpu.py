@@ -12,7 +12,10 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    for it (dojo's own capture, one per non-view ATen op): seconds per forward op as eager
    PyTorch issues it from nn.Module code (module calls and views included), and per backward
    op as autograd's engine issues it (its nodes, view backwards and the backward call
-   included); the median of the three stacks per phase.
+   included). A fourth stack of elementwise ops called as functions (RMSNorm- and SwiGLU-like
+   code) gives an elementwise op's dispatch per phase (`launch_pointwise_s`, much less than a
+   module's op); the other three stacks' figures are net of their own elementwise ops at
+   that rate, the median of the three per phase (`launch_s`, `launch_backward_s`).
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -196,106 +200,6 @@ def pointwise_weights(rounds: int = 3) -> dict[str, float]:
     return {k: statistics.geometric_mean(v) for k, v in measured.items()}
 
 
-class _MLPBlock(torch.nn.Module):
-    """x + fc2(gelu(fc1(norm(x)))): a transformer MLP sub-block."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(width)
-        self.fc1 = torch.nn.Linear(width, 2 * width)
-        self.fc2 = torch.nn.Linear(2 * width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))  # [b, t, width]
-
-
-class _AttentionBlock(torch.nn.Module):
-    """x + proj(attention(qkv(norm(x)))) with heads split and merged by views."""
-
-    def __init__(self, width: int, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm = torch.nn.LayerNorm(width)
-        self.qkv = torch.nn.Linear(width, 3 * width)
-        self.proj = torch.nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, w = x.shape
-        q, k, v = (z.view(b, t, self.heads, w // self.heads).transpose(1, 2)  # [b, h, t, w/h]
-                   for z in self.qkv(self.norm(x)).split(w, dim=-1))
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return x + self.proj(y.transpose(1, 2).reshape(b, t, w))  # [b, t, w]
-
-
-class _ConvBlock(torch.nn.Module):
-    """relu(bn(conv3x3(x))) + x: a residual CNN unit."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn = torch.nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x))) + x  # [b, c, h, w]
-
-
-def _stacks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
-    """Two tiny blocks of each kind and an input: kernels of well under a microsecond."""
-    def two(block: type[torch.nn.Module], width: int) -> torch.nn.Module:
-        return torch.nn.Sequential(block(width), block(width))
-
-    return {"mlp": (two(_MLPBlock, 8), torch.randn(1, 2, 8)),
-            "attention": (two(_AttentionBlock, 8), torch.randn(1, 4, 8)),
-            "conv": (two(_ConvBlock, 2), torch.randn(2, 2, 4, 4))}
-
-
-def _loss(y: torch.Tensor) -> torch.Tensor:
-    return y.square().mean()
-
-
-def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(forward, backward) ops of one step of `model` as the simulator counts them: the
-    captured graph's non-view ops (dojo.compiler.fusion.groups at fusion=none)."""
-    from dojo.capture import capture
-    from dojo.compiler.fusion import FREE_RULES
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
-    return tuple(sum(1 for op in graph.ops if op.phase == phase and op.rule not in FREE_RULES)
-                 for phase in ("forward", "backward"))  # type: ignore[return-value]
-
-
-def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float]:
-    """Fastest (forward, backward) seconds of one step of `model` over `repeat` steps."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        loss = _loss(model(x))
-        mid = time.perf_counter()
-        loss.backward()
-        end = time.perf_counter()
-        best = [min(best[0], mid - start), min(best[1], end - mid)]
-    return best[0], best[1]
-
-
-def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, float, int, int]]:
-    """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
-    each tiny block stack: the forward issued op by op from Python module code, the backward
-    by autograd's engine; the fastest of `rounds` rounds that take turns over the stacks (a
-    shared machine's load comes and goes over seconds)."""
-    out: dict[str, tuple[float, float, int, int]] = {}
-    stacks = _stacks()
-    counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
-    for _ in range(rounds):
-        for name, (model, x) in stacks.items():
-            fwd, bwd = _phase_times(model, x, 100)
-            nf, nb = counts[name]
-            old = out.get(name, (fwd / nf, bwd / nb, nf, nb))
-            out[name] = (min(old[0], fwd / nf), min(old[1], bwd / nb), nf, nb)
-    return out
-
-
 def optimizer_overhead(repeat: int = 200) -> tuple[float, float]:
     """(fixed s, s per parameter tensor) of a fused AdamW step plus the runtime's two
     zero_grad calls (model and optimizer, set_to_none), on tiny tensors (no kernel time)."""
@@ -397,9 +301,14 @@ def main() -> None:
     peak = max(rate for _, rate in curve)
     half = fit_half(curve, peak)
     memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, args.rounds, min))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eager_stacks import eager_op_times
+
     stacks = eager_op_times()
-    per_op = statistics.median(f for f, _, _, _ in stacks.values())
-    per_op_backward = statistics.median(b for _, b, _, _ in stacks.values())
+    pointwise = stacks["pointwise"][:2]
+    per_op = statistics.median(f for k, (f, _, _, _) in stacks.items() if k != "pointwise")
+    per_op_backward = statistics.median(b for k, (_, b, _, _) in stacks.items()
+                                        if k != "pointwise")
     rates: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, rate in vector_rates(cache).items():
@@ -428,7 +337,8 @@ def main() -> None:
     print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, memory "
           f"{memory / 1e9:.2f} GB/s, cache {cache / 1e9:.2f} GB/s up to {cache_bytes / 2**20:.1f}"
           f" MiB, eager op forward {per_op * 1e6:.2f} us, backward {per_op_backward * 1e6:.2f}"
-          " us (medians of "
+          f" us, elementwise op {pointwise[0] * 1e6:.2f} us, backward {pointwise[1] * 1e6:.2f} us"
+          " (per stack, net of its elementwise ops: "
           + ", ".join(f"{k} {f * 1e6:.1f} us/{nf} + {b * 1e6:.1f} us/{nb} ops"
                       for k, (f, b, nf, nb) in stacks.items())
           + "), vector kernels at "
@@ -438,12 +348,12 @@ def main() -> None:
           f" tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
     if args.write:
         _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
-               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor))
+               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor), pointwise)
 
 
 def _write(peak: float, half: float, stream: tuple[float, float, float],
            kernels: tuple[float, float, float, float], gloo: tuple[float, float],
-           host: tuple[float, float, float, float]) -> None:
+           host: tuple[float, float, float, float], pointwise: tuple[float, float]) -> None:
     memory, cache, cache_bytes = stream
     per_op, per_op_backward, vector, conv = kernels
     alpha, link = gloo
@@ -459,6 +369,8 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {host[0]:.4g}\n"
         f"optimizer_tensor_s = {host[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
         f"grad_sync_s = {host[2]:.4g}\ngrad_sync_tensor_s = {host[3]:.4g}\n"
+        f"launch_pointwise_s = {pointwise[0]:.4g}\n"
+        f"launch_pointwise_backward_s = {pointwise[1]:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

@@ -120,10 +120,57 @@ def test_program_charges_one_dispatch_per_captured_op(fusion: str) -> None:
     dev = device_for(spec, "fp32")
     totals = {}
     for launch in (0.0, 1e-5):
-        timed = replace(dev, calibration=replace(dev.calibration, launch_s=launch))
+        timed = replace(dev, calibration=replace(dev.calibration, launch_s=launch,
+                                                 launch_pointwise_s=0.0))  # all ops: launch_s
         ops = [o for c in program.chunks for o in c.forward + c.backward]
         totals[launch] = sum(timed.op_time(o) for o in ops)
     assert totals[1e-5] - totals[0.0] == pytest.approx(1e-5 * _eager_ops(graph), rel=1e-9)
+
+
+def test_elementwise_ops_pay_their_own_dispatch_on_an_eager_device() -> None:
+    """A fused group of 5 ops of which 3 are elementwise costs 2 dispatches at `launch_s` and 3
+    at `launch_pointwise_s` (backward: the backward figures); without that figure all 5 pay
+    `launch_s`; a device with a compiler launches the group once."""
+    launch, pw, launch_b, pw_b = 1e-5, 2e-6, 8e-6, 3e-6
+    dev = _device(launch_s=launch, launch_pointwise_s=pw, launch_backward_s=launch_b,
+                  launch_pointwise_backward_s=pw_b, eager=True)
+    group = OpCost("vector", 0.0, 0.0, "fused[5]", pointwise=3)
+    assert dev.op_time(group) == pytest.approx(2 * launch + 3 * pw, rel=1e-12)
+    assert dev.for_phase("backward").op_time(group) == pytest.approx(2 * launch_b + 3 * pw_b,
+                                                                     rel=1e-12)
+    single = OpCost("vector", 0.0, 0.0, "aten.mul.Tensor", pointwise=1)
+    assert dev.op_time(single) == pytest.approx(pw, rel=1e-12)
+    assert _device(launch_s=launch, launch_pointwise_s=0.0, eager=True).op_time(group) == \
+        pytest.approx(5 * launch, rel=1e-12)
+    assert _device(launch_s=launch, launch_pointwise_s=pw, eager=False).op_time(group) == \
+        pytest.approx(launch, rel=1e-12)
+
+
+@pytest.mark.parametrize("model", ["gpt", "llama"])
+def test_program_charges_elementwise_dispatch_per_captured_elementwise_op(model: str) -> None:
+    """On the cpu device a step's forward and backward ops cost L x (the captured graph's
+    non-view, non-elementwise ops) + P x (its elementwise ops, rule "pointwise") more when the
+    dispatch figures go from 0 to L and P: the fused groups carry their elementwise count."""
+    from dojo.sim.simulate import device_for
+
+    plan = parse_plan("dp=1,mb=1,precision=fp32,fusion=full")
+    spec = load_system("cpu")
+    overrides = GPT if model == "gpt" else {}
+    program, graph = compile_model(model, overrides, spec, plan, batch=3)
+    dev = device_for(spec, "fp32")
+    ops = [o for c in program.chunks for o in c.forward + c.backward]
+
+    def total(launch: float, pw: float) -> float:
+        cal = replace(dev.calibration, launch_s=launch, launch_pointwise_s=pw)
+        return sum(replace(dev, calibration=cal).op_time(o) for o in ops)
+
+    counted = [(graph.repeat_of(op.block), op.rule) for op in graph.ops
+               if op.phase in ("forward", "backward") and op.rule not in FREE_RULES]
+    pointwise = sum(n for n, rule in counted if rule == "pointwise")
+    others = sum(n for n, rule in counted if rule != "pointwise")
+    assert pointwise > 0 and others > 0
+    assert total(1e-5, 1e-6) - total(0.0, 0.0) == pytest.approx(1e-5 * others + 1e-6 * pointwise,
+                                                                rel=1e-6)
 
 
 def test_cpu_system_refuses_emulated_precisions() -> None:
@@ -256,8 +303,8 @@ def test_step_charges_host_time_and_the_backward_dispatch(
     base = step()
     assert step(optimizer_tensor_s=dev.calibration.optimizer_tensor_s + d) - base == \
         pytest.approx(tensors * d, rel=1e-6)
-    backward_ops = sum(graph.repeat_of(op.block) for op in graph.ops
-                       if op.phase == "backward" and op.rule not in FREE_RULES)
+    backward_ops = sum(graph.repeat_of(op.block) for op in graph.ops  # elementwise: their own
+                       if op.phase == "backward" and op.rule not in (*FREE_RULES, "pointwise"))
     micro = program.microbatches
     assert step(launch_backward_s=dev.calibration.launch_backward_s + d) - base == \
         pytest.approx((micro * backward_ops + (micro - 1) * tensors) * d, rel=1e-6)

@@ -59,6 +59,11 @@ class Calibration:
     # an eager device; `launch_s` is then a forward op's, issued from Python module code
     # (0 = the same as `launch_s`). See `DeviceModel.for_phase`.
     launch_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Dispatch of one elementwise op (capture rule "pointwise": mul, add, rsqrt, SiLU...) on an
+    # eager device, forward and backward: a functional call with no module around it, where
+    # `launch_s` / `launch_backward_s` hold the other ops' (0 = the same as those).
+    launch_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    launch_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
@@ -247,12 +252,19 @@ class DeviceModel:
         cal = self.calibration
         if phase != "backward" or not cal.eager or not cal.launch_backward_s:
             return self
-        return replace(self, calibration=replace(cal, launch_s=cal.launch_backward_s))
+        return replace(self, calibration=replace(cal, launch_s=cal.launch_backward_s,
+                                                 launch_pointwise_s=cal.launch_pointwise_backward_s))
 
     def eager_launches(self, op: Any) -> float:
-        """Seconds of the extra launches of a fused group on an eager device: its target is
-        `fused[N]`, one kernel to a compiler but N dispatched ops to eager PyTorch (0 else)."""
+        """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0
+        elsewhere): a fused group `fused[N]` is one kernel to a compiler but N dispatched ops
+        to eager PyTorch, and its `op.pointwise` elementwise ops each cost
+        `launch_pointwise_s` instead of `launch_s` (where that is measured)."""
         cal = self.calibration
-        if not cal.eager or not op.target.startswith("fused["):
+        if not cal.eager:
             return 0.0
-        return (int(op.target[len("fused["):-1]) - 1) * cal.launch_s
+        fused = op.target.startswith("fused[")
+        extra = (int(op.target[len("fused["):-1]) - 1) * cal.launch_s if fused else 0.0
+        if cal.launch_pointwise_s:
+            extra += getattr(op, "pointwise", 0) * (cal.launch_pointwise_s - cal.launch_s)
+        return extra

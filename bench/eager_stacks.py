@@ -1,0 +1,140 @@
+"""Tiny stacks of residual blocks whose eager forward and backward time is dispatch: the `cpu`
+device's seconds per dispatched op (bench/calibrate_cpu.py, step 3). Each block's kernels take
+well under a microsecond; each phase's time is divided by the ops the simulator counts for it
+(dojo's own capture: one per non-view ATen op).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class _MLPBlock(torch.nn.Module):
+    """x + fc2(gelu(fc1(norm(x)))): a transformer MLP sub-block."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.fc1 = torch.nn.Linear(width, 2 * width)
+        self.fc2 = torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))  # [b, t, width]
+
+
+class _AttentionBlock(torch.nn.Module):
+    """x + proj(attention(qkv(norm(x)))) with heads split and merged by views."""
+
+    def __init__(self, width: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = torch.nn.LayerNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.proj = torch.nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        q, k, v = (z.view(b, t, self.heads, w // self.heads).transpose(1, 2)  # [b, h, t, w/h]
+                   for z in self.qkv(self.norm(x)).split(w, dim=-1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj(y.transpose(1, 2).reshape(b, t, w))  # [b, t, w]
+
+
+class _ConvBlock(torch.nn.Module):
+    """relu(bn(conv3x3(x))) + x: a residual CNN unit."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))) + x  # [b, c, h, w]
+
+
+class _PointwiseBlock(torch.nn.Module):
+    """x + silu(a) * b with a, b from an RMS-normalised x: elementwise ops called as functions
+    from one module's code (RMSNorm, SwiGLU, rotary embeddings in llama-style models)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * torch.rsqrt(x.pow(2) + 1e-6) * self.w  # [b, t, width]
+        gate = torch.nn.functional.silu(h) * torch.sigmoid(h - 1.0)
+        return x + gate * torch.exp(-h) / (h.abs() + 1.0)  # [b, t, width]
+
+
+def _stacks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    """Two tiny blocks of each kind and an input: kernels of well under a microsecond."""
+    def two(block: type[torch.nn.Module], width: int) -> torch.nn.Module:
+        return torch.nn.Sequential(block(width), block(width))
+
+    return {"mlp": (two(_MLPBlock, 8), torch.randn(1, 2, 8)),
+            "attention": (two(_AttentionBlock, 8), torch.randn(1, 4, 8)),
+            "conv": (two(_ConvBlock, 2), torch.randn(2, 2, 4, 4)),
+            "pointwise": (two(_PointwiseBlock, 8), torch.randn(1, 2, 8))}
+
+
+def _loss(y: torch.Tensor) -> torch.Tensor:
+    return y.square().mean()
+
+
+def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
+    """(forward, backward, forward elementwise, backward elementwise) ops of one step of
+    `model` as the simulator counts them: the captured graph's non-view ops
+    (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"."""
+    from dojo.capture import capture
+    from dojo.compiler.fusion import FREE_RULES
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+    ops = [op for op in graph.ops if op.rule not in FREE_RULES]
+    return tuple([sum(1 for op in ops if op.phase == phase) for phase in ("forward", "backward")]
+                 + [sum(1 for op in ops if op.phase == phase and op.rule == "pointwise")
+                    for phase in ("forward", "backward")])  # type: ignore[return-value]
+
+
+def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float]:
+    """Fastest (forward, backward) seconds of one step of `model` over `repeat` steps."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss = _loss(model(x))
+        mid = time.perf_counter()
+        loss.backward()
+        end = time.perf_counter()
+        best = [min(best[0], mid - start), min(best[1], end - mid)]
+    return best[0], best[1]
+
+
+def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, float, int, int]]:
+    """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
+    each tiny block stack: the forward issued op by op from Python module code, the backward
+    by autograd's engine; the fastest of `rounds` rounds that take turns over the stacks (a
+    shared machine's load comes and goes over seconds).
+
+    The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
+    other stacks' are net of their own elementwise ops at that figure: seconds per op of the
+    rest (linear layers, norms, attention, convolutions), over those ops alone."""
+    raw: dict[str, tuple[float, float]] = {}
+    stacks = _stacks()
+    counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
+    for _ in range(rounds):
+        for name, (model, x) in stacks.items():
+            fwd, bwd = _phase_times(model, x, 100)
+            old = raw.get(name, (fwd, bwd))
+            raw[name] = (min(old[0], fwd), min(old[1], bwd))
+    nf, nb, _, _ = counts["pointwise"]
+    pw = (raw["pointwise"][0] / nf, raw["pointwise"][1] / nb)
+    out = {"pointwise": (pw[0], pw[1], nf, nb)}
+    for name, (fwd, bwd) in raw.items():
+        if name != "pointwise":
+            nf, nb, pf, pb = counts[name]
+            out[name] = ((fwd - pf * pw[0]) / (nf - pf), (bwd - pb * pw[1]) / (nb - pb),
+                         nf - pf, nb - pb)
+    return out
