@@ -200,7 +200,7 @@ def ep_gemm(o: OpCost, layout: MoeLayout, ep: int, tp: int, scale: float) -> OpC
     rows = m == layout.rows
     shape = (max(1, b // ep), m * ep if rows else m, n)
     out = o.out_bytes if rows else o.out_bytes / ep
-    return OpCost(o.kind, o.flops, o.bytes - weight * (1 - 1 / ep), o.target, shape, out)
+    return replace(o, bytes=o.bytes - weight * (1 - 1 / ep), shape=shape, out_bytes=out)
 
 
 def _busiest(gemms: list[OpCost], layout: MoeLayout, plan: Any, scale: float
@@ -217,8 +217,8 @@ def _busiest(gemms: list[OpCost], layout: MoeLayout, plan: Any, scale: float
         weight = b * layout.hidden * layout.width * 4.0 * scale
         rows = m in (layout.rows, layout.rows * plan.ep)
         shape = (b, max(1, round(m * extra)), n) if rows else o.shape
-        out.append(OpCost(o.kind, o.flops * extra, max(0.0, o.bytes - weight) * extra,
-                          o.target, shape, o.out_bytes * extra if rows else 0.0))
+        out.append(replace(o, flops=o.flops * extra, bytes=max(0.0, o.bytes - weight) * extra,
+                           shape=shape, out_bytes=o.out_bytes * extra if rows else 0.0))
     return tuple(out)
 
 
