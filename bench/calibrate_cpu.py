@@ -26,7 +26,8 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    over 4 and 68 tiny tensors: a fixed part and a part per parameter tensor (the simulator's
    `host_step_time`; see docs/simulator.md for what it still needs). Likewise the runtime's
    data-parallel gradient sync outside its all-reduce (packing into one flat buffer, scaling,
-   unpacking: `dojo.sim.eager.sync_host_time`).
+   unpacking: `dojo.sim.eager.sync_host_time`). And oneDNN's setup per convolution call: a
+   tiny convolution of 2 images (oneDNN) against 1 image (im2col), side by side.
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
@@ -91,6 +92,26 @@ def conv_ratio(peak: float) -> float:
         t = _best(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1))
         rates.append(2.0 * 8 * c * c * 9 * hw * hw / t)
     return min(1.0, statistics.median(rates) / peak)
+
+
+def onednn_setup(repeat: int = 200) -> tuple[float, float]:
+    """(forward s, backward s) of oneDNN's setup per convolution call: a tiny 3x3 convolution
+    of 2 images (PyTorch hands it to oneDNN) against the same convolution of 1 image (the im2col
+    path, `dojo.compiler.eager_cpu`), timed side by side; both kernels take about a
+    microsecond, so the difference is the library's primitive setup and operand reorders."""
+    w = torch.randn(8, 8, 3, 3, requires_grad=True)
+    best: dict[int, tuple[float, float]] = {}
+    for _ in range(3):
+        for batch in (1, 2):
+            x = torch.randn(batch, 8, 4, 4, requires_grad=True)
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            g = torch.randn_like(y)
+            fwd = _best(lambda x=x: torch.nn.functional.conv2d(x, w, padding=1), repeat)
+            both = _best(lambda x=x, g=g: torch.autograd.grad(
+                torch.nn.functional.conv2d(x, w, padding=1), (x, w), g), repeat)
+            old = best.get(batch, (fwd, both - fwd))
+            best[batch] = (min(old[0], fwd), min(old[1], both - fwd))
+    return (max(0.0, best[2][0] - best[1][0]), max(0.0, best[2][1] - best[1][1]))
 
 
 def stream_curve() -> list[tuple[float, float]]:
@@ -317,6 +338,7 @@ def main() -> None:
     conv = max(conv_ratio(peak) for _ in range(args.rounds))
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(args.rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(args.rounds))
+    library = onednn_setup()
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}")
@@ -345,15 +367,18 @@ def main() -> None:
           f"{vector:.3f} of peak (median), conv at {conv:.2f}"
           f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
           f" per tensor, gradient sync {sync_fixed * 1e6:.1f} us + {sync_tensor * 1e6:.2f} us per"
-          f" tensor, gloo {alpha * 1e6:.1f} us per message step, {link / 1e9:.2f} GB/s")
+          f" tensor, oneDNN convolution setup {library[0] * 1e6:.1f} us forward,"
+          f" {library[1] * 1e6:.1f} us backward, gloo {alpha * 1e6:.1f} us per message step,"
+          f" {link / 1e9:.2f} GB/s")
     if args.write:
         _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
-               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor), pointwise)
+               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor),
+               pointwise + library)
 
 
 def _write(peak: float, half: float, stream: tuple[float, float, float],
            kernels: tuple[float, float, float, float], gloo: tuple[float, float],
-           host: tuple[float, float, float, float], pointwise: tuple[float, float]) -> None:
+           host: tuple[float, float, float, float], calls: tuple[float, ...]) -> None:
     memory, cache, cache_bytes = stream
     per_op, per_op_backward, vector, conv = kernels
     alpha, link = gloo
@@ -369,8 +394,8 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {host[0]:.4g}\n"
         f"optimizer_tensor_s = {host[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
         f"grad_sync_s = {host[2]:.4g}\ngrad_sync_tensor_s = {host[3]:.4g}\n"
-        f"launch_pointwise_s = {pointwise[0]:.4g}\n"
-        f"launch_pointwise_backward_s = {pointwise[1]:.4g}\n"
+        f"launch_pointwise_s = {calls[0]:.4g}\nlaunch_pointwise_backward_s = {calls[1]:.4g}\n"
+        f"library_call_s = {calls[2]:.4g}\nlibrary_call_backward_s = {calls[3]:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

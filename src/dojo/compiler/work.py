@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section
 from dojo.compiler import fusion
+from dojo.compiler.eager_cpu import onednn_calls
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
 
@@ -38,6 +39,7 @@ class OpCost:
     shape: tuple[int, int, int] = (0, 0, 0)  # GEMM output (batch, m, n) on this device; 0s: n/a
     out_bytes: float = 0.0  # of `bytes`, those of the GEMM's output on this device (matrix ops)
     pointwise: int = 0  # of its ATen ops (a fused group's), the elementwise ones (eager dispatch)
+    library_calls: int = 0  # of its ops, calls into oneDNN with their setup (eager CPU only)
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         moved = float(fusion.fused_bytes(graph, group, readers))
         moved -= _mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split)
-        cost = replace(cost, pointwise=sum(o.rule == "pointwise" for o in group))
+        cost = replace(cost, pointwise=sum(o.rule == "pointwise" for o in group),
+                       library_calls=onednn_calls(group, graph))
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
             selective.setdefault(label, []).append(cost)

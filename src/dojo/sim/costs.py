@@ -64,6 +64,11 @@ class Calibration:
     # `launch_s` / `launch_backward_s` hold the other ops' (0 = the same as those).
     launch_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     launch_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Setup of one call into a kernel library that prepares its primitive and reorders its
+    # operands on every call (oneDNN's convolutions, `dojo.compiler.eager_cpu`), forward and
+    # backward, on an eager device; counted per op as `OpCost.library_calls` (0 = none).
+    library_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    library_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
@@ -209,8 +214,10 @@ class DeviceModel:
         if op.kind != "matrix":
             return self.vector_time(op.bytes, op.flops) + self.eager_launches(op)
         if "convolution" in op.target:
-            return self.matrix_time(op.flops / self.calibration.conv_efficiency, op.bytes,
-                                    op.shape, op.out_bytes)
+            setup = (getattr(op, "library_calls", 0) * self.calibration.library_call_s
+                     if self.calibration.eager else 0.0)
+            return setup + self.matrix_time(op.flops / self.calibration.conv_efficiency,
+                                            op.bytes, op.shape, op.out_bytes)
         return self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
 
     def vector_time_raw(self, nbytes: float) -> float:
@@ -252,8 +259,9 @@ class DeviceModel:
         cal = self.calibration
         if phase != "backward" or not cal.eager or not cal.launch_backward_s:
             return self
-        return replace(self, calibration=replace(cal, launch_s=cal.launch_backward_s,
-                                                 launch_pointwise_s=cal.launch_pointwise_backward_s))
+        return replace(self, calibration=replace(
+            cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
+            library_call_s=cal.library_call_backward_s))
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0

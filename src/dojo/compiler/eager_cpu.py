@@ -1,0 +1,44 @@
+"""Which convolutions eager PyTorch runs through oneDNN on a CPU (one intra-op thread, FP32).
+
+PyTorch picks a CPU convolution backend per call (`at::native::_select_conv_backend`,
+`use_mkldnn` in aten/src/ATen/native/ConvUtils.h): a 2-D FP32 convolution goes to oneDNN when
+(strided or dilated or batch >= 16 or a kernel other than 1x1 or more than one thread) and
+(grouped or a kernel over 3x3 in both dimensions or batch > 1 or an input of more than 20,480
+elements), else to the im2col path (`_slow_conv2d`). A oneDNN call sets up its primitive and
+reorders its operands whatever its size (tens of microseconds, `Calibration.library_call_s`),
+the im2col path does not: CNN stems and multi-camera batches pay it, single-image 3x3 stacks not.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dojo.graph import Graph, Op
+
+CONVOLUTIONS = ("aten.convolution.default", "aten.convolution_backward.default")
+SMALL_INPUT = 20480  # elements: up to this, batch 1 and kernels up to 3x3 take the im2col path
+
+
+def onednn_calls(group: list[Op], graph: Graph, threads: int = 1) -> int:
+    """How many of `group`'s ops are 2-D convolutions (forward or backward) that eager PyTorch
+    hands to oneDNN on a CPU with `threads` intra-op threads."""
+    return sum(1 for op in group if op.target in CONVOLUTIONS and _onednn(op, graph, threads))
+
+
+def _onednn(op: Op, graph: Graph, threads: int) -> bool:
+    # forward: (input, weight, ...) -> output; backward: (grad_out, input, weight, ...)
+    first = 0 if op.target == CONVOLUTIONS[0] else 1
+    if len(op.inputs) < first + 2:
+        return False
+    x = graph.tensors[op.inputs[first]].shape
+    w = graph.tensors[op.inputs[first + 1]].shape
+    out = graph.tensors[op.inputs[0] if first else op.outputs[0]].shape
+    if len(x) != 4 or len(w) != 4 or len(out) != 4:
+        return False
+    kh, kw = w[2], w[3]
+    # a stride of 1 leaves at least H - k + 1 rows (padding only adds); fewer means strided
+    strided = out[2] < x[2] - kh + 1 or out[3] < x[3] - kw + 1
+    grouped = w[1] != x[1]
+    first_rule = strided or x[0] >= 16 or kh != 1 or kw != 1 or threads > 1
+    second_rule = grouped or (kh > 3 and kw > 3) or x[0] > 1 or math.prod(x) > SMALL_INPUT
+    return first_rule and second_rule
