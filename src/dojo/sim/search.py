@@ -327,33 +327,33 @@ class _Screen:
         chunks = plan.pp * plan.interleave
         split = chunk_blocks(work.repeat, chunks) if work.block else None
         rec = {"full": blk_f, "selective": blk_sel}.get(plan.recompute, 0.0)
-        # with ep, each MoE layer's dispatch and combine all-to-alls, exposed in the task
-        pair, outer, inner, again = self._all_to_all(plan, work)
         fwd, bwd = [], []
         for v in range(chunks):
             n = split[v] if split else 0
             first, last = float(v == 0), float(v == chunks - 1)
-            a2a = pair * (n * inner + first * outer)
-            fwd.append(first * pre_f + n * blk_f + last * post_f + a2a)
-            bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b + a2a
-                       + pair * n * inner * again)
-        return fwd, bwd
+            fwd.append(first * pre_f + n * blk_f + last * post_f)
+            bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b)
+        return self._with_all_to_all(plan, work, split, fwd, bwd)
 
-    def _all_to_all(self, plan: Plan, work: ModelWork) -> tuple[float, int, int, int]:
-        """(seconds of one MoE layer's dispatch + combine on the ep group, MoE layers outside
-        the block and in one block, 1 if the recompute replays them); zeros without ep."""
+    def _with_all_to_all(self, plan: Plan, work: ModelWork, split: list[int] | None,
+                         fwd: list[float], bwd: list[float]) -> tuple[list[float], list[float]]:
+        """Per virtual stage (`split`: its blocks), op times plus, with ep, each MoE layer's
+        dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound."""
         layout = self._layout(plan)
         if layout is None or plan.ep == 1:
-            return 0.0, 0, 0, 0
+            return fwd, bwd
         spec = self.args[2]
         cal = self._device(plan.precision).calibration
         levels = group_levels(spec, plan.ep, plan.tp)
         nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
-        t = min(collective_time("all_to_all", nbytes, lv, cal.link_efficiency,
-                                cal.collective_latency_s)[0]
-                for lv in (levels, zplane_levels(spec, levels) or levels))
-        return 2 * t, layout.outer_layers, layout.block_layers, int(
-            replays_experts(work, layout, plan))
+        pair = 2 * min(collective_time("all_to_all", nbytes, lv, cal.link_efficiency,
+                                       cal.collective_latency_s)[0]
+                       for lv in (levels, zplane_levels(spec, levels) or levels))
+        again = replays_experts(work, layout, plan)
+        moe = [(split[v] if split else 0) * layout.block_layers for v in range(len(fwd))]
+        outer = [layout.outer_layers if v == 0 else 0 for v in range(len(fwd))]
+        return ([f + pair * (m + o) for f, m, o in zip(fwd, moe, outer)],
+                [b + pair * (m + o + (m if again else 0)) for b, m, o in zip(bwd, moe, outer)])
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
         key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)
