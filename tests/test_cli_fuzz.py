@@ -157,6 +157,10 @@ COMMANDS: dict[str, Command] = {
         Slot("--frames", "--frames", ("zero", "negative", "huge")),
         Slot("--size", "--size", ("zero", "nonnumber", "empty")),
         Slot("--out", "--out", ("empty", "readonly_dir", "afile")),
+        Slot("--scenario", "--scenario", ("unknown",)),
+        Slot("--weather", "--weather", ("unknown",)),
+        Slot("--time-of-day", "--time-of-day", ("unknown",)),
+        Slot("--catalog", "--catalog", ("afile", "readonly_dir")),
     ), subprocess=True),
     "train": Command(("train", "occupancy", "--steps", "1", "--out", "runs/x"), (
         Slot("model", None, ("unknown",), 1),
@@ -166,6 +170,9 @@ COMMANDS: dict[str, Command] = {
         Slot("--system", "--system", ("unknown", "missing")),
         Slot("--precision", "--precision", ("unknown",)),
         Slot("--out", "--out", ("empty", "afile", "readonly_dir")),
+        Slot("--rounds", "--rounds", ("zero", "negative", "huge")),
+        Slot("--budget", "--budget", ("zero", "negative", "huge")),
+        Slot("--slices", "--slices", ("missing", "afile")),
     ), subprocess=True, default_cases=1),
 }
 

@@ -51,7 +51,7 @@ def _index(args: argparse.Namespace) -> int:
     from dojo.data.catalog import default_catalog, index_set, read_set_manifest
 
     read_set_manifest(args.root)  # a bad set is named before the catalog
-    _check_catalog_folder(args.catalog or default_catalog(args.root))
+    check_catalog_folder(args.catalog or default_catalog(args.root))
 
     def progress(done: int, total: int) -> None:
         print(f"dojo data index: {done}/{total} clips", file=sys.stderr, flush=True)
@@ -65,7 +65,7 @@ def _index(args: argparse.Namespace) -> int:
     return 1 if result.skipped else 0
 
 
-def _check_catalog_folder(catalog: str) -> None:
+def check_catalog_folder(catalog: str) -> None:
     """A local catalog folder that is a file or cannot be made is refused before any clip is
     read (a folder made to find out is removed again); URLs are left to their store."""
     import shutil

@@ -92,6 +92,10 @@ def _synth(args: argparse.Namespace) -> int:
         "scenario": args.scenario, "weather": args.weather, "time_of_day": args.time_of_day,
     }
     cfg = parse(SynthConfig, mapping, "dojo data synth")
+    if args.catalog:  # refused before any clip is written: no clip set left without its catalog
+        from dojo.cli.cmd_catalog import check_catalog_folder
+
+        check_catalog_folder(args.catalog)
 
     def progress(done: int, total: int) -> None:
         print(f"dojo data synth: {done}/{total} clips", file=sys.stderr, flush=True)
