@@ -64,6 +64,9 @@ CLIENT_ENV = (("DOJO_TOKEN", "dojo_fuzz"), ("DOJO_CONFIG", "missing_config/token
 SERVER_SLOT = Slot("--server", "--server", ("bad_url", "no_server"))
 STORE_SLOTS = (Slot("--data", "--data", ("afile", "readonly_dir")),
                Slot("--db", "--db", ("bad_db",)))
+# a limit setrlimit cannot hold failed every job at its start, not the command
+WORKER_SLOTS = (Slot("--worker-memory-gb", "--worker-memory-gb", ("float_bad", "huge")),
+                Slot("--worker-cpu-s", "--worker-cpu-s", ("zero", "negative", "huge")))
 
 VERBS: dict[str, Command] = {
     "data check": Command(("data", "check", "clips"), (
@@ -101,13 +104,13 @@ VERBS: dict[str, Command] = {
                                       "gpu_system")),
         Slot("--max-attempts", "--max-attempts", ("zero", "negative", "nonnumber")),
         Slot("--rate-limit", "--rate-limit", ("float_bad",)),
-        Slot("--worker-memory-gb", "--worker-memory-gb", ("float_bad",)),
+        *WORKER_SLOTS,
         *STORE_SLOTS,
     ), subprocess=True, default_cases=2),
     "worker": Command(("worker", "--data", "svc", "--name", "h1"), (
         Slot("--slots", "--slots", ("zero", "negative", "nonnumber")),
         Slot("--system", "--system", ("unknown", "missing", "empty", "gpu_system")),
-        Slot("--worker-memory-gb", "--worker-memory-gb", ("float_bad",)),
+        *WORKER_SLOTS,
         *STORE_SLOTS,
     ), subprocess=True, default_cases=1),
     "admin tenant create": Command(("admin", "tenant", "create", "acme", "--quota-tile-hours",

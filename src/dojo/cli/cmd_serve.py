@@ -123,11 +123,12 @@ def _limits(args: argparse.Namespace) -> Any:
 
     if args.max_attempts < 1:
         raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
-    if args.worker_cpu_s < 1:
-        raise ConfigError("--worker-cpu-s", "worker_cpu_s", args.worker_cpu_s, "at least 1 s")
-    if not 0.25 <= args.worker_memory_gb < float("inf"):
+    if not 1 <= args.worker_cpu_s <= 2**62:  # setrlimit holds a C long: past it, every job failed
+        raise ConfigError("--worker-cpu-s", "worker_cpu_s", args.worker_cpu_s,
+                          "at least 1 s, at most 2^62 s (what setrlimit holds)")
+    if not 0.25 <= args.worker_memory_gb <= 2**32:
         raise ConfigError("--worker-memory-gb", "worker_memory_gb", args.worker_memory_gb,
-                          "at least 0.25 GB")
+                          "at least 0.25 GB, at most 2^32 GB (2^62 bytes, what setrlimit holds)")
     return Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
                   max_attempts=args.max_attempts)
 
