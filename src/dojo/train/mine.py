@@ -148,7 +148,12 @@ def mine_run(run_dir: str, slice_name: str, budget: int, slices_file: str = "",
     run = Path(run_dir)
     loaded = load_run(run)
     catalog = catalog or loaded.catalog
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # stopped before its metrics, or a damaged file
+        raise DojoError(f"{run / 'metrics.json'}: cannot read the run's metrics "
+                        f"({getattr(err, 'strerror', None) or err}); expected a finished run") \
+            from None
     train = read_version(catalog, metrics.get("dataset", {}).get("train", ""))
     con = connect(catalog)
     slices = load_slices(slices_file) if slices_file else tag_slices(con)
