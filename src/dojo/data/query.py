@@ -148,6 +148,7 @@ def add_slices(con: Any, slices: dict[str, Slice]) -> None:
 
 
 MAX_ROWS = 1_000_000  # rows one query may print: about 100 bytes each in memory
+QUERY_LIMIT_S = 300.0  # one query's wall time (100,000 clips take under 1 s: docs/benchmarks.md)
 
 
 def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -163,11 +164,21 @@ def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     if statements[0].type != duckdb.StatementType.SELECT:
         raise DojoError(f"bad SQL: only SELECT queries run on the catalog, not "
                         f"{statements[0].type.name}")
+    import threading
+
+    timer = threading.Timer(QUERY_LIMIT_S, con.interrupt)  # count(*) over range(10^13): hours
+    timer.daemon = True
+    timer.start()
     try:
         result = con.execute(sql)
         rows = result.fetchmany(MAX_ROWS + 1)
+    except duckdb.InterruptException:
+        raise DojoError(f"the query ran past {QUERY_LIMIT_S:g} s and was stopped; narrow it "
+                        "with WHERE, LIMIT or fewer joins") from None
     except duckdb.Error as err:
         raise DojoError(f"bad SQL: {_first_line(err)}") from None
+    finally:
+        timer.cancel()
     if len(rows) > MAX_ROWS:  # memory bounded by this, not by the query (range(10^10))
         raise DojoError(f"the query returns more than {MAX_ROWS:,} rows; narrow it with WHERE, "
                         "LIMIT or an aggregate")
