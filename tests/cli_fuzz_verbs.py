@@ -57,6 +57,7 @@ VERB_VALUES: dict[str, Callable[[random.Random], str]] = {
     "job_id": _pick("../../etc/passwd", "a b", "", "x%00y", "j" * 300),
     "gpu_system": _pick("a100-cluster", "h100-cluster:8", "cpu"),
     "slice_name": _pick("nosuch", "a b", "x;DROP"),
+    "url_path": _pick("s3://nobucket/x", "memory://x", "foo://x/y"),  # where a local folder goes
 }
 
 SERVER = ("--server", "http://127.0.0.1:9")  # nothing listens: every case fails before a request

@@ -156,7 +156,7 @@ COMMANDS: dict[str, Command] = {
         Slot("--cameras", "--cameras", ("zero", "negative", "huge")),
         Slot("--frames", "--frames", ("zero", "negative", "huge")),
         Slot("--size", "--size", ("zero", "nonnumber", "empty")),
-        Slot("--out", "--out", ("empty", "readonly_dir", "afile")),
+        Slot("--out", "--out", ("empty", "readonly_dir", "afile", "url_path")),
         Slot("--scenario", "--scenario", ("unknown",)),
         Slot("--weather", "--weather", ("unknown",)),
         Slot("--time-of-day", "--time-of-day", ("unknown",)),
@@ -170,6 +170,7 @@ COMMANDS: dict[str, Command] = {
         Slot("--system", "--system", ("unknown", "missing")),
         Slot("--precision", "--precision", ("unknown",)),
         Slot("--out", "--out", ("empty", "afile", "readonly_dir")),
+        Slot("--data", "--data", ("url_path", "afile")),
         Slot("--rounds", "--rounds", ("zero", "negative", "huge")),
         Slot("--budget", "--budget", ("zero", "negative", "huge")),
         Slot("--slices", "--slices", ("missing", "afile")),
@@ -388,6 +389,10 @@ DIRECTED: list[tuple[tuple[str, ...], str, bool, bool]] = [
     (("inspect", "fac.py:factory", "--set", "x=1"), "9", False, False),
     (("inspect", "fac.py:factory", "--batch", "4"), "9", False, False),
     (("run", "--model", "mlp", "--resume"), "9", False, False),
+    # a URL where a local folder goes made a local "s3:" folder and crashed in the encoder
+    (("data", "synth", "--out", "s3://nobucket/x", "--clips", "1"), "13", True, False),
+    (("train", "occupancy", "--data", "s3://nobucket/x", "--synth", "--steps", "1"), "13", True,
+     True),
 ]
 DIRECTED_KNOWN: dict[tuple[str, ...], str] = {}
 

@@ -112,6 +112,9 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
     name), `dojo.data.catalog`. `progress(done, total)` is called after each clip. Returns the
     manifest path.
     """
+    if "://" in str(out):  # Path() would make it a local "s3:/bucket" folder
+        raise DojoError(f"{out}: expected a local folder for the clip set (clips are written "
+                        "locally; --catalog may be a URL)")
     out = Path(out)
     if not out.name:  # '' or '/': the set would land beside the current folder or at the root
         raise DojoError(f"'{out}': expected the path of a folder to create for the clip set")

@@ -55,6 +55,9 @@ def preflight(opts: TrainOptions) -> Job:
     out = check_out(opts.out)
     check_system(opts.system)
     check_plan(opts.plan, opts.precision)
+    if "://" in opts.data:  # Path() would make "s3://b/x" a local "s3:/b/x" folder
+        raise ConfigError("--data", "data", opts.data, "a local folder with train/ and val/ "
+                          "(clip sets are read and made locally)")
     root = Path(opts.data) if opts.data else out.parent / "data"
     manifests = _existing_sets(root, bool(opts.data) and not opts.synth)
     if manifests.keys() == set(SETS):
