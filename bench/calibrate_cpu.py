@@ -39,6 +39,7 @@ Run: .venv/bin/python bench/calibrate_cpu.py [--write] [--rounds 3]
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -385,7 +386,9 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
     cal = ROOT / "src/dojo/sim/calibration/cpu.toml"
     cal.write_text(
         f"# Measured by bench/calibrate_cpu.py on the development machine ({THREADS} thread, "
-        "FP32, eager).\n"
+        f"FP32, eager),\n# {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC at load average "
+        f"{os.getloadavg()[0]:.1f}; re-run it before comparing (machines differ between "
+        "sessions).\n"
         'name = "cpu"\nmatrix_efficiency = 1.0\n'
         f"matrix_half_flops = {half:.4g}\nvector_efficiency = 1.0\nlaunch_s = {per_op:.4g}\n"
         f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
