@@ -3,7 +3,8 @@
     dojo train occupancy [--system v1] [--plan auto] [--precision fp32|bf16|cfp8] [--steps N]
                          [--out DIR] [--data DIR] [--resume] [--batch B] [--lr LR] [--seed S]
                          [--threads 2] [--policy skip|error] [--synth] [--measure-decode]
-                         [--json]
+                         [--rounds K] [--budget N] [--mine-by score|random]
+                         [--train-set VERSION_OR_DIR [--catalog CATALOG]] [--json]
 
 Progress (step, loss, samples/s, ETA) is one carriage-return line on stderr; the summary (or
 metrics.json with --json) goes to stdout.
@@ -51,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", default=None, help="mining rounds: after round 0, mine --budget "
                    "clips for the weakest slice and retrain (default 1: no mining)")
     p.add_argument("--budget", default=None, help="clips mined per round (default 8)")
+    p.add_argument("--mine-by", default="score", help="how rounds choose pool clips: score "
+                   "(mining, default) or random (the control: as many clips drawn at random)")
+    p.add_argument("--train-set", default="", help="train on this clip set folder or dataset "
+                   "version ID (of --catalog) instead of DATA/train; DATA/val stays held out")
+    p.add_argument("--catalog", default="", help="catalog holding the --train-set version "
+                   "(default OUT/catalog; RUN/catalog for a version mined from RUN)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(run=run)
@@ -66,7 +73,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {"out": args.out, "data": args.data, "system": args.system,
                               "plan": args.plan, "precision": args.precision,
                               "policy": args.policy, "resume": args.resume, "synth": args.synth,
-                              "measure_decode": args.measure_decode, "slices": args.slices}
+                              "measure_decode": args.measure_decode, "slices": args.slices,
+                              "mine_by": args.mine_by, "train_set": args.train_set,
+                              "catalog": args.catalog}
     for key, kind in _NUMBERS.items():
         raw = getattr(args, key)
         if raw is None:

@@ -56,6 +56,11 @@ class TrainOptions:
     rounds: int = field(default=1, metadata=check(ge=1, le=20))  # mining rounds (`rounds`)
     budget: int = field(default=8, metadata=check(ge=1, le=100_000))  # clips mined per round
     pool_clips: int = field(default=64, metadata=check(ge=1, le=100_000))  # synthesized pool
+    # how later rounds choose pool clips: "score" (`dojo.train.mine`) or "random" (the control:
+    # the same budget drawn uniformly from the unused pool clips, seed + round)
+    mine_by: str = field(default="score", metadata=check(choices=("score", "random")))
+    train_set: str = ""  # a clip set folder or a dataset version ID (of `catalog`) to train on
+    catalog: str = ""  # catalog holding the `train_set` version ("": OUT/catalog)
 
     def settings(self) -> dict[str, object]:
         """What a checkpoint must share with a run that resumes it."""

@@ -48,6 +48,8 @@ class Job:
     resume_state: dict[str, Any] | None
     slices: dict[str, Any] | None = None  # parsed --slices file (None: one per tag value)
     catalog: Path | None = None  # the run's catalog (None: OUT/catalog)
+    train_set: Any = None  # `trainset.TrainSet` of --train-set (None: DATA/train)
+    train_dir: Path | None = None  # the set trained on, once known (None: DATA/train)
 
 
 def preflight(opts: TrainOptions) -> Job:
@@ -59,15 +61,24 @@ def preflight(opts: TrainOptions) -> Job:
         raise ConfigError("--data", "data", opts.data, "a local folder with train/ and val/ "
                           "(clip sets are read and made locally)")
     root = Path(opts.data) if opts.data else out.parent / "data"
-    manifests = _existing_sets(root, bool(opts.data) and not opts.synth)
+    train_set = None
+    if opts.train_set:
+        from dojo.train.trainset import resolve
+
+        train_set = resolve(opts.train_set, opts.catalog, out, opts.window)
+    manifests = _existing_sets(root, bool(opts.data) and not opts.synth,
+                               ("val",) if train_set else SETS)
+    if train_set:
+        manifests["train"] = train_set.manifest
     if manifests.keys() == set(SETS):
         check_alike(root, manifests["train"], manifests["val"])
     synth = {name: _synth_config(opts, name, manifests) for name in SETS if name not in manifests}
     if synth:
         _check_writable(root, "--data" if opts.data else "--out")
-    windows = (_windows(manifests["train"], opts.window) if "train" in manifests
+    windows = (train_set.windows if train_set else _windows(manifests["train"], opts.window)
+               if "train" in manifests
                else synth["train"].clips * max(0, synth["train"].frames - opts.window + 1))
-    check_batch(opts.batch_size, windows, root / "train")
+    check_batch(opts.batch_size, windows, Path(opts.train_set) if train_set else root / "train")
     state = checkpoint.load(out / "checkpoint", opts.settings()) if opts.resume else None
     slices = None
     if opts.slices:
@@ -75,7 +86,7 @@ def preflight(opts: TrainOptions) -> Job:
 
         slices = load_slices(opts.slices)
     return Job(out=out, data_root=root, synth=synth, train_windows=windows, resume_state=state,
-               slices=slices)
+               slices=slices, train_set=train_set)
 
 
 def check_out(text: str) -> Path:
@@ -143,15 +154,16 @@ def check_alike(root: Path, train: Manifest, val: Manifest) -> None:
                             "clips must come from the same cameras, frame size and grid)")
 
 
-def _existing_sets(root: Path, must_exist: bool) -> dict[str, Manifest]:
-    """Manifests of the sets under `root`; errors for anything that is not a clip set."""
+def _existing_sets(root: Path, must_exist: bool, sets: tuple[str, ...] = SETS
+                   ) -> dict[str, Manifest]:
+    """Manifests of `sets` under `root`; errors for anything that is not a clip set."""
     if root.exists() and not root.is_dir():
         raise DojoError(f"{root}: is a file; --data expects a folder with train/ and val/")
     if (root / "manifest.json").is_file():
         raise DojoError(f"{root}: is one clip set; --data expects a folder with train/ and val/ "
                         "clip sets (held-out clips must be separate)")
     found = {}
-    for name in SETS:
+    for name in sets:
         folder = root / name
         if (folder / "manifest.json").is_file():
             found[name] = read_manifest(folder)

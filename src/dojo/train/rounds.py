@@ -16,11 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dojo.data.catalog import index_set, read_set_manifest, read_version
+import numpy as np
+
+from dojo.data.catalog import Version, index_set, read_set_manifest, read_version, write_version
 from dojo.data.query import add_slices, connect, tag_slices
 from dojo.data.subset import write_subset
 from dojo.data.synth import SynthConfig, synthesize
-from dojo.train.mine import mine, weight_repeats
+from dojo.errors import DojoError
+from dojo.train.mine import Mined, mine, weight_repeats
 from dojo.train.options import Progress
 
 POOL = "pool"
@@ -61,6 +64,25 @@ def weighted_set(catalog: str, version: str, slices: dict[str, Any], folder: Pat
     return folder
 
 
+def pick_random(catalog: str, train: Version, target: str, budget: int, pool: str, seed: int
+                ) -> Mined:
+    """`budget` clips of the pool split not in `train`, drawn uniformly without replacement
+    with `numpy.random.default_rng(seed)` over the clip hashes in sorted order (the control
+    for mining: the same number of new clips, chosen without looking at the model or slice)."""
+    con = connect(catalog)
+    rows = con.execute("SELECT DISTINCT clip_hash FROM clips WHERE split = ? "
+                       "ORDER BY clip_hash", [pool]).fetchall()
+    unused = [h for (h,) in rows if h not in set(train.clips)]
+    if not unused:
+        raise DojoError(f"{catalog}: no unused clips of split '{pool}' to draw from")
+    rng = np.random.default_rng(seed)
+    picked = sorted(unused[i] for i in rng.choice(len(unused), min(budget, len(unused)),
+                                                  replace=False))
+    version = write_version(catalog, [*train.clips, *picked], parent=train.id,
+                            note=f"{len(picked)} random pool clips (control for {target})")
+    return Mined(version, target, [{"clip_hash": h} for h in picked])
+
+
 def summary(r: int, result: Any, version: str, clips: int, mined_for: str, added: int
             ) -> dict[str, Any]:
     return {"round": r, "mined_for": mined_for, "added": added, "train_version": version,
@@ -73,7 +95,8 @@ def run_rounds(job: Any, opts: Any, val_dir: Path, first: Any,
     """Rounds 1..K-1 after `first` (round 0); `learn(job, train_dir)` trains and evaluates a
     fresh model. Returns one summary per round, round 0 first."""
     catalog = str(job.out / "catalog")
-    ensure_pool(catalog, job.out, job.data_root / "train", opts.pool_clips, opts.seed + 2, tell)
+    ensure_pool(catalog, job.out, job.train_dir or job.data_root / "train", opts.pool_clips,
+                opts.seed + 2, tell)
     con = connect(catalog)
     slices = dict(job.slices) if job.slices else tag_slices(con)
     add_slices(con, slices)
@@ -84,7 +107,10 @@ def run_rounds(job: Any, opts: Any, val_dir: Path, first: Any,
     for r in range(1, opts.rounds):
         target = weakest_slice(result.slices)
         tell(Progress("data", f"round {r}: mining {opts.budget} clips for {target}"))
-        mined = mine(result.model, catalog, train, target, slices, opts.budget, POOL, opts)
+        if opts.mine_by == "random":  # the control: as many pool clips, drawn at random
+            mined = pick_random(catalog, train, target, opts.budget, POOL, opts.seed + r)
+        else:
+            mined = mine(result.model, catalog, train, target, slices, opts.budget, POOL, opts)
         folder = job.out / f"round-{r}"
         write_subset(catalog, mined.version.clips, folder / "train", repeats)
         result = learn(replace(job, out=folder, resume_state=None, catalog=job.out / "catalog"),

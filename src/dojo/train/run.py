@@ -91,13 +91,14 @@ def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
     return job.data_root / "train", job.data_root / "val"
 
 
-def catalog_sets(root: Path, catalog: Path, progress: ProgressFn) -> dict[str, str]:
-    """Index ROOT/train and ROOT/val into `catalog` (OUT/catalog: the run's own, so the data
-    folder is only read) and record each as a dataset version; returns {set: version ID}."""
+def catalog_sets(dirs: tuple[Path, Path], catalog: Path, progress: ProgressFn
+                 ) -> dict[str, str]:
+    """Index the training and held-out sets into `catalog` (OUT/catalog: the run's own, so the
+    data folder is only read) and record each as a dataset version; returns {set: version ID}."""
     versions = {}
-    for name in ("train", "val"):
+    for name, folder in zip(("train", "val"), dirs, strict=True):
         progress(Progress("data", f"cataloguing {name} clips"))
-        indexed = index_set(str(root / name), str(catalog), name)
+        indexed = index_set(str(folder), str(catalog), name)
         versions[name] = write_version(str(catalog), indexed.clips, note=f"{name} set").id
     return versions
 
@@ -173,7 +174,12 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     sim = simulate_large(opts.system, opts.plan, opts.precision, large.frames_per_s)
     _make_folder(job.out, "--out")
     train_dir, val_dir = ensure_data(job, tell)
-    versions = catalog_sets(job.data_root, job.out / "catalog", tell)
+    if job.train_set is not None:  # --train-set: a version or a set folder, not DATA/train
+        from dojo.train.trainset import materialize
+
+        train_dir = Path(materialize(job.train_set, job.out))
+        job = replace(job, train_dir=train_dir)
+    versions = catalog_sets((train_dir, val_dir), job.out / "catalog", tell)
     if job.slices and any(round(sl.weight) > 1 for sl in job.slices.values()):
         from dojo.train.rounds import weighted_set
 
