@@ -13,7 +13,7 @@ from dojo.cli.main import main
 from dojo.data import open_clips
 from dojo.data.catalog import index_set, read_version, write_version
 from dojo.data.synth import SynthConfig, synthesize
-from dojo.train import train_occupancy
+from dojo.train import TrainResult, train_occupancy
 from dojo.train.rounds import pick_random
 
 from .conftest import TINY, tiny_options
@@ -36,7 +36,7 @@ def mined(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[st
 
 def test_a_version_id_trains_directly_and_is_recorded(
         mined: tuple[str, str, Path], tiny_data: Path, tmp_path: Path) -> None:
-    cat, vid, root = mined
+    cat, vid, _ = mined
     out = tmp_path / "run"
     result = train_occupancy(tiny_options(out, tiny_data, train_set=vid, catalog=cat))
     m = json.loads((out / "metrics.json").read_text())
@@ -87,3 +87,35 @@ def test_mine_by_random_draws_seeded_unused_pool_clips(mined: tuple[str, str, Pa
     every = pick_random(cat, base, "night", 9, "pool", seed=5)
     assert set(every.version.clips) == {*base.clips, *unused}  # a budget past the unused clips
     assert len(unused) == 3
+
+
+def test_training_reads_data_through_a_url_like_the_local_folder(
+        tiny_data: Path, tiny_run: TrainResult, tmp_path: Path) -> None:
+    """--data memory://... trains on the same bytes as the local folder: metrics.json is the
+    same file (dataset versions are content hashes; no path is in it)."""
+    from tests.data.test_data_fsspec_loader import to_memory
+
+    url = to_memory(tiny_data)
+    out = tmp_path / "run"
+    train_occupancy(tiny_options(out, url))
+    assert (out / "metrics.json").read_bytes() == tiny_run.files["metrics"].read_bytes()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ([], "memory://nothing-here/train: no clip set there"),
+    (["--synth"], "--synth"), (["--measure-decode"], "--measure-decode")])
+def test_url_data_refusals_are_one_line(extra: list[str], words: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "occupancy", "--out", str(out), "--data", "memory://nothing-here",
+                 "--steps", "2", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_out_as_a_url_is_refused_in_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "occupancy", "--out", "memory://runs/x", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "a local folder" in err and err.count("\n") == 1

@@ -93,11 +93,12 @@ class SkippedClipWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Clip:
-    """A validated clip: absolute video paths in manifest camera order, labels in memory."""
+    """A validated clip: video locations (absolute paths, or fsspec URLs for a set given by
+    URL) in manifest camera order, labels in memory."""
 
     name: str
     frames: int
-    videos: tuple[Path, ...]
+    videos: tuple[Path | str, ...]
     labels: dict[str, np.ndarray]
 
 
@@ -105,20 +106,21 @@ class Clip:
 class ClipSet:
     """A validated clip set: the manifest, the usable clips, and the ones skipped."""
 
-    root: Path
+    root: Path | str  # a local folder or an fsspec URL
     manifest: Manifest
     clips: tuple[Clip, ...]
     skipped: tuple[SkippedClip, ...]
 
 
-def read_manifest(root: Path) -> Manifest:
-    """Parse DIR/manifest.json; any structural problem is a `ConfigError` naming the file."""
-    path = root / "manifest.json"
-    if not path.is_file():
+def read_manifest(root: Path | str) -> Manifest:
+    """Parse DIR/manifest.json (DIR a folder or an fsspec URL); any structural problem is a
+    `ConfigError` naming the file."""
+    path = _at(root, "manifest.json")
+    if not _is_file(path):
         raise DojoError(f"{path}: no manifest (expected a clip set made by `dojo data synth` "
                         "or a manifest.json in the same layout)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_bytes(path).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DojoError(f"{path}: not valid JSON ({err})") from None
     manifest = parse(Manifest, data, str(path))
@@ -135,7 +137,7 @@ def open_clips(root: str | Path, policy: str = "error", verify: bool = False) ->
     """
     if policy not in POLICIES:
         raise ConfigError("--policy", "policy", policy, f"one of {', '.join(POLICIES)}")
-    root = Path(root)
+    root = str(root).rstrip("/") if "://" in str(root) else Path(root)
     manifest = read_manifest(root)
     clips, skipped = [], []
     for entry in manifest.clips:
@@ -151,30 +153,62 @@ def open_clips(root: str | Path, policy: str = "error", verify: bool = False) ->
     return ClipSet(root, manifest, tuple(clips), tuple(skipped))
 
 
+def _at(root: Path | str, rel: str) -> Path | str:
+    """A manifest path: relative to the set, or absolute (a path, or an fsspec URL)."""
+    if "://" in rel:
+        return rel
+    if isinstance(root, Path):
+        return root / rel
+    from dojo.data import store
+
+    joined = store.join(root, rel)
+    return joined if "://" in joined else Path(joined)  # an absolute local path stays local
+
+
+def _is_file(path: Path | str) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    from dojo.data import store
+
+    fs, inner = store.resolve(path)
+    return bool(fs.isfile(inner))
+
+
+def _read_bytes(path: Path | str) -> bytes:
+    if isinstance(path, Path):
+        return path.read_bytes()
+    from dojo.data import store
+
+    try:
+        return store.read_bytes(path)
+    except DojoError as err:
+        raise OSError(str(err).removeprefix(f"{path}: ")) from None
+
+
 class _ClipProblem(Exception):
-    def __init__(self, file: Path, reason: str) -> None:
+    def __init__(self, file: Path | str, reason: str) -> None:
         super().__init__(f"{file}: {reason}")
         self.file, self.reason = file, reason
 
 
-def _check_clip(root: Path, m: Manifest, entry: ClipEntry, verify: bool) -> Clip:
-    manifest_path = root / "manifest.json"
+def _check_clip(root: Path | str, m: Manifest, entry: ClipEntry, verify: bool) -> Clip:
+    manifest_path = _at(root, "manifest.json")
     if set(entry.videos) != set(m.cameras):
         missing = sorted(set(m.cameras) - set(entry.videos))
         extra = sorted(set(entry.videos) - set(m.cameras))
         raise _ClipProblem(manifest_path, f"clip {entry.name} lists {len(entry.videos)} videos "
                            f"for {len(m.cameras)} cameras (missing {missing}, extra {extra})")
-    videos = tuple(root / entry.videos[cam] for cam in m.cameras)
-    for path in (*videos, root / entry.labels):
-        if not path.is_file():
+    videos = tuple(_at(root, entry.videos[cam]) for cam in m.cameras)
+    for path in (*videos, _at(root, entry.labels)):
+        if not _is_file(path):
             raise _ClipProblem(path, f"file of clip {entry.name} in the manifest does not exist")
-    labels = _check_labels(root / entry.labels, m, entry.frames)
+    labels = _check_labels(_at(root, entry.labels), m, entry.frames)
     for path in videos:
         _check_video(path, m, entry.frames, verify)
     return Clip(entry.name, entry.frames, videos, labels)
 
 
-def _check_video(path: Path, m: Manifest, frames: int, verify: bool) -> None:
+def _check_video(path: Path | str, m: Manifest, frames: int, verify: bool) -> None:
     try:
         info = probe(path)
         if (info.width, info.height) != (m.width, m.height):
@@ -191,9 +225,9 @@ def _check_video(path: Path, m: Manifest, frames: int, verify: bool) -> None:
         raise _ClipProblem(path, str(err).removeprefix(f"{path}: ")) from None
 
 
-def _check_labels(path: Path, m: Manifest, frames: int) -> dict[str, np.ndarray]:
+def _check_labels(path: Path | str, m: Manifest, frames: int) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False) as z:
             labels = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise _ClipProblem(path, f"cannot read labels ({err})") from None

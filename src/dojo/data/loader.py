@@ -89,7 +89,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         if not self.index:
             raise DojoError(f"{clipset.root}: no windows of {window} frames in "
                             f"{len(clipset.clips)} usable clips{_why_none(clipset, window)}")
-        self._readers: dict[Path, VideoReader] = {}
+        self._readers: dict[Path | str, VideoReader] = {}
         self.max_open = open_file_limit(clipset.manifest.width, clipset.manifest.height)
         # Set by ClipLoader when it has workers: inside a worker, float32 frames are decoded as
         # uint8 and the main process scales them (`to_float`). A quarter of the shared memory
@@ -155,7 +155,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         out["start"] = torch.tensor([s for _, s in kept], dtype=torch.int64)
         return out
 
-    def _reader(self, path: Path) -> VideoReader:
+    def _reader(self, path: Path | str) -> VideoReader:
         reader = self._readers.pop(path, None)
         if reader is None:
             reader = VideoReader(path, self.clipset.manifest.fps)

@@ -3,15 +3,17 @@ materialized as a manifest the loader reads like any other set.
 
 `write_subset(catalog, hashes, out, repeats)` looks each clip up in the catalog (its set and
 name), takes its entry from that set's manifest, and writes OUT/manifest.json whose video and
-label paths are absolute (local sets only), so no file is copied. A clip listed `repeats[hash]`
-times is drawn that many times as often by the loader: that is how slice weights sample. All
-sets must share the cameras, frame size, grid and frame rate; the first one's are used.
+label paths are absolute (paths, or fsspec URLs for sets indexed by URL), so no file is
+copied. A clip listed `repeats[hash]` times is drawn that many times as often by the
+loader: that is how slice weights sample. All sets must share the cameras, frame size, grid
+and frame rate; the first one's are used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,6 @@ def write_subset(catalog: str, hashes: list[str] | tuple[str, ...], out: Path,
     entries: list[dict[str, Any]] = []
     for h in sorted(set(hashes), key=lambda h: where[h]):
         dataset, name = where[h]
-        if store.is_url(dataset):
-            raise DojoError(f"{dataset}: training reads local clip sets only")
         if dataset not in manifests:
             manifests[dataset] = read_set_manifest(dataset)
             _check_alike(manifests[dataset], next(iter(manifests.values())), dataset)
@@ -45,13 +45,14 @@ def write_subset(catalog: str, hashes: list[str] | tuple[str, ...], out: Path,
         entry = next((e for e in m.clips if e.name == name), None)
         if entry is None:
             raise DojoError(f"{dataset}/manifest.json: has no clip {name} any more")
-        label = os.path.basename(dataset.rstrip("/"))
+        label = posixpath.basename(dataset.rstrip("/")) if store.is_url(dataset) else \
+            os.path.basename(dataset.rstrip("/"))
         for k in range(max(1, (repeats or {}).get(h, 1))):
             entries.append({"name": f"{label}-{name}" + (f"-{k}" if k else ""),
                             "frames": entry.frames,
-                            "videos": {c: os.path.join(dataset, p)
+                            "videos": {c: store.join(dataset, p)
                                        for c, p in entry.videos.items()},
-                            "labels": os.path.join(dataset, entry.labels),
+                            "labels": store.join(dataset, entry.labels),
                             "tags": dict(entry.tags)})
     if not entries:
         raise DojoError(f"{out}: no clips to write")

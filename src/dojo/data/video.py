@@ -61,10 +61,38 @@ class VideoInfo:
     fps: float
 
 
-def probe(path: Path) -> VideoInfo:
-    """Read the header of a video file; `DojoError` naming the file when it cannot be read."""
+def open_file(path: Path | str) -> tuple[Any, Any]:
+    """(PyAV container, file object or None) of a local file or an fsspec URL: a URL is opened
+    through fsspec and PyAV reads the file object (close both: `close_file`)."""
+    if "://" not in str(path):
+        return av.open(str(path)), None
+    from dojo.data import store
+
+    fs, inner = store.resolve(str(path))
+    handle = fs.open(inner, "rb")
     try:
-        with av.open(str(path)) as container:
+        return av.open(handle), handle
+    except BaseException:
+        handle.close()
+        raise
+
+
+def close_file(container: Any, handle: Any) -> None:
+    """Close what `open_file` opened."""
+    try:
+        container.close()
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def probe(path: Path | str) -> VideoInfo:
+    """Read the header of a video file (path or fsspec URL); `DojoError` naming the file when
+    it cannot be read."""
+    handle = None
+    try:
+        container, handle = open_file(path)
+        with container:
             if not container.streams.video:
                 raise DojoError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -76,6 +104,9 @@ def probe(path: Path) -> VideoInfo:
             return VideoInfo(int(cc.width), int(cc.height), frames, rate)
     except _AV_ERRORS as err:
         raise DojoError(f"{path}: cannot read video ({_reason(err)})") from None
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 class VideoReader:
@@ -86,10 +117,11 @@ class VideoReader:
     belongs to one process (do not share across fork).
     """
 
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
+    def __init__(self, path: Path | str, fps: float) -> None:
+        self.path = path  # a local path or an fsspec URL
         self.fps = fps
         self._container: Any = None
+        self._handle: Any = None  # the fsspec file object PyAV reads a URL from
         self._stream: Any = None
         self._frames: Iterator[Any] | None = None
         self._next = -1
@@ -121,7 +153,7 @@ class VideoReader:
 
     def _read(self, start: int, count: int) -> list[Any]:
         if self._container is None:
-            self._container = av.open(str(self.path))
+            self._container, self._handle = open_file(self.path)
             if not self._container.streams.video:
                 raise DojoError(f"{self.path}: no video stream")
             self._stream = self._container.streams.video[0]
@@ -173,8 +205,8 @@ class VideoReader:
     def close(self) -> None:
         """Release the file; the next read reopens it."""
         if self._container is not None:
-            self._container.close()
-        self._container = self._stream = self._frames = None
+            close_file(self._container, self._handle)
+        self._container = self._stream = self._frames = self._handle = None
         self._next = -1
 
 

@@ -47,7 +47,7 @@ def large_rate(size: tuple[int, int], measure: bool) -> DecodeRate:
                       _recorded_origin())
 
 
-def data_rate(size: tuple[int, int], measure: bool, clips: Path) -> DecodeRate:
+def data_rate(size: tuple[int, int], measure: bool, clips: Path | str) -> DecodeRate:
     """The rate at the data set's frame size: on its clips in `clips`, or recorded."""
     w, h = size
     if measure:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dojo.config import parse
-from dojo.data import ClipLoader, LoaderConfig
+from dojo.data import ClipLoader, LoaderConfig, store
 from dojo.errors import DojoError
 from dojo.train import checkpoint
 from dojo.train.loop import make_model, model_overrides
@@ -31,8 +31,17 @@ class LoadedRun:
 
     options: TrainOptions
     model: torch.nn.Module
-    data_root: Path
+    data_root: Path | str  # a folder, or the fsspec URL the run read its sets from
     catalog: str
+
+    @property
+    def val(self) -> Path | str:
+        """The run's held-out set."""
+        return _val_of(self.data_root)
+
+
+def _val_of(data_root: Path | str) -> Path | str:
+    return f"{data_root}/val" if isinstance(data_root, str) else data_root / "val"
 
 
 def load_run(run: str | Path) -> LoadedRun:
@@ -50,11 +59,13 @@ def load_run(run: str | Path) -> LoadedRun:
         raise DojoError(f"{run / 'checkpoint' / checkpoint.STATE}: saved before runs recorded "
                         "their options; train it again to evaluate it by slice")
     opts = parse(TrainOptions, state["options"], str(run / "checkpoint"))
-    data_root = Path(opts.data) if opts.data else run.parent / "data"
+    data_root: Path | str = opts.data.rstrip("/") if "://" in opts.data else \
+        Path(opts.data) if opts.data else run.parent / "data"
     catalog = str(run / "catalog")
-    if not (data_root / "val" / "manifest.json").is_file():
-        raise DojoError(f"{data_root / 'val'}: the run's held-out set is not there any more")
-    val = ClipLoader(data_root / "val", LoaderConfig(batch_size=VAL_BATCH, window=opts.window,
+    val_at = _val_of(data_root)
+    if not store.exists(store.join(str(val_at), "manifest.json")):
+        raise DojoError(f"{val_at}: the run's held-out set is not there any more")
+    val = ClipLoader(val_at, LoaderConfig(batch_size=VAL_BATCH, window=opts.window,
                                                      stride=opts.window, shuffle=False,
                                                      policy="skip"))
     manifest = val.dataset.clipset.manifest
@@ -72,7 +83,7 @@ def evaluate_run(run: str | Path, slices: dict[str, Any] | None) -> dict[str, An
     threads = torch.get_num_threads()
     torch.set_num_threads(opts.threads)
     try:
-        val = ClipLoader(loaded.data_root / "val", LoaderConfig(
+        val = ClipLoader(loaded.val, LoaderConfig(
             batch_size=VAL_BATCH, window=opts.window, stride=opts.window, shuffle=False,
             policy="skip"))
         batches = [b for b in val if b["frames"].shape[0]]
@@ -80,7 +91,7 @@ def evaluate_run(run: str | Path, slices: dict[str, Any] | None) -> dict[str, An
     finally:
         torch.set_num_threads(threads)
     names = [c.name for c in val.dataset.clipset.clips]
-    by_slice = slice_ious(loaded.catalog, loaded.data_root / "val", names, counts, slices,
+    by_slice = slice_ious(loaded.catalog, loaded.val, names, counts, slices,
                           opts.seed)
     inter = sum(c[0] for c in counts.values())
     union = sum(c[1] for c in counts.values())

@@ -49,7 +49,8 @@ class Job:
     slices: dict[str, Any] | None = None  # parsed --slices file (None: one per tag value)
     catalog: Path | None = None  # the run's catalog (None: OUT/catalog)
     train_set: Any = None  # `trainset.TrainSet` of --train-set (None: DATA/train)
-    train_dir: Path | None = None  # the set trained on, once known (None: DATA/train)
+    train_dir: Path | str | None = None  # the set trained on, once known (None: DATA/train)
+    data_url: str = ""  # --data as an fsspec URL (then `data_root` is unused): sets read there
 
 
 def preflight(opts: TrainOptions) -> Job:
@@ -57,28 +58,29 @@ def preflight(opts: TrainOptions) -> Job:
     out = check_out(opts.out)
     check_system(opts.system)
     check_plan(opts.plan, opts.precision)
-    if "://" in opts.data:  # Path() would make "s3://b/x" a local "s3:/b/x" folder
-        raise ConfigError("--data", "data", opts.data, "a local folder with train/ and val/ "
-                          "(clip sets are read and made locally)")
-    root = Path(opts.data) if opts.data else out.parent / "data"
+    url = opts.data if "://" in opts.data else ""  # Path() would make "s3://b/x" "s3:/b/x"
+    root = Path(opts.data) if opts.data and not url else out.parent / "data"  # unused for URLs
     train_set = None
     if opts.train_set:
         from dojo.train.trainset import resolve
 
         train_set = resolve(opts.train_set, opts.catalog, out, opts.window)
-    manifests = _existing_sets(root, bool(opts.data) and not opts.synth,
-                               ("val",) if train_set else SETS)
+    wanted = ("val",) if train_set else SETS
+    manifests = _url_sets(url, opts, wanted) if url else \
+        _existing_sets(root, bool(opts.data) and not opts.synth, wanted)
     if train_set:
         manifests["train"] = train_set.manifest
     if manifests.keys() == set(SETS):
-        check_alike(root, manifests["train"], manifests["val"])
+        check_alike(url or root, manifests["train"], manifests["val"],
+                    (opts.train_set, "") if train_set else ("", ""))
     synth = {name: _synth_config(opts, name, manifests) for name in SETS if name not in manifests}
     if synth:
         _check_writable(root, "--data" if opts.data else "--out")
     windows = (train_set.windows if train_set else _windows(manifests["train"], opts.window)
                if "train" in manifests
                else synth["train"].clips * max(0, synth["train"].frames - opts.window + 1))
-    check_batch(opts.batch_size, windows, Path(opts.train_set) if train_set else root / "train")
+    check_batch(opts.batch_size, windows, opts.train_set if train_set else
+                f"{url}/train" if url else root / "train")
     state = checkpoint.load(out / "checkpoint", opts.settings()) if opts.resume else None
     slices = None
     if opts.slices:
@@ -86,7 +88,7 @@ def preflight(opts: TrainOptions) -> Job:
 
         slices = load_slices(opts.slices)
     return Job(out=out, data_root=root, synth=synth, train_windows=windows, resume_state=state,
-               slices=slices, train_set=train_set)
+               slices=slices, train_set=train_set, data_url=url)
 
 
 def check_out(text: str) -> Path:
@@ -94,6 +96,9 @@ def check_out(text: str) -> Path:
     if not text.strip():
         raise ConfigError("--out", "out", text, "a folder path (an empty one would write into "
                           "the current folder)")
+    if "://" in text:  # Path() would make "s3://b/x" a local "s3:/b/x" folder
+        raise ConfigError("--out", "out", text, "a local folder (the run's checkpoint, catalog "
+                          "and report are written locally; only clip sets are read from URLs)")
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise DojoError(f"{out}: exists and is not a folder; --out expects a folder to write "
@@ -133,7 +138,7 @@ def check_plan(text: str, precision: str) -> None:
                           f"{precision}, the precision of the run (--precision)")
 
 
-def check_batch(batch: int, windows: int, where: Path) -> None:
+def check_batch(batch: int, windows: int, where: Path | str) -> None:
     """One step trains on at most every window of the set: a larger batch is refused."""
     if windows < 1:
         raise DojoError(f"{where}: no training windows (clips shorter than the window, or "
@@ -143,15 +148,40 @@ def check_batch(batch: int, windows: int, where: Path) -> None:
                           f"windows in {where} (a step would train on {windows}, not {batch})")
 
 
-def check_alike(root: Path, train: Manifest, val: Manifest) -> None:
-    """The held-out set must have the training set's cameras, frame size and grid."""
+def check_alike(root: Path | str, train: Manifest, val: Manifest,
+                sets: tuple[str, str] = ("", "")) -> None:
+    """The held-out set must have the training set's cameras, frame size and grid (the
+    sets are ROOT/train and ROOT/val unless `sets` names them)."""
+    from dojo.data.store import join
+
+    train_at, val_at = (str(s) or join(str(root), n) for s, n in zip(sets, SETS, strict=True))
     for key in _MATCH:
         want, got = getattr(train, key), getattr(val, key)
         if want != got:
             shown = (list(want), list(got)) if key == "cameras" else (want, got)
-            raise DojoError(f"{root / 'val' / 'manifest.json'}: {key} = {shown[1]!r}, expected "
-                            f"{shown[0]!r} as in {root / 'train' / 'manifest.json'} (held-out "
+            raise DojoError(f"{join(val_at, 'manifest.json')}: {key} = {shown[1]!r}, expected "
+                            f"{shown[0]!r} as in {join(train_at, 'manifest.json')} (held-out "
                             "clips must come from the same cameras, frame size and grid)")
+
+
+def _url_sets(url: str, opts: TrainOptions, sets: tuple[str, ...]) -> dict[str, Manifest]:
+    """Manifests of `sets` at URL/NAME, read through fsspec; nothing is made at a URL."""
+    if opts.synth:
+        raise ConfigError("--synth", "synth", True, f"a local --data folder ({url} is a URL; "
+                          "clip sets are synthesized locally, then copied where they belong)")
+    if opts.measure_decode:
+        raise ConfigError("--measure-decode", "measure_decode", True, "local clips (the rate "
+                          f"is measured on local files; --data {url} is a URL)")
+    from dojo.data import store
+
+    found = {}
+    for name in sets:
+        folder = store.join(url, name)
+        if not store.exists(store.join(folder, "manifest.json")):
+            raise DojoError(f"{folder}: no clip set there (--data {url} must hold train/ and "
+                            "val/ clip sets; nothing is synthesized at a URL)")
+        found[name] = read_manifest(folder)
+    return found
 
 
 def _existing_sets(root: Path, must_exist: bool, sets: tuple[str, ...] = SETS

@@ -112,7 +112,7 @@ def build_report(result: TrainResult, bev_png: bytes) -> HtmlReport:
     slice_section(rep, {f"round {r['round']}": r["slices"] for r in result.rounds}
                   or {"this run": result.slices})
     if result.rounds:
-        _rounds(rep, result.rounds)
+        _rounds(rep, result.rounds, opts.mine_by)
     _simulated(rep, result)
     _utilisation(rep, result)
     _data_path(rep, result)
@@ -176,11 +176,13 @@ def slice_section(rep: HtmlReport, by_round: dict[str, dict[str, dict[str, Any]]
     rep.figure(slice_figure(by_round), "Held-out IoU per slice, 95 % bootstrap intervals.")
 
 
-def _rounds(rep: HtmlReport, rounds: list[dict[str, Any]]) -> None:
+def _rounds(rep: HtmlReport, rounds: list[dict[str, Any]], mine_by: str = "score") -> None:
     rep.heading("Mining rounds")
     rep.paragraph("Each round mines clips for the previous round's weakest slice from the pool "
                   "and trains a fresh model on the new dataset version; the slice's IoU before "
-                  "(previous round) and after (this round) on the same held-out clips.")
+                  "(previous round) and after (this round) on the same held-out clips."
+                  + (" This run is the control (--mine-by random): each round's clips were "
+                     "drawn at random from the pool, not mined." if mine_by == "random" else ""))
     rows = []
     for prev, r in itertools.pairwise(rounds):
         s = r["mined_for"]

@@ -36,7 +36,7 @@ def weakest_slice(slices: dict[str, dict[str, Any]], min_clips: int = 2) -> str:
     return min(sorted(pool), key=lambda k: pool[k]["iou"])
 
 
-def ensure_pool(catalog: str, out: Path, train_dir: Path, clips: int, seed: int,
+def ensure_pool(catalog: str, out: Path, train_dir: Path | str, clips: int, seed: int,
                 tell: Callable[[Progress], None]) -> None:
     """Synthesize and index OUT/pool when the catalog has no pool split."""
     con = connect(catalog)
@@ -89,7 +89,7 @@ def summary(r: int, result: Any, version: str, clips: int, mined_for: str, added
             "train_clips": clips, "val_iou": result.val_iou, "slices": result.slices}
 
 
-def run_rounds(job: Any, opts: Any, val_dir: Path, first: Any,
+def run_rounds(job: Any, opts: Any, val_dir: Path | str, first: Any,
                learn: Callable[[Any, Path], Any], tell: Callable[[Progress], None]
                ) -> list[dict[str, Any]]:
     """Rounds 1..K-1 after `first` (round 0); `learn(job, train_dir)` trains and evaluates a

@@ -81,8 +81,11 @@ class TrainResult:
     model: Any = field(default=None, repr=False)  # the trained model (mining scores with it)
 
 
-def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
-    """job.data_root/train and /val, the missing ones synthesized (`preflight` decided which)."""
+def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path | str, Path | str]:
+    """job.data_root/train and /val, the missing ones synthesized (`preflight` decided which);
+    URL/train and URL/val for `--data URL` (read through fsspec, never made there)."""
+    if job.data_url:
+        return f"{job.data_url.rstrip('/')}/train", f"{job.data_url.rstrip('/')}/val"
     for name, cfg in job.synth.items():
         def tick(done: int, total: int, name: str = name) -> None:
             progress(Progress("data", f"making {name} clips {done}/{total}"))
@@ -91,7 +94,7 @@ def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path, Path]:
     return job.data_root / "train", job.data_root / "val"
 
 
-def catalog_sets(dirs: tuple[Path, Path], catalog: Path, progress: ProgressFn
+def catalog_sets(dirs: tuple[Path | str, Path | str], catalog: Path, progress: ProgressFn
                  ) -> dict[str, str]:
     """Index the training and held-out sets into `catalog` (OUT/catalog: the run's own, so the
     data folder is only read) and record each as a dataset version; returns {set: version ID}."""
@@ -103,12 +106,14 @@ def catalog_sets(dirs: tuple[Path, Path], catalog: Path, progress: ProgressFn
     return versions
 
 
-def _loaders(train_dir: Path, val_dir: Path, opts: TrainOptions) -> tuple[ClipLoader, ClipLoader]:
+def _loaders(train_dir: Path | str, val_dir: Path | str, opts: TrainOptions
+             ) -> tuple[ClipLoader, ClipLoader]:
     train = ClipLoader(train_dir, LoaderConfig(batch_size=opts.batch_size, window=opts.window,
                                                stride=1, seed=opts.seed, policy=opts.policy))
     val = ClipLoader(val_dir, LoaderConfig(batch_size=VAL_BATCH, window=opts.window,
                                            stride=opts.window, shuffle=False, policy=opts.policy))
-    check_alike(train_dir.parent, train.dataset.clipset.manifest, val.dataset.clipset.manifest)
+    check_alike("", train.dataset.clipset.manifest, val.dataset.clipset.manifest,
+                (str(train_dir), str(val_dir)))
     # Skipped clips may leave fewer windows than preflight counted from the manifest.
     check_batch(opts.batch_size, len(train.dataset), train_dir)
     return train, val
@@ -177,7 +182,8 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     if job.train_set is not None:  # --train-set: a version or a set folder, not DATA/train
         from dojo.train.trainset import materialize
 
-        train_dir = Path(materialize(job.train_set, job.out))
+        where = materialize(job.train_set, job.out)
+        train_dir = where if "://" in where else Path(where)
         job = replace(job, train_dir=train_dir)
     versions = catalog_sets((train_dir, val_dir), job.out / "catalog", tell)
     if job.slices and any(round(sl.weight) > 1 for sl in job.slices.values()):
@@ -209,7 +215,7 @@ def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> T
     return replace(result, files=write_outputs(result, job.out))
 
 
-def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path, Path], sim: SimulatedRun,
+def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path | str, Path | str], sim: SimulatedRun,
            large: DecodeRate, tell: ProgressFn) -> TrainResult:
     """Model, baseline, training, held-out IoU and decode rates; the result without files."""
     train_dir, val_dir = dirs

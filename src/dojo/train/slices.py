@@ -58,7 +58,7 @@ def bootstrap_ci(counts: np.ndarray, seed: int, draws: int = BOOTSTRAP) -> tuple
     return float(lo), float(hi)
 
 
-def slice_ious(catalog: str, val_root: Path, clip_names: list[str],
+def slice_ious(catalog: str, val_root: Path | str, clip_names: list[str],
                counts: dict[int, list[int]], slices: dict[str, Slice] | None,
                seed: int) -> dict[str, dict[str, Any]]:
     """{slice: {clips, iou, ci95: [lo, hi], weight}} over the held-out clips of `val_root`
