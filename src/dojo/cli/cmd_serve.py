@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
     w.add_argument("--max-attempts", type=int, default=3,
                    help="runs of a job whose worker dies before it is failed (default 3)")
+    w.add_argument("--addr", default="127.0.0.1",
+                   help="this host's address for the ranks of jobs that span hosts "
+                   "(torch.distributed rendezvous; default 127.0.0.1)")
     w.set_defaults(run=run_worker)
 
     a = sub.add_parser("admin", help="administer the service's tenants and tokens",
@@ -153,7 +156,8 @@ def run_worker(args: argparse.Namespace) -> int:
     store = open_store(Path(args.data), args.db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        serve_host(store, Path(args.data).resolve(), args.system, name, limits, args.slots)
+        serve_host(store, Path(args.data).resolve(), args.system, name, limits, args.slots,
+                   addr=args.addr)
     finally:
         store.close()
     return 0

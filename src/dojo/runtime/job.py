@@ -28,7 +28,10 @@ class Job:
     """One run: model name and overrides (`small` merges the zoo's small preset first), plan
     text, global batch (samples), sequence length, steps, seed, the system simulated, and an
     optional checkpoint folder (`save_every` steps; `resume` loads it first). `die_at` makes the
-    given rank exit abruptly before that step (a test hook for failure handling)."""
+    given rank exit abruptly before that step (a test hook for failure handling). `min_step_s`
+    stretches each step to at least that many seconds (to watch a tiny model train; the
+    recorded step times leave the wait out); with `metrics`, rank 0 appends one JSON line per
+    step to that file: {"step", "loss", "steps", "run"} (`run`: the caller's run number)."""
 
     model: str
     plan: str = "dp=1,precision=fp32"
@@ -44,6 +47,9 @@ class Job:
     resume: bool = False
     return_state: bool = False
     die_at: tuple[int, int] | None = None  # (rank, step)
+    min_step_s: float = 0.0
+    metrics: str | None = None
+    run: int = 0
 
     def parsed_plan(self) -> Plan:
         return parse_plan(self.plan)
@@ -141,6 +147,9 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
         losses.append(trainer.step(batch))
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+        time.sleep(max(0.0, job.min_step_s - times[-1]))
+        if job.metrics and rank == 0:
+            _metrics_line(job, trainer.position, float(losses[-1]))
         if job.checkpoint and job.save_every and trainer.position % job.save_every == 0:
             save_checkpoint(trainer, job.checkpoint)
     out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "step_cpu_s": cpu,
@@ -155,6 +164,15 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
             out["zero_grad"] = trainer.zero.grad_slice()  # (first flat index, slice)
             out["zero_names"] = [n for n, _ in trainer.params]  # flat order
     return out
+
+
+def _metrics_line(job: Job, step: int, loss: float) -> None:
+    import json
+
+    assert job.metrics is not None
+    with open(job.metrics, "a") as f:
+        f.write(json.dumps({"step": step, "loss": loss, "steps": job.steps, "run": job.run})
+                + "\n")
 
 
 def measured_step_s(result: dict[str, Any]) -> float | None:

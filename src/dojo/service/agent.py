@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dojo.service.store import Job, Store
+from dojo.service.multihost import free_port, rendezvous
+from dojo.service.store import Job, Slot, Store
 
 log = logging.getLogger("dojo.service")
 PREEMPTED = 75  # the worker's exit status when it stopped after saving a checkpoint
@@ -62,7 +63,9 @@ class Agent:
     host: str = "local"
     limits: Limits = field(default_factory=Limits)
     max_workers: int = 64
+    addr: str = "127.0.0.1"  # where ranks of jobs that span hosts reach this host
     workers: dict[tuple[str, str], _Worker] = field(default_factory=dict)
+    slot_workers: dict[tuple[str, str], _Worker] = field(default_factory=dict)  # hosts 1..H-1
 
     def recover(self) -> None:
         """After this host restarted, none of its old workers is alive (they die with it):
@@ -93,14 +96,38 @@ class Agent:
                 w.proc.wait()
                 self._finish(w, now, "failed",
                              reason=f"wall-time limit of {job.limit_s:g} s reached")
-        while len(self.workers) < self.max_workers:
-            claimed = self.store.claim(self.host, now)
+        self._tend_slots()
+        while len(self.workers) + len(self.slot_workers) < self.max_workers:
+            slot = self.store.claim_slot(self.host, now)  # first complete jobs begun elsewhere
+            if slot is not None:
+                spans = self.store.job(slot.tenant, slot.job_id)
+                if spans is not None:
+                    self._launch(spans, now, slot)
+                continue
+            claimed = self.store.claim(self.host, now, lambda: free_port(self.addr))
             if claimed is None:
                 break
             self._launch(claimed, now)
 
+    def _tend_slots(self) -> None:
+        """Workers of this host's slots in jobs that span hosts: forget the finished ones, kill
+        those whose job moved on (requeued, stopped, ended: a new run needs new slots)."""
+        for key, w in list(self.slot_workers.items()):
+            job = self.store.job(*key)
+            live = job is not None and job.state == "running" and job.runs == w.job.runs
+            if w.proc.poll() is None and live:
+                continue
+            if w.proc.poll() is None:
+                _signal(w.proc, signal.SIGKILL)
+                w.proc.wait()
+            self.slot_workers.pop(key)
+            log.info("%s: slot of %s/%s (run %d) ended: exit %s", self.host, key[0], key[1],
+                     w.job.runs, w.proc.returncode)
+
     def stop(self, grace_s: float = 20.0) -> None:
         """Ask every worker to checkpoint and stop; requeue their jobs."""
+        for w in self.slot_workers.values():
+            _signal(w.proc, signal.SIGKILL)
         for w in self.workers.values():
             _signal(w.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -112,13 +139,22 @@ class Agent:
             w.proc.wait()
         self.reap(time.time(), shutting_down=True)
 
-    def _launch(self, job: Job, now: float) -> None:
+    def _launch(self, job: Job, now: float, slot: Slot | None = None) -> None:
+        """Start the job's worker; with `slot` (k > 0), this host's part of a job that spans
+        hosts, in the job folder's `hostK`."""
         folder = job_dir(self.data, job.tenant, job.id)
+        if slot is not None:
+            folder = folder / f"host{slot.slot}"
+        else:
+            slots = self.store.slots_of(job.tenant, job.id, job.runs)
+            slot = slots[0] if slots and job.state == "running" else None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").unlink(missing_ok=True)
         kind = "size" if job.state == "sizing" else job.kind
         spec = {"id": job.id, "kind": kind, "spec": job.spec, "tiles": job.tiles,
                 "rect": job.rect, "system": self.system, "run": job.runs, "host": self.host}
+        if slot is not None:
+            spec["rendezvous"] = rendezvous(job, slot)
         if job.spec.get("dataset"):
             spec["dataset_dir"] = str(self.data / "datasets" / job.tenant / job.spec["dataset"])
         (folder / "job.json").write_text(json.dumps(spec))
@@ -130,7 +166,8 @@ class Agent:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env, cwd=folder, start_new_session=True,
             preexec_fn=lambda: _sandbox(limits))
-        self.workers[(job.tenant, job.id)] = _Worker(proc, job, now)
+        held = self.slot_workers if slot is not None and slot.slot > 0 else self.workers
+        held[(job.tenant, job.id)] = _Worker(proc, job, now)
         log.info("%s: started %s/%s (run %d) on tiles %s", self.host, job.tenant, job.id,
                  job.runs, job.rect)
 
@@ -199,11 +236,11 @@ class Agent:
 
 
 def serve_host(store: Store, data: Path, system: str, host: str, limits: Limits,
-               slots: int = 1, tick_s: float = 0.5, stop: threading.Event | None = None
-               ) -> None:
+               slots: int = 1, tick_s: float = 0.5, stop: threading.Event | None = None,
+               addr: str = "127.0.0.1") -> None:
     """`dojo worker`: run an agent with `slots` jobs at a time until SIGTERM / Ctrl-C (or
     `stop`), then stop it cleanly."""
-    agent = Agent(store, data, system, host, limits, max_workers=slots)
+    agent = Agent(store, data, system, host, limits, max_workers=slots, addr=addr)
     agent.recover()
     stop = stop or threading.Event()
     with contextlib.suppress(ValueError):  # not the main thread: the caller stops us

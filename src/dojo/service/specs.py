@@ -14,6 +14,7 @@ from typing import Any
 
 from dojo.errors import DojoError
 from dojo.service.mesh import Machine, Rect, shapes
+from dojo.service.multihost import check_spec
 
 KINDS = ("simulate", "plan", "train", "occupancy")
 MAX_LIMIT_S = 7 * 24 * 3600.0
@@ -21,7 +22,8 @@ MAX_STEPS = 100_000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _FACTORY = re.compile(r"^[\w./-]{1,200}\.py:[A-Za-z_]\w{0,63}$")
 _KEYS = {"kind", "model", "tiles", "plan", "batch", "seq", "set", "steps", "seed",
-         "limit_s", "priority", "min_step_s", "checkpoint_every", "clips", "dataset"}
+         "limit_s", "priority", "min_step_s", "checkpoint_every", "clips", "dataset",
+         "hosts", "ranks"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
     if "min_step_s" in body:
         field("min_step_s", _num(body["min_step_s"]) and 0 <= body["min_step_s"] <= 60,
               "seconds from 0 to 60")
+    bad += check_spec(body, kind)  # hosts, ranks: a train job that spans worker hosts
     sets = body.get("set", {})
     field("set", isinstance(sets, dict) and len(sets) <= 32
           and all(isinstance(k, str) and isinstance(v, str | int | float | bool)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,12 @@ audit = sa.Table("audit", meta, sa.Column("seq", sa.Integer, primary_key=True),
                  sa.Column("tenant_id", sa.String), sa.Column("actor", sa.String),
                  sa.Column("action", sa.String), sa.Column("target", sa.String),
                  sa.Column("detail", sa.String), sa.Column("at", sa.Float))
+
+slots = sa.Table("slots", meta, *(sa.Column(n, sa.String, primary_key=n in ("tenant_id", "job_id"))
+                                  for n in ("tenant_id", "job_id", "host", "addr")),
+                 sa.Column("run", sa.Integer, primary_key=True),
+                 sa.Column("slot", sa.Integer, primary_key=True), sa.Column("port", sa.Integer),
+                 sa.Column("claimed_at", sa.Float))
 
 ACTIVE = ("queued", "sizing", "running", "preempting", "cancelling")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -82,6 +88,20 @@ def _job(row: Any) -> Job:
                result=json.loads(m["result"]) if m["result"] else None,
                created_by=m["created_by"], idempotency_key=m["idempotency_key"],
                host=m["host"], heartbeat_at=m["heartbeat_at"])
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One host's part of a run of a job that spans hosts: `slot` of `hosts`, the rendezvous
+    address (`addr`, `port`) slot 0 published."""
+
+    tenant: str
+    job_id: str
+    run: int
+    slot: int
+    hosts: int
+    addr: str
+    port: int
 
 
 class Conflict(Exception):
@@ -249,10 +269,15 @@ class Store:
         return bool(done)
 
     # -- worker hosts -----------------------------------------------------------------------
-    def claim(self, host: str, now: float) -> Job | None:
+    def claim(self, host: str, now: float,
+              rendezvous: Callable[[], tuple[str, int]] | None = None) -> Job | None:
         """Claim one placed (or to be sized), unclaimed job for `host`: SELECT ... FOR
         UPDATE SKIP LOCKED on PostgreSQL, so hosts never wait on each other; the UPDATE is
-        compare-and-set on `host IS NULL` as well, which is what makes SQLite safe too."""
+        compare-and-set on `host IS NULL` as well, which is what makes SQLite safe too.
+
+        A train job of `hosts` > 1 makes `host` its rendezvous host: in the same transaction
+        slot 0 is recorded for it with the address `rendezvous()` gives (where its ranks' TCP
+        store listens), and slots 1 .. hosts-1 are opened for other hosts (`claim_slot`)."""
         with self.engine.begin() as c:
             row = c.execute(sa.select(jobs.c.tenant_id, jobs.c.id)
                             .where(jobs.c.state.in_(("running", "sizing")),
@@ -267,9 +292,79 @@ class Store:
                              .values(host=host, heartbeat_at=now)).rowcount
             if not done:
                 return None
+            got = c.execute(sa.select(jobs).where(jobs.c.tenant_id == row[0],
+                                                  jobs.c.id == row[1])).one()
+            job = _job(got)
+            n = hosts_of(job)
+            if n > 1 and job.state == "running":
+                addr, port = rendezvous() if rendezvous else ("127.0.0.1", 29500)
+                c.execute(slots.insert(), [dict(tenant_id=job.tenant, job_id=job.id,
+                                                run=job.runs, slot=k, addr=addr, port=port,
+                                                host=host if k == 0 else None,
+                                                claimed_at=now if k == 0 else None)
+                                           for k in range(n)])
             c.execute(audit.insert().values(tenant_id=row[0], actor=host, action="job.claim",
                                             target=row[1], detail="", at=now))
-        return self.job(row[0], row[1])
+        return job
+
+    def claim_slot(self, host: str, now: float) -> Slot | None:
+        """Claim one open host slot of a running job that spans hosts, for `host`: never a
+        second slot of a run `host` already takes part in; only slots of the job's current run
+        (a requeued job's old slots are dead). SKIP LOCKED and compare-and-set as `claim`; on
+        SQLite (no row locks) a host that loses the compare-and-set tries again (5 times)."""
+        for _ in range(5):
+            got = self._claim_slot(host, now)
+            if got != "lost":
+                return got if isinstance(got, Slot) else None
+        return None
+
+    def _claim_slot(self, host: str, now: float) -> Slot | str | None:
+        held = slots.alias("held")
+        mine = sa.select(held.c.job_id).where(held.c.host == host,
+                                              held.c.tenant_id == jobs.c.tenant_id,
+                                              held.c.job_id == jobs.c.id,
+                                              held.c.run == jobs.c.runs)
+        with self.engine.begin() as c:
+            row = c.execute(sa.select(slots).join(jobs, sa.and_(
+                jobs.c.tenant_id == slots.c.tenant_id, jobs.c.id == slots.c.job_id,
+                jobs.c.runs == slots.c.run))
+                .where(slots.c.host.is_(None), jobs.c.state == "running",
+                       jobs.c.host.is_not(None), jobs.c.host != host, ~sa.exists(mine))
+                .order_by(jobs.c.started_at, slots.c.slot).limit(1)
+                .with_for_update(skip_locked=True, of=slots)).first()
+            if row is None:
+                return None
+            m = row._mapping
+            key = (slots.c.tenant_id == m["tenant_id"], slots.c.job_id == m["job_id"],
+                   slots.c.run == m["run"])
+            done = c.execute(slots.update().where(*key, slots.c.slot == m["slot"],
+                                                  slots.c.host.is_(None))
+                             .values(host=host, claimed_at=now)).rowcount
+            if not done:
+                return "lost"
+            n = c.execute(sa.select(sa.func.count()).select_from(slots).where(*key)).scalar_one()
+            c.execute(audit.insert().values(tenant_id=m["tenant_id"], actor=host,
+                                            action="job.claim_slot", target=m["job_id"],
+                                            detail=f"host {m['slot']} of {n}, run {m['run']}",
+                                            at=now))
+        return Slot(m["tenant_id"], m["job_id"], m["run"], m["slot"], int(n), m["addr"],
+                    m["port"])
+
+    def slots_of(self, tenant: str, job_id: str, run: int) -> list[Slot]:
+        """The host slots of one run of a job, by slot (empty for a job on one host)."""
+        with self.engine.connect() as c:
+            rows = list(c.execute(sa.select(slots).where(
+                slots.c.tenant_id == tenant, slots.c.job_id == job_id, slots.c.run == run)
+                .order_by(slots.c.slot)))
+        return [Slot(r.tenant_id, r.job_id, r.run, r.slot, len(rows), r.addr, r.port)
+                for r in rows]
+
+    def slot_hosts(self, tenant: str, job_id: str, run: int) -> list[str | None]:
+        """Which host holds each slot of the run (None: open)."""
+        with self.engine.connect() as c:
+            return [r.host for r in c.execute(sa.select(slots.c.host).where(
+                slots.c.tenant_id == tenant, slots.c.job_id == job_id, slots.c.run == run)
+                .order_by(slots.c.slot))]
 
     def heartbeat(self, host: str, now: float) -> None:
         """`host` is alive: stamp every job it holds."""
@@ -317,6 +412,11 @@ class Store:
             rows = c.execute(sa.select(audit).where(audit.c.tenant_id == tenant)
                              .order_by(audit.c.seq.desc()).limit(limit))
             return [dict(r._mapping) for r in rows]
+
+
+def hosts_of(job: Job) -> int:
+    """How many hosts a job spans (1 but for train jobs with a `hosts` field)."""
+    return int(job.spec.get("hosts", 1)) if job.kind == "train" else 1
 
 
 def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:

@@ -122,6 +122,10 @@ def run_train(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     from dojo.runtime.job import build_bundle, simulate_job
     from dojo.runtime.trainer import Trainer
 
+    if job.get("rendezvous"):  # a job that spans hosts: this host's ranks
+        from dojo.service.multihost import run_train_hosts
+
+        return run_train_hosts(job, folder)
     spec = job["spec"]
     steps, every = spec.get("steps", 20), spec.get("checkpoint_every", 5)
     local = Job(model=spec["model"], batch=spec.get("batch", 4), seq=spec.get("seq"),
