@@ -24,6 +24,8 @@ RUNS = [
       "--plan", "dp=125,tp=8,pp=3,recompute=full,sp=on,zero=1"]),
     ("plan gpt3-175b --system exapod", ["plan", "gpt3-175b", "--system", "exapod",
                                          "--batch", "3000"]),
+    ("plan gpt3-175b --system exapod --batch 1536 (issue 11)",
+     ["plan", "gpt3-175b", "--system", "exapod", "--batch", "1536"]),
 ]
 
 

@@ -22,7 +22,8 @@ def test_simulate_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
                 "--plan", "dp=2,tp=2,pp=2,mb=1", "--batch", "8", "--json")
     assert list(out) == ["step_time_s", "samples_per_s", "tokens_per_s", "model_flops",
                          "achieved_flops_per_device", "mfu", "breakdown_s",
-                         "memory_bytes_per_device", "fits", "energy_j", "plan", "notes"]
+                         "memory_bytes_per_device", "fits", "energy_j", "plan", "notes",
+                         "devices", "idle_devices"]
     assert out["plan"] == ("dp=2,tp=2,pp=2,cp=1,mb=1,interleave=1,schedule=1f1b,recompute=none,"
                            "sp=off,zero=0,precision=bf16,overlap=on,fusion=full,tp_overlap=off,"
                            "grad_reduce=auto")

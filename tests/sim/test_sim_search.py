@@ -3,47 +3,18 @@ enumeration of every plan the vocabulary can write."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
+from plan_reference import every_plan
 
 from dojo.compiler.mapping import device_count
-from dojo.errors import ConfigError
 from dojo.hardware import load_system
 from dojo.models.zoo import MODELS
-from dojo.plan import parse_plan
-from dojo.plan.plan import Plan, validate_plan
 from dojo.sim import session
 from dojo.sim.search import _Screen, best_plan, plan_space
 from dojo.sim.session import compile_model, model_shape, simulate_model
 from dojo.sim.simulate import lower_bound, simulate
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "seq": 64, "vocab": 512}
-
-
-def _every_plan(devices: int, batch: int, layers: int) -> list[Plan]:
-    """Every plan text the vocabulary can write for this case (dominated ones included), built
-    here without the search's space: the reference's own enumeration."""
-    out = []
-    shape = model_shape(*session.captured("gpt", TINY, 1, None))
-    for tp, pp in itertools.product((1, 2, 4, 8), repeat=2):
-        if devices % (tp * pp):
-            continue
-        dp = devices // (tp * pp)
-        mbs = [mb for mb in range(1, batch + 1) if batch % mb == 0]  # validate needs it
-        for mb, inter in itertools.product(mbs, range(1, layers + 3)):
-            for sched, rec, zero, sp, overlap in itertools.product(
-                    ("1f1b", "gpipe", "interleaved"), ("none", "selective", "full"),
-                    (0, 1, 2, 3), ("off", "on"), ("on", "off")):
-                text = (f"dp={dp},tp={tp},pp={pp},mb={mb},interleave={inter},schedule={sched},"
-                        f"recompute={rec},zero={zero},sp={sp},overlap={overlap}")
-                try:
-                    plan = parse_plan(text)
-                    validate_plan(plan, shape, devices, batch)
-                except ConfigError:
-                    continue
-                out.append(plan)
-    return sorted(set(out), key=lambda p: p.text())
 
 
 @pytest.mark.parametrize("batch", [10, pytest.param(50, marks=pytest.mark.slow)])
@@ -55,7 +26,7 @@ def test_search_equals_every_plan_simulated(batch: int) -> None:
     spec = load_system("h100-cluster:2")
     found = best_plan("gpt", TINY, spec, batch)
     times = {}
-    for plan in _every_plan(2, batch, 2):
+    for plan in every_plan(TINY, 2, batch):
         sim = simulate_model("gpt", TINY, spec, plan, batch)
         if sim.result.memory.fits:
             times[plan] = sim.result.step_time_s
@@ -141,10 +112,11 @@ def test_search_with_cp_equals_every_plan_simulated() -> None:
     assert found.best.step_time_s == pytest.approx(every.step_time_s, rel=1e-9)
     screen = _Screen("llama", LONG, spec, 4, None)
     shape = model_shape(*session.captured("llama", LONG, 1, None))
-    cp_plans = list(plan_space(shape, 1, 4))   # the devices left to dp x tp x pp with cp = 2
-    assert cp_plans and found.considered == len(list(plan_space(shape, 2, 4))) + len(cp_plans)
+    cp_plans = list(plan_space(shape, 2, 4, cp=2))   # dp x tp x pp x cp 2 <= 2 devices
+    assert cp_plans and all(p.cp == 2 for p in cp_plans)
+    # the plans of the groups built: the rest were bounded out whole
+    assert 0 < found.considered <= len(list(plan_space(shape, 2, 4))) + len(cp_plans)
     for plan in cp_plans:
-        plan = Plan(**{**plan.__dict__, "cp": 2})
         program, _ = compile_model("llama", LONG, spec, plan, 4, derive=True)
         step = simulate(program).step_time_s
         assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()

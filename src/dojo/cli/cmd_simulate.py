@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     notes = plan_notes(args.plan, sim)
     if args.json:
         print_json({**sim.result.to_json(), "plan": sim.program.plan.text(full=True),
-                    "notes": notes})
+                    "notes": notes, "devices": sim.program.devices,
+                    "idle_devices": sim.program.idle_devices})
     else:
         print(render(sim))
         for note in notes:
@@ -112,8 +113,9 @@ def render(sim: Any) -> str:
     r, p = sim.result, sim.program
     gb = 1e9
     mem = r.memory
+    idle = f" ({p.idle_devices} of {p.devices + p.idle_devices} idle)" if p.idle_devices else ""
     lines = [
-        f"{p.system.title}: {p.devices} {p.device}s, plan {p.plan.text(full=True)}, "
+        f"{p.system.title}: {p.devices} {p.device}s{idle}, plan {p.plan.text(full=True)}, "
         f"batch {p.batch}, "
         f"{p.microbatches} micro-batches",
         f"  step time      {r.step_time_s:.4g} s    {r.samples_per_s:.4g} samples/s"

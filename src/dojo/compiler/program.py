@@ -28,7 +28,7 @@ from dojo.compiler.mapping import (
 from dojo.compiler.work import ModelWork, OpCost, SectionWork
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import Plan, chunk_blocks, microbatches
+from dojo.plan.plan import Plan, microbatches, plan_split
 from dojo.plan.policies import policy_classes
 
 # Bytes per parameter for the model copy, gradients and the optimizer's master weights, by
@@ -96,6 +96,7 @@ class Program:
     tokens_per_sample: int | None = None  # sequence length for sequence models
     ring: Ring | None = None             # context parallelism's ring attention (cp > 1)
     experts: ExpertParallel | None = None  # expert parallelism (`compiler.experts`)
+    idle_devices: int = 0                # devices of the system the plan leaves unused
 
     def device_chunks(self, stage: int) -> tuple[Chunk, ...]:
         return tuple(c for c in self.chunks if c.index % self.plan.pp == stage)
@@ -113,7 +114,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     (`context.ring_work`) and `kv_width` the K elements per token on one tp rank. `moe`: the
     model's routed experts, for the plan's expert parallelism (`compiler.experts`)."""
     devices = device_count(system)
-    if plan.devices != devices:
+    if plan.devices > devices:
         cp = f" x cp {plan.cp}" if plan.cp > 1 else ""
         raise DojoError(f"plan uses dp {plan.dp} x tp {plan.tp} x pp {plan.pp}{cp} = "
                         f"{plan.devices} devices; {system.name} has {devices} "
@@ -135,7 +136,8 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     p2p_bytes = work.residual_bytes / plan.tp
     grads_kind = "reduce_scatter" if plan.zero >= 2 else "all_reduce"
     micro = microbatches(plan, batch)
-    program = Program(plan=plan, system=system, device=device_name(system), devices=devices,
+    program = Program(plan=plan, system=system, device=device_name(system), devices=plan.devices,
+                   idle_devices=devices - plan.devices,
                    microbatches=micro, batch=batch, chunks=chunks,
                    p2p=Comm("send_recv", p2p_bytes, pp_levels, "pp"),
                    grad_sync_kind=grads_kind, grad_levels=dp_levels, tp_levels=tp_levels,
@@ -148,8 +150,8 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
            tp_levels: tuple[GroupLevel, ...]) -> Chunk:
-    split = chunk_blocks(work.repeat, virtual) if work.block else None
-    if work.block is not None and split is None:
+    split = plan_split(plan, work.repeat) if work.block else None
+    if work.block is not None and (split is None or sum(split) != work.repeat):
         raise DojoError(f"{virtual} virtual stages cannot split {work.repeat} blocks")
     per_chunk = split[v] if split else 0
     sections: list[tuple[SectionWork, int]] = []

@@ -15,6 +15,13 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   reduce-scatters dK, dV after it, as Llama 3 was trained.
 - `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
   virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
+- `stages`: blocks per virtual stage, `stages=7:8:8:7` (pp x interleave counts adding up to the
+  blocks; `dojo.plan.stages`); without it the split is even, or Llama 3's (embedding and head
+  each in place of one block).
+- Devices: a plan may use part of a machine. dp x tp x pp x cp must not exceed the devices;
+  the rest stay idle (`dojo simulate` says how many). The global batch must divide into dp
+  replicas of whole micro-batches (batch = dp x mb x micro-batches): a remainder is refused
+  with the arithmetic, never dropped or padded.
 - `recompute`: none | selective (attention core) | full (every block's forward, once more) |
   an op-level policy, `ops:mm+attention` or `matmuls`: the block is checkpointed but the outputs
   of the named matmul classes are kept (`dojo.plan.policies`).
@@ -50,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from dojo.config import check, parse, parse_scalar
 from dojo.errors import ConfigError
 from dojo.plan.policies import check_recompute
+from dojo.plan.stages import check_stages, default_split, parse_stages, show_stages, split_blocks
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
 RECOMPUTE = ("none", "selective", "full")
@@ -82,6 +90,7 @@ class Plan:
     cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
     ep: int = field(default=1, metadata=check(ge=1))
     imbalance: float = field(default=1.0, metadata=check(ge=1))
+    stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
     def devices(self) -> int:
@@ -99,8 +108,12 @@ class Plan:
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm", "ep", "imbalance", "fp8_params"):
+                     "cp_comm", "ep", "imbalance", "fp8_params", "stages"):
             value = getattr(self, name)
+            if name == "stages":
+                if value:
+                    parts.append(f"stages={show_stages(value)}")
+                continue
             if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
                 continue
             if name in ("ep", "imbalance") and self.ep == 1 and value == getattr(default, name):
@@ -142,6 +155,8 @@ def parse_plan(text: str, source: str = "--plan") -> Plan:
         value = parse_scalar(raw.strip())
         if key == "fusion" and isinstance(value, bool):
             value = "full" if value else "none"
+        if key == "stages":
+            value = parse_stages(raw.strip(), source)
         if key in data:
             raise ConfigError(source, key, raw.strip(),
                               f"each key once ({key} is given twice: {key}={_show(data[key])} "
@@ -178,32 +193,41 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
                           "sp=on: the overlapped tp communication is the all-gathers and "
                           "reduce-scatters of sequence parallelism (Megatron-LM's "
                           "--tp-comm-overlap needs --sequence-parallel)")
+    if plan.stages and len(plan.stages) != plan.pp * plan.interleave:
+        raise ConfigError(source, "stages", show_stages(plan.stages),
+                          f"one count per virtual stage: pp {plan.pp} x interleave "
+                          f"{plan.interleave} = {plan.pp * plan.interleave} counts, not "
+                          f"{len(plan.stages)}")
 
 
 def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                   source: str = "--plan") -> None:
     """Check that `plan` divides the model, the batch and the devices; errors show the arithmetic.
 
-    `batch` is the global batch in samples; `devices` the devices the system offers.
+    `batch` is the global batch in samples; `devices` the devices the system offers (a plan
+    may use fewer: the rest stay idle).
     """
     check_plan(plan, source)
     if batch < 1:
         raise ConfigError("--batch", "batch", batch, "at least 1 sample")
-    if plan.devices != devices:
+    if plan.devices > devices:
         cp = f" x cp {plan.cp}" if plan.cp > 1 else ""
         raise ConfigError(source, "dp*tp*pp" + ("*cp" if cp else ""), plan.devices,
-                          f"{devices} devices (dp {plan.dp} x tp {plan.tp} x pp {plan.pp}{cp} = "
-                          f"{plan.devices})")
+                          f"at most the system's {devices} devices (dp {plan.dp} x tp {plan.tp} "
+                          f"x pp {plan.pp}{cp} = {plan.devices})")
     if batch % (plan.dp * plan.mb):
         raise ConfigError(source, "mb", plan.mb,
                           f"a micro-batch that divides the per-replica batch: batch {batch} / "
                           f"(dp {plan.dp} x mb {plan.mb}) = {batch / (plan.dp * plan.mb):g}")
     chunks = plan.pp * plan.interleave
-    if chunk_blocks(shape.layers, chunks) is None:
+    if plan.stages:
+        check_stages(plan.stages, plan.pp, plan.interleave, shape.layers, source)
+    elif chunk_blocks(shape.layers, chunks) is None:
         raise ConfigError(source, "pp", plan.pp,
                           f"stages that divide the {shape.layers} blocks: pp {plan.pp} x "
                           f"interleave {plan.interleave} = {chunks} divides neither "
-                          f"{shape.layers} nor {shape.layers} + 2 (embedding and head as blocks)")
+                          f"{shape.layers} nor {shape.layers} + 2 (embedding and head as blocks);"
+                          f" give the blocks per stage with stages=a:b:...")
     for name, size in (("heads", shape.heads), ("hidden", shape.hidden), ("ffn", shape.ffn),
                        ("kv_heads", shape.kv_heads)):
         if plan.tp > 1 and size and size % plan.tp:
@@ -240,14 +264,14 @@ def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None
 
 
 def chunk_blocks(layers: int, chunks: int) -> list[int] | None:
-    """Blocks per virtual stage: even, or (as Llama 3 was trained) with the embedding and the
-    head each standing in for one block on the first and last stage. None if neither divides."""
-    if layers % chunks == 0:
-        return [layers // chunks] * chunks
-    if chunks >= 2 and (layers + 2) % chunks == 0:
-        per = (layers + 2) // chunks
-        return [per - 1] + [per] * (chunks - 2) + [per - 1]
-    return None
+    """Blocks per virtual stage without `stages=` (`dojo.plan.stages.default_split`)."""
+    return default_split(layers, chunks)
+
+
+def plan_split(plan: Plan, layers: int) -> list[int] | None:
+    """Blocks per virtual stage of `plan` over `layers` blocks: its `stages`, else the default
+    split; None if neither exists (`validate_plan` refuses such a plan)."""
+    return split_blocks(plan.stages, layers, plan.pp * plan.interleave)
 
 
 def microbatches(plan: Plan, batch: int) -> int:

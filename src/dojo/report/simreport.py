@@ -49,7 +49,8 @@ def _headline(report: HtmlReport, simulated: Simulated) -> None:
         ("model FLOP per step", si(r.model_flops, "FLOP")),
         ("fits in memory", "yes" if r.memory.fits else f"no ({r.memory.reason})"),
         ("energy per step", si(r.energy_j, "J")),
-        ("devices", f"{program.devices:,} {program.device}s"),
+        ("devices", f"{program.devices:,} {program.device}s"
+                    + (f" ({program.idle_devices:,} idle)" if program.idle_devices else "")),
         ("global batch", f"{program.batch:,} samples in {program.microbatches} micro-batches"),
     ]
     report.heading("Headline")

@@ -439,8 +439,9 @@ def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span
 
 
 def _energy(program: Program, dev: DeviceModel, busy: list[float], step: float) -> float:
-    """Joules per step: devices busy at full power and idle at the calibrated fraction, plus
-    the fixed power of every enclosing unit (regulation, host CPUs, NICs), DIPs and hosts."""
+    """Joules per step: devices busy at full power and idle at the calibrated fraction (the
+    devices a partial plan leaves unused idle all step), plus the fixed power of every enclosing
+    unit of the whole system (regulation, host CPUs, NICs), DIPs and hosts."""
     spec = program.system
     per_stage = program.devices / program.plan.pp
     p_dev = spec.leaf.power_watts * program.leaves_per_device
@@ -450,7 +451,8 @@ def _energy(program: Program, dev: DeviceModel, busy: list[float], step: float) 
         first = 1
     idle = dev.calibration.idle_fraction
     energy = sum(per_stage * (b * p_dev + max(0.0, step - b) * p_dev * idle) for b in busy)
-    units = program.devices
+    energy += program.idle_devices * p_dev * idle * step
+    units = program.devices + program.idle_devices
     for lv in spec.levels[first:]:
         units = max(1, units // lv.spec.count)
         energy += units * lv.spec.overhead_watts * step

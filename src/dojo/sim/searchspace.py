@@ -1,0 +1,257 @@
+"""The plan search's space and results, piece by piece: which dp x tp x pp a system can hold
+(`device_splits`), which splits of the blocks are searched (`stage_splits`), how many plans a
+group holds (`variant_count`), and the FLOP a bound is drawn from (`model_flops`). See
+`dojo.sim.search` for the space and the argument that it is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dojo.compiler.experts import MoeLayout, a2a_bytes, replays_experts
+from dojo.compiler.mapping import GroupLevel, group_levels, zplane_levels
+from dojo.compiler.placement import devices_placed, tp_placed
+from dojo.compiler.program import PRECISION_BYTES
+from dojo.compiler.work import ModelWork
+from dojo.errors import ConfigError, DojoError
+from dojo.hardware.spec import SystemSpec
+from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
+from dojo.plan.stages import planner_splits
+from dojo.sim.collectives import collective_time
+from dojo.sim.session import Simulated, context_seq
+
+RECOMPUTES = ("none", "selective", "full")
+MIN_CP_TOKENS = 4096   # tokens per rank below which the search tries no larger cp
+
+
+@dataclass(frozen=True)
+class Candidate:
+    plan: Plan
+    step_time_s: float
+    mfu: float
+    fits: bool
+    simulated: Simulated
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan": self.plan.text(), "step_time_s": self.step_time_s, "mfu": self.mfu,
+                "fits": self.fits}
+
+
+@dataclass(frozen=True)
+class Search:
+    best: Candidate
+    candidates: tuple[Candidate, ...]
+    rejected: tuple[tuple[str, str], ...]   # (family, reason)
+    search_s: float
+    evaluated: int
+    considered: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"best": self.best.to_json(),
+                "candidates": [c.to_json() for c in self.candidates],
+                "rejected": [{"family": f, "reason": r} for f, r in self.rejected],
+                "search_s": self.search_s}
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def device_splits(shape: ModelShape, devices: int, batch: int, spec: SystemSpec | None = None,
+                  cp: int = 1) -> Iterator[tuple[int, int, int]]:
+    """(tp, pp, dp) with dp x tp x pp x `cp` <= `devices` (the rest idle), tp dividing the
+    model's heads and widths, pp x 1 virtual stages at most blocks + 2, dp dividing the batch,
+    placed on `spec` (`dojo.compiler.placement`; any count when `spec` is None)."""
+    sizes = [n for n in (shape.heads, shape.hidden, shape.ffn, shape.kv_heads) if n]
+    room = devices // cp
+    for tp in range(1, room + 1):
+        if any(n % tp for n in sizes) or (spec is not None and not tp_placed(spec, tp)):
+            continue
+        for pp in range(1, min(room // tp, shape.layers + 2) + 1):
+            for dp in divisors(batch):
+                if dp * tp * pp > room:
+                    break
+                if spec is None or devices_placed(spec, dp * tp * pp * cp):
+                    yield tp, pp, dp
+
+
+def context_sizes(model: str, overrides: Mapping[str, Any], seq: int | None,
+                  devices: int) -> tuple[int, ...]:
+    """The cp sizes the search tries (`dojo.sim.search`): 1, and for a sequence model the
+    powers of two that divide the devices and keep seq / cp >= MIN_CP_TOKENS."""
+    out, cp = [1], 2
+    while devices % cp == 0:
+        try:
+            local = context_seq(model, overrides, Plan(cp=cp), seq)
+        except ConfigError:
+            break
+        if local is None or local < MIN_CP_TOKENS:
+            break
+        out.append(cp)
+        cp *= 2
+    return tuple(out)
+
+
+def expert_sizes(shape: ModelShape, dp: int) -> list[int]:
+    """The ep the search tries: 1, and for an MoE model every divisor of both dp and its
+    experts (ep is carved out of dp and splits whole experts)."""
+    return [e for e in divisors(dp) if shape.experts and shape.experts % e == 0] or [1]
+
+
+def stage_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
+    """The splits searched (`dojo.plan.stages.planner_splits`), the default one written as
+    () (no `stages=`)."""
+    default = chunk_blocks(layers, chunks)
+    return [() if list(s) == default else s for s in planner_splits(layers, chunks)]
+
+
+def variant_count(base: Plan, shape: ModelShape, devices: int, batch: int) -> int:
+    """How many plans `variants(base, ...)` yields, without building them."""
+    schedules = 0
+    for schedule in ["1f1b" if base.interleave == 1 else "interleaved"] + \
+            (["gpipe"] if base.pp > 1 else []):
+        try:
+            validate_plan(replace(base, schedule=schedule), shape, devices, batch)
+        except ConfigError:
+            continue
+        schedules += 1
+    return (schedules * len(RECOMPUTES) * (4 if base.dp > 1 else 1) * (2 if base.tp > 1 else 1)
+            * len(expert_sizes(shape, base.dp)))
+
+
+def model_flops(work: ModelWork) -> float:
+    """FLOP of one device's forward and backward over the whole model (all chunks)."""
+    def total(ops: Any) -> float:
+        return float(sum(o.flops for o in ops))
+
+    blocks = (total(work.block.forward) + total(work.block.backward)) * work.repeat \
+        if work.block else 0.0
+    return (total(work.pre.forward) + total(work.pre.backward) + blocks
+            + total(work.post.forward) + total(work.post.backward))
+
+
+def plan_space(shape: ModelShape, devices: int, batch: int, precision: str = "bf16",
+               fusion: str = "full", spec: SystemSpec | None = None, cp: int = 1
+               ) -> Iterator[Plan]:
+    """Every plan worth considering (module docstring) with context-parallel size `cp`: valid,
+    placed on `spec` as its compiler would (`dojo.compiler.placement`), and not dominated."""
+    for tp, pp, dp in device_splits(shape, devices, batch, spec, cp):
+        inters = [v for v in range(1, shape.layers + 3) if pp > 1 or v == 1]
+        for inter in inters:
+            for stages in stage_splits(shape.layers, pp * inter):
+                for mb in divisors(batch // dp):
+                    yield from variants(Plan(dp=dp, tp=tp, pp=pp, cp=cp, mb=mb,
+                                              interleave=inter, precision=precision,
+                                              fusion=fusion, stages=stages),
+                                         shape, devices, batch)
+
+
+def context_space(shape: ModelShape, devices: int, batch: int, cps: tuple[int, ...] = (1,),
+                  precision: str = "bf16", fusion: str = "full",
+                  spec: SystemSpec | None = None) -> Iterator[Plan]:
+    """`plan_space` for each context-parallel size in `cps`."""
+    for cp in cps:
+        yield from plan_space(shape, devices, batch, precision, fusion, spec, cp)
+
+
+def variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
+    """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
+    (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
+    schedules = ["1f1b" if base.interleave == 1 else "interleaved"]
+    if base.pp > 1:
+        schedules.append("gpipe")
+    fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
+                                            "precision", "fusion", "stages")}
+    for schedule in schedules:
+        try:
+            validate_plan(Plan(**fields, schedule=schedule), shape, devices, batch)
+        except ConfigError:
+            continue
+        for rec in RECOMPUTES:
+            for zero in (0, 1, 2, 3) if base.dp > 1 else (0,):
+                for sp in (False, True) if base.tp > 1 else (False,):
+                    for ep in expert_sizes(shape, base.dp):
+                        yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero, sp=sp,
+                                   ep=ep)
+
+
+def chunk_op_times(sums: tuple[float, ...], split: list[int] | None, chunks: int,
+                   recompute: str) -> tuple[list[float], list[float]]:
+    """(forward, backward) op seconds per virtual stage from the section sums (embedding side
+    forward and backward, block forward, backward and selective recompute, head side forward
+    and backward) and the blocks per virtual stage."""
+    pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = sums
+    rec = {"full": blk_f, "selective": blk_sel}.get(recompute, 0.0)
+    fwd, bwd = [], []
+    for v in range(chunks):
+        n = split[v] if split else 0
+        first, last = float(v == 0), float(v == chunks - 1)
+        fwd.append(first * pre_f + n * blk_f + last * post_f)
+        bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b)
+    return fwd, bwd
+
+
+def collective_s(spec: SystemSpec, cal: Any, kind: str, nbytes: float,
+                levels: tuple[GroupLevel, ...]) -> float:
+    """`simulate.collective` from the system alone: the faster of the levels and the Z-plane."""
+    t = collective_time(kind, nbytes, levels, cal.link_efficiency, cal.collective_latency_s)[0]
+    alt = zplane_levels(spec, levels)
+    if alt:
+        t = min(t, collective_time(kind, nbytes, alt, cal.link_efficiency,
+                                   cal.collective_latency_s)[0])
+    return t
+
+
+def tp_section_times(work: ModelWork, spec: SystemSpec, cal: Any,
+                     levels: tuple[GroupLevel, ...]) -> tuple[float, ...]:
+    """Seconds of each section's tp collectives on `levels`, in the order of the search's
+    section sums: embedding side forward, backward; block forward, backward, selective
+    recompute (none); head side forward, backward."""
+    def comm(comms: tuple[tuple[str, float], ...]) -> float:
+        return sum(collective_s(spec, cal, kind, nbytes, levels) for kind, nbytes in comms)
+    block = work.block
+    return (comm(work.pre.tp_forward), comm(work.pre.tp_backward),
+            comm(block.tp_forward) if block else 0.0, comm(block.tp_backward) if block else 0.0,
+            0.0, comm(work.post.tp_forward), comm(work.post.tp_backward))
+
+
+def no_fit_error(head: str, device: str, capacity: float, least: tuple[float, Plan] | None,
+                 closest: tuple[float, int, Plan] | None) -> DojoError:
+    """Why no plan fits, in one line: the least state any dp x tp x pp needs (`least`), or,
+    when states fit but no plan does, the least bytes of the plans built (`closest`)."""
+    gb = 1e9
+    if least is not None:
+        need, plan = least
+        return DojoError(f"{head}: the least state of any plan, {plan.text()}, needs "
+                         f"{need / gb:.2f} GB per {device} in weights, gradients and optimizer "
+                         f"state (spread evenly, before activations) > capacity "
+                         f"{capacity / gb:.2f} GB")
+    built = ""
+    if closest is not None:
+        need, stage, plan = closest
+        built = (f"; the least of the plans built: {need / gb:.2f} GB on stage {stage} of "
+                 f"{plan.text()}")
+    return DojoError(f"{head}: every plan's fullest {device} needs more than its capacity of "
+                     f"{capacity / gb:.2f} GB in weights, gradients, optimizer state and "
+                     f"activations in flight{built}")
+
+
+def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
+                    layout: MoeLayout | None, split: list[int] | None, fwd: list[float],
+                    bwd: list[float]) -> tuple[list[float], list[float]]:
+    """Per virtual stage (`split`: its blocks), op times plus, with ep, each MoE layer's
+    dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound."""
+    if layout is None or plan.ep == 1:
+        return fwd, bwd
+    levels = group_levels(spec, plan.ep, plan.tp)
+    nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
+    pair = 2 * min(collective_time("all_to_all", nbytes, lv, cal.link_efficiency,
+                                   cal.collective_latency_s)[0]
+                   for lv in (levels, zplane_levels(spec, levels) or levels))
+    again = replays_experts(work, layout, plan)
+    moe = [(split[v] if split else 0) * layout.block_layers for v in range(len(fwd))]
+    outer = [layout.outer_layers if v == 0 else 0 for v in range(len(fwd))]
+    return ([f + pair * (m + o) for f, m, o in zip(fwd, moe, outer)],
+            [b + pair * (m + o + (m if again else 0)) for b, m, o in zip(bwd, moe, outer)])
