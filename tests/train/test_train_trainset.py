@@ -119,3 +119,19 @@ def test_out_as_a_url_is_refused_in_one_line(tmp_path: Path,
     assert main(["train", "occupancy", "--out", "memory://runs/x", "--steps", "2"]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "a local folder" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_rounds_with_mine_by_random_add_seeded_pool_clips(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_occupancy(tiny_options(out, tiny_data, rounds=2, budget=1, pool_clips=3,
+                                 mine_by="random"))
+    m = json.loads((out / "metrics.json").read_text())
+    first, second = m["rounds"]
+    cat = str(out / "catalog")
+    added = set(read_version(cat, second["train_version"]).clips) - \
+        set(read_version(cat, first["train_version"]).clips)
+    base = read_version(cat, first["train_version"])
+    assert [c["clip_hash"] for c in pick_random(cat, base, "x", 1, "pool", 1).chosen] == \
+        sorted(added)  # round 1 drew with seed + 1
+    assert "the control (--mine-by random)" in (out / "report.html").read_text()
