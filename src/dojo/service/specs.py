@@ -70,7 +70,11 @@ def admit(body: Any, machine: Machine, *, allow_factories: bool = False,
     if is_factory and not allow_factories:
         bad.append(f"model = {_short(model)}: model factories are refused by this server "
                    "(start it with --allow-factories to run them in sandboxed workers)")
-    tiles = body.get("tiles", 1)
+    # occupancy: the large preset is simulated on the partition, and a lone tile has no DIPs
+    tiles = body.get("tiles", 2 if kind == "occupancy" else 1)
+    if kind == "occupancy" and tiles == 1:
+        bad.append("tiles = 1: expected 2 or more for occupancy (the large preset is simulated "
+                   "on the job's tiles, and a lone tile has no DIP memory to hold it)")
     field("tiles", tiles == "auto" or (_int(tiles) and 1 <= tiles <= machine.tiles
                                        and bool(shapes(tiles, machine.rows, machine.cols))),
           f"auto or a whole number of tiles from 1 to {machine.tiles} that fits a rectangle "

@@ -204,7 +204,7 @@ def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     """`dojo train occupancy` as a job: on the tenant's uploaded dataset, or multi-camera clips
     synthesized into the job's folder (once); the occupancy network trained here with
     checkpoints every `checkpoint_every` steps (a stop resumes from the last one); the large
-    preset simulated on the server's system."""
+    preset simulated on the job's partition (`partition`)."""
     import shutil
 
     from dojo.train.options import TrainOptions
@@ -235,7 +235,7 @@ def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
             raise _Stopped
 
     try:
-        result = train_occupancy(opts, progress)
+        result = train_occupancy(opts, progress, partition(job))
     except _Stopped:
         return None
     if (out / "report.html").is_file():
@@ -243,7 +243,8 @@ def run_occupancy(job: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     dojo = result.sim.dojo.result
     return {"val_iou": result.val_iou, "baseline_iou": result.history.baseline_iou,
             "final_loss": result.history.train_loss[-1], "local_steps": steps,
-            "train_samples": result.train_samples, "system": job["system"],
+            "train_samples": result.train_samples,
+            "system": result.sim.dojo.program.system.name,
             "step_time_s": dojo.step_time_s, "energy_j": dojo.energy_j,
             "plan": result.sim.dojo.program.plan.text(full=True)}
 

@@ -27,6 +27,7 @@ from dojo.data import ClipLoader, LoaderConfig, synthesize
 from dojo.data.catalog import index_set, write_version
 from dojo.data.layout import SkippedClip
 from dojo.errors import DojoError
+from dojo.hardware.spec import SystemSpec
 from dojo.numerics import load_policy_state, policy_state
 from dojo.train import checkpoint
 from dojo.train.decode import DecodeRate, data_rate, large_rate
@@ -164,19 +165,24 @@ def _train(model: Any, optimizer: Any, loss_fn: Any, loader: ClipLoader,
                           eta_s=elapsed / session_steps * (opts.steps - done)))
 
 
-def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None) -> TrainResult:
+def train_occupancy(opts: TrainOptions, progress: ProgressFn | None = None,
+                    system: SystemSpec | None = None) -> TrainResult:
     """Run the whole job (module docstring); returns the result, files already written.
 
     torch runs on `opts.threads` CPU threads for the job (restored after): its kernels split
-    reductions by thread count, so the losses depend on it in the last bits."""
+    reductions by thread count, so the losses depend on it in the last bits. `system`, when
+    given, is the spec the large preset is simulated on instead of `opts.system` (a service
+    job's tile partition); `opts.system` is still checked by preflight."""
     from dojo.train.report import write_outputs
 
     tell = progress or (lambda _: None)
     job = preflight(opts)  # every cheap check, before anything is made or written
-    tell(Progress("simulate", f"simulating occupancy-large on {opts.system} and H100s"))
+    target = system or opts.system
+    tell(Progress("simulate", f"simulating occupancy-large on "
+                              f"{system.name if system else opts.system} and H100s"))
     cfg = large_config()
     large = large_rate((cfg.width, cfg.height), opts.measure_decode)
-    sim = simulate_large(opts.system, opts.plan, opts.precision, large.frames_per_s)
+    sim = simulate_large(target, opts.plan, opts.precision, large.frames_per_s)
     _make_folder(job.out, "--out")
     train_dir, val_dir = ensure_data(job, tell)
     if job.train_set is not None:  # --train-set: a version or a set folder, not DATA/train

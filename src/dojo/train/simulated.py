@@ -127,13 +127,14 @@ def gpu_precision(precision: str, spec: SystemSpec) -> str:
                       f"a rate for one of {', '.join(PRECISION_DTYPES[precision])}")
 
 
-def simulate_large(system: str, plan: str, precision: str, decode_fps_large: float,
-                   epoch_samples: int = 0) -> SimulatedRun:
-    """Simulate the large preset on `system` under `plan` and on a GPU cluster of equal power
+def simulate_large(system: str | SystemSpec, plan: str, precision: str,
+                   decode_fps_large: float, epoch_samples: int = 0) -> SimulatedRun:
+    """Simulate the large preset on `system` (a name, or an already-built spec such as a
+    service job's tile partition) under `plan` and on a GPU cluster of equal power
     (at `gpu_precision`); the Dojo data path decodes at `decode_fps_large` frames/s per core
     (the rate at the large preset's frame size). `epoch_samples` may be set later (`replace`).
     """
-    spec = load_system(system)
+    spec = system if isinstance(system, SystemSpec) else load_system(system)
     gpus = gpu_count_for_power(spec)
     gpu_spec = load_system(GPU_SYSTEM, devices=gpus)
     batch = common_batch(device_count(spec), gpus)
