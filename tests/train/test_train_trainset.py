@@ -93,9 +93,7 @@ def test_training_reads_data_through_a_url_like_the_local_folder(
         tiny_data: Path, tiny_run: TrainResult, tmp_path: Path) -> None:
     """--data memory://... trains on the same bytes as the local folder: metrics.json is the
     same file (dataset versions are content hashes; no path is in it)."""
-    from tests.data.test_data_fsspec_loader import to_memory
-
-    url = to_memory(tiny_data)
+    url = _to_memory(tiny_data)
     out = tmp_path / "run"
     train_occupancy(tiny_options(out, url))
     assert (out / "metrics.json").read_bytes() == tiny_run.files["metrics"].read_bytes()
@@ -135,3 +133,18 @@ def test_rounds_with_mine_by_random_add_seeded_pool_clips(tiny_data: Path, tmp_p
     assert [c["clip_hash"] for c in pick_random(cat, base, "x", 1, "pool", 1).chosen] == \
         sorted(added)  # round 1 drew with seed + 1
     assert "the control (--mine-by random)" in (out / "report.html").read_text()
+
+
+def _to_memory(local: Path) -> str:
+    """A copy of the set in fsspec's in-memory file system; its URL (as the data tests make it:
+    tests/data is not a package, so its helper cannot be imported from here)."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    base = f"/sets-{uuid.uuid4().hex}"
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{base}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    return f"memory://{base}"
