@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The dense and shared-expert FFN: Llama's SwiGLU, w2(silu(w1 x) * w3 x), no biases.
+from dojo.models.llama import FeedForward as SwiGLU
+
 ROUTERS = ("softmax", "sigmoid")
 
 
@@ -52,19 +55,6 @@ class Experts(nn.Module):
         gate = torch.bmm(x, self.w1)  # (E, C, F)
         up = torch.bmm(x, self.w3)  # (E, C, F)
         return torch.bmm(F.silu(gate) * up, self.w2)  # (E, C, H)
-
-
-class SwiGLU(nn.Module):
-    """w2(silu(w1 x) * w3 x), no biases (the dense and shared-expert FFN)."""
-
-    def __init__(self, hidden: int, ffn: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(hidden, ffn, bias=False)
-        self.w3 = nn.Linear(hidden, ffn, bias=False)
-        self.w2 = nn.Linear(ffn, hidden, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class MoE(nn.Module):
