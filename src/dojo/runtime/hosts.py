@@ -27,12 +27,11 @@ import os
 import pickle
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from dojo.errors import DojoError
-from dojo.runtime.launch import START_GRACE_S, RankError, _collect, check_ranks
+from dojo.runtime.launch import START_GRACE_S, RankError, _collect, check_ranks, failure_line
 
 
 def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, init_method: str,
@@ -89,10 +88,7 @@ def _rank(fn: Callable[..., Any], local: int, rank: int, world: int, init_method
         dist.barrier()  # every rank of every host has finished
         results.put((local, True, pickle.dumps(out)))
     except BaseException as err:  # report every failure with this rank's id, then exit
-        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
-        at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
-        message = " ".join(f"{type(err).__name__}: {err}".split())
-        results.put((local, False, message[:2000] + at))
+        results.put((local, False, failure_line(err)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -182,13 +182,19 @@ def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tupl
         # with this process before the parent reads them.
         results.put((rank, True, pickle.dumps(fn(rank, world, *args))))
     except BaseException as err:  # report every failure with this rank's id, then exit
-        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
-        at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
-        message = " ".join(f"{type(err).__name__}: {err}".split())
-        results.put((rank, False, message[:2000] + at))
+        results.put((rank, False, failure_line(err)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def failure_line(err: BaseException) -> str:
+    """One line for a rank's failure: type, message (whitespace folded, at most 2,000
+    characters) and the file and line it was raised at."""
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+    message = " ".join(f"{type(err).__name__}: {err}".split())
+    return message[:2000] + at
 
 
 def _default_backend(world: int) -> str:
