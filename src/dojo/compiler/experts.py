@@ -157,8 +157,10 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
             raise DojoError(f"ep={ep} needs a model with routed experts (parameters "
                             "'*.experts.*'); this one has none")
         return program
-    if ep == 1 and imbalance == 1.0:
-        return program
+    if ep == 1 and imbalance == 1.0:   # no comms to add; the layout still names the GEMMs
+        return replace(program, experts=ExpertParallel(
+            ep=1, imbalance=1.0, a2a_levels=(), grad_levels=program.grad_levels,
+            chunk_expert_params=(), a2a_bytes=0.0, layout=layout))
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
     # ep consecutive ranks of the cp x dp ones (stride tp; Megatron-Core's expert mapping)
     a2a_levels = group_levels(program.system, ep, plan.tp)
@@ -181,6 +183,12 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
                          grad_levels=grad_levels, chunk_expert_params=tuple(held),
                          a2a_bytes=nbytes, layout=layout)
     return replace(program, chunks=tuple(chunks), experts=moe)
+
+
+def expert_batches(layout: MoeLayout, ep: int, tp: int) -> frozenset[int]:
+    """Batch sizes of the routed experts' grouped GEMMs on one device after `ep_gemm`: the
+    captured experts (or experts / tp), / ep."""
+    return frozenset(max(1, b // ep) for b in (layout.experts, max(1, layout.experts // tp)))
 
 
 def _is_expert_gemm(o: OpCost, layout: MoeLayout, tp: int) -> bool:

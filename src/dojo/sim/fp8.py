@@ -63,11 +63,16 @@ def fp8_device(dev: DeviceModel, spec: SystemSpec, leaves: int = 1) -> DeviceMod
     return replace(dev, peak_flops=fp8_peak(spec) * leaves)
 
 
-def is_fp8_gemm(op: OpCost, block: frozenset[OpCost] | None) -> bool:
-    """A weight GEMM of known shape (a Linear: aten.mm / aten.addmm) inside the repeated block
-    (`block`: its ops; None for a model without one)."""
-    return (op.kind == "matrix" and op_class(op.target) == "mm" and op.shape[0] == 1
-            and min(op.shape) > 0 and (block is None or op in block))
+def is_fp8_gemm(op: OpCost, block: frozenset[OpCost] | None,
+                experts: frozenset[int] = frozenset()) -> bool:
+    """A weight GEMM of known shape inside the repeated block (`block`: its ops; None for a
+    model without one): a Linear (aten.mm / aten.addmm), or a routed experts' grouped GEMM (a
+    batched matmul whose batch is one of `experts`, the experts on this device:
+    TransformerEngine's GroupedLinear runs them in FP8 as it runs a Linear)."""
+    if op.kind != "matrix" or min(op.shape) <= 0 or (block is not None and op not in block):
+        return False
+    kind = op_class(op.target)
+    return (kind == "mm" and op.shape[0] == 1) or (kind == "bmm" and op.shape[0] in experts)
 
 
 def as_fp8(op: OpCost) -> OpCost:
@@ -78,32 +83,37 @@ def as_fp8(op: OpCost) -> OpCost:
 
 
 def gemm_dims(op: OpCost) -> tuple[float, float, float]:
-    """(m, n, k) of a GEMM of output (1, m, n): k = FLOP / (2 m n)."""
-    _, m, n = op.shape
-    return float(m), float(n), op.flops / (2.0 * m * n)
+    """(m, n, k) of each of the b GEMMs of output (b, m, n): k = FLOP / (2 b m n)."""
+    b, m, n = op.shape
+    return float(m), float(n), op.flops / (2.0 * b * m * n)
 
 
 def cast_bytes(op: OpCost, phase: str) -> float:
     """Bytes the per-tensor scaling kernels of one forward FP8 GEMM move in `phase`: 'forward'
-    (its input X), 'backward' (its output gradient dY) or 'weight' (its weight, once a step)."""
+    (its input X), 'backward' (its output gradient dY) or 'weight' (its weight, once a step);
+    a grouped GEMM of b experts casts each expert's X, dY and W: b times one GEMM's."""
     m, n, k = gemm_dims(op)
     elements = {"forward": m * k, "backward": m * n, "weight": k * n}[phase]
-    return CAST_BYTES_PER_ELEMENT * elements
+    return CAST_BYTES_PER_ELEMENT * elements * op.shape[0]
 
 
 class Fp8Timer:
     """Times a chunk's op lists under precision=fp8 (see the module docstring)."""
 
     def __init__(self, dev: DeviceModel, dev8: DeviceModel, block: Iterable[OpCost] | None,
-                 microbatches: int) -> None:
+                 microbatches: int, experts: frozenset[int] = frozenset()) -> None:
         self.dev, self.dev8 = dev, dev8
         self.block = frozenset(block) if block is not None else None
         self.micro = max(1, microbatches)
+        self.experts = experts   # batch sizes of the routed experts' grouped GEMMs
+
+    def fp8(self, op: OpCost) -> bool:
+        """Whether `op` runs on the FP8 tensor cores (`is_fp8_gemm`)."""
+        return is_fp8_gemm(op, self.block, self.experts)
 
     def op_time(self, op: OpCost) -> float:
         """Seconds of one op: an FP8 GEMM at the FP8 rate, any other on the BF16 device."""
-        return self.dev8.op_time(as_fp8(op)) if is_fp8_gemm(op, self.block) else \
-            self.dev.op_time(op)
+        return self.dev8.op_time(as_fp8(op)) if self.fp8(op) else self.dev.op_time(op)
 
     def ops_time(self, ops: Iterable[OpCost], dev: DeviceModel | None = None) -> float:
         """Seconds of `ops` (a chunk's op list): FP8 GEMMs at the FP8 rate on FP8 operands,
@@ -111,7 +121,7 @@ class Fp8Timer:
         dev = dev or self.dev
         total = 0.0
         for op, count in Counter(ops).items():
-            fp8 = is_fp8_gemm(op, self.block)
+            fp8 = self.fp8(op)
             total += count * (self.dev8.op_time(as_fp8(op)) if fp8 else dev.op_time(op))
         return total
 
@@ -121,7 +131,7 @@ class Fp8Timer:
         (inputs again; the FP8 weights are cached) or 'backward' (output gradients)."""
         total = 0.0
         for op, count in Counter(forward).items():
-            if not is_fp8_gemm(op, self.block):
+            if not self.fp8(op):
                 continue
             kind = "backward" if phase == "backward" else "forward"
             total += count * self.dev.vector_time(cast_bytes(op, kind))

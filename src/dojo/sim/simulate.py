@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.context import exposed
-from dojo.compiler.experts import param_groups
+from dojo.compiler.experts import expert_batches, param_groups
 from dojo.compiler.mapping import GroupLevel, zplane_levels
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
 from dojo.compiler.work import OpCost
@@ -199,7 +199,7 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         chunk.backward, dev.for_phase("backward")), _ops_time(chunk.recompute, dev))
     if program.plan.precision == "fp8":
         timer = Fp8Timer(dev, fp8_device(dev, program.system, program.leaves_per_device),
-                         _block_ops(program), program.microbatches)
+                         _block_ops(program), program.microbatches, _expert_batches(program))
         op_time = timer.op_time
         fwd, bwd, rec = timer.chunk_times(chunk.forward, chunk.backward, chunk.recompute,
                                           dev.for_phase("backward"))
@@ -226,6 +226,12 @@ def _mfu_peak(program: Program, dev: DeviceModel) -> float:
     if program.plan.precision == "fp8":
         return fp8_peak(program.system) * program.leaves_per_device
     return dev.peak_flops
+
+
+def _expert_batches(program: Program) -> frozenset[int]:
+    """Batch sizes of the routed experts' grouped GEMMs (none without experts)."""
+    moe = program.experts
+    return frozenset() if moe is None else expert_batches(moe.layout, moe.ep, program.plan.tp)
 
 
 def _block_ops(program: Program) -> tuple[OpCost, ...] | None:
