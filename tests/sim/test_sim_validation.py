@@ -27,6 +27,7 @@ def test_cases_are_well_formed() -> None:
     for c in cases:
         assert c.measured_step_s > 0 and c.gpus >= 8
         assert c.hardware in ("a100-cluster", "h100-cluster")
+        assert c.fit or c.confidence != "high"   # a gated case is always fitted
 
 
 def test_gated_cases_within_tolerance() -> None:
@@ -83,3 +84,32 @@ def test_fsdp_step_times_match_their_published_mfu() -> None:
         wps = tokens_per_gpu / c.measured_step_s
         mfu = (6 * params + 12 * layers * h * s) * wps / 312e12
         assert mfu == pytest.approx(published[c.id], rel=2e-3), c.id
+
+
+def test_moe_case_step_from_its_published_throughput() -> None:
+    """The DeepSeek-V3 case: a zoo preset with its sequence, and a step time that is the table's
+    tokens/s per GPU turned into seconds (8192 x 4096 / (1297 x 1024))."""
+    from dojo.sim.validate import model_for
+
+    case = next(c for c in load_cases() if c.id == "mbridge25-h100-deepseek-v3-fp8-ep64-1024")
+    assert model_for(case) == ("deepseek-v3", {"seq": 4096})
+    assert case.measured_step_s == pytest.approx(8192 * 4096 / (1297 * 1024), rel=1e-4)
+    assert not case.fit and case.confidence == "low"
+
+
+def test_leave_one_out_never_fits_a_held_out_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `fit = false` case is predicted with the shipped calibration and enters no fit."""
+    from dataclasses import replace
+
+    from dojo.sim import calibrate
+    from dojo.sim import validate as v
+
+    case = replace(load_cases()[0], fit=False)
+
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a held-out case reached a calibration fit")
+
+    monkeypatch.setattr(calibrate, "prepare", no_fit)
+    monkeypatch.setattr(v, "predict_case", lambda c: (1.5, 0.3))
+    (out,) = v.leave_one_out([case])
+    assert out.predicted_s == 1.5
