@@ -41,7 +41,7 @@ from dojo.errors import DojoError
 from dojo.graph import Graph
 
 if TYPE_CHECKING:
-    from dojo.compiler.program import Program
+    from dojo.compiler.program import Comm, Program
 
 EXPERT_TAG = ".experts."
 
@@ -61,6 +61,8 @@ class MoeLayout:
     outer_params: int             # routed-expert parameters outside the block
     width: int                    # each expert's FFN width
     rows: int                     # capacity C: rows per expert per micro-batch, as captured
+    groups: int = 1               # router groups (DeepSeek-V3: 8), group_top_k of them chosen
+    group_top_k: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,48 @@ def moe_layout(graph: Graph, config: Any, tokens: int) -> MoeLayout | None:
                      block_layers=layers(inside), outer_layers=layers(outside),
                      block_params=sum(math.prod(t.shape) for t in inside),
                      outer_params=sum(math.prod(t.shape) for t in outside),
-                     width=width, rows=rows)
+                     width=width, rows=rows, groups=int(getattr(config, "groups", 1) or 1),
+                     group_top_k=int(getattr(config, "group_top_k", 1) or 1))
 
 
 def a2a_bytes(layout: MoeLayout, tp: int, scale: float, imbalance: float = 1.0) -> float:
     """One dispatch (or combine) buffer per ep member, bytes: tokens / tp x top_k x hidden x
     activation bytes (4 x `scale`: 2 for BF16), x `imbalance` on the busiest rank."""
     return layout.tokens / tp * layout.top_k * layout.hidden * 4.0 * scale * imbalance
+
+
+def remote_units(layout: MoeLayout, units: int) -> float:
+    """Expected number of other units (nodes: the ep group's outermost level, `units` of them,
+    each holding experts / units) that one token's top_k experts live on, under uniform routing
+    (Megatron's force-balanced benchmarks). With group-limited routing whose groups tile the
+    units (units % groups == 0) a token picks group_top_k groups, g = group_top_k x units /
+    groups units, and top_k of their g x experts / units experts:
+    g (1 - C((g - 1) e, k) / C(g e, k)) (units - 1) / units, e = experts / units; the own unit
+    is one of the g with probability g / units. Otherwise g = units (no limit)."""
+    per = layout.experts // units
+    g = units
+    if layout.groups > 1 and units % layout.groups == 0:
+        g = min(units, layout.group_top_k * units // layout.groups)
+    missed = math.comb((g - 1) * per, layout.top_k) / math.comb(g * per, layout.top_k)
+    return g * (1.0 - missed) * (units - 1) / units
+
+
+def dispatch_comms(levels: tuple[GroupLevel, ...], layout: MoeLayout, plan: Any,
+                   nbytes: float) -> tuple[Comm, ...]:
+    """One dispatch (or combine) over the ep group's `levels`, `nbytes` per member (all top_k
+    copies): with `dispatcher=alltoall` one all-to-all of them; with `flex` (DeepEP, HybridEP)
+    over a group spanning two or more levels, an all-to-all over the outermost level that
+    carries one copy per other unit a token goes to (`remote_units`), then the fan-out of all
+    copies over the levels inside it (timed one after the other: an upper bound by the inner
+    share, which the kernels pipeline with the outer transfer)."""
+    from dojo.compiler.program import Comm
+
+    if plan.dispatcher != "flex" or len(levels) < 2:
+        return (Comm("all_to_all", nbytes, levels, "ep"),)
+    outer, units = levels[-1], levels[-1].members
+    sent = nbytes / layout.top_k * remote_units(layout, units)   # bytes a member sends out
+    return (Comm("all_to_all", sent * units / (units - 1), (outer,), "ep"),
+            Comm("all_to_all", nbytes, levels[:-1], "ep"))
 
 
 def sent_bytes(nbytes: float, ep: int) -> float:
@@ -148,7 +185,7 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
     """`program` (compiled from `ep_work`) with the plan's ep: expert weights 1/ep per rank,
     a dispatch and a combine all-to-all per MoE layer forward and backward, and again in the
     recompute when it `replay`s the expert GEMMs. Unchanged without ep and imbalance."""
-    from dojo.compiler.program import PRECISION_BYTES, Comm
+    from dojo.compiler.program import PRECISION_BYTES
 
     plan = program.plan
     ep, imbalance = plan.ep, plan.imbalance
@@ -166,15 +203,15 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
     a2a_levels = group_levels(program.system, ep, plan.tp)
     grad_levels = group_levels(program.system, plan.dp_cp // ep, plan.tp * ep)
     nbytes = a2a_bytes(layout, plan.tp, scale, imbalance)
-    a2a = Comm("all_to_all", nbytes, a2a_levels, "ep")
+    a2a = dispatch_comms(a2a_levels, layout, plan, nbytes)
     chunks, held = [], []
     for c in program.chunks:
         outer = c.index == 0
         layers = layout.block_layers * c.blocks + (layout.outer_layers if outer else 0)
         whole = layout.block_params * c.blocks + (layout.outer_params if outer else 0)
         held.append(whole / ep)
-        comms = (a2a, a2a) * layers if ep > 1 else ()
-        again = (a2a, a2a) * layout.block_layers * c.blocks if ep > 1 and replay else ()
+        comms = (a2a + a2a) * layers if ep > 1 else ()
+        again = (a2a + a2a) * layout.block_layers * c.blocks if ep > 1 and replay else ()
         chunks.append(replace(c, tp_forward=c.tp_forward + comms,
                               tp_backward=c.tp_backward + comms,
                               tp_recompute=c.tp_recompute + again,

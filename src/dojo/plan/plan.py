@@ -30,6 +30,9 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   back by all-to-all; expert gradients reduced over dp / ep (`dojo.compiler.experts`).
   `imbalance` (>= 1): the busiest expert rank's load over the mean (its expert work and
   all-to-all bytes scale by it). The capacity factor is the model's (`--set capacity=1.25`).
+  `dispatcher` (Megatron-Core's token dispatcher): `alltoall` sends each of a token's top_k
+  copies to its expert's rank; `flex` (the flex dispatcher's DeepEP / HybridEP backends) sends a
+  token once to each other node that holds one of its experts and fans it out over NVLink there.
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
@@ -65,6 +68,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "cfp8", "fp8")
 GRAD_REDUCE = ("auto", "fp32", "bf16")
 FUSIONS = ("full", "kernels", "none")
 CP_COMMS = ("p2p", "allgather")
+DISPATCHERS = ("alltoall", "flex")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +94,7 @@ class Plan:
     cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
     ep: int = field(default=1, metadata=check(ge=1))
     imbalance: float = field(default=1.0, metadata=check(ge=1))
+    dispatcher: str = field(default="alltoall", metadata=check(choices=DISPATCHERS))
     stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
@@ -108,7 +113,7 @@ class Plan:
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm", "ep", "imbalance", "fp8_params", "stages"):
+                     "cp_comm", "ep", "imbalance", "dispatcher", "fp8_params", "stages"):
             value = getattr(self, name)
             if name == "stages":
                 if value:
@@ -116,7 +121,8 @@ class Plan:
                 continue
             if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
                 continue
-            if name in ("ep", "imbalance") and self.ep == 1 and value == getattr(default, name):
+            if name in ("ep", "imbalance", "dispatcher") and self.ep == 1 and \
+                    value == getattr(default, name):
                 continue   # no expert parallelism: nothing to show
             if name == "fp8_params" and self.precision != "fp8" and not value:
                 continue

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dojo.compiler.experts import MoeLayout, a2a_bytes, replays_experts
+from dojo.compiler.experts import MoeLayout, a2a_bytes, dispatch_comms, replays_experts
 from dojo.compiler.mapping import GroupLevel, group_levels, zplane_levels
 from dojo.compiler.placement import devices_placed, tp_placed
 from dojo.compiler.program import PRECISION_BYTES
@@ -247,8 +247,9 @@ def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
         return fwd, bwd
     levels = group_levels(spec, plan.ep, plan.tp)
     nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
-    pair = 2 * min(collective_time("all_to_all", nbytes, lv, cal.link_efficiency,
-                                   cal.collective_latency_s)[0]
+    pair = 2 * min(sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
+                                       cal.collective_latency_s)[0]
+                       for c in dispatch_comms(lv, layout, plan, nbytes))
                    for lv in (levels, zplane_levels(spec, levels) or levels))
     again = replays_experts(work, layout, plan)
     moe = [(split[v] if split else 0) * layout.block_layers for v in range(len(fwd))]

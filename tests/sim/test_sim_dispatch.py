@@ -1,0 +1,73 @@
+"""The flex token dispatcher (`dispatcher=flex`: Megatron-Core's DeepEP / HybridEP backends)
+against closed forms and brute force: a token crosses the ep group's outermost level once per
+other unit holding one of its experts (expected over uniform routing, with DeepSeek-V3's
+group-limited routing), then fans out over the levels inside."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from dojo.compiler.experts import MoeLayout, dispatch_comms, remote_units
+from dojo.compiler.mapping import GroupLevel
+from dojo.plan.plan import parse_plan
+
+INNER = GroupLevel("server", "nvlink", 8, 450e9, 0.0, "switch")
+OUTER = GroupLevel("cluster", "ib", 8, 50e9, 0.0, "fat_tree")
+
+
+def _layout(experts: int, top_k: int, groups: int = 1, group_top_k: int = 1) -> MoeLayout:
+    return MoeLayout(experts=experts, top_k=top_k, hidden=7168, tokens=4096, block_layers=1,
+                     outer_layers=0, block_params=0, outer_params=0, width=2048, rows=128,
+                     groups=groups, group_top_k=group_top_k)
+
+
+def _brute(experts: int, top_k: int, units: int) -> float:
+    """Mean over every top_k set and every source unit of the other units hit."""
+    per = experts // units
+    total = count = 0
+    for chosen in itertools.combinations(range(experts), top_k):
+        hit = {e // per for e in chosen}
+        for own in range(units):
+            total += len(hit - {own})
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize(("experts", "top_k", "units"), [(8, 2, 2), (8, 2, 4), (16, 4, 4)])
+def test_remote_units_match_brute_force(experts: int, top_k: int, units: int) -> None:
+    assert remote_units(_layout(experts, top_k), units) == pytest.approx(
+        _brute(experts, top_k, units))
+
+
+def test_group_limited_routing_deepseek_v3() -> None:
+    # 256 experts, top-8 in 4 of 8 groups; ep 64 over 8 nodes: one group per node
+    ds = _layout(256, 8, groups=8, group_top_k=4)
+    missed = math.comb(96, 8) / math.comb(128, 8)
+    assert remote_units(ds, 8) == pytest.approx(4 * (1 - missed) * 7 / 8)   # 3.18
+    # over 16 nodes (two per group): 8 nodes of 16 experts to choose from
+    missed16 = math.comb(112, 8) / math.comb(128, 8)
+    assert remote_units(ds, 16) == pytest.approx(8 * (1 - missed16) * 15 / 16)
+
+
+def test_flex_sends_one_copy_per_other_node_then_fans_out() -> None:
+    ds = _layout(256, 8, groups=8, group_top_k=4)
+    nbytes = 2048 * 8 * 7168 * 2.0                        # all 8 copies of 2,048 tokens, BF16
+    (one,) = dispatch_comms((INNER, OUTER), ds, parse_plan("dp=64,ep=64"), nbytes)
+    assert (one.nbytes, one.levels) == (nbytes, (INNER, OUTER))
+    out, fan = dispatch_comms((INNER, OUTER), ds, parse_plan("dp=64,ep=64,dispatcher=flex"),
+                              nbytes)
+    # the outer all-to-all sends (units - 1) / units of its buffer: one copy per other node
+    assert out.levels == (OUTER,) and fan.levels == (INNER,)
+    assert out.nbytes * 7 / 8 == pytest.approx(nbytes / 8 * remote_units(ds, 8))
+    assert fan.nbytes == nbytes
+    # a group inside one level has nothing to deduplicate
+    (inside,) = dispatch_comms((INNER,), ds, parse_plan("dp=64,ep=8,dispatcher=flex"), nbytes)
+    assert inside.nbytes == nbytes
+
+
+def test_dispatcher_in_plan_text() -> None:
+    assert "dispatcher=flex" in parse_plan("dp=8,ep=8,dispatcher=flex").text()
+    assert "dispatcher" not in parse_plan("dp=8").text()
