@@ -71,3 +71,45 @@ def test_flex_sends_one_copy_per_other_node_then_fans_out() -> None:
 def test_dispatcher_in_plan_text() -> None:
     assert "dispatcher=flex" in parse_plan("dp=8,ep=8,dispatcher=flex").text()
     assert "dispatcher" not in parse_plan("dp=8").text()
+
+
+
+MOE = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "expert_ffn": 96,
+       "experts": 8, "top_k": 2, "seq": 32, "vocab": 256}
+EXPERT_PARAMS = 2 * 3 * 8 * 64 * 96        # routed experts, whole model
+
+
+def test_etp1_folds_tp_into_the_expert_ranks() -> None:
+    """etp=1 (Megatron-Core's expert_tensor_parallel_size=1): an ep group is ep consecutive
+    GPUs, each holds whole experts (experts / ep of them), and their gradients reduce over the
+    tp x dp / ep ranks holding the same ones; etp = tp keeps the stride-tp group and the split."""
+    from dojo.compiler.experts import param_groups
+    from dojo.hardware import load_system
+    from dojo.sim.session import compile_model
+
+    spec = load_system("h100-cluster:16")
+
+    def program(plan: str):  # type: ignore[no-untyped-def]
+        return compile_model("moe", MOE, spec, parse_plan(plan), 32)[0]
+
+    folded, split = program("dp=8,tp=2,ep=8,etp=1"), program("dp=8,tp=2,ep=8")
+    assert [(lv.level, lv.members) for lv in folded.experts.a2a_levels] == [("server", 8)]
+    assert [(lv.level, lv.members) for lv in split.experts.a2a_levels] == \
+        [("server", 4), ("cluster", 2)]
+    (_, (held1, _, size1)), (_, (held2, _, size2)) = (param_groups(folded, 0),
+                                                      param_groups(split, 0))
+    assert (held1, size1) == (pytest.approx(EXPERT_PARAMS / 8), 2)      # whole, tp x dp / ep
+    assert (held2, size2) == (pytest.approx(EXPERT_PARAMS / 8 / 2), 1)  # tp split, dp / ep
+    assert "etp=1" in folded.plan.text()
+
+
+def test_etp_errors_show_the_arithmetic() -> None:
+    from dojo.errors import ConfigError
+    from dojo.hardware import load_system
+    from dojo.sim.session import simulate_model
+
+    spec = load_system("h100-cluster:16")
+    for text, shown in (("dp=4,tp=2,ep=4,etp=3", "etp"),
+                        ("dp=3,tp=2,ep=4,etp=1", "tp x dp x cp .* 6 / ep 4 = 1.5")):
+        with pytest.raises(ConfigError, match=shown):
+            simulate_model("moe", MOE, spec, parse_plan(text), 24)

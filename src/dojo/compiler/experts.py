@@ -39,6 +39,7 @@ from dojo.compiler.mapping import GroupLevel, group_levels
 from dojo.compiler.work import ModelWork, OpCost, SectionWork, main_block
 from dojo.errors import DojoError
 from dojo.graph import Graph
+from dojo.plan.plan import expert_tp
 
 if TYPE_CHECKING:
     from dojo.compiler.program import Comm, Program
@@ -199,9 +200,11 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
             ep=1, imbalance=1.0, a2a_levels=(), grad_levels=program.grad_levels,
             chunk_expert_params=(), a2a_bytes=0.0, layout=layout))
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
-    # ep consecutive ranks of the cp x dp ones (stride tp; Megatron-Core's expert mapping)
-    a2a_levels = group_levels(program.system, ep, plan.tp)
-    grad_levels = group_levels(program.system, plan.dp_cp // ep, plan.tp * ep)
+    # ep consecutive ranks of the cp x dp ones (stride tp; Megatron-Core's expert mapping),
+    # or of the tp x cp x dp ones with etp=1 (tp folded into the expert ranks)
+    stride, whole_tp = expert_layout(plan)
+    a2a_levels = group_levels(program.system, ep, stride)
+    grad_levels = group_levels(program.system, expert_dp(plan), stride * ep)
     nbytes = a2a_bytes(layout, plan.tp, scale, imbalance)
     a2a = dispatch_comms(a2a_levels, layout, plan, nbytes)
     chunks, held = [], []
@@ -209,13 +212,13 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
         outer = c.index == 0
         layers = layout.block_layers * c.blocks + (layout.outer_layers if outer else 0)
         whole = layout.block_params * c.blocks + (layout.outer_params if outer else 0)
-        held.append(whole / ep)
+        held.append(whole / ep * whole_tp)   # counted, as all params, before the / tp
         comms = (a2a + a2a) * layers if ep > 1 else ()
         again = (a2a + a2a) * layout.block_layers * c.blocks if ep > 1 and replay else ()
         chunks.append(replace(c, tp_forward=c.tp_forward + comms,
                               tp_backward=c.tp_backward + comms,
                               tp_recompute=c.tp_recompute + again,
-                              params=c.params - whole + whole // ep))
+                              params=c.params - whole + whole * whole_tp // ep))
     moe = ExpertParallel(ep=ep, imbalance=imbalance, a2a_levels=a2a_levels,
                          grad_levels=grad_levels, chunk_expert_params=tuple(held),
                          a2a_bytes=nbytes, layout=layout)
@@ -279,7 +282,7 @@ def param_groups(program: Program, stage: int
         return [(total, program.grad_levels, plan.dp_cp)]
     held = sum(moe.chunk_expert_params[c.index] for c in program.device_chunks(stage)) / plan.tp
     return [(total - held, program.grad_levels, plan.dp_cp),
-            (held, moe.grad_levels, plan.dp_cp // moe.ep)]
+            (held, moe.grad_levels, expert_dp(plan))]
 
 
 def bucket_groups(program: Program, params: float) -> list[tuple[float, tuple[GroupLevel, ...]]]:
@@ -294,7 +297,7 @@ def bucket_groups(program: Program, params: float) -> list[tuple[float, tuple[Gr
         whole = moe.layout.block_params
     else:
         whole = moe.layout.outer_params if params == work.pre.params else 0
-    held = whole / moe.ep / program.plan.tp
+    held = whole / moe.ep / program.plan.tp * expert_layout(program.plan)[1]
     return [(local - whole / program.plan.tp, program.grad_levels), (held, moe.grad_levels)]
 
 
@@ -305,4 +308,18 @@ def stage_groups(plan: Any, params: float, experts: float) -> list[tuple[float, 
     if plan.ep == 1 or not experts:
         return [(params / plan.tp, plan.dp_cp)]
     return [((params - experts) / plan.tp, plan.dp_cp),
-            (experts / plan.ep / plan.tp, plan.dp_cp // plan.ep)]
+            (experts / plan.ep / plan.tp * expert_layout(plan)[1], expert_dp(plan))]
+
+
+def expert_layout(plan: Any) -> tuple[int, int]:
+    """(stride of an ep group over the ranks, factor on the experts' weights per rank over
+    whole / ep / tp): (tp, 1) with the experts split over tp (etp = tp); (1, tp) with etp = 1,
+    the experts whole on every rank and tp folded into the expert ranks."""
+    folded = expert_tp(plan) == 1 < plan.tp
+    return (1, plan.tp) if folded else (plan.tp, 1)
+
+
+def expert_dp(plan: Any) -> int:
+    """Ranks holding the same experts, over which their gradients reduce and ZeRO shards:
+    dp x cp / ep, or tp x dp x cp / ep with etp = 1."""
+    return plan.dp_cp * expert_layout(plan)[1] // plan.ep

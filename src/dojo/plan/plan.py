@@ -33,6 +33,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   `dispatcher` (Megatron-Core's token dispatcher): `alltoall` sends each of a token's top_k
   copies to its expert's rank; `flex` (the flex dispatcher's DeepEP / HybridEP backends) sends a
   token once to each other node that holds one of its experts and fans it out over NVLink there.
+  `etp` (Megatron-Core's expert_tensor_parallel_size): 0 (default) = tp, the experts split over
+  the tp ranks like the other weights and an ep group at stride tp; 1 = the experts whole on
+  each rank, tp folded into the expert ranks: an ep group is ep consecutive ranks of the
+  tp x dp x cp ones ((tp x dp x cp) % ep == 0) and expert gradients reduce over tp x dp x cp / ep.
 - `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
@@ -95,6 +99,7 @@ class Plan:
     ep: int = field(default=1, metadata=check(ge=1))
     imbalance: float = field(default=1.0, metadata=check(ge=1))
     dispatcher: str = field(default="alltoall", metadata=check(choices=DISPATCHERS))
+    etp: int = field(default=0, metadata=check(ge=0))   # 0: tp (Megatron-Core's default)
     stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
@@ -113,7 +118,8 @@ class Plan:
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm", "ep", "imbalance", "dispatcher", "fp8_params", "stages"):
+                     "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
+                     "stages"):
             value = getattr(self, name)
             if name == "stages":
                 if value:
@@ -121,7 +127,7 @@ class Plan:
                 continue
             if name == "cp_comm" and self.cp == 1 and value == default.cp_comm:
                 continue
-            if name in ("ep", "imbalance", "dispatcher") and self.ep == 1 and \
+            if name in ("ep", "imbalance", "dispatcher", "etp") and self.ep == 1 and \
                     value == getattr(default, name):
                 continue   # no expert parallelism: nothing to show
             if name == "fp8_params" and self.precision != "fp8" and not value:
@@ -248,6 +254,11 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                           f"pp {plan.pp}")
 
 
+def expert_tp(plan: Plan) -> int:
+    """The tensor-parallel split of the routed experts: `etp`, or tp when 0."""
+    return plan.etp or plan.tp
+
+
 def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None:
     """ep is carved out of dp and splits whole experts: dp % ep == 0, experts % ep == 0; the
     busiest of ep ranks gets at most all the tokens, ep x the mean: 1 <= imbalance <= ep."""
@@ -259,7 +270,16 @@ def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None
         return
     if not shape.experts:
         raise ConfigError(source, "ep", plan.ep, "1: the model has no routed experts")
-    if plan.dp % plan.ep:
+    if plan.etp not in (0, 1, plan.tp):
+        raise ConfigError(source, "etp", plan.etp, f"0 or {plan.tp} (= tp: experts split like "
+                          "the other weights) or 1 (experts whole, tp folded into ep)")
+    if expert_tp(plan) == 1 < plan.tp:
+        if (plan.tp * plan.dp_cp) % plan.ep:
+            raise ConfigError(source, "ep", plan.ep,
+                              f"a divisor of tp x dp x cp (etp=1 folds tp into the expert ranks): "
+                              f"{plan.tp * plan.dp_cp} / ep {plan.ep} = "
+                              f"{plan.tp * plan.dp_cp / plan.ep:g}")
+    elif plan.dp % plan.ep:
         raise ConfigError(source, "ep", plan.ep,
                           f"a divisor of dp (ep is carved out of the data-parallel ranks): "
                           f"dp {plan.dp} / ep {plan.ep} = {plan.dp / plan.ep:g}")
