@@ -5,7 +5,9 @@ input that its forward GEMM read, not the BF16 tensor: so a tensor of the block 
 backward only because weight GEMMs read it (the norm's output before QKV and FC1, the attention
 output before the projection, the activation before FC2) is kept at 1 byte per element instead
 of 2; one that another op's backward also reads (FlashAttention's backward reads its output)
-stays in BF16 and the FP8 copy comes on top. Found from the captured graph: a saved tensor of
+stays in BF16 and the FP8 copy comes on top. The routed experts' grouped GEMMs (GroupedLinear)
+keep their inputs the same way: a batched matmul of the backward whose output has the shape of
+an expert weight is their weight gradient. Found from the captured graph: a saved tensor of
 the block (made by its forward, read by the backward) whose backward readers, views aside,
 include weight matmuls (`mm`/`addmm`), sized as `work._saved` sizes it on one device of the tp
 split.
@@ -34,13 +36,17 @@ def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
     split = tp_split(graph, weights, whole_stem=residual > 0) if tp > 1 else set()
     made = {root(graph, t).id for op in graph.ops if op.phase == "forward" and op.block == block
             for t in op.outputs}
+    experts = _expert_weight_shapes(graph)
     readers: dict[int, list[str | None]] = {}
     for op in graph.ops:
         if op.phase != "backward" or op.rule in fusion.FREE_RULES:
             continue
+        kind = op_class(op.target)
+        if kind == "bmm" and any(graph.tensors[o].shape in experts for o in op.outputs):
+            kind = "mm"   # a routed expert's weight gradient: GroupedLinear keeps FP8 inputs
         for t in {root(graph, i).id for i in op.inputs}:
             if t in made and t not in weights:
-                readers.setdefault(t, []).append(op_class(op.target))
+                readers.setdefault(t, []).append(kind)
     change = 0.0
     for rid, classes in readers.items():
         if "mm" not in classes:
@@ -51,6 +57,12 @@ def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
         half = r.bytes * scale / (tp if (sp or rid in split) else 1) / 2
         change += -half if all(c == "mm" for c in classes) else half
     return change
+
+
+def _expert_weight_shapes(graph: Graph) -> set[tuple[int, ...]]:
+    """Shapes of the routed experts' stacked weights (parameters `*.experts.*`, 3-d)."""
+    return {t.shape for t in graph.tensors if t.role == "parameter" and len(t.shape) == 3
+            and ".experts." in f".{t.name}"}
 
 
 def fp8_activations(work: ModelWork, graph: Graph, tp: int, sp: bool, scale: float,
