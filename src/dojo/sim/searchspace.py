@@ -10,7 +10,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dojo.compiler.experts import MoeLayout, a2a_bytes, dispatch_comms, replays_experts
+from dojo.compiler.experts import (
+    MoeLayout,
+    a2a_bytes,
+    dispatch_comms,
+    expert_layout,
+    replays_experts,
+)
 from dojo.compiler.mapping import GroupLevel, group_levels, zplane_levels
 from dojo.compiler.placement import devices_placed, tp_placed
 from dojo.compiler.program import PRECISION_BYTES
@@ -245,7 +251,7 @@ def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
     dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound."""
     if layout is None or plan.ep == 1:
         return fwd, bwd
-    levels = group_levels(spec, plan.ep, plan.tp)
+    levels = group_levels(spec, plan.ep, expert_layout(plan)[0])
     nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
     pair = 2 * min(sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
                                        cal.collective_latency_s)[0]
