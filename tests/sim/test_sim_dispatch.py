@@ -52,20 +52,27 @@ def test_group_limited_routing_deepseek_v3() -> None:
     assert remote_units(ds, 16) == pytest.approx(8 * (1 - missed16) * 15 / 16)
 
 
-def test_flex_sends_one_copy_per_other_node_then_fans_out() -> None:
+def test_flex_sends_one_copy_per_other_node_and_fans_out_at_once() -> None:
+    """flex over 8 servers of 8 GPUs: InfiniBand carries one copy per other server a token goes
+    to, NVLink fans all copies out inside the server (7/8 of them leave their GPU), the two
+    pipelined: the dispatch takes the longer of the two."""
+    from dojo.sim.collectives import collective_time
+
     ds = _layout(256, 8, groups=8, group_top_k=4)
     nbytes = 2048 * 8 * 7168 * 2.0                        # all 8 copies of 2,048 tokens, BF16
     (one,) = dispatch_comms((INNER, OUTER), ds, parse_plan("dp=64,ep=64"), nbytes)
     assert (one.nbytes, one.levels) == (nbytes, (INNER, OUTER))
-    out, fan = dispatch_comms((INNER, OUTER), ds, parse_plan("dp=64,ep=64,dispatcher=flex"),
-                              nbytes)
-    # the outer all-to-all sends (units - 1) / units of its buffer: one copy per other node
-    assert out.levels == (OUTER,) and fan.levels == (INNER,)
-    assert out.nbytes * 7 / 8 == pytest.approx(nbytes / 8 * remote_units(ds, 8))
-    assert fan.nbytes == nbytes
+    (flex,) = dispatch_comms((INNER, OUTER), ds, parse_plan("dp=64,ep=64,dispatcher=flex"),
+                             nbytes)
+    ib = nbytes / 8 * remote_units(ds, 8)                 # bytes a GPU sends over InfiniBand
+    fan = nbytes * 7 / 8                                  # copies it spreads over NVLink
+    t, algo = collective_time(flex.kind, flex.nbytes, flex.levels, 1.0, 0.0)
+    assert algo == "pairwise"
+    assert t == pytest.approx(max(ib / OUTER.bytes_per_s, fan / INNER.bytes_per_s))
+    assert t < collective_time(one.kind, one.nbytes, one.levels, 1.0, 0.0)[0]
     # a group inside one level has nothing to deduplicate
     (inside,) = dispatch_comms((INNER,), ds, parse_plan("dp=64,ep=8,dispatcher=flex"), nbytes)
-    assert inside.nbytes == nbytes
+    assert inside.levels == (INNER,)
 
 
 def test_dispatcher_in_plan_text() -> None:
@@ -113,3 +120,19 @@ def test_etp_errors_show_the_arithmetic() -> None:
                         ("dp=3,tp=2,ep=4,etp=1", "tp x dp x cp .* 6 / ep 4 = 1.5")):
         with pytest.raises(ConfigError, match=shown):
             simulate_model("moe", MOE, spec, parse_plan(text), 24)
+
+
+def test_selective_recompute_leaves_the_expert_gemms() -> None:
+    """recompute=selective replays the attention core (Korthikanti et al.), not the routed
+    experts' batched matmuls: the block's selective ops hold no GEMM with the experts' batch."""
+    from dojo.hardware import load_system
+    from dojo.sim.session import compile_model
+
+    spec = load_system("h100-cluster:16")
+    program = compile_model("moe", MOE, spec, parse_plan("dp=8,ep=8,recompute=selective"), 32)[0]
+    block = program.work.block
+    assert block is not None
+    experts = [o for o in block.forward if "bmm" in o.target and o.shape[0] == 1]  # 8 / ep 8
+    assert experts, "the expert GEMMs are in the block"
+    assert not any("bmm" in o.target for o in block.recompute_selective)
+    assert not any(c.kind == "all_to_all" for c in program.chunks[0].tp_recompute)

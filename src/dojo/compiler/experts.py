@@ -133,19 +133,24 @@ def remote_units(layout: MoeLayout, units: int) -> float:
 def dispatch_comms(levels: tuple[GroupLevel, ...], layout: MoeLayout, plan: Any,
                    nbytes: float) -> tuple[Comm, ...]:
     """One dispatch (or combine) over the ep group's `levels`, `nbytes` per member (all top_k
-    copies): with `dispatcher=alltoall` one all-to-all of them; with `flex` (DeepEP, HybridEP)
-    over a group spanning two or more levels, an all-to-all over the outermost level that
-    carries one copy per other unit a token goes to (`remote_units`), then the fan-out of all
-    copies over the levels inside it (timed one after the other: an upper bound by the inner
-    share, which the kernels pipeline with the outer transfer)."""
+    copies of its tokens). `dispatcher=alltoall`: one all-to-all of them. `flex` (DeepEP,
+    HybridEP) over a group spanning two or more levels: each token crosses the outermost level
+    once per other unit holding one of its experts (`remote_units`), and inside the receiving
+    unit all its copies are fanned out; the kernels pipeline the two, so the levels run at once
+    as in the pairwise all-to-all. Expressed as that all-to-all with each level's bandwidth
+    divided by what flex moves there over what the all-to-all would: outermost, (nbytes /
+    top_k x remote) over nbytes (u - 1) / u; inside, the whole buffer spread over one unit's
+    c = n / u members instead of over n: a factor u."""
     from dojo.compiler.program import Comm
 
     if plan.dispatcher != "flex" or len(levels) < 2:
         return (Comm("all_to_all", nbytes, levels, "ep"),)
-    outer, units = levels[-1], levels[-1].members
-    sent = nbytes / layout.top_k * remote_units(layout, units)   # bytes a member sends out
-    return (Comm("all_to_all", sent * units / (units - 1), (outer,), "ep"),
-            Comm("all_to_all", nbytes, levels[:-1], "ep"))
+    units = levels[-1].members
+    sent = nbytes / layout.top_k * remote_units(layout, units)     # bytes out of the unit
+    plain = nbytes * (units - 1) / units
+    scaled = tuple(replace(lv, bytes_per_s=lv.bytes_per_s / units) for lv in levels[:-1]) + \
+        (replace(levels[-1], bytes_per_s=levels[-1].bytes_per_s * plain / sent),)
+    return (Comm("all_to_all", nbytes, scaled, "ep"),)
 
 
 def sent_bytes(nbytes: float, ep: int) -> float:
@@ -206,7 +211,7 @@ def apply_experts(program: Program, layout: MoeLayout | None, replay: bool) -> P
     a2a_levels = group_levels(program.system, ep, stride)
     grad_levels = group_levels(program.system, expert_dp(plan), stride * ep)
     nbytes = a2a_bytes(layout, plan.tp, scale, imbalance)
-    a2a = dispatch_comms(a2a_levels, layout, plan, nbytes)
+    a2a = dispatch_comms(a2a_levels, layout, plan, nbytes)   # one Comm, as a tuple
     chunks, held = [], []
     for c in program.chunks:
         outer = c.index == 0

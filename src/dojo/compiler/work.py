@@ -317,7 +317,17 @@ def _is_attention_core(op: Op, graph: Graph) -> bool:
         shape = graph.tensors[t].shape
         if len(shape) >= 3 and shape[-1] == shape[-2] and shape[-1] > 1:
             return True
-    return "bmm" in op.target
+    return "bmm" in op.target and not _reads_expert_weight(op, graph)
+
+
+def _reads_expert_weight(op: Op, graph: Graph) -> bool:
+    """A routed experts' grouped GEMM: it reads a parameter named `*.experts.*` (the naming
+    contract of dojo.models.moe), so it is a weight GEMM, not attention."""
+    for i in op.inputs:
+        t = graph.tensors[root(graph, i).id]
+        if t.role == "parameter" and ".experts." in f".{t.name}":
+            return True
+    return False
 
 
 def main_block(graph: Graph) -> str | None:
