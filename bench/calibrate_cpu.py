@@ -27,7 +27,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    `host_step_time`; see docs/simulator.md for what it still needs). Likewise the runtime's
    data-parallel gradient sync outside its all-reduce (packing into one flat buffer, scaling,
    unpacking: `dojo.sim.eager.sync_host_time`). And oneDNN's setup per convolution call: a
-   tiny convolution of 2 images (oneDNN) against 1 image (im2col), side by side.
+   tiny convolution of 2 images (oneDNN) against 1 image (im2col), side by side; and a
+   convolution's own fixed work per call, whatever its backend: a tiny one-image convolution
+   against a tiny matmul (one counted op each per phase), side by side.
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
@@ -113,6 +115,34 @@ def onednn_setup(repeat: int = 200) -> tuple[float, float]:
             old = best.get(batch, (fwd, both - fwd))
             best[batch] = (min(old[0], fwd), min(old[1], both - fwd))
     return (max(0.0, best[2][0] - best[1][0]), max(0.0, best[2][1] - best[1][1]))
+
+
+def conv_call_overhead(repeat: int = 200) -> tuple[float, float]:
+    """(forward s, backward s) a CPU convolution costs beyond one op's dispatch and its FLOPs:
+    a tiny one-image 3x3 convolution (the im2col path: `_slow_conv2d_forward` and
+    `_slow_conv2d_backward`, which allocate, zero and unfold a columns buffer and run three
+    small GEMMs per call) against a tiny matmul, each one counted op per phase (the matmul's
+    backward asked for one gradient: one mm), timed side by side; all kernels take about a
+    microsecond, so the difference is the convolution's own fixed work per call."""
+    w = torch.randn(2, 2, 3, 3, requires_grad=True)
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    a, b = torch.randn(4, 4), torch.randn(4, 4, requires_grad=True)
+    gy = torch.randn(1, 2, 4, 4)
+    gm = torch.randn(4, 4)
+
+    def conv() -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, w, padding=1)
+
+    best = [float("inf")] * 4
+    for _ in range(3):
+        times = [_best(conv, repeat),
+                 _best(lambda: torch.autograd.grad(conv(), (x, w), gy), repeat),
+                 _best(lambda: torch.mm(a, b), repeat),
+                 _best(lambda: torch.autograd.grad(torch.mm(a, b), (b,), gm), repeat)]
+        best = [min(o, t) for o, t in zip(best, times)]
+    fwd_conv, both_conv, fwd_mm, both_mm = best
+    return (max(0.0, fwd_conv - fwd_mm),
+            max(0.0, (both_conv - fwd_conv) - (both_mm - fwd_mm)))
 
 
 def stream_curve() -> list[tuple[float, float]]:
@@ -326,7 +356,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import eager_op_times
 
-    stacks = eager_op_times()
+    conv_call = conv_call_overhead()
+    stacks = eager_op_times(conv_call=conv_call)
     pointwise = stacks["pointwise"][:2]
     per_op = statistics.median(f for k, (f, _, _, _) in stacks.items() if k != "pointwise")
     per_op_backward = statistics.median(b for k, (_, b, _, _) in stacks.items()
@@ -339,7 +370,7 @@ def main() -> None:
     conv = max(conv_ratio(peak) for _ in range(args.rounds))
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(args.rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(args.rounds))
-    library = onednn_setup()
+    library = onednn_setup() + conv_call
     alpha, link, gloo = gloo_fit()
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}")
@@ -369,7 +400,8 @@ def main() -> None:
           f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
           f" per tensor, gradient sync {sync_fixed * 1e6:.1f} us + {sync_tensor * 1e6:.2f} us per"
           f" tensor, oneDNN convolution setup {library[0] * 1e6:.1f} us forward,"
-          f" {library[1] * 1e6:.1f} us backward, gloo {alpha * 1e6:.1f} us per message step,"
+          f" {library[1] * 1e6:.1f} us backward, a convolution's own work per call"
+          f" {conv_call[0] * 1e6:.1f} us forward, {conv_call[1] * 1e6:.1f} us backward, gloo {alpha * 1e6:.1f} us per message step,"
           f" {link / 1e9:.2f} GB/s")
     if args.write:
         _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
@@ -399,6 +431,7 @@ def _write(peak: float, half: float, stream: tuple[float, float, float],
         f"grad_sync_s = {host[2]:.4g}\ngrad_sync_tensor_s = {host[3]:.4g}\n"
         f"launch_pointwise_s = {calls[0]:.4g}\nlaunch_pointwise_backward_s = {calls[1]:.4g}\n"
         f"library_call_s = {calls[2]:.4g}\nlibrary_call_backward_s = {calls[3]:.4g}\n"
+        f"conv_call_s = {calls[4]:.4g}\nconv_call_backward_s = {calls[5]:.4g}\n"
         'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
     system = ROOT / "src/dojo/hardware/systems/cpu.toml"
     system.write_text(

@@ -85,10 +85,12 @@ def _loss(y: torch.Tensor) -> torch.Tensor:
     return y.square().mean()
 
 
-def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
+def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False
+                ) -> tuple[int, int, int, int]:
     """(forward, backward, forward elementwise, backward elementwise) ops of one step of
     `model` as the simulator counts them: the captured graph's non-view ops
-    (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"."""
+    (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"
+    (with `conv`, the convolutions instead)."""
     from dojo.capture import capture
     from dojo.compiler.fusion import FREE_RULES
 
@@ -96,7 +98,8 @@ def counted_ops(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, int,
     graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
     ops = [op for op in graph.ops if op.rule not in FREE_RULES]
     return tuple([sum(1 for op in ops if op.phase == phase) for phase in ("forward", "backward")]
-                 + [sum(1 for op in ops if op.phase == phase and op.rule == "pointwise")
+                 + [sum(1 for op in ops if op.phase == phase
+                        and ("convolution" in op.target if conv else op.rule == "pointwise"))
                     for phase in ("forward", "backward")])  # type: ignore[return-value]
 
 
@@ -114,18 +117,23 @@ def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[
     return best[0], best[1]
 
 
-def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, float, int, int]]:
+def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
+                   ) -> dict[str, tuple[float, float, int, int]]:
     """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
     each tiny block stack: the forward issued op by op from Python module code, the backward
     by autograd's engine; the fastest of `rounds` rounds that take turns over the stacks (a
     shared machine's load comes and goes over seconds).
 
     The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
-    other stacks' are net of their own elementwise ops at that figure: seconds per op of the
-    rest (linear layers, norms, attention, convolutions), over those ops alone."""
+    other stacks' are net of their own elementwise ops at that figure, and of their
+    convolutions' own fixed work per call (`conv_call`, forward and backward seconds:
+    calibrate_cpu.conv_call_overhead), which the simulator charges on top of a convolution's
+    dispatch: seconds per op of the rest (linear layers, norms, attention, convolutions), over
+    those ops alone."""
     raw: dict[str, tuple[float, float]] = {}
     stacks = _stacks()
     counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
+    convs = {name: counted_ops(model, x, conv=True)[2:] for name, (model, x) in stacks.items()}
     for _ in range(rounds):
         for name, (model, x) in stacks.items():
             fwd, bwd = _phase_times(model, x, 100)
@@ -137,6 +145,7 @@ def eager_op_times(rounds: int = 8) -> dict[str, tuple[float, float, int, int]]:
     for name, (fwd, bwd) in raw.items():
         if name != "pointwise":
             nf, nb, pf, pb = counts[name]
-            out[name] = ((fwd - pf * pw[0]) / (nf - pf), (bwd - pb * pw[1]) / (nb - pb),
-                         nf - pf, nb - pb)
+            cf, cb = convs[name]
+            out[name] = ((fwd - pf * pw[0] - cf * conv_call[0]) / (nf - pf),
+                         (bwd - pb * pw[1] - cb * conv_call[1]) / (nb - pb), nf - pf, nb - pb)
     return out

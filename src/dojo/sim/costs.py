@@ -69,6 +69,12 @@ class Calibration:
     # backward, on an eager device; counted per op as `OpCost.library_calls` (0 = none).
     library_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     library_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # A convolution's own fixed work per call on an eager CPU beyond one op's dispatch, forward
+    # and backward, whatever its backend (the im2col path allocates, zeroes and unfolds a
+    # columns buffer and runs three small GEMMs per backward call; oneDNN's setup,
+    # `library_call_s`, comes on top of it): 0 = none.
+    conv_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    conv_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
@@ -214,8 +220,9 @@ class DeviceModel:
         if op.kind != "matrix":
             return self.vector_time(op.bytes, op.flops) + self.eager_launches(op)
         if "convolution" in op.target:
-            setup = (getattr(op, "library_calls", 0) * self.calibration.library_call_s
-                     if self.calibration.eager else 0.0)
+            cal = self.calibration
+            setup = (getattr(op, "library_calls", 0) * cal.library_call_s + cal.conv_call_s
+                     if cal.eager else 0.0)
             return setup + self.matrix_time(op.flops / self.calibration.conv_efficiency,
                                             op.bytes, op.shape, op.out_bytes)
         return self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
@@ -261,7 +268,7 @@ class DeviceModel:
             return self
         return replace(self, calibration=replace(
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
-            library_call_s=cal.library_call_backward_s))
+            library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s))
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0
