@@ -17,6 +17,7 @@ from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
+from dojo.plan.plan import Plan
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import stage_param_tensors, sync_host_time
@@ -332,7 +333,8 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
     for stage in range(plan.pp):
         t_sync, t_opt, _ = _post_times(program, dev, stage)
         last = last_bucket_time(program, stage, _collective_of(program, dev))
-        post.append((last if plan.overlap else t_sync) + t_opt + dev.calibration.step_overhead_s)
+        post.append((last if _overlaps_sync(plan, dev) else t_sync) + t_opt
+                    + dev.calibration.step_overhead_s)
     return max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
 
 
@@ -350,13 +352,20 @@ def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
         mine = [s for s in spans if s.stage == stage and s.kind == "B"]
         last = max(mine, key=lambda s: s.end)
         t_sync, t_opt, _ = _post_times(program, dev, stage)
-        if plan.overlap:  # bucket by bucket as each virtual stage's gradients complete
+        if _overlaps_sync(plan, dev):  # bucket by bucket as each stage's gradients complete
             end = dp_sync_end(program, stage, spans, _collective_of(program, dev))
         else:
             end = last.end + t_sync
         sync.append((stage, end - t_sync, end))
         opt.append((stage, end, end + t_opt + dev.calibration.step_overhead_s))
     return tuple(sync), tuple(opt)
+
+
+def _overlaps_sync(plan: Plan, dev: DeviceModel) -> bool:
+    """Whether the gradient sync overlaps the backward: as the plan says, except on an eager
+    device, whose runtime reduces all gradients in one flat all-reduce after the step's last
+    backward (`dojo.runtime.trainer.Trainer._sync_gradients`), whatever the plan's overlap."""
+    return bool(plan.overlap) and not dev.calibration.eager
 
 
 def _collective_of(program: Program, dev: DeviceModel) -> Any:
