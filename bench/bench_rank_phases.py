@@ -4,8 +4,9 @@ process's (gloo's threads included), on every rank of a plan of the CPU closed l
     .venv/bin/python bench/bench_rank_phases.py --model gpt --plan dp=2 [--steps 30]
 
 Each rank runs the runtime's own Trainer step (`dojo.runtime.trainer`) split at its phases:
-zero_grad, each micro-batch's forward and backward (pp=1; with pp the whole pipeline is one
-phase), the gradient sync (`_sync_gradients`: pack, all-reduce, unpack), the optimizer step
+zero_grad, each micro-batch's forward and backward by its index (pp=1; from the second
+micro-batch on, the backward also accumulates into the gradients; with pp the whole pipeline
+is one phase), the gradient sync (`_sync_gradients`: pack, all-reduce, unpack), the optimizer step
 and the loss all-reduce. Per phase and rank: the minimum and the median over the steps after
 the first fifth (warm-up) of `time.perf_counter`, `time.thread_time` (the main thread: the
 dispatch and the kernels at one intra-op thread) and `time.process_time` (all threads:
@@ -60,14 +61,14 @@ def _step(trainer: Any, index: int, add: Any) -> None:
     add("zero_grad", a, b)
     if trainer.plan.pp == 1:
         total = torch.zeros(())
-        for x, t in zip(micro_in, micro_tgt):
+        for i, (x, t) in enumerate(zip(micro_in, micro_tgt)):
             c = _clocks()
             loss = trainer.bundle.loss_fn(trainer.model(*x), *t) / len(micro_in)
             d = _clocks()
             loss.backward()
             e = _clocks()
-            add("forward", c, d)
-            add("backward", d, e)
+            add(f"forward {i}", c, d)
+            add(f"backward {i}", d, e)  # from the second on, AccumulateGrad adds too
             total = total + loss.detach()
     else:
         total = trainer._pipeline(micro_in, micro_tgt)
