@@ -401,7 +401,8 @@ def main() -> None:
           f" per tensor, gradient sync {sync_fixed * 1e6:.1f} us + {sync_tensor * 1e6:.2f} us per"
           f" tensor, oneDNN convolution setup {library[0] * 1e6:.1f} us forward,"
           f" {library[1] * 1e6:.1f} us backward, a convolution's own work per call"
-          f" {conv_call[0] * 1e6:.1f} us forward, {conv_call[1] * 1e6:.1f} us backward, gloo {alpha * 1e6:.1f} us per message step,"
+          f" {conv_call[0] * 1e6:.1f} us forward, {conv_call[1] * 1e6:.1f} us backward,"
+          f" gloo {alpha * 1e6:.1f} us per message step,"
           f" {link / 1e9:.2f} GB/s")
     if args.write:
         _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),

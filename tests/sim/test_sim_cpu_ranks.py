@@ -19,7 +19,8 @@ def test_eager_gradient_sync_follows_the_last_backward_whatever_the_plans_overla
     last_backward = max(s.end for s in on.spans if s.kind == "B")
     assert on.sync_spans[0][1] == pytest.approx(last_backward, rel=1e-12)
     assert on.step_time_s == pytest.approx(off.step_time_s, rel=1e-12)
-    gpu_on = simulate_job(Job(model="gpt", plan="dp=2", system="a100-cluster:2")).result
-    gpu_off = simulate_job(Job(model="gpt", plan="dp=2,overlap=off", system="a100-cluster:2")).result
+    gpu = "a100-cluster:2"
+    gpu_on = simulate_job(Job(model="gpt", plan="dp=2", system=gpu)).result
+    gpu_off = simulate_job(Job(model="gpt", plan="dp=2,overlap=off", system=gpu)).result
     assert gpu_on.sync_spans[0][1] < max(s.end for s in gpu_on.spans if s.kind == "B")
     assert gpu_on.step_time_s < gpu_off.step_time_s
