@@ -7,9 +7,12 @@ Measured: per run, the fastest step of rank 0 after the first (warm-up) step; th
 `--repeats` runs (the standard way to time on a shared machine; the load average is printed
 with the table). Beside the wall time, the CPU time of the same steps (`step_cpu_s`: what an
 idle core would take; waits on the other rank are not in it, and a loaded machine still inflates
-it through shared caches and context switches). With `--phases`, dp=1 also as the sum of the
-fastest times of its phases (`phase_minima`: millisecond windows, the most robust on a loaded
-machine).
+it through shared caches and context switches) and of the thread that ran them
+(`step_thread_cpu_s`: without gloo's threads, whose tcp loop busy-polls while a peer's data
+waits for a receive not posted yet; with more than one rank it leaves out their real transfer
+work too, ~0.1 ms per all-reduce: bench/bench_rank_phases.py). With `--phases`, dp=1 also as
+the sum of the fastest times of its phases (`phase_minima`: millisecond windows, the most
+robust on a loaded machine).
 Simulated: `dojo.sim` on the `cpu` system for the same job (the program that ran).
 Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs the gpt models, pp gpt or llama.
 Prints a markdown table (docs/benchmarks.md); `--json` prints the rows.
@@ -54,19 +57,22 @@ def supports(model: str, plan: str) -> bool:
 
 
 def closed_loop(model: str, plan: str, steps: int, repeats: int
-                ) -> tuple[float, float | None, float]:
-    """(measured wall s, measured CPU s or None, simulated s) per step of `model`'s small
-    preset under `plan` (FP32); rank 0's fastest step after warm-up, best of `repeats` runs."""
+                ) -> tuple[float, float | None, float, float | None]:
+    """(measured wall s, measured CPU s or None, simulated s, main-thread CPU s or None) per
+    step of `model`'s small preset under `plan` (FP32); rank 0's fastest step after warm-up,
+    best of `repeats` runs."""
     from dojo.runtime import Job, run_distributed
 
     job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu")
-    best, cpu, simulated = float("inf"), float("inf"), 0.0
+    best, cpu, main, simulated = float("inf"), float("inf"), float("inf"), 0.0
     for _ in range(repeats):
         sim, results = run_distributed(job, timeout_s=120)
         best = min(best, min(results[0]["step_s"][1:]))
         cpu = min(cpu, min(results[0].get("step_cpu_s", [cpu])[1:] or [cpu]))
+        main = min(main, min(results[0].get("step_thread_cpu_s", [main])[1:] or [main]))
         simulated = sim.result.step_time_s
-    return best, (cpu if cpu < float("inf") else None), simulated
+    return (best, (cpu if cpu < float("inf") else None), simulated,
+            (main if main < float("inf") else None))
 
 
 def phase_minima(model: str, repeats: int = 60) -> float:
@@ -121,26 +127,31 @@ def main() -> None:
               f"{torch.__version__}, load average {os.getloadavg()[0]:.2f}; measured = min over "
               f"{args.repeats} runs x {args.steps - 1} steps")
         print("\n| model (small preset) | plan | measured s | simulated s | error | "
-              "measured CPU s | error vs CPU | phase minima s | error vs phases |")
-        print("|---|---|---|---|---|---|---|---|---|", flush=True)
+              "measured CPU s | error vs CPU | phase minima s | error vs phases | "
+              "main-thread CPU s | error vs main thread |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     rows: list[dict[str, Any]] = []
     for model, aliases in models:
         for plan in args.plans.split(";"):
             if not supports(model, plan):
                 continue
-            real, cpu, pred = closed_loop(model, plan, args.steps, args.repeats)
+            real, cpu, pred, main_cpu = closed_loop(model, plan, args.steps, args.repeats)
             phases = phase_minima(model) if args.phases and plan == "dp=1" else None
             row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
                    "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
                    "error_cpu": (pred - cpu) / cpu if cpu else None, "phases_s": phases,
-                   "error_phases": (pred - phases) / phases if phases else None}
+                   "error_phases": (pred - phases) / phases if phases else None,
+                   "measured_main_cpu_s": main_cpu,
+                   "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None}
             rows.append(row)
             if not args.json:
                 label = "/".join(aliases)
                 vs_cpu = f"{cpu:.4f} | {row['error_cpu']:+.1%}" if cpu else "- | -"
                 vs_phases = f"{phases:.4f} | {row['error_phases']:+.1%}" if phases else "- | -"
+                vs_main = (f"{main_cpu:.4f} | {row['error_main_cpu']:+.1%}" if main_cpu
+                           else "- | -")
                 print(f"| {label} | {plan} | {real:.4f} | {pred:.4f} | {row['error']:+.1%} | "
-                      f"{vs_cpu} | {vs_phases} |", flush=True)
+                      f"{vs_cpu} | {vs_phases} | {vs_main} |", flush=True)
     errors = [abs(r["error"]) for r in rows]
     if args.json:
         print(json.dumps(rows, indent=2))

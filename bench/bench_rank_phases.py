@@ -11,7 +11,9 @@ and the loss all-reduce. Per phase and rank: the minimum and the median over the
 the first fifth (warm-up) of `time.perf_counter`, `time.thread_time` (the main thread: the
 dispatch and the kernels at one intra-op thread) and `time.process_time` (all threads:
 gloo's loop and worker threads too); the process's minor page faults per step (the first
-steps' allocations); and each thread's CPU seconds over the run (/proc/self/task). Prints a
+steps' allocations); and each thread's CPU time and involuntary context switches per step
+(/proc/self/task: gloo's tcp loop thread busy-polls while its peer's data waits for a
+receive this rank has not posted yet, docs/benchmarks.md). Prints a
 markdown table per rank (docs/benchmarks.md, "CPU closed loop").
 """
 
@@ -34,19 +36,25 @@ def _clocks() -> Clock:
             resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
-def _thread_cpu() -> dict[str, float]:
-    """CPU seconds of each thread of this process by name (summed over same-named threads)."""
-    out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
+def _thread_cpu() -> dict[str, tuple[float, int]]:
+    """(CPU seconds, involuntary context switches) of each thread of this process by name
+    (summed over same-named threads): the scheduler's run time in ns (/proc/.../schedstat),
+    not the tick-sampled utime; a thread preempted while runnable (a busy loop) piles up
+    involuntary switches where a blocked one does not."""
+    out: dict[str, tuple[float, int]] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                run = int(f.read().split()[0]) / 1e9
             with open(f"/proc/self/task/{tid}/comm") as f:
                 name = f.read().strip()
-        except OSError:  # the thread ended meanwhile
+            with open(f"/proc/self/task/{tid}/status") as f:
+                switches = int(next(line.split()[1] for line in f
+                                    if line.startswith("nonvoluntary_ctxt_switches")))
+        except (OSError, StopIteration):  # the thread ended meanwhile
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        old = out.get(name, (0.0, 0))
+        out[name] = (old[0] + run, old[1] + switches)
     return out
 
 
@@ -104,7 +112,8 @@ def rank_phases(rank: int, world: int, model: str, plan: str, steps: int) -> dic
     for index in range(steps):
         _step(trainer, index, add)
     after = _thread_cpu()
-    threads = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    threads = {k: (v[0] - before.get(k, (0.0, 0))[0], v[1] - before.get(k, (0.0, 0))[1])
+               for k, v in after.items()}
     return {"phases": phases, "threads": threads, "steps": steps}
 
 
@@ -120,9 +129,11 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {len(kept)} | " + " | ".join(f"{v:.3f}" for v in mins + meds)
                      + " |")
     faults = [int(s[3]) for s in result["phases"]["step"]]
-    cpu = ", ".join(f"{k} {v / result['steps'] * 1e3:.2f} ms" for k, v in
-                    sorted(result["threads"].items(), key=lambda kv: -kv[1]) if v > 0)
-    return "\n".join(lines) + f"\n\npage faults per step: {faults}\nthread CPU per step: {cpu}"
+    steps = result["steps"]
+    cpu = ", ".join(f"{k} {t / steps * 1e3:.2f} ms ({n / steps:.1f} preempted)" for k, (t, n) in
+                    sorted(result["threads"].items(), key=lambda kv: -kv[1][0]) if t > 0)
+    return ("\n".join(lines) + f"\n\npage faults per step: {faults}\nper step, CPU of each "
+            f"thread (and times it was preempted while runnable): {cpu}")
 
 
 def main() -> None:

@@ -110,7 +110,9 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     Returns {"rank", "losses" (per step), "simulated_step_s", "step_s" (wall seconds per step,
     the batch drawn before the clock starts, as a loader prefetches it), "step_cpu_s" (CPU
     seconds of this process per step, all its threads: the wall time of an idle core, which
-    other jobs on a shared machine do not inflate; waits on other ranks are not in it),
+    other jobs on a shared machine do not inflate; waits on other ranks are not in it, but
+    gloo's tcp loop thread busy-polling for a receive this rank has not posted yet is),
+    "step_thread_cpu_s" (CPU seconds of the thread that ran the step),
     "warmup_steps" (how many of the first steps `measured_step_s` leaves out), "threads"
     (intra-op threads this rank ran with), "start_s" (seconds from entry to the first step),
     "executed" (the last step's pipeline tasks, as `dojo.sim.pipeline.order` writes them)} and,
@@ -138,21 +140,23 @@ def run_job(rank: int, world: int, job: Job, program: bytes | None = None) -> di
     if job.resume and job.checkpoint:
         load_checkpoint(trainer, job.checkpoint)
     start = time.perf_counter() - t0
-    losses, times, cpu = [], [], []
+    losses, times, cpu, main = [], [], [], []
     while trainer.position < job.steps:
         if job.die_at is not None and job.die_at == (rank, trainer.position):
             os._exit(17)  # abrupt death, as a crashed or killed rank: no cleanup, no message
         batch = trainer.data.get(trainer.position)
-        t, c = time.perf_counter(), time.process_time()
+        t, c, m = time.perf_counter(), time.process_time(), time.thread_time()
         losses.append(trainer.step(batch))
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+        main.append(time.thread_time() - m)
         time.sleep(max(0.0, job.min_step_s - times[-1]))
         if job.metrics and rank == 0:
             _metrics_line(job, trainer.position, float(losses[-1]))
         if job.checkpoint and job.save_every and trainer.position % job.save_every == 0:
             save_checkpoint(trainer, job.checkpoint)
     out: dict[str, Any] = {"rank": rank, "losses": losses, "step_s": times, "step_cpu_s": cpu,
+                           "step_thread_cpu_s": main,
                            "start_s": start, "warmup_steps": WARMUP_STEPS,
                            "threads": torch.get_num_threads(),
                            "simulated_step_s": simulated, "executed": trainer.executed}
