@@ -63,9 +63,9 @@ def _buffer_calls(fn: Any) -> int:
 def test_an_im2col_convolution_backward_is_many_calls_where_a_matmul_is_one() -> None:
     """Why a convolution call costs more than an op's dispatch, from PyTorch's profiler (an
     independent reference): the backward of a tiny one-image convolution (im2col path) runs
-    `_slow_conv2d_backward`, which allocates, resizes and zeroes its buffers (8 such here, 5 and more
-    ATen calls per call), where a matmul's backward for one operand is one mm into a fresh
-    output (the views around it aside) and no such call."""
+    `_slow_conv2d_backward`, which allocates, resizes and zeroes its buffers (8 such ATen calls
+    in torch 2.13; 5 asserted), where a matmul's backward for one operand is one mm into a
+    fresh output (the views around it aside) and no such call."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
