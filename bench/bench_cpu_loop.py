@@ -156,8 +156,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif errors:
-        print(f"\nmean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}; load "
-              f"average now {os.getloadavg()[0]:.2f}")
+        summary = [f"mean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}"]
+        for key, label in (("error_cpu", "CPU"), ("error_main_cpu", "main-thread CPU"),
+                           ("error_phases", "phase minima")):
+            vs = [abs(r[key]) for r in rows if r[key] is not None]
+            if vs:
+                summary.append(f"vs {label} {sum(vs) / len(vs):.1%} (max {max(vs):.1%}, "
+                               f"{sum(v <= 0.15 for v in vs)} of {len(vs)} within 15 %)")
+        print(f"\n{'; '.join(summary)}; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
