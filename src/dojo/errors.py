@@ -19,7 +19,22 @@ MISSING: Any = _Missing()
 
 
 class DojoError(Exception):
-    """An error the user can fix; `str(err)` is one line that says what and where."""
+    """An error the user can fix; `str(err)` is one line that says what and where.
+
+    Messages quote what the user typed (a system name, a path, a job id), which may hold a line
+    break, a NUL or a terminal escape: `str` shows those escaped (`one_line`), so the error stays
+    one line on every path (the CLI's stderr, the service's logs and answers)."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """`text` with every character that is not printable (line breaks, tabs, NUL, escapes,
+    bidirectional overrides) written as its Python escape (`\\n`, `\\x00`, `\\u202e`)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class ConfigError(DojoError):
