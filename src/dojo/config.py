@@ -13,11 +13,16 @@ import math
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from dojo.errors import MISSING, ConfigError
+from dojo.errors import MISSING, ConfigError, DojoError
 
 T = TypeVar("T")
+# Magnitude of a non-zero float field. Physical figures of any system (1e-12 J/byte, 1e18
+# FLOP/s) sit far inside; outside, the simulator's sums and quotients over 2^40 devices would
+# reach inf and print as NaN, and 1e-320 is a subnormal whose reciprocal is inf.
+MAX_MAGNITUDE = 1e30
 
 
 def check(
@@ -127,6 +132,8 @@ def _number(tp: type, value: Any, source: str, path: str, meta: Mapping[str, Any
         raise ConfigError(source, path, value, f"a number >= {ge:g}{unit}")
     if le is not None and not value <= le:
         raise ConfigError(source, path, value, f"a number <= {le:g}{unit}")
+    if tp is float and value != 0 and not 1 / MAX_MAGNITUDE <= abs(value) <= MAX_MAGNITUDE:
+        raise ConfigError(source, path, value, f"0 or a magnitude from 1e-30 to 1e30{unit}")
     return tp(value)
 
 
@@ -137,7 +144,9 @@ def _describe(tp: Any) -> str:
 
 
 def parse_scalar(raw: str) -> Any:
-    """A command-line value: on/off/true/false/yes/no as bool, then int, then float, else str."""
+    """A command-line value: on/off/true/false/yes/no as bool, then int, then float, else str.
+    A number float cannot hold (`1e400`, 5,000 digits) stays the text typed, so an error quotes
+    it rather than `inf`."""
     lowered = raw.lower()
     if lowered in ("true", "on", "yes"):
         return True
@@ -145,7 +154,54 @@ def parse_scalar(raw: str) -> Any:
         return False
     for kind in (int, float):
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
-            pass
+            continue
+        if isinstance(value, float) and math.isinf(value) and "inf" not in lowered:
+            return raw
+        return value
     return raw
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number when it is ASCII digits only, else None. (`str.isdigit` is
+    true for "²", which `int` refuses, and for other scripts' digits.)"""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def load_toml(raw: bytes | str, source: str) -> dict[str, Any]:
+    """Parse a TOML document from a user's file; every way it can be malformed (not UTF-8, bad
+    syntax, nesting deeper than the parser's recursion) is one DojoError naming `source`."""
+    import tomllib
+
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise DojoError(f"{source}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise DojoError(f"{source}: not valid TOML: arrays or tables nested too deep") from None
+
+
+def load_json(raw: bytes | str, source: str) -> Any:
+    """Parse a JSON document from a file dojo or a user wrote; not UTF-8, bad syntax, nesting
+    deeper than the parser's recursion are one DojoError naming `source`."""
+    import json
+
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise DojoError(f"{source}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise DojoError(f"{source}: not valid JSON (arrays or objects nested too deep)") \
+            from None
+
+
+def read_toml_file(path: str | Path, source: str) -> dict[str, Any]:
+    """`load_toml` of a local file; a file that cannot be read (a folder, permissions, an I/O
+    error) is a DojoError naming `source` too."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise DojoError(f"{source}: cannot read the file ({err.strerror or err})") from None
+    return load_toml(raw, source)

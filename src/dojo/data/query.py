@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from dojo.config import check, parse
+from dojo.config import check, load_toml, parse
 from dojo.data import store
-from dojo.data.catalog import TABLES
+from dojo.data.catalog import TABLES, table_schema
 from dojo.data.scenario import TAGS
 from dojo.errors import ConfigError, DojoError
 
@@ -85,10 +84,7 @@ def load_slices(path: str) -> dict[str, Slice]:
     if not store.exists(path):
         raise DojoError(f"{path}: no slices file there (expected TOML with [slices.NAME] "
                         "tables holding `where`)")
-    try:
-        data = tomllib.loads(store.read_bytes(path).decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise DojoError(f"{path}: not valid TOML ({err})") from None
+    data = load_toml(store.read_bytes(path), path)
     slices = dict(parse(SliceFile, data, path).slices)
     if not slices:
         raise ConfigError(path, "slices", {}, "at least one [slices.NAME] table")
@@ -123,9 +119,7 @@ def connect(catalog: str, slices: dict[str, Slice] | None = None) -> Any:
         con.register_filesystem(fs)
     for name in TABLES:
         url = store.join(catalog, f"{name}.parquet")
-        if not store.exists(url):
-            raise DojoError(f"{catalog}: no catalog there ({name}.parquet missing; make one with "
-                            "`dojo data synth` or `dojo data index DIR`)")
+        table_schema(catalog, name)  # missing, unreadable or another layout: named here
         where = store.join(path, f"{name}.parquet") if local else url
         view = "clips_stored" if name == "clips" else name
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{_quote(where)}')")

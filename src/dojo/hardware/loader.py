@@ -9,14 +9,13 @@ the file, the field and the value.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dojo.config import parse
+from dojo.config import parse, read_toml_file, whole_number
 from dojo.errors import MISSING, ConfigError, DojoError, UnknownNameError
 from dojo.hardware.spec import (
     FAMILIES,
@@ -53,7 +52,7 @@ def load_system(name_or_path: str, devices: int | None = None) -> SystemSpec:
         raise ConfigError("--devices", "devices", devices, "a positive integer")
     if ":" in text and not Path(text).exists():
         text, _, count = text.rpartition(":")
-        if not count.isdigit() or int(count) < 1:
+        if (whole_number(count) or 0) < 1:
             raise ConfigError(name_or_path, "devices", count, "a positive integer after ':'")
         if devices is not None and devices != int(count):
             raise ConfigError("--devices", "devices", devices,
@@ -98,10 +97,7 @@ def _read_merged(name_or_path: str, seen: tuple[str, ...], base: Path | None = N
     key = str(path.resolve())
     if key in seen:
         raise DojoError(f"{source}: 'extends' forms a cycle")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise DojoError(f"{source}: not valid TOML: {err}") from None
+    data = read_toml_file(path, source)
     parent = data.pop("extends", None)
     if parent is None:
         return data, source
