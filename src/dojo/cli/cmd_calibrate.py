@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
                     "out": str(out)})
     else:
         _print(runs, result, residuals)
-    out.write_text(text, encoding="utf-8")
+    from dojo.report.files import write_text_atomic
+
+    write_text_atomic(out, text)  # an existing file is replaced whole or kept, never half-written
     print(f"wrote {out} (use it with --system {out})", file=sys.stderr)
     return 0
 

@@ -34,9 +34,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         # Leave no temporary file behind, whatever went wrong (full disk, Ctrl-C).
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DojoError(f"{target}: cannot write there ({err.strerror or err})") from None
         raise
     return target
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dojo.config import parse_scalar
+from dojo.config import parse_scalar, whole_number
 from dojo.errors import DojoError
 
 REQUIRED = ("model", "plan", "batch", "seconds")
@@ -27,6 +27,8 @@ OPTIONAL = ("seq", "stack", "overrides", "devices")
 # The fit simulates every run a few times per iteration: a bounded input keeps it bounded.
 MAX_RUNS = 256
 MAX_CSV_BYTES = 1 << 20
+# A measured step: from a nanosecond (no kernel launches faster) to a year.
+MIN_SECONDS, MAX_SECONDS = 1e-9, 3.2e7
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,12 @@ def read_runs(path: str | Path) -> list[Run]:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DojoError(f"--runs {name}: not UTF-8 text ({err.reason})") from None
-    rows = list(csv.reader(text.splitlines()))
+    except OSError as err:
+        raise DojoError(f"--runs {name}: cannot read the file ({err.strerror or err})") from None
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as err:  # a cell past the csv module's field limit (131,072 characters)
+        raise DojoError(f"--runs {name}: not a CSV of runs ({err})") from None
     if not rows or not any(c.strip() for c in rows[0]):
         raise DojoError(f"{name}: empty: expected a header row with the columns "
                         f"{', '.join(REQUIRED)}")
@@ -94,9 +101,10 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
             if col in REQUIRED:
                 raise bad(col, "a value")
             return None
-        if not raw[col].isdigit() or int(raw[col]) < 1:
+        number = whole_number(raw[col])
+        if number is None or number < 1:
             raise bad(col, "a whole number >= 1")
-        return int(raw[col])
+        return number
 
     for col in ("model", "plan"):
         if not raw[col]:
@@ -105,8 +113,9 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
         seconds = float(raw["seconds"])
     except ValueError:
         raise bad("seconds", "measured seconds per step, a number > 0") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise bad("seconds", "measured seconds per step, a number > 0")
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:  # NaN too; 1e-320 s made the fit's logs inf
+        raise bad("seconds", f"measured seconds per step, a number from {MIN_SECONDS:g} to "
+                  f"{MAX_SECONDS:g}")
     overrides: dict[str, Any] = {}
     for item in (i.strip() for i in raw.get("overrides", "").split(";") if i.strip()):
         key, sep, value = item.partition("=")
