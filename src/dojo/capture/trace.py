@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import linecache
+import logging
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -220,13 +221,27 @@ def trace_step(model: nn.Module, loss_fn: Callable[..., Tensor], optimizer: Any,
     mark = _Marker()
     step = _step_fn(model, loss_fn, sig, mark, stacks)
     try:
-        gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(*fakes)
+        with _quiet_fake_tensor_log():
+            gm = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(*fakes)
     except DojoError:
         raise
     except Exception as err:
         raise DojoError(explain_trace_error(err)) from None
     return Traced(gm, Signature(sig.params, sig.buffers, sig.updates, sig.n_inputs,
                                 sig.n_targets, mark.has_grad), mark.marks)
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """FakeTensorMode logs a failing op's traceback at ERROR level before raising; the error is
+    reported once, as the one line of `explain_trace_error`, so that log is held back."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def explain_trace_error(err: BaseException) -> str:

@@ -212,13 +212,10 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
                           f"{len(plan.stages)}")
 
 
-def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
-                  source: str = "--plan") -> None:
-    """Check that `plan` divides the model, the batch and the devices; errors show the arithmetic.
-
-    `batch` is the global batch in samples; `devices` the devices the system offers (a plan
-    may use fewer: the rest stay idle).
-    """
+def check_fit(plan: Plan, devices: int, batch: int, source: str = "--plan") -> None:
+    """What `validate_plan` checks without the model: the plan's own settings, the devices
+    and the batch split. Checked before a capture, whose size is the micro-batch (mb=10^12
+    would otherwise be traced first)."""
     check_plan(plan, source)
     if batch < 1:
         raise ConfigError("--batch", "batch", batch, "at least 1 sample")
@@ -231,6 +228,16 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
         raise ConfigError(source, "mb", plan.mb,
                           f"a micro-batch that divides the per-replica batch: batch {batch} / "
                           f"(dp {plan.dp} x mb {plan.mb}) = {batch / (plan.dp * plan.mb):g}")
+
+
+def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
+                  source: str = "--plan") -> None:
+    """Check that `plan` divides the model, the batch and the devices; errors show the arithmetic.
+
+    `batch` is the global batch in samples; `devices` the devices the system offers (a plan
+    may use fewer: the rest stay idle).
+    """
+    check_fit(plan, devices, batch, source)
     chunks = plan.pp * plan.interleave
     if plan.stages:
         check_stages(plan.stages, plan.pp, plan.interleave, shape.layers, source)

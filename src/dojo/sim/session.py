@@ -33,7 +33,7 @@ from dojo.errors import ConfigError
 from dojo.graph import Graph
 from dojo.hardware.loader import load_system
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import ModelShape, Plan, validate_plan
+from dojo.plan.plan import ModelShape, Plan, check_fit, validate_plan
 from dojo.plan.policies import policy_classes
 from dojo.sim.simulate import Result, simulate
 
@@ -262,6 +262,7 @@ def simulate_model(model: str, overrides: Mapping[str, Any], system: SystemSpec 
     """Simulate one step of `model` (global batch `batch`) under `plan` on `system`."""
     check_inputs(batch, seq, devices)
     spec = load_system(system, devices=devices) if isinstance(system, str) else system
+    check_fit(plan, device_count(spec), batch)  # before the capture at the plan's micro-batch
     graph, config = captured(model, overrides, plan.mb, context_seq(model, overrides, plan, seq))
     validate_plan(plan, model_shape(graph, config), device_count(spec), batch)
     program, graph = compile_model(model, overrides, spec, plan, batch, seq)
