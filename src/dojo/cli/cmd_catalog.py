@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
 from dojo.cli.common import print_json
-from dojo.errors import ConfigError, DojoError
+from dojo.errors import ConfigError, DojoError, one_line
 
 FORMATS = ("table", "json", "csv")
 
@@ -124,7 +125,7 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
         writer.writerow(columns)
         writer.writerows([[_plain(v) for v in row] for row in rows])
         return buf.getvalue()
-    cells = [columns] + [[_text(v) for v in row] for row in rows]
+    cells = [[one_line(c) for c in columns]] + [[_text(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -132,17 +133,24 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, float) and value != value:  # NaN: JSON has none
+    """`value` with every NaN and infinity, however deep in lists and structs, as None: JSON
+    has neither (json.dumps would write the invalid tokens NaN and Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
 def _text(value: Any) -> str:
+    """One table cell on one line: a line break or control character in a text is escaped."""
     if value is None:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return one_line(str(value))
 
 
 def _mine(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dojo.config import parse
+from dojo.config import load_json, parse
 from dojo.data import store
 from dojo.data.clipstats import codec_facts, frame_rows, label_problem, object_rows
 from dojo.data.layout import ClipEntry, Manifest, SkippedClip
@@ -102,11 +102,7 @@ def read_set_manifest(root: str) -> Manifest:
     if not store.exists(url):
         raise DojoError(f"{url}: no manifest (expected a clip set made by `dojo data synth` or "
                         "a manifest.json in its layout, docs/data.md)")
-    try:
-        data = json.loads(store.read_bytes(url).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DojoError(f"{url}: not valid JSON ({err})") from None
-    return parse(Manifest, data, url)
+    return parse(Manifest, load_json(store.read_bytes(url), url), url)
 
 
 def dataset_name(root: str) -> str:
@@ -123,6 +119,9 @@ def index_set(root: str, catalog: str = "", split: str = "", progress: Progress 
     manifest = read_set_manifest(root)
     catalog = catalog or default_catalog(root)
     split = split or dataset_name(root).rstrip("/").rsplit("/", 1)[-1]
+    if store.exists(store.join(catalog, "clips.parquet")):  # refused before any clip is read
+        for name in TABLES:
+            table_schema(catalog, name)
     rows: dict[str, dict[str, list[Any]]] = {t: {} for t in TABLES}
     hashes, skipped = [], []
     for n, entry in enumerate(manifest.clips):
@@ -237,7 +236,45 @@ def read_tables(catalog: str, names: tuple[str, ...] = TABLES) -> dict[str, Any]
             out[name] = pq.read_table(io.BytesIO(store.read_bytes(url)))
         except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
             raise DojoError(f"{url}: not a readable Parquet file ({err})") from None
+        check_schema(url, name, out[name].schema)
     return out
+
+
+def table_schema(catalog: str, name: str) -> Any:
+    """The schema of the catalog's table `name`, read from its Parquet footer alone, checked
+    by `check_schema`; a missing or unreadable file is a DojoError naming it."""
+    import pyarrow.parquet as pq
+
+    url = store.join(catalog, f"{name}.parquet")
+    if not store.exists(url):
+        raise DojoError(f"{catalog}: no catalog there ({name}.parquet missing; make one with "
+                        "`dojo data synth` or `dojo data index DIR`)")
+    fs, path = store.resolve(url)
+    try:
+        with fs.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+    except (OSError, ValueError) as err:
+        raise DojoError(f"{url}: not a readable Parquet file ({err})") from None
+    check_schema(url, name, schema)
+    return schema
+
+
+def check_schema(url: str, name: str, schema: Any) -> None:
+    """A table of another layout (another tool's Parquet, an older catalog) is a DojoError
+    naming its first differing column, before any view or merge trips over it."""
+    expected = _schemas()[name]
+    for want in expected:
+        i = schema.get_field_index(want.name)
+        if i < 0:
+            raise DojoError(f"{url}: column '{want.name}' is missing: expected a dojo catalog "
+                            f"table with the columns {', '.join(expected.names)}")
+        if not schema.field(i).type.equals(want.type):
+            raise DojoError(f"{url}: column '{want.name}' has type {schema.field(i).type}: "
+                            f"expected {want.type}")
+    extra = [n for n in schema.names if n not in expected.names]
+    if extra:
+        raise DojoError(f"{url}: column '{extra[0]}' is not one of the catalog's: expected "
+                        f"the columns {', '.join(expected.names)}")
 
 
 def merge(catalog: str, rows: dict[str, dict[str, list[Any]]], dataset: str) -> None:
@@ -295,8 +332,10 @@ def read_version(catalog: str, vid: str) -> Version:
     url = store.join(catalog, "versions", f"{vid}.json")
     if not store.exists(url):
         raise ConfigError("--version", "version", vid, f"a version recorded in {catalog}/versions")
-    data = json.loads(store.read_bytes(url))
-    clips = tuple(data.get("clips", []))
+    data = load_json(store.read_bytes(url), url)
+    if not isinstance(data, dict) or not isinstance(data.get("clips"), list):
+        raise DojoError(f"{url}: not a dataset version (expected an object with a 'clips' list)")
+    clips = tuple(data["clips"])
     if version_id(clips) != vid:
         raise DojoError(f"{url}: its clips hash to {version_id(clips)}, not {vid} (altered?)")
     return Version(vid, clips, data.get("parent", ""), data.get("note", ""))

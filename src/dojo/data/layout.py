@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dojo.config import check, parse
+from dojo.config import check, load_json, parse
 from dojo.data.video import VideoReader, probe
 from dojo.errors import ConfigError, DojoError
 
@@ -120,9 +120,10 @@ def read_manifest(root: Path | str) -> Manifest:
         raise DojoError(f"{path}: no manifest (expected a clip set made by `dojo data synth` "
                         "or a manifest.json in the same layout)")
     try:
-        data = json.loads(_read_bytes(path).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DojoError(f"{path}: not valid JSON ({err})") from None
+        raw = _read_bytes(path)
+    except OSError as err:
+        raise DojoError(f"{path}: cannot read ({err.strerror or err})") from None
+    data = load_json(raw, str(path))
     manifest = parse(Manifest, data, str(path))
     if not manifest.cameras or len(set(manifest.cameras)) != len(manifest.cameras):
         raise ConfigError(str(path), "cameras", list(manifest.cameras), "distinct camera names")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dojo.config import load_json
 from dojo.errors import DojoError
 from dojo.numerics import load_policy_state, policy_state
 from dojo.paths import can_create_in, nearest_existing
@@ -86,7 +87,10 @@ def load_checkpoint(trainer: Any, folder: str | Path) -> None:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise DojoError(f"checkpoint {root}: no {MANIFEST} (missing or incomplete checkpoint)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_json(manifest_path.read_bytes(), str(manifest_path))
+    if not isinstance(manifest, dict):
+        raise DojoError(f"checkpoint {root}: {MANIFEST} is not a checkpoint manifest (a JSON "
+                        "object)")
     if manifest.get("plan") != trainer.plan.text():
         raise DojoError(f"checkpoint {root}: saved with plan {manifest.get('plan')!r}, "
                         f"this run uses {trainer.plan.text()!r}")

@@ -8,7 +8,6 @@ parsing; a tenant that floods the API gets 429 from a per-tenant token bucket.
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations at runtime,
 # and `Who` is local to `create_app`.
 
-import json
 import tempfile
 import threading
 import time
@@ -20,6 +19,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from dojo.config import load_json, whole_number
+from dojo.errors import DojoError
 from dojo.service import datasets, ops
 from dojo.service.auth import Identity, Verifier
 from dojo.service.ops import Refused, Service
@@ -134,7 +135,7 @@ def create_app(svc: Service, rate: RateLimit | None = None) -> FastAPI:
 
 async def _save_body(request: Request, path: Path, limit: int) -> None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and (whole_number(declared) or 0) > limit:
         raise Refused(413, f"body of {declared} bytes: expected at most {limit}")
     size = 0
     with path.open("wb") as f:
@@ -147,7 +148,7 @@ async def _save_body(request: Request, path: Path, limit: int) -> None:
 
 async def _json_body(request: Request) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared is not None and (whole_number(declared) or 0) > MAX_BODY:
         raise Refused(413, f"body of {declared} bytes: expected at most {MAX_BODY}")
     raw = b""
     async for chunk in request.stream():
@@ -155,6 +156,6 @@ async def _json_body(request: Request) -> Any:
         if len(raw) > MAX_BODY:
             raise Refused(413, f"body over {MAX_BODY} bytes")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return load_json(raw, "request body")
+    except DojoError as err:  # bad syntax, not UTF-8, nested past the parser's recursion
         raise Refused(400, f"malformed JSON: {err}") from None

@@ -15,7 +15,6 @@ added to the training version's clips: a new version whose parent is the trainin
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dojo.config import load_json
 from dojo.data import ClipLoader, LoaderConfig
 from dojo.data.catalog import Version, read_version, write_version
 from dojo.data.query import Slice, add_slices, connect, load_slices, tag_slices
@@ -149,11 +149,14 @@ def mine_run(run_dir: str, slice_name: str, budget: int, slices_file: str = "",
     loaded = load_run(run)
     catalog = catalog or loaded.catalog
     try:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # stopped before its metrics, or a damaged file
+        metrics = load_json((run / "metrics.json").read_bytes(), str(run / "metrics.json"))
+    except (OSError, DojoError) as err:  # stopped before its metrics, or a damaged file
         raise DojoError(f"{run / 'metrics.json'}: cannot read the run's metrics "
                         f"({getattr(err, 'strerror', None) or err}); expected a finished run") \
             from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("dataset", {}), dict):
+        raise DojoError(f"{run / 'metrics.json'}: not a run's metrics (expected the object "
+                        "`dojo train` writes); expected a finished run")
     train = read_version(catalog, metrics.get("dataset", {}).get("train", ""))
     con = connect(catalog)
     slices = load_slices(slices_file) if slices_file else tag_slices(con)
