@@ -61,6 +61,35 @@ def check_server(server: str) -> str:
     return server.rstrip("/")
 
 
+# What the CLI reads of each answer: (key, type) pairs. A server that is not a dojo service (or
+# another version) answering 200 with other JSON is named, not a KeyError in a verb.
+_JOB = (("id", str), ("state", str), ("reason", str), ("kind", str), ("tiles", int),
+        ("runs", int), ("spec", dict))
+_USAGE = (("tenant", str), ("role", str), ("quota_tile_hours", (int, float)),
+          ("used_tile_hours", (int, float)), ("committed_tile_hours", (int, float)))
+_LOGS = (("text", str), ("offset", int), ("done", bool))
+
+
+def _shaped(server: str, path: str, value: Any, fields: tuple[tuple[str, Any], ...],
+            many: bool = False) -> Any:
+    """`value` when it is an object with `fields` (a list of such objects with `many`); else a
+    ServiceError saying the server is not a dojo service, naming the first missing field."""
+    items = value if many and isinstance(value, list) else [value]
+    if many and not isinstance(value, list):
+        raise ServiceError(0, f"{server}: not a dojo service (its answer to {path} is not a "
+                           "list)")
+    for item in items:
+        if not isinstance(item, dict):
+            raise ServiceError(0, f"{server}: not a dojo service (its answer to {path} holds "
+                               f"{type(item).__name__}, not an object)")
+        for key, kind in fields:
+            if (isinstance(item.get(key), bool) and kind is not bool) or \
+                    not isinstance(item.get(key), kind):
+                raise ServiceError(0, f"{server}: not a dojo service (its answer to {path} has "
+                                   f"no valid '{key}')")
+    return value
+
+
 class Client:
     """One server, one token. Every method returns the decoded JSON of the response."""
 
@@ -99,27 +128,33 @@ class Client:
             raise ServiceError(0, f"{self.server}: not a dojo service (its answer to {path} is "
                                "not JSON)") from None
 
+    def _get(self, method: str, path: str, fields: tuple[tuple[str, Any], ...],
+             many: bool = False, body: Any = None, headers: dict[str, str] | None = None
+             ) -> Any:
+        """`_call`, the answer checked to hold `fields` (`_shaped`)."""
+        return _shaped(self.server, path, self._call(method, path, body, headers), fields, many)
+
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Any:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self._call("POST", "/api/jobs", spec, headers)
+        return self._get("POST", "/api/jobs", _JOB, body=spec, headers=headers)
 
     def jobs(self) -> Any:
-        return self._call("GET", "/api/jobs")
+        return self._get("GET", "/api/jobs", _JOB, many=True)
 
     def job(self, job_id: str) -> Any:
-        return self._call("GET", f"/api/jobs/{_quoted(job_id)}")
+        return self._get("GET", f"/api/jobs/{_quoted(job_id)}", _JOB)
 
     def cancel(self, job_id: str) -> Any:
-        return self._call("POST", f"/api/jobs/{_quoted(job_id)}/cancel")
+        return self._get("POST", f"/api/jobs/{_quoted(job_id)}/cancel", _JOB)
 
     def usage(self) -> Any:
-        return self._call("GET", "/api/usage")
+        return self._get("GET", "/api/usage", _USAGE)
 
     def machine(self) -> Any:
         return self._call("GET", "/api/machine")
 
     def logs(self, job_id: str, offset: int = 0) -> Any:
-        return self._call("GET", f"/api/jobs/{_quoted(job_id)}/logs?offset={offset}")
+        return self._get("GET", f"/api/jobs/{_quoted(job_id)}/logs?offset={offset}", _LOGS)
 
     def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
         """Log text as it is written, until the job is over (`dojo logs -f`)."""
