@@ -78,7 +78,10 @@ VALUES: dict[str, Callable[[random.Random], str]] = {
     "set_huge": lambda r: f"layers={10 ** r.randint(13, 30)}",
     "set_form": lambda r: r.choice(["layers", "=3", ""]),
     "system_count": lambda r: r.choice(["h100-cluster:0", "h100-cluster:-8", "h100-cluster:x",
+                                        "h100-cluster:²",
                                         f"h100-cluster:{10 ** r.randint(13, 30)}"]),
+    # a line break, NUL, terminal escape or bidi override in a name: the error stays one line
+    "control": lambda r: r.choice(["v1\n", "h100-cluster\x00", "\x1b[2Jv1", "a\u202eb", "x\ry"]),
     "list_zero": lambda r: r.choice(["0,8", "8,0", "-8", "8,,16", "8,x"]),
     "list_empty": lambda r: r.choice(["", ",", " , "]),
 }
@@ -90,11 +93,12 @@ SIM = ["mlp", "--system", "h100-cluster:8", "--plan", "dp=8", "--batch", "8"]
 
 COMMANDS: dict[str, Command] = {
     "info": Command(("info", "a100-cluster"), (
-        Slot("system", None, ("unknown", "empty", "missing", "folder", "system_count"), 1),
+        Slot("system", None, ("unknown", "empty", "missing", "folder", "system_count",
+                              "control"), 1),
         Slot("--devices", "--devices", ("zero", "negative", "huge", "nonnumber")),
     )),
     "inspect": Command(("inspect", "mlp"), (
-        Slot("model", None, ("unknown", "empty"), 1),
+        Slot("model", None, ("unknown", "empty", "control"), 1),
         Slot("--batch", "--batch", ("zero", "negative", "huge", "nonnumber", "empty")),
         Slot("--seq", "--seq", ("zero", "negative", "nonnumber")),
         Slot("--set", "--set", ("set_key", "set_value", "set_huge", "set_form")),
