@@ -2,7 +2,7 @@
 
 The CSV has a header row and one run per row. Columns (any order):
 - `model` (a zoo name), `plan` (as `--plan` takes it; quote it, it holds commas), `batch` (global
-  batch in samples), `seconds` (measured seconds per training step): required;
+  batch in samples), `seconds` (measured seconds per training step, 1e-9 to 3.2e7): required;
 - `seq` (sequence length), `stack` (software stack, e.g. `megatron-lm`, `fsdp-eager`),
   `overrides` (model settings as `--set` takes them, `key=value` joined by `;`), `devices`
   (devices the run used; default the plan's dp x tp x pp): optional.
