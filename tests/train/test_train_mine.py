@@ -118,6 +118,22 @@ def test_rounds_mine_for_the_weakest_slice_and_retrain(tiny_data: Path, tmp_path
         first["train_version"]
     assert len(open_clips(out / "round-1" / "train").clips) == 3
     assert result.rounds[1]["val_iou"] == second["val_iou"]
+    # against the previous round: the pooled IoUs' difference on the same held-out clips
+    assert first["vs_previous"] == {} and set(second["vs_previous"]) == set(second["slices"])
+    for name, change in second["vs_previous"].items():
+        assert change["delta"] == pytest.approx(second["slices"][name]["iou"]
+                                                - first["slices"][name]["iou"])
+        assert change["ci95"][0] <= change["ci95"][1] and 0.0 <= change["p"] <= 1.0
+    assert "change [95 %]" in (out / "report.html").read_text()
+
+
+def test_mine_cli_by_and_seed_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, words in ((["--by", "loss"], "--by"), (["--seed", "x", "--by", "random"], "--seed"),
+                        (["--seed", "-1", "--by", "random"], "--seed"),
+                        (["--seed", "3"], "only with --by random")):
+        assert main(["data", "mine", "norun", "--slice", "s", "--budget", "2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
 
 
 def test_slice_weights_repeat_clips_in_the_training_set(

@@ -179,19 +179,35 @@ def slice_section(rep: HtmlReport, by_round: dict[str, dict[str, dict[str, Any]]
 def _rounds(rep: HtmlReport, rounds: list[dict[str, Any]], mine_by: str = "score") -> None:
     rep.heading("Mining rounds")
     rep.paragraph("Each round mines clips for the previous round's weakest slice from the pool "
-                  "and trains a fresh model on the new dataset version; the slice's IoU before "
-                  "(previous round) and after (this round) on the same held-out clips."
+                  "and trains a fresh model on the new dataset version; each slice's IoU "
+                  "before (previous round) and after (this round) on the same held-out clips. "
+                  "The change's interval and p resample the slice's held-out clips, the same "
+                  "draw for both models (paired bootstrap): they leave out training noise, "
+                  "which another seed shows (bench/bench_mine_gain.py measures both)."
                   + (" This run is the control (--mine-by random): each round's clips were "
                      "drawn at random from the pool, not mined." if mine_by == "random" else ""))
     rows = []
     for prev, r in itertools.pairwise(rounds):
-        s = r["mined_for"]
-        before, after = prev["slices"].get(s, {}), r["slices"].get(s, {})
-        rows.append((r["round"], s, r["added"], r["train_version"], r["train_clips"],
-                     f"{before.get('iou', float('nan')):.3f}",
-                     f"{after.get('iou', float('nan')):.3f}", f"{r['val_iou']:.3f}"))
-    rep.table(rows, ["round", "mined for", "clips added", "version", "clips", "slice IoU before",
-                     "slice IoU after", "held-out IoU"])
+        for name in sorted(r["slices"], key=lambda n: (n != r["mined_for"], n)):
+            before, after = prev["slices"].get(name), r["slices"][name]
+            change = r.get("vs_previous", {}).get(name)
+            rows.append((r["round"], f"{name} (mined for)" if name == r["mined_for"] else name,
+                         r["added"], r["train_clips"], after["clips"],
+                         _with_ci(before) if before else "-", _with_ci(after),
+                         (f"{change['delta']:+.3f} [{change['ci95'][0]:+.3f}, "
+                          f"{change['ci95'][1]:+.3f}]") if change else "-",
+                         f"{change['p']:.3f}" if change else "-"))
+        rows.append((r["round"], "all held-out clips", r["added"], r["train_clips"], "",
+                     f"{prev['val_iou']:.3f}", f"{r['val_iou']:.3f}",
+                     f"{r['val_iou'] - prev['val_iou']:+.3f}", ""))
+    rep.table(rows, ["round", "slice", "clips added", "training clips", "held-out clips",
+                     "IoU before [95 %]", "IoU after [95 %]", "change [95 %]", "p"])
+    rep.paragraph("Versions: " + ", ".join(f"round {r['round']} {r['train_version']}"
+                                           for r in rounds) + ".")
+
+
+def _with_ci(s: dict[str, Any]) -> str:
+    return f"{s['iou']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
 
 
 def _simulated(rep: HtmlReport, result: TrainResult) -> None:

@@ -25,6 +25,7 @@ from dojo.data.synth import SynthConfig, synthesize
 from dojo.errors import DojoError
 from dojo.train.mine import Mined, mine, weight_repeats
 from dojo.train.options import Progress
+from dojo.train.slices import slice_members
 
 POOL = "pool"
 
@@ -83,10 +84,27 @@ def pick_random(catalog: str, train: Version, target: str, budget: int, pool: st
     return Mined(version, target, [{"clip_hash": h} for h in picked])
 
 
-def summary(r: int, result: Any, version: str, clips: int, mined_for: str, added: int
-            ) -> dict[str, Any]:
+def summary(r: int, result: Any, version: str, clips: int, mined_for: str, added: int,
+            vs_previous: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"round": r, "mined_for": mined_for, "added": added, "train_version": version,
-            "train_clips": clips, "val_iou": result.val_iou, "slices": result.slices}
+            "train_clips": clips, "val_iou": result.val_iou, "slices": result.slices,
+            "vs_previous": vs_previous or {}}
+
+
+def vs_previous(members: dict[str, list[str]], before: Any, after: Any, seed: int
+                ) -> dict[str, dict[str, Any]]:
+    """{slice: {delta, ci95, p}}: this round's model against the previous round's on the same
+    held-out clips of each slice (`dojo.train.gain.paired_bootstrap`: held-out sampling noise
+    only; a fresh model with another training set also differs by training noise)."""
+    from dojo.train.gain import paired_bootstrap
+
+    out = {}
+    for name, clips in members.items():
+        both = [c for c in clips if c in before.counts and c in after.counts]
+        if both:
+            out[name] = paired_bootstrap(np.array([before.counts[c] for c in both]),
+                                         np.array([after.counts[c] for c in both]), seed)
+    return out
 
 
 def run_rounds(job: Any, opts: Any, val_dir: Path | str, first: Any,
@@ -102,6 +120,7 @@ def run_rounds(job: Any, opts: Any, val_dir: Path | str, first: Any,
     add_slices(con, slices)
     repeats = weight_repeats(con, slices)
     train = read_version(catalog, first.dataset["train"])
+    _, members = slice_members(catalog, val_dir, slices)
     rounds = [summary(0, first, train.id, len(train.clips), "", 0)]
     result = first
     for r in range(1, opts.rounds):
@@ -113,8 +132,9 @@ def run_rounds(job: Any, opts: Any, val_dir: Path | str, first: Any,
             mined = mine(result.model, catalog, train, target, slices, opts.budget, POOL, opts)
         folder = job.out / f"round-{r}"
         write_subset(catalog, mined.version.clips, folder / "train", repeats)
+        train, before = mined.version, result
         result = learn(replace(job, out=folder, resume_state=None, catalog=job.out / "catalog"),
                        folder / "train")
-        train = mined.version
-        rounds.append(summary(r, result, train.id, len(train.clips), target, len(mined.chosen)))
+        rounds.append(summary(r, result, train.id, len(train.clips), target, len(mined.chosen),
+                              vs_previous(members, before, result, opts.seed)))
     return rounds

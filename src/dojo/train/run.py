@@ -80,6 +80,8 @@ class TrainResult:
     slices: dict[str, dict[str, Any]] = field(default_factory=dict)  # `train.slices`
     rounds: list[dict[str, Any]] = field(default_factory=list)  # `train.rounds` (--rounds > 1)
     model: Any = field(default=None, repr=False)  # the trained model (mining scores with it)
+    # {held-out clip name: [intersection, union]}: what rounds compare with the previous round
+    counts: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
 
 def ensure_data(job: Job, progress: ProgressFn) -> tuple[Path | str, Path | str]:
@@ -243,15 +245,17 @@ def _learn(job: Job, opts: TrainOptions, dirs: tuple[Path | str, Path | str], si
     tell(Progress("eval", "held-out IoU"))
     val_iou, examples = evaluate(model, val_batches, EXAMPLES)
     names = [c.name for c in val_loader.dataset.clipset.clips]
-    by_slice = slice_ious(str(job.catalog or job.out / "catalog"), val_dir, names,
-                          clip_counts(model, val_batches), job.slices, opts.seed)
+    counts = clip_counts(model, val_batches)
+    by_slice = slice_ious(str(job.catalog or job.out / "catalog"), val_dir, names, counts,
+                          job.slices, opts.seed)
     data_fps = data_rate((manifest.width, manifest.height), opts.measure_decode, val_dir)
     skipped = list(dict.fromkeys([*loader.skipped, *val_loader.skipped]))
     return TrainResult(options=opts, history=history, val_iou=val_iou, examples=examples,
                        skipped=skipped, train_samples=len(loader.dataset),
                        sim=replace(sim, epoch_samples=len(loader.dataset)),
                        decode=(data_fps, large), overrides=overrides, files={},
-                       slices=by_slice, model=model)
+                       slices=by_slice, model=model,
+                       counts={names[i]: c for i, c in counts.items()})
 
 
 def _make_folder(folder: Path, flag: str) -> None:

@@ -58,21 +58,29 @@ def bootstrap_ci(counts: np.ndarray, seed: int, draws: int = BOOTSTRAP) -> tuple
     return float(lo), float(hi)
 
 
+def slice_members(catalog: str, val_root: Path | str, slices: dict[str, Slice] | None
+                  ) -> tuple[dict[str, Slice], dict[str, list[str]]]:
+    """The slices (`slices`, or one per tag value of the catalog) and {slice: names of the
+    held-out clips of `val_root` in it, sorted}."""
+    con = connect(catalog)
+    chosen = dict(slices) if slices else tag_slices(con)
+    add_slices(con, chosen)
+    where = dataset_name(str(val_root))
+    return chosen, {name: [r[0] for r in con.execute(
+        f"SELECT name FROM slice_{name} WHERE dataset = ? ORDER BY name", [where]).fetchall()]
+        for name in chosen}
+
+
 def slice_ious(catalog: str, val_root: Path | str, clip_names: list[str],
                counts: dict[int, list[int]], slices: dict[str, Slice] | None,
                seed: int) -> dict[str, dict[str, Any]]:
     """{slice: {clips, iou, ci95: [lo, hi], weight}} over the held-out clips of `val_root`
     (clip index i is `clip_names[i]`); slices with no held-out clip are left out."""
-    con = connect(catalog)
-    chosen = dict(slices) if slices else tag_slices(con)
-    add_slices(con, chosen)
-    where = dataset_name(str(val_root))
+    chosen, held = slice_members(catalog, val_root, slices)
     by_name = {name: i for i, name in enumerate(clip_names)}
     out: dict[str, dict[str, Any]] = {}
     for name, sl in chosen.items():
-        rows = con.execute(f"SELECT name FROM slice_{name} WHERE dataset = ? ORDER BY name",
-                           [where]).fetchall()
-        members = [by_name[r[0]] for r in rows if by_name.get(r[0]) in counts]
+        members = [by_name[n] for n in held[name] if by_name.get(n) in counts]
         if not members:
             continue
         table = np.array([counts[i] for i in members], dtype=np.int64)  # (n, 2)
