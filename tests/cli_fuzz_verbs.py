@@ -89,10 +89,13 @@ VERBS: dict[str, Command] = {
         Slot("--slices", "--slices", ("missing", "afile", "folder")),
         Slot("--slice", "--slice", ("slice_name",)),
     ), setup="clips"),
-    "data mine": Command(("data", "mine", "adir", "--slice", "x", "--budget", "3"), (
+    "data mine": Command(("data", "mine", "adir", "--slice", "x", "--budget", "3", "--by",
+                          "random"), (
         Slot("run", None, ("missing", "afile", "folder", "empty"), 2),
         Slot("--budget", "--budget", ("zero", "negative", "nonnumber", "empty")),
         Slot("--slices", "--slices", ("missing", "afile")),
+        Slot("--by", "--by", ("unknown", "empty")),
+        Slot("--seed", "--seed", ("negative", "nonnumber", "empty")),
     )),
     "eval": Command(("eval", "adir"), (
         Slot("run", None, ("missing", "empty", "afile", "folder"), 1),

@@ -178,6 +178,8 @@ COMMANDS: dict[str, Command] = {
         Slot("--rounds", "--rounds", ("zero", "negative", "huge")),
         Slot("--budget", "--budget", ("zero", "negative", "huge")),
         Slot("--slices", "--slices", ("missing", "afile")),
+        Slot("--mine-by", "--mine-by", ("unknown", "empty")),
+        Slot("--train-set", "--train-set", ("missing", "afile", "unknown")),
     ), subprocess=True, default_cases=1),
 }
 

@@ -120,7 +120,8 @@ def test_out_as_a_url_is_refused_in_one_line(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_rounds_with_mine_by_random_add_seeded_pool_clips(tiny_data: Path, tmp_path: Path) -> None:
+def test_rounds_with_mine_by_random_add_seeded_pool_clips(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     train_occupancy(tiny_options(out, tiny_data, rounds=2, budget=1, pool_clips=3,
                                  mine_by="random"))
@@ -133,6 +134,14 @@ def test_rounds_with_mine_by_random_add_seeded_pool_clips(tiny_data: Path, tmp_p
     assert [c["clip_hash"] for c in pick_random(cat, base, "x", 1, "pool", 1).chosen] == \
         sorted(added)  # round 1 drew with seed + 1
     assert "the control (--mine-by random)" in (out / "report.html").read_text()
+    # `dojo data mine RUN --by random` on round 0 draws what round 1 drew (seed + 1 by default)
+    assert main(["data", "mine", str(out), "--slice", second["mined_for"], "--budget", "1",
+                 "--by", "random"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["version"] == second["train_version"] and got["by"] == "random"
+    assert main(["data", "mine", str(out), "--slice", second["mined_for"], "--budget", "1",
+                 "--by", "random", "--seed", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == second["train_version"]
 
 
 def _to_memory(local: Path) -> str:

@@ -4,6 +4,7 @@
     dojo data query "SQL" [--catalog CAT] [--slices FILE] [--format table|json|csv]
     dojo data query --slice NAME --slices FILE [--catalog CAT] [--format ...]
     dojo data mine RUN --slice NAME --budget N [--slices FILE] [--pool SPLIT] [--catalog CAT]
+                   [--by score|random] [--seed S]
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def add_catalog_parsers(sub: Any) -> None:
     mine.add_argument("--slices", default="", help="slices file (default: one slice per tag)")
     mine.add_argument("--pool", default="pool", help="split to mine from (default pool)")
     mine.add_argument("--catalog", default="", help="catalog (default RUN/catalog)")
+    mine.add_argument("--by", default="score", help="score (the model's errors on clips like "
+                      "the slice) or random (the control: as many unused pool clips at random)")
+    mine.add_argument("--seed", default=None, help="--by random's draw (default: the run's "
+                      "seed + 1, as round 1 of `train --mine-by random`)")
     mine.set_defaults(run=_mine)
 
 
@@ -160,8 +165,21 @@ def _mine(args: argparse.Namespace) -> int:
         raise ConfigError("--budget", "budget", args.budget, "an integer") from None
     if budget < 1:
         raise ConfigError("--budget", "budget", budget, "at least 1 clip")
+    if args.by not in ("score", "random"):
+        raise ConfigError("--by", "by", args.by, "score or random")
+    seed = None
+    if args.seed is not None:
+        try:
+            seed = int(args.seed)
+        except ValueError:
+            raise ConfigError("--seed", "seed", args.seed, "an integer") from None
+        if not 0 <= seed < 2**63:
+            raise ConfigError("--seed", "seed", seed, "0 <= seed < 2^63")
+        if args.by != "random":
+            raise ConfigError("--seed", "seed", seed, "only with --by random (scoring is "
+                              "deterministic)")
     from dojo.train.mine import mine_run
 
     print_json(mine_run(args.run_dir, args.slice, budget, slices_file=args.slices,
-                        pool=args.pool, catalog=args.catalog))
+                        pool=args.pool, catalog=args.catalog, by=args.by, seed=seed))
     return 0

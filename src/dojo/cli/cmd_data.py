@@ -8,7 +8,7 @@ catalog, query and mine clips.
     dojo data fps PATH [--seconds 1]
     dojo data index DIR [--catalog CAT] [--split S]
     dojo data query "SQL" [--catalog CAT] [--slices FILE] [--format table|json|csv]
-    dojo data mine RUN --slice NAME --budget N [--slices FILE] [--pool SPLIT]
+    dojo data mine RUN --slice NAME --budget N [--slices FILE] [--pool SPLIT] [--by random]
 """
 
 from __future__ import annotations

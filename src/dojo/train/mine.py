@@ -140,9 +140,14 @@ def weight_repeats(con: Any, slices: dict[str, Slice]) -> dict[str, int]:
 
 
 def mine_run(run_dir: str, slice_name: str, budget: int, slices_file: str = "",
-             pool: str = "pool", catalog: str = "") -> dict[str, Any]:
+             pool: str = "pool", catalog: str = "", by: str = "score",
+             seed: int | None = None) -> dict[str, Any]:
     """`dojo data mine`: mine for RUN's model, write the new version and its set
-    (RUN/mined/ID/manifest.json, which `dojo train occupancy` can train on)."""
+    (RUN/mined/ID/manifest.json, which `dojo train occupancy` can train on).
+
+    `by="random"` is the control (`dojo.train.rounds.pick_random`): `budget` unused pool clips
+    drawn with `numpy.random.default_rng(seed)`, seed defaulting to the run's seed + 1, so it
+    picks what round 1 of `dojo train occupancy --rounds 2 --mine-by random` picks."""
     from dojo.train.evalrun import load_run
 
     run = Path(run_dir)
@@ -160,11 +165,20 @@ def mine_run(run_dir: str, slice_name: str, budget: int, slices_file: str = "",
     train = read_version(catalog, metrics.get("dataset", {}).get("train", ""))
     con = connect(catalog)
     slices = load_slices(slices_file) if slices_file else tag_slices(con)
-    mined = mine(loaded.model, catalog, train, slice_name, slices, budget, pool,
-                 loaded.options)
+    if by == "random":
+        from dojo.train.rounds import pick_random
+
+        if slice_name not in slices:
+            raise ConfigError("--slice", "slice", slice_name,
+                              f"one of the slices ({', '.join(sorted(slices))})")
+        draw = loaded.options.seed + 1 if seed is None else seed
+        mined = pick_random(catalog, train, slice_name, budget, pool, draw)
+    else:
+        mined = mine(loaded.model, catalog, train, slice_name, slices, budget, pool,
+                     loaded.options)
     add_slices(con, slices)
     manifest = write_subset(catalog, mined.version.clips, run / "mined" / mined.version.id,
                             weight_repeats(con, slices))
     return {"version": mined.version.id, "parent": train.id, "slice": slice_name,
             "clips": len(mined.version.clips), "train_set": str(manifest.parent),
-            "added": mined.chosen}
+            "by": by, "added": mined.chosen}
