@@ -29,7 +29,7 @@ from dojo.compiler.work import ModelWork, OpCost, SectionWork
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan, microbatches, plan_split
-from dojo.plan.policies import policy_classes
+from dojo.plan.policies import policy_classes, policy_modules
 
 # Bytes per parameter for the model copy, gradients and the optimizer's master weights, by
 # precision policy. BF16/FP16 follow Megatron-LM (BF16 weights, FP32 main grads and master
@@ -183,6 +183,9 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
             recompute = "selective"
             if "mm" not in classes:  # the rerun linears repeat their tp collectives
                 tp_r += _tp_comms(tp_levels, sec.tp_forward) * n
+        elif policy_modules(recompute) is not None:  # Megatron modules (compiler.modules)
+            recompute = "selective"
+            tp_r += _tp_comms(tp_levels, sec.tp_recompute) * n
         saved += _saved(sec, recompute) * n
         if recompute == "full":
             rec += list(sec.forward) * n

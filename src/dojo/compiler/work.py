@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from dojo.capture.params import param_sizes_by_section
 from dojo.compiler import fusion
 from dojo.compiler.eager_cpu import onednn_calls
+from dojo.compiler.masks import dropout_masks, mask_excess
+from dojo.compiler.modules import Selection, selection
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
 
@@ -57,6 +59,7 @@ class SectionWork:
     tp_forward: tuple[tuple[str, float], ...] = ()
     tp_backward: tuple[tuple[str, float], ...] = ()
     param_tensors: int = 0    # trainable parameter tensors of the section (one block instance)
+    tp_recompute: tuple[tuple[str, float], ...] = ()  # a module policy's replayed collectives
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,11 @@ def _is_attention_core(op: Op, graph: Graph) -> bool:
     return "bmm" in op.target and not _reads_expert_weight(op, graph)
 
 
+def _replays(op: Op, graph: Graph, sel: Selection | None) -> bool:
+    """Whether the selective slots rerun `op`: a module policy's op, else the attention core."""
+    return op.id in sel.ops if sel is not None else _is_attention_core(op, graph)
+
+
 def _reads_expert_weight(op: Op, graph: Graph) -> bool:
     """A routed experts' grouped GEMM: it reads a parameter named `*.experts.*` (the naming
     contract of dojo.models.moe), so it is a weight GEMM, not attention."""
@@ -338,14 +346,16 @@ def main_block(graph: Graph) -> str | None:
 
 
 def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
-               fuse: str = "full", fused_attention: bool = True) -> ModelWork:
+               fuse: str = "full", fused_attention: bool = True,
+               modules: frozenset[str] = frozenset()) -> ModelWork:
     """Split the graph's micro-batch work by section for one device of a `tp`-way split.
 
     `scale` converts captured bytes to the plan's precision (0.5 for BF16 from an FP32 capture).
     `fused_attention`: the device runs `scaled_dot_product_attention` as one fused kernel
     whatever its dropout (GPUs' FlashAttention), so the math fallback a CPU capture recorded
     is replaced by it (`fusion.fuse_attention`); False times the capture as it ran (a CPU,
-    whose fused kernel has no dropout).
+    whose fused kernel has no dropout). `modules`: the selective slots hold these Megatron
+    modules' recompute (`compiler.modules`) instead of the attention core's.
     """
     if fused_attention and fusion.has_sdpa_fallback(graph):
         graph = fusion.fuse_attention(graph, weight_derived(graph))
@@ -355,6 +365,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     if block is not None and graph.block(block).carry:
         residual_numel = math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
     labels = _section_of(graph, block)
+    sel = (selection(graph, block, modules, lambda o: _is_attention_core(o, graph))
+           if modules and block is not None else None)
     costs: dict[tuple[str, str], list[OpCost]] = {}
     selective: dict[str, list[OpCost]] = {}
     producer: dict[int, tuple[Op, str]] = {}
@@ -372,20 +384,24 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         # Megatron-LM's `output.float()` before its cross entropy).
         here = 1.0 if i in loss else scale
         moved = float(fusion.fused_bytes(graph, group, readers))
-        moved -= _mask_excess(graph, group, readers, masks, here)
+        moved -= mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split)
         cost = replace(cost, pointwise=sum(o.rule == "pointwise" for o in group),
                        library_calls=onednn_calls(group, graph))
         costs.setdefault((label, group[0].phase), []).append(cost)
-        if group[0].phase == "forward" and any(_is_attention_core(o, graph) for o in group):
+        if group[0].phase == "forward" and any(_replays(o, graph, sel) for o in group):
             selective.setdefault(label, []).append(cost)
     saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
-                               weights, masks)
+                               weights, masks, sel)
     sizes = param_sizes_by_section(graph, block, labels)
     params = {label: sum(v) for label, v in sizes.items()}
     tensors = {label: len(v) for label, v in sizes.items()}
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
+    if sel is not None and tp > 1:  # the modules' own collectives, replayed by their rerun
+        mine = ["rerun" if o.id in sel.ops else "" for o in graph.ops]
+        comms[("block", "rerun")] = tp_collectives(graph, mine, weights, split, sp,
+                                                   scale).get(("rerun", "forward"), [])
 
     def section(label: str) -> SectionWork:
         return SectionWork(forward=tuple(costs.get((label, "forward"), ())),
@@ -397,7 +413,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            params=params.get(label, 0),
                            tp_forward=tuple(comms.get((label, "forward"), ())),
                            tp_backward=tuple(comms.get((label, "backward"), ())),
-                           param_tensors=tensors.get(label, 0))
+                           param_tensors=tensors.get(label, 0),
+                           tp_recompute=tuple(comms.get((label, "rerun"), ())))
 
     totals = _optimizer_totals(graph)
     state = state_bytes(graph)
@@ -415,8 +432,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
 
 
 def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[int, bool, int],
-           scale: float, split: set[int], weights: set[int], masks: set[int]
-           ) -> tuple[dict[str, float], dict[str, float]]:
+           scale: float, split: set[int], weights: set[int], masks: set[int],
+           sel: Selection | None) -> tuple[dict[str, float], dict[str, float]]:
     """Bytes kept from forward for backward, per section, on one device of the split
     (`split_of` = tp, sp, residual numel). Tensors made from weights alone are not activations;
     dropout masks count 1 byte per element; norm and attention statistics stay FP32."""
@@ -442,7 +459,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[in
             else:
                 size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
             saved[made[1]] = saved.get(made[1], 0.0) + size
-            if _is_attention_core(made[0], graph):
+            if sel.drops(made[0], r.id) if sel else _is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
 
@@ -466,25 +483,6 @@ def _loss_groups(grouped: list[tuple[list[Op], str]]) -> set[int]:
     if not heads or not grads:
         return set()
     return ({i for i, _ in fwd if i > heads[-1]} | {i for i, _ in bwd if i < grads[0]})
-
-
-def dropout_masks(graph: Graph) -> set[int]:
-    """Root ids of dropout masks. The capture fills a float tensor with bernoulli; PyTorch's
-    dropout on a GPU (native_dropout) writes and keeps a 1-byte mask, as Megatron-LM's memory
-    accounting assumes: masks are counted at 1 byte per element, in memory and in traffic."""
-    return {root(graph, t).id for op in graph.ops if "bernoulli" in op.target
-            for t in op.outputs}
-
-
-def _mask_excess(graph: Graph, group: list[Op], readers: dict[int, set[int]],
-                 masks: set[int], scale: float) -> float:
-    """Captured bytes the group moves for dropout masks beyond 1 byte per element (the caller
-    multiplies by `scale`, hence the division)."""
-    if not masks:
-        return 0.0
-    moved = fusion.moved_tensors(graph, group, readers)
-    return sum(graph.tensors[r].bytes - math.prod(graph.tensors[r].shape) / scale
-               for r in moved & masks)
 
 
 def _optimizer_totals(graph: Graph) -> tuple[float, float]:

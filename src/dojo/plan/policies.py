@@ -13,6 +13,12 @@ forward except those ops, whose outputs it takes from the cache. Classes:
 Named policies: `matmuls` = `ops:mm+bmm+attention+conv` (save every matmul output, recompute the
 pointwise ops: PyTorch's "save compute-intensive ops" policy, torchtitan's op-level SAC);
 `ops:mm` saves the linears and recomputes attention.
+
+`recompute=modules:MODULES` is Megatron-Core's selective recompute by module
+(`--recompute-granularity selective --recompute-modules ...`, `dojo.compiler.modules`):
+`core_attn` (the attention core), `mla_up_proj` (MLA's query and key-value up projections with
+their norms and RoPE), `layernorm` (the block's two norms), `mlp` (a dense block's MLP; none in
+an MoE block), `moe_act` (the routed experts' activation), `moe` (the whole MoE layer).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from dojo.errors import ConfigError
 OP_CLASSES = ("mm", "bmm", "attention", "conv")
 NAMED = {"matmuls": OP_CLASSES}
 PREFIX = "ops:"
+MODULES = ("core_attn", "mla_up_proj", "layernorm", "mlp", "moe_act", "moe")
+MODULE_PREFIX = "modules:"
 
 
 def policy_classes(recompute: str) -> frozenset[str] | None:
@@ -33,12 +41,36 @@ def policy_classes(recompute: str) -> frozenset[str] | None:
     return frozenset(recompute[len(PREFIX):].split("+"))
 
 
+def policy_modules(recompute: str) -> frozenset[str] | None:
+    """The Megatron modules a module policy recomputes; None for any other setting."""
+    if not recompute.startswith(MODULE_PREFIX):
+        return None
+    return frozenset(recompute[len(MODULE_PREFIX):].split("+"))
+
+
+def rebuilds_selective(recompute: str) -> bool:
+    """Whether the setting is an op-level or module policy: its recompute kernels and dropped
+    bytes ride in the block's selective slots, one block rerun at a time."""
+    return policy_classes(recompute) is not None or policy_modules(recompute) is not None
+
+
 def check_recompute(value: str, source: str, fixed: tuple[str, ...]) -> None:
-    """Refuse a recompute setting that is neither one of `fixed` nor a valid op-level policy."""
+    """Refuse a recompute setting that is neither one of `fixed` nor a valid op-level or module
+    policy."""
     if value in fixed or value in NAMED:
         return
+    if value.startswith(MODULE_PREFIX):
+        names = value[len(MODULE_PREFIX):].split("+")
+        bad = [m for m in names if m not in MODULES]
+        if bad or len(set(names)) != len(names):
+            raise ConfigError(source, "recompute", value,
+                              f"modules:MODULE+MODULE... with modules from {', '.join(MODULES)} "
+                              f"(each once, e.g. modules:mla_up_proj+mlp); "
+                              f"'{'+'.join(bad) or value}' is not")
+        return
     expected = (f"one of {', '.join(fixed)}, {', '.join(NAMED)}, or ops:CLASS+CLASS... "
-                f"with classes from {', '.join(OP_CLASSES)} (e.g. ops:mm+attention)")
+                f"with classes from {', '.join(OP_CLASSES)} (e.g. ops:mm+attention), "
+                f"or modules:MODULE+MODULE... with modules from {', '.join(MODULES)}")
     if not value.startswith(PREFIX):
         raise ConfigError(source, "recompute", value, expected)
     classes = value[len(PREFIX):].split("+")

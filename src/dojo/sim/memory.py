@@ -17,7 +17,7 @@ from dojo.compiler.program import PRECISION_BYTES, Program
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan
-from dojo.plan.policies import policy_classes
+from dojo.plan.policies import rebuilds_selective
 from dojo.sim.fp8 import FP8_CACHE_BYTES_PER_PARAM
 from dojo.sim.overlap import grad_bytes
 from dojo.sim.pipeline import warm_units
@@ -75,7 +75,7 @@ def in_flight_bytes(program: Program, stage: int) -> float:
     # Full recompute rebuilds one block's activations at a time during backward.
     if plan.recompute == "full" and program.work.block is not None:
         peak += program.work.block.saved_bytes
-    elif policy_classes(plan.recompute) is not None and program.work.block is not None:
+    elif rebuilds_selective(plan.recompute) and program.work.block is not None:
         peak += max(0.0, program.work.block.selective_saved)  # one block rerun at a time
     return peak
 

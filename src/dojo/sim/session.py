@@ -34,7 +34,7 @@ from dojo.graph import Graph
 from dojo.hardware.loader import load_system
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, check_fit, validate_plan
-from dojo.plan.policies import policy_classes
+from dojo.plan.policies import policy_classes, policy_modules
 from dojo.sim.simulate import Result, simulate
 
 _CAPTURES: dict[tuple[Any, ...], tuple[Graph, Any]] = {}
@@ -123,6 +123,7 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
                                            fuse=plan.fusion, fused_attention=fused_attention),
                                 plan.cp, plan.tp)
     # FP8 activations (compiler.fp8), then an op-level recompute policy (compiler.recompute)
+    # or Megatron's module recompute (compiler.modules)
     classes = policy_classes(plan.recompute)
     steps = ["fp8"] if plan.precision == "fp8" else []
     steps += [plan.recompute] if classes is not None else []
@@ -135,7 +136,29 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
                                            fused_attention) if step == "fp8" else
                            apply_policy(_WORKS[parent], graph, classes or frozenset(), plan.tp,
                                         plan.sp, scale, fused_attention))
+    modules = policy_modules(plan.recompute)
+    if modules is not None:
+        key, parent = (*key, plan.recompute), key
+        if key not in _WORKS:
+            graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
+                                derive)
+            mine = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
+                                        fuse=plan.fusion, fused_attention=fused_attention,
+                                        modules=modules), plan.cp, plan.tp)
+            _WORKS[key] = with_modules(_WORKS[parent], mine)
     return _WORKS[key]
+
+
+def with_modules(work: ModelWork, mine: ModelWork) -> ModelWork:
+    """`work` (ready but for recompute, FP8 included) with its block's selective slots and
+    replayed tp collectives taken from `mine`, the same capture compiled under a module policy
+    (`compiler.modules`; the dropped bytes are sized at the plan's activation precision, before
+    FP8)."""
+    if work.block is None or mine.block is None:
+        return work
+    return dataclasses.replace(work, block=dataclasses.replace(
+        work.block, recompute_selective=mine.block.recompute_selective,
+        selective_saved=mine.block.selective_saved, tp_recompute=mine.block.tp_recompute))
 
 
 def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None

@@ -18,6 +18,7 @@ from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan
+from dojo.plan.policies import policy_modules
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import stage_param_tensors, sync_host_time
@@ -214,7 +215,9 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
 
     recompute = rec + tp(chunk.tp_recompute, chunk.recompute)
     ring_f, ring_b = _ring_times(program, dev, chunk.blocks)
-    if program.plan.recompute != "none":   # the attention core, and its ring, run again
+    modules = policy_modules(program.plan.recompute)
+    if program.plan.recompute != "none" and (modules is None or "core_attn" in modules):
+        # the attention core, and its ring, run again
         recompute += ring_f
     return ChunkTimes(forward=fwd, backward=bwd, recompute=recompute,
                       tp_forward=tp(chunk.tp_forward, chunk.forward),

@@ -14,7 +14,7 @@ from dojo.compiler.experts import MoeLayout
 from dojo.compiler.program import _saved
 from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, microbatches, plan_split
-from dojo.plan.policies import policy_classes
+from dojo.plan.policies import rebuilds_selective
 from dojo.sim.memory import peak_in_flight, state_memory
 
 
@@ -42,11 +42,13 @@ def chunk_saved(work: ModelWork, plan: Plan) -> list[float]:
     `compiler.program` counts them: checkpointing applies to the repeated blocks only)."""
     chunks = plan.pp * plan.interleave
     split = plan_split(plan, work.repeat) if work.block else None
+    # an op-level or module policy's drops ride in the selective slots (compiler.program)
+    recompute = "selective" if rebuilds_selective(plan.recompute) else plan.recompute
     out = []
     for v in range(chunks):
         saved = _saved(work.pre, "none") if v == 0 else 0.0
         if work.block is not None and split:
-            saved += _saved(work.block, plan.recompute) * split[v]
+            saved += _saved(work.block, recompute) * split[v]
         saved += _saved(work.post, "none") if v == chunks - 1 else 0.0
         out.append(saved)
     return out
@@ -60,7 +62,7 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
     extra = 0.0   # the one block a recompute reruns at a time (`memory.in_flight_bytes`)
     if plan.recompute == "full" and work.block is not None:
         extra = work.block.saved_bytes
-    elif policy_classes(plan.recompute) is not None and work.block is not None:
+    elif rebuilds_selective(plan.recompute) and work.block is not None:
         extra = max(0.0, work.block.selective_saved)
     return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved) + extra
             for s in range(plan.pp)]

@@ -1,0 +1,135 @@
+"""Megatron-Core's per-module recompute (recompute=modules:...) against closed forms.
+
+A Llama block (RMSNorm computed as x * rsqrt(mean(x^2) + eps) * w, SwiGLU w2(silu(w1 x) * w3 x),
+fused attention), s b tokens, hidden h, ffn f, a heads, BF16 activations (2 bytes):
+- `mlp` drops w1's and w3's outputs, silu's and the product (4 s b f elements: 8 s b f bytes)
+  and reruns the three GEMMs (6 s b h f FLOP); under tp=2 with sp it replays the MLP's
+  all-gather and reduce-scatter (2 s b h bytes each);
+- `layernorm` drops each norm's rsqrt (s b), x * rsqrt and output (2 s b h): 8 s b h + 4 s b
+  bytes for the block's two norms, and keeps their input (the residual);
+- `core_attn` drops the attention kernel's output and its FP32 logsumexp (2 s b h + 4 a s b
+  bytes; the output projection's input is a copy outside the module) and reruns the kernel.
+A DeepSeek MoE block (T = s b tokens, E experts of ffn F, top k, capacity rows C = T k / E):
+- `moe_act` drops silu's output and the product (2 E C F elements), reruns no GEMM;
+- `moe` drops what the MoE layer saves but its input and reruns its GEMMs: the router
+  (2 T h E), the experts (3 x 2 E C h F) and the shared expert (3 x 2 T h F);
+- `mla_up_proj` drops at least q, k and v (3 b nh s (dn + dr) elements) and the two norm
+  outputs (s b (rq + rkv)), keeps the down projections' outputs, reruns the two up GEMMs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dojo.errors import ConfigError
+from dojo.hardware.loader import load_system
+from dojo.plan.plan import parse_plan
+from dojo.sim.session import compile_model
+
+S, B, H, A, F, L = 256, 2, 128, 4, 256, 2
+SB, SBH = S * B, S * B * H
+LLAMA = {"layers": L, "hidden": H, "heads": A, "kv_heads": A, "ffn": F, "seq": S, "vocab": 512}
+DS = {"layers": 3, "hidden": 64, "heads": 4, "kv_heads": 4, "ffn": 128, "expert_ffn": 32,
+      "experts": 8, "top_k": 2, "groups": 4, "group_top_k": 2, "q_lora_rank": 32,
+      "kv_lora_rank": 16, "qk_nope_dim": 16, "qk_rope_dim": 8, "v_dim": 16, "dense_layers": 1,
+      "seq": 40, "vocab": 512}
+
+
+def _program(model: str, shape: dict, plan: str, devices: int = 1):  # type: ignore[no-untyped-def]
+    spec = load_system("h100-cluster", devices=devices)
+    return compile_model(model, shape, spec, parse_plan(plan), B)[0]
+
+
+def _dropped(model: str, shape: dict, plan: str, modules: str, devices: int = 1) -> float:
+    """Bytes one block instance drops under `modules` (chunk 0 holds every block)."""
+    none = _program(model, shape, plan, devices)
+    mod = _program(model, shape, f"{plan},recompute=modules:{modules}", devices)
+    blocks = none.chunks[0].blocks
+    return (none.chunks[0].saved_bytes - mod.chunks[0].saved_bytes) / blocks
+
+
+def _rerun_gemm_flops(model: str, shape: dict, plan: str) -> float:
+    chunk = _program(model, shape, plan).chunks[0]
+    return sum(o.flops for o in chunk.recompute if o.kind == "matrix") / chunk.blocks
+
+
+def test_mlp_drops_the_swiglu_intermediates_and_reruns_its_gemms() -> None:
+    assert _dropped("llama", LLAMA, f"mb={B}", "mlp") == pytest.approx(8 * SB * F)
+    assert _rerun_gemm_flops("llama", LLAMA, f"mb={B},recompute=modules:mlp") == \
+        pytest.approx(6 * SBH * F)
+
+
+def test_layernorm_drops_both_norms_outputs_and_statistics() -> None:
+    assert _dropped("llama", LLAMA, f"mb={B}", "layernorm") == pytest.approx(8 * SBH + 4 * SB)
+    assert _rerun_gemm_flops("llama", LLAMA, f"mb={B},recompute=modules:layernorm") == 0.0
+
+
+def test_core_attn_drops_the_kernel_output_and_logsumexp() -> None:
+    dropped = _dropped("llama", LLAMA, f"mb={B}", "core_attn")
+    lse, rng = 4 * A * SB, 2 * 8   # FP32 logsumexp; Philox seed and offset at most
+    assert 2 * SBH + lse <= dropped <= 2 * SBH + lse + rng
+    chunk = _program("llama", LLAMA, f"mb={B},recompute=modules:core_attn").chunks[0]
+    assert [o.target for o in chunk.recompute] == \
+        [o.target for o in chunk.forward if "attention" in o.target]
+
+
+def test_modules_add_up_when_disjoint() -> None:
+    each = sum(_dropped("llama", LLAMA, f"mb={B}", m) for m in ("mlp", "layernorm", "core_attn"))
+    assert _dropped("llama", LLAMA, f"mb={B}", "mlp+layernorm+core_attn") == pytest.approx(each)
+
+
+def test_mlp_replays_its_tp_collectives_and_core_attn_none() -> None:
+    plan = f"tp=2,sp=on,mb={B}"
+    mlp = _program("llama", LLAMA, f"{plan},recompute=modules:mlp", 2).chunks[0]
+    assert sorted((c.kind, c.nbytes) for c in mlp.tp_recompute) == \
+        sorted([("all_gather", 2.0 * SBH), ("reduce_scatter", 2.0 * SBH)] * mlp.blocks)
+    attn = _program("llama", LLAMA, f"{plan},recompute=modules:core_attn", 2).chunks[0]
+    assert attn.tp_recompute == ()
+    # with sp every saved tensor of the MLP splits: half the bytes per device
+    assert _dropped("llama", LLAMA, plan, "mlp", 2) == pytest.approx(8 * SB * F / 2)
+
+
+def _moe_sizes() -> tuple[int, int, int, int, int]:
+    t, e, k = B * DS["seq"], DS["experts"], DS["top_k"]
+    return t, e, -(-t * k // e), DS["expert_ffn"], DS["hidden"]
+
+
+def test_moe_act_drops_the_experts_activation_only() -> None:
+    t, e, c, f, h = _moe_sizes()
+    assert _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") == pytest.approx(2 * 2 * e * c * f)
+    assert _rerun_gemm_flops("deepseek-v3", DS, f"mb={B},recompute=modules:moe_act") == 0.0
+
+
+def test_moe_reruns_router_experts_and_shared_expert() -> None:
+    t, e, c, f, h = _moe_sizes()
+    gemms = 2 * t * h * e + 6 * e * c * h * f + 6 * t * h * f
+    assert _rerun_gemm_flops("deepseek-v3", DS, f"mb={B},recompute=modules:moe") == \
+        pytest.approx(gemms)
+    # the whole layer's saved tensors include moe_act's and the experts' inputs and outputs
+    assert _dropped("deepseek-v3", DS, f"mb={B}", "moe") > \
+        _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") + 2 * 2 * e * c * f
+
+
+def test_mlp_is_empty_in_an_moe_block() -> None:
+    assert _dropped("deepseek-v3", DS, f"mb={B}", "mlp") == 0.0
+
+
+def test_mla_up_proj_drops_q_k_v_and_the_latent_norms() -> None:
+    s, nh, qk = DS["seq"], DS["heads"], DS["qk_nope_dim"] + DS["qk_rope_dim"]
+    latent = s * B * (DS["q_lora_rank"] + DS["kv_lora_rank"])
+    floor = 2 * (3 * B * nh * s * qk + latent)
+    dropped = _dropped("deepseek-v3", DS, f"mb={B}", "mla_up_proj")
+    assert floor <= dropped
+    # at most also the up GEMMs' outputs, the norms' x * rsqrt and statistics, rope's halves
+    assert dropped <= floor + 2 * (B * s * nh * (qk + DS["qk_nope_dim"] + DS["v_dim"]) + latent
+                                   + 2 * s * B + 2 * B * nh * s * DS["qk_rope_dim"])
+    rq, rkv = DS["q_lora_rank"], DS["kv_lora_rank"]
+    up = 2 * s * B * (rq * nh * qk + rkv * nh * (DS["qk_nope_dim"] + DS["v_dim"]))
+    assert _rerun_gemm_flops("deepseek-v3", DS, f"mb={B},recompute=modules:mla_up_proj") == \
+        pytest.approx(up)
+
+
+@pytest.mark.parametrize("value", ["modules:attn", "modules:mlp+mlp", "modules:"])
+def test_unknown_module_is_refused_naming_the_valid_ones(value: str) -> None:
+    with pytest.raises(ConfigError, match="recompute.*core_attn, mla_up_proj, layernorm, mlp"):
+        parse_plan(f"recompute={value}")
