@@ -41,15 +41,17 @@ def _program(model: str, shape: dict, plan: str, devices: int = 1):  # type: ign
 
 
 def _dropped(model: str, shape: dict, plan: str, modules: str, devices: int = 1) -> float:
-    """Bytes one block instance drops under `modules` (chunk 0 holds every block)."""
-    none = _program(model, shape, plan, devices)
-    mod = _program(model, shape, f"{plan},recompute=modules:{modules}", devices)
-    blocks = none.chunks[0].blocks
-    return (none.chunks[0].saved_bytes - mod.chunks[0].saved_bytes) / blocks
+    """Bytes one repeated block drops under `modules`: on the last of 2 pipeline stages (its
+    blocks and the head; the first stage also holds the embedding and any dense layers)."""
+    plan = f"{plan},pp=2"
+    none = _program(model, shape, plan, 2 * devices).chunks[-1]
+    mod = _program(model, shape, f"{plan},recompute=modules:{modules}", 2 * devices).chunks[-1]
+    return (none.saved_bytes - mod.saved_bytes) / none.blocks
 
 
 def _rerun_gemm_flops(model: str, shape: dict, plan: str) -> float:
-    chunk = _program(model, shape, plan).chunks[0]
+    """Matrix FLOP one repeated block reruns (last of 2 pipeline stages, as `_dropped`)."""
+    chunk = _program(model, shape, f"{plan},pp=2", 2).chunks[-1]
     return sum(o.flops for o in chunk.recompute if o.kind == "matrix") / chunk.blocks
 
 
@@ -110,8 +112,13 @@ def test_moe_reruns_router_experts_and_shared_expert() -> None:
         _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") + 2 * 2 * e * c * f
 
 
-def test_mlp_is_empty_in_an_moe_block() -> None:
+def test_mlp_applies_to_the_dense_layers_only() -> None:
+    """DeepSeek's dense layer rides with the embedding (`pre`): its MLP is recomputed, the MoE
+    blocks' is not (Megatron skips an MoE layer)."""
     assert _dropped("deepseek-v3", DS, f"mb={B}", "mlp") == 0.0
+    none = _program("deepseek-v3", DS, f"mb={B},pp=2", 2).chunks[0]
+    mlp = _program("deepseek-v3", DS, f"mb={B},pp=2,recompute=modules:mlp", 2).chunks[0]
+    assert none.saved_bytes - mlp.saved_bytes == pytest.approx(8 * B * DS["seq"] * DS["ffn"])
 
 
 def test_mla_up_proj_drops_q_k_v_and_the_latent_norms() -> None:

@@ -3,8 +3,10 @@ dojo.plan.policies): which of a block's forward ops each module covers, and whic
 tensors the module drops.
 
 Megatron-Core (`TransformerConfig.recompute_modules`) checkpoints submodules of every
-transformer layer; from the captured graph, a module is the block's forward ops whose module
-path (`Op.layer`, relative to the block instance) lies in:
+transformer layer, the repeated blocks and any others (DeepSeek-V3's dense layers ride in the
+`pre` section); from the captured graph, a module is the forward ops of a layer instance (a
+module path with an index, `blocks.3`, `dense.0`) whose path (`Op.layer`, relative to the
+instance) lies in:
 - `core_attn`: the attention core (the fused attention kernel, or unfused attention's scores,
   softmax, dropout and context: what `selective` replays);
 - `mla_up_proj`: multi-latent attention's up projections, q_norm, q_b, kv_norm, kv_b, and the
@@ -48,13 +50,19 @@ class Selection:
         return op.id in self.ops and tensor not in self.kept
 
 
-def relative(layer: str | None) -> str:
-    """A module path relative to its block instance: `blocks.3.attn.q_b` -> `attn.q_b`."""
+def split_path(layer: str | None) -> tuple[str, str]:
+    """(instance, path relative to it): `blocks.3.attn.q_b` -> (`blocks.3`, `attn.q_b`);
+    ("", "") outside any indexed layer (embedding, final norm, head)."""
     parts = (layer or "").split(".")
     for i, part in enumerate(parts):
         if part.isdigit():
-            return ".".join(parts[i + 1:])
-    return layer or ""
+            return ".".join(parts[:i + 1]), ".".join(parts[i + 1:])
+    return "", ""
+
+
+def relative(layer: str | None) -> str:
+    """A module path relative to its layer instance: `blocks.3.attn.q_b` -> `attn.q_b`."""
+    return split_path(layer)[1]
 
 
 def module_of(ops: list[Op], core: Callable[[Op], bool], moe: bool) -> dict[str, set[int]]:
@@ -81,15 +89,22 @@ def module_of(ops: list[Op], core: Callable[[Op], bool], moe: bool) -> dict[str,
     return out
 
 
-def selection(graph: Graph, block: str, modules: frozenset[str],
-              core: Callable[[Op], bool]) -> Selection:
-    """The ops of `modules` in the `block` template and the outputs normal checkpoints keep
+def selection(graph: Graph, modules: frozenset[str], core: Callable[[Op], bool]) -> Selection:
+    """The ops of `modules` in every layer instance and the outputs normal checkpoints keep
     (`core`: whether an op is the attention core, `work._is_attention_core`)."""
-    forward = [op for op in graph.ops if op.phase == "forward" and op.block == block]
-    moe = any(".experts" in f".{relative(op.layer)}" for op in forward)
-    found = module_of(forward, core, moe)
-    ops = set().union(*(found[m] for m in modules))
-    discard = set().union(*(found[m] for m in modules & DISCARD))
+    forward = [op for op in graph.ops if op.phase == "forward"]
+    layers: dict[str, list[Op]] = {}
+    for op in forward:
+        name = split_path(op.layer)[0]
+        if name:
+            layers.setdefault(name, []).append(op)
+    ops: set[int] = set()
+    discard: set[int] = set()
+    for mine in layers.values():
+        moe = any(".experts" in f".{relative(op.layer)}" for op in mine)
+        found = module_of(mine, core, moe)
+        ops |= set().union(*(found[m] for m in modules))
+        discard |= set().union(*(found[m] for m in modules & DISCARD))
     normal = ops - discard
     made = {root(graph, t).id for op in forward if op.id in normal for t in op.outputs}
     kept = {r for op in forward if op.id not in ops and op.rule in fusion.MATRIX_RULES

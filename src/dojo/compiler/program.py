@@ -177,7 +177,9 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
         params += sec.params * n
         # Checkpointing applies to the repeated blocks (their inputs are the checkpoints);
         # embeddings, heads and models without blocks keep their activations.
-        recompute = plan.recompute if sec is work.block else "none"
+        # (Megatron's module recompute applies to every layer, the dense ones in `pre` too.)
+        modular = policy_modules(plan.recompute) is not None
+        recompute = plan.recompute if sec is work.block or modular else "none"
         classes = policy_classes(recompute)
         if classes is not None:  # op-level policy: in the selective slots (compiler.recompute)
             recompute = "selective"

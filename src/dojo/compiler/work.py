@@ -365,8 +365,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     if block is not None and graph.block(block).carry:
         residual_numel = math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
     labels = _section_of(graph, block)
-    sel = (selection(graph, block, modules, lambda o: _is_attention_core(o, graph))
-           if modules and block is not None else None)
+    sel = (selection(graph, modules, lambda o: _is_attention_core(o, graph))
+           if modules else None)
     costs: dict[tuple[str, str], list[OpCost]] = {}
     selective: dict[str, list[OpCost]] = {}
     producer: dict[int, tuple[Op, str]] = {}
@@ -399,9 +399,10 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
     if sel is not None and tp > 1:  # the modules' own collectives, replayed by their rerun
-        mine = ["rerun" if o.id in sel.ops else "" for o in graph.ops]
-        comms[("block", "rerun")] = tp_collectives(graph, mine, weights, split, sp,
-                                                   scale).get(("rerun", "forward"), [])
+        mine = [f"{lab} rerun" if o.id in sel.ops else "" for o, lab in zip(graph.ops, labels)]
+        rerun = tp_collectives(graph, mine, weights, split, sp, scale)
+        comms |= {(lab, "rerun"): rerun.get((f"{lab} rerun", "forward"), [])
+                  for lab in ("pre", "block", "post")}
 
     def section(label: str) -> SectionWork:
         return SectionWork(forward=tuple(costs.get((label, "forward"), ())),

@@ -28,7 +28,7 @@ from dojo.compiler.fp8 import fp8_activations
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.recompute import apply_policy
-from dojo.compiler.work import ModelWork, main_block, model_work
+from dojo.compiler.work import ModelWork, SectionWork, main_block, model_work
 from dojo.errors import ConfigError
 from dojo.graph import Graph
 from dojo.hardware.loader import load_system
@@ -150,15 +150,19 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
 
 
 def with_modules(work: ModelWork, mine: ModelWork) -> ModelWork:
-    """`work` (ready but for recompute, FP8 included) with its block's selective slots and
+    """`work` (ready but for recompute, FP8 included) with its sections' selective slots and
     replayed tp collectives taken from `mine`, the same capture compiled under a module policy
     (`compiler.modules`; the dropped bytes are sized at the plan's activation precision, before
     FP8)."""
-    if work.block is None or mine.block is None:
-        return work
-    return dataclasses.replace(work, block=dataclasses.replace(
-        work.block, recompute_selective=mine.block.recompute_selective,
-        selective_saved=mine.block.selective_saved, tp_recompute=mine.block.tp_recompute))
+    def section(sec: SectionWork, new: SectionWork) -> SectionWork:
+        return dataclasses.replace(sec, recompute_selective=new.recompute_selective,
+                                   selective_saved=new.selective_saved,
+                                   tp_recompute=new.tp_recompute)
+
+    block = (section(work.block, mine.block) if work.block is not None and
+             mine.block is not None else work.block)
+    return dataclasses.replace(work, pre=section(work.pre, mine.pre), block=block,
+                               post=section(work.post, mine.post))
 
 
 def context_seq(model: str, overrides: Mapping[str, Any], plan: Plan, seq: int | None

@@ -14,7 +14,7 @@ from dojo.compiler.experts import MoeLayout
 from dojo.compiler.program import _saved
 from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, microbatches, plan_split
-from dojo.plan.policies import rebuilds_selective
+from dojo.plan.policies import policy_modules, rebuilds_selective
 from dojo.sim.memory import peak_in_flight, state_memory
 
 
@@ -44,12 +44,13 @@ def chunk_saved(work: ModelWork, plan: Plan) -> list[float]:
     split = plan_split(plan, work.repeat) if work.block else None
     # an op-level or module policy's drops ride in the selective slots (compiler.program)
     recompute = "selective" if rebuilds_selective(plan.recompute) else plan.recompute
+    edge = "selective" if policy_modules(plan.recompute) is not None else "none"
     out = []
     for v in range(chunks):
-        saved = _saved(work.pre, "none") if v == 0 else 0.0
+        saved = _saved(work.pre, edge) if v == 0 else 0.0
         if work.block is not None and split:
             saved += _saved(work.block, recompute) * split[v]
-        saved += _saved(work.post, "none") if v == chunks - 1 else 0.0
+        saved += _saved(work.post, edge) if v == chunks - 1 else 0.0
         out.append(saved)
     return out
 
