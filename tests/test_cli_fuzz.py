@@ -192,7 +192,8 @@ VALUES.update({
         "dp=8,cp=0", "dp=4,cp=2", "dp=8,ep=2", "dp=8,ep=0", "dp=8,precision=fp9",
         "dp=8,fp8_params=on", "dp=8,fp8_params=maybe", "dp=8,tp_overlap=on", "dp=8,tp_overlap=x",
         "dp=8,grad_reduce=fp3", "dp=8,recompute=ops:", "dp=8,recompute=ops:nosuchop",
-        "dp=8,recompute=ops:mm,mm", "dp=8,cp_comm=xx", "dp=8,imbalance=1e300",
+        "dp=8,recompute=ops:mm,mm", "dp=8,recompute=modules:attn", "dp=8,recompute=modules:",
+        "dp=8,cp_comm=xx", "dp=8,imbalance=1e300",
         "dp=8,imbalance=nan", f"dp=8,cp={10 ** r.randint(13, 30)}", "dp=8,stages=1+1"]),
     **VERB_VALUES,
 })

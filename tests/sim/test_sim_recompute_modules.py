@@ -97,7 +97,7 @@ def _moe_sizes() -> tuple[int, int, int, int, int]:
 
 
 def test_moe_act_drops_the_experts_activation_only() -> None:
-    t, e, c, f, h = _moe_sizes()
+    _, e, c, f, _ = _moe_sizes()
     assert _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") == pytest.approx(2 * 2 * e * c * f)
     assert _rerun_gemm_flops("deepseek-v3", DS, f"mb={B},recompute=modules:moe_act") == 0.0
 
@@ -138,5 +138,17 @@ def test_mla_up_proj_drops_q_k_v_and_the_latent_norms() -> None:
 
 @pytest.mark.parametrize("value", ["modules:attn", "modules:mlp+mlp", "modules:"])
 def test_unknown_module_is_refused_naming_the_valid_ones(value: str) -> None:
-    with pytest.raises(ConfigError, match="recompute.*core_attn, mla_up_proj, layernorm, mlp"):
+    with pytest.raises(ConfigError, match=r"recompute.*core_attn, mla_up_proj, layernorm, mlp"):
         parse_plan(f"recompute={value}")
+
+
+def test_simulate_refuses_an_unknown_module_in_one_line(capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from dojo.cli.main import main
+
+    status = main(["simulate", "mlp", "--system", "h100-cluster:1", "--plan",
+                   "dp=1,recompute=modules:mlp+attn"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1
+    assert "'recompute'" in err and "core_attn, mla_up_proj, layernorm, mlp, moe_act, moe" in err
