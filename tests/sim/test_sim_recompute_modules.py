@@ -152,3 +152,15 @@ def test_simulate_refuses_an_unknown_module_in_one_line(capsys: pytest.CaptureFi
     assert status == 2
     assert len(err.splitlines()) == 1
     assert "'recompute'" in err and "core_attn, mla_up_proj, layernorm, mlp, moe_act, moe" in err
+
+
+@pytest.mark.parametrize("recompute", ["modules:mla_up_proj+mlp", "ops:mm"])
+def test_stage_bound_matches_the_memory_walk(recompute: str) -> None:
+    """The plan search's per-stage activations (`stagemem`) count a policy's drops, the dense
+    layers' included, as the memory walk does."""
+    from dojo.sim.memory import in_flight_bytes
+    from dojo.sim.stagemem import stage_activations
+
+    program = _program("deepseek-v3", DS, f"pp=2,mb={B},recompute={recompute}", 2)
+    walk = [in_flight_bytes(program, s) for s in range(2)]
+    assert stage_activations(program.work, program.plan, B) == pytest.approx(walk)

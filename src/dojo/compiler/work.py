@@ -52,7 +52,7 @@ class SectionWork:
     backward: tuple[OpCost, ...]
     recompute_selective: tuple[OpCost, ...]
     saved_bytes: float        # activations kept for backward, per micro-batch, this device
-    selective_saved: float    # of which produced by the attention core (dropped by selective)
+    selective_saved: float    # of which the attention core's (selective) or a policy's drops
     input_bytes: float        # bytes of the section's input (kept under full recompute)
     params: int               # trainable parameters of the section (whole model, not split)
     # The tp group's collectives, (kind, bytes per member), in issue order (`tp_collectives`)
