@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     check_model(args.model, overrides, args.seq)
     print(f"searching plans for {args.model} on {spec.name} (batch {batch})...", file=sys.stderr)
     found = best_plan(args.model, overrides, spec, batch, args.seq, top=args.top)
+    summary = (f"{found.considered} plans considered, {found.evaluated} simulated, "
+               f"{found.search_s:.2f} s")
     if args.json:
+        # The wall time goes to stderr: stdout is the same bytes for the same inputs.
+        print(summary, file=sys.stderr)
         print_json(found.to_json())
         return 0
     print(f"best: {found.best.plan.text()}  {found.best.step_time_s:.4g} s/step  "
@@ -56,6 +60,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {family}: {reason}")
         if len(found.rejected) > 10:
             print(f"  ... and {len(found.rejected) - 10} more families")
-    print(f"\n{found.considered} plans considered, {found.evaluated} simulated, "
-          f"{found.search_s:.2f} s")
+    print(f"\n{summary}")
     return 0

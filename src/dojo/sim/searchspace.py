@@ -55,10 +55,10 @@ class Search:
     considered: int
 
     def to_json(self) -> dict[str, Any]:
+        """The search's result without `search_s` (wall seconds): same inputs, same bytes."""
         return {"best": self.best.to_json(),
                 "candidates": [c.to_json() for c in self.candidates],
-                "rejected": [{"family": f, "reason": r} for f, r in self.rejected],
-                "search_s": self.search_s}
+                "rejected": [{"family": f, "reason": r} for f, r in self.rejected]}
 
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
