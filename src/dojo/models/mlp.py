@@ -5,7 +5,6 @@ Inputs: features (B, inputs) float32; output: logits (B, classes); target: class
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +26,19 @@ class MLPConfig(TrainConfig):
 
 
 def make_mlp(cfg: MLPConfig) -> nn.Module:
-    dims = [cfg.inputs] + [cfg.hidden] * cfg.layers
-    parts: list[nn.Module] = []
-    for d_in, d_out in itertools.pairwise(dims):
-        parts += [nn.Linear(d_in, d_out), nn.ReLU()]
+    """Sequential(first layer, Sequential(the `layers - 1` hidden layers), classifier).
+
+    Each layer is a Sequential(Linear, ReLU) and the hidden ones sit in one stack of identical
+    blocks, so the capture traces two of them and folds the rest (`dojo.capture.blocks`): the
+    capture's work is bounded by the model's structure, not by `layers`. Parameters are created
+    in the same order as a flat stack, so a seed gives the same initial weights.
+    """
+    def layer(d_in: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU())
+
+    parts = [layer(cfg.inputs)]
+    if cfg.layers > 1:
+        parts.append(nn.Sequential(*(layer(cfg.hidden) for _ in range(cfg.layers - 1))))
     return nn.Sequential(*parts, nn.Linear(cfg.hidden, cfg.classes))
 
 
