@@ -25,8 +25,13 @@ A slices file (TOML):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import os
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +118,10 @@ def connect(catalog: str, slices: dict[str, Slice] | None = None) -> Any:
     import duckdb
 
     con = duckdb.connect()
+    # DuckDB's own bounds (its buffer pool, its threads) and no progress bar on stdout
+    con.execute(f"SET memory_limit = '{QUERY_MEMORY_BYTES}B'")
+    con.execute(f"SET threads = {min(os.cpu_count() or 1, QUERY_THREADS)}")
+    con.execute("SET enable_progress_bar = false")
     fs, path = store.resolve(catalog)
     local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     if not local:
@@ -141,7 +150,11 @@ def add_slices(con: Any, slices: dict[str, Slice]) -> None:
                               f"a SQL condition on the clips view ({_first_line(err)})") from None
 
 
-MAX_ROWS = 1_000_000  # rows one query may print: about 100 bytes each in memory
+MAX_ROWS = 1_000_000  # rows one query may print
+MAX_RESULT_BYTES = 256 << 20  # Python bytes of the rows one query may hold (sys.getsizeof)
+QUERY_MEMORY_BYTES = 2 << 30  # DuckDB's memory_limit and the address space a query may add
+QUERY_THREADS = 4
+FETCH_ROWS = 10_000  # rows per batch fetched, so the byte cap stops within one batch
 QUERY_LIMIT_S = 300.0  # one query's wall time (100,000 clips take under 1 s: docs/benchmarks.md)
 
 
@@ -164,8 +177,13 @@ def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     timer.daemon = True
     timer.start()
     try:
-        result = con.execute(sql)
-        rows = result.fetchmany(MAX_ROWS + 1)
+        with _address_space(QUERY_MEMORY_BYTES):
+            result = con.execute(sql)
+            rows = _fetch(result)
+    except (duckdb.OutOfMemoryException, MemoryError):
+        # repeat('x', 2e9) is built outside DuckDB's pool: the address-space cap stops it
+        raise DojoError(f"the query needs more than {QUERY_MEMORY_BYTES >> 20:,} MiB of memory "
+                        "and was stopped; narrow it with WHERE, LIMIT or smaller values") from None
     except duckdb.InterruptException:
         raise DojoError(f"the query ran past {QUERY_LIMIT_S:g} s and was stopped; narrow it "
                         "with WHERE, LIMIT or fewer joins") from None
@@ -173,10 +191,51 @@ def run_sql(con: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         raise DojoError(f"bad SQL: {_first_line(err)}") from None
     finally:
         timer.cancel()
-    if len(rows) > MAX_ROWS:  # memory bounded by this, not by the query (range(10^10))
-        raise DojoError(f"the query returns more than {MAX_ROWS:,} rows; narrow it with WHERE, "
-                        "LIMIT or an aggregate")
     return [d[0] for d in result.description], rows
+
+
+def _fetch(result: Any) -> list[tuple[Any, ...]]:
+    """The rows of `result`, fetched in batches and stopped at `MAX_ROWS` rows or
+    `MAX_RESULT_BYTES` bytes held in Python (a DojoError naming the cap)."""
+    rows: list[tuple[Any, ...]] = []
+    held = 0
+    while batch := result.fetchmany(FETCH_ROWS):
+        rows += batch
+        # each cell's bytes and each row's tuple (map over C calls: 1M cells in about 0.3 s)
+        held += sum(map(sys.getsizeof, itertools.chain.from_iterable(batch))) \
+            + len(batch) * sys.getsizeof(batch[0])
+        if len(rows) > MAX_ROWS:  # memory bounded by this, not by the query (range(10^10))
+            raise DojoError(f"the query returns more than {MAX_ROWS:,} rows; narrow it with "
+                            "WHERE, LIMIT or an aggregate")
+        if held > MAX_RESULT_BYTES:
+            raise DojoError(f"the query's rows pass {MAX_RESULT_BYTES >> 20:,} MiB in memory "
+                            "(the cap); narrow it with WHERE, LIMIT, fewer columns or an "
+                            "aggregate")
+    return rows
+
+
+@contextlib.contextmanager
+def _address_space(extra: int) -> Iterator[None]:
+    """Cap this process's address space at its size now plus `extra` bytes while the block
+    runs (Linux; elsewhere no cap): an allocation past it fails instead of swapping."""
+    size = _address_size()
+    if size is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def slice_members(con: Any, slices: dict[str, Slice], column: str = "clip_hash"
@@ -192,3 +251,14 @@ def _quote(text: str) -> str:
 
 def _first_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
+
+
+def _address_size() -> int | None:
+    """This process's address space now, bytes (None where /proc or `resource` is missing)."""
+    try:
+        import resource  # noqa: F401  (Unix only)
+
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
+    except (ImportError, OSError, StopIteration, ValueError):
+        return None
