@@ -4,7 +4,8 @@
     dojo jobs | dojo logs JOB [-f] | dojo cancel JOB | dojo usage
 
 `--server` (default $DOJO_SERVER or http://127.0.0.1:8600); the token comes from DOJO_TOKEN or
-~/.config/dojo/token.
+~/.config/dojo/token. `--timeout-s` (default $DOJO_TIMEOUT_S or 30) bounds each request: a
+server that accepts the connection and never answers is one line after it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from dojo.cli.common import parse_sets, print_json
 
 DEFAULT_SERVER = "http://127.0.0.1:8600"
+DEFAULT_TIMEOUT_S = 30.0  # seconds one request may wait for the server's answer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,13 +58,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default=os.environ.get("DOJO_SERVER", DEFAULT_SERVER),
                    help=f"service URL (default $DOJO_SERVER or {DEFAULT_SERVER})")
+    p.add_argument("--timeout-s", default=os.environ.get("DOJO_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+                   help="seconds each request waits for the server's answer (default "
+                   f"$DOJO_TIMEOUT_S or {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from dojo.client import Client
+    import math
 
-    return Client(args.server)
+    from dojo.client import Client
+    from dojo.errors import ConfigError
+
+    given = "DOJO_TIMEOUT_S" if args.timeout_s == os.environ.get("DOJO_TIMEOUT_S") \
+        else "--timeout-s"
+    try:
+        timeout_s = float(args.timeout_s)
+    except ValueError:
+        timeout_s = math.nan
+    if not (math.isfinite(timeout_s) and 0 < timeout_s <= 86400):
+        raise ConfigError(given, "timeout_s", args.timeout_s, "seconds, > 0 and <= 86400")
+    return Client(args.server, timeout_s=timeout_s)
 
 
 def check_submit(args: argparse.Namespace) -> None:

@@ -121,6 +121,10 @@ class Client:
             raise ServiceError(err.code, f"{self.server}: {err.code} {detail}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
+            if isinstance(reason, TimeoutError):  # connected, or connecting, and no answer
+                raise ServiceError(0, f"{self.server}: no answer within {self.timeout_s:g} s "
+                                   "(the client's timeout: --timeout-s or DOJO_TIMEOUT_S)"
+                                   ) from None
             raise ServiceError(0, f"{self.server}: cannot reach the server ({reason})") from None
         try:
             return json.loads(raw or b"null")
