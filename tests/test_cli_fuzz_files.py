@@ -112,6 +112,30 @@ def test_bad_files_are_refused_in_one_line(argv: tuple[str, ...], setup: Callabl
     check_refusal(status, err, seconds, before, _snapshot(tmp_path))
 
 
+CAL = ("calibrate", "--system", "h100-cluster", "--runs", "r.csv", "--out")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    ((*CAL, "m.toml/"), "--out m.toml/: ends with '/': expected a file path, not a folder"),
+    ((*CAL, "/dev/full"), "--out /dev/full: is a device or special file"),
+    ((*CAL, "m"), "--out m: no extension: expected one of .toml"),
+    (("simulate", "mlp", "--system", "/dev/null"), "/dev/null: is a device or special file: "
+     "expected a system .toml file"),
+    (("info", "/dev/null"), "/dev/null: is a device or special file"),
+])
+def test_paths_are_named_for_what_they_are(argv: tuple[str, ...], words: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """'m.toml/' was taken as m.toml, /dev/full had "extension '.'", a device given as a system
+    was an "unknown system"."""
+    if argv[-1].startswith("/dev/") and not Path(argv[-1]).exists():
+        pytest.skip(f"no {argv[-1]} here")
+    _files({"r.csv": RUNS + "mlp,dp=8,8,0.01\n"})(tmp_path)
+    before = _snapshot(tmp_path)
+    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
+    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
+    assert words in err, err
+
+
 def test_capture_failure_is_one_line_without_torch_log(tmp_path: Path,
                                                        capfd: pytest.CaptureFixture[str]) -> None:
     """A micro-batch that divides the batch but overflows a tensor: torch's fake-tensor mode

@@ -81,6 +81,9 @@ def _locate(name_or_path: str, base: Path | None) -> tuple[Path, str]:
                         f"({', '.join(shipped_systems())}) or a path to a .toml file")
     if candidate.is_dir() and name_or_path not in shipped_systems():
         raise DojoError(f"{name_or_path}: is a folder: expected a system .toml file")
+    if candidate.exists() and not candidate.is_file() and not candidate.is_dir():
+        raise DojoError(f"{name_or_path}: is a device or special file: expected a system "
+                        ".toml file")
     if name_or_path.endswith(".toml") or candidate.is_file():
         if not candidate.is_file():
             raise DojoError(f"{name_or_path}: no such system file")

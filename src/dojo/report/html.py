@@ -53,9 +53,15 @@ def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Pa
         raise DojoError(f"{flag} = '': expected a file path")
     if target.is_dir():
         raise DojoError(f"{flag} {text}: is a folder: expected a file path inside it")
+    if text.endswith(("/", os.sep)):  # Path() drops the slash: 'x.toml/' would be 'x.toml'
+        raise DojoError(f"{flag} {text}: ends with '/': expected a file path, not a folder")
+    if target.exists() and not target.is_file():  # /dev/full, a FIFO: atomic writes replace
+        raise DojoError(f"{flag} {text}: is a device or special file: expected a regular file "
+                        "path")
     ext = target.suffix.lower().lstrip(".")
     if formats and ext not in formats:
-        raise DojoError(f"{flag} {text}: extension '.{ext}': expected one of "
+        got = f"extension '.{ext}'" if ext else "no extension"
+        raise DojoError(f"{flag} {text}: {got}: expected one of "
                         f"{', '.join('.' + f for f in formats)}")
     folder = target.parent
     if not folder.is_dir():
