@@ -51,3 +51,23 @@ def test_query_memory_bounds(sql: str, cap: str, value: int, words: str, tiny_se
     assert err.startswith("dojo: error: ") and err.count("\n") == 1 and words in err, err
     assert os.listdir(tmp_path) == []
     assert resource.getrlimit(resource.RLIMIT_AS) == before  # the cap is lifted after the query
+
+
+def test_capped_query_exits_cleanly(tiny_set: Path, tmp_path: Path) -> None:
+    """A query stopped at the cap while DuckDB still streamed it aborted the interpreter's exit
+    now and then (SIGABRT, 'terminate called ... exception not rethrown' after the line)."""
+    import subprocess
+    import sys
+
+    import dojo
+
+    src = str(Path(dojo.__file__).parents[1])  # this checkout's dojo in the child too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    code = ("import sys, dojo.data.query as q; from dojo.cli.main import main; "
+            "q.MAX_RESULT_BYTES = 1 << 20; sys.exit(main(sys.argv[1:]))")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code, "data", "query",
+                               "SELECT repeat('x', 1000) || range FROM range(1000000)",
+                               "--catalog", str(tiny_set / "catalog")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -204,6 +204,9 @@ def _fetch(result: Any) -> list[tuple[Any, ...]]:
         # each cell's bytes and each row's tuple (map over C calls: 1M cells in about 0.3 s)
         held += sum(map(sys.getsizeof, itertools.chain.from_iterable(batch))) \
             + len(batch) * sys.getsizeof(batch[0])
+        if len(rows) > MAX_ROWS or held > MAX_RESULT_BYTES:
+            # the query still streams: closed now, else its threads abort the exit (SIGABRT)
+            result.close()
         if len(rows) > MAX_ROWS:  # memory bounded by this, not by the query (range(10^10))
             raise DojoError(f"the query returns more than {MAX_ROWS:,} rows; narrow it with "
                             "WHERE, LIMIT or an aggregate")
