@@ -64,3 +64,18 @@ def test_runtime_incomplete_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DojoError, match=r"no manifest\.json"):
         load_checkpoint(_trainer(job), tmp_path)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_runtime_resume_refuses_another_models_weights(tmp_path: Path) -> None:
+    """A checkpoint of a 4-layer gpt loaded into a 2-layer one (same plan) is refused in one
+    line naming the checkpoint and the first tensor the weights lack or add, not torch's
+    multi-line RuntimeError."""
+    job = Job(model="gpt", plan="dp=1,mb=1", batch=2, seq=8, overrides=GPT, seed=3)
+    first = _trainer(job)
+    first.step()
+    save_checkpoint(first, tmp_path)
+    other = _trainer(Job(model="gpt", plan="dp=1,mb=1", batch=2, seq=8,
+                         overrides={"layers": 2}, seed=3))
+    with pytest.raises(DojoError, match="another model's weights") as err:
+        load_checkpoint(other, tmp_path)
+    assert "\n" not in str(err.value) and "unexpected" in str(err.value)

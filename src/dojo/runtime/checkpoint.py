@@ -101,8 +101,26 @@ def load_checkpoint(trainer: Any, folder: str | Path) -> None:
     if state["position"] != manifest["position"]:
         raise DojoError(f"checkpoint {root}: {path.name} is at step {state['position']}, "
                         f"the manifest at {manifest['position']} (a save was interrupted)")
-    trainer.model.load_state_dict(state["model"])
+    _load_weights(trainer.model, state["model"], root, path.name)
     trainer.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     load_policy_state(trainer.model, state["quantizers"])
     trainer.position = int(state["position"])
+
+
+def _load_weights(model: Any, weights: dict[str, Any], root: Path, name: str) -> None:
+    """Load `weights` into `model`; a DojoError naming the first missing or unexpected tensor
+    when the checkpoint holds another model's weights (another model or `--set`, or a version
+    of dojo whose module layout differed: mlp's hidden layers became one folded stack)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or extra or shapes:
+        first = (f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}" if extra
+                 else f"{shapes[0]!r} is {tuple(weights[shapes[0]].shape)}, expected "
+                      f"{tuple(own[shapes[0]].shape)}")
+        raise DojoError(f"checkpoint {root}: {name} holds another model's weights ({first}; "
+                        f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} of "
+                        "another shape): saved by another model, --set or dojo version")
+    model.load_state_dict(weights)
