@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dojo.capture import blocks
 from dojo.capture.build import freeze, from_fx
+from dojo.capture.params import META_KEY, declared_names
 from dojo.capture.trace import Signature, flat_inputs, trace_step
 from dojo.errors import DojoError
 from dojo.graph import Graph
@@ -100,5 +101,8 @@ def capture(model: nn.Module, example_inputs: Any, loss_fn: Callable[..., Tensor
         "inputs": ";".join(str(tuple(t.shape)) for t in inputs),
         "folded_blocks": ",".join(folded),
     }
+    replicated = declared_names(model)
+    if replicated:  # linears the model keeps whole over tp (dojo.compiler.replicated)
+        meta[META_KEY] = replicated
     graph = freeze(raw, name or type(model).__name__, meta)
     return Captured(graph, None if folded else traced.module, traced.signature)

@@ -44,3 +44,20 @@ def param_tensors_by_section(graph: Graph, block: str | None,
                              labels: Sequence[str]) -> dict[str, int]:
     """Trainable parameter tensors per section (see `param_sizes_by_section`)."""
     return {k: len(v) for k, v in param_sizes_by_section(graph, block, labels).items()}
+
+
+# Graph meta key: parameter names of the linears the model keeps whole over tensor parallelism
+# (dojo.compiler.replicated).
+META_KEY = "tp_replicated"
+
+
+def declared_names(model: object) -> str:
+    """Comma-separated parameter names of the children that modules of `model` (an nn.Module)
+    declare in a class attribute `tp_replicated` (Megatron's "duplicated" linears)."""
+    names = []
+    for path, module in model.named_modules():  # type: ignore[attr-defined]
+        for child in getattr(module, "tp_replicated", ()):
+            sub = getattr(module, child, None)
+            for name, _ in sub.named_parameters() if sub is not None else ():
+                names.append(".".join(p for p in (path, child, name) if p))
+    return ",".join(names)

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section
-from dojo.compiler import fusion
+from dojo.compiler import fusion, replicated
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
@@ -54,7 +54,7 @@ class SectionWork:
     saved_bytes: float        # activations kept for backward, per micro-batch, this device
     selective_saved: float    # of which the attention core's (selective) or a policy's drops
     input_bytes: float        # bytes of the section's input (kept under full recompute)
-    params: int               # trainable parameters of the section (whole model, not split)
+    params: int  # trainable parameters of the section, replicated ones x tp (params / tp: a rank's)
     # The tp group's collectives, (kind, bytes per member), in issue order (`tp_collectives`)
     tp_forward: tuple[tuple[str, float], ...] = ()
     tp_backward: tuple[tuple[str, float], ...] = ()
@@ -99,7 +99,7 @@ def _section_of(graph: Graph, block: str | None) -> list[str]:
 
 
 def _group_cost(group: list[Op], moved: float, tp: int, sp: bool, residual_numel: int,
-                graph: Graph, scale: float, split: set[int]) -> OpCost:
+                graph: Graph, scale: float, split: set[int], keep: frozenset[int]) -> OpCost:
     """One kernel on one device of the tp split (see the module docstring for the rule)."""
     flops = sum(op.flops for op in group)
     target = group[0].target if len(group) == 1 else f"fused[{len(group)}]"
@@ -111,6 +111,8 @@ def _group_cost(group: list[Op], moved: float, tp: int, sp: bool, residual_numel
         # inputs) runs whole on every rank unless sequence parallelism shards it; one that
         # leaves the split region (row-parallel) keeps its output whole and splits k.
         div = tp if (sp or ins or out or not split) else 1
+        if replicated.reads(graph, op, keep):  # whole; on the sequence shard under sp
+            div, ins = (tp if sp else 1), False
         shape = _gemm_shape(op, graph, div, whole=(ins and not out) or
                             (not split and _output_is_residual(op, graph, residual_numel)))
         made = graph.tensors[op.outputs[0]] if op.outputs else None
@@ -151,11 +153,13 @@ def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[i
     its domain, any other op's outputs are split when one of its activation inputs is.
     `whole_stem` (models with a residual stream): a weight op on the model's input data (ViT's
     patch embedding) stays whole on every rank, as Megatron-LM keeps it, so that the stream it
-    feeds is replicated and the blocks' pairs start at their first linear."""
+    feeds is replicated and the blocks' pairs start at their first linear. A linear the model
+    declares replicated (`compiler.replicated`) outputs a whole tensor on every rank."""
     split: set[int] = set()
+    keep = replicated.replicated_weights(graph)
     for op in graph.ops:
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
-        if op.phase == "optimizer" or not acts:
+        if op.phase == "optimizer" or not acts or replicated.reads(graph, op, keep):
             continue
         outs = {root(graph, t).id for t in op.outputs}
         if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
@@ -204,20 +208,22 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
       per-row FP32 statistics (`_ROW_STATS`), forward and backward; a softmax over scores split
-      by heads, or a BatchNorm's per-channel statistics, need none.
+      by heads, or a BatchNorm's per-channel statistics, need none;
+    - a replicated linear whose output gradient is partial (`replicated.partial_bytes`).
     Bytes are at the plan's precision (`scale`), statistics in FP32."""
     made_by: dict[int, Op] = {}
     for op in graph.ops:
         for t in op.outputs if op.rule not in FREE_RULES else ():
             made_by.setdefault(root(graph, t).id, op)
-    vocab = _vocab_table(graph)
+    vocab, keep = _vocab_table(graph), replicated.replicated_weights(graph)
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for op, label in zip(graph.ops, labels):
         if op.phase == "optimizer":
             continue
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
         comms = out.setdefault((label, op.phase), [])
-        partial = _partial_bytes(graph, op, acts, split, vocab)
+        partial = (replicated.partial_bytes(graph, op, acts, split, made_by, keep)
+                   or _partial_bytes(graph, op, acts, split, vocab))
         if partial:
             kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
             comms += [(k, partial * scale) for k in kinds]
@@ -375,6 +381,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
     weights = weight_derived(graph)
+    keep = replicated.replicated_weights(graph) if tp > 1 else frozenset()
     split = tp_split(graph, weights, whole_stem=residual_numel > 0) if tp > 1 else set()
     masks = dropout_masks(graph)
     grouped = fusion.groups(graph, labels, fuse)
@@ -385,7 +392,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         here = 1.0 if i in loss else scale
         moved = float(fusion.fused_bytes(graph, group, readers))
         moved -= mask_excess(graph, group, readers, masks, here)
-        cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split)
+        cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
         cost = replace(cost, pointwise=sum(o.rule == "pointwise" for o in group),
                        library_calls=onednn_calls(group, graph))
         costs.setdefault((label, group[0].phase), []).append(cost)
@@ -394,7 +401,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
                                weights, masks, sel)
     sizes = param_sizes_by_section(graph, block, labels)
-    params = {label: sum(v) for label, v in sizes.items()}
+    params = replicated.held_params(sizes, graph, keep, block, labels, tp)
     tensors = {label: len(v) for label, v in sizes.items()}
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}

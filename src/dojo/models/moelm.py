@@ -101,7 +101,13 @@ def check_moe(cfg: Any, source: str) -> None:
 
 
 class LatentAttention(nn.Module):
-    """DeepSeek's multi-head latent attention (MLA), causal, with the shapes of its config."""
+    """DeepSeek's multi-head latent attention (MLA), causal, with the shapes of its config.
+
+    Under tensor parallelism the down projections stay whole on every rank, as Megatron-Core
+    builds linear_q_down_proj and linear_kv_down_proj (TELinear, parallel_mode "duplicated"),
+    and the up projections split by heads (dojo.compiler.replicated)."""
+
+    tp_replicated = ("q_a", "kv_a")
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
