@@ -162,19 +162,29 @@ def context_space(shape: ModelShape, devices: int, batch: int, cps: tuple[int, .
         yield from plan_space(shape, devices, batch, precision, fusion, spec, cp)
 
 
-def variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
-    """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
-    (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
-    schedules = ["1f1b" if base.interleave == 1 else "interleaved"]
-    if base.pp > 1:
-        schedules.append("gpipe")
+def schedules_of(base: Plan, shape: ModelShape, devices: int, batch: int) -> list[str]:
+    """The schedules of `base` (its interleave's 1F1B, and GPipe with pp > 1) that
+    `validate_plan` accepts for a plan of `base`'s dp, tp, pp, cp, mb, interleave, precision,
+    fusion and stages (the other fields cannot make a valid plan invalid)."""
     fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
                                             "precision", "fusion", "stages")}
-    for schedule in schedules:
+    out = []
+    for schedule in ["1f1b" if base.interleave == 1 else "interleaved"] + \
+            (["gpipe"] if base.pp > 1 else []):
         try:
             validate_plan(Plan(**fields, schedule=schedule), shape, devices, batch)
         except ConfigError:
             continue
+        out.append(schedule)
+    return out
+
+
+def variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
+    """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
+    (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
+    fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
+                                            "precision", "fusion", "stages")}
+    for schedule in schedules_of(base, shape, devices, batch):
         for rec in RECOMPUTES:
             for zero in (0, 1, 2, 3) if base.dp > 1 else (0,):
                 for sp in (False, True) if base.tp > 1 else (False,):
@@ -246,18 +256,28 @@ def no_fit_error(head: str, device: str, capacity: float, least: tuple[float, Pl
 
 def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
                     layout: MoeLayout | None, split: list[int] | None, fwd: list[float],
-                    bwd: list[float]) -> tuple[list[float], list[float]]:
+                    bwd: list[float], memo: dict[tuple[Any, ...], tuple[float, bool]] | None = None
+                    ) -> tuple[list[float], list[float]]:
     """Per virtual stage (`split`: its blocks), op times plus, with ep, each MoE layer's
-    dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound."""
+    dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound.
+    `memo` keeps the pair's seconds and whether the recompute replays it, per work and plan
+    fields they depend on (the caller's search: one work per (mb, tp, sp, cp))."""
     if layout is None or plan.ep == 1:
         return fwd, bwd
-    levels = group_levels(spec, plan.ep, expert_layout(plan)[0])
-    nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
-    pair = 2 * min(sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
-                                       cal.collective_latency_s)[0]
-                       for c in dispatch_comms(lv, layout, plan, nbytes))
-                   for lv in (levels, zplane_levels(spec, levels) or levels))
-    again = replays_experts(work, layout, plan)
+    key = (plan.ep, plan.tp, plan.sp, plan.cp, plan.mb, plan.precision, plan.recompute,
+           plan.etp, plan.dispatcher)
+    if memo is None or key not in memo:
+        levels = group_levels(spec, plan.ep, expert_layout(plan)[0])
+        nbytes = a2a_bytes(layout, plan.tp, PRECISION_BYTES[plan.precision]["activation_scale"])
+        seconds = 2 * min(sum(collective_time(c.kind, c.nbytes, c.levels, cal.link_efficiency,
+                                              cal.collective_latency_s)[0]
+                              for c in dispatch_comms(lv, layout, plan, nbytes))
+                          for lv in (levels, zplane_levels(spec, levels) or levels))
+        found = (seconds, replays_experts(work, layout, plan))
+        if memo is None:
+            memo = {}
+        memo[key] = found
+    pair, again = memo[key]
     moe = [(split[v] if split else 0) * layout.block_layers for v in range(len(fwd))]
     outer = [layout.outer_layers if v == 0 else 0 for v in range(len(fwd))]
     return ([f + pair * (m + o) for f, m, o in zip(fwd, moe, outer)],

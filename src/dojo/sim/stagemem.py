@@ -10,7 +10,9 @@ whole plan spaces).
 
 from __future__ import annotations
 
-from dojo.compiler.experts import MoeLayout
+from dataclasses import replace
+
+from dojo.compiler.experts import MoeLayout, expert_dp, expert_layout
 from dojo.compiler.program import _saved
 from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, microbatches, plan_split
@@ -29,12 +31,6 @@ def chunk_params(work: ModelWork, plan: Plan) -> list[float]:
         params += work.post.params if v == chunks - 1 else 0
         out.append(params)
     return out
-
-
-def stage_params(work: ModelWork, plan: Plan) -> list[float]:
-    """Trainable parameters (whole, before the tp split) on each pipeline stage."""
-    params = chunk_params(work, plan)
-    return [sum(params[c * plan.pp + s] for c in range(plan.interleave)) for s in range(plan.pp)]
 
 
 def chunk_saved(work: ModelWork, plan: Plan) -> list[float]:
@@ -69,17 +65,13 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
             for s in range(plan.pp)]
 
 
-def stage_totals(work: ModelWork, plan: Plan, activations: list[float]) -> list[float]:
+def stage_totals(work: ModelWork, plan: Plan, activations: list[float],
+                 layout: MoeLayout | None = None) -> list[float]:
     """Bytes per device of each pipeline stage (`memory.Memory.total` of that stage), given its
-    `stage_activations`."""
+    `stage_activations` and the model's routed experts (`layout`, None without)."""
     per_param = work.optimizer_state_bytes / max(1, work.param_count)
-    params = chunk_params(work, plan)
-    out = []
-    for s in range(plan.pp):
-        held = sum(params[c * plan.pp + s] for c in range(plan.interleave)) / plan.tp
-        weights, grads, state = state_memory(plan, held, per_param)
-        out.append(weights + grads + state + activations[s])
-    return out
+    state = stage_state(work, plan, layout, per_param)
+    return [st + a for st, a in zip(state, activations)]
 
 
 def saved_sections(work: ModelWork, recompute: str) -> tuple[float, float, float]:
@@ -114,7 +106,8 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
     schedule and recompute policy, given bounds below the saved bytes of a micro-batch
     (`per_micro`: embedding side, block, head side) and of a sample (`per_sample`), and the
     samples per replica. 1F1B and interleaved 1F1B hold at least the first warm + 1 units of
-    their order (`memory.peak_in_flight`), warm = 2 (pp - s - 1) + (interleave - 1) pp, each a
+    their order (`memory.peak_in_flight`), warm = pp - s - 1 for 1F1B and
+    2 (pp - s - 1) + (interleave - 1) pp interleaved (`pipeline.warm_units`), each a
     micro-batch of one of the stage's chunks, unless all micro x interleave units fit in the
     warm phase, when every micro-batch of every chunk is held: at least samples x the chunks'
     bytes per sample. GPipe holds every micro-batch; full recompute only adds."""
@@ -127,22 +120,41 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
     out = []
     for s in range(pp):
         mine = [c * pp + s for c in range(interleave)]
-        units = 2 * (pp - s - 1) + (interleave - 1) * pp + 1
+        units = pp - s if interleave == 1 else 2 * (pp - s - 1) + (interleave - 1) * pp + 1
         least = min(saved(v, per_micro) for v in mine)
         every = samples * sum(saved(v, per_sample) for v in mine)
         out.append(min(units * least, every))
     return out
 
 
-def stage_experts(work: ModelWork, plan: Plan, layout: MoeLayout | None) -> list[float]:
-    """Routed-expert parameters (whole) on each pipeline stage: the block's share of each
-    stage's blocks, and the experts outside the block on the first stage."""
-    if layout is None or work.block is None or not work.block.params:
-        return [0.0] * plan.pp
-    share = layout.block_params / work.block.params
+def stage_state(work: ModelWork, plan: Plan, layout: MoeLayout | None,
+                state_per_param: float) -> list[float]:
+    """Weights, gradients and optimizer state bytes per device of each pipeline stage, as
+    `memory.device_memory` counts them in the compiled program (`experts.param_groups`): a
+    chunk holding `whole` routed-expert parameters keeps whole x f // ep of them (as
+    `experts.apply_experts` writes its params; f = tp with etp = 1, else 1), and whole / ep x f
+    of them reduce and shard over `experts.expert_dp`, the rest over dp x cp. Without ep (or
+    experts) one group over dp x cp."""
+    params = chunk_params(work, plan)
+    split = plan_split(plan, work.repeat) if work.block else None
+    moe = layout is not None and plan.ep > 1
+    whole_tp = expert_layout(plan)[1]   # etp = 1: each rank's experts whole over tp
+    # `memory.grouped_state`'s sums in its order, with its two plans built once, not per stage
+    plans = [replace(plan, dp=n, cp=1) for n in
+             ((plan.dp_cp, expert_dp(plan)) if moe else (plan.dp_cp,))]
     out = []
-    for stage, params in enumerate(stage_params(work, plan)):
-        blocks = params - (work.pre.params if stage == 0 else 0) \
-            - (work.post.params if stage == plan.pp - 1 else 0)
-        out.append(blocks * share + (layout.outer_params if stage == 0 else 0))
+    for s in range(plan.pp):
+        mine = [c * plan.pp + s for c in range(plan.interleave)]
+        if not moe:
+            held = [sum(params[v] for v in mine) / plan.tp]
+        else:
+            whole = [layout.block_params * (split[v] if split else 0)
+                     + (layout.outer_params if v == 0 else 0) for v in mine]
+            total = sum(params[v] - w + w * whole_tp // plan.ep
+                        for v, w in zip(mine, whole)) / plan.tp
+            experts = sum(w / plan.ep * whole_tp for w in whole) / plan.tp
+            held = [total - experts, experts]
+        parts = [state_memory(p, h, state_per_param) for p, h in zip(plans, held)]
+        out.append(sum(p[0] for p in parts) + sum(p[1] for p in parts)
+                   + sum(p[2] for p in parts))
     return out
