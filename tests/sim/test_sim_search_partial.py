@@ -79,6 +79,8 @@ def test_memory_screen_is_the_compiled_programs_memory(system: str, batch: int, 
                          zero=3 if plan.dp > 1 else 0)
         step = simulate(program).step_time_s
         assert screen._device_bound(split) <= step and screen._op_bound(split) <= step, plan.text()
+        term = screen._mb_terms.get(screen._split_key(split), {}).get(plan.mb, 0.0)
+        assert term <= screen._first_bound(plan) * (1 + 1e-12), plan.text()   # the mb skip
         assert screen._even_state(split) <= memory.total, plan.text()
         assert all(b <= t * (1 + 1e-12) for b, t in zip(screen._family_bytes(family), totals)), \
             plan.text()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from typing import Any
 
 from dojo.compiler.experts import MoeLayout, ep_gemm
@@ -46,6 +45,15 @@ from dojo.sim.simulate import device_for, lower_bound
 from dojo.sim.stagemem import least_in_flight, saved_lows, stage_activations, stage_state
 
 SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
+
+
+def replace(plan: Plan, **changes: Any) -> Plan:
+    """`dataclasses.replace` for a `Plan` without its generated __init__ (20 frozen
+    setattrs, with no __post_init__ to run): the search builds millions of plans, and this
+    was a fifth of its time on DeepSeek-V3. Same fields, equality and hash."""
+    new = object.__new__(Plan)
+    new.__dict__.update(plan.__dict__, **changes)
+    return new
 
 
 def _family(plan: Plan) -> str:
