@@ -213,7 +213,7 @@ class _Screen:
             return 0.0
         key = self._split_key(plan)
         if key not in self._mb_terms:   # per mb: micro x its op seconds / pp
-            batch, terms = self.args[3], {}
+            batch, terms = self.args[3], dict[int, float]()
             for mb in divisors(batch // plan.dp):
                 for sp in (False, True) if plan.tp > 1 else (False,):
                     fwd, bwd = self._chunk_times(replace(plan, mb=mb, sp=sp, interleave=1, pp=1,

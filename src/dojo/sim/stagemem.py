@@ -145,7 +145,7 @@ def stage_state(work: ModelWork, plan: Plan, layout: MoeLayout | None,
     out = []
     for s in range(plan.pp):
         mine = [c * plan.pp + s for c in range(plan.interleave)]
-        if not moe:
+        if layout is None or not moe:
             held = [sum(params[v] for v in mine) / plan.tp]
         else:
             whole = [layout.block_params * (split[v] if split else 0)
