@@ -349,7 +349,9 @@ class _Screen:
 
     def _chunk_times(self, plan: Plan) -> tuple[list[float], list[float]]:
         """Op seconds per virtual stage, plus the tp collectives every task waits for (as
-        `simulate.chunk_times` times them without tp_overlap; dense models); cached."""
+        `simulate.chunk_times` times them without tp_overlap; dense models); cached for
+        pp = 1 only (a pipeline's lists hold up to 2 (blocks + 2) floats per key, over ~10^5
+        keys on the largest spaces; `_first_bound` keeps their bound)."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
                plan.ep, plan.stages, plan.precision)
         if key in self._times:
@@ -360,10 +362,11 @@ class _Screen:
             sums = tuple(a + b for a, b in zip(sums, self._tp_sums(plan, work)))
         split = plan_split(plan, work.repeat) if work.block else None
         fwd, bwd = chunk_op_times(sums, split, plan.pp * plan.interleave, plan.recompute)
-        self._times[key] = with_all_to_all(self.args[2], self._device(plan.precision)
-                                           .calibration, plan, work, self._layout(plan), split,
-                                           fwd, bwd, self._a2a)
-        return self._times[key]
+        times = with_all_to_all(self.args[2], self._device(plan.precision).calibration, plan,
+                                work, self._layout(plan), split, fwd, bwd, self._a2a)
+        if plan.pp == 1:   # the op bound's, asked per dp; a pipeline's: its bound is kept
+            self._times[key] = times
+        return times
 
     def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
         """Seconds of the sections' tp collectives on the tp group's levels, in the order of
