@@ -183,7 +183,7 @@ def test_write_is_atomic(interleaved: Simulated, tmp_path: Path,
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(DojoError, match="disk full"):  # one line naming the cause
         write_trace(interleaved, path)
     assert path.read_text() == "previous"           # the old file is intact
     assert os.listdir(tmp_path) == ["t.json"]        # and no temporary file is left

@@ -153,8 +153,9 @@ def test_bad_cp_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: lis
                                    needle: str) -> None:
     sets = [a for k, v in LLAMA.items() for a in ("--set", f"{k}={v}")] if argv[0] == "llama" \
         else []
-    code = main(["simulate", argv[0], *sets, *argv[1:], "--system", "h100-cluster:2",
-                 "--batch", "4"])
+    # enough devices for cp=3, so that its own check is the one that speaks
+    system = "h100-cluster:3" if "cp=3" in argv else "h100-cluster:2"
+    code = main(["simulate", argv[0], *sets, *argv[1:], "--system", system, "--batch", "4"])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
 

@@ -109,7 +109,21 @@ def _query(args: argparse.Namespace) -> int:
     con = connect(args.catalog, slices)
     sql = args.sql or f"SELECT name, dataset, split, scenario, weather, time_of_day, clip_hash " \
                       f"FROM slice_{args.slice} ORDER BY dataset, name"
-    columns, rows = run_sql(con, sql)
+    failure = None
+    try:
+        columns, rows = run_sql(con, sql)
+    except DojoError as err:
+        failure = str(err)
+    finally:
+        con.close()
+    if failure is not None:
+        # The refused query's frames hold DuckDB objects; freed here, not at interpreter exit,
+        # where nanobind prints a "leaked instances" report after the one-line error.
+        del con
+        import gc
+
+        gc.collect()
+        raise DojoError(failure)
     sys.stdout.write(render(columns, rows, args.format))
     return 0
 
