@@ -306,16 +306,6 @@ def bucket_groups(program: Program, params: float) -> list[tuple[float, tuple[Gr
     return [(local - whole / program.plan.tp, program.grad_levels), (held, moe.grad_levels)]
 
 
-def stage_groups(plan: Any, params: float, experts: float) -> list[tuple[float, int]]:
-    """(parameters held after the tp split, the ranks their gradients reduce and ZeRO shards
-    over) of a stage holding `params` whole parameters, `experts` of them routed experts: the
-    groups of `param_groups` before a program is compiled (the plan search's memory bound)."""
-    if plan.ep == 1 or not experts:
-        return [(params / plan.tp, plan.dp_cp)]
-    return [((params - experts) / plan.tp, plan.dp_cp),
-            (experts / plan.ep / plan.tp * expert_layout(plan)[1], expert_dp(plan))]
-
-
 def expert_layout(plan: Any) -> tuple[int, int]:
     """(stride of an ep group over the ranks, factor on the experts' weights per rank over
     whole / ep / tp): (tp, 1) with the experts split over tp (etp = tp); (1, tp) with etp = 1,
