@@ -31,7 +31,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dojo.errors import DojoError
-from dojo.runtime.launch import START_GRACE_S, RankError, _collect, check_ranks, failure_line
+from dojo.runtime.launch import (
+    START_GRACE_S,
+    RankError,
+    _collect,
+    check_ranks,
+    failure_line,
+    stop_ranks,
+)
 
 
 def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, init_method: str,
@@ -62,11 +69,7 @@ def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, ini
         said = str(err).split(": ", 1)[-1]
         raise RankError(first + err.rank, said) from None
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
+        stop_ranks(procs)
 
 
 def _rank(fn: Callable[..., Any], local: int, rank: int, world: int, init_method: str,

@@ -92,12 +92,17 @@ def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
     try:
         return _collect(procs, results, nproc, timeout_s + START_GRACE_S)
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=5)
+        stop_ranks(procs)
         del store
+
+
+def stop_ranks(procs: list[Any]) -> None:
+    """Terminate the rank processes still alive and reap every one (5 s each at most)."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
 
 
 def _collect(procs: list[Any], results: Any, nproc: int, limit_s: float) -> list[Any]:
