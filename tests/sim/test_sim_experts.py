@@ -173,6 +173,14 @@ def test_plan_text_and_errors_show_arithmetic() -> None:
         simulate_model("llama", {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
                                  "ffn": 128, "seq": 32, "vocab": 256}, spec,
                        parse_plan("dp=16,ep=2"), 64)
+    dense = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "seq": 32,
+             "vocab": 256}
+    for extra, field_name in (("etp=1", "etp"), ("dispatcher=flex", "dispatcher")):
+        # an expert setting on a dense model did nothing and was accepted
+        with pytest.raises(ConfigError, match=f"'{field_name}'.*no routed experts"):
+            simulate_model("llama", dense, spec, parse_plan(f"dp=16,{extra}"), 64)
+    with pytest.raises(ConfigError, match="'etp' = 3: expected 0 or 2"):
+        simulate_model("moe", MOE, spec, parse_plan("dp=8,tp=2,etp=3"), 64)
     with pytest.raises(ConfigError, match="imbalance"):
         parse_plan("dp=16,ep=2,imbalance=0.5")
     assert replace(plan, ep=1).ep == 1

@@ -273,13 +273,19 @@ def check_experts(plan: Plan, shape: ModelShape, source: str = "--plan") -> None
         raise ConfigError(source, "imbalance", plan.imbalance,
                           f"at most ep = {plan.ep}: the busiest of {plan.ep} expert ranks gets at "
                           f"most all the tokens, {plan.ep} x the mean")
+    if plan.etp not in (0, 1, plan.tp):
+        as_tp = f" or {plan.tp}" if plan.tp > 1 else ""
+        raise ConfigError(source, "etp", plan.etp, f"0{as_tp} (experts split over tp = {plan.tp} "
+                          "like the other weights) or 1 (experts whole, tp folded into ep)")
+    if not shape.experts:
+        # An expert setting on a dense model would be accepted and do nothing.
+        for name, value, default in (("ep", plan.ep, 1), ("etp", plan.etp, 0),
+                                     ("dispatcher", plan.dispatcher, "alltoall")):
+            if value != default:
+                raise ConfigError(source, name, value,
+                                  f"{default} (left out): the model has no routed experts")
     if plan.ep == 1:
         return
-    if not shape.experts:
-        raise ConfigError(source, "ep", plan.ep, "1: the model has no routed experts")
-    if plan.etp not in (0, 1, plan.tp):
-        raise ConfigError(source, "etp", plan.etp, f"0 or {plan.tp} (= tp: experts split like "
-                          "the other weights) or 1 (experts whole, tp folded into ep)")
     if expert_tp(plan) == 1 < plan.tp:
         if (plan.tp * plan.dp_cp) % plan.ep:
             raise ConfigError(source, "ep", plan.ep,
