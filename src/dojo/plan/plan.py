@@ -158,6 +158,9 @@ def _show(value: object) -> str:
 def parse_plan(text: str, source: str = "--plan") -> Plan:
     """Parse ``key=value,...``; `on`/`off` for booleans. Unknown keys list the valid ones; a key
     given twice, or a setting that means nothing under the rest of the plan, is refused."""
+    if not text.strip():
+        raise ConfigError(source, "plan", text, "key=value pairs, e.g. dp=8,tp=8,pp=16,mb=1 "
+                          "(leave it out for the default)")
     data: dict[str, object] = {}
     for item in (p.strip() for p in text.split(",") if p.strip()):
         key, sep, raw = item.partition("=")
