@@ -48,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -343,42 +344,70 @@ def _rounds(measure: Callable[[], list[tuple[float, float]]], rounds: int,
     return [(points[0][0], best(v for _, v in points)) for points in zip(*curves)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", action="store_true", help="write the calibration files")
-    parser.add_argument("--rounds", type=int, default=3, help="repeat each curve, keep the best")
-    args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    curve = _rounds(gemm_curve, args.rounds, max)
-    peak = max(rate for _, rate in curve)
-    half = fit_half(curve, peak)
-    memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, args.rounds, min))
+def fast_fields(rounds: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """The calibration's dispatch and host figures (steps 3, 5 and 7: ~20 s), which move most
+    between invocations on a shared machine: `sim/calibration/cpu.toml` field -> value, and
+    the eager stacks' per-stack figures for the summary."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import eager_op_times
+    from rank_costs import rank_costs, tp_region
 
     conv_call = conv_call_overhead()
     stacks = eager_op_times(conv_call=conv_call)
-    pointwise = stacks["pointwise"][:2]
-    per_op = statistics.median(f for k, (f, _, _, _) in stacks.items() if k != "pointwise")
-    per_op_backward = statistics.median(b for k, (_, b, _, _) in stacks.items()
-                                        if k != "pointwise")
+    others = [v for k, v in stacks.items() if k != "pointwise"]
+    opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(rounds))
+    sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
+    library = onednn_setup()
+    post, resume = rank_costs(rounds)
+    return {"launch_s": statistics.median(f for f, _, _, _ in others),
+            "launch_backward_s": statistics.median(b for _, b, _, _ in others),
+            "launch_pointwise_s": stacks["pointwise"][0],
+            "launch_pointwise_backward_s": stacks["pointwise"][1],
+            "library_call_s": library[0], "library_call_backward_s": library[1],
+            "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
+            "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
+            "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
+            "tp_region_s": tp_region(rounds), "p2p_post_s": post,
+            "wait_resume_s": resume}, {"stacks": stacks}
+
+
+def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """The calibration's rates (steps 1, 2, 4 and 6): calibration fields, the system file's
+    fields (`peak`, `memory`, `link`: FLOP/s and bytes/s) and the curves for the summary."""
+    curve = _rounds(gemm_curve, rounds, max)
+    peak = max(rate for _, rate in curve)
+    memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, rounds, min))
     rates: dict[str, float] = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, rate in vector_rates(cache).items():
             rates[name] = max(rate, rates.get(name, 0.0))
-    vector = statistics.median(rates.values()) / peak
-    conv = max(conv_ratio(peak) for _ in range(args.rounds))
-    opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(args.rounds))
-    sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(args.rounds))
-    library = onednn_setup() + conv_call
     alpha, link, gloo = gloo_fit()
+    fields = {"matrix_half_flops": fit_half(curve, peak), "collective_latency_s": alpha,
+              "conv_efficiency": max(conv_ratio(peak) for _ in range(rounds)),
+              "cache_bytes": cache_bytes, "cache_bytes_per_s": cache,
+              "vector_compute_efficiency": statistics.median(rates.values()) / peak}
+    return (fields, {"peak": peak, "memory": memory, "link": link},
+            {"curve": curve, "rates": rates, "gloo": gloo})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write", action="store_true", help="write the calibration files")
+    parser.add_argument("--write-fields", default="",
+                        help="comma-separated cpu.toml fields: write only these (measured now)")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat each curve, keep the best")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    rates, system, shown = throughput_fields(args.rounds)
+    fast, info = fast_fields(args.rounds)
+    fields = {**rates, **fast}
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
     print("| GEMM FLOP | GFLOP/s |\n|---|---|")
-    for f, rate in curve:
+    for f, rate in shown["curve"]:
         print(f"| {f:.3g} | {rate / 1e9:.1f} |")
     print("\n| vector kernel | counted GFLOP/s |\n|---|---|")
-    for name, rate in rates.items():
+    for name, rate in shown["rates"].items():
         print(f"| {name} | {rate / 1e9:.2f} |")
     from dojo.capture.costs import _POINTWISE_WEIGHT
 
@@ -386,70 +415,21 @@ def main() -> None:
     for name, weight in pointwise_weights(args.rounds).items():
         print(f"| {name} | {weight:.1f} | {_POINTWISE_WEIGHT.get(name, 1)} |")
     print("\n| all-reduce bytes | gloo us |\n|---|---|")
-    for n, t in gloo:
+    for n, t in shown["gloo"]:
         print(f"| {n} | {t * 1e6:.1f} |")
-    print(f"\npeak {peak / 1e9:.1f} GFLOP/s, half-efficiency at {half:.3g} FLOP, memory "
-          f"{memory / 1e9:.2f} GB/s, cache {cache / 1e9:.2f} GB/s up to {cache_bytes / 2**20:.1f}"
-          f" MiB, eager op forward {per_op * 1e6:.2f} us, backward {per_op_backward * 1e6:.2f}"
-          f" us, elementwise op {pointwise[0] * 1e6:.2f} us, backward {pointwise[1] * 1e6:.2f} us"
-          " (per stack, net of its elementwise ops: "
+    print(f"\npeak {system['peak'] / 1e9:.1f} GFLOP/s, memory {system['memory'] / 1e9:.2f} GB/s,"
+          f" gloo {system['link'] / 1e9:.2f} GB/s; eager stacks: "
           + ", ".join(f"{k} {f * 1e6:.1f} us/{nf} + {b * 1e6:.1f} us/{nb} ops"
-                      for k, (f, b, nf, nb) in stacks.items())
-          + "), vector kernels at "
-          f"{vector:.3f} of peak (median), conv at {conv:.2f}"
-          f" of the GEMM rate, optimizer step {opt_fixed * 1e6:.1f} us + {opt_tensor * 1e6:.2f} us"
-          f" per tensor, gradient sync {sync_fixed * 1e6:.1f} us + {sync_tensor * 1e6:.2f} us per"
-          f" tensor, oneDNN convolution setup {library[0] * 1e6:.1f} us forward,"
-          f" {library[1] * 1e6:.1f} us backward, a convolution's own work per call"
-          f" {conv_call[0] * 1e6:.1f} us forward, {conv_call[1] * 1e6:.1f} us backward,"
-          f" gloo {alpha * 1e6:.1f} us per message step,"
-          f" {link / 1e9:.2f} GB/s")
+                      for k, (f, b, nf, nb) in info["stacks"].items()))
+    print("\n| cpu.toml field | value |\n|---|---|")
+    for name, value in fields.items():
+        print(f"| {name} | {value:.4g} |")
+    from calibration_files import write_all, write_fields
+
     if args.write:
-        _write(peak, half, (memory, cache, cache_bytes), (per_op, per_op_backward, vector, conv),
-               (alpha, link), (opt_fixed, opt_tensor, sync_fixed, sync_tensor),
-               pointwise + library)
-
-
-def _write(peak: float, half: float, stream: tuple[float, float, float],
-           kernels: tuple[float, float, float, float], gloo: tuple[float, float],
-           host: tuple[float, float, float, float], calls: tuple[float, ...]) -> None:
-    memory, cache, cache_bytes = stream
-    per_op, per_op_backward, vector, conv = kernels
-    alpha, link = gloo
-    cal = ROOT / "src/dojo/sim/calibration/cpu.toml"
-    cal.write_text(
-        f"# Measured by bench/calibrate_cpu.py on the development machine ({THREADS} thread, "
-        f"FP32, eager),\n# {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC at load average "
-        f"{os.getloadavg()[0]:.1f}; re-run it before comparing (machines differ between "
-        "sessions).\n"
-        'name = "cpu"\nmatrix_efficiency = 1.0\n'
-        f"matrix_half_flops = {half:.4g}\nvector_efficiency = 1.0\nlaunch_s = {per_op:.4g}\n"
-        f"link_efficiency = 1.0\ncollective_latency_s = {alpha:.4g}\nidle_fraction = 0.3\n"
-        f"conv_efficiency = {conv:.3g}\ncache_bytes = {cache_bytes:.4g}\n"
-        f"cache_bytes_per_s = {cache:.4g}\neager = true\n"
-        f"vector_compute_efficiency = {vector:.4g}\noptimizer_step_s = {host[0]:.4g}\n"
-        f"optimizer_tensor_s = {host[1]:.4g}\nlaunch_backward_s = {per_op_backward:.4g}\n"
-        f"grad_sync_s = {host[2]:.4g}\ngrad_sync_tensor_s = {host[3]:.4g}\n"
-        f"launch_pointwise_s = {calls[0]:.4g}\nlaunch_pointwise_backward_s = {calls[1]:.4g}\n"
-        f"library_call_s = {calls[2]:.4g}\nlibrary_call_backward_s = {calls[3]:.4g}\n"
-        f"conv_call_s = {calls[4]:.4g}\nconv_call_backward_s = {calls[5]:.4g}\n"
-        'source = "bench/calibrate_cpu.py"\n', encoding="utf-8")
-    system = ROOT / "src/dojo/hardware/systems/cpu.toml"
-    system.write_text(
-        "# One core of the development machine as a device, measured by bench/calibrate_cpu.py:\n"
-        "# peak = best FP32 GEMM rate, bandwidth = elementwise add beyond the caches, links =\n"
-        "# gloo all-reduce between two local processes. FP32 only: the CPU has no BF16/FP16\n"
-        "# arithmetic (dojo's runtime would emulate their rounding, which no device model\n"
-        "# times). For checking the simulator against real eager steps; not a training system.\n"
-        'name = "cpu"\ntitle = "one CPU core (measured)"\nfamily = "gpu"\n'
-        'source = "bench/calibrate_cpu.py"\nhierarchy = ["gpu", "server", "cluster"]\n\n'
-        f'[gpu]\ncost_model = "cpu"\npower_watts = 15.0\n\n[gpu.peak_flops]\nfp32 = {peak:.4g}\n'
-        f"\n[gpu.memory.hbm]\nbytes = 24.0e9\nread_bytes_per_s = {memory:.4g}\n"
-        f"write_bytes_per_s = {memory:.4g}\n\n[server]\ncount = 1\ntopology = \"switch\"\n\n"
-        f'[server.link]\nname = "loopback"\nbytes_per_s = {link:.4g}\n\n[cluster]\ncount = 1\n'
-        f'topology = "fat_tree"\n\n[cluster.link]\nname = "loopback"\nbytes_per_s = {link:.4g}\n',
-        encoding="utf-8")
-    print(f"wrote {cal.relative_to(ROOT)} and {system.relative_to(ROOT)}")
+        write_all(fields, system)
+    elif args.write_fields:
+        write_fields({k: fields[k] for k in args.write_fields.split(",")})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ do that the simulation must follow."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dojo.runtime import Job
@@ -86,3 +88,84 @@ def test_a_step_records_its_threads_cpu_beside_the_process() -> None:
         assert len(rank["step_thread_cpu_s"]) == len(rank["step_cpu_s"]) == 3
         assert all(0 < t <= p + 1e-6 for t, p in zip(rank["step_thread_cpu_s"],
                                                        rank["step_cpu_s"]))
+
+
+def _program_and_devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
+    """(program, the cpu device with every multi-rank host field 0, the same with `fields`)."""
+    from dataclasses import replace
+
+    from dojo.sim.simulate import device_model
+
+    program = simulate_job(Job(model="gpt", plan=f"{plan},precision=fp32", system="cpu")).program
+    dev = device_model(program)
+    zero = replace(dev, calibration=replace(dev.calibration, tp_region_s=0.0, p2p_post_s=0.0,
+                                            wait_resume_s=0.0))
+    return program, zero, replace(dev, calibration=replace(zero.calibration, **fields))
+
+
+def test_tp_collectives_charge_their_functions_and_the_waits_after_them() -> None:
+    """On the eager cpu device every tp collective of a chunk's phase costs the stepping thread
+    its f/g autograd functions and clone (`tp_region_s`) and the resumption after its wait
+    (`wait_resume_s`), beyond the transfer: count x (tp_region_s + wait_resume_s) per phase."""
+    from dojo.sim.memory import device_memory
+    from dojo.sim.simulate import chunk_times
+
+    region, resume = 17e-6, 90e-6
+    program, zero, dev = _program_and_devices("tp=2", tp_region_s=region, wait_resume_s=resume)
+    memory = device_memory(program)
+    for chunk in program.chunks:
+        base, now = chunk_times(program, chunk, zero, memory), chunk_times(program, chunk, dev,
+                                                                           memory)
+        assert len(chunk.tp_forward) and len(chunk.tp_backward)
+        assert now.tp_forward - base.tp_forward == pytest.approx(
+            len(chunk.tp_forward) * (region + resume), rel=1e-9)
+        assert now.tp_backward - base.tp_backward == pytest.approx(
+            len(chunk.tp_backward) * (region + resume), rel=1e-9)
+        assert (now.forward, now.backward) == (base.forward, base.backward)
+
+
+def test_pipeline_tasks_charge_their_receives_and_sends() -> None:
+    """pp=2 on the eager cpu device (`dojo.runtime.pipeline`): stage 0's forward sends its
+    activation (`p2p_post_s`), stage 1's receives it (`wait_resume_s`); stage 1's backward
+    sends the input gradient, stage 0's receives it."""
+    from dojo.sim.memory import device_memory
+    from dojo.sim.simulate import chunk_times, task_durations
+
+    post, resume = 20e-6, 150e-6
+    program, zero, dev = _program_and_devices("pp=2", p2p_post_s=post, wait_resume_s=resume)
+    memory = device_memory(program)
+    times = {c.index: chunk_times(program, c, zero, memory) for c in program.chunks}
+    f0, b0, t0 = task_durations(program, zero, times)
+    f1, b1, t1 = task_durations(program, dev, times)
+    assert [a - b for a, b in zip(f1, f0)] == pytest.approx([post, resume], rel=1e-9)
+    assert [a - b for a, b in zip(b1, b0)] == pytest.approx([resume, post], rel=1e-9)
+    assert t1 == t0
+
+
+@pytest.mark.parametrize("plan,waits", [("dp=2", 2), ("tp=2", 1), ("pp=2", 1), ("dp=1", 0)])
+def test_step_collectives_charge_the_wait_after_them(plan: str, waits: int) -> None:
+    """The step's own collectives (`Trainer._sync_gradients`, `_global_loss`) block too: the
+    loss all-reduce with more than one rank, the flat gradient all-reduce under dp."""
+    from dojo.sim.eager import sync_host_time
+
+    resume = 120e-6
+    program, zero, dev = _program_and_devices(plan, wait_resume_s=resume)
+    for stage in range(program.plan.pp):
+        assert (sync_host_time(program, dev, stage, 1e5) - sync_host_time(program, zero, stage,
+                                                                          1e5)
+                == pytest.approx(waits * resume, rel=1e-9, abs=1e-15))
+
+
+def test_multi_rank_host_fields_charge_nothing_off_an_eager_device() -> None:
+    """The fields describe dojo's eager runtime: a compiled GPU step pays none of them."""
+    from dataclasses import replace
+
+    from dojo.sim.eager import p2p_host_time, tp_host_time
+    from dojo.sim.simulate import device_model
+
+    program = simulate_job(Job(model="gpt", plan="tp=2", system="a100-cluster:2")).program
+    dev = device_model(program)
+    dev = replace(dev, calibration=replace(dev.calibration, tp_region_s=1.0, p2p_post_s=1.0,
+                                           wait_resume_s=1.0))
+    assert tp_host_time(program.chunks[0].tp_forward, dev) == 0.0
+    assert p2p_host_time(dev, "F", 1, 1) == 0.0

@@ -88,6 +88,13 @@ class Calibration:
     # fixed part and its part per parameter tensor (0 = none).
     grad_sync_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     grad_sync_tensor_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Host time of the eager runtime's multi-rank plans beyond the transfers (`dojo.sim.eager`):
+    # Megatron's f/g autograd functions and clone around one tp all-reduce (both phases), the
+    # posting of one pipeline send, and what one blocking wait on another rank costs the
+    # stepping thread's next work (it resumes with cold caches). 0 = none.
+    tp_region_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    p2p_post_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    wait_resume_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # SMs the communication kernels of a tensor-parallel collective overlapped with a GEMM hold
     # (TransformerEngine's userbuffers: ring-exchange all-gathers, pipelined reduce-scatters);
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.

@@ -11,11 +11,18 @@ collectives' transfer (`dojo.runtime.trainer`): with dp > 1 the gradients are pa
 flat buffer (a reshape and a copy per tensor), scaled after the all-reduce and unpacked (a
 slice, a view and a copy per tensor); with more than one rank the step's loss is all-reduced
 (one FP32 element over the world, 2 (n - 1) message steps of a ring).
+
+With more than one rank the eager runtime's stepping thread also pays for its collectives
+beyond their transfer (`tp_host_time`, `p2p_host_time`, and the sync's two collectives in
+`sync_host_time`): every blocking wait on another rank costs the work after it
+`wait_resume_s` (the thread sleeps, other threads run on its core, it resumes with cold
+caches), a tensor-parallel all-reduce its f/g autograd functions and clone (`tp_region_s`),
+and a pipeline send its posting (`p2p_post_s`); bench/rank_costs.py measures them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 
 from dojo.compiler.program import Program
 from dojo.sim.costs import DeviceModel
@@ -60,6 +67,32 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
     if plan.dp > 1 and plan.zero == 0:
         t += (cal.grad_sync_s + stage_param_tensors(program, stage) * cal.grad_sync_tensor_s
               + dev.stream_time(params * SYNC_BYTES_PER_PARAM))
+    if plan.dp > 1 and plan.zero == 0:
+        t += cal.wait_resume_s  # the gradient all-reduce's wait
     if plan.devices > 1:
-        t += 2 * (plan.devices - 1) * cal.collective_latency_s
+        t += 2 * (plan.devices - 1) * cal.collective_latency_s + cal.wait_resume_s
     return t
+
+
+def tp_host_time(comms: Sized, dev: DeviceModel) -> float:
+    """Seconds the stepping thread spends on a phase's tensor-parallel collectives beyond their
+    transfer, on an eager device (0 elsewhere): per collective, its autograd functions and
+    clone (`tp_region_s`) and the wait's cost to the work after it (`wait_resume_s`)."""
+    cal = dev.calibration
+    return len(comms) * (cal.tp_region_s + cal.wait_resume_s) if cal.eager else 0.0
+
+
+def p2p_host_time(dev: DeviceModel, kind: str, vs: int, last: int) -> float:
+    """Seconds a pipeline task of `kind` ("F" or "B") on virtual stage `vs` (of 0..`last`)
+    spends on its messages beyond their transfer, on an eager device (0 elsewhere): a forward
+    receives its input activation unless it is the first stage and sends its output unless it
+    is the last; a backward receives its output gradient unless it is the last and sends its
+    input gradient unless it is the first (`dojo.runtime.pipeline`). A receive blocks
+    (`wait_resume_s`), a send is posted (`p2p_post_s`)."""
+    cal = dev.calibration
+    if not cal.eager:
+        return 0.0
+    first_end, last_end = vs == 0, vs == last
+    receives = not (first_end if kind == "F" else last_end)
+    sends = not (last_end if kind == "F" else first_end)
+    return receives * cal.wait_resume_s + sends * cal.p2p_post_s

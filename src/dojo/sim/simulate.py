@@ -21,7 +21,7 @@ from dojo.plan.plan import Plan
 from dojo.plan.policies import policy_modules
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import stage_param_tensors, sync_host_time
+from dojo.sim.eager import p2p_host_time, stage_param_tensors, sync_host_time, tp_host_time
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
@@ -208,10 +208,11 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
     sms = sm_fractions(dev)
 
     def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...]) -> float:
+        host = tp_host_time(comms, dev)  # the eager runtime's work around each collective
         if not program.plan.tp_overlap:
-            return _comm_time(program, comms, dev)
-        return tp_phase_time(program, comms, ops, op_time,
-                             lambda c: collective(program, dev, c.kind, c.nbytes, c.levels), sms)
+            return _comm_time(program, comms, dev) + host
+        return host + tp_phase_time(program, comms, ops, op_time, lambda c: collective(
+            program, dev, c.kind, c.nbytes, c.levels), sms)
 
     recompute = rec + tp(chunk.tp_recompute, chunk.recompute)
     ring_f, ring_b = _ring_times(program, dev, chunk.blocks)
@@ -310,9 +311,9 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     for vs in range(last + 1):
         t = times[vs]
         fwd.append(max(t.forward, t.stream) + t.tp_forward + t.cp_forward
-                   + (send if vs < last else 0.0))
+                   + (send if vs < last else 0.0) + p2p_host_time(dev, "F", vs, last))
         bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + t.cp_backward
-                   + (send if vs else 0.0))
+                   + (send if vs else 0.0) + p2p_host_time(dev, "B", vs, last))
     return fwd, bwd, transfer
 
 

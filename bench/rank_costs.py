@@ -1,0 +1,115 @@
+"""What a rank of the eager runtime's multi-rank plans costs its stepping thread beyond the
+transfers (bench/calibrate_cpu.py, step 7): the `cpu` device's `tp_region_s`, `p2p_post_s` and
+`wait_resume_s` (docs/simulator.md, "The CPU closed loop").
+
+- `tp_region_s`: Megatron's f and g around a tensor-parallel all-reduce
+  (`dojo.runtime.tensor_parallel`: a custom autograd function, a `contiguous().clone()` of the
+  reduced tensor, the function's node in the other phase), forward and backward together, with
+  the all-reduce itself a no-op: a tiny linear with g after it (or f before it) against the bare
+  linear, side by side, in one process; the mean of g's and f's.
+- `p2p_post_s`: posting one pipeline send (`dist.isend` of a detached activation, as
+  `dojo.runtime.pipeline` sends): its main-thread CPU, two processes.
+- `wait_resume_s`: what a blocking wait on the other rank costs the thread's next work: a tiny
+  eager training step (the MLP stack of `eager_stacks`) run right after a 1-element gloo
+  all-reduce against the same step run right after itself, two processes in lockstep; the
+  thread's CPU time of the step, not of the all-reduce (whose wall time the collective model
+  holds). The thread sleeps while it waits, other threads (the peer's, gloo's, other jobs')
+  run on its core, and it resumes with colder caches and predictors, or on the other core.
+  It depends on what runs meanwhile: measure it on the machine as the ranks will find it.
+
+Every figure is the minimum over repeats, the best of rounds, as in calibrate_cpu.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _min_thread(fn: Callable[[], object], repeat: int) -> float:
+    """Fastest thread-CPU seconds of `fn` over `repeat` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - start)
+    return best
+
+
+def tp_region(rounds: int = 3, repeat: int = 300) -> float:
+    """Seconds of host time per tensor-parallel all-reduce region (see the module docstring)."""
+    import torch.distributed as dist
+
+    from dojo.runtime.tensor_parallel import _CopyToTP, _ReduceFromTP
+
+    w = torch.randn(8, 8, requires_grad=True)
+    x = torch.randn(1, 4, 8, requires_grad=True)
+    gy = torch.randn(1, 4, 8)
+    group = object()  # never reaches gloo: the all-reduce is a no-op below
+    cases: dict[str, Callable[[], object]] = {
+        "bare": lambda: torch.autograd.grad(x @ w, (x, w), gy),
+        "g": lambda: torch.autograd.grad(_ReduceFromTP.apply(x @ w, group), (x, w), gy),
+        "f": lambda: torch.autograd.grad(_CopyToTP.apply(x, group) @ w, (x, w), gy)}
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        best = {k: float("inf") for k in cases}
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                best[name] = min(best[name], _min_thread(fn, repeat))
+    finally:
+        dist.all_reduce = real
+    return max(0.0, (best["g"] + best["f"]) / 2 - best["bare"])
+
+
+def _rank(rank: int, world: int, rounds: int, repeat: int) -> tuple[float, float, float]:
+    """(post s, step after a step s, step after a wait s) on this rank (see `rank_costs`)."""
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eager_stacks import _loss, _stacks
+
+    model, x = _stacks()["mlp"]
+    one, act = torch.ones(1), torch.randn(1, 64, 64)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        _loss(model(x)).backward()
+
+    post = after_step = after_wait = float("inf")
+    for _ in range(rounds):
+        dist.barrier()
+        after_step = min(after_step, _min_thread(step, repeat))
+        dist.barrier()
+        for _ in range(repeat):
+            dist.all_reduce(one)  # both ranks in lockstep: each waits on the other's message
+            start = time.thread_time()
+            step()
+            after_wait = min(after_wait, time.thread_time() - start)
+        dist.barrier()
+        for i in range(repeat // 4):
+            if rank == 0:
+                start = time.thread_time()
+                work = dist.isend(act.detach().contiguous(), dst=1, tag=i)
+                post = min(post, time.thread_time() - start)
+                work.wait()
+            else:
+                dist.recv(torch.empty(act.shape), src=0, tag=i)
+    return post, after_step, after_wait
+
+
+def rank_costs(rounds: int = 3, repeat: int = 200) -> tuple[float, float]:
+    """(`p2p_post_s`, `wait_resume_s`) between two local gloo processes (module docstring)."""
+    from dojo.runtime.launch import launch
+
+    out: list[Any] = launch(_rank, 2, (rounds, repeat), timeout_s=300, threads=1)
+    post = out[0][0]
+    # every rank waits at every collective (the early one longer): the mean of the two
+    return post, sum(max(0.0, wait - step) for _, step, wait in out) / len(out)
