@@ -15,7 +15,18 @@ the sum of the fastest times of its phases (`phase_minima`: millisecond windows,
 robust on a loaded machine).
 Simulated: `dojo.sim` on the `cpu` system for the same job (the program that ran).
 Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs the gpt models, pp gpt or llama.
-Prints a markdown table (docs/benchmarks.md); `--json` prints the rows.
+Prints a markdown table (docs/benchmarks.md) and a summary, which gives the spread of the
+main-thread CPU between the runs (each run is its own processes: invocations seconds apart);
+`--json` prints the rows (with each run's main-thread CPU, `main_cpu_runs_s`).
+
+Against drift (`--recalibrate fast|all`): the machine's state moves between invocations minutes
+apart (the same dp=1 step 1.1-1.5x slower a minute later on a quiet machine), so the committed
+calibration describes a moment, not the rows. With the option, right before each model's rows
+the calibration is measured again (fast: the dispatch and host figures, ~20-30 s; all: the
+rates too, bench/fresh_calibration.py) and every row is also simulated with it: extra columns
+(simulated with it, its error against the main-thread CPU, each run's main-thread CPU), and a
+table of the re-measured figures against the committed ones per model. The default run is
+unchanged apart from the summary's spread (and the JSON's `main_cpu_runs_s`).
 """
 
 from __future__ import annotations
@@ -24,10 +35,14 @@ import argparse
 import json
 import os
 import platform
+import sys
+from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fresh_calibration
 PLANS = ("dp=1", "dp=2", "tp=2", "pp=2")
 
 
@@ -57,22 +72,25 @@ def supports(model: str, plan: str) -> bool:
 
 
 def closed_loop(model: str, plan: str, steps: int, repeats: int
-                ) -> tuple[float, float | None, float, float | None]:
-    """(measured wall s, measured CPU s or None, simulated s, main-thread CPU s or None) per
-    step of `model`'s small preset under `plan` (FP32); rank 0's fastest step after warm-up,
-    best of `repeats` runs."""
+                ) -> tuple[float, float | None, float, float | None, list[float]]:
+    """(measured wall s, measured CPU s or None, simulated s, main-thread CPU s or None, each
+    run's main-thread CPU s) per step of `model`'s small preset under `plan` (FP32); rank 0's
+    fastest step after warm-up, best of `repeats` runs (each run its own processes: the
+    last item is the spread between invocations)."""
     from dojo.runtime import Job, run_distributed
 
     job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu")
     best, cpu, main, simulated = float("inf"), float("inf"), float("inf"), 0.0
+    runs = []
     for _ in range(repeats):
         sim, results = run_distributed(job, timeout_s=120)
         best = min(best, min(results[0]["step_s"][1:]))
         cpu = min(cpu, min(results[0].get("step_cpu_s", [cpu])[1:] or [cpu]))
-        main = min(main, min(results[0].get("step_thread_cpu_s", [main])[1:] or [main]))
+        runs.append(min(results[0].get("step_thread_cpu_s", [main])[1:] or [main]))
+        main = min(main, runs[-1])
         simulated = sim.result.step_time_s
     return (best, (cpu if cpu < float("inf") else None), simulated,
-            (main if main < float("inf") else None))
+            (main if main < float("inf") else None), runs)
 
 
 def phase_minima(model: str, repeats: int = 60) -> float:
@@ -106,7 +124,7 @@ def phase_minima(model: str, repeats: int = 60) -> float:
     return sum(best)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
@@ -115,8 +133,88 @@ def main() -> None:
                         help="semicolon-separated plans")
     parser.add_argument("--phases", action="store_true",
                         help="also time dp=1 steps phase by phase in this process")
+    parser.add_argument("--recalibrate", choices=("fast", "all"), default=None,
+                        help="re-measure the calibration (fast: dispatch and host figures; all: "
+                             "the rates too) right before each model's rows and simulate them "
+                             "with it as well (bench/fresh_calibration.py); adds columns")
+    parser.add_argument("--recalibrate-rounds", type=int, default=1,
+                        help="rounds of each re-measured figure (calibrate_cpu's --rounds)")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
+         fresh: str | None) -> dict[str, Any]:
+    """One row: measured, simulated (committed calibration; and with `fresh`, the system file
+    of a calibration measured just before) and their errors."""
+    real, cpu, pred, main_cpu, runs = closed_loop(model, plan, args.steps, args.repeats)
+    phases = phase_minima(model) if args.phases and plan == "dp=1" else None
+    row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
+           "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
+           "error_cpu": (pred - cpu) / cpu if cpu else None, "phases_s": phases,
+           "error_phases": (pred - phases) / phases if phases else None,
+           "measured_main_cpu_s": main_cpu,
+           "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None,
+           "main_cpu_runs_s": runs}
+    if fresh is not None:
+        from fresh_calibration import simulated_with
+
+        now = simulated_with(fresh, model, plan)
+        row.update(simulated_fresh_s=now,
+                   error_main_cpu_fresh=(now - main_cpu) / main_cpu if main_cpu else None)
+    return row
+
+
+def _line(row: dict[str, Any]) -> str:
+    """The row as a markdown table line (the fresh-calibration columns when it has them)."""
+    cpu, phases, main_cpu = row["measured_cpu_s"], row["phases_s"], row["measured_main_cpu_s"]
+    vs_cpu = f"{cpu:.4f} | {row['error_cpu']:+.1%}" if cpu else "- | -"
+    vs_phases = f"{phases:.4f} | {row['error_phases']:+.1%}" if phases else "- | -"
+    vs_main = f"{main_cpu:.4f} | {row['error_main_cpu']:+.1%}" if main_cpu else "- | -"
+    text = (f"| {'/'.join(row['aliases'])} | {row['plan']} | {row['measured_s']:.4f} | "
+            f"{row['simulated_s']:.4f} | {row['error']:+.1%} | {vs_cpu} | {vs_phases} | "
+            f"{vs_main} |")
+    if "simulated_fresh_s" in row:
+        runs = row["main_cpu_runs_s"]
+        fresh = row["error_main_cpu_fresh"]
+        text += (f" {row['simulated_fresh_s']:.4f} | "
+                 + (f"{fresh:+.1%}" if fresh is not None else "-")
+                 + f" | {min(runs):.4f}-{max(runs):.4f} ({max(runs) / min(runs) - 1:+.0%}) |")
+    return text
+
+
+def _header(args: argparse.Namespace) -> str:
+    head = ("| model (small preset) | plan | measured s | simulated s | error | "
+            "measured CPU s | error vs CPU | phase minima s | error vs phases | "
+            "main-thread CPU s | error vs main thread |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+    if args.recalibrate:
+        head += (f" simulated, {args.recalibrate} calibration now s | error vs main thread |"
+                 " main-thread CPU per run s (spread) |")
+        rule += "---|---|---|"
+    return f"{head}\n{rule}"
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    errors = [abs(r["error"]) for r in rows]
+    summary = [f"mean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}"]
+    for key, label in (("error_cpu", "CPU"), ("error_main_cpu", "main-thread CPU"),
+                       ("error_phases", "phase minima"),
+                       ("error_main_cpu_fresh", "main-thread CPU, calibration now")):
+        vs = [abs(r[key]) for r in rows if r.get(key) is not None]
+        if vs:
+            summary.append(f"vs {label} {sum(vs) / len(vs):.1%} (max {max(vs):.1%}, "
+                           f"{sum(v <= 0.15 for v in vs)} of {len(vs)} within 15 %)")
+    spreads = [max(r["main_cpu_runs_s"]) / min(r["main_cpu_runs_s"]) - 1 for r in rows
+               if len(r.get("main_cpu_runs_s", ())) > 1]
+    if spreads:
+        summary.append(f"main-thread CPU between runs: median spread {median(spreads):.0%}, "
+                       f"max {max(spreads):.0%}")
+    return f"{'; '.join(summary)}; load average now {os.getloadavg()[0]:.2f}"
+
+
+def main() -> None:
+    args = _arguments()
     torch.set_num_threads(1)
     models = distinct_models()
     if args.models:
@@ -126,44 +224,44 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch "
               f"{torch.__version__}, load average {os.getloadavg()[0]:.2f}; measured = min over "
               f"{args.repeats} runs x {args.steps - 1} steps")
-        print("\n| model (small preset) | plan | measured s | simulated s | error | "
-              "measured CPU s | error vs CPU | phase minima s | error vs phases | "
-              "main-thread CPU s | error vs main thread |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print(f"\n{_header(args)}", flush=True)
     rows: list[dict[str, Any]] = []
+    calibrations: list[tuple[str, float, dict[str, float]]] = []
     for model, aliases in models:
+        fresh = None
+        if args.recalibrate:
+            from fresh_calibration import fresh_system
+
+            fresh, fields = fresh_system(args.recalibrate, args.recalibrate_rounds, model)
+            calibrations.append((model, os.getloadavg()[0], fields))
         for plan in args.plans.split(";"):
-            if not supports(model, plan):
-                continue
-            real, cpu, pred, main_cpu = closed_loop(model, plan, args.steps, args.repeats)
-            phases = phase_minima(model) if args.phases and plan == "dp=1" else None
-            row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
-                   "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
-                   "error_cpu": (pred - cpu) / cpu if cpu else None, "phases_s": phases,
-                   "error_phases": (pred - phases) / phases if phases else None,
-                   "measured_main_cpu_s": main_cpu,
-                   "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None}
-            rows.append(row)
-            if not args.json:
-                label = "/".join(aliases)
-                vs_cpu = f"{cpu:.4f} | {row['error_cpu']:+.1%}" if cpu else "- | -"
-                vs_phases = f"{phases:.4f} | {row['error_phases']:+.1%}" if phases else "- | -"
-                vs_main = (f"{main_cpu:.4f} | {row['error_main_cpu']:+.1%}" if main_cpu
-                           else "- | -")
-                print(f"| {label} | {plan} | {real:.4f} | {pred:.4f} | {row['error']:+.1%} | "
-                      f"{vs_cpu} | {vs_phases} | {vs_main} |", flush=True)
-    errors = [abs(r["error"]) for r in rows]
+            if supports(model, plan):
+                rows.append(_row(model, aliases, plan, args, fresh))
+                if not args.json:
+                    print(_line(rows[-1]), flush=True)
     if args.json:
-        print(json.dumps(rows, indent=2))
-    elif errors:
-        summary = [f"mean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}"]
-        for key, label in (("error_cpu", "CPU"), ("error_main_cpu", "main-thread CPU"),
-                           ("error_phases", "phase minima")):
-            vs = [abs(r[key]) for r in rows if r[key] is not None]
-            if vs:
-                summary.append(f"vs {label} {sum(vs) / len(vs):.1%} (max {max(vs):.1%}, "
-                               f"{sum(v <= 0.15 for v in vs)} of {len(vs)} within 15 %)")
-        print(f"\n{'; '.join(summary)}; load average now {os.getloadavg()[0]:.2f}")
+        print(json.dumps({"rows": rows, "calibrations": calibrations} if calibrations else rows,
+                         indent=2))
+    elif rows:
+        print(f"\n{_summary(rows)}")
+        if calibrations:
+            print(_calibration_table(calibrations))
+
+
+def _calibration_table(calibrations: list[tuple[str, float, dict[str, float]]]) -> str:
+    """Per model, the re-measured figures against the committed calibration (ratio)."""
+    from dojo.sim.costs import load_calibration
+
+    committed = load_calibration("cpu")
+    keys = list(calibrations[0][2])
+    lines = ["\n| before model | load | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for model, load, fields in calibrations:
+        ratios = [fields[k] / getattr(committed, k) if getattr(committed, k) else float("nan")
+                  for k in keys]
+        lines.append(f"| {model} | {load:.1f} | " + " | ".join(f"{r:.2f}" for r in ratios)
+                     + " |")
+    return "\n".join(lines) + "\n(ratios to the committed sim/calibration/cpu.toml)"
 
 
 if __name__ == "__main__":

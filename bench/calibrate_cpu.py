@@ -33,9 +33,18 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
+7. What a rank of a multi-rank plan costs its stepping thread beyond the transfers
+   (`rank_costs`): Megatron's f/g around a tp all-reduce (`tp_region_s`), posting a pipeline
+   send (`p2p_post_s`), the slower work after a blocking wait on the other rank
+   (`wait_resume_s`); and, printed only, how much a second rank working beside one slows it
+   (`co_run_slowdown`, meaningful on a quiet machine).
+
+`fast_fields` (steps 3, 5, 7) and `throughput_fields` (1, 2, 4, 6) return the figures as
+`cpu.toml` fields (bench/bench_cpu_loop.py --recalibrate uses them); `--write` writes both files
+(bench/calibration_files.py), `--write-fields a,b` only those fields of `cpu.toml`.
 Every time is the minimum over repeats (the standard way to time on a shared machine), and
 each curve the best of `--rounds` passes.
-Run: .venv/bin/python bench/calibrate_cpu.py [--write] [--rounds 3]
+Run: .venv/bin/python bench/calibrate_cpu.py [--write | --write-fields F,G] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -421,6 +430,10 @@ def main() -> None:
           f" gloo {system['link'] / 1e9:.2f} GB/s; eager stacks: "
           + ", ".join(f"{k} {f * 1e6:.1f} us/{nf} + {b * 1e6:.1f} us/{nb} ops"
                       for k, (f, b, nf, nb) in info["stacks"].items()))
+    from rank_costs import co_run_slowdown
+
+    print(f"\none rank's eager work with a second rank working beside it: "
+          f"{co_run_slowdown(args.rounds):.2f}x its time beside a sleeping one (not written)")
     print("\n| cpu.toml field | value |\n|---|---|")
     for name, value in fields.items():
         print(f"| {name} | {value:.4g} |")

@@ -113,3 +113,43 @@ def rank_costs(rounds: int = 3, repeat: int = 200) -> tuple[float, float]:
     post = out[0][0]
     # every rank waits at every collective (the early one longer): the mean of the two
     return post, sum(max(0.0, wait - step) for _, step, wait in out) / len(out)
+
+
+def _co_rank(rank: int, world: int, rounds: int, repeat: int) -> float:
+    """Rank 0: its tiny eager step's fastest thread CPU with rank 1 running the same steps
+    over the ratio with rank 1 asleep (alternating, side by side); rank 1: 0."""
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eager_stacks import _loss, _stacks
+
+    model, x = _stacks()["mlp"]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        _loss(model(x)).backward()
+
+    best = {"alone": float("inf"), "together": float("inf")}
+    for _ in range(rounds):
+        for mode in best:
+            dist.barrier()
+            if rank == 0:
+                best[mode] = min(best[mode], _min_thread(step, repeat))
+            elif mode == "together":
+                for _ in range(3 * repeat):  # outlasts rank 0's loop
+                    step()
+            dist.barrier()
+    return best["together"] / best["alone"] if rank == 0 else 0.0
+
+
+def co_run_slowdown(rounds: int = 3, repeat: int = 300) -> float:
+    """How much slower one rank's eager work runs (its thread's CPU time) while a second rank
+    runs the same work on the machine than while it sleeps: 1 where the cores are independent.
+    Printed by calibrate_cpu, not a calibration field: on a loaded machine the "alone" case
+    has other jobs beside it too, so it only means something measured on a quiet one."""
+    from dojo.runtime.launch import launch
+
+    return float(launch(_co_rank, 2, (rounds, repeat), timeout_s=300, threads=1)[0])

@@ -169,3 +169,31 @@ def test_multi_rank_host_fields_charge_nothing_off_an_eager_device() -> None:
                                            wait_resume_s=1.0))
     assert tp_host_time(program.chunks[0].tp_forward, dev) == 0.0
     assert p2p_host_time(dev, "F", 1, 1) == 0.0
+
+
+def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any) -> None:
+    """bench/bench_cpu_loop.py --recalibrate: the figures measured now reach the simulation
+    through a system file's `[gpu.calibration]` table, the committed files untouched; a
+    doubled `wait_resume_s` adds its closed form to a dp=2 step (two step collectives)."""
+    import importlib.util
+    from pathlib import Path
+
+    from dojo.sim.costs import load_calibration
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("fresh_calibration",
+                                                  root / "bench/fresh_calibration.py")
+    assert spec is not None and spec.loader is not None
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    text = (root / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
+    committed = load_calibration("cpu")
+    fields = {"wait_resume_s": 2 * committed.wait_resume_s + 1e-4, "launch_s": 3e-5}
+    path = fresh.write_system(text, fields, tmp_path / "cpu-now.toml")
+    base = fresh.simulated_with("cpu", "gpt", "dp=2")
+    now = fresh.simulated_with(path, "gpt", "dp=2")
+    same = fresh.simulated_with(fresh.write_system(text, {"launch_s": 3e-5},
+                                                   tmp_path / "cpu-launch.toml"), "gpt", "dp=2")
+    assert now - same == pytest.approx(2 * (fields["wait_resume_s"] - committed.wait_resume_s),
+                                       rel=1e-4)
+    assert same != base and load_calibration("cpu") == committed
