@@ -59,16 +59,16 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
     dp > 1 and no ZeRO, the flat gradient buffer's packing and unpacking, `grad_sync_s` +
     tensors x `grad_sync_tensor_s` + its `params` FP32 gradients streamed
     `SYNC_BYTES_PER_PARAM` bytes each; with more than one rank, the loss all-reduce's
-    2 (ranks - 1) x `collective_latency_s` (one element: latency only)."""
+    2 (ranks - 1) x `collective_latency_s` (one element: latency only); each of the two
+    all-reduces also costs the work after its wait `wait_resume_s`."""
     cal, plan = dev.calibration, program.plan
     if not cal.eager:
         return 0.0
     t = 0.0
     if plan.dp > 1 and plan.zero == 0:
         t += (cal.grad_sync_s + stage_param_tensors(program, stage) * cal.grad_sync_tensor_s
-              + dev.stream_time(params * SYNC_BYTES_PER_PARAM))
-    if plan.dp > 1 and plan.zero == 0:
-        t += cal.wait_resume_s  # the gradient all-reduce's wait
+              + dev.stream_time(params * SYNC_BYTES_PER_PARAM)
+              + cal.wait_resume_s)  # and the work after its all-reduce's wait
     if plan.devices > 1:
         t += 2 * (plan.devices - 1) * cal.collective_latency_s + cal.wait_resume_s
     return t
