@@ -15,6 +15,13 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   reduce-scatters dK, dV after it, as Llama 3 was trained.
 - `pp`: pipeline stages cut on block boundaries; `mb` micro-batch size in samples; `interleave`
   virtual stages per device; `schedule` gpipe | 1f1b | interleaved.
+- `vp_group` (Megatron-Core's microbatch_group_size_per_vp_stage, Llama 3's tunable N): under
+  the interleaved schedule, contiguous micro-batches each virtual stage runs before the next
+  (0, the default: pp, Megatron's fixed choice). The warm phase holds (interleave - 1) N +
+  2 min(N, pp) (pp - 1 - s) // pp units on stage s (`dojo.sim.pipeline`): a smaller N holds fewer
+  activations, and below about 2 pp / 3 the backward wave around the ring stalls the steady
+  state. 1 <= N <= micro-batches; the last group (micro-batches mod N) must be 0 or large
+  enough not to deadlock the ring.
 - `stages`: blocks per virtual stage, `stages=7:8:8:7` (pp x interleave counts adding up to the
   blocks; `dojo.plan.stages`); without it the split is even, or Llama 3's (embedding and head
   each in place of one block).
@@ -100,6 +107,7 @@ class Plan:
     imbalance: float = field(default=1.0, metadata=check(ge=1))
     dispatcher: str = field(default="alltoall", metadata=check(choices=DISPATCHERS))
     etp: int = field(default=0, metadata=check(ge=0))   # 0: tp (Megatron-Core's default)
+    vp_group: int = field(default=0, metadata=check(ge=0))   # 0: pp (Megatron's fixed N)
     stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
@@ -119,7 +127,7 @@ class Plan:
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
                      "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
-                     "stages"):
+                     "vp_group", "stages"):
             value = getattr(self, name)
             if name == "stages":
                 if value:
@@ -131,6 +139,8 @@ class Plan:
                     value == getattr(default, name):
                 continue   # no expert parallelism: nothing to show
             if name == "fp8_params" and self.precision != "fp8" and not value:
+                continue
+            if name == "vp_group" and self.interleave == 1 and not value:
                 continue
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
@@ -196,6 +206,10 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
     if plan.schedule == "interleaved" and plan.interleave < 2:
         raise ConfigError(source, "interleave", plan.interleave,
                           "at least 2 virtual stages per device for schedule=interleaved")
+    if plan.vp_group and plan.interleave == 1:
+        raise ConfigError(source, "vp_group", plan.vp_group,
+                          "0 (unset) with interleave=1: micro-batch groups order the virtual "
+                          "stages of the interleaved schedule (give interleave >= 2)")
     if plan.sp and plan.tp == 1:
         raise ConfigError(source, "sp", "on", "tp > 1 (sequence parallelism splits over tp)")
     check_recompute(plan.recompute, source, RECOMPUTE)
@@ -258,10 +272,39 @@ def validate_plan(plan: Plan, shape: ModelShape, devices: int, batch: int,
                               f"({size} / {plan.tp} = {size / plan.tp:g})")
     check_experts(plan, shape, source)
     micro = batch // (plan.dp * plan.mb)
-    if plan.interleave > 1 and plan.schedule != "gpipe" and micro % plan.pp:
+    if plan.vp_group:
+        check_group(plan, micro, source)
+    elif plan.interleave > 1 and plan.schedule != "gpipe" and micro % plan.pp:
         raise ConfigError(source, "mb", plan.mb,
                           f"an interleaved schedule needs micro-batches ({micro}) divisible by "
                           f"pp {plan.pp}")
+
+
+def ring_spread(pp: int, group: int) -> int:
+    """Warm units stage 0 runs beyond stage pp - 1 under the interleaved schedule with `group`
+    micro-batches per virtual stage: 2 min(N, pp) (pp - 1) // pp (`dojo.sim.pipeline`)."""
+    return 2 * min(group, pp) * (pp - 1) // pp
+
+
+def check_group(plan: Plan, micro: int, source: str = "--plan") -> None:
+    """`vp_group` N against the `micro` micro-batches per pipeline: 1 <= N <= micro, and a last
+    group of r = micro mod N that is 0 or at least spread - N, spread = `ring_spread`: with
+    fewer, stage 0's forward of the last group waits on stage pp - 1's forward r units earlier,
+    which that stage runs after a backward waiting (N units back, a whole group) on a backward
+    stage 0 runs only after that very forward: a cycle, the run deadlocks (`dojo.sim.pipeline`).
+    """
+    n = plan.vp_group
+    if n > micro:
+        raise ConfigError(source, "vp_group", n,
+                          f"at most the micro-batches per pipeline: batch / (dp {plan.dp} x mb "
+                          f"{plan.mb}) = {micro}")
+    left, spread = micro % n, ring_spread(plan.pp, n)
+    if left and left + n < spread:
+        raise ConfigError(source, "vp_group", n,
+                          f"a group that divides the {micro} micro-batches or leaves at least "
+                          f"{spread - n}: {micro} = {micro // n} x {n} + {left}, and a last group "
+                          f"of {left} deadlocks the pipeline ({left} + N {n} < the warm spread "
+                          f"2 min(N, pp) (pp - 1) // pp = {spread})")
 
 
 def expert_tp(plan: Plan) -> int:

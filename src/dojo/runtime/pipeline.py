@@ -104,11 +104,13 @@ def run_chunk(model: nn.Module, layout: Layout, v: int, last: int, ranges: list[
     return layout.post(model, x) if v == last else x
 
 
-def schedule_tasks(kind: str, stage: int, pp: int, interleave: int, micro: int
-                   ) -> list[tuple[str, int, int]]:
-    """This stage's tasks in the simulator's order (`dojo.sim.pipeline.order`), as
-    ("F" or "B", virtual stage v, micro-batch)."""
-    return [(k, c * pp + stage, m) for k, m, c in order(kind, stage, pp, micro, interleave)]
+def schedule_tasks(kind: str, stage: int, pp: int, interleave: int, micro: int,
+                   group: int = 0) -> list[tuple[str, int, int]]:
+    """This stage's tasks in the simulator's order (`dojo.sim.pipeline.order`, `group`
+    micro-batches per virtual stage at a time, 0: pp), as ("F" or "B", virtual stage v,
+    micro-batch)."""
+    return [(k, c * pp + stage, m)
+            for k, m, c in order(kind, stage, pp, micro, interleave, group)]
 
 
 @dataclass

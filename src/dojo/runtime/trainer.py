@@ -225,7 +225,8 @@ class Trainer:
                             stage_rank=lambda v: self.mesh.stage_rank(v % plan.pp),
                             shape=(x0.shape[0], seq, hidden), micro=micro, pp=plan.pp,
                             loss_fn=self.bundle.loss_fn)
-        tasks = schedule_tasks(plan.schedule, self.mesh.coords.pp, plan.pp, plan.interleave, micro)
+        tasks = schedule_tasks(plan.schedule, self.mesh.coords.pp, plan.pp, plan.interleave, micro,
+                               plan.vp_group)
         loss = step.run(tasks, micro_in, micro_tgt)
         self.executed = step.executed
         return loss

@@ -20,7 +20,7 @@ from dojo.plan.plan import Plan
 from dojo.plan.policies import rebuilds_selective
 from dojo.sim.fp8 import FP8_CACHE_BYTES_PER_PARAM
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import warm_units
+from dojo.sim.pipeline import group_of, unit, warm_units
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,16 @@ def in_flight_bytes(program: Program, stage: int) -> float:
     micro-batch, so its peak is m x the stage's saved bytes. 1F1B and interleaved 1F1B run
     `warm` forwards, then (F, B) pairs, then backwards; the live bytes only grow during the warm
     phase, only shrink in the last, and in between each pair adds the bytes of one unit and frees
-    those of another. The chunk of unit k is periodic in k with period pp x interleave, and over
-    one period every chunk is added and freed pp times, so the live bytes are periodic over the
+    those of another. The chunk of unit k is periodic in k with period N x interleave (N
+    micro-batches per virtual stage at a time, `vp_group`, pp by default), and over one period
+    every chunk is added and freed N times, so the live bytes are periodic over the
     pairs and their maximum is reached within the first period. Walking the order of
     `in_flight_micro(m)` micro-batches (the same warm phase and at least one period of pairs)
     therefore gives the same peak as walking all m (a test checks it against the full walk)."""
     plan = program.plan
     saved = [c.saved_bytes for c in program.chunks]
     peak = peak_in_flight(plan.schedule, stage, plan.pp, program.microbatches, plan.interleave,
-                          saved)
+                          saved, plan.vp_group)
     # Full recompute rebuilds one block's activations at a time during backward.
     if plan.recompute == "full" and program.work.block is not None:
         peak += program.work.block.saved_bytes
@@ -87,19 +88,20 @@ def ring_buffers(program: Program) -> float:
 
 
 def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: int,
-                   saved: list[float]) -> float:
+                   saved: list[float], group: int = 0) -> float:
     """Peak of the bytes saved from F to B on `stage` (`saved` per virtual stage, bytes per
-    micro-batch), in O(pp x interleave) steps (see `in_flight_bytes`)."""
+    micro-batch), in O(pp x interleave) steps (see `in_flight_bytes`); `group` micro-batches
+    per virtual stage at a time (0: pp). A last group of fewer than N micro-batches changes the
+    order's tail, so such a run is walked whole."""
     if schedule == "gpipe":
         return micro * sum(saved[c * pp + stage] for c in range(interleave))
-    walk = min(micro, in_flight_micro(pp, interleave))
+    n = group_of(pp, interleave, group)
+    walk = min(micro, in_flight_micro(pp, interleave, group)) if micro % n == 0 else micro
     total = walk * interleave
-    warm = warm_units(schedule, stage, pp, walk, interleave)
-    # Unit k's chunk is (k // pp) % interleave (reversed for backwards); see pipeline.order.
-    group = pp if interleave > 1 else 1
-    chunk = [saved[((k // group) % interleave) * pp + stage] for k in range(total)]
-    back = [saved[(interleave - 1 - (k // group) % interleave) * pp + stage]
-            for k in range(total)]
+    warm = warm_units(schedule, stage, pp, walk, interleave, group)
+    # the chunk of the k-th forward and of the k-th backward (pipeline.unit)
+    chunk = [saved[unit(k, False, walk, interleave, n)[2] * pp + stage] for k in range(total)]
+    back = [saved[unit(k, True, walk, interleave, n)[2] * pp + stage] for k in range(total)]
     live = peak = sum(chunk[:warm])
     for i in range(total - warm):   # (F of unit warm + i, B of unit i) pairs
         live += chunk[warm + i]
@@ -108,13 +110,15 @@ def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: i
     return peak
 
 
-def in_flight_micro(pp: int, interleave: int) -> int:
+def in_flight_micro(pp: int, interleave: int, group: int = 0) -> int:
     """Micro-batches whose 1F1B order covers the warm phase of every stage (at most
-    2 (pp - 1) + (interleave - 1) pp units) plus one period (pp x interleave units) of pairs,
-    rounded up to a multiple of pp (the interleaved order groups micro-batches by pp)."""
-    units = 2 * (pp - 1) + (interleave - 1) * pp + pp * interleave
+    2 (pp - 1) + (interleave - 1) N units, N = `group` or pp) plus one period (N x interleave
+    units) of pairs, rounded up to a multiple of N (the interleaved order groups micro-batches
+    by N)."""
+    n = group or pp
+    units = 2 * (pp - 1) + (interleave - 1) * n + n * interleave
     micro = -(-units // interleave) + 1
-    return -(-micro // pp) * pp
+    return -(-micro // n) * n
 
 
 def capacity(program: Program) -> tuple[float, float, float]:

@@ -11,7 +11,7 @@ computes them as their inputs become known (a work list, no time-ordered queue n
 Bounded work. Micro-batches are identical: a task's duration depends on its device, kind and
 chunk, never on its micro-batch. Under 1F1B and interleaved 1F1B every device runs `warm`
 forwards, then (F, B) pairs, then backwards, and shifting a device's order by one period of
-pairs (U x interleave pairs, U = 1 micro-batch for 1F1B, pp for the interleaved schedule) gives
+pairs (U x interleave pairs, U = 1 micro-batch for 1F1B, N for the interleaved schedule) gives
 the same tasks with micro-batches U later. `run_pipeline` runs the pairs a period at a time
 ("rounds") and records after each the state that decides everything later: how far each device
 got, when it is free, and the ends of tasks whose consumers have not started. The step is a
@@ -24,6 +24,22 @@ with the direct simulation for every micro-batch count to 64), so the work is O(
 tasks per round and independent of the micro-batch count; the skipped tasks are not returned as
 spans (`Timeline.skipped` counts them). GPipe holds every micro-batch in flight and is
 simulated directly, up to `MAX_TASKS`.
+
+Micro-batch groups (Megatron-Core's microbatch_group_size_per_vp_stage, Llama 3's tunable N).
+The interleaved order runs N contiguous micro-batches through one virtual stage before moving
+to the next (`group`; 0 means N = pp, Megatron's fixed choice): forwards take micro-batches
+0..N-1 through chunks 0..V-1, then N..2N-1, and so on (the last group holds the M mod N left
+over, or N); backwards the same with the chunks reversed. Device s runs
+warm = (V - 1) N + 2 min(pp - 1 - s, N - 1) forwards first. For N >= pp that is Megatron-Core's
+2 (pp - 1 - s) + (V - 1) N (`get_pp_rank_microbatches`); for N < pp (which Megatron-Core
+refuses, and Meta's schedule allows) Megatron's spacing of two units per rank cannot hold:
+device 0's forward k of a chunk c >= 1 needs device pp-1's forward k - N of chunk c - 1, and
+device pp-1 reaches that one only after its backward k - N - warm(pp-1) - 1, which waits for
+device 0's backward k - 2N - warm(pp-1) - 1, which device 0 runs after its own forward
+k - 2N - (warm(0) - warm(pp-1)) - 1. The order is a cycle (it deadlocks) unless
+warm(0) - warm(pp-1) <= 2N. Keeping Megatron's two units per rank (forwards and backwards of
+all devices in step) and its two units of slack at the wrap (2 (pp - 1) = 2N - 2 at N = pp)
+caps the spacing at 2 (N - 1): the first pp - N + 1 devices run the same warm phase.
 """
 
 from __future__ import annotations
@@ -51,41 +67,67 @@ class Span:
     end: float
 
 
-def order(schedule: str, stage: int, pp: int, micro: int, virtual: int) -> list[Task]:
-    """The task order of one device (`virtual` chunks per device)."""
-    return [task_at(schedule, stage, pp, micro, virtual, i) for i in range(2 * micro * virtual)]
+def order(schedule: str, stage: int, pp: int, micro: int, virtual: int,
+          group: int = 0) -> list[Task]:
+    """The task order of one device (`virtual` chunks per device, `group` micro-batches per
+    virtual stage at a time, 0 meaning pp)."""
+    return [task_at(schedule, stage, pp, micro, virtual, i, group)
+            for i in range(2 * micro * virtual)]
 
 
-def warm_units(schedule: str, stage: int, pp: int, micro: int, virtual: int) -> int:
-    """Forwards a device runs before its first backward (1F1B and interleaved 1F1B)."""
+def group_of(pp: int, virtual: int, group: int) -> int:
+    """Micro-batches per group of the order: 1 without interleaving, else `group` or pp."""
+    return 1 if virtual == 1 else group or pp
+
+
+def warm_units(schedule: str, stage: int, pp: int, micro: int, virtual: int,
+               group: int = 0) -> int:
+    """Forwards a device runs before its first backward (1F1B and interleaved 1F1B; see the
+    module docstring for the interleaved (V - 1) N + 2 min(pp - 1 - s, N - 1))."""
     if virtual == 1:
         return min(pp - stage - 1, micro)
-    return min((pp - stage - 1) * 2 + (virtual - 1) * pp, micro * virtual)
+    n = group_of(pp, virtual, group)
+    return min((virtual - 1) * n + 2 * min(n, pp) * (pp - 1 - stage) // pp, micro * virtual)
 
 
-def task_at(schedule: str, stage: int, pp: int, micro: int, virtual: int, i: int) -> Task:
+def task_at(schedule: str, stage: int, pp: int, micro: int, virtual: int, i: int,
+            group: int = 0) -> Task:
     """The `i`-th task of one device's order, in O(1)."""
     total = micro * virtual
     if schedule == "gpipe":
         if i < total:
             return ("F", i % micro, i // micro)
         return ("B", (i - total) % micro, virtual - 1 - (i - total) // micro)
-    warm = warm_units(schedule, stage, pp, micro, virtual)
+    warm = warm_units(schedule, stage, pp, micro, virtual, group)
+    n = group_of(pp, virtual, group)
     if i < warm:
-        return _unit(i, False, pp, virtual)
+        return unit(i, False, micro, virtual, n)
     j = i - warm
     if j < 2 * (total - warm):
-        return _unit(warm + j // 2, False, pp, virtual) if j % 2 == 0 else \
-            _unit(j // 2, True, pp, virtual)
-    return _unit(j - (total - warm), True, pp, virtual)
+        return unit(warm + j // 2, False, micro, virtual, n) if j % 2 == 0 else \
+            unit(j // 2, True, micro, virtual, n)
+    return unit(j - (total - warm), True, micro, virtual, n)
 
 
-def _unit(k: int, backward: bool, pp: int, virtual: int) -> Task:
+def unit(k: int, backward: bool, micro: int, virtual: int, group: int) -> Task:
+    """The `k`-th forward (or backward) of the order: groups of `group` micro-batches, each
+    through every chunk in turn (Megatron-Core's `get_schedule_table`); the last group holds
+    what is left, micro - `last_start(micro, group)` micro-batches."""
     if virtual == 1:
         return ("B" if backward else "F", k, 0)
-    m = (k // (pp * virtual)) * pp + k % pp
-    c = (k // pp) % virtual
+    start = last_start(micro, group)
+    if k < start * virtual:
+        m = (k // (group * virtual)) * group + k % group
+        c = (k // group) % virtual
+    else:
+        left = micro - start
+        m, c = start + (k - start * virtual) % left, (k - start * virtual) // left
     return ("B", m, virtual - 1 - c) if backward else ("F", m, c)
+
+
+def last_start(micro: int, group: int) -> int:
+    """The first micro-batch of the order's last group (every group before it holds `group`)."""
+    return group * ((micro - 1) // group)
 
 
 @dataclass
@@ -98,6 +140,7 @@ class _Run:
     schedule: str
     duration: Callable[[int, Task], float]
     transfer_s: float
+    group: int
     pointer: list[int]
     free: list[float]
     done: dict[tuple[str, int, int], float]
@@ -117,7 +160,8 @@ class _Run:
         while work:
             s = work.pop()
             while self.pointer[s] < limits[s]:
-                task = task_at(self.schedule, s, pp, self.micro, self.virtual, self.pointer[s])
+                task = task_at(self.schedule, s, pp, self.micro, self.virtual, self.pointer[s],
+                               self.group)
                 dep = self.needs(s, task)
                 if dep is not None and dep not in self.done:
                     break
@@ -174,20 +218,24 @@ def makespan_bounds(pp: int, micro: int, forward: list[float], backward: list[fl
 
 def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,
                  duration: Callable[[int, Task], float], transfer_s: float,
-                 explicit: int | None = None) -> list[Span]:
+                 explicit: int | None = None, group: int = 0) -> list[Span]:
     """Simulate one step's pipeline; returns the spans of the tasks it simulated, in completion
     order: every task when the run has at most `explicit` tasks, else all but the periods the
-    steady state let it skip (module docstring), with the true times of those it kept."""
-    return simulate_pipeline(pp, virtual, micro, schedule, duration, transfer_s, explicit)[0]
+    steady state let it skip (module docstring), with the true times of those it kept.
+    `group`: micro-batches per virtual stage at a time (interleaved; 0 means pp)."""
+    return simulate_pipeline(pp, virtual, micro, schedule, duration, transfer_s, explicit,
+                             group)[0]
 
 
 def simulate_pipeline(pp: int, virtual: int, micro: int, schedule: str,
                       duration: Callable[[int, Task], float], transfer_s: float,
-                      explicit: int | None = None) -> tuple[list[Span], int]:
+                      explicit: int | None = None, group: int = 0
+                      ) -> tuple[list[Span], int]:
     """`run_pipeline`, and how many tasks per device were skipped (0 when none); `explicit`
     defaults to `EXPLICIT_TASKS`."""
     explicit = EXPLICIT_TASKS if explicit is None else explicit
-    run = _Run(pp, virtual, micro, schedule, duration, transfer_s, [0] * pp, [0.0] * pp, {}, [])
+    run = _Run(pp, virtual, micro, schedule, duration, transfer_s, group, [0] * pp, [0.0] * pp,
+               {}, [])
     per_device = 2 * micro * virtual
     skipped = 0
     if pp * per_device > explicit and schedule != "gpipe":
@@ -208,10 +256,12 @@ def _run_periods(run: _Run) -> int:
     """Run rounds of one period until the state repeats, then jump; returns the tasks per
     device jumped over (0 if the state never repeated within `MAX_ROUNDS`)."""
     pp, v, micro = run.pp, run.virtual, run.micro
-    shift = 1 if v == 1 else pp                       # micro-batches per period
+    shift = group_of(pp, v, run.group)                # micro-batches per period
     step = 2 * shift * v                              # tasks per device per period
-    warm = [warm_units(run.schedule, s, pp, micro, v) for s in range(pp)]
-    rounds = min((micro * v - w) // (shift * v) for w in warm)  # periods of pairs everywhere
+    warm = [warm_units(run.schedule, s, pp, micro, v, run.group) for s in range(pp)]
+    # forwards in whole groups: a last group of fewer micro-batches breaks the period
+    regular = micro if micro % shift == 0 else last_start(micro, shift)
+    rounds = min((regular * v - w) // (shift * v) for w in warm)  # periods of pairs everywhere
     history: list[tuple[tuple[object, ...], list[float]]] = []
     for r in range(min(rounds, MAX_ROUNDS)):
         limits = [w + (r + 1) * step for w in warm]

@@ -288,7 +288,7 @@ def simulate(program: Program) -> Result:
         return (fwd if kind == "F" else bwd)[c * plan.pp + stage]
 
     spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
-                         duration, transfer)
+                         duration, transfer, group=plan.vp_group)
     sync, opt = _finish_step(program, dev, spans)
     step = max(end for _, _, end in opt)
     busy = [program.microbatches * sum(fwd[c * plan.pp + st] + bwd[c * plan.pp + st]

@@ -61,8 +61,8 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
         extra = work.block.saved_bytes
     elif rebuilds_selective(plan.recompute) and work.block is not None:
         extra = max(0.0, work.block.selective_saved)
-    return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved) + extra
-            for s in range(plan.pp)]
+    return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved,
+                           plan.vp_group) + extra for s in range(plan.pp)]
 
 
 def stage_totals(work: ModelWork, plan: Plan, activations: list[float],
