@@ -42,14 +42,27 @@ class Case:
 
 @dataclass(frozen=True)
 class Outcome:
+    """A case's prediction: step seconds, MFU, and the peak memory of its most loaded device
+    against that device's capacity (bytes; 0 and 0 when not predicted, leave-one-out folds)."""
+
     case: Case
     predicted_s: float
     mfu: float
+    memory_bytes: float = 0.0
+    capacity_bytes: float = 0.0
 
     @property
     def error(self) -> float:
         """Signed relative error of the predicted step time."""
         return (self.predicted_s - self.case.measured_step_s) / self.case.measured_step_s
+
+    @property
+    def fits_memory(self) -> bool | None:
+        """Whether the plan fits its devices' memory (None: memory not predicted). Every case
+        is a recipe that ran on real hardware, so False is a simulator error, not the run's."""
+        if not self.capacity_bytes:
+            return None
+        return self.memory_bytes <= self.capacity_bytes
 
 
 def load_cases(text: str | None = None) -> list[Case]:
@@ -129,16 +142,22 @@ def model_for(case: Case) -> tuple[str, dict[str, Any]]:
     return "gpt", {**keys, **case.implementation}
 
 
-def validate(cases: list[Case], predict: Callable[[Case], tuple[float, float]],
+def validate(cases: list[Case], predict: Callable[[Case], tuple[float, ...]],
              progress: Callable[[int, int, str], None] | None = None) -> list[Outcome]:
-    """Predict every case with `predict(case) -> (step seconds, mfu)`."""
+    """Predict every case with `predict(case) -> (step seconds, mfu[, memory bytes, capacity
+    bytes])` (`predict_case`)."""
     out = []
     for i, case in enumerate(cases):
         if progress is not None:
             progress(i, len(cases), case.id)
-        seconds, mfu = predict(case)
-        out.append(Outcome(case, seconds, mfu))
+        seconds, mfu, *memory = predict(case)
+        out.append(Outcome(case, seconds, mfu, *memory))
     return out
+
+
+def not_fitting(outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes whose plan does not fit its devices' memory (`Outcome.fits_memory`)."""
+    return [o for o in outcomes if o.fits_memory is False]
 
 
 def summary(outcomes: list[Outcome], gate: tuple[str, ...] = GATE_CONFIDENCE
@@ -158,8 +177,9 @@ MEAN_TOLERANCE = 0.05
 MAX_TOLERANCE = 0.10
 
 
-def predict_case(case: Case) -> tuple[float, float]:
-    """(step seconds, MFU) the simulator predicts for a case, through `dojo simulate`'s path."""
+def predict_case(case: Case) -> tuple[float, float, float, float]:
+    """(step seconds, MFU, peak bytes of the most loaded device, its capacity in bytes) the
+    simulator predicts for a case, through `dojo simulate`'s path."""
     from dataclasses import replace
 
     from dojo.hardware.loader import load_system
@@ -172,7 +192,8 @@ def predict_case(case: Case) -> tuple[float, float]:
                    precision=case.precision)
     spec = with_stack(load_system(case.hardware, devices=case.gpus), case.stack, strict=False)
     sim = simulate_model(name, overrides, spec, plan, case.global_batch)
-    return sim.result.step_time_s, sim.result.mfu
+    memory = sim.result.memory
+    return sim.result.step_time_s, sim.result.mfu, memory.total, memory.capacity
 
 
 def case_run(case: Case) -> Run:
