@@ -141,11 +141,19 @@ class _Flow:
             acts = self.acts(op)
             if len(acts) != 1 or not (op.rule in FREE_RULES or op.target in _AROUND_MATMULS):
                 break
+            if phase == "forward" and op.target == "aten.clone.default" and not self._expanded(op):
+                break  # the model's own copy (MLA's value.contiguous()), not the fallback's
             path.append(op)
             if op.rule not in FREE_RULES:
                 cut, start = len(path) - 1, acts[0]
             t = acts[0]
         return start, path[:cut + 1]
+
+    def _expanded(self, op: Op) -> bool:
+        """Whether `op` copies an expanded tensor: the fallback's reshape of its batched
+        operand (expand -> clone -> _unsafe_view) does; a copy the model makes does not."""
+        maker = self.made_by.get(op.inputs[0]) if op.inputs else None
+        return maker is not None and maker.target == "aten.expand.default"
 
     def made_in(self, ops: set[int]) -> set[int]:
         """Ids of the tensors the ops `ops` (ids) produce."""
@@ -267,8 +275,10 @@ def _site(flow: _Flow, anchor: Op) -> _Site:
     matmuls = sum(op.flops for op in flow.graph.ops
                   if op.id in bwd and op.rule in MATRIX_RULES)
     # FlashAttention's backward recomputes the scores (QK^T) before its four matmuls.
-    return _Site(fwd, bwd, qkv, out, grad_out, grads,
+    site = _Site(fwd, bwd, qkv, out, grad_out, grads,
                  (scores.flops + values.flops, matmuls + scores.flops))
+    _backward_slot(site, flow.graph)  # raises _NoMatch where no slot fits
+    return site
 
 
 def has_sdpa_fallback(graph: Graph) -> bool:
@@ -318,7 +328,7 @@ def _fused_ops(site: _Site, graph: Graph, tensors: list[TensorInfo]) -> dict[int
     size = {t.id: t.bytes for t in tensors}
     fwd_in, fwd_out = site.qkv, (site.out, lse.id, rng.id)
     bwd_in = (site.grad_out, *site.qkv, *fwd_out)
-    last_f, last_b = max(site.fwd), max(site.bwd)
+    last_f, last_b = max(site.fwd), _backward_slot(site, graph)
     layer = next(op.layer for op in graph.ops if op.id == last_f)
     return {
         last_f: Op(last_f, FLASH_FORWARD, "forward", fwd_in, fwd_out, site.flops[0],
@@ -328,6 +338,22 @@ def _fused_ops(site: _Site, graph: Graph, tensors: list[TensorInfo]) -> dict[int
                    sum(size[t] for t in bwd_in), sum(size[t] for t in site.grads),
                    "flop_counter", block),
     }
+
+
+def _backward_slot(site: _Site, graph: Graph) -> int:
+    """The id of the backward op the fused backward replaces: the region's last, unless an op
+    outside it reads a gradient earlier (autograd may run MLA's rotary-key gradient, summed
+    over the heads, before the query's last scale multiply): then the last region op before
+    that reader, which must come after the output gradient is made."""
+    grads = set(site.grads)
+    readers = [op.id for op in graph.ops if op.phase == "backward" and op.id not in site.bwd
+               and grads.intersection(op.inputs)]
+    first = min(readers, default=max(site.bwd) + 1)
+    slot = max((i for i in site.bwd if i < first), default=-1)
+    made = next((op.id for op in graph.ops if site.grad_out in op.outputs), -1)
+    if slot <= made:
+        raise _NoMatch
+    return slot
 
 
 def _dead(flow: _Flow, removed: set[int], kept: set[int]) -> set[int]:

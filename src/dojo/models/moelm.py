@@ -95,9 +95,6 @@ def check_moe(cfg: Any, source: str) -> None:
                               f"{cfg.heads}")
     elif cfg.qk_rope_dim % 2:
         raise ConfigError(source, "qk_rope_dim", cfg.qk_rope_dim, "an even number (rotary pairs)")
-    elif cfg.v_dim > cfg.qk_nope_dim + cfg.qk_rope_dim:
-        raise ConfigError(source, "v_dim", cfg.v_dim, f"at most qk_nope_dim + qk_rope_dim = "
-                          f"{cfg.qk_nope_dim + cfg.qk_rope_dim} (values are padded to it)")
 
 
 class LatentAttention(nn.Module):
@@ -141,10 +138,13 @@ class LatentAttention(nn.Module):
         k_pe = apply_rotary(k_pe.unsqueeze(1), angles).expand(b, nh, s, rope)  # shared by heads
         q = torch.cat([q_nope, q_pe], dim=-1)  # (B, nh, S, nope+rope)
         k = torch.cat([k_nope, k_pe], dim=-1)  # (B, nh, S, nope+rope)
-        # Values padded to the query/key width, as FlashAttention kernels need equal head sizes
-        # (HF's DeepseekV3FlashAttention2 does the same); the padding's output is dropped.
-        v = F.pad(v, [0, nope + rope - self.v_dim])  # (B, nh, S, nope+rope)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)[..., :self.v_dim]
+        # Values at their own width, not padded to the query/key width: Megatron-Core builds
+        # the core attention with k_channels = nope + rope and v_channels = v_dim
+        # (TransformerEngine's fused attention takes different head sizes) after making the
+        # value contiguous. A CPU runs unequal widths through SDPA's math fallback; a GPU's
+        # fused kernel is modelled as it runs (dojo.compiler.fusion.fuse_attention).
+        v = v.contiguous()  # (B, nh, S, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, S, v)
         return self.wo(y.transpose(1, 2).reshape(b, s, nh * self.v_dim))  # (B, S, H)
 
 
