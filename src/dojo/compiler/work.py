@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section
-from dojo.compiler import fusion, replicated
+from dojo.compiler import fusion, kernelsave, replicated
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
@@ -242,8 +242,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
 
 def _partial_bytes(graph: Graph, op: Op, acts: list[int], split: set[int],
                    vocab: int | None) -> float:
-    """Captured bytes of the partial sums `op` leaves on each rank (0: none; see
-    `tp_collectives`)."""
+    """Captured bytes of the partial sums `op` leaves on each rank (0: none; tp_collectives)."""
     if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1 and acts[0] in split:
         return float(graph.tensors[op.outputs[0]].bytes)
     grad = _input_grad(graph, op)
@@ -315,7 +314,7 @@ def _gemm_shape(op: Op, graph: Graph, tp: int, whole: bool) -> tuple[int, int, i
     return (b, max(1, m), max(1, n))
 
 
-def _is_attention_core(op: Op, graph: Graph) -> bool:
+def is_attention_core(op: Op, graph: Graph) -> bool:
     """The ops selective recompute replays (Korthikanti et al. 2022): the attention core, i.e.
     a fused attention op, or the batched matmuls, softmax and dropout on (S, S) scores."""
     if "attention" in op.target:
@@ -331,7 +330,7 @@ def _is_attention_core(op: Op, graph: Graph) -> bool:
 
 def _replays(op: Op, graph: Graph, sel: Selection | None) -> bool:
     """Whether the selective slots rerun `op`: a module policy's op, else the attention core."""
-    return op.id in sel.ops if sel is not None else _is_attention_core(op, graph)
+    return op.id in sel.ops if sel is not None else is_attention_core(op, graph)
 
 
 def _reads_expert_weight(op: Op, graph: Graph) -> bool:
@@ -371,7 +370,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     if block is not None and graph.block(block).carry:
         residual_numel = math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
     labels = _section_of(graph, block)
-    sel = (selection(graph, modules, lambda o: _is_attention_core(o, graph))
+    sel = (selection(graph, modules, lambda o: is_attention_core(o, graph))
            if modules else None)
     costs: dict[tuple[str, str], list[OpCost]] = {}
     selective: dict[str, list[OpCost]] = {}
@@ -398,8 +397,9 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and any(_replays(o, graph, sel) for o in group):
             selective.setdefault(label, []).append(cost)
-    saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split,
-                               weights, masks, sel)
+    kept = weights | kernelsave.recomputed(graph, grouped, weights)  # not saved either
+    saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split, kept,
+                               masks, sel)
     sizes = param_sizes_by_section(graph, block, labels)
     params = replicated.held_params(sizes, graph, keep, block, labels, tp)
     tensors = {label: len(v) for label, v in sizes.items()}
@@ -467,7 +467,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[in
             else:
                 size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
             saved[made[1]] = saved.get(made[1], 0.0) + size
-            if sel.drops(made[0], r.id) if sel else _is_attention_core(made[0], graph):
+            if sel.drops(made[0], r.id) if sel else is_attention_core(made[0], graph):
                 attn[made[1]] = attn.get(made[1], 0.0) + size
     return saved, attn
 
