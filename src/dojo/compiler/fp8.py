@@ -18,8 +18,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dojo.compiler import fusion
-from dojo.compiler.work import ModelWork, main_block, tp_split, weight_derived
-from dojo.graph import Graph
+from dojo.compiler.modules import selection
+from dojo.compiler.work import (
+    ModelWork,
+    is_attention_core,
+    main_block,
+    tp_split,
+    weight_derived,
+)
+from dojo.graph import Graph, Op
 from dojo.graph.analysis import root
 from dojo.plan.policies import op_class
 
@@ -27,9 +34,16 @@ from dojo.plan.policies import op_class
 def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
     """Change in one block instance's saved bytes on one device when the linears keep FP8
     inputs (negative: fewer bytes; see the module docstring)."""
+    return sum(fp8_changes(graph, tp, sp, scale).values())
+
+
+def fp8_changes(graph: Graph, tp: int, sp: bool, scale: float) -> dict[int, float]:
+    """Per saved tensor of the block (root id), the change FP8 makes to its bytes on one device:
+    -half when only weight GEMMs read it in the backward (kept in FP8 alone), +half when other
+    ops read it too (the FP8 copy on top of the BF16 tensor)."""
     block = main_block(graph)
     if block is None:
-        return 0.0
+        return {}
     weights = weight_derived(graph)
     carry = graph.block(block).carry
     residual = 1 if carry else 0
@@ -47,7 +61,7 @@ def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
         for t in {root(graph, i).id for i in op.inputs}:
             if t in made and t not in weights:
                 readers.setdefault(t, []).append(kind)
-    change = 0.0
+    change: dict[int, float] = {}
     for rid, classes in readers.items():
         if "mm" not in classes:
             continue
@@ -55,8 +69,25 @@ def fp8_saved_change(graph: Graph, tp: int, sp: bool, scale: float) -> float:
         if not r.dtype.startswith("float"):
             continue
         half = r.bytes * scale / (tp if (sp or rid in split) else 1) / 2
-        change += -half if all(c == "mm" for c in classes) else half
+        change[rid] = -half if all(c == "mm" for c in classes) else half
     return change
+
+
+def fp8_dropped_change(graph: Graph, modules: frozenset[str], tp: int, sp: bool,
+                       scale: float, fused_attention: bool = True) -> float:
+    """Change FP8 makes to the bytes a module recompute policy (`compiler.modules`) drops from
+    one block instance: a dropped tensor is dropped as FP8 keeps it (1 byte per element when
+    only weight GEMMs read it, 2 + 1 when others read it too), not at the activation
+    precision the policy's own compile sizes it at (`work._saved`)."""
+    if fused_attention and fusion.has_sdpa_fallback(graph):
+        graph = fusion.fuse_attention(graph, weight_derived(graph))
+    sel = selection(graph, modules, lambda o: is_attention_core(o, graph))
+    made: dict[int, Op] = {}
+    for op in graph.ops:
+        for t in op.outputs if op.phase == "forward" else ():
+            made.setdefault(root(graph, t).id, op)
+    return sum(c for rid, c in fp8_changes(graph, tp, sp, scale).items()
+               if rid in made and sel.drops(made[rid], rid))
 
 
 def _expert_weight_shapes(graph: Graph) -> set[tuple[int, ...]]:

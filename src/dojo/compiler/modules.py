@@ -91,7 +91,7 @@ def module_of(ops: list[Op], core: Callable[[Op], bool], moe: bool) -> dict[str,
 
 def selection(graph: Graph, modules: frozenset[str], core: Callable[[Op], bool]) -> Selection:
     """The ops of `modules` in every layer instance and the outputs normal checkpoints keep
-    (`core`: whether an op is the attention core, `work._is_attention_core`)."""
+    (`core`: whether an op is the attention core, `work.is_attention_core`)."""
     forward = [op for op in graph.ops if op.phase == "forward"]
     layers: dict[str, list[Op]] = {}
     for op in forward:

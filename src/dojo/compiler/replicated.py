@@ -25,10 +25,29 @@ step), not in forward, so a recompute of the up projections replays none.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from dojo.capture.params import META_KEY
 from dojo.graph import Graph, Op
 from dojo.graph.analysis import root
+
+EXPERT_TAG = ".experts."  # the routed experts' parameter names (dojo.models.moe)
+
+
+def with_whole_experts(graph: Graph) -> Graph:
+    """`graph` with its routed experts' weights (parameters `*.experts.*`) declared replicated
+    too: under expert tensor parallelism 1 (`etp=1`) Megatron-Core folds tp into the expert
+    ranks and each GPU runs whole experts on the tokens dispatched to it, so the tp dataflow
+    neither splits them nor reduces their outputs over tp (the dispatch moves the tokens;
+    `compiler.experts`). Their per-rank share stays `compiler.experts`' (`held_params` skips
+    them)."""
+    names = [t.name for t in graph.tensors if t.role == "parameter" and t.view_of is None
+             and EXPERT_TAG in f".{t.name}"]
+    if not names:
+        return graph
+    meta = dict(graph.meta)
+    meta[META_KEY] = ",".join(n for n in (meta.get(META_KEY, ""), *names) if n)
+    return replace(graph, meta=tuple(meta.items()))
 
 
 def replicated_weights(graph: Graph) -> frozenset[int]:
@@ -73,6 +92,8 @@ def held_params(sizes: dict[str, list[int]], graph: Graph, keep: frozenset[int],
     out: dict[str, int] = {}
     for r in keep:
         info = graph.tensors[r]
+        if EXPERT_TAG in f".{info.name}":
+            continue  # routed experts: their share per rank is compiler.experts'
         label = "block" if block is not None and info.block == block else first.get(r, "pre")
         label = "pre" if label == "block" and info.block != block else label
         out[label] = out.get(label, 0) + math.prod(info.shape) * (tp - 1)

@@ -58,7 +58,14 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    """Routed experts (top-k of `experts`, capacity dispatch) plus `shared` always-on experts."""
+    """Routed experts (top-k of `experts`, capacity dispatch) plus `shared` always-on experts.
+
+    Under tensor parallelism the router stays whole on every rank, as Megatron-Core's Router
+    holds its weight ([experts, hidden], no tp split; `megatron/core/transformer/moe/router.py`)
+    and runs it on the rank's own tokens, the sequence shard under sp (dojo.compiler.replicated).
+    """
+
+    tp_replicated = ("gate",)
 
     def __init__(self, hidden: int, ffn: int, experts: int, top_k: int, *, shared: int = 0,
                  capacity: float = 1.0, router: str = "softmax", groups: int = 1,

@@ -24,16 +24,17 @@ from typing import Any
 
 from dojo.compiler.context import local_seq, ring_work
 from dojo.compiler.experts import MoeLayout, moe_layout
-from dojo.compiler.fp8 import fp8_activations
+from dojo.compiler.fp8 import fp8_activations, fp8_dropped_change
 from dojo.compiler.mapping import device_count
 from dojo.compiler.program import PRECISION_BYTES, Program, compile_program
 from dojo.compiler.recompute import apply_policy
+from dojo.compiler.replicated import with_whole_experts
 from dojo.compiler.work import ModelWork, SectionWork, main_block, model_work
 from dojo.errors import ConfigError
 from dojo.graph import Graph
 from dojo.hardware.loader import load_system
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import ModelShape, Plan, check_fit, validate_plan
+from dojo.plan.plan import ModelShape, Plan, check_fit, expert_tp, validate_plan
 from dojo.plan.policies import policy_classes, policy_modules
 from dojo.sim.simulate import Result, simulate
 
@@ -106,6 +107,15 @@ def graph_at(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     return _CAPTURES[key]
 
 
+def plan_graph(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None, plan: Plan,
+               derive: bool = False) -> Graph:
+    """`graph_at` for one rank's tokens under `plan` (seq / cp), its routed experts declared
+    whole over tp when the plan folds tp into the expert ranks (etp=1 < tp;
+    `replicated.with_whole_experts`)."""
+    graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq), derive)
+    return with_whole_experts(graph) if expert_tp(plan) == 1 < plan.tp else graph
+
+
 def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None, plan: Plan,
              derive: bool = False, *, fused_attention: bool) -> ModelWork:
     """The per-device work of one micro-batch of `mb` samples under `plan`'s tensor split,
@@ -113,12 +123,11 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     device runs attention as one fused kernel (`fuses_attention`; `model_work`)."""
     scale = PRECISION_BYTES[plan.precision]["activation_scale"]
     key: tuple[Any, ...] = (model, tuple(sorted(overrides.items())), seq, mb, plan.tp, plan.sp,
-                            scale, plan.fusion, fused_attention, plan.cp)
+                            scale, plan.fusion, fused_attention, plan.cp, expert_tp(plan))
     if key not in _WORKS:
         # With context parallelism a rank's work is that of seq/cp tokens, its attention run
         # once per ring step (`dojo.compiler.context`).
-        graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
-                            derive)
+        graph = plan_graph(model, overrides, mb, seq, plan, derive)
         _WORKS[key] = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
                                            fuse=plan.fusion, fused_attention=fused_attention),
                                 plan.cp, plan.tp)
@@ -130,8 +139,7 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     for step in steps:
         key, parent = (*key, step), key
         if key not in _WORKS:
-            graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
-                                derive)
+            graph = plan_graph(model, overrides, mb, seq, plan, derive)
             _WORKS[key] = (fp8_activations(_WORKS[parent], graph, plan.tp, plan.sp, scale,
                                            fused_attention) if step == "fp8" else
                            apply_policy(_WORKS[parent], graph, classes or frozenset(), plan.tp,
@@ -140,11 +148,15 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
     if modules is not None:
         key, parent = (*key, plan.recompute), key
         if key not in _WORKS:
-            graph, _ = graph_at(model, overrides, mb, context_seq(model, overrides, plan, seq),
-                                derive)
+            graph = plan_graph(model, overrides, mb, seq, plan, derive)
             mine = ring_work(model_work(graph, tp=plan.tp, sp=plan.sp, scale=scale,
                                         fuse=plan.fusion, fused_attention=fused_attention,
                                         modules=modules), plan.cp, plan.tp)
+            if plan.precision == "fp8" and mine.block is not None:  # dropped as FP8 keeps them
+                dropped = mine.block.selective_saved + fp8_dropped_change(
+                    graph, modules, plan.tp, plan.sp, scale, fused_attention)
+                mine = dataclasses.replace(mine, block=dataclasses.replace(
+                    mine.block, selective_saved=dropped))
             _WORKS[key] = with_modules(_WORKS[parent], mine)
     return _WORKS[key]
 
@@ -152,8 +164,8 @@ def work_for(model: str, overrides: Mapping[str, Any], mb: int, seq: int | None,
 def with_modules(work: ModelWork, mine: ModelWork) -> ModelWork:
     """`work` (ready but for recompute, FP8 included) with its sections' selective slots and
     replayed tp collectives taken from `mine`, the same capture compiled under a module policy
-    (`compiler.modules`; the dropped bytes are sized at the plan's activation precision, before
-    FP8)."""
+    (`compiler.modules`; under FP8 `work_for` has sized its block's dropped bytes as FP8 keeps
+    them, `compiler.fp8.fp8_dropped_change`)."""
     def section(sec: SectionWork, new: SectionWork) -> SectionWork:
         return dataclasses.replace(sec, recompute_selective=new.recompute_selective,
                                    selective_saved=new.selective_saved,
