@@ -113,3 +113,16 @@ def test_leave_one_out_never_fits_a_held_out_case(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(v, "predict_case", lambda c: (1.5, 0.3))
     (out,) = v.leave_one_out([case])
     assert out.predicted_s == 1.5
+
+
+def test_cases_that_do_not_fit_their_devices_are_flagged() -> None:
+    """A case predicted to need more bytes than its device holds is listed by `not_fitting`
+    (its recipe ran, so the simulator is wrong there); one without a memory figure (leave-one-
+    out folds) is neither."""
+    from dojo.sim.validate import not_fitting
+
+    a, b, c = load_cases()[:3]
+    sizes = {a.id: (1.0, 0.5, 81e9, 80e9), b.id: (1.0, 0.5, 79e9, 80e9), c.id: (1.0, 0.5)}
+    out = validate([a, b, c], lambda case: sizes[case.id])
+    assert [o.fits_memory for o in out] == [False, True, None]
+    assert [o.case.id for o in not_fitting(out)] == [a.id]
