@@ -2,15 +2,16 @@
 
 A Llama block (RMSNorm computed as x * rsqrt(mean(x^2) + eps) * w, SwiGLU w2(silu(w1 x) * w3 x),
 fused attention), s b tokens, hidden h, ffn f, a heads, BF16 activations (2 bytes):
-- `mlp` drops w1's and w3's outputs, silu's and the product (4 s b f elements: 8 s b f bytes)
-  and reruns the three GEMMs (6 s b h f FLOP); under tp=2 with sp it replays the MLP's
+- `mlp` drops w1's and w3's outputs and the product (3 s b f elements: 6 s b f bytes; SiLU's
+  output is not saved, a fused SwiGLU keeps its inputs, compiler.kernelsave) and reruns the
+  three GEMMs (6 s b h f FLOP); under tp=2 with sp it replays the MLP's
   all-gather and reduce-scatter (2 s b h bytes each);
 - `layernorm` drops each norm's rsqrt (s b), x * rsqrt and output (2 s b h): 8 s b h + 4 s b
   bytes for the block's two norms, and keeps their input (the residual);
 - `core_attn` drops the attention kernel's output and its FP32 logsumexp (2 s b h + 4 a s b
   bytes; the output projection's input is a copy outside the module) and reruns the kernel.
 A DeepSeek MoE block (T = s b tokens, E experts of ffn F, top k, capacity rows C = T k / E):
-- `moe_act` drops silu's output and the product (2 E C F elements), reruns no GEMM;
+- `moe_act` drops the product (E C F elements; SiLU's output is not saved), reruns no GEMM;
 - `moe` drops what the MoE layer saves but its input and reruns its GEMMs: the router
   (2 T h E), the experts (3 x 2 E C h F) and the shared expert (3 x 2 T h F);
 - `mla_up_proj` drops at least q, k and v (3 b nh s (dn + dr) elements) and the two norm
@@ -56,7 +57,7 @@ def _rerun_gemm_flops(model: str, shape: dict, plan: str) -> float:
 
 
 def test_mlp_drops_the_swiglu_intermediates_and_reruns_its_gemms() -> None:
-    assert _dropped("llama", LLAMA, f"mb={B}", "mlp") == pytest.approx(8 * SB * F)
+    assert _dropped("llama", LLAMA, f"mb={B}", "mlp") == pytest.approx(6 * SB * F)
     assert _rerun_gemm_flops("llama", LLAMA, f"mb={B},recompute=modules:mlp") == \
         pytest.approx(6 * SBH * F)
 
@@ -88,7 +89,7 @@ def test_mlp_replays_its_tp_collectives_and_core_attn_none() -> None:
     attn = _program("llama", LLAMA, f"{plan},recompute=modules:core_attn", 2).chunks[0]
     assert attn.tp_recompute == ()
     # with sp every saved tensor of the MLP splits: half the bytes per device
-    assert _dropped("llama", LLAMA, plan, "mlp", 2) == pytest.approx(8 * SB * F / 2)
+    assert _dropped("llama", LLAMA, plan, "mlp", 2) == pytest.approx(6 * SB * F / 2)
 
 
 def _moe_sizes() -> tuple[int, int, int, int, int]:
@@ -98,7 +99,7 @@ def _moe_sizes() -> tuple[int, int, int, int, int]:
 
 def test_moe_act_drops_the_experts_activation_only() -> None:
     _, e, c, f, _ = _moe_sizes()
-    assert _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") == pytest.approx(2 * 2 * e * c * f)
+    assert _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") == pytest.approx(2 * e * c * f)
     assert _rerun_gemm_flops("deepseek-v3", DS, f"mb={B},recompute=modules:moe_act") == 0.0
 
 
@@ -109,7 +110,7 @@ def test_moe_reruns_router_experts_and_shared_expert() -> None:
         pytest.approx(gemms)
     # the whole layer's saved tensors include moe_act's and the experts' inputs and outputs
     assert _dropped("deepseek-v3", DS, f"mb={B}", "moe") > \
-        _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") + 2 * 2 * e * c * f
+        _dropped("deepseek-v3", DS, f"mb={B}", "moe_act") + 2 * e * c * f
 
 
 def test_mlp_applies_to_the_dense_layers_only() -> None:
@@ -118,7 +119,7 @@ def test_mlp_applies_to_the_dense_layers_only() -> None:
     assert _dropped("deepseek-v3", DS, f"mb={B}", "mlp") == 0.0
     none = _program("deepseek-v3", DS, f"mb={B},pp=2", 2).chunks[0]
     mlp = _program("deepseek-v3", DS, f"mb={B},pp=2,recompute=modules:mlp", 2).chunks[0]
-    assert none.saved_bytes - mlp.saved_bytes == pytest.approx(8 * B * DS["seq"] * DS["ffn"])
+    assert none.saved_bytes - mlp.saved_bytes == pytest.approx(6 * B * DS["seq"] * DS["ffn"])
 
 
 def test_mla_up_proj_drops_q_k_v_and_the_latent_norms() -> None:

@@ -158,9 +158,12 @@ def test_gpt3_175b_on_an_exapod_is_planned_within_a_minute() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("system", ["v1", "exapod"])
+@pytest.mark.parametrize("system", ["v1"])
 def test_llama3_405b_on_dojo_says_in_one_line_why_nothing_fits(
         capsys: pytest.CaptureFixture[str], system: str) -> None:
+    """On the ExaPOD a plan now fits (dp=5,tp=8,pp=35,cp=2,recompute=full,zero=3): the block a
+    full recompute rebuilds is smaller since a fused SwiGLU keeps its inputs only
+    (compiler.kernelsave); docs/benchmarks.md."""
     code = main(["plan", "llama3-405b", "--system", system])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 2 and err[0].startswith("searching plans")
