@@ -7,15 +7,16 @@ The four autograd functions, each the other's adjoint (Korthikanti et al., 2022,
   backward reduce-scatters the gradient (every rank's partial input gradient, summed and sliced).
 - `reduce_scatter_seq`: after a row-parallel linear (attn.proj, mlp.proj) the partial products
   are summed and sliced in one reduce-scatter; backward all-gathers the gradient.
-- `scatter_seq`: at the model's input (token and position embeddings, replicated on every tp
-  rank) keep this rank's slice; backward all-gathers, so the embeddings get the whole gradient.
-- `gather_seq_replicated`: after the final LayerNorm, all-gather for the replicated head;
-  backward keeps this rank's slice (every rank computes the same whole loss).
+At the model's ends (`dojo.runtime.vocab_parallel`): the vocabulary-parallel embedding's
+partial sums are reduce-scattered onto this rank's slice (backward all-gather), the position
+embedding (replicated) is sliced without communication, and the split head's input is
+all-gathered after the final LayerNorm (`gather_seq`; backward reduce-scatter).
 These replace the tp all-reduces (all-reduce = reduce-scatter + all-gather, same bytes), so sp
 costs no extra communication and divides LayerNorm/dropout work and activations by tp.
 
-Parameters used inside the sharded region (every LayerNorm and the row-parallel biases) see only
-this rank's tokens: their gradients are partial sums over the tp group (`partial_grad_names`).
+Parameters used inside the sharded region (every LayerNorm, the row-parallel biases and the
+position embedding) see only this rank's tokens: their gradients are partial sums over the tp
+group (`partial_grad_names`), summed once per step.
 Sequence is dim -2 everywhere ((B, S, H) activations, (S, H) position embeddings).
 """
 
@@ -86,38 +87,32 @@ def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:
 
 
 def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
-    """Shard the sequence of a tp-split dojo GPT: slice after the embeddings, gather after the
-    final norm (forward hooks, so the whole-model forward and the pipeline chunks both get them).
-    DojoError when `seq` does not split into tp slices."""
+    """Shard the sequence of a tp-split dojo GPT at its input: keep this rank's slice of the
+    position embedding (a forward hook, so the whole-model forward and the pipeline chunks both
+    get it; the token embedding reduce-scatters itself and the head gathers, see
+    `vocab_parallel`). DojoError when `seq` does not split into tp slices."""
     if seq % tp:
         raise DojoError(f"sequence parallelism (sp=on) splits the sequence over tp={tp}: "
                         f"seq {seq} is not divisible ({seq} / {tp} = {seq / tp:g})")
     m: Any = model
 
-    def scatter(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
-        # Replicated (B, S, H) -> own slice; backward gathers the slices' gradients.
-        result: Tensor = _SeqCollective.apply(out, group, _slice, _gather)
-        return result
+    def keep_slice(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
+        # Replicated (S, H) -> own (S/tp, H); its gradient is partial, summed once per step.
+        return _slice(out, group)
 
-    def gather(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
-        # Slices -> replicated (B, S, H); each rank's gradient is already whole: keep its slice.
-        result: Tensor = _SeqCollective.apply(out, group, _gather, _slice)
-        return result
-
-    m.wte.register_forward_hook(scatter)  # (B, S, H) -> (B, S/tp, H)
-    m.wpe.register_forward_hook(scatter)  # (S, H) -> (S/tp, H)
-    m.ln_f.register_forward_hook(gather)  # (B, S/tp, H) -> (B, S, H)
+    m.wpe.register_forward_hook(keep_slice)  # (S, H) -> (S/tp, H)
 
 
 def partial_grad_names(model: nn.Module) -> set[str]:
-    """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms and the
-    row-parallel biases (added after the reduce-scatter, on this rank's tokens only)."""
+    """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms, the
+    position embedding (sliced) and the row-parallel biases (added after the reduce-scatter),
+    all on this rank's tokens only. The vocabulary-parallel `wte` is no nn.Embedding."""
     from dojo.runtime.tensor_parallel import RowParallelLinear
 
     names: set[str] = set()
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, nn.LayerNorm | nn.Embedding):  # norms, positions (not wte)
             names.update(f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False))
         elif isinstance(module, RowParallelLinear) and module.bias is not None:
             names.add(f"{prefix}bias")

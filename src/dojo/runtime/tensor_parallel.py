@@ -12,10 +12,13 @@ Split per block (tp ranks r = 0..tp-1, heads and ffn divided evenly; `validate_p
 - attn.proj: row-parallel; rank r keeps the input columns of its heads; bias added once, after
   the all-reduce.
 - mlp.0: column-parallel (ffn rows); mlp.2: row-parallel (ffn columns).
-Norms, embeddings and the tied head stay replicated; their gradients come out identical on every
-tp rank (identical inputs), so they need no tp reduction. With sequence parallelism (sp=on,
-`sequence_parallel`) f and g become an all-gather and a reduce-scatter along the sequence, and
-the norms and row-parallel biases see a slice of the tokens (their gradients are summed over tp).
+The tied token embedding and LM head are split by vocabulary rows, with the vocabulary-parallel
+cross entropy (`vocab_parallel`): per micro-batch an all-reduce of the embedding, f on the
+head's input and two all-reduces in the loss. Norms and the position embedding stay replicated;
+their gradients come out identical on every tp rank (identical inputs), so they need no tp
+reduction. With sequence parallelism (sp=on, `sequence_parallel`) f and g become an all-gather
+and a reduce-scatter along the sequence, and the norms, row-parallel biases and position
+embedding see a slice of the tokens (their gradients are summed over tp once per step).
 """
 
 from __future__ import annotations
@@ -189,9 +192,11 @@ def _columns(linear: nn.Linear, index: Tensor, group: Any, sp: bool) -> RowParal
 def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
               ) -> dict[str, Shard]:
     """Split every block of a dojo GPT `tp` ways in place; this process keeps slot `rank`.
-    With `sp` the blocks take and give sequence slices (`sequence_parallel`; the caller
-    installs the embedding/final-norm hooks). tp = 1 with group None gives the same module
-    structure without communication (used for recompute=selective).
+    With a group the tied embedding/head is split by vocabulary rows too (`vocab_parallel`;
+    the loss must then be its `vocab_parallel_loss`). With `sp` the blocks take and give
+    sequence slices (`sequence_parallel`; the caller installs the position embedding's slice).
+    tp = 1 with group None gives the same block structure without communication (used for
+    recompute=selective).
 
     Returns the local parameter names that hold a slice of a whole-model parameter, with the
     slice; parameters not listed are whole copies under their original names.
@@ -231,4 +236,9 @@ def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
             f"{p}.mlp.proj.linear.weight": Shard(f"{p}.mlp.2.weight", 1, ffn_rows),
             f"{p}.mlp.proj.bias": Shard(f"{p}.mlp.2.bias", 0, torch.arange(h)),
         })
+    if group is not None:
+        from dojo.runtime.vocab_parallel import split_vocab
+
+        lo, hi = split_vocab(model, tp, rank, group, sp)
+        shards["wte.weight"] = Shard("wte.weight", 0, torch.arange(lo, hi))
     return shards

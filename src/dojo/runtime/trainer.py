@@ -22,7 +22,8 @@ the global batch: each micro-batch's mean loss is scaled by 1/micro-batches and 
 gradients are averaged, which equals the single-process mean when micro-batches are equal.
 
 Which models support what: every zoo model and user factory runs with dp (and micro-batches);
-tp needs the gpt models (Megatron splits, `tensor_parallel`); pp needs gpt or llama
+tp needs the gpt models (Megatron splits, `tensor_parallel`, with the vocabulary-parallel
+embedding, head and cross entropy of `vocab_parallel`); pp needs gpt or llama
 (`pipeline.LAYOUTS`). BatchNorm models (resnet) see per-micro-batch statistics under dp or mb > 1,
 as in PyTorch DDP, so they do not match a whole-batch single-process run exactly.
 """
@@ -110,6 +111,7 @@ class Trainer:
         self.executed: list[tuple[str, int, int]] = []  # pipeline tasks of the last step
         check_zero(plan.zero)
         self.shards = self._split()
+        self.loss_fn = self._loss_fn()
         apply_recompute(self.model, plan.recompute)
         check_policy_coverage(self.model, plan.precision)
         if get_policy(plan.precision).name != "fp32":
@@ -144,6 +146,21 @@ class Trainer:
         if plan.sp:
             install_sequence_parallel(self.model, plan.tp, self._seq(), group)
         return shards
+
+    def _loss_fn(self) -> Any:
+        """The bundle's loss, or under a vocabulary-parallel head (tp > 1) the split cross
+        entropy; DojoError when the bundle's loss is not the classification loss it computes."""
+        from dojo.models.zoo import classification_loss
+        from dojo.runtime.vocab_parallel import VocabParallelEmbedding, vocab_parallel_loss
+
+        wte = getattr(self.model, "wte", None)
+        if not isinstance(wte, VocabParallelEmbedding):
+            return self.bundle.loss_fn
+        if self.bundle.loss_fn is not classification_loss:
+            raise DojoError(f"tensor parallelism (tp={self.plan.tp}) splits the gpt head by "
+                            "vocabulary and computes its cross entropy split; this bundle's "
+                            f"loss {getattr(self.bundle.loss_fn, '__name__', '?')} is not it")
+        return vocab_parallel_loss(wte.lo, wte.group)
 
     def _seq(self) -> int:
         return int(self.bundle.example_inputs[0].shape[1])
@@ -209,7 +226,7 @@ class Trainer:
                     micro_tgt: list[tuple[Tensor, ...]]) -> Tensor:
         total = torch.zeros(())
         for x, t in zip(micro_in, micro_tgt):
-            loss = self.bundle.loss_fn(self.model(*x), *t) / len(micro_in)
+            loss = self.loss_fn(self.model(*x), *t) / len(micro_in)
             loss.backward()
             total = total + loss.detach()
         return total
@@ -224,7 +241,7 @@ class Trainer:
                             ranges=chunk_ranges([c.blocks for c in self.program.chunks]),
                             stage_rank=lambda v: self.mesh.stage_rank(v % plan.pp),
                             shape=(x0.shape[0], seq, hidden), micro=micro, pp=plan.pp,
-                            loss_fn=self.bundle.loss_fn)
+                            loss_fn=self.loss_fn)
         tasks = schedule_tasks(plan.schedule, self.mesh.coords.pp, plan.pp, plan.interleave, micro,
                                plan.vp_group)
         loss = step.run(tasks, micro_in, micro_tgt)
