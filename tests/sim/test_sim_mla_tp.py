@@ -49,7 +49,8 @@ def _count(comms: tuple[tuple[str, float], ...], kind: str) -> list[float]:
 def test_forward_reduces_only_the_row_parallel_outputs() -> None:
     work = _work(2)
     # the embedding's vocabulary-parallel lookup, then wo and w2 per layer; the loss's FP32
-    # row statistics (vocab-parallel cross entropy) are the two small ones
+    # row statistics (vocab-parallel cross entropy: the row max, then the target logit and the
+    # sum of exponentials in one) are the two small ones
     big = [b for b in _count(work.pre.tp_forward, "all_reduce") if b >= 4 * T * H]
     assert big == [4.0 * T * H] * (1 + 2 * L)
     assert len(work.pre.tp_forward) == 1 + 2 * L + 2
@@ -58,7 +59,8 @@ def test_forward_reduces_only_the_row_parallel_outputs() -> None:
 def test_backward_reduces_the_column_parallel_input_gradients() -> None:
     per_layer = [4.0 * T * H, 4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR]
     head = [4.0 * T * H]        # the vocabulary-parallel head's input gradient (column-parallel)
-    expected = sorted(per_layer * L + head + [4.0 * T])  # + the loss's softmax statistic
+    # the loss's vocab-parallel cross entropy needs none: softmax minus one-hot is local
+    expected = sorted(per_layer * L + head)
     work = _work(2)
     assert _count(work.post.tp_backward + work.pre.tp_backward, "all_reduce") == expected
     sp = _work(2, sp=True)
