@@ -23,6 +23,7 @@ from dojo.compiler import fusion, kernelsave, replicated
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
+from dojo.compiler.row_stats import row_stat_counts
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
 
@@ -188,34 +189,6 @@ def _input_grad(graph: Graph, op: Op) -> int | None:
     return grad if graph.tensors[grad].shape == graph.tensors[op.inputs[1]].shape else None
 
 
-# Per row, the FP32 partial statistics the shards of a feature-split row combine, as the
-# all-reduces that carry them (statistics per row in each), forward and backward: a norm's sum
-# and sum of squares in one; a softmax's max, then its sum of exponentials (a max and a sum are
-# two reductions), and in backward the row sum of its gradient times its output; the loss's
-# target logit. A log-softmax read only by the loss is Megatron-LM's vocab-parallel cross
-# entropy (`_cross_entropy`), whose statistics are in `_CROSS_ENTROPY`.
-_ROW_STATS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "native_layer_norm": ((2,), (2,)), "native_group_norm": ((2,), (2,)),
-    "_softmax": ((1, 1), (1,)), "_safe_softmax": ((1, 1), (1,)),
-    "_log_softmax": ((1, 1), (1,)), "nll_loss_forward": ((1,), ())}
-# Megatron-core's fused vocab-parallel cross entropy: an all-reduce (max) of the row max, then
-# one all-reduce (sum) of the target logit and the sum of exponentials together; its backward,
-# softmax minus the one-hot target, is local to each vocabulary shard.
-_CROSS_ENTROPY = {"_log_softmax": ((1,), ()), "nll_loss_forward": ((2,), ())}
-
-
-def _cross_entropy(graph: Graph, op: Op, made_by: dict[int, Op],
-                   readers: dict[int, set[int]]) -> bool:
-    """Whether `op` is half of a cross entropy: a log-softmax read in forward only by nll
-    losses, or an nll loss over such a log-softmax."""
-    soft = made_by.get(root(graph, op.inputs[0]).id) if "nll_loss" in op.target else op
-    if soft is None or "_log_softmax" not in soft.target or not soft.outputs:
-        return False
-    names = {graph.ops[i].target for i in readers.get(root(graph, soft.outputs[0]).id, ())
-             if graph.ops[i].phase == "forward"}  # its backward reads it too
-    return bool(names) and all("nll_loss_forward" in n for n in names)
-
-
 def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: set[int],
                    sp: bool, scale: float) -> dict[tuple[str, str], list[tuple[str, float]]]:
     """The tp group's collectives by (section, phase), found where the dataflow leaves the split
@@ -228,7 +201,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
     - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
-      per-row FP32 statistics (`_ROW_STATS`; a cross entropy's, `_CROSS_ENTROPY`, in forward
+      per-row FP32 statistics (`row_stats`; a cross entropy's in forward
       only), forward and backward; a softmax over scores split by heads, or a BatchNorm's
       per-channel statistics, need none;
     - a replicated linear whose output gradient is partial (`replicated.partial_bytes`).
@@ -250,14 +223,12 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
         if partial:
             kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
             comms += [(k, partial * scale) for k in kinds]
-        name = op.target.split(".")[1] if "." in op.target else ""
-        if name in _ROW_STATS and acts and acts[0] in split and \
+        fwd, bwd = row_stat_counts(graph, op, made_by, readers)
+        if (fwd or bwd) and acts and acts[0] in split and \
                 _feature_split(graph, acts[0], made_by, weights):
             # a norm's saved mean has one element per row; else rows of the last dimension
             rows = (math.prod(graph.tensors[op.outputs[1]].shape) if "norm" in op.target
                     else math.prod(graph.tensors[op.inputs[0]].shape[:-1]))
-            table = _CROSS_ENTROPY if _cross_entropy(graph, op, made_by, readers) else _ROW_STATS
-            fwd, bwd = table[name]
             comms += [("all_reduce", 4.0 * rows * n) for n in fwd]
             out.setdefault((label, "backward"), []).extend(
                 ("all_reduce", 4.0 * rows * n) for n in bwd)
