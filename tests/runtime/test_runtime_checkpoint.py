@@ -79,3 +79,26 @@ def test_runtime_resume_refuses_another_models_weights(tmp_path: Path) -> None:
     with pytest.raises(DojoError, match="another model's weights") as err:
         load_checkpoint(other, tmp_path)
     assert "\n" not in str(err.value) and "unexpected" in str(err.value)
+
+
+def test_runtime_tp_checkpoint_resumes_and_refuses_the_whole_vocabulary_layout(
+        tmp_path: Path) -> None:
+    """tp=2 (vocabulary-parallel wte: each rank saves its rows) resumes exactly; a checkpoint of
+    the layout before it (wte whole on every tp rank) is refused in one line naming wte."""
+    import torch
+
+    base = Job(model="gpt", plan="tp=2,precision=fp32", batch=2, seq=8, overrides=GPT, steps=4)
+    _, whole = run_distributed(base)
+    ckpt = tmp_path / "ckpt"
+    first = Job(**{**base.__dict__, "steps": 2, "checkpoint": str(ckpt), "save_every": 1})
+    run_distributed(first)
+    _, tail = run_distributed(Job(**{**base.__dict__, "checkpoint": str(ckpt), "resume": True}))
+    assert tail[0]["losses"] == whole[0]["losses"][2:]
+    rows = [torch.load(ckpt / f"rank{r}.pt", weights_only=False)["model"]["wte.weight"]
+            for r in range(2)]
+    for r in range(2):  # rewrite as the older layout: the whole table on each tp rank
+        state = torch.load(ckpt / f"rank{r}.pt", weights_only=False)
+        state["model"]["wte.weight"] = torch.cat(rows)
+        torch.save(state, ckpt / f"rank{r}.pt")
+    with pytest.raises(RankError, match=r"'wte.weight' is \(512, 64\), expected \(256, 64\)"):
+        run_distributed(Job(**{**base.__dict__, "checkpoint": str(ckpt), "resume": True}))
