@@ -114,7 +114,7 @@ def phase_minima(model: str, repeats: int = 60) -> float:
         trainer.optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
         for x, t in zip(micro_in, micro_tgt):
-            loss = trainer.bundle.loss_fn(trainer.model(*x), *t) / len(micro_in)
+            loss = trainer.loss_fn(trainer.model(*x), *t) / len(micro_in)
             marks.append(time.perf_counter())
             loss.backward()
             marks.append(time.perf_counter())

@@ -71,7 +71,7 @@ def _step(trainer: Any, index: int, add: Any) -> None:
         total = torch.zeros(())
         for i, (x, t) in enumerate(zip(micro_in, micro_tgt)):
             c = _clocks()
-            loss = trainer.bundle.loss_fn(trainer.model(*x), *t) / len(micro_in)
+            loss = trainer.loss_fn(trainer.model(*x), *t) / len(micro_in)
             d = _clocks()
             loss.backward()
             e = _clocks()
