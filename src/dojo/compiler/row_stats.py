@@ -23,21 +23,22 @@ CROSS_ENTROPY = {"_log_softmax": ((1,), ()), "nll_loss_forward": ((2,), ())}
 
 
 def _cross_entropy(graph: Graph, op: Op, made_by: dict[int, Op],
-                   readers: dict[int, set[int]]) -> bool:
+                   readers: dict[int, list[Op]]) -> bool:
     """Whether `op` is half of a cross entropy: a log-softmax read in forward only by nll
     losses, or an nll loss over such a log-softmax."""
     soft = made_by.get(root(graph, op.inputs[0]).id) if "nll_loss" in op.target else op
     if soft is None or "_log_softmax" not in soft.target or not soft.outputs:
         return False
-    names = {graph.ops[i].target for i in readers.get(root(graph, soft.outputs[0]).id, ())
-             if graph.ops[i].phase == "forward"}  # its backward reads it too
+    names = {o.target for o in readers.get(root(graph, soft.outputs[0]).id, ())
+             if o.phase == "forward"}  # its backward reads it too
     return bool(names) and all("nll_loss_forward" in n for n in names)
 
 
-def row_stat_counts(graph: Graph, op: Op, made_by: dict[int, Op], readers: dict[int, set[int]]
+def row_stat_counts(graph: Graph, op: Op, made_by: dict[int, Op], readers: dict[int, list[Op]]
                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Statistics per row of each all-reduce `op` issues, (forward, backward); () for none. The
-    caller checks that `op` reads features split by a column-parallel op."""
+    """Statistics per row of each all-reduce `op` issues, (forward, backward); () for none.
+    `readers`: storage root id -> the ops reading it. The caller checks that `op` reads
+    features split by a column-parallel op."""
     name = op.target.split(".")[1] if "." in op.target else ""
     if name not in ROW_STATS:
         return (), ()

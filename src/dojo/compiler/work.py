@@ -211,7 +211,8 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
         for t in op.outputs if op.rule not in FREE_RULES else ():
             made_by.setdefault(root(graph, t).id, op)
     vocab, keep = _vocab_table(graph), replicated.replicated_weights(graph)
-    readers = fusion.consumers(graph)
+    by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
+    readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for op, label in zip(graph.ops, labels):
         if op.phase == "optimizer":
