@@ -5,32 +5,29 @@ with what they share cached: one `_Screen` per search.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dojo.compiler.experts import MoeLayout, ep_gemm
-from dojo.compiler.mapping import device_name, group_levels, leaves_per_device
-from dojo.compiler.program import PRECISION_BYTES
+from dojo.compiler.experts import MoeLayout
+from dojo.compiler.mapping import device_name
+from dojo.compiler.program import Program
 from dojo.compiler.work import ModelWork
+from dojo.graph import Graph
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import ModelShape, Plan, plan_split
 from dojo.sim.costs import DeviceModel
-from dojo.sim.fp8 import fp8_device
 from dojo.sim.memory import capacity_of, device_memory, state_memory
-from dojo.sim.pipeline import makespan_bounds
 from dojo.sim.searchspace import (
     RECOMPUTES,
-    chunk_op_times,
     device_splits,
     divisors,
     expert_sizes,
     model_flops,
     schedules_of,
     stage_splits,
-    tp_section_times,
     variant_count,
-    with_all_to_all,
 )
 from dojo.sim.session import (
     _affine_ok,
@@ -41,10 +38,11 @@ from dojo.sim.session import (
     graph_at,
     work_for,
 )
-from dojo.sim.simulate import device_for, lower_bound
+from dojo.sim.simulate import lower_bound
 from dojo.sim.stagemem import least_in_flight, saved_lows, stage_activations, stage_state
+from dojo.sim.timebounds import SAFETY, Parts, TimeBounds, room
 
-SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
+KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
 
 
 def replace(plan: Plan, **changes: Any) -> Plan:
@@ -69,7 +67,7 @@ def _simplicity(p: Plan) -> tuple[int, ...]:
             int(p.schedule == "gpipe"), int(p.sp), p.mb, int(bool(p.stages)), p.devices)
 
 
-class _Screen:
+class _Screen(TimeBounds):
     """The bounds of the module docstring, with what they share cached."""
 
     def __init__(self, model: str, overrides: Mapping[str, Any], spec: SystemSpec,
@@ -86,7 +84,9 @@ class _Screen:
         self.closest: tuple[float, int, Plan] | None = None   # the least bytes per device seen
         self._activations: dict[tuple[Any, ...], list[float]] = {}
         self._state_bytes: dict[tuple[Any, ...], list[float]] = {}
-        self._times: dict[tuple[Any, ...], tuple[list[float], list[float]]] = {}
+        self._times: dict[tuple[Any, ...], Parts] = {}
+        self._streams: dict[tuple[Any, ...], list[float]] = {}
+        self.compiled: dict[Plan, tuple[Program, Graph]] = {}   # bounded, for `best_plan`
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}
         self._a2a: dict[tuple[Any, ...], tuple[float, bool]] = {}
 
@@ -113,10 +113,11 @@ class _Screen:
     def groups(self, split: Plan, shape: ModelShape, devices: int, worst: float = math.inf
                ) -> Iterator[tuple[int, float, Any, Plan]]:
         """The groups of one dp x tp x pp (one per interleave, split and mb; tier 0) as (plans
-        in it, the least first bound of its plans (recompute=none adds nothing; sp on and off),
-        simplicity, group). A split family whose state does not fit even at ZeRO 3 is dropped
-        whole: every plan of it holds at least that state; so is an mb whose `_op_bound` term
-        exceeds `worst` (the K-th best time): it bounds every group of that mb."""
+        in it, a bound below every plan of it, simplicity, group): its mb's `_op_bound` term,
+        and micro x `_stream_floor` (`group_bound` refines it when the group comes up). A split
+        family whose state does not fit even at ZeRO 3 is dropped whole: every plan of it holds
+        at least that state; so is an mb whose `_op_bound` term exceeds `worst` (the K-th best
+        time): it bounds every group of that mb."""
         batch = self.args[3]
         self._op_bound(split)   # the terms per mb
         terms = self._mb_terms.get(self._split_key(split), {})
@@ -125,34 +126,78 @@ class _Screen:
                 base = replace(split, interleave=inter, stages=stages)
                 if not self._family_fits(replace(base, zero=3 if split.dp > 1 else 0)):
                     continue
+                floor = -1.0
                 for mb in divisors(batch // split.dp):
                     if terms.get(mb, 0.0) > worst:
                         continue
                     plan = replace(base, mb=mb)
                     n = variant_count(plan, shape, devices, batch)
                     if n:
-                        bound = min(self._first_bound(replace(plan, sp=sp))
-                                    for sp in ((False, True) if split.tp > 1 else (False,)))
+                        floor = self._stream_floor(base) if floor < 0 else floor
+                        bound = max(terms.get(mb, 0.0), batch // (split.dp * mb) * floor)
                         yield n, bound, _simplicity(plan), plan
+
+    def group_bound(self, group: Plan, shape: ModelShape, devices: int) -> float:
+        """The least first bound of a group's plans: recompute none (a recompute only adds),
+        over sp and ep, at ZeRO 0 where some ZeRO stage below 3 fits at that ep (the stages
+        below 3 share the first bound) and at ZeRO 3 where it fits; inf where no plan of the
+        group fits (`_group_fits`)."""
+        if not self._group_fits(group, shape, devices):
+            return math.inf
+        least = math.inf
+        for ep in self._expert_sizes(group):
+            zeros = [z for z in ((0, 3) if group.dp > 1 else (0,))
+                     if self._state_within(group, 2 if z == 0 and group.dp > 1 else z, ep)]
+            for zero in zeros:
+                for sp in (False, True) if group.tp > 1 else (False,):
+                    least = min(least, self._first_bound(replace(group, sp=sp, ep=ep,
+                                                                 zero=zero)))
+        return least
+
+    def _group_fits(self, group: Plan, shape: ModelShape, devices: int) -> bool:
+        """Whether some plan of the group may fit: on every stage, the least state of the
+        family (`_family_bytes`'s, ZeRO 3 at its least ep) plus the least activations in
+        flight over the group's schedules, recompute policies and sp (`stage_activations`,
+        as `refine` takes them) within capacity. Each plan holds at least that sum."""
+        state = self._least_state(replace(group, zero=3 if group.dp > 1 else 0))
+        acts = [self._stage_activations(replace(group, schedule=schedule, recompute=rec, sp=sp))
+                for schedule in schedules_of(group, shape, devices, self.args[3])
+                for rec in RECOMPUTES for sp in ((False, True) if group.tp > 1 else (False,))]
+        return not acts or all(
+            state[s] + min(a[s] for a in acts) <= self.capacity * (1 + 1e-9)
+            for s in range(group.pp))
 
     def plans(self, group: Plan, shape: ModelShape, devices: int, worst: float
               ) -> Iterator[tuple[float, Plan]]:
         """The plans of a group (`searchspace.variants`) whose state fits and whose first
-        bound is at most `worst`, with that bound. No schedule or ZeRO stage changes the first
-        bound, so it is taken once per (recompute, sp, ep) before their plans are built."""
+        bound is at most `worst`, with that bound. No schedule changes the first bound and
+        ZeRO only at 3, so it is taken once per (recompute, sp, ep, ZeRO 3 or not) before
+        their plans are built."""
         batch = self.args[3]
-        for schedule in schedules_of(group, shape, devices, batch):
-            for rec in RECOMPUTES:
-                for sp in (False, True) if group.tp > 1 else (False,):
-                    for ep in expert_sizes(shape, group.dp):
-                        probe = replace(group, schedule=schedule, recompute=rec, sp=sp, ep=ep)
-                        bound = self._first_bound(probe)
-                        if bound > worst:
-                            continue
-                        for zero in (0, 1, 2, 3) if group.dp > 1 else (0,):
-                            plan = replace(probe, zero=zero)
-                            if self._state_fits(plan):
-                                yield bound, plan
+        zeros = (0, 1, 2, 3) if group.dp > 1 else (0,)
+        for ep in expert_sizes(shape, group.dp):
+            low = self._state_within(group, zeros[-1] if len(zeros) == 1 else 2, ep)
+            high = len(zeros) > 1 and self._state_within(group, 3, ep)
+            for schedule in schedules_of(group, shape, devices, batch):
+                for rec, sp in itertools.product(RECOMPUTES, (False, True) if group.tp > 1
+                                                 else (False,)):
+                    probe = replace(group, schedule=schedule, recompute=rec, sp=sp, ep=ep)
+                    below = self._first_bound(probe)   # ZeRO 3's is at least this
+                    if below > worst or not (low or high):
+                        continue
+                    for zero in zeros if low else (3,):
+                        plan = replace(probe, zero=zero)
+                        bound = below if zero < 3 else self._first_bound(plan)
+                        if bound <= worst and self._state_fits(plan):
+                            yield bound, plan
+
+    def _state_within(self, plan: Plan, zero: int, ep: int) -> bool:
+        """Whether the state at this ZeRO stage and ep fits (`_state_fits` without recording
+        a reason: a bound asks it, not a plan)."""
+        key = self._state_key(replace(plan, zero=zero, ep=ep))
+        if key not in self._state:
+            return max(self._stage_state(replace(plan, zero=zero, ep=ep))) <= self.capacity
+        return self._state[key]
 
     def _family_fits(self, plan: Plan) -> bool:
         """`_family_bytes` within capacity on every stage (the state at ep = 1 first, for the
@@ -165,7 +210,7 @@ class _Screen:
         (`plan` at ZeRO 3 where dp > 1): the least state over its ep (ZeRO 3 shards it least;
         ep moves whole // ep of the experts, a hair under whole / ep) plus
         `stagemem.least_in_flight` (activations: ep leaves the saved bytes as they are)."""
-        states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
+        state = self._least_state(plan)
         work = self._work(plan, 2)
         lows = [self._saved_lows(replace(plan, sp=sp)) for sp in
                 ((False, True) if plan.tp > 1 else (False,))]
@@ -174,7 +219,12 @@ class _Screen:
         act = least_in_flight(plan_split(plan, work.repeat) if work.block else None, plan.pp,
                               plan.interleave, per_micro, per_sample,  # type: ignore[arg-type]
                               self.args[3] / plan.dp)
-        return [min(st[s] for st in states) + act[s] for s in range(plan.pp)]
+        return [state[s] + act[s] for s in range(plan.pp)]
+
+    def _least_state(self, plan: Plan) -> list[float]:
+        """Per stage, the least state of `plan` over the ep its dp pairs with."""
+        states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
+        return [min(st[s] for st in states) for s in range(plan.pp)]
 
     def _expert_sizes(self, plan: Plan) -> list[int]:
         """The ep the space pairs with this dp (`searchspace.expert_sizes`)."""
@@ -204,24 +254,6 @@ class _Screen:
         per_sample = min(self._flops_per_sample(replace(plan, sp=sp))
                          for sp in ((False, True) if plan.tp > 1 else (False,)))
         return self.args[3] / plan.dp * per_sample / (plan.pp * peak) * SAFETY
-
-    def _op_bound(self, plan: Plan) -> float:
-        """A bound on every plan of this dp x tp x pp: the first bound is at least micro x the
-        model's op seconds per micro-batch (all stages, recompute none) / pp, at the best mb and
-        sp (0 for MoE models: the least over every ep costs more than it saves)."""
-        if self._layout(plan, 2) is not None:
-            return 0.0
-        key = self._split_key(plan)
-        if key not in self._mb_terms:   # per mb: micro x its op seconds / pp
-            batch, terms = self.args[3], dict[int, float]()
-            for mb in divisors(batch // plan.dp):
-                for sp in (False, True) if plan.tp > 1 else (False,):
-                    fwd, bwd = self._chunk_times(replace(plan, mb=mb, sp=sp, interleave=1, pp=1,
-                                                         stages=()))
-                    term = batch // (plan.dp * mb) * (fwd[0] + bwd[0]) / plan.pp * SAFETY
-                    terms[mb] = min(terms.get(mb, math.inf), term)
-            self._mb_terms[key] = terms
-        return min(self._mb_terms[key].values())
 
     @staticmethod
     def _split_key(plan: Plan) -> tuple[Any, ...]:
@@ -269,14 +301,8 @@ class _Screen:
 
     def refine(self, plan: Plan) -> float | None:
         """The second bound, or None (and the reason recorded) if the plan does not fit."""
-        spec, batch = self.args[2], self.args[3]
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
-               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp)
-        if key not in self._activations:
-            self._activations[key] = stage_activations(self._work(plan), plan, batch)
-        self._state_fits(plan)   # its state per stage (`stagemem.stage_state`)
-        totals = [st + a for st, a in zip(self._state_bytes[self._state_key(plan)],
-                                          self._activations[key])]
+        spec = self.args[2]
+        totals = [st + a for st, a in zip(self._stage_state(plan), self._stage_activations(plan))]
         worst = max(range(plan.pp), key=lambda s: totals[s])
         if self.closest is None or totals[worst] < self.closest[0]:
             self.closest = (totals[worst], worst, plan)
@@ -289,14 +315,28 @@ class _Screen:
             return None
         return self._compiled_bound(plan)
 
+    def _stage_activations(self, plan: Plan) -> list[float]:
+        """`stagemem.stage_activations` of the plan (bytes per stage), cached."""
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
+               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp)
+        if key not in self._activations:
+            room(self._activations)
+            self._activations[key] = stage_activations(self._work(plan), plan, self.args[3])
+        return self._activations[key]
+
     def _compiled_bound(self, plan: Plan) -> float | None:
-        """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit."""
+        """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit;
+        the program is kept for its simulation (the last `KEPT_PROGRAMS`: a plan is
+        simulated, if ever, soon after its bound, which puts it at the head of the queue)."""
         model, overrides, spec, batch, seq = self.args
-        program, _ = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
+        program, graph = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
         memory = device_memory(program, chip_report=False)
         if not memory.fits:
             self.rejected.setdefault(_family(plan), memory.reason)
             return None
+        if len(self.compiled) >= KEPT_PROGRAMS:
+            del self.compiled[next(iter(self.compiled))]
+        self.compiled[plan] = (program, graph)
         return lower_bound(program, memory) * SAFETY
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
@@ -314,6 +354,7 @@ class _Screen:
         if key not in self._state_bytes:
             work = self._work(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
+            room(self._state_bytes)
             self._state_bytes[key] = stage_state(work, plan, self._layout(plan, 2), per_param)
         return self._state_bytes[key]
 
@@ -323,6 +364,7 @@ class _Screen:
         if key not in self._state:
             state = self._stage_state(plan)
             worst = max(range(plan.pp), key=lambda s: state[s])
+            room(self._state)
             self._state[key] = state[worst] <= self.capacity
             if self.least is None or state[worst] < self.least[0]:
                 self.least = (state[worst], plan)
@@ -336,67 +378,6 @@ class _Screen:
                         f"alone (before activations) > capacity {self.capacity / gb:.2f} GB")
         return self._state[key]
 
-    def _first_bound(self, plan: Plan) -> float:
-        """`makespan_bounds` on the chunks' op times (seconds per micro-batch) alone."""
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
-               plan.ep, plan.stages, plan.dp, plan.precision)
-        if key not in self._bounds:
-            fwd, bwd = self._chunk_times(plan)
-            micro = self.args[3] // (plan.dp * plan.mb)
-            ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
-            self._bounds[key] = max(e + t for e, t in zip(ends, tails)) * SAFETY
-        return self._bounds[key]
-
-    def _chunk_times(self, plan: Plan) -> tuple[list[float], list[float]]:
-        """Op seconds per virtual stage, plus the tp collectives every task waits for (as
-        `simulate.chunk_times` times them without tp_overlap; dense models); cached for
-        pp = 1 only (a pipeline's lists hold up to 2 (blocks + 2) floats per key, over ~10^5
-        keys on the largest spaces; `_first_bound` keeps their bound)."""
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
-               plan.ep, plan.stages, plan.precision)
-        if key in self._times:
-            return self._times[key]
-        work = self._work(plan)
-        sums = self._section_sums(plan)
-        if plan.tp > 1 and not plan.tp_overlap and self._layout(plan) is None:
-            sums = tuple(a + b for a, b in zip(sums, self._tp_sums(plan, work)))
-        split = plan_split(plan, work.repeat) if work.block else None
-        fwd, bwd = chunk_op_times(sums, split, plan.pp * plan.interleave, plan.recompute)
-        times = with_all_to_all(self.args[2], self._device(plan.precision).calibration, plan,
-                                work, self._layout(plan), split, fwd, bwd, self._a2a)
-        if plan.pp == 1:   # the op bound's, asked per dp; a pipeline's: its bound is kept
-            self._times[key] = times
-        return times
-
-    def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
-        """Seconds of the sections' tp collectives on the tp group's levels, in the order of
-        `_section_sums` (a full recompute reruns the block's forward collectives)."""
-        key = ("tp", plan.mb, plan.tp, plan.sp, plan.cp, plan.precision)
-        if key not in self._sums:
-            spec = self.args[2]
-            self._sums[key] = tp_section_times(work, spec, self._device(plan.precision)
-                                               .calibration, group_levels(spec, plan.tp, 1))
-        return self._sums[key]
-
-    def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)
-        if key not in self._sums:
-            work = self._work(plan)
-            dev = self._device(plan.precision)
-            block = work.block
-            layout, scale = self._layout(plan), PRECISION_BYTES[plan.precision]["activation_scale"]
-
-            def total(ops: Any) -> float:   # expert GEMMs as one ep rank runs them
-                return sum(dev.op_time(ep_gemm(o, layout, plan.ep, plan.tp, scale)
-                                       if layout else o) for o in ops)
-
-            self._sums[key] = (
-                total(work.pre.forward), total(work.pre.backward),
-                total(block.forward) if block else 0.0, total(block.backward) if block else 0.0,
-                total(block.recompute_selective) if block else 0.0,
-                total(work.post.forward), total(work.post.backward))
-        return self._sums[key]
-
     def _layout(self, plan: Plan, mb: int | None = None) -> MoeLayout | None:
         """The routed experts at micro-batch `mb` (the plan's by default), or None."""
         model, overrides, _, _, seq = self.args
@@ -406,12 +387,3 @@ class _Screen:
             graph, config = graph_at(model, overrides, key[0], local, derive=True)
             self._layouts[key] = experts_of(graph, config, key[0], local)
         return self._layouts[key]
-
-    def _device(self, precision: str) -> DeviceModel:
-        if precision not in self._dev:
-            spec = self.args[2]
-            dev = device_for(spec, precision, leaves_per_device(spec))
-            if precision == "fp8":  # every matrix op at the FP8 peak: still a lower bound
-                dev = fp8_device(dev, spec, leaves_per_device(spec))
-            self._dev[precision] = dev
-        return self._dev[precision]

@@ -117,16 +117,22 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
                 if group[1] <= worst:
                     heapq.heappush(queue, (*group[1:3], next(count), 0, group[3]))
             continue
-        if tier == 0:   # a group: its plans, each with its own first bound
-            for first, variant in screen.plans(plan, shape, devices, worst):
-                heapq.heappush(queue, (first, _simplicity(variant), next(count), 1, variant))
+        if tier == 0:   # a group under its floor: again under its plans' least first bound
+            least = screen.group_bound(plan, shape, devices)
+            if least <= worst and least < float("inf"):
+                heapq.heappush(queue, (max(bound, least), _simplicity(plan), index, 1, plan))
             continue
-        if tier == 1:
+        if tier == 1:   # a group: its plans, each with its own first bound
+            for first, variant in screen.plans(plan, shape, devices, worst):
+                heapq.heappush(queue, (first, _simplicity(variant), next(count), 2, variant))
+            continue
+        if tier == 2:
             refined = screen.refine(plan)
             if refined is not None:
-                heapq.heappush(queue, (refined, _simplicity(plan), index, 2, plan))
+                heapq.heappush(queue, (refined, _simplicity(plan), index, 3, plan))
             continue
-        program, graph = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
+        program, graph = screen.compiled.pop(plan) if plan in screen.compiled else \
+            compile_model(model, overrides, spec, plan, batch, seq, derive=True)
         sim = Simulated(program=program, result=simulate(program), graph=graph)
         evaluated += 1
         r = sim.result

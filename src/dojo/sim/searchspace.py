@@ -254,16 +254,18 @@ def no_fit_error(head: str, device: str, capacity: float, least: tuple[float, Pl
                      f"activations in flight{built}")
 
 
-def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
-                    layout: MoeLayout | None, split: list[int] | None, fwd: list[float],
-                    bwd: list[float], memo: dict[tuple[Any, ...], tuple[float, bool]] | None = None
-                    ) -> tuple[list[float], list[float]]:
-    """Per virtual stage (`split`: its blocks), op times plus, with ep, each MoE layer's
-    dispatch and combine all-to-alls: exposed in every task, so the bound stays a bound.
-    `memo` keeps the pair's seconds and whether the recompute replays it, per work and plan
-    fields they depend on (the caller's search: one work per (mb, tp, sp, cp))."""
+def all_to_all_parts(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
+                     layout: MoeLayout | None, split: list[int] | None, chunks: int,
+                     memo: dict[tuple[Any, ...], tuple[float, bool]] | None = None
+                     ) -> tuple[list[float], list[float], list[float]]:
+    """Per virtual stage (`split`: its blocks), the seconds of each MoE layer's dispatch and
+    combine all-to-alls with ep, as `experts.apply_experts` adds them: (forward, backward,
+    again in the recompute where it replays the expert GEMMs); zeros without ep. Exposed in
+    every task, so a bound stays a bound. `memo` keeps the pair's seconds and whether the
+    recompute replays it, per work and plan fields they depend on (the caller's search: one
+    work per (mb, tp, sp, cp))."""
     if layout is None or plan.ep == 1:
-        return fwd, bwd
+        return [0.0] * chunks, [0.0] * chunks, [0.0] * chunks
     key = (plan.ep, plan.tp, plan.sp, plan.cp, plan.mb, plan.precision, plan.recompute,
            plan.etp, plan.dispatcher)
     if memo is None or key not in memo:
@@ -278,7 +280,6 @@ def with_all_to_all(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
             memo = {}
         memo[key] = found
     pair, again = memo[key]
-    moe = [(split[v] if split else 0) * layout.block_layers for v in range(len(fwd))]
-    outer = [layout.outer_layers if v == 0 else 0 for v in range(len(fwd))]
-    return ([f + pair * (m + o) for f, m, o in zip(fwd, moe, outer)],
-            [b + pair * (m + o + (m if again else 0)) for b, m, o in zip(bwd, moe, outer)])
+    moe = [(split[v] if split else 0) * layout.block_layers for v in range(chunks)]
+    each = [pair * (m + (layout.outer_layers if v == 0 else 0)) for v, m in enumerate(moe)]
+    return each, list(each), [pair * m if again else 0.0 for m in moe]

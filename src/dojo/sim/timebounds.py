@@ -1,0 +1,244 @@
+"""The plan search's time bounds (`dojo.sim.search` states them and why each is a lower bound),
+with what they share cached: the per-plan first bound on the pipeline's task times, ZeRO 3's
+weight streaming included, and the per-mb op-time terms of a dp x tp x pp. `screen._Screen`
+adds the memory screens and the caches they need.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dojo.compiler.experts import MoeLayout, ep_gemm, expert_layout
+from dojo.compiler.mapping import group_levels, leaves_per_device
+from dojo.compiler.program import PRECISION_BYTES
+from dojo.compiler.work import ModelWork
+from dojo.plan.plan import Plan, plan_split
+from dojo.sim.costs import DeviceModel
+from dojo.sim.fp8 import fp8_device
+from dojo.sim.overlap import grad_bytes
+from dojo.sim.pipeline import makespan_bounds
+from dojo.sim.searchspace import (
+    all_to_all_parts,
+    chunk_op_times,
+    collective_s,
+    divisors,
+    tp_section_times,
+)
+from dojo.sim.simulate import device_for
+
+SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
+
+# (forward inside the stream's max, backward inside it, forward after it, backward after it)
+# seconds per virtual stage: `simulate.task_durations` takes max(ops, stream) + collectives
+Parts = tuple[list[float], list[float], list[float], list[float]]
+CACHE_ENTRIES = 1 << 16   # per cache of a search: ~10-20 MB each; cleared, not grown, beyond
+
+
+def room(cache: dict[Any, Any]) -> None:
+    """Make room in one of the search's caches before an insertion: empty it when full. Its
+    keys are one group's or one family's (a group's bounds are asked when it is refined and
+    again when it is expanded), so a cleared entry costs one recomputation, and the peak
+    memory stays put however large the space."""
+    if len(cache) >= CACHE_ENTRIES:
+        cache.clear()
+
+
+def held_params(work: ModelWork, plan: Plan, layout: MoeLayout | None) -> list[int]:
+    """Parameters (whole, before the tp split) each virtual stage's chunk holds as the compiled
+    program does: with ep a chunk's routed experts are whole x f // ep of them
+    (`experts.apply_experts`; f = tp with etp = 1, else 1)."""
+    chunks = plan.pp * plan.interleave
+    split = plan_split(plan, work.repeat) if work.block else None
+    out = []
+    for v in range(chunks):
+        n = split[v] if split and work.block else 0
+        params = (work.block.params * n if work.block else 0) \
+            + (work.pre.params if v == 0 else 0) + (work.post.params if v == chunks - 1 else 0)
+        if layout is not None and (plan.ep > 1 or plan.imbalance != 1.0):
+            whole = layout.block_params * n + (layout.outer_params if v == 0 else 0)
+            params = params - whole + whole * expert_layout(plan)[1] // plan.ep
+        out.append(params)
+    return out
+
+
+class TimeBounds:
+    """The time bounds of a search over `args` = (model, overrides, spec, batch, seq)."""
+
+    args: tuple[Any, ...]
+    _dev: dict[str, DeviceModel]
+    _sums: dict[tuple[Any, ...], tuple[float, ...]]
+    _bounds: dict[tuple[Any, ...], float]
+    _times: dict[tuple[Any, ...], Parts]
+    _last_times: tuple[tuple[Any, ...], Parts] = ((), ([], [], [], []))
+    _streams: dict[tuple[Any, ...], list[float]]
+    _mb_terms: dict[tuple[Any, ...], dict[int, float]]
+    _a2a: dict[tuple[Any, ...], tuple[float, bool]]
+
+    def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
+        raise NotImplementedError
+
+    def _layout(self, plan: Plan, mb: int | None = None) -> MoeLayout | None:
+        raise NotImplementedError
+
+    def _expert_sizes(self, plan: Plan) -> list[int]:
+        raise NotImplementedError
+
+    def _first_bound(self, plan: Plan) -> float:
+        """`makespan_bounds` on the tasks' op and collective times (seconds per micro-batch),
+        each task at least max(ops, ZeRO 3's weight stream) + its collectives."""
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
+               plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3)
+        found = self._bounds.get(key)
+        if found is None:
+            f_in, b_in, f_out, b_out = self._chunk_times(plan)
+            stream = self._stream(plan)
+            fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
+            bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
+            micro = self.args[3] // (plan.dp * plan.mb)
+            ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
+            room(self._bounds)
+            found = self._bounds[key] = max(e + t for e, t in zip(ends, tails)) * SAFETY
+        return found
+
+    def _stream(self, plan: Plan) -> list[float]:
+        """Per virtual stage, the seconds ZeRO 3 streams its weights per pass
+        (`simulate._zero3_time`: the gather, and half the gradients' reduce-scatter, over the
+        dp x cp group); zeros below ZeRO 3 or without dp x cp. Independent of mb and sp."""
+        chunks = plan.pp * plan.interleave
+        if plan.zero < 3 or plan.dp_cp == 1:
+            return [0.0] * chunks
+        key = (plan.tp, plan.pp, plan.interleave, plan.stages, plan.dp, plan.cp, plan.ep,
+               plan.precision, plan.grad_reduce)
+        if key not in self._streams:
+            spec = self.args[2]
+            cal = self._device(plan.precision).calibration
+            levels = group_levels(spec, plan.dp_cp, plan.tp)
+            size = PRECISION_BYTES[plan.precision]["weights"]
+            out = []
+            for params in held_params(self._work(plan, 2), plan, self._layout(plan, 2)):
+                weights = params / plan.tp * size
+                gather = collective_s(spec, cal, "all_gather", weights, levels)
+                scatter = collective_s(spec, cal, "reduce_scatter",
+                                       weights / size * grad_bytes(plan), levels)
+                out.append(gather + scatter / 2)
+            room(self._streams)
+            self._streams[key] = out
+        return self._streams[key]
+
+    def _stream_floor(self, family: Plan) -> float:
+        """Seconds per micro-batch below every plan of this dp x tp x pp x interleave x split
+        with only ZeRO 3 fitting at its ep: each of a device's tasks takes at least its chunk's
+        stream, so the device at least 2 x the streams of its chunks per micro-batch; the
+        least over the ep whose ZeRO 2 state does not fit (0 where one does)."""
+        if family.dp == 1:   # no ZeRO in the space
+            return 0.0
+        least = math.inf
+        for ep in self._expert_sizes(family):
+            if self._state_within(family, 2, ep):
+                return 0.0
+            stream = self._stream(_with(family, zero=3, ep=ep))
+            least = min(least, 2 * max(sum(stream[c * family.pp + s]
+                                           for c in range(family.interleave))
+                                       for s in range(family.pp)))
+        return least * SAFETY if least < math.inf else 0.0
+
+    def _state_within(self, plan: Plan, zero: int, ep: int) -> bool:
+        raise NotImplementedError
+
+    def _chunk_times(self, plan: Plan) -> Parts:
+        """Per virtual stage, op seconds (the recompute's, and the collectives it reruns, with
+        the backward) and the collectives every task waits for: tp's (as `simulate.chunk_times`
+        times them without tp_overlap) and, with ep, the all-to-alls; cached for pp = 1 only
+        (a pipeline's lists hold up to 2 (blocks + 2) floats per key, over ~10^5 keys on the
+        largest spaces; `_first_bound` keeps their bound)."""
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
+               plan.ep, plan.stages, plan.precision)
+        if key in self._times:
+            return self._times[key]
+        if self._last_times[0] == key:   # ZeRO 3's bound after the others' (a pipeline's)
+            return self._last_times[1]
+        work = self._work(plan)
+        split = plan_split(plan, work.repeat) if work.block else None
+        chunks = plan.pp * plan.interleave
+        fwd, bwd = chunk_op_times(self._section_sums(plan), split, chunks, plan.recompute)
+        if plan.tp > 1 and not plan.tp_overlap:
+            tps = self._tp_sums(plan, work)
+            f_out, b_out = chunk_op_times(tps, split, chunks, "none")
+            if plan.recompute == "full" and split:   # the block's forward collectives again
+                bwd = [b + n * tps[2] for b, n in zip(bwd, split)]
+        else:
+            f_out, b_out = [0.0] * chunks, [0.0] * chunks
+        a2a_f, a2a_b, again = all_to_all_parts(
+            self.args[2], self._device(plan.precision).calibration, plan, work,
+            self._layout(plan), split, chunks, self._a2a)
+        times = (fwd, [b + r for b, r in zip(bwd, again)],
+                 [f + a for f, a in zip(f_out, a2a_f)], [b + a for b, a in zip(b_out, a2a_b)])
+        if plan.pp == 1:   # the op bound's, asked per dp; a pipeline's: its bound is kept
+            self._times[key] = times
+        self._last_times = (key, times)
+        return times
+
+    def _op_bound(self, plan: Plan) -> float:
+        """A bound on every plan of this dp x tp x pp: the first bound is at least micro x the
+        model's op and collective seconds per micro-batch (all stages, recompute none) / pp,
+        at the best mb, sp and ep."""
+        key = (plan.dp, plan.tp, plan.pp, plan.cp, plan.precision, plan.fusion)
+        if key not in self._mb_terms:   # per mb: micro x its seconds / pp
+            batch, terms = self.args[3], dict[int, float]()
+            eps = self._expert_sizes(plan)
+            for mb in divisors(batch // plan.dp):
+                for sp in (False, True) if plan.tp > 1 else (False,):
+                    for ep in eps:
+                        f_in, b_in, f_out, b_out = self._chunk_times(_with(
+                            plan, mb=mb, sp=sp, ep=ep, interleave=1, pp=1, stages=()))
+                        term = batch // (plan.dp * mb) * (f_in[0] + b_in[0] + f_out[0]
+                                                          + b_out[0]) / plan.pp * SAFETY
+                        terms[mb] = min(terms.get(mb, math.inf), term)
+            self._mb_terms[key] = terms
+        return min(self._mb_terms[key].values())
+
+    def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
+        """Seconds of the sections' tp collectives on the tp group's levels, in the order of
+        `_section_sums` (the recompute slot 0: `_chunk_times` adds a full recompute's)."""
+        key = ("tp", plan.mb, plan.tp, plan.sp, plan.cp, plan.precision)
+        if key not in self._sums:
+            spec = self.args[2]
+            self._sums[key] = tp_section_times(work, spec, self._device(plan.precision)
+                                               .calibration, group_levels(spec, plan.tp, 1))
+        return self._sums[key]
+
+    def _section_sums(self, plan: Plan) -> tuple[float, ...]:
+        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)
+        if key not in self._sums:
+            work = self._work(plan)
+            dev = self._device(plan.precision)
+            block = work.block
+            layout, scale = self._layout(plan), PRECISION_BYTES[plan.precision]["activation_scale"]
+
+            def total(ops: Any) -> float:   # expert GEMMs as one ep rank runs them
+                return sum(dev.op_time(ep_gemm(o, layout, plan.ep, plan.tp, scale)
+                                       if layout else o) for o in ops)
+
+            self._sums[key] = (
+                total(work.pre.forward), total(work.pre.backward),
+                total(block.forward) if block else 0.0, total(block.backward) if block else 0.0,
+                total(block.recompute_selective) if block else 0.0,
+                total(work.post.forward), total(work.post.backward))
+        return self._sums[key]
+
+    def _device(self, precision: str) -> DeviceModel:
+        if precision not in self._dev:
+            spec = self.args[2]
+            dev = device_for(spec, precision, leaves_per_device(spec))
+            if precision == "fp8":  # every matrix op at the FP8 peak: still a lower bound
+                dev = fp8_device(dev, spec, leaves_per_device(spec))
+            self._dev[precision] = dev
+        return self._dev[precision]
+
+
+def _with(plan: Plan, **changes: Any) -> Plan:
+    """`screen.replace` (a copy of the fields, without the frozen __init__)."""
+    new = object.__new__(Plan)
+    new.__dict__.update(plan.__dict__, **changes)
+    return new
