@@ -124,15 +124,16 @@ class _Screen(TimeBounds):
         for inter in (v for v in range(1, shape.layers + 3) if split.pp > 1 or v == 1):
             for stages in stage_splits(shape.layers, split.pp * inter):
                 base = replace(split, interleave=inter, stages=stages)
-                if not self._family_fits(replace(base, zero=3 if split.dp > 1 else 0)):
+                family = replace(base, zero=3 if split.dp > 1 else 0)
+                if not self._family_fits(family):
                     continue
-                floor = -1.0
+                parts, floor = self._family_parts(family), -1.0
                 for mb in divisors(batch // split.dp):
                     if terms.get(mb, 0.0) > worst:
                         continue
                     plan = replace(base, mb=mb)
                     n = variant_count(plan, shape, devices, batch)
-                    if n:
+                    if n and self._family_fits(family, mb, parts):
                         floor = self._stream_floor(base) if floor < 0 else floor
                         bound = max(terms.get(mb, 0.0), batch // (split.dp * mb) * floor)
                         yield n, bound, _simplicity(plan), plan
@@ -141,7 +142,7 @@ class _Screen(TimeBounds):
         """The least first bound of a group's plans: recompute none (a recompute only adds),
         over sp and ep, at ZeRO 0 where some ZeRO stage below 3 fits at that ep (the stages
         below 3 share the first bound) and at ZeRO 3 where it fits; inf where no plan of the
-        group fits (`_group_fits`)."""
+        group fits (`_group_fits`, asked first: it costs less)."""
         if not self._group_fits(group, shape, devices):
             return math.inf
         least = math.inf
@@ -199,27 +200,37 @@ class _Screen(TimeBounds):
             return max(self._stage_state(replace(plan, zero=zero, ep=ep))) <= self.capacity
         return self._state[key]
 
-    def _family_fits(self, plan: Plan) -> bool:
+    def _family_fits(self, plan: Plan, mb: int = 0, parts: tuple[Any, ...] | None = None
+                     ) -> bool:
         """`_family_bytes` within capacity on every stage (the state at ep = 1 first, for the
         reason it records)."""
-        self._state_fits(plan)
-        return all(b <= self.capacity for b in self._family_bytes(plan))
+        if parts is None:
+            self._state_fits(plan)
+        return all(b <= self.capacity * (1 + 1e-9) for b in self._family_bytes(plan, mb, parts))
 
-    def _family_bytes(self, plan: Plan) -> list[float]:
+    def _family_bytes(self, plan: Plan, mb: int = 0,
+                      parts: tuple[Any, ...] | None = None) -> list[float]:
         """Per stage, bytes below those of every plan of this dp x tp x pp x interleave x split
-        (`plan` at ZeRO 3 where dp > 1): the least state over its ep (ZeRO 3 shards it least;
-        ep moves whole // ep of the experts, a hair under whole / ep) plus
-        `stagemem.least_in_flight` (activations: ep leaves the saved bytes as they are)."""
-        state = self._least_state(plan)
+        (`plan` at ZeRO 3 where dp > 1), or of its micro-batch size `mb` (0: any): the least
+        state over its ep (ZeRO 3 shards it least; ep moves whole // ep of the experts, a hair
+        under whole / ep) plus `stagemem.least_in_flight` (activations: ep leaves the saved
+        bytes as they are); a micro-batch of mb samples saves at least mb x the least bytes
+        of a sample (`stagemem.saved_lows`). `parts`: the family's `_family_parts`."""
+        state, split, micro, sample = parts or self._family_parts(plan)
+        per_micro = tuple(max(m, mb * s) for m, s in zip(micro, sample))
+        act = least_in_flight(split, plan.pp, plan.interleave, per_micro, sample,
+                              self.args[3] / plan.dp)
+        return [state[s] + act[s] for s in range(plan.pp)]
+
+    def _family_parts(self, plan: Plan) -> tuple[Any, ...]:
+        """(least state per stage, blocks per virtual stage, least saved bytes of a
+        micro-batch and of a sample per section) of a family, for `_family_bytes`."""
         work = self._work(plan, 2)
         lows = [self._saved_lows(replace(plan, sp=sp)) for sp in
                 ((False, True) if plan.tp > 1 else (False,))]
-        per_micro = tuple(min(low[0][i] for low in lows) for i in range(3))
-        per_sample = tuple(min(low[1][i] for low in lows) for i in range(3))
-        act = least_in_flight(plan_split(plan, work.repeat) if work.block else None, plan.pp,
-                              plan.interleave, per_micro, per_sample,  # type: ignore[arg-type]
-                              self.args[3] / plan.dp)
-        return [state[s] + act[s] for s in range(plan.pp)]
+        return (self._least_state(plan), plan_split(plan, work.repeat) if work.block else None,
+                tuple(min(low[0][i] for low in lows) for i in range(3)),
+                tuple(min(low[1][i] for low in lows) for i in range(3)))
 
     def _least_state(self, plan: Plan) -> list[float]:
         """Per stage, the least state of `plan` over the ep its dp pairs with."""
