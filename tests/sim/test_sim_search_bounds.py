@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from dojo.sim.memory import peak_in_flight
 from dojo.sim.stagemem import least_in_flight
 
@@ -45,3 +47,76 @@ def test_least_in_flight_is_below_every_schedule_walk() -> None:
                     assert least[s] <= peak * (1 + 1e-12) + 1e-9, (pp, interleave, split, mb, s)
                     tight += least[s] > 0.99 * peak > 0
     assert tight > 100   # the bound is reached, not only below
+
+
+MOE = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "expert_ffn": 96,
+       "experts": 8, "top_k": 2, "seq": 32, "vocab": 256}
+
+
+def test_group_and_stream_bounds_never_exceed_the_simulated_step() -> None:
+    """The bounds the search takes per group (`groups`' floor, `group_bound`, the per-mb
+    memory screen) and per plan (`_first_bound` with ZeRO 3's stream) for every plan of a small
+    MoE space on 4 H100s, against each plan compiled and simulated: below its step and its
+    bytes; the stream is the simulator's own (`simulate.chunk_times`) for every ZeRO 3 plan."""
+    from dojo.compiler.mapping import device_count
+    from dojo.hardware import load_system
+    from dojo.sim import session
+    from dojo.sim.memory import device_memory
+    from dojo.sim.search import _Screen, plan_space
+    from dojo.sim.session import compile_model, model_shape
+    from dojo.sim.simulate import chunk_times, device_model, simulate
+
+    spec, batch = load_system("h100-cluster:4"), 8
+    shape = model_shape(*session.captured("moe", MOE, 1, None))
+    screen = _Screen("moe", MOE, spec, batch, None)
+    checked = streamed = 0
+    for plan in plan_space(shape, device_count(spec), batch, spec=spec):
+        program, _ = compile_model("moe", MOE, spec, plan, batch, derive=True)
+        memory = device_memory(program)
+        step = simulate(program).step_time_s
+        group = plan.__class__(dp=plan.dp, tp=plan.tp, pp=plan.pp, cp=plan.cp, mb=plan.mb,
+                               interleave=plan.interleave, stages=plan.stages)
+        family = group.__class__(**{**group.__dict__, "zero": 3 if plan.dp > 1 else 0})
+        floor = batch // (plan.dp * plan.mb) * screen._stream_floor(family)
+        assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()
+        if memory.fits:
+            assert floor <= step * (1 + 1e-12), plan.text()
+            assert screen.group_bound(group, shape, 4) <= step * (1 + 1e-12), plan.text()
+        assert max(screen._family_bytes(family, plan.mb)) <= memory.total * (1 + 1e-12), \
+            plan.text()
+        if plan.zero == 3:
+            dev = device_model(program)
+            want = [chunk_times(program, c, dev, memory).stream for c in program.chunks]
+            assert screen._stream(plan) == pytest.approx(want, rel=1e-12), plan.text()
+            streamed += any(w > 0 for w in want)
+        checked += 1
+    assert checked >= 100 and streamed >= 10
+
+
+def test_stream_floor_holds_where_only_zero_3_fits() -> None:
+    """With a capacity between the ZeRO 3 and ZeRO 2 states (a screen's capacity set to the
+    median ZeRO 3 state of the space), the stream floor is positive for some families and
+    stays below the simulated step of every plan whose state fits that capacity."""
+    from dojo.hardware import load_system
+    from dojo.sim import session
+    from dojo.sim.search import _Screen, plan_space
+    from dojo.sim.session import compile_model, model_shape
+    from dojo.sim.simulate import simulate
+
+    spec, batch = load_system("h100-cluster:4"), 8
+    shape = model_shape(*session.captured("moe", MOE, 1, None))
+    screen = _Screen("moe", MOE, spec, batch, None)
+    space = [p for p in plan_space(shape, 4, batch, spec=spec) if p.dp > 1]
+    states = sorted(max(screen._stage_state(p)) for p in space if p.zero == 3)
+    screen.capacity = states[len(states) // 2]
+    positive = 0
+    for plan in space:
+        if max(screen._stage_state(plan)) > screen.capacity:
+            continue
+        family = plan.__class__(dp=plan.dp, tp=plan.tp, pp=plan.pp, cp=plan.cp, zero=3,
+                                interleave=plan.interleave, stages=plan.stages)
+        floor = batch // (plan.dp * plan.mb) * screen._stream_floor(family)
+        program, _ = compile_model("moe", MOE, spec, plan, batch, derive=True)
+        assert floor <= simulate(program).step_time_s * (1 + 1e-12), plan.text()
+        positive += floor > 0
+    assert positive >= 10

@@ -138,13 +138,14 @@ class _Screen(TimeBounds):
                         bound = max(terms.get(mb, 0.0), batch // (split.dp * mb) * floor)
                         yield n, bound, _simplicity(plan), plan
 
-    def group_bound(self, group: Plan, shape: ModelShape, devices: int) -> float:
+    def group_bound(self, group: Plan, shape: ModelShape, devices: int, worst: float = math.inf
+                    ) -> float:
         """The least first bound of a group's plans: recompute none (a recompute only adds),
         over sp and ep, at ZeRO 0 where some ZeRO stage below 3 fits at that ep (the stages
         below 3 share the first bound) and at ZeRO 3 where it fits; inf where no plan of the
-        group fits (`_group_fits`, asked first: it costs less)."""
-        if not self._group_fits(group, shape, devices):
-            return math.inf
+        group fits (`_group_fits`, asked of an MoE model's group when the bound is at most
+        `worst`: there ep multiplies the plans it saves building and screening one by one;
+        a dense group's plans cost less to screen than its 12 activation walks)."""
         least = math.inf
         for ep in self._expert_sizes(group):
             zeros = [z for z in ((0, 3) if group.dp > 1 else (0,))
@@ -153,6 +154,9 @@ class _Screen(TimeBounds):
                 for sp in (False, True) if group.tp > 1 else (False,):
                     least = min(least, self._first_bound(replace(group, sp=sp, ep=ep,
                                                                  zero=zero)))
+        if least <= worst and self._layout(group, 2) is not None and \
+                not self._group_fits(group, shape, devices):
+            return math.inf   # asked for MoE models: ep multiplies a group's plans
         return least
 
     def _group_fits(self, group: Plan, shape: ModelShape, devices: int) -> bool:

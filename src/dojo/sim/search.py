@@ -118,7 +118,7 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
                     heapq.heappush(queue, (*group[1:3], next(count), 0, group[3]))
             continue
         if tier == 0:   # a group under its floor: again under its plans' least first bound
-            least = screen.group_bound(plan, shape, devices)
+            least = screen.group_bound(plan, shape, devices, worst)
             if least <= worst and least < float("inf"):
                 heapq.heappush(queue, (max(bound, least), _simplicity(plan), index, 1, plan))
             continue

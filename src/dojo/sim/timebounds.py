@@ -115,13 +115,16 @@ class TimeBounds:
             cal = self._device(plan.precision).calibration
             levels = group_levels(spec, plan.dp_cp, plan.tp)
             size = PRECISION_BYTES[plan.precision]["weights"]
-            out = []
+            each: dict[int, float] = {}   # chunks of as many blocks stream alike
             for params in held_params(self._work(plan, 2), plan, self._layout(plan, 2)):
-                weights = params / plan.tp * size
-                gather = collective_s(spec, cal, "all_gather", weights, levels)
-                scatter = collective_s(spec, cal, "reduce_scatter",
-                                       weights / size * grad_bytes(plan), levels)
-                out.append(gather + scatter / 2)
+                if params not in each:
+                    weights = params / plan.tp * size
+                    gather = collective_s(spec, cal, "all_gather", weights, levels)
+                    scatter = collective_s(spec, cal, "reduce_scatter",
+                                           weights / size * grad_bytes(plan), levels)
+                    each[params] = gather + scatter / 2
+            out = [each[p] for p in held_params(self._work(plan, 2), plan,
+                                                self._layout(plan, 2))]
             room(self._streams)
             self._streams[key] = out
         return self._streams[key]
