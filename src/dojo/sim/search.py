@@ -40,7 +40,7 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
    task durations.
 MoE models get the same screens (`screen._Screen._affine`): ep changes neither a GEMM's FLOP
 nor the bytes saved for backward (`experts.ep_work`), only the state (counted per ep) and the
-op times (the all-to-alls added, `searchspace.with_all_to_all`).
+op times (the all-to-alls added, `searchspace.all_to_all_parts`).
 All wait in one queue by bound; the head is expanded, refined or simulated, and the search stops
 when the head's bound exceeds the K-th best simulated time. No plan whose bound is below that is
 left unsimulated, so the result equals exhaustive enumeration (`exhaustive`; tests compare them,

@@ -193,20 +193,26 @@ def variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterato
                                    ep=ep)
 
 
-def chunk_op_times(sums: tuple[float, ...], split: list[int] | None, chunks: int,
-                   recompute: str) -> tuple[list[float], list[float]]:
-    """(forward, backward) op seconds per virtual stage from the section sums (embedding side
-    forward and backward, block forward, backward and selective recompute, head side forward
-    and backward) and the blocks per virtual stage."""
+def chunk_parts(sums: tuple[float, ...], tps: tuple[float, ...] | None,
+                split: list[int] | None, chunks: int, recompute: str
+                ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per virtual stage, from the section sums of op seconds (embedding side forward and
+    backward, block forward, backward and selective recompute, head side forward and backward)
+    and of tp collective seconds in that order (`tps`, None without): (forward ops, backward
+    and recompute ops with the collectives a full recompute reruns (the block's forward ones),
+    forward collectives, backward collectives)."""
     pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = sums
-    rec = {"full": blk_f, "selective": blk_sel}.get(recompute, 0.0)
-    fwd, bwd = [], []
+    t = tps or (0.0,) * 7
+    rec = {"full": blk_f + t[2], "selective": blk_sel}.get(recompute, 0.0)
+    f_in, b_in, f_out, b_out = [], [], [], []
     for v in range(chunks):
         n = split[v] if split else 0
-        first, last = float(v == 0), float(v == chunks - 1)
-        fwd.append(first * pre_f + n * blk_f + last * post_f)
-        bwd.append(first * pre_b + n * (blk_b + rec) + last * post_b)
-    return fwd, bwd
+        first, last = v == 0, v == chunks - 1
+        f_in.append((pre_f if first else 0.0) + n * blk_f + (post_f if last else 0.0))
+        b_in.append((pre_b if first else 0.0) + n * (blk_b + rec) + (post_b if last else 0.0))
+        f_out.append((t[0] if first else 0.0) + n * t[2] + (t[5] if last else 0.0))
+        b_out.append((t[1] if first else 0.0) + n * t[3] + (t[6] if last else 0.0))
+    return f_in, b_in, f_out, b_out
 
 
 def collective_s(spec: SystemSpec, cal: Any, kind: str, nbytes: float,

@@ -20,7 +20,7 @@ from dojo.sim.overlap import grad_bytes
 from dojo.sim.pipeline import makespan_bounds
 from dojo.sim.searchspace import (
     all_to_all_parts,
-    chunk_op_times,
+    chunk_parts,
     collective_s,
     divisors,
     tp_section_times,
@@ -92,9 +92,13 @@ class TimeBounds:
         found = self._bounds.get(key)
         if found is None:
             f_in, b_in, f_out, b_out = self._chunk_times(plan)
-            stream = self._stream(plan)
-            fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
-            bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
+            if plan.zero >= 3 and plan.dp_cp > 1:
+                stream = self._stream(plan)
+                fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
+                bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
+            else:
+                fwd = [a + c for a, c in zip(f_in, f_out)]
+                bwd = [a + c for a, c in zip(b_in, b_out)]
             micro = self.args[3] // (plan.dp * plan.mb)
             ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
             room(self._bounds)
@@ -164,19 +168,15 @@ class TimeBounds:
         work = self._work(plan)
         split = plan_split(plan, work.repeat) if work.block else None
         chunks = plan.pp * plan.interleave
-        fwd, bwd = chunk_op_times(self._section_sums(plan), split, chunks, plan.recompute)
-        if plan.tp > 1 and not plan.tp_overlap:
-            tps = self._tp_sums(plan, work)
-            f_out, b_out = chunk_op_times(tps, split, chunks, "none")
-            if plan.recompute == "full" and split:   # the block's forward collectives again
-                bwd = [b + n * tps[2] for b, n in zip(bwd, split)]
-        else:
-            f_out, b_out = [0.0] * chunks, [0.0] * chunks
-        a2a_f, a2a_b, again = all_to_all_parts(
-            self.args[2], self._device(plan.precision).calibration, plan, work,
-            self._layout(plan), split, chunks, self._a2a)
-        times = (fwd, [b + r for b, r in zip(bwd, again)],
-                 [f + a for f, a in zip(f_out, a2a_f)], [b + a for b, a in zip(b_out, a2a_b)])
+        tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
+        times = chunk_parts(self._section_sums(plan), tps, split, chunks, plan.recompute)
+        layout = self._layout(plan)
+        if layout is not None and plan.ep > 1:
+            parts = all_to_all_parts(self.args[2], self._device(plan.precision).calibration,
+                                     plan, work, layout, split, chunks, self._a2a)
+            times = (times[0], [b + r for b, r in zip(times[1], parts[2])],
+                     [f + a for f, a in zip(times[2], parts[0])],
+                     [b + a for b, a in zip(times[3], parts[1])])
         if plan.pp == 1:   # the op bound's, asked per dp; a pipeline's: its bound is kept
             self._times[key] = times
         self._last_times = (key, times)
