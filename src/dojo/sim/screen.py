@@ -148,12 +148,14 @@ class _Screen(TimeBounds):
         a dense group's plans cost less to screen than its 12 activation walks)."""
         least = math.inf
         for ep in self._expert_sizes(group):
-            zeros = [z for z in ((0, 3) if group.dp > 1 else (0,))
-                     if self._state_within(group, 2 if z == 0 and group.dp > 1 else z, ep)]
-            for zero in zeros:
-                for sp in (False, True) if group.tp > 1 else (False,):
-                    least = min(least, self._first_bound(replace(group, sp=sp, ep=ep,
-                                                                 zero=zero)))
+            if self._state_within(group, 2 if group.dp > 1 else 0, ep):
+                zero = 0   # ZeRO 3's bound is at least ZeRO 0-2's (the stream only adds)
+            elif group.dp > 1 and self._state_within(group, 3, ep):
+                zero = 3
+            else:
+                continue
+            for sp in (False, True) if group.tp > 1 else (False,):
+                least = min(least, self._first_bound(replace(group, sp=sp, ep=ep, zero=zero)))
         if least <= worst and self._layout(group, 2) is not None and \
                 not self._group_fits(group, shape, devices):
             return math.inf   # asked for MoE models: ep multiplies a group's plans

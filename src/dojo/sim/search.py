@@ -31,16 +31,26 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
 -1. per dp x tp x pp: the state spread evenly over its stages at ZeRO 3 must fit (the fullest
    holds at least that); (batch / dp) x FLOP per sample / (pp x peak), then x op seconds;
 0. per split (interleave, split): each stage's state at ZeRO 3 (the least over ep) plus
-   `stagemem.least_in_flight` must fit; per mb: micro x the model's op seconds / pp (the
-   -1 bound's term of that mb, before any group of it is built); per group (mb): the least
-   first bound of its plans;
-1. per plan: its state must fit; `makespan_bounds` on the chunks' op times alone;
+   `stagemem.least_in_flight` must fit; per mb: micro x the model's op and collective seconds
+   (the least over sp and ep) / pp (the -1 bound's term of that mb, before any group of it is
+   built), and the same screen with a micro-batch holding at least mb x a sample's least saved
+   bytes; per group (mb): first micro x the split's stream floor (where no ZeRO stage below 3
+   fits at any ep, each task of a device takes at least its chunk's ZeRO 3 weight stream, so
+   the device at least 2 x the streams of its chunks per micro-batch), then, when it comes up,
+   the least first bound of its plans over sp, ep and ZeRO (0 standing for 0-2 where one of
+   them fits at that ep, 3 where it fits), and for MoE models the least state plus the least
+   activations over its schedules, recomputes and sp must fit;
+1. per plan: its state must fit; `makespan_bounds` on the tasks' times, each at least
+   max(op seconds, ZeRO 3's weight stream (`simulate._zero3_time`)) + its tp collectives and
+   all-to-alls (the recompute's ops and reruns inside the max, as `simulate.task_durations`);
 2. before compiling it: every stage's bytes from the work (`stagemem.stage_totals`, the compiled
    program's figure, experts' 1/ep included); compiled: `simulate.lower_bound` on the exact
-   task durations.
+   task durations (the program is kept for the plan's simulation).
 MoE models get the same screens (`screen._Screen._affine`): ep changes neither a GEMM's FLOP
-nor the bytes saved for backward (`experts.ep_work`), only the state (counted per ep) and the
-op times (the all-to-alls added, `searchspace.all_to_all_parts`).
+nor the bytes saved for backward (`experts.ep_work`), only the state (counted per ep), the
+weights ZeRO 3 streams, and the op times (the all-to-alls added, `searchspace.all_to_all_parts`).
+The search's caches hold one group's or family's entries and are emptied when full
+(`timebounds.room`), so its memory does not grow with the space.
 All wait in one queue by bound; the head is expanded, refined or simulated, and the search stops
 when the head's bound exceeds the K-th best simulated time. No plan whose bound is below that is
 left unsimulated, so the result equals exhaustive enumeration (`exhaustive`; tests compare them,
