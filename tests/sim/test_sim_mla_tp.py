@@ -7,9 +7,11 @@ row-parallel. So per layer, T = s b tokens, hidden h, ranks rq (queries) and rkv
 rotary width dr, heads nh, widths dn (no-rope), dv (values), f the SwiGLU width, 4-byte capture:
 - forward: the row-parallel outputs only (attention's wo and the MLP's w2): 2 x 4 T h bytes,
   nothing between a down and an up projection;
-- backward: the column-parallel input gradients (MLP's w1 and w3: 4 T h each, the head's; the up
-  projections: 4 T rq and 4 T rkv) and the rotary key's (4 T dr), whose partial sums over the
-  rank's heads come back through its broadcast; with sp each as a reduce-scatter + all-gather;
+- backward: the column-parallel input gradients, one per shared input (the MLP's w1 and w3 read
+  one tensor, summed before its one reduction as Megatron's fused linear_fc1: 4 T h; the head's;
+  the up projections: 4 T rq and 4 T rkv) and the rotary key's (4 T dr), whose partial sums over
+  the rank's heads come back through its broadcast; with sp each as a reduce-scatter +
+  all-gather;
 - per-rank FLOP: the down projections whole (2 T h rq, 2 T h (rkv + dr)), / tp under sp; the
   up projections / tp (2 T rq nh (dn + dr) / tp, 2 T rkv nh (dn + dv) / tp);
 - weights: the down projections whole on each rank, the rest / tp.
@@ -57,7 +59,7 @@ def test_forward_reduces_only_the_row_parallel_outputs() -> None:
 
 
 def test_backward_reduces_the_column_parallel_input_gradients() -> None:
-    per_layer = [4.0 * T * H, 4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR]
+    per_layer = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR]
     head = [4.0 * T * H]        # the vocabulary-parallel head's input gradient (column-parallel)
     # the loss's vocab-parallel cross entropy needs none: softmax minus one-hot is local
     expected = sorted(per_layer * L + head)

@@ -82,8 +82,9 @@ def test_moe_block_tp_traffic_is_attention_and_shared_expert_only() -> None:
     forward = sorted(b for kind, b in work.block.tp_forward if kind == "reduce_scatter")
     backward = sorted(b for kind, b in work.block.tp_backward if kind == "reduce_scatter")
     assert forward == [4.0 * T * H] * 2                   # wo and the shared expert's w2
-    # the shared expert's w1 and w3, the up projections' latents and the rotary key
-    assert backward == sorted([4.0 * T * H] * 2 + [4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR])
+    # the shared expert's input (its w1 and w3 summed first: Megatron-Core's SharedExpertMLP
+    # has one fused linear_fc1), the up projections' latents and the rotary key
+    assert backward == sorted([4.0 * T * H] + [4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR])
     gathers = [b for kind, b in work.block.tp_forward + work.block.tp_backward
                if kind == "all_gather"]
     assert sorted(gathers) == sorted(forward + backward)

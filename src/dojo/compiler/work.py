@@ -19,11 +19,13 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section
-from dojo.compiler import fusion, kernelsave, replicated
+from dojo.compiler import fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
 from dojo.compiler.row_stats import row_stat_counts
+from dojo.compiler.tp_partial import input_grad as _input_grad
+from dojo.compiler.tp_partial import weight_op as _weight_op
 from dojo.graph import Graph, Op, state_bytes
 from dojo.graph.analysis import root
 
@@ -180,15 +182,6 @@ def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[i
     return split
 
 
-def _input_grad(graph: Graph, op: Op) -> int | None:
-    """The input gradient of a convolution's fused backward (outputs[0] shaped as the forward
-    input, inputs[1]); None for other ops or when no input gradient is computed."""
-    if "convolution_backward" not in op.target or len(op.inputs) < 2 or not op.outputs:
-        return None
-    grad = op.outputs[0]
-    return grad if graph.tensors[grad].shape == graph.tensors[op.inputs[1]].shape else None
-
-
 def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: set[int],
                    sp: bool, scale: float) -> dict[tuple[str, str], list[tuple[str, float]]]:
     """The tp group's collectives by (section, phase), found where the dataflow leaves the split
@@ -196,8 +189,9 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
     - a weight matmul or convolution whose input is split (row-parallel) produces partial sums:
       an all-reduce of its output (Megatron's g). Its conjugate (f) is the input gradient of a
       column-parallel op in backward: the same flip, found the same way (a convolution's fused
-      backward by `_input_grad`). With sequence parallelism each becomes a reduce-scatter and an
-      all-gather of the same bytes;
+      backward by `_input_grad`), once per shared input: the input gradients of the linears
+      reading one tensor are summed before it is reduced (`tp_partial.grad_sums`). With
+      sequence parallelism each becomes a reduce-scatter and an all-gather of the same bytes;
     - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
@@ -210,7 +204,8 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
     for op in graph.ops:
         for t in op.outputs if op.rule not in FREE_RULES else ():
             made_by.setdefault(root(graph, t).id, op)
-    vocab, keep = _vocab_table(graph), replicated.replicated_weights(graph)
+    vocab, keep = tp_partial.vocab_table(graph), replicated.replicated_weights(graph)
+    sums = tp_partial.grad_sums(graph, weights, split)
     by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
     readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
@@ -220,7 +215,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
         comms = out.setdefault((label, op.phase), [])
         partial = (replicated.partial_bytes(graph, op, acts, split, made_by, keep)
-                   or _partial_bytes(graph, op, acts, split, vocab))
+                   or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab)))
         if partial:
             kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
             comms += [(k, partial * scale) for k in kinds]
@@ -234,29 +229,6 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
             out.setdefault((label, "backward"), []).extend(
                 ("all_reduce", 4.0 * rows * n) for n in bwd)
     return out
-
-
-def _partial_bytes(graph: Graph, op: Op, acts: list[int], split: set[int],
-                   vocab: int | None) -> float:
-    """Captured bytes of the partial sums `op` leaves on each rank (0: none; tp_collectives)."""
-    if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1 and acts[0] in split:
-        return float(graph.tensors[op.outputs[0]].bytes)
-    grad = _input_grad(graph, op)
-    if grad is not None and root(graph, op.inputs[0]).id in split and \
-            root(graph, op.inputs[1]).id not in split:
-        return float(graph.tensors[grad].bytes)
-    if vocab is not None and op.phase == "forward" and "embedding" in op.target and \
-            vocab in {root(graph, t).id for t in op.inputs}:
-        return float(graph.tensors[op.outputs[0]].bytes)
-    return 0.0
-
-
-def _vocab_table(graph: Graph) -> int | None:
-    """Root id of the largest table an embedding lookup reads (the vocabulary), if any."""
-    tables = [root(graph, t) for op in graph.ops
-              if op.phase == "forward" and op.target.startswith("aten.embedding.")
-              for t in op.inputs if graph.tensors[t].role == "parameter"]
-    return max(tables, key=lambda t: t.shape[0]).id if tables else None
 
 
 def _feature_split(graph: Graph, tensor: int, made_by: dict[int, Op], weights: set[int]) -> bool:
@@ -275,11 +247,6 @@ def _feature_split(graph: Graph, tensor: int, made_by: dict[int, Op], weights: s
             return False
         t = acts[0]
     return False
-
-
-def _weight_op(op: Op) -> bool:
-    """A matmul or convolution: with a weight as its other operand it is a Megatron linear."""
-    return "mm" in op.target or "convolution" in op.target
 
 
 def _output_is_residual(op: Op, graph: Graph, residual_numel: int) -> bool:
