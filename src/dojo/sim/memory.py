@@ -9,6 +9,7 @@ streams in (`spills`), at the chip's share of the DIPs' bandwidth.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from dojo.compiler.experts import param_groups
@@ -99,15 +100,28 @@ def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: i
     walk = min(micro, in_flight_micro(pp, interleave, group)) if micro % n == 0 else micro
     total = walk * interleave
     warm = warm_units(schedule, stage, pp, walk, interleave, group)
-    # the chunk of the k-th forward and of the k-th backward (pipeline.unit)
-    chunk = [saved[unit(k, False, walk, interleave, n)[2] * pp + stage] for k in range(total)]
-    back = [saved[unit(k, True, walk, interleave, n)[2] * pp + stage] for k in range(total)]
+    forward_chunks, backward_chunks = order_chunks(walk, interleave, n)
+    chunk = [saved[c * pp + stage] for c in forward_chunks]
+    back = [saved[c * pp + stage] for c in backward_chunks]
     live = peak = sum(chunk[:warm])
     for i in range(total - warm):   # (F of unit warm + i, B of unit i) pairs
         live += chunk[warm + i]
         peak = max(peak, live)
         live -= back[i]
     return peak
+
+
+@lru_cache(maxsize=64)
+def order_chunks(micro: int, interleave: int, group: int) -> tuple[tuple[int, ...],
+                                                                  tuple[int, ...]]:
+    """The chunk of the k-th forward and of the k-th backward of the order (`pipeline.unit`),
+    k < micro x interleave. The same for every stage and every plan with these three numbers,
+    which the search asks for hundreds of thousands of times; `micro` is at most
+    `in_flight_micro` or the plan's own; 64 keys bound the cache (a plan's own `micro` may be
+    thousands)."""
+    total = micro * interleave
+    return (tuple(unit(k, False, micro, interleave, group)[2] for k in range(total)),
+            tuple(unit(k, True, micro, interleave, group)[2] for k in range(total)))
 
 
 def in_flight_micro(pp: int, interleave: int, group: int = 0) -> int:
