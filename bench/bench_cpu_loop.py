@@ -10,9 +10,12 @@ idle core would take; waits on the other rank are not in it, and a loaded machin
 it through shared caches and context switches) and of the thread that ran them
 (`step_thread_cpu_s`: without gloo's threads, whose tcp loop busy-polls while a peer's data
 waits for a receive not posted yet; with more than one rank it leaves out their real transfer
-work too, ~0.1 ms per all-reduce: bench/bench_rank_phases.py). With `--phases`, dp=1 also as
-the sum of the fastest times of its phases (`phase_minima`: millisecond windows, the most
-robust on a loaded machine).
+work too, ~0.1 ms per all-reduce: bench/bench_rank_phases.py). With `--phases`, dp=1 also in this
+process, the runtime's whole `Trainer.step` alternating with the same step phase by phase
+(`phase_minima`, bench/step_gap.py): the fastest whole step ("in-process step") and the sum
+of the phases' fastest times, both main-thread CPU at the same moments. The worker's steps
+and these are seconds apart, and this machine's speed moves 1.5-2x over seconds: compare the
+simulation with the in-process step where the two measurements disagree.
 Simulated: `dojo.sim` on the `cpu` system for the same job (the program that ran).
 Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs the gpt models, pp gpt or llama.
 Prints a markdown table (docs/benchmarks.md) and a summary, which gives the spread of the
@@ -93,35 +96,17 @@ def closed_loop(model: str, plan: str, steps: int, repeats: int
             (main if main < float("inf") else None), runs)
 
 
-def phase_minima(model: str, repeats: int = 60) -> float:
-    """Seconds of one dp=1 step of `model`'s small preset as the sum of its phases' fastest
-    times over `repeats` steps in this process (zero_grad, each micro-batch's forward and
-    backward, the optimizer step): windows of a millisecond or less, which other jobs on a
-    shared machine interrupt far less often than a whole step."""
-    import time
+def phase_minima(model: str, rounds: int = 30) -> tuple[float, float]:
+    """(sum of the phases' fastest times, fastest whole step) in seconds of main-thread CPU of
+    one dp=1 step of `model`'s small preset, both in this process with the runtime's
+    `Trainer.step` and the same step phase by phase (zero_grad, each micro-batch's forward and
+    backward, the optimizer) alternating for `rounds` rounds (`step_gap.interleaved`): the
+    machine's speed moves 1.5-2x over seconds, so a comparison across processes or moments
+    mixes its states; this one does not."""
+    from step_gap import interleaved
 
-    from dojo.runtime import Job
-    from dojo.runtime.job import build_bundle, simulate_job
-    from dojo.runtime.trainer import Trainer
-
-    job = Job(model=model, plan="dp=1,precision=fp32", system="cpu")
-    trainer = Trainer(simulate_job(job).program, build_bundle(job))
-    micro_in, micro_tgt = trainer._micro_batches(*trainer.data.get(0))
-    best = [float("inf")] * (2 * len(micro_in) + 2)
-    for _ in range(repeats):
-        marks = [time.perf_counter()]
-        trainer.model.zero_grad(set_to_none=True)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        marks.append(time.perf_counter())
-        for x, t in zip(micro_in, micro_tgt):
-            loss = trainer.loss_fn(trainer.model(*x), *t) / len(micro_in)
-            marks.append(time.perf_counter())
-            loss.backward()
-            marks.append(time.perf_counter())
-        trainer.optimizer.step()
-        marks.append(time.perf_counter())
-        best = [min(b, t1 - t0) for b, t0, t1 in zip(best, marks, marks[1:])]
-    return sum(best)
+    e = interleaved(model, rounds)
+    return sum(min(v) for v in e["phases"].values()), min(e["whole"])
 
 
 def _arguments() -> argparse.Namespace:
@@ -132,7 +117,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--plans", default=",".join(PLANS).replace(",", ";"),
                         help="semicolon-separated plans")
     parser.add_argument("--phases", action="store_true",
-                        help="also time dp=1 steps phase by phase in this process")
+                        help="also time dp=1 steps whole and phase by phase, alternating, in "
+                             "this process (bench/step_gap.py)")
     parser.add_argument("--recalibrate", choices=("fast", "all"), default=None,
                         help="re-measure the calibration (fast: dispatch and host figures; all: "
                              "the rates too) right before each model's rows and simulate them "
@@ -148,11 +134,12 @@ def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
     """One row: measured, simulated (committed calibration; and with `fresh`, the system file
     of a calibration measured just before) and their errors."""
     real, cpu, pred, main_cpu, runs = closed_loop(model, plan, args.steps, args.repeats)
-    phases = phase_minima(model) if args.phases and plan == "dp=1" else None
+    phases, inproc = phase_minima(model) if args.phases and plan == "dp=1" else (None, None)
     row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
            "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
            "error_cpu": (pred - cpu) / cpu if cpu else None, "phases_s": phases,
            "error_phases": (pred - phases) / phases if phases else None,
+           "inprocess_s": inproc, "error_inprocess": (pred - inproc) / inproc if inproc else None,
            "measured_main_cpu_s": main_cpu,
            "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None,
            "main_cpu_runs_s": runs}
@@ -171,9 +158,11 @@ def _line(row: dict[str, Any]) -> str:
     vs_cpu = f"{cpu:.4f} | {row['error_cpu']:+.1%}" if cpu else "- | -"
     vs_phases = f"{phases:.4f} | {row['error_phases']:+.1%}" if phases else "- | -"
     vs_main = f"{main_cpu:.4f} | {row['error_main_cpu']:+.1%}" if main_cpu else "- | -"
+    inproc = row.get("inprocess_s")
+    vs_in = f"{inproc:.4f} | {row['error_inprocess']:+.1%}" if inproc else "- | -"
     text = (f"| {'/'.join(row['aliases'])} | {row['plan']} | {row['measured_s']:.4f} | "
             f"{row['simulated_s']:.4f} | {row['error']:+.1%} | {vs_cpu} | {vs_phases} | "
-            f"{vs_main} |")
+            f"{vs_main} | {vs_in} |")
     if "simulated_fresh_s" in row:
         runs = row["main_cpu_runs_s"]
         fresh = row["error_main_cpu_fresh"]
@@ -186,8 +175,8 @@ def _line(row: dict[str, Any]) -> str:
 def _header(args: argparse.Namespace) -> str:
     head = ("| model (small preset) | plan | measured s | simulated s | error | "
             "measured CPU s | error vs CPU | phase minima s | error vs phases | "
-            "main-thread CPU s | error vs main thread |")
-    rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+            "main-thread CPU s | error vs main thread | in-process step s | error vs it |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     if args.recalibrate:
         head += (f" simulated, {args.recalibrate} calibration now s | error vs main thread |"
                  " main-thread CPU per run s (spread) |")
@@ -200,6 +189,7 @@ def _summary(rows: list[dict[str, Any]]) -> str:
     summary = [f"mean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%}"]
     for key, label in (("error_cpu", "CPU"), ("error_main_cpu", "main-thread CPU"),
                        ("error_phases", "phase minima"),
+                       ("error_inprocess", "in-process step"),
                        ("error_main_cpu_fresh", "main-thread CPU, calibration now")):
         vs = [abs(r[key]) for r in rows if r.get(key) is not None]
         if vs:
