@@ -11,7 +11,7 @@ rotary width dr, heads nh, widths dn (no-rope), dv (values), f the SwiGLU width,
   one tensor, summed before its one reduction as Megatron's fused linear_fc1: 4 T h; the head's;
   the up projections: 4 T rq and 4 T rkv) and the rotary key's (4 T dr), whose partial sums over
   the rank's heads come back through its broadcast; with sp each as a reduce-scatter +
-  all-gather;
+  all-gather, and the linears' saved input shards gathered again for their weight gradients;
 - per-rank FLOP: the down projections whole (2 T h rq, 2 T h (rkv + dr)), / tp under sp; the
   up projections / tp (2 T rq nh (dn + dr) / tp, 2 T rkv nh (dn + dv) / tp);
 - weights: the down projections whole on each rank, the rest / tp.
@@ -68,7 +68,11 @@ def test_backward_reduces_the_column_parallel_input_gradients() -> None:
     sp = _work(2, sp=True)
     comms = sp.post.tp_backward + sp.pre.tp_backward
     assert _count(comms, "reduce_scatter") == sorted(per_layer * L + head)
-    assert _count(comms, "all_gather") == sorted(per_layer * L + head)
+    # with sp the column-parallel linears (fc1, the up projections, the head) gather their
+    # saved input shard again for the weight gradient; the rotary key's gradient comes back
+    # through its broadcast, not a linear's input: no re-gather
+    regather = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV]
+    assert _count(comms, "all_gather") == sorted((per_layer + regather) * L + head * 2)
 
 
 @pytest.mark.parametrize("sp", [False, True])

@@ -63,8 +63,9 @@ def test_two_backward_collectives_per_block(model: str, overrides: dict[str, obj
     assert sum(b for k, b in work.block.tp_backward if k == kind) == 2 * ACT
     # the program's op list: L blocks plus the head's input gradient (vocabulary-parallel)
     assert _big(_pairs(chunk), kind) == [ACT] * (2 * L + 1)
-    if sp:  # each reduce-scatter pairs with the all-gather of the same tensor
-        assert _big(_pairs(chunk), "all_gather") == [ACT] * (2 * L + 1)
+    if sp:  # each reduce-scatter pairs with the all-gather of the same tensor, and the
+        # column-parallel linear's saved input shard is gathered again for its weight gradient
+        assert _big(_pairs(chunk), "all_gather") == [ACT] * 2 * (2 * L + 1)
     else:
         assert not _big(_pairs(chunk), "reduce_scatter")
 

@@ -191,7 +191,11 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
       column-parallel op in backward: the same flip, found the same way (a convolution's fused
       backward by `_input_grad`), once per shared input: the input gradients of the linears
       reading one tensor are summed before it is reduced (`tp_partial.grad_sums`). With
-      sequence parallelism each becomes a reduce-scatter and an all-gather of the same bytes;
+      sequence parallelism each becomes a reduce-scatter and an all-gather of the same bytes.
+      With sp a column-parallel linear also keeps only the sequence shard of its input for
+      backward (`_is_split`, as Megatron-LM's LinearWithGradAccumulationAndAsyncCommunication
+      and TransformerEngine's LayerNormLinear save it) and all-gathers it again there for its
+      weight gradient: one more all-gather of those bytes per shared input, in backward;
     - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
@@ -214,10 +218,12 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
             continue
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
         comms = out.setdefault((label, op.phase), [])
-        partial = (replicated.partial_bytes(graph, op, acts, split, made_by, keep)
-                   or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab)))
+        kept = replicated.partial_bytes(graph, op, acts, split, made_by, keep)
+        partial = kept or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab))
         if partial:
             kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
+            if sp and op.phase == "backward" and not kept:
+                kinds += ("all_gather",)  # the saved sequence shard, gathered for the wgrad
             comms += [(k, partial * scale) for k in kinds]
         fwd, bwd = row_stat_counts(graph, op, made_by, readers)
         if (fwd or bwd) and acts and acts[0] in split and \
