@@ -221,7 +221,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
         kept = replicated.partial_bytes(graph, op, acts, split, made_by, keep)
         partial = kept or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab))
         if partial:
-            kinds = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
+            kinds: tuple[str, ...] = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
             if sp and op.phase == "backward" and not kept:
                 kinds += ("all_gather",)  # the saved sequence shard, gathered for the wgrad
             comms += [(k, partial * scale) for k in kinds]

@@ -25,9 +25,16 @@ behind). Each collective hides behind one GEMM of its phase; the simulator pairs
 collectives with the longest weight GEMMs of the chunk (exact when a phase's collectives are
 equal in size and each GEMM hosts one, as in Megatron's forward: the all-gathers before QKV and
 FC1, the reduce-scatters after the projection and FC2; in the backward it is the best pairing,
-an upper bound on what is hidden). The overlapped communication kernels occupy SMs the GEMM
-then lacks: hiding h seconds costs h x sms / SMs (`overlap_sms_*` in the calibration).
-All-reduces (norm statistics, tp without sp) are not overlapped.
+an upper bound on what is hidden: there TransformerEngine hides the all-gathers before the
+projection's and FC2's input gradients by ring exchange, the re-gathers of QKV's and FC1's saved
+input shards beside their input-gradient GEMMs and the reduce-scatters of those input gradients
+beside the weight-gradient GEMMs by its bulk overlaps). The overlapped communication kernels
+occupy SMs the GEMM then lacks: hiding h seconds costs h x sms / SMs (`overlap_sms_*` in the
+calibration). All-reduces (norm statistics, tp without sp) are not overlapped. Without
+`tp_overlap` every tp collective is charged whole, also the two that Megatron-LM issues
+asynchronously beside a GEMM in a column-parallel linear's backward (the re-gather beside the
+input gradient, the reduce-scatter beside the weight gradient): measured sp runs fit that
+(docs/validation.md, "Sequence parallelism's re-gather").
 """
 
 from __future__ import annotations
