@@ -58,7 +58,10 @@ def _gpt_pre(model: Any, tokens: Tensor) -> Tensor:
 
 
 def _gpt_post(model: Any, x: Tensor) -> Tensor:
-    return nn.functional.linear(model.ln_f(x), model.wte.weight)  # (B, S, V), tied head
+    from dojo.runtime.vocab_parallel import head_context
+
+    with head_context(model):
+        return nn.functional.linear(model.ln_f(x), model.wte.weight)  # (B, S, V), tied head
 
 
 LAYOUTS.add("GPT", Layout(pre=_gpt_pre, post=_gpt_post, pre_modules=("wte", "wpe"),

@@ -5,6 +5,7 @@ Activations between the tp regions are (B, S/tp, H): rank r holds tokens [r*S/tp
 The four autograd functions, each the other's adjoint (Korthikanti et al., 2022, section 4.2.2):
 - `gather_seq`: all-gather along the sequence before a column-parallel linear (qkv, mlp.fc);
   backward reduce-scatters the gradient (every rank's partial input gradient, summed and sliced).
+  The linear keeps only the slice for backward and gathers it again there (`keep_shard`).
 - `reduce_scatter_seq`: after a row-parallel linear (attn.proj, mlp.proj) the partial products
   are summed and sliced in one reduce-scatter; backward all-gathers the gradient.
 At the model's ends (`dojo.runtime.vocab_parallel`): the vocabulary-parallel embedding's
@@ -22,6 +23,8 @@ Sequence is dim -2 everywhere ((B, S, H) activations, (S, H) position embeddings
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -78,6 +81,30 @@ def gather_seq(x: Tensor, group: Any) -> Tensor:
     """(B, S/tp, H) -> (B, S, H); backward reduce-scatter."""
     out: Tensor = _SeqCollective.apply(x, group, _gather, _reduce_scatter)
     return out
+
+
+@contextmanager
+def keep_shard(held: list[Tensor], group: Any) -> Iterator[None]:
+    """Within it, a tensor autograd saves that is one of `held` (the all-gathered inputs of
+    column-parallel linears, or a view of one's storage) is kept as this rank's sequence slice
+    and all-gathered again when backward unpacks it, for the weight gradient: Megatron-LM's
+    LinearWithGradAccumulationAndAsyncCommunication (the memory the simulator counts, and the
+    backward all-gather its program issues). Other saved tensors are kept as they are. `held`
+    may be filled after entering (the head's input, gathered by a hook inside the forward)."""
+    def pack(t: Tensor) -> Any:
+        for whole in held:
+            if t.data_ptr() == whole.data_ptr() and t.numel() == whole.numel():
+                return _slice(whole.detach(), group), tuple(t.shape)  # (B, S/tp, H), its view
+        return t
+
+    def unpack(saved: Any) -> Tensor:
+        if isinstance(saved, Tensor):
+            return saved
+        local, shape = saved
+        return _gather(local, group).contiguous().view(shape)  # (B, S, H) as saved
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
 
 
 def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:

@@ -89,6 +89,21 @@ def enter_tp(x: Tensor, group: Any, sp: bool) -> Tensor:
     return out
 
 
+def column_linear(linear: nn.Module, x: Tensor, group: Any, sp: bool) -> Tensor:
+    """`linear` (column-parallel) on `enter_tp(x)`; under sequence parallelism the gathered
+    input is saved as this rank's slice and gathered again in backward (`keep_shard`)."""
+    whole = enter_tp(x, group, sp)  # (B, S, H)
+    if group is None or not sp:
+        out: Tensor = linear(whole)
+        return out
+    from dojo.runtime.sequence_parallel import keep_shard
+
+    whole = whole.contiguous()  # so the linear saves a view of it, not a copy
+    with keep_shard([whole], group):
+        out = linear(whole)  # (B, S, out/tp)
+    return out
+
+
 def exit_tp(y: Tensor, group: Any, sp: bool) -> Tensor:
     """Out of a row-parallel linear: g (all-reduce), or under sequence parallelism a
     reduce-scatter onto this rank's sequence slice; identity without a group (tp = 1)."""
@@ -137,10 +152,10 @@ class ParallelAttention(nn.Module):
         self.recompute_core = False
 
     def forward(self, x: Tensor) -> Tensor:
-        x = enter_tp(x, self.group, self.sp)  # (B, S, H)
-        b, s, _ = x.shape
+        qkv = column_linear(self.qkv, x, self.group, self.sp)  # (B, S, 3 H/tp)
+        b, s, _ = qkv.shape
         local = self.qkv.out_features // 3
-        q, k, v = self.qkv(x).split(local, dim=2)  # 3 x (B, S, H/tp)
+        q, k, v = qkv.split(local, dim=2)  # 3 x (B, S, H/tp)
         hd = local // self.heads
         q, k, v = (t.view(b, s, self.heads, hd).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
@@ -169,7 +184,7 @@ class ParallelMLP(nn.Module):
         self.sp = sp
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.act(self.fc(enter_tp(x, self.group, self.sp))))
+        return self.proj(self.act(column_linear(self.fc, x, self.group, self.sp)))
 
 
 def _rows(linear: nn.Linear, index: Tensor) -> nn.Linear:

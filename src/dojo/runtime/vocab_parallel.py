@@ -108,8 +108,36 @@ def split_vocab(model: Any, tp: int, rank: int, group: Any, sp: bool) -> tuple[i
     lo, hi = vocab_rows(vocab, tp, rank)
     model.wte = VocabParallelEmbedding(model.wte, lo, hi, group, sp)
 
+    held: list[Tensor] = []  # under sp, the head's gathered input: saved as a slice
+
     def head_input(_module: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
-        return enter_tp(out, group, sp)  # (B, S, H) whole for the split head
+        whole = enter_tp(out, group, sp)  # (B, S, H) whole for the split head
+        if sp:
+            whole = whole.contiguous()  # the head saves a view of it (`head_context`)
+            held[:] = [whole]
+        return whole
 
     model.ln_f.register_forward_hook(head_input)
+    if sp:
+        model.head_gathered = (held, group)
+        whole_forward = model.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Tensor:
+            with head_context(model):
+                out: Tensor = whole_forward(*args, **kwargs)
+            return out
+
+        model.forward = forward
     return lo, hi
+
+
+def head_context(model: Any) -> Any:
+    """The context the tied head's matmul runs in: under sp its gathered input is kept as this
+    rank's slice and gathered again in backward (`sequence_parallel.keep_shard`), as Megatron's
+    output layer (a ColumnParallelLinear) does; otherwise nothing."""
+    from contextlib import nullcontext
+
+    from dojo.runtime.sequence_parallel import keep_shard
+
+    held = getattr(model, "head_gathered", None)
+    return nullcontext() if held is None else keep_shard(*held)
