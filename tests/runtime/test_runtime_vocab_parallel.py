@@ -103,9 +103,10 @@ def _count_worker(rank: int, world: int, job: Job, program: bytes) -> dict[str, 
     return seen
 
 
+@pytest.mark.parametrize("model", ["gpt", "llama"])
 @pytest.mark.parametrize("plan", ["tp=2,precision=fp32", "tp=2,sp=on,precision=fp32"])
-def test_collectives_per_micro_batch_are_the_programs(plan: str) -> None:
-    job = Job(model="gpt", plan=plan, batch=2, steps=1, system="cpu")
+def test_collectives_per_micro_batch_are_the_programs(model: str, plan: str) -> None:
+    job = Job(model=model, plan=plan, batch=2, steps=1, system="cpu")
     program = simulate_job(job).program
     (chunk,) = program.chunks
 
@@ -116,6 +117,7 @@ def test_collectives_per_micro_batch_are_the_programs(plan: str) -> None:
         assert sorted(seen["forward"]) == expected(chunk.tp_forward)
         assert sorted(seen["backward"]) == expected(chunk.tp_backward)
     if "sp" not in plan:  # Megatron's count, by hand: embedding, 2 per block, loss's max + sums
+        # (llama's untied head: the same, its column-parallel output layer has f on its input)
         layers = int(build_bundle(job).config.layers)
         assert (len(chunk.tp_forward), len(chunk.tp_backward)) == (1 + 2 * layers + 2,
                                                                    2 * layers + 1)

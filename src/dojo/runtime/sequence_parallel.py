@@ -1,4 +1,4 @@
-"""Megatron sequence parallelism (plan sp=on) for the tensor-parallel GPT: the LayerNorm,
+"""Megatron sequence parallelism (plan sp=on) for the tensor-parallel GPT and Llama: the norm,
 dropout and residual regions hold a slice of the sequence on each tp rank.
 
 Activations between the tp regions are (B, S/tp, H): rank r holds tokens [r*S/tp, (r+1)*S/tp).
@@ -114,8 +114,8 @@ def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:
 
 
 def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
-    """Shard the sequence of a tp-split dojo GPT at its input: keep this rank's slice of the
-    position embedding (a forward hook, so the whole-model forward and the pipeline chunks both
+    """Shard the sequence of a tp-split dojo GPT or Llama at its input: keep this rank's slice
+    of gpt's position embedding (a forward hook, so the whole-model forward and the pipeline chunks both
     get it; the token embedding reduce-scatters itself and the head gathers, see
     `vocab_parallel`). DojoError when `seq` does not split into tp slices."""
     if seq % tp:
@@ -127,19 +127,22 @@ def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
         # Replicated (S, H) -> own (S/tp, H); its gradient is partial, summed once per step.
         return _slice(out, group)
 
-    m.wpe.register_forward_hook(keep_slice)  # (S, H) -> (S/tp, H)
+    if hasattr(m, "wpe"):  # gpt; llama's rotary positions act after the all-gather
+        m.wpe.register_forward_hook(keep_slice)  # (S, H) -> (S/tp, H)
 
 
 def partial_grad_names(model: nn.Module) -> set[str]:
-    """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms, the
+    """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms and
+    RMSNorms, the
     position embedding (sliced) and the row-parallel biases (added after the reduce-scatter),
     all on this rank's tokens only. The vocabulary-parallel `wte` is no nn.Embedding."""
+    from dojo.models.llama import RMSNorm
     from dojo.runtime.tensor_parallel import RowParallelLinear
 
     names: set[str] = set()
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
-        if isinstance(module, nn.LayerNorm | nn.Embedding):  # norms, positions (not wte)
+        if isinstance(module, nn.LayerNorm | RMSNorm | nn.Embedding):  # norms, positions
             names.update(f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False))
         elif isinstance(module, RowParallelLinear) and module.bias is not None:
             names.add(f"{prefix}bias")

@@ -204,6 +204,41 @@ def _columns(linear: nn.Linear, index: Tensor, group: Any, sp: bool) -> RowParal
     return RowParallelLinear(inner, bias, group, sp)
 
 
+def column_parallel(linear: nn.Linear, index: Tensor, local: str, source: str
+                    ) -> tuple[nn.Linear, dict[str, Shard]]:
+    """Megatron's column-parallel split of `linear` (whole-model name `source`, local name
+    `local`): output rows `index` of its weight and bias, and their `Shard`s."""
+    shards = {f"{local}.weight": Shard(f"{source}.weight", 0, index)}
+    if linear.bias is not None:
+        shards[f"{local}.bias"] = Shard(f"{source}.bias", 0, index)
+    return _rows(linear, index), shards
+
+
+def row_parallel(linear: nn.Linear, index: Tensor, group: Any, sp: bool, local: str,
+                 source: str) -> tuple[RowParallelLinear, dict[str, Shard]]:
+    """Megatron's row-parallel split of `linear`: input columns `index` of its weight, the bias
+    whole (added after the all-reduce), and their `Shard`s."""
+    shards = {f"{local}.linear.weight": Shard(f"{source}.weight", 1, index)}
+    if linear.bias is not None:
+        shards[f"{local}.bias"] = Shard(f"{source}.bias", 0, torch.arange(linear.out_features))
+    return _columns(linear, index, group, sp), shards
+
+
+def slot(total: int, tp: int, rank: int) -> Tensor:
+    """Indices [rank * total/tp, (rank + 1) * total/tp): rank's even share of `total`."""
+    width = total // tp
+    return torch.arange(rank * width, (rank + 1) * width)
+
+
+def enter_on_input(module: nn.Module, group: Any, sp: bool) -> None:
+    """Put f (or sp's all-gather) on `module`'s input: a forward pre-hook, so the module's
+    forward and parameter names stay those of the whole model."""
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (enter_tp(args[0], group, sp), *args[1:])  # (B, S, H) whole
+
+    module.register_forward_pre_hook(hook)
+
+
 def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
               ) -> dict[str, Shard]:
     """Split every block of a dojo GPT `tp` ways in place; this process keeps slot `rank`.
@@ -216,11 +251,6 @@ def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
     Returns the local parameter names that hold a slice of a whole-model parameter, with the
     slice; parameters not listed are whole copies under their original names.
     """
-    from dojo.models.gpt import GPT
-
-    if not isinstance(model, GPT):
-        raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt models only; "
-                        f"got {type(model).__name__} (use dp and, for llama, pp)")
     shards: dict[str, Shard] = {}
     blocks: Any = model.blocks
     for i, block in enumerate(blocks):
@@ -230,27 +260,18 @@ def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
         if attn.heads % tp or mlp[0].out_features % tp:
             raise DojoError(f"tp={tp} must divide heads={attn.heads} and "
                             f"ffn={mlp[0].out_features}")
-        width = h // tp
-        mine = torch.arange(rank * width, (rank + 1) * width)
-        qkv_rows = torch.cat([mine, mine + h, mine + 2 * h])
-        ffn = mlp[0].out_features // tp
-        ffn_rows = torch.arange(rank * ffn, (rank + 1) * ffn)
+        mine = slot(h, tp, rank)
+        ffn_rows = slot(mlp[0].out_features, tp, rank)
         p = f"blocks.{i}"
-        block.attn = ParallelAttention(_rows(attn.qkv, qkv_rows),
-                                       _columns(attn.proj, mine, group, sp), attn.heads // tp,
-                                       attn.attention, attn.dropout, group, sp)
-        block.mlp = ParallelMLP(_rows(mlp[0], ffn_rows), mlp[1],
-                                _columns(mlp[2], ffn_rows, group, sp), group, sp)
-        shards.update({
-            f"{p}.attn.qkv.weight": Shard(f"{p}.attn.qkv.weight", 0, qkv_rows),
-            f"{p}.attn.qkv.bias": Shard(f"{p}.attn.qkv.bias", 0, qkv_rows),
-            f"{p}.attn.proj.linear.weight": Shard(f"{p}.attn.proj.weight", 1, mine),
-            f"{p}.attn.proj.bias": Shard(f"{p}.attn.proj.bias", 0, torch.arange(h)),
-            f"{p}.mlp.fc.weight": Shard(f"{p}.mlp.0.weight", 0, ffn_rows),
-            f"{p}.mlp.fc.bias": Shard(f"{p}.mlp.0.bias", 0, ffn_rows),
-            f"{p}.mlp.proj.linear.weight": Shard(f"{p}.mlp.2.weight", 1, ffn_rows),
-            f"{p}.mlp.proj.bias": Shard(f"{p}.mlp.2.bias", 0, torch.arange(h)),
-        })
+        qkv, s1 = column_parallel(attn.qkv, torch.cat([mine, mine + h, mine + 2 * h]),
+                                  f"{p}.attn.qkv", f"{p}.attn.qkv")
+        proj, s2 = row_parallel(attn.proj, mine, group, sp, f"{p}.attn.proj", f"{p}.attn.proj")
+        fc, s3 = column_parallel(mlp[0], ffn_rows, f"{p}.mlp.fc", f"{p}.mlp.0")
+        down, s4 = row_parallel(mlp[2], ffn_rows, group, sp, f"{p}.mlp.proj", f"{p}.mlp.2")
+        block.attn = ParallelAttention(qkv, proj, attn.heads // tp, attn.attention, attn.dropout,
+                                       group, sp)
+        block.mlp = ParallelMLP(fc, mlp[1], down, group, sp)
+        shards.update({**s1, **s2, **s3, **s4})
     if group is not None:
         from dojo.runtime.vocab_parallel import split_vocab
 

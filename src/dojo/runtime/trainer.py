@@ -22,8 +22,8 @@ the global batch: each micro-batch's mean loss is scaled by 1/micro-batches and 
 gradients are averaged, which equals the single-process mean when micro-batches are equal.
 
 Which models support what: every zoo model and user factory runs with dp (and micro-batches);
-tp needs the gpt models (Megatron splits, `tensor_parallel`, with the vocabulary-parallel
-embedding, head and cross entropy of `vocab_parallel`); pp needs gpt or llama
+tp needs the gpt or llama models (Megatron splits, `tensor_parallel_models`, with the
+vocabulary-parallel embedding, head and cross entropy of `vocab_parallel`); pp needs gpt or llama
 (`pipeline.LAYOUTS`). BatchNorm models (resnet) see per-micro-batch statistics under dp or mb > 1,
 as in PyTorch DDP, so they do not match a whole-batch single-process run exactly.
 """
@@ -46,7 +46,8 @@ from dojo.runtime.pipeline import PipelineStep, chunk_ranges, layout_of, schedul
 from dojo.runtime.recompute import apply_recompute
 from dojo.runtime.sequence_parallel import install as install_sequence_parallel
 from dojo.runtime.sequence_parallel import partial_grad_names
-from dojo.runtime.tensor_parallel import Shard, shard_gpt
+from dojo.runtime.tensor_parallel import Shard
+from dojo.runtime.tensor_parallel_models import shard_model
 from dojo.runtime.zero import ZeroOptimizer, check_zero
 
 # Layers that do matmul work a policy would have to round but `apply_policy` does not cover
@@ -133,8 +134,9 @@ class Trainer:
         return fused_optimizer(self.bundle.make_optimizer(params), self.plan.fusion)
 
     def _split(self) -> dict[str, Shard]:
-        """Tensor (and sequence) parallel split of the gpt blocks; also the tp = 1 structure
-        that recompute=selective needs. Returns `shard_gpt`'s local -> whole name map."""
+        """Tensor (and sequence) parallel split of the gpt or llama blocks; also the tp = 1
+        structure that gpt's recompute=selective needs. Returns `shard_model`'s local -> whole
+        name map."""
         from dojo.models.gpt import GPT
 
         plan = self.plan
@@ -142,7 +144,7 @@ class Trainer:
             return {}
         group = self.mesh.groups.get("tp")
         with torch.random.fork_rng(devices=[]):  # new layers must not move the global RNG
-            shards = shard_gpt(self.model, plan.tp, self.mesh.coords.tp, group, sp=plan.sp)
+            shards = shard_model(self.model, plan.tp, self.mesh.coords.tp, group, sp=plan.sp)
         if plan.sp:
             install_sequence_parallel(self.model, plan.tp, self._seq(), group)
         return shards
@@ -153,11 +155,12 @@ class Trainer:
         from dojo.models.zoo import classification_loss
         from dojo.runtime.vocab_parallel import VocabParallelEmbedding, vocab_parallel_loss
 
-        wte = getattr(self.model, "wte", None)
-        if not isinstance(wte, VocabParallelEmbedding):
+        wte = next((m for m in self.model.modules() if isinstance(m, VocabParallelEmbedding)),
+                   None)
+        if wte is None:
             return self.bundle.loss_fn
         if self.bundle.loss_fn is not classification_loss:
-            raise DojoError(f"tensor parallelism (tp={self.plan.tp}) splits the gpt head by "
+            raise DojoError(f"tensor parallelism (tp={self.plan.tp}) splits the head by "
                             "vocabulary and computes its cross entropy split; this bundle's "
                             f"loss {getattr(self.bundle.loss_fn, '__name__', '?')} is not it")
         return vocab_parallel_loss(wte.lo, wte.group)

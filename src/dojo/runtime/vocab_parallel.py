@@ -1,4 +1,5 @@
-"""Megatron-LM's vocabulary-parallel embedding, LM head and cross entropy for the tp-split GPT.
+"""Megatron-LM's vocabulary-parallel embedding, LM head and cross entropy for the tp-split GPT
+and Llama (whose untied output layer is column-parallel over the same vocabulary rows).
 
 The tied token embedding `wte` (V, H) is split by rows: tp rank r holds vocabulary ids
 [lo, hi) = [r*V//tp, (r+1)*V//tp) (an uneven V splits as evenly as it can, no padding rows).
@@ -16,6 +17,9 @@ The tied token embedding `wte` (V, H) is split by rows: tp rank r holds vocabula
   dL/dz_v = (softmax_v - [v == t]) * dL/dloss, with softmax_v = exp(z_v - m) / sum exp.
 The weight's gradient (embedding rows plus head rows) is complete on each rank for its rows, so
 the tied weight needs no tp reduction. Targets are class ids in [0, V) (no ignore index).
+Llama: `embed` is split the same way; its untied `output` (V, H) keeps the same rows [lo, hi)
+(Megatron's column-parallel output layer, `tensor_parallel_models`), f hooks its final `norm`;
+each of the two weights' row gradients is complete on its rank.
 """
 
 from __future__ import annotations
@@ -95,18 +99,22 @@ def vocab_parallel_loss(lo: int, group: Any) -> Any:
     return loss
 
 
-def split_vocab(model: Any, tp: int, rank: int, group: Any, sp: bool) -> tuple[int, int]:
-    """Replace a dojo GPT's tied `wte` by this rank's `VocabParallelEmbedding` and put f on the
-    head's input (a hook on ln_f); returns the rows [lo, hi). DojoError when the vocabulary has
-    fewer ids than tp ranks."""
+def split_vocab(model: Any, tp: int, rank: int, group: Any, sp: bool, *,
+                embedding: str = "wte", final_norm: str = "ln_f") -> tuple[int, int]:
+    """Replace the model's token embedding (attribute `embedding`: a dojo GPT's tied `wte`,
+    Llama's `embed`) by this rank's `VocabParallelEmbedding` and put f on the head's input (a
+    hook on the final norm `final_norm`); returns the rows [lo, hi). An untied head is the
+    caller's to split (column-parallel, the same rows). DojoError when the vocabulary has fewer
+    ids than tp ranks."""
     from dojo.runtime.tensor_parallel import enter_tp
 
-    vocab = model.wte.num_embeddings
+    table = getattr(model, embedding)
+    vocab = table.num_embeddings
     if vocab < tp:
         raise DojoError(f"tp={tp} splits the vocabulary by rows: vocab={vocab} has fewer ids "
                         "than tp ranks")
     lo, hi = vocab_rows(vocab, tp, rank)
-    model.wte = VocabParallelEmbedding(model.wte, lo, hi, group, sp)
+    setattr(model, embedding, VocabParallelEmbedding(table, lo, hi, group, sp))
 
     held: list[Tensor] = []  # under sp, the head's gathered input: saved as a slice
 
@@ -117,7 +125,7 @@ def split_vocab(model: Any, tp: int, rank: int, group: Any, sp: bool) -> tuple[i
             held[:] = [whole]
         return whole
 
-    model.ln_f.register_forward_hook(head_input)
+    getattr(model, final_norm).register_forward_hook(head_input)
     if sp:
         model.head_gathered = (held, group)
         whole_forward = model.forward

@@ -1,0 +1,106 @@
+"""Megatron tensor parallelism per model family: `shard_model` picks the split of a dojo model.
+
+The splits share `tensor_parallel`'s pieces: `column_parallel` / `row_parallel` (the weight
+slices and their `Shard`s), f and g (`enter_tp` / `exit_tp`, or sp's all-gather and
+reduce-scatter) and the vocabulary-parallel embedding, head and loss (`vocab_parallel`).
+
+- gpt family: `tensor_parallel.shard_gpt` (fused qkv, GELU MLP, tied head).
+- Llama (`shard_llama`), per block, tp rank r of tp:
+  - attn.wq, attn.wk, attn.wv: column-parallel; rank r keeps query heads
+    [r*heads/tp, (r+1)*heads/tp) and key/value heads [r*kv/tp, (r+1)*kv/tp). Grouped-query
+    attention maps query head j to kv head j // (heads/kv), so with kv % tp == 0 a rank's
+    query heads use exactly its kv heads; RoPE acts per head and needs no change.
+  - attn.wo: row-parallel (the input columns of the rank's query heads).
+  - ffn.w1 (gate), ffn.w3 (up): column-parallel over the same ffn rows (two GEMMs, as the
+    model has them); ffn.w2 (down): row-parallel.
+  f sits on each of attn's and ffn's input (a forward pre-hook), g in the row-parallel
+  outputs: 2 all-reduces per block forward and 2 backward, as in gpt. The token embedding
+  `embed` is vocabulary-parallel, and the untied head `output` column-parallel over the same
+  vocabulary rows with f on the final norm's output and the vocabulary-parallel cross entropy
+  (Megatron's `ColumnParallelLinear` output layer with `gather_output=False`). The RMSNorm
+  weights stay replicated; under sp they see a sequence slice (`sequence_parallel`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dojo.errors import DojoError
+from dojo.runtime.tensor_parallel import (
+    Shard,
+    column_parallel,
+    enter_on_input,
+    row_parallel,
+    shard_gpt,
+    slot,
+)
+
+
+def shard_model(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
+                ) -> dict[str, Shard]:
+    """Split `model` `tp` ways in place (this process keeps slot `rank`) by its family's split
+    (module docstring); returns the local names that hold slices (`shard_gpt`'s contract).
+    DojoError naming the class for a model without one."""
+    from dojo.models.gpt import GPT
+    from dojo.models.llama import Llama
+
+    if isinstance(model, GPT):
+        return shard_gpt(model, tp, rank, group, sp)
+    if isinstance(model, Llama):
+        return shard_llama(model, tp, rank, group, sp)
+    raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt and llama models; "
+                    f"got {type(model).__name__} (use dp and, for gpt or llama, pp)")
+
+
+def _check_llama(block: Any, tp: int) -> None:
+    """One-line refusal naming the field that tp does not divide, with the arithmetic."""
+    attn, ffn = block.attn, block.ffn.w1.out_features
+    for field, value in (("kv_heads", attn.kv_heads), ("heads", attn.heads), ("ffn", ffn)):
+        if value % tp:
+            raise DojoError(f"tensor parallelism tp={tp} splits llama's {field} over the tp "
+                            f"ranks: {field}={value} is not divisible by tp={tp} "
+                            f"({value} / {tp} = {value / tp:g})")
+
+
+def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
+                ) -> dict[str, Shard]:
+    """Split every block of a dojo Llama and its embedding/head (module docstring)."""
+    shards: dict[str, Shard] = {}
+    blocks: Any = model.blocks
+    for i, block in enumerate(blocks):
+        _check_llama(block, tp)
+        attn, ffn = block.attn, block.ffn
+        p = f"blocks.{i}"
+        q_rows = slot(attn.heads * attn.head_dim, tp, rank)  # this rank's query heads
+        kv_rows = slot(attn.kv_heads * attn.head_dim, tp, rank)  # and their kv heads
+        for name, rows in (("wq", q_rows), ("wk", kv_rows), ("wv", kv_rows)):
+            linear, s = column_parallel(getattr(attn, name), rows, f"{p}.attn.{name}",
+                                        f"{p}.attn.{name}")
+            setattr(attn, name, linear)
+            shards.update(s)
+        attn.wo, s = row_parallel(attn.wo, q_rows, group, sp, f"{p}.attn.wo", f"{p}.attn.wo")
+        shards.update(s)
+        attn.heads, attn.kv_heads = attn.heads // tp, attn.kv_heads // tp
+        ffn_rows = slot(ffn.w1.out_features, tp, rank)
+        for name in ("w1", "w3"):
+            linear, s = column_parallel(getattr(ffn, name), ffn_rows, f"{p}.ffn.{name}",
+                                        f"{p}.ffn.{name}")
+            setattr(ffn, name, linear)
+            shards.update(s)
+        ffn.w2, s = row_parallel(ffn.w2, ffn_rows, group, sp, f"{p}.ffn.w2", f"{p}.ffn.w2")
+        shards.update(s)
+        enter_on_input(attn, group, sp)
+        enter_on_input(ffn, group, sp)
+    if group is not None:
+        from dojo.runtime.vocab_parallel import split_vocab
+
+        lo, hi = split_vocab(model, tp, rank, group, sp, embedding="embed", final_norm="norm")
+        rows = torch.arange(lo, hi)
+        m: Any = model
+        m.output, s = column_parallel(m.output, rows, "output", "output")
+        shards.update(s)
+        shards["embed.weight"] = Shard("embed.weight", 0, rows)
+    return shards
