@@ -53,11 +53,14 @@ class EncoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
 
     def forward(self, x: Tensor) -> Tensor:
-        b, s, h = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(h, dim=2)  # 3 x (B, S, H)
-        q, k, v = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))
+        b, s, _ = x.shape
+        # Widths from the layers, not from x: a tensor-parallel split keeps heads/tp heads
+        width = self.qkv.out_features // 3  # H (H/tp under tp)
+        q, k, v = self.qkv(self.ln1(x)).split(width, dim=2)  # 3 x (B, S, H)
+        q, k, v = (t.view(b, s, self.heads, width // self.heads).transpose(1, 2)
+                   for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, S, hd)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, s, h))
+        x = x + self.proj(y.transpose(1, 2).reshape(b, s, width))
         return x + self.mlp(self.ln2(x))
 
 

@@ -115,9 +115,10 @@ def reduce_scatter_seq(x: Tensor, group: Any) -> Tensor:
 
 def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
     """Shard the sequence of a tp-split dojo GPT or Llama at its input: keep this rank's slice
-    of gpt's position embedding (a forward hook, so the whole-model forward and the pipeline chunks both
-    get it; the token embedding reduce-scatters itself and the head gathers, see
-    `vocab_parallel`). DojoError when `seq` does not split into tp slices."""
+    of gpt's position embedding (a forward hook, so the whole-model forward and the pipeline
+    chunks both get it; llama has none, its rotary positions act after the all-gather); the
+    token embedding reduce-scatters itself and the head gathers, see `vocab_parallel`.
+    DojoError when `seq` does not split into tp slices."""
     if seq % tp:
         raise DojoError(f"sequence parallelism (sp=on) splits the sequence over tp={tp}: "
                         f"seq {seq} is not divisible ({seq} / {tp} = {seq / tp:g})")

@@ -19,6 +19,12 @@ reduce-scatter) and the vocabulary-parallel embedding, head and loss (`vocab_par
   vocabulary rows with f on the final norm's output and the vocabulary-parallel cross entropy
   (Megatron's `ColumnParallelLinear` output layer with `gather_output=False`). The RMSNorm
   weights stay replicated; under sp they see a sequence slice (`sequence_parallel`).
+- ViT (`shard_vit`), per encoder block: qkv column-parallel (the q, k and v rows of the rank's
+  heads), proj row-parallel, mlp.0 column-parallel, mlp.2 row-parallel; f on qkv's and mlp's
+  inputs (after the LayerNorms). The patch embedding, class token, positions, final LayerNorm
+  and classification head stay whole and replicated, as Megatron's ViT keeps them: their
+  inputs and output gradients are identical on every tp rank, so are their gradients (no tp
+  reduction). No sp: the class token is read from position 0 alone.
 """
 
 from __future__ import annotations
@@ -46,12 +52,15 @@ def shard_model(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
     DojoError naming the class for a model without one."""
     from dojo.models.gpt import GPT
     from dojo.models.llama import Llama
+    from dojo.models.vit import ViT
 
     if isinstance(model, GPT):
         return shard_gpt(model, tp, rank, group, sp)
     if isinstance(model, Llama):
         return shard_llama(model, tp, rank, group, sp)
-    raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt and llama models; "
+    if isinstance(model, ViT):
+        return shard_vit(model, tp, rank, group, sp)
+    raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt, llama and vit models; "
                     f"got {type(model).__name__} (use dp and, for gpt or llama, pp)")
 
 
@@ -103,4 +112,34 @@ def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
         m.output, s = column_parallel(m.output, rows, "output", "output")
         shards.update(s)
         shards["embed.weight"] = Shard("embed.weight", 0, rows)
+    return shards
+
+
+def shard_vit(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
+              ) -> dict[str, Shard]:
+    """Split every encoder block of a dojo ViT (module docstring); the rest stays whole."""
+    if sp:
+        raise DojoError(f"sequence parallelism (sp=on) with tp={tp} supports the gpt and llama "
+                        "models; vit reads its class token from one position (use sp=off)")
+    shards: dict[str, Shard] = {}
+    blocks: Any = model.blocks
+    for i, block in enumerate(blocks):
+        h, ffn = block.proj.out_features, block.mlp[0].out_features
+        for field, value in (("heads", block.heads), ("ffn", ffn)):
+            if value % tp:
+                raise DojoError(f"tensor parallelism tp={tp} splits vit's {field} over the tp "
+                                f"ranks: {field}={value} is not divisible by tp={tp} "
+                                f"({value} / {tp} = {value / tp:g})")
+        p = f"blocks.{i}"
+        mine, ffn_rows = slot(h, tp, rank), slot(ffn, tp, rank)
+        block.qkv, s1 = column_parallel(block.qkv, torch.cat([mine, mine + h, mine + 2 * h]),
+                                        f"{p}.qkv", f"{p}.qkv")
+        block.proj, s2 = row_parallel(block.proj, mine, group, sp, f"{p}.proj", f"{p}.proj")
+        block.mlp[0], s3 = column_parallel(block.mlp[0], ffn_rows, f"{p}.mlp.0", f"{p}.mlp.0")
+        block.mlp[2], s4 = row_parallel(block.mlp[2], ffn_rows, group, sp, f"{p}.mlp.2",
+                                        f"{p}.mlp.2")
+        block.heads //= tp
+        enter_on_input(block.qkv, group, sp)
+        enter_on_input(block.mlp, group, sp)
+        shards.update({**s1, **s2, **s3, **s4})
     return shards

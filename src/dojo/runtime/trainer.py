@@ -22,7 +22,7 @@ the global batch: each micro-batch's mean loss is scaled by 1/micro-batches and 
 gradients are averaged, which equals the single-process mean when micro-batches are equal.
 
 Which models support what: every zoo model and user factory runs with dp (and micro-batches);
-tp needs the gpt or llama models (Megatron splits, `tensor_parallel_models`, with the
+tp needs the gpt, llama or vit models (Megatron splits, `tensor_parallel_models`, with the
 vocabulary-parallel embedding, head and cross entropy of `vocab_parallel`); pp needs gpt or llama
 (`pipeline.LAYOUTS`). BatchNorm models (resnet) see per-micro-batch statistics under dp or mb > 1,
 as in PyTorch DDP, so they do not match a whole-batch single-process run exactly.

@@ -1,4 +1,5 @@
-"""Megatron tensor parallelism for Llama (tp=2 over gloo) against single-process eager PyTorch.
+"""Megatron tensor parallelism for Llama and ViT (tp=2 over gloo) against single-process eager
+PyTorch, and the collectives ViT's ranks run against the program's.
 
 Reference: the unsharded Llama small preset (RMSNorm, RoPE, grouped-query attention with
 kv_heads=2, SwiGLU, untied head), trained step by step in one process with `F.cross_entropy`
@@ -6,7 +7,8 @@ over the whole vocabulary (`reference.eager_run`). Each rank's slices are placed
 `shards` indices: losses, updated parameters and last gradients must match within rtol 1e-5,
 atol 1e-6 (the split only reorders FP32 sums; a query head paired with the wrong kv head, a
 missed all-reduce or a head row left out moves them by 1e-3 or more). SGD, whose update is
-linear in the gradient, as in test_runtime_parity.
+linear in the gradient, as in test_runtime_parity. ViT (small preset, 2 encoder blocks) keeps
+its patch embedding and classification head whole, as Megatron's ViT does.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import pytest
 
 from dojo.errors import ConfigError, DojoError
-from dojo.runtime import Job, run_distributed
-from dojo.runtime.job import build_bundle
+from dojo.runtime import Job, launch, run_distributed, simulate_job
+from dojo.runtime.job import build_bundle, dumps_program
 from dojo.runtime.tensor_parallel_models import shard_model
 
 from .reference import check_parity
@@ -60,3 +62,33 @@ def test_llama_tp_refuses_kv_heads_it_cannot_split() -> None:
         run_distributed(job, timeout_s=30)
     with pytest.raises(DojoError, match=r"kv_heads=1 is not divisible by tp=2 \(1 / 2 = 0.5\)"):
         shard_model(build_bundle(job).model, 2, 0, None)
+
+
+def test_vit_tp_steps_equal_eager() -> None:
+    job = Job(model="vit-b16", plan="tp=2,precision=fp32", batch=2, overrides=LLAMA, steps=2,
+              return_state=True)
+    results = check_parity(job, RTOL, ATOL)
+    for res in results:  # the head and the patch embedding are whole on every rank
+        assert "head.weight" not in res["shards"] and "patch.weight" not in res["shards"]
+
+
+def test_vit_tp_collectives_are_megatrons() -> None:
+    """Per micro-batch, 2 all-reduces per encoder block each way (f and g around attention and
+    MLP), each of the (mb, S, H) activation, as the program's block collectives. The program
+    also carries a class-parallel head (an all-reduce of the row max and of the sums forward,
+    f's backward all-reduce of the head input): the compiler treats any cross entropy as
+    vocabulary-parallel, while Megatron's ViT keeps its head whole, as the runtime does."""
+    from .test_runtime_vocab_parallel import _count_worker
+
+    job = Job(model="vit-b16", plan="tp=2,precision=fp32", batch=2, steps=1, system="cpu")
+    program = simulate_job(job).program
+    (chunk,) = program.chunks
+    cfg = build_bundle(job).config
+    tokens = (cfg.image // cfg.patch) ** 2 + 1
+    block = ("all_reduce", program.plan.mb * tokens * cfg.hidden * 4)  # FP32 bytes
+    expected = [block] * (2 * cfg.layers)
+    for seen in launch(_count_worker, 2, (job, dumps_program(program)), timeout_s=60):
+        assert sorted(seen["forward"]) == expected
+        assert sorted(seen["backward"]) == expected
+    assert [(c.kind, int(c.nbytes)) for c in chunk.tp_forward].count(block) == 2 * cfg.layers
+    assert [(c.kind, int(c.nbytes)) for c in chunk.tp_backward].count(block) == 2 * cfg.layers
