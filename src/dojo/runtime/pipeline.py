@@ -71,7 +71,10 @@ def _llama_pre(model: Any, tokens: Tensor) -> Tensor:
 
 
 def _llama_post(model: Any, x: Tensor) -> Tensor:
-    return model.output(model.norm(x))  # (B, S, V)
+    from dojo.runtime.vocab_parallel import head_context
+
+    with head_context(model):  # under tp and sp: the head's input kept as a slice
+        return model.output(model.norm(x))  # (B, S, V)
 
 
 LAYOUTS.add("Llama", Layout(pre=_llama_pre, post=_llama_post, pre_modules=("embed",),

@@ -90,18 +90,30 @@ def keep_shard(held: list[Tensor], group: Any) -> Iterator[None]:
     and all-gathered again when backward unpacks it, for the weight gradient: Megatron-LM's
     LinearWithGradAccumulationAndAsyncCommunication (the memory the simulator counts, and the
     backward all-gather its program issues). Other saved tensors are kept as they are. `held`
-    may be filled after entering (the head's input, gathered by a hook inside the forward)."""
+    may be filled after entering (the head's input, gathered by a hook inside the forward).
+    Saves of one held tensor by several linears share one slice and one gather."""
+    kept: dict[int, list[Any]] = {}  # per held tensor: [slice, gathered or None, saves left]
+
     def pack(t: Tensor) -> Any:
         for whole in held:
             if t.data_ptr() == whole.data_ptr() and t.numel() == whole.numel():
-                return _slice(whole.detach(), group), tuple(t.shape)  # (B, S/tp, H), its view
+                entry = kept.setdefault(whole.data_ptr(),
+                                        [_slice(whole.detach(), group), None, 0])
+                entry[2] += 1  # several linears saving one input (llama's wq/wk/wv) share it
+                return entry, tuple(t.shape)  # (B, S/tp, H) kept, the view saved
         return t
 
     def unpack(saved: Any) -> Tensor:
         if isinstance(saved, Tensor):
             return saved
-        local, shape = saved
-        return _gather(local, group).contiguous().view(shape)  # (B, S, H) as saved
+        entry, shape = saved
+        if entry[1] is None:
+            entry[1] = _gather(entry[0], group).contiguous()  # (B, S, H), once per input
+        out: Tensor = entry[1].view(shape)
+        entry[2] -= 1
+        if entry[2] <= 0:
+            entry[1] = None  # the last save that needs it: free the gathered copy
+        return out
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield

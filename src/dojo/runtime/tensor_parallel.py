@@ -23,6 +23,7 @@ embedding see a slice of the tokens (their gradients are summed over tp once per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +90,10 @@ def enter_tp(x: Tensor, group: Any, sp: bool) -> Tensor:
     return out
 
 
-def column_linear(linear: nn.Module, x: Tensor, group: Any, sp: bool) -> Tensor:
-    """`linear` (column-parallel) on `enter_tp(x)`; under sequence parallelism the gathered
-    input is saved as this rank's slice and gathered again in backward (`keep_shard`)."""
+def column_linear(linear: Callable[[Tensor], Tensor], x: Tensor, group: Any, sp: bool) -> Tensor:
+    """`linear` (column-parallel, or a region of several that share their input) on
+    `enter_tp(x)`; under sequence parallelism the gathered input is saved as this rank's slice
+    and gathered again, once, in backward (`keep_shard`)."""
     whole = enter_tp(x, group, sp)  # (B, S, H)
     if group is None or not sp:
         out: Tensor = linear(whole)
@@ -230,13 +232,16 @@ def slot(total: int, tp: int, rank: int) -> Tensor:
     return torch.arange(rank * width, (rank + 1) * width)
 
 
-def enter_on_input(module: nn.Module, group: Any, sp: bool) -> None:
-    """Put f (or sp's all-gather) on `module`'s input: a forward pre-hook, so the module's
-    forward and parameter names stay those of the whole model."""
-    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (enter_tp(args[0], group, sp), *args[1:])  # (B, S, H) whole
+def column_region(module: nn.Module, group: Any, sp: bool) -> None:
+    """Make `module`'s forward a column-parallel region (`column_linear`): f (or sp's
+    all-gather) on its input, whose column-parallel linears share it. The forward becomes an
+    instance attribute, so parameter names stay those of the whole model."""
+    inner = module.forward
 
-    module.register_forward_pre_hook(hook)
+    def forward(x: Tensor) -> Tensor:
+        return column_linear(inner, x, group, sp)  # (B, S, H) in, whole or sequence slice
+
+    module.forward = forward
 
 
 def shard_gpt(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False

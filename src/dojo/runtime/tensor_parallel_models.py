@@ -13,12 +13,13 @@ reduce-scatter) and the vocabulary-parallel embedding, head and loss (`vocab_par
   - attn.wo: row-parallel (the input columns of the rank's query heads).
   - ffn.w1 (gate), ffn.w3 (up): column-parallel over the same ffn rows (two GEMMs, as the
     model has them); ffn.w2 (down): row-parallel.
-  f sits on each of attn's and ffn's input (a forward pre-hook), g in the row-parallel
-  outputs: 2 all-reduces per block forward and 2 backward, as in gpt. The token embedding
-  `embed` is vocabulary-parallel, and the untied head `output` column-parallel over the same
-  vocabulary rows with f on the final norm's output and the vocabulary-parallel cross entropy
-  (Megatron's `ColumnParallelLinear` output layer with `gather_output=False`). The RMSNorm
-  weights stay replicated; under sp they see a sequence slice (`sequence_parallel`).
+  f sits on each of attn's and ffn's input (`column_region`; under sp the gathered input the
+  three or two linears save is kept as one slice, gathered again once in backward), g in the
+  row-parallel outputs: 2 all-reduces per block forward and 2 backward, as in gpt. The token
+  embedding `embed` is vocabulary-parallel, and the untied head `output` column-parallel over
+  the same vocabulary rows with f on the final norm's output and the vocabulary-parallel cross
+  entropy (Megatron's `ColumnParallelLinear` output layer with `gather_output=False`). The
+  RMSNorm weights stay replicated; under sp they see a sequence slice (`sequence_parallel`).
 - ViT (`shard_vit`), per encoder block: qkv column-parallel (the q, k and v rows of the rank's
   heads), proj row-parallel, mlp.0 column-parallel, mlp.2 row-parallel; f on qkv's and mlp's
   inputs (after the LayerNorms). The patch embedding, class token, positions, final LayerNorm
@@ -38,7 +39,7 @@ from dojo.errors import DojoError
 from dojo.runtime.tensor_parallel import (
     Shard,
     column_parallel,
-    enter_on_input,
+    column_region,
     row_parallel,
     shard_gpt,
     slot,
@@ -101,8 +102,8 @@ def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
             shards.update(s)
         ffn.w2, s = row_parallel(ffn.w2, ffn_rows, group, sp, f"{p}.ffn.w2", f"{p}.ffn.w2")
         shards.update(s)
-        enter_on_input(attn, group, sp)
-        enter_on_input(ffn, group, sp)
+        column_region(attn, group, sp)
+        column_region(ffn, group, sp)
     if group is not None:
         from dojo.runtime.vocab_parallel import split_vocab
 
@@ -139,7 +140,7 @@ def shard_vit(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
         block.mlp[2], s4 = row_parallel(block.mlp[2], ffn_rows, group, sp, f"{p}.mlp.2",
                                         f"{p}.mlp.2")
         block.heads //= tp
-        enter_on_input(block.qkv, group, sp)
-        enter_on_input(block.mlp, group, sp)
+        column_region(block.qkv, group, sp)
+        column_region(block.mlp, group, sp)
         shards.update({**s1, **s2, **s3, **s4})
     return shards
