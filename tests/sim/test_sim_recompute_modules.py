@@ -6,16 +6,19 @@ fused attention), s b tokens, hidden h, ffn f, a heads, BF16 activations (2 byte
   output is not saved, a fused SwiGLU keeps its inputs, compiler.kernelsave) and reruns the
   three GEMMs (6 s b h f FLOP); under tp=2 with sp it replays the MLP's
   all-gather and reduce-scatter (2 s b h bytes each);
-- `layernorm` drops each norm's rsqrt (s b), x * rsqrt and output (2 s b h): 8 s b h + 4 s b
-  bytes for the block's two norms, and keeps their input (the residual);
+- `layernorm` drops each norm's rsqrt (s b) and output (2 s b h): 4 s b h + 4 s b bytes for
+  the block's two norms, and keeps their input (the residual); x * rsqrt is not saved at all,
+  a fused RMSNorm rebuilds it from x and rsqrt (apex's FusedRMSNormAffineFunction saves input,
+  weight and invvar; compiler.kernelsave);
 - `core_attn` drops the attention kernel's output and its FP32 logsumexp (2 s b h + 4 a s b
   bytes; the output projection's input is a copy outside the module) and reruns the kernel.
 A DeepSeek MoE block (T = s b tokens, E experts of ffn F, top k, capacity rows C = T k / E):
 - `moe_act` drops the product (E C F elements; SiLU's output is not saved), reruns no GEMM;
 - `moe` drops what the MoE layer saves but its input and reruns its GEMMs: the router
   (2 T h E), the experts (3 x 2 E C h F) and the shared expert (3 x 2 T h F);
-- `mla_up_proj` drops at least q, k and v (3 b nh s (dn + dr) elements) and the two norm
-  outputs (s b (rq + rkv)), keeps the down projections' outputs, reruns the two up GEMMs.
+- `mla_up_proj` drops at least q and k (2 b nh s (dn + dr) elements), v (b nh s dv) and the
+  two norm outputs (s b (rq + rkv)), keeps the down projections' outputs, reruns the two up
+  GEMMs.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def test_mlp_drops_the_swiglu_intermediates_and_reruns_its_gemms() -> None:
 
 
 def test_layernorm_drops_both_norms_outputs_and_statistics() -> None:
-    assert _dropped("llama", LLAMA, f"mb={B}", "layernorm") == pytest.approx(8 * SBH + 4 * SB)
+    assert _dropped("llama", LLAMA, f"mb={B}", "layernorm") == pytest.approx(4 * SBH + 4 * SB)
     assert _rerun_gemm_flops("llama", LLAMA, f"mb={B},recompute=modules:layernorm") == 0.0
 
 
@@ -125,10 +128,10 @@ def test_mlp_applies_to_the_dense_layers_only() -> None:
 def test_mla_up_proj_drops_q_k_v_and_the_latent_norms() -> None:
     s, nh, qk = DS["seq"], DS["heads"], DS["qk_nope_dim"] + DS["qk_rope_dim"]
     latent = s * B * (DS["q_lora_rank"] + DS["kv_lora_rank"])
-    floor = 2 * (3 * B * nh * s * qk + latent)
+    floor = 2 * (2 * B * nh * s * qk + B * nh * s * DS["v_dim"] + latent)
     dropped = _dropped("deepseek-v3", DS, f"mb={B}", "mla_up_proj")
     assert floor <= dropped
-    # at most also the up GEMMs' outputs, the norms' x * rsqrt and statistics, rope's halves
+    # at most also the up GEMMs' outputs, the norms' statistics, rope's halves (and s b (rq + rkv))
     assert dropped <= floor + 2 * (B * s * nh * (qk + DS["qk_nope_dim"] + DS["v_dim"]) + latent
                                    + 2 * s * B + 2 * B * nh * s * DS["qk_rope_dim"])
     rq, rkv = DS["q_lora_rank"], DS["kv_lora_rank"]

@@ -16,9 +16,12 @@ is recomputed, not kept, when
 - every op from the kernel's inputs to it is elementwise (`pointwise`: a norm's statistics,
   made through a reduction, stay kept) and draws no random numbers (dropout masks stay),
   in floating point, and written once (an in-place op's input value is gone);
-- every kernel input it derives from is kept anyway (read by the backward) or made from
-  weights alone: recomputing then costs no memory, so the kernel never trades one saved
-  tensor for another.
+- every tensor it derives from outside that elementwise chain is kept anyway (read by the
+  backward) or made from weights alone: a kernel input, or a tensor the kernel itself makes
+  and keeps (a fused RMSNorm's 1/rms, made through its reduction: `x * rsqrt(mean(x^2) + eps)`
+  is rebuilt from the kept `x` and 1/rms, as apex's `FusedRMSNormAffineFunction` saves only
+  input, weight and 1/rms, and TransformerEngine's RMSNorm input and rsigma). Recomputing
+  then costs no memory, so the kernel never trades one saved tensor for another.
 With `fusion=none` (eager PyTorch, one kernel per op) nothing is recomputed.
 """
 
@@ -94,8 +97,10 @@ def _from_kept(graph: Graph, op: Op, made: dict[int, Op], kept: set[int],
             rid = root(graph, t).id
             if rid in written:
                 return False  # in place (dropout's scale `div_`): the first value is gone
-            if rid in made:
-                stack.append(made[rid])
-            elif rid not in kept:
+            if rid in kept:
+                continue  # available: kept anyway, even when made inside the kernel (a norm's
+                # 1/rms, made through a reduction), or rebuilt itself from kept tensors
+            if rid not in made:
                 return False
+            stack.append(made[rid])
     return True
