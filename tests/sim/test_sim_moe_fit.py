@@ -3,7 +3,10 @@
 - A fused SwiGLU keeps its inputs (gate and up), not SiLU's output beside the product
   (Megatron-Core's `fused_bias_swiglu.py`: `SwiGLUFunction` saves its input only): per SwiGLU
   one F-wide tensor per row fewer with fused kernels than eager (`fusion=none`); a GELU block
-  keeps the same either way (GELU's backward reads its input only).
+  keeps the same either way (GELU's backward reads its input only). A fused RMSNorm keeps x and
+  1/rms, not x * 1/rms (apex's `FusedRMSNormAffineFunction` saves input, weight and invvar):
+  one row of the norm's width fewer per norm (the block's two h-wide norms and MLA's latent
+  norms, rq and rkv wide).
 - MLA's attention runs at its own value width (TransformerEngine's fused attention takes
   k_channels = dn + dr and v_channels = dv): the fused kernel reads v and writes its output
   dv wide, and its FLOPs are 2 B nh S^2 (dn + dr + dv) forward (S^2 counted whole).
@@ -45,8 +48,10 @@ def test_fused_swiglu_keeps_its_inputs_not_silus_output() -> None:
     eager = model_work(g, fuse="none").block
     fused = model_work(g, fuse="kernels").block
     assert eager is not None and fused is not None
-    # per MoE block: SiLU's output of the routed experts (E x C x FE) and of the shared one
-    assert eager.saved_bytes - fused.saved_bytes == 4.0 * (E * C * FE + T * FE)
+    # per MoE block: SiLU's output of the routed experts (E x C x FE) and of the shared one,
+    # and each RMSNorm's x * 1/rms (attention and MLP norms, h; MLA's latent norms, rq and rkv)
+    assert eager.saved_bytes - fused.saved_bytes == 4.0 * (E * C * FE + T * FE
+                                                           + T * (2 * H + RQ + RKV))
 
 
 def test_gelu_block_keeps_the_same_fused_or_not() -> None:

@@ -68,15 +68,16 @@ def rotary_angles(seq: int, head_dim: int, theta: float, device: torch.device) -
 
 
 def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of `x` (B, nh, S, hd) by `angles` (S, hd/2).
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of `x` (B, nh, S, hd) by `angles` (S, hd/2),
+    or of `x` (B, S, nh, hd) by `angles` (S, 1, hd/2): the result is contiguous in `x`'s shape.
 
     This is the pairing of Meta's reference code (complex multiplication by e^{i*angle}).
     """
-    cos, sin = angles.cos(), angles.sin()  # (S, hd/2)
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, nh, S, hd/2, 2)
+    cos, sin = angles.cos(), angles.sin()  # (S, hd/2) or (S, 1, hd/2)
+    xf = x.float().unflatten(-1, (-1, 2))  # (..., hd/2, 2)
     x1, x2 = xf[..., 0], xf[..., 1]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)  # (B, nh, S, hd)
+    return out.flatten(-2).type_as(x)  # x's shape
 
 
 class Attention(nn.Module):
@@ -94,12 +95,17 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, s, _ = x.shape
         hd = self.head_dim
-        q = self.wq(x).view(b, s, self.heads, hd).transpose(1, 2)  # (B, nh, S, hd)
-        k = self.wk(x).view(b, s, self.kv_heads, hd).transpose(1, 2)  # (B, nkv, S, hd)
-        v = self.wv(x).view(b, s, self.kv_heads, hd).transpose(1, 2)  # (B, nkv, S, hd)
-        angles = rotary_angles(s, hd, self.theta, x.device)
+        # Rotated token-major, then transposed, as Meta's reference model.py does: q stays
+        # (B, S, nh, hd) in memory, so a fused kernel (FlashAttention) writes its output
+        # token-major too, and the output projection reads it without a copy.
+        q = self.wq(x).view(b, s, self.heads, hd)  # (B, S, nh, hd)
+        k = self.wk(x).view(b, s, self.kv_heads, hd)  # (B, S, nkv, hd)
+        v = self.wv(x).view(b, s, self.kv_heads, hd)  # (B, S, nkv, hd)
+        angles = rotary_angles(s, hd, self.theta, x.device).unsqueeze(1)  # (S, 1, hd/2)
         q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), is_causal=True,
+                                           enable_gqa=True)  # (B, nh, S, hd)
         return self.wo(y.transpose(1, 2).reshape(b, s, self.heads * hd))  # (B, S, H)
 
 
