@@ -105,3 +105,18 @@ def test_the_loss_runs_in_fp32_under_mixed_precision() -> None:
     first_mm = [f.kind for f, _ in loss_grads].index("matrix")
     assert first_mm > 0
     assert all(f.bytes == h.bytes for f, h in loss_grads[:first_mm])
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_the_loss_keeps_its_softmax_in_fp32(tp: int) -> None:
+    """The head side keeps the final LayerNorm's output (2 s b h, the head's input), its FP32
+    mean and 1/std, and the loss's log-softmax over the vocabulary V in FP32, 4 s b V bytes
+    (autocast runs log_softmax in FP32; Megatron-LM's vocab-parallel cross entropy keeps its
+    FP32 softmax, s b V / t per rank), not at the 16-bit activation size; plus the int64
+    targets (8 s b) and the loss's scalars."""
+    vocab = 1024
+    graph, _ = captured("gpt", {"layers": 4, "hidden": H, "heads": A, "seq": S, "vocab": vocab,
+                                "ffn": 4 * H, "attention": "math", "dropout": 0.0}, B, None)
+    post = model_work(graph, tp=tp, sp=tp > 1, scale=0.5).post
+    expected = (2 * SBH + STATS / 2 + 4 * S * B * vocab) / tp
+    assert expected <= post.saved_bytes <= expected + 16 * S * B

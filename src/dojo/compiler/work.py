@@ -367,8 +367,9 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         if group[0].phase == "forward" and any(_replays(o, graph, sel) for o in group):
             selective.setdefault(label, []).append(cost)
     kept = weights | kernelsave.recomputed(graph, grouped, weights)  # not saved either
+    fp32 = frozenset(o.id for i in loss for o in grouped[i][0] if o.phase == "forward")
     saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split, kept,
-                               masks, sel)
+                               masks, sel, fp32)
     sizes = param_sizes_by_section(graph, block, labels)
     params = replicated.held_params(sizes, graph, keep, block, labels, tp)
     tensors = {label: len(v) for label, v in sizes.items()}
@@ -410,10 +411,13 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
 
 def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[int, bool, int],
            scale: float, split: set[int], weights: set[int], masks: set[int],
-           sel: Selection | None) -> tuple[dict[str, float], dict[str, float]]:
+           sel: Selection | None, fp32: frozenset[int] = frozenset()
+           ) -> tuple[dict[str, float], dict[str, float]]:
     """Bytes kept from forward for backward, per section, on one device of the split
     (`split_of` = tp, sp, residual numel). Tensors made from weights alone are not activations;
-    dropout masks count 1 byte per element; norm and attention statistics stay FP32."""
+    dropout masks count 1 byte per element; norm and attention statistics stay FP32, and so do
+    the outputs of the ops in `fp32` (the loss's kernels: autocast's FP32 log-softmax,
+    Megatron-LM's `output.float()` before its cross entropy, which keeps the FP32 softmax)."""
     tp, sp, residual_numel = split_of
     saved: dict[str, float] = {}
     attn: dict[str, float] = {}
@@ -431,7 +435,7 @@ def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[in
             div = tp if _is_split(graph, r.id, sp, residual_numel, split) else 1
             if r.id in masks:
                 size = math.prod(r.shape) / div
-            elif _is_statistic(made[0], r.id):
+            elif _is_statistic(made[0], r.id) or made[0].id in fp32:
                 size = r.bytes / div
             else:
                 size = r.bytes * (scale if r.dtype.startswith("float") else 1.0) / div
