@@ -92,4 +92,9 @@ def test_moe_block_tp_traffic_is_attention_and_shared_expert_only() -> None:
     assert backward == sorted([4.0 * T * H] + [4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR])
     gathers = [b for kind, b in work.block.tp_forward + work.block.tp_backward
                if kind == "all_gather"]
-    assert sorted(gathers) == sorted(forward + backward)
+    # under sp each column-parallel linear saves its input's sequence shard and re-gathers it
+    # in backward for its weight gradient (Megatron's LinearWithGradAccumulationAndAsync-
+    # Communication): the shared expert's fc1 (h wide) and the q and kv up projections
+    # (their latents); the rotary key is no linear's input
+    regathered = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV]
+    assert sorted(gathers) == sorted(forward + backward + regathered)
