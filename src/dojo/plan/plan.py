@@ -286,6 +286,14 @@ def ring_spread(pp: int, group: int) -> int:
     return 2 * min(group, pp) * (pp - 1) // pp
 
 
+def group_runs(pp: int, micro: int, n: int) -> bool:
+    """Whether groups of `n` micro-batches run `micro` micro-batches on `pp` stages without
+    deadlocking (`check_group`'s rule): 1 <= n <= micro, and a last group of micro mod n that
+    is 0 or at least `ring_spread` - n."""
+    left = micro % n if 1 <= n <= micro else -1
+    return left == 0 or (left > 0 and left + n >= ring_spread(pp, n))
+
+
 def check_group(plan: Plan, micro: int, source: str = "--plan") -> None:
     """`vp_group` N against the `micro` micro-batches per pipeline: 1 <= N <= micro, and a last
     group of r = micro mod N that is 0 or at least spread - N, spread = `ring_spread`: with
@@ -299,7 +307,7 @@ def check_group(plan: Plan, micro: int, source: str = "--plan") -> None:
                           f"at most the micro-batches per pipeline: batch / (dp {plan.dp} x mb "
                           f"{plan.mb}) = {micro}")
     left, spread = micro % n, ring_spread(plan.pp, n)
-    if left and left + n < spread:
+    if not group_runs(plan.pp, micro, n):
         raise ConfigError(source, "vp_group", n,
                           f"a group that divides the {micro} micro-batches or leaves at least "
                           f"{spread - n}: {micro} = {micro // n} x {n} + {left}, and a last group "

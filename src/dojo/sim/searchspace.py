@@ -7,7 +7,7 @@ group holds (`variant_count`), and the FLOP a bound is drawn from (`model_flops`
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.experts import (
@@ -23,7 +23,7 @@ from dojo.compiler.program import PRECISION_BYTES
 from dojo.compiler.work import ModelWork
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import ModelShape, Plan, chunk_blocks, validate_plan
+from dojo.plan.plan import ModelShape, Plan, chunk_blocks, group_runs, validate_plan
 from dojo.plan.stages import planner_splits
 from dojo.sim.collectives import collective_time
 from dojo.sim.session import Simulated, context_seq
@@ -113,16 +113,23 @@ def stage_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
     return [() if list(s) == default else s for s in planner_splits(layers, chunks)]
 
 
+def group_sizes(pp: int, interleave: int, micro: int) -> list[int]:
+    """The `vp_group` values the search writes for an interleaved plan of `micro` micro-batches
+    per pipeline: N = pp first (0, the default, where pp divides micro; else pp written out
+    where its last group runs), then every N < pp whose groups run (`plan.group_runs`), larger
+    first; [0] without interleaving. N > pp is not searched (`dojo.sim.search`)."""
+    if interleave == 1:
+        return [0]
+    first = [0] if micro % pp == 0 else [pp] if group_runs(pp, micro, pp) else []
+    return first + [n for n in range(min(pp - 1, micro), 0, -1) if group_runs(pp, micro, n)]
+
+
 def variant_count(base: Plan, shape: ModelShape, devices: int, batch: int) -> int:
     """How many plans `variants(base, ...)` yields, without building them."""
-    schedules = 0
-    for schedule in ["1f1b" if base.interleave == 1 else "interleaved"] + \
-            (["gpipe"] if base.pp > 1 else []):
-        try:
-            validate_plan(replace(base, schedule=schedule), shape, devices, batch)
-        except ConfigError:
-            continue
-        schedules += 1
+    micro = batch // (base.dp * base.mb)
+    schedules = sum(len(group_sizes(base.pp, base.interleave, micro))
+                    if schedule == "interleaved" else 1
+                    for schedule in schedules_of(base, shape, devices, batch))
     return (schedules * len(RECOMPUTES) * (4 if base.dp > 1 else 1) * (2 if base.tp > 1 else 1)
             * len(expert_sizes(shape, base.dp)))
 
@@ -168,11 +175,14 @@ def schedules_of(base: Plan, shape: ModelShape, devices: int, batch: int) -> lis
     fusion and stages (the other fields cannot make a valid plan invalid)."""
     fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
                                             "precision", "fusion", "stages")}
+    groups = group_sizes(base.pp, base.interleave, batch // (base.dp * base.mb))
     out = []
     for schedule in ["1f1b" if base.interleave == 1 else "interleaved"] + \
             (["gpipe"] if base.pp > 1 else []):
+        group = groups[0] if schedule == "interleaved" and groups else 0   # N = pp, or less
         try:
-            validate_plan(Plan(**fields, schedule=schedule), shape, devices, batch)
+            validate_plan(Plan(**fields, schedule=schedule, vp_group=group), shape, devices,
+                          batch)
         except ConfigError:
             continue
         out.append(schedule)
@@ -180,17 +190,22 @@ def schedules_of(base: Plan, shape: ModelShape, devices: int, batch: int) -> lis
 
 
 def variants(base: Plan, shape: ModelShape, devices: int, batch: int) -> Iterator[Plan]:
-    """The schedules, recompute, ZeRO and sp settings of `base` that `validate_plan` accepts
-    (it is run once per schedule: the other settings cannot make a valid plan invalid)."""
+    """The schedules (the interleaved one with each of its `group_sizes`), recompute, ZeRO and
+    sp settings of `base` that `validate_plan` accepts (it is run once per schedule: the other
+    settings cannot make a valid plan invalid)."""
     fields = {k: getattr(base, k) for k in ("dp", "tp", "pp", "cp", "mb", "interleave",
                                             "precision", "fusion", "stages")}
+    micro = batch // (base.dp * base.mb)
     for schedule in schedules_of(base, shape, devices, batch):
+        groups = group_sizes(base.pp, base.interleave, micro) if schedule == "interleaved" \
+            else [0]
         for rec in RECOMPUTES:
             for zero in (0, 1, 2, 3) if base.dp > 1 else (0,):
                 for sp in (False, True) if base.tp > 1 else (False,):
                     for ep in expert_sizes(shape, base.dp):
-                        yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero, sp=sp,
-                                   ep=ep)
+                        for group in groups:
+                            yield Plan(**fields, schedule=schedule, recompute=rec, zero=zero,
+                                       sp=sp, ep=ep, vp_group=group)
 
 
 def chunk_parts(sums: tuple[float, ...], tps: tuple[float, ...] | None,
