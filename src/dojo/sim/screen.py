@@ -24,6 +24,7 @@ from dojo.sim.searchspace import (
     device_splits,
     divisors,
     expert_sizes,
+    group_sizes,
     model_flops,
     schedules_of,
     stage_splits,
@@ -39,7 +40,13 @@ from dojo.sim.session import (
     work_for,
 )
 from dojo.sim.simulate import lower_bound
-from dojo.sim.stagemem import least_in_flight, saved_lows, stage_activations, stage_state
+from dojo.sim.stagemem import (
+    fewest_in_flight,
+    least_in_flight,
+    saved_lows,
+    stage_activations,
+    stage_state,
+)
 from dojo.sim.timebounds import SAFETY, Parts, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
@@ -62,9 +69,10 @@ def _family(plan: Plan) -> str:
 
 def _simplicity(p: Plan) -> tuple[int, ...]:
     """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp, the
-    default split, fewer devices."""
+    default split, fewer devices, the default micro-batch group (then larger groups)."""
     return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.ep, p.pp, p.interleave,
-            int(p.schedule == "gpipe"), int(p.sp), p.mb, int(bool(p.stages)), p.devices)
+            int(p.schedule == "gpipe"), int(p.sp), p.mb, int(bool(p.stages)), p.devices,
+            int(p.vp_group > 0), -p.vp_group)
 
 
 class _Screen(TimeBounds):
@@ -164,10 +172,10 @@ class _Screen(TimeBounds):
     def _group_fits(self, group: Plan, shape: ModelShape, devices: int) -> bool:
         """Whether some plan of the group may fit: on every stage, the least state of the
         family (`_family_bytes`'s, ZeRO 3 at its least ep) plus the least activations in
-        flight over the group's schedules, recompute policies and sp (`stage_activations`,
-        as `refine` takes them) within capacity. Each plan holds at least that sum."""
+        flight over the group's schedules, recompute policies, sp and micro-batch groups
+        (`_least_activations`) within capacity. Each plan holds at least that sum."""
         state = self._least_state(replace(group, zero=3 if group.dp > 1 else 0))
-        acts = [self._stage_activations(replace(group, schedule=schedule, recompute=rec, sp=sp))
+        acts = [self._least_activations(replace(group, schedule=schedule, recompute=rec, sp=sp))
                 for schedule in schedules_of(group, shape, devices, self.args[3])
                 for rec in RECOMPUTES for sp in ((False, True) if group.tp > 1 else (False,))]
         return not acts or all(
@@ -179,9 +187,11 @@ class _Screen(TimeBounds):
         """The plans of a group (`searchspace.variants`) whose state fits and whose first
         bound is at most `worst`, with that bound. No schedule changes the first bound and
         ZeRO only at 3, so it is taken once per (recompute, sp, ep, ZeRO 3 or not) before
-        their plans are built."""
+        their plans are built; nor does `vp_group` (the search orders a plan of a smaller
+        group by `_order_bound` once its memory fits: `best_plan`)."""
         batch = self.args[3]
         zeros = (0, 1, 2, 3) if group.dp > 1 else (0,)
+        sizes = group_sizes(group.pp, group.interleave, batch // (group.dp * group.mb))
         for ep in expert_sizes(shape, group.dp):
             low = self._state_within(group, zeros[-1] if len(zeros) == 1 else 2, ep)
             high = len(zeros) > 1 and self._state_within(group, 3, ep)
@@ -196,7 +206,8 @@ class _Screen(TimeBounds):
                         plan = replace(probe, zero=zero)
                         bound = below if zero < 3 else self._first_bound(plan)
                         if bound <= worst and self._state_fits(plan):
-                            yield bound, plan
+                            for n in sizes if schedule == "interleaved" else (0,):
+                                yield bound, replace(plan, vp_group=n) if n else plan
 
     def _state_within(self, plan: Plan, zero: int, ep: int) -> bool:
         """Whether the state at this ZeRO stage and ep fits (`_state_fits` without recording
@@ -318,24 +329,34 @@ class _Screen(TimeBounds):
 
     def refine(self, plan: Plan) -> float | None:
         """The second bound, or None (and the reason recorded) if the plan does not fit."""
-        spec = self.args[2]
+        return self._compiled_bound(plan) if self.fits_memory(plan) else None
+
+    def fits_memory(self, plan: Plan) -> bool:
+        """Whether the plan's bytes from the work (`stagemem`, the compiled program's figure;
+        cp's ring buffers would only add) fit; the reason recorded when not."""
         totals = [st + a for st, a in zip(self._stage_state(plan), self._stage_activations(plan))]
         worst = max(range(plan.pp), key=lambda s: totals[s])
         if self.closest is None or totals[worst] < self.closest[0]:
             self.closest = (totals[worst], worst, plan)
         if totals[worst] > self.capacity * (1 + 1e-9):
-            # the compiled program's bytes from the work alone (`stagemem`; cp's ring buffers
-            # would only add): it cannot fit
             self.rejected.setdefault(_family(plan), (
-                f"stage {worst} needs {totals[worst] / 1e9:.2f} GB per {device_name(spec)} "
-                f"> capacity {self.capacity / 1e9:.2f} GB"))
-            return None
-        return self._compiled_bound(plan)
+                f"stage {worst} needs {totals[worst] / 1e9:.2f} GB per "
+                f"{device_name(self.args[2])} > capacity {self.capacity / 1e9:.2f} GB"))
+            return False
+        return True
+
+    def _least_activations(self, plan: Plan) -> list[float]:
+        """Bytes per stage below the activations of the plan at every `vp_group` the search
+        writes (`searchspace.group_sizes`): the walk, or for the interleaved schedule
+        `stagemem.fewest_in_flight`, below the walk at every N."""
+        if plan.schedule != "interleaved":
+            return self._stage_activations(plan)
+        return fewest_in_flight(self._work(plan), plan, self.args[3])
 
     def _stage_activations(self, plan: Plan) -> list[float]:
         """`stagemem.stage_activations` of the plan (bytes per stage), cached."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
-               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp)
+               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp, plan.vp_group)
         if key not in self._activations:
             room(self._activations)
             self._activations[key] = stage_activations(self._work(plan), plan, self.args[3])

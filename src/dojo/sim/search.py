@@ -10,7 +10,15 @@ with the block splits of `plan.stages.planner_splits` (the even and Llama 3's sp
 uneven ones: first and last virtual stage c - 2 to c blocks, c = ceil(blocks / stages), the rest
 even; other splits are not searched, not claimed dominated: 126 blocks have 1e18 splits over 16
 stages, and `stages=` writes any for `dojo simulate`); every schedule, recompute and ZeRO stage,
-sp on and off. Omitted, because each is dominated (never faster, never smaller) or identical:
+sp on and off; for the interleaved schedule every micro-batch group `vp_group` N <= pp whose
+order runs (`searchspace.group_sizes`: N = pp, the default where pp divides the micro-batches,
+and every N < pp that does not deadlock, `plan.group_runs`). N > pp is not searched: with equal
+chunk times and pp dividing the micro-batches it is never faster than N = pp (Narayanan's
+bubble either way) and never smaller (the warm phase grows with N; both tested,
+`tests/sim/test_sim_search_vpgroup.py`), but with unequal chunks, transfers, or a last group
+that is not whole it can be faster, so it is a restriction of the space, not a dominance claim
+(as for the splits above). Omitted, because each is dominated (never faster, never smaller) or
+identical:
 - `overlap=off`: every task takes at least as long as with overlap (a blocking send adds to
   it), the pipeline's task ends are monotone in the durations (a task starts at the max of its
   device's previous end and its input's end plus the transfer), and the sync then ends at
@@ -18,7 +26,8 @@ sp on and off. Omitted, because each is dominated (never faster, never smaller) 
 - with pp = 1, `schedule=gpipe` (nothing waits on another device, so both orders take the sum of
   the same tasks, and GPipe holds every micro-batch) and `interleave` > 1 (refused: nothing to
   interleave); `schedule=1f1b` with interleave > 1 is the interleaved schedule.
-- with dp = 1, `zero` > 0 (it shards over dp: the same bytes and times); with tp = 1, `sp=on`.
+- with dp = 1, `zero` > 0 (it shards over dp: the same bytes and times); with tp = 1, `sp=on`;
+  `vp_group` with GPipe or written as pp where pp divides the micro-batches (the same order).
 `precision` and `fusion` are held at the caller's values: they say what the software runs (its
 number formats; whether a compiler fuses kernels), which a plan of the same step cannot choose.
 Context parallelism: for a sequence model, every cp that divides the devices and cuts the
@@ -44,8 +53,14 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
    max(op seconds, ZeRO 3's weight stream (`simulate._zero3_time`)) + its tp collectives and
    all-to-alls (the recompute's ops and reruns inside the max, as `simulate.task_durations`);
 2. before compiling it: every stage's bytes from the work (`stagemem.stage_totals`, the compiled
-   program's figure, experts' 1/ep included); compiled: `simulate.lower_bound` on the exact
-   task durations (the program is kept for the plan's simulation).
+   program's figure, experts' 1/ep included); a plan of a micro-batch group N != default then
+   waits under `_order_bound`, its own order run on the first bound's task times (groups of
+   N < pp stall the ring: this bound sees it, so such a plan is compiled only where its stall
+   leaves it among the fastest, in practice where N = pp does not fit memory); compiled:
+   `simulate.lower_bound` on the exact task durations (the program is kept for the plan's
+   simulation). Bounds 0-2 hold at every N: the memory screens count the fewest units any N
+   holds in flight (N = 1, `stagemem.least_in_flight`, `fewest_in_flight`), and the time
+   bounds hold for every task order.
 MoE models get the same screens (`screen._Screen._affine`): ep changes neither a GEMM's FLOP
 nor the bytes saved for backward (`experts.ep_work`), only the state (counted per ep), the
 weights ZeRO 3 streams, and the op times (the all-to-alls added, `searchspace.all_to_all_parts`).
@@ -136,10 +151,16 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
             for first, variant in screen.plans(plan, shape, devices, worst):
                 heapq.heappush(queue, (first, _simplicity(variant), next(count), 2, variant))
             continue
-        if tier == 2:
+        if tier == 2 and plan.vp_group:   # a smaller group: memory first, then its order
+            if screen.fits_memory(plan):
+                heapq.heappush(queue, (max(bound, screen._order_bound(plan)),
+                                       _simplicity(plan), index, 4, plan))
+            continue
+        if tier in (2, 4):
             refined = screen.refine(plan)
             if refined is not None:
-                heapq.heappush(queue, (refined, _simplicity(plan), index, 3, plan))
+                heapq.heappush(queue, (max(bound, refined) if tier == 4 else refined,
+                                       _simplicity(plan), index, 3, plan))
             continue
         program, graph = screen.compiled.pop(plan) if plan in screen.compiled else \
             compile_model(model, overrides, spec, plan, batch, seq, derive=True)

@@ -18,6 +18,7 @@ from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, microbatches, plan_split
 from dojo.plan.policies import policy_modules, rebuilds_selective
 from dojo.sim.memory import peak_in_flight, state_memory
+from dojo.sim.pipeline import warm_units
 
 
 def chunk_params(work: ModelWork, plan: Plan) -> list[float]:
@@ -56,13 +57,34 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
     """
     saved = chunk_saved(work, plan)
     micro = microbatches(plan, batch)
-    extra = 0.0   # the one block a recompute reruns at a time (`memory.in_flight_bytes`)
-    if plan.recompute == "full" and work.block is not None:
-        extra = work.block.saved_bytes
-    elif rebuilds_selective(plan.recompute) and work.block is not None:
-        extra = max(0.0, work.block.selective_saved)
+    extra = _rerun_bytes(work, plan)
     return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved,
                            plan.vp_group) + extra for s in range(plan.pp)]
+
+
+def _rerun_bytes(work: ModelWork, plan: Plan) -> float:
+    """The one block a recompute reruns at a time (`memory.in_flight_bytes`)."""
+    if plan.recompute == "full" and work.block is not None:
+        return work.block.saved_bytes
+    if rebuilds_selective(plan.recompute) and work.block is not None:
+        return max(0.0, work.block.selective_saved)
+    return 0.0
+
+
+def fewest_in_flight(work: ModelWork, plan: Plan, batch: int) -> list[float]:
+    """Bytes below the activations in flight on each stage of the interleaved `plan` at every
+    `vp_group` N: the first warm + 1 units of the order are held, warm >= warm at N = 1
+    (`pipeline.warm_units` grows with N), each unit a micro-batch of one of the stage's chunks;
+    every unit when the warm phase holds them all."""
+    saved = chunk_saved(work, plan)
+    micro, pp, virtual = microbatches(plan, batch), plan.pp, plan.interleave
+    out = []
+    for s in range(pp):
+        mine = [saved[c * pp + s] for c in range(virtual)]
+        units = warm_units("interleaved", s, pp, micro, virtual, 1) + 1
+        held = min(mine) * units if units <= micro * virtual else micro * sum(mine)
+        out.append(held + _rerun_bytes(work, plan))
+    return out
 
 
 def stage_totals(work: ModelWork, plan: Plan, activations: list[float],
@@ -107,10 +129,12 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
     (`per_micro`: embedding side, block, head side) and of a sample (`per_sample`), and the
     samples per replica. 1F1B and interleaved 1F1B hold at least the first warm + 1 units of
     their order (`memory.peak_in_flight`), warm = pp - s - 1 for 1F1B and
-    2 (pp - s - 1) + (interleave - 1) pp interleaved (`pipeline.warm_units`), each a
-    micro-batch of one of the stage's chunks, unless all micro x interleave units fit in the
-    warm phase, when every micro-batch of every chunk is held: at least samples x the chunks'
-    bytes per sample. GPipe holds every micro-batch; full recompute only adds."""
+    (interleave - 1) N + 2 min(N, pp) (pp - 1 - s) // pp interleaved with groups of N
+    micro-batches (`pipeline.warm_units`), least at N = 1, which runs for every micro-batch
+    count (`plan.group_runs`; the search's `group_sizes`), each unit a micro-batch of one of the
+    stage's chunks, unless all micro x interleave units fit in the warm phase, when every
+    micro-batch of every chunk is held: at least samples x the chunks' bytes per sample. GPipe
+    holds every micro-batch; full recompute only adds."""
     chunks = pp * interleave
 
     def saved(v: int, per: tuple[float, float, float]) -> float:
@@ -120,7 +144,7 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
     out = []
     for s in range(pp):
         mine = [c * pp + s for c in range(interleave)]
-        units = pp - s if interleave == 1 else 2 * (pp - s - 1) + (interleave - 1) * pp + 1
+        units = pp - s if interleave == 1 else (interleave - 1) + 2 * (pp - 1 - s) // pp + 1
         least = min(saved(v, per_micro) for v in mine)
         every = samples * sum(saved(v, per_sample) for v in mine)
         out.append(min(units * least, every))

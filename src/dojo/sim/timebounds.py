@@ -17,7 +17,7 @@ from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import makespan_bounds
+from dojo.sim.pipeline import makespan_bounds, simulate_pipeline
 from dojo.sim.searchspace import (
     all_to_all_parts,
     chunk_parts,
@@ -86,23 +86,53 @@ class TimeBounds:
 
     def _first_bound(self, plan: Plan) -> float:
         """`makespan_bounds` on the tasks' op and collective times (seconds per micro-batch),
-        each task at least max(ops, ZeRO 3's weight stream) + its collectives."""
+        each task at least max(ops, ZeRO 3's weight stream) + its collectives. It holds for
+        every task order, so for every schedule and `vp_group`."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
                plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3)
         found = self._bounds.get(key)
         if found is None:
-            f_in, b_in, f_out, b_out = self._chunk_times(plan)
-            if plan.zero >= 3 and plan.dp_cp > 1:
-                stream = self._stream(plan)
-                fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
-                bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
-            else:
-                fwd = [a + c for a, c in zip(f_in, f_out)]
-                bwd = [a + c for a, c in zip(b_in, b_out)]
+            fwd, bwd = self._task_floors(plan)
             micro = self.args[3] // (plan.dp * plan.mb)
             ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
             room(self._bounds)
             found = self._bounds[key] = max(e + t for e, t in zip(ends, tails)) * SAFETY
+        return found
+
+    def _task_floors(self, plan: Plan) -> tuple[list[float], list[float]]:
+        """Per virtual stage, seconds below each forward and each backward task: max(ops,
+        ZeRO 3's weight stream) + the collectives every task waits for."""
+        f_in, b_in, f_out, b_out = self._chunk_times(plan)
+        if plan.zero >= 3 and plan.dp_cp > 1:
+            stream = self._stream(plan)
+            return ([max(a, s) + c for a, s, c in zip(f_in, stream, f_out)],
+                    [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)])
+        return [a + c for a, c in zip(f_in, f_out)], [a + c for a, c in zip(b_in, b_out)]
+
+    def _order_bound(self, plan: Plan) -> float:
+        """The plan's own task order (its schedule and `vp_group`) run by `pipeline.run_pipeline`
+        on `_task_floors`, with no transfers: a task starts at the max of its device's previous
+        end and its input's end plus the transfer, so every end is monotone in the durations
+        and transfers, and the last end is below the simulated pipeline's, so below the step.
+        Unlike `_first_bound` it sees the waits the order itself makes (groups of N < pp stall
+        the ring). At least `_first_bound`; cached per plan of the group."""
+        key = ("order", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
+               plan.cp, plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3,
+               plan.schedule, plan.vp_group)
+        found = self._bounds.get(key)
+        if found is None:
+            fwd, bwd = self._task_floors(plan)
+            pp = plan.pp
+
+            def duration(stage: int, task: tuple[str, int, int]) -> float:
+                return (fwd if task[0] == "F" else bwd)[task[2] * pp + stage]
+
+            spans, _ = simulate_pipeline(pp, plan.interleave, self.args[3] // (plan.dp * plan.mb),
+                                         plan.schedule, duration, 0.0, explicit=0,
+                                         group=plan.vp_group)
+            room(self._bounds)
+            found = self._bounds[key] = max(self._first_bound(plan),
+                                            max(s.end for s in spans) * SAFETY)
         return found
 
     def _stream(self, plan: Plan) -> list[float]:
