@@ -37,11 +37,13 @@ def compositions(total: int, parts: int) -> list[tuple[int, ...]]:
             for cuts in itertools.combinations(range(total + parts - 1), parts - 1)]
 
 
-def every_plan(model: Mapping[str, Any], devices: int, batch: int) -> list[Plan]:
-    """Every plan text the vocabulary writes for gpt `model` on up to `devices` devices (the
-    rest idle), with every split of the search's family given as `stages=`, dominated settings
-    included; those `validate_plan` accepts."""
-    shape = model_shape(*session.captured("gpt", dict(model), 1, None))
+def every_plan(model: Mapping[str, Any], devices: int, batch: int,
+               name: str = "gpt") -> list[Plan]:
+    """Every plan text the vocabulary writes for `model` on up to `devices` devices (the
+    rest idle), with every split of the search's family given as `stages=` and every
+    micro-batch group `vp_group` up to pp (the search's docstring: larger groups are not
+    searched), dominated settings included; those `validate_plan` accepts."""
+    shape = model_shape(*session.captured(name, dict(model), 1, None))
     layers = shape.layers
     out = set()
     for dp, tp, pp in itertools.product(range(1, devices + 1), repeat=3):
@@ -49,11 +51,15 @@ def every_plan(model: Mapping[str, Any], devices: int, batch: int) -> list[Plan]
             continue
         for mb, inter in itertools.product(range(1, batch + 1), range(1, layers + 3)):
             splits = [s for s in compositions(layers, pp * inter) if in_family(s, layers)]
-            for split, sched, rec, zero, sp, overlap in itertools.product(
+            for split, sched, rec, zero, sp, overlap, group in itertools.product(
                     splits, ("1f1b", "gpipe", "interleaved"), ("none", "selective", "full"),
-                    (0, 1, 2, 3), ("off", "on"), ("on", "off")):
+                    (0, 1, 2, 3), ("off", "on"), ("on", "off"), range(pp + 1)):
+                if group and inter == 1:
+                    continue   # refused by `check_plan`: nothing to group
                 text = (f"dp={dp},tp={tp},pp={pp},mb={mb},interleave={inter},schedule={sched},"
                         f"recompute={rec},zero={zero},sp={sp},overlap={overlap}")
+                if group:
+                    text += f",vp_group={group}"
                 if list(split) != chunk_blocks(layers, pp * inter):   # the default: unwritten
                     text += f",stages={':'.join(map(str, split))}"
                 try:

@@ -1,0 +1,173 @@
+"""The plan search over micro-batch groups `vp_group` (issue 14 item 2, issue 11): which N it
+writes (the order's own deadlock rule), why N > pp is left out (Narayanan's bubble and the warm
+phase, by simulation of the order itself), its bounds at every N against each plan compiled and
+simulated, and a case whose best plan needs N < pp against every plan of `plan_reference`."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from plan_reference import every_plan
+
+from dojo.cli.main import main
+from dojo.hardware import load_system
+from dojo.hardware.spec import SystemSpec
+from dojo.plan.plan import Plan, group_runs
+from dojo.sim import session
+from dojo.sim.memory import device_memory, peak_in_flight
+from dojo.sim.pipeline import run_pipeline
+from dojo.sim.search import _Screen, best_plan, plan_space
+from dojo.sim.searchspace import group_sizes
+from dojo.sim.session import compile_model, model_shape, simulate_model
+from dojo.sim.simulate import lower_bound, simulate
+
+
+def _step(pp: int, virtual: int, micro: int, n: int, f: float = 1.0, b: float = 2.0) -> float:
+    spans = run_pipeline(pp, virtual, micro, "interleaved",
+                         lambda s, t: f if t[0] == "F" else b, 0.0, group=n)
+    return max(s.end for s in spans)
+
+
+def test_group_sizes_are_the_groups_whose_order_runs() -> None:
+    """N = pp first (0 where pp divides the micro-batches), then every N < pp, larger first,
+    that the order runs: each runs to the end in the pipeline simulation, and an N < pp left
+    out deadlocks it (a real cycle with V = 3)."""
+    assert group_sizes(4, 2, 8) == [0, 3, 2, 1]
+    assert group_sizes(4, 2, 7) == [4, 3, 2, 1]     # 7 = 4 + 3: a last group of 3 runs
+    assert group_sizes(4, 2, 9) == [3, 2, 1]        # 9 = 2 x 4 + 1: 1 + 4 < 2 x 3
+    assert group_sizes(4, 1, 9) == [0]
+    assert group_sizes(8, 2, 2) == [2, 1]           # N <= m
+    for pp in range(2, 7):
+        for micro in range(1, 3 * pp + 1):
+            sizes = group_sizes(pp, 3, micro)
+            for n in range(1, pp + 1):
+                try:
+                    run_pipeline(pp, 3, micro, "interleaved",
+                                 lambda s, t: 1.0 if t[0] == "F" else 2.0, 0.1, group=n)
+                    ran = True
+                except RuntimeError:
+                    ran = False
+                listed = (0 if n == pp and micro % pp == 0 else n) in sizes
+                assert listed == (ran and n <= micro and group_runs(pp, micro, n)), \
+                    (pp, micro, n)
+
+
+def test_larger_groups_are_never_faster_nor_smaller_with_equal_chunks() -> None:
+    """Every pp <= 6, V <= 4, m a multiple of pp up to 4 pp, every N > pp that runs: with equal
+    chunk times (B = 2F and B = F) the step is at least N = pp's ((m V + pp - 1)(F + B),
+    Narayanan's bubble), and with any saved bytes per chunk every stage holds at least as much
+    as at N = pp."""
+    rng = random.Random(5)
+    checked = 0
+    for pp in range(2, 7):
+        for virtual in range(2, 5):
+            saved = [rng.uniform(0.0, 5.0) for _ in range(pp * virtual)]
+            for micro in range(pp, 4 * pp + 1, pp):
+                for f, b in ((1.0, 2.0), (1.0, 1.0)):
+                    base = _step(pp, virtual, micro, pp, f, b)
+                    assert base == pytest.approx((micro * virtual + pp - 1) * (f + b))
+                    for n in range(pp + 1, micro + 1):
+                        if group_runs(pp, micro, n):
+                            assert _step(pp, virtual, micro, n, f, b) >= base * (1 - 1e-12)
+                            checked += 1
+                for n in range(pp + 1, micro + 1):
+                    if not group_runs(pp, micro, n):
+                        continue
+                    for s in range(pp):
+                        more = peak_in_flight("interleaved", s, pp, micro, virtual, saved, n)
+                        less = peak_in_flight("interleaved", s, pp, micro, virtual, saved, pp)
+                        assert more >= less * (1 - 1e-12), (pp, virtual, micro, n, s)
+    assert checked > 200
+
+
+def test_larger_groups_can_win_without_whole_groups_of_pp() -> None:
+    """Why N > pp is a restriction of the space, not a dominance claim: pp 3, V 3, 11
+    micro-batches (not a multiple of pp), equal chunks: N = 4 takes 105 units of time, N = 3
+    (a last group of 2) 109."""
+    assert _step(3, 3, 11, 4) == pytest.approx(105.0)
+    assert _step(3, 3, 11, 3) == pytest.approx(109.0)
+
+
+SYSTEMS = Path(__file__).parents[2] / "src" / "dojo" / "hardware" / "systems"
+SMALL = {"layers": 6, "hidden": 64, "heads": 4, "ffn": 256, "seq": 512, "vocab": 512}
+FOUR = {**SMALL, "layers": 4}
+
+
+def with_capacity(spec: SystemSpec, capacity: float) -> SystemSpec:
+    """`spec` with each device's memory cut to `capacity` bytes."""
+    memory = {k: dataclasses.replace(m, bytes=capacity) for k, m in spec.leaf.memory.items()}
+    return dataclasses.replace(spec, leaf=dataclasses.replace(spec.leaf, memory=memory))
+
+
+def test_bounds_hold_at_every_group() -> None:
+    """Every interleaved plan of the 6-block model on 4 H100s, batch 7 (pp 4: N = 4, 3, 2, 1
+    written out, m = 7 not a multiple of pp), compiled and simulated: the first bound, the
+    order bound and the compiled bound below the step; the stage bytes the search screens
+    equal to the compiled program's, and the family and group screens below them."""
+    spec, batch = load_system("h100-cluster:4"), 7
+    shape = model_shape(*session.captured("gpt", SMALL, 1, None))
+    screen = _Screen("gpt", SMALL, spec, batch, None)
+    groups = set()
+    for plan in plan_space(shape, 4, batch, spec=spec):
+        if plan.schedule != "interleaved":
+            continue
+        program, _ = compile_model("gpt", SMALL, spec, plan, batch, derive=True)
+        memory = device_memory(program)
+        step = simulate(program).step_time_s
+        assert screen._first_bound(plan) <= step * (1 + 1e-12), plan.text()
+        assert screen._order_bound(plan) <= step * (1 + 1e-12), plan.text()
+        assert lower_bound(program) <= step * (1 + 1e-9), plan.text()
+        totals = [a + b for a, b in zip(screen._stage_state(plan),
+                                        screen._stage_activations(plan))]
+        assert max(totals) == pytest.approx(memory.total, rel=1e-12), plan.text()
+        family = Plan(dp=plan.dp, tp=plan.tp, pp=plan.pp, interleave=plan.interleave,
+                      stages=plan.stages, zero=3 if plan.dp > 1 else 0)
+        assert max(screen._family_bytes(family, plan.mb)) <= memory.total * (1 + 1e-12)
+        least = screen._least_activations(replace(plan, vp_group=0, zero=0))
+        state = screen._least_state(family)
+        assert all(st + a <= t * (1 + 1e-12) for st, a, t in zip(state, least, totals)), \
+            plan.text()
+        groups.add(plan.vp_group)
+    assert groups == {4, 3, 2, 1}
+
+
+def test_search_finds_a_plan_that_fits_only_with_a_smaller_group() -> None:
+    """On 2 H100s cut to 5.5 MB each, batch 5 of a 4-block model: the interleaved plan at
+    N = pp = 2 does not fit (7.4 MB), at N = 1 it does, and it is the best of every plan the
+    vocabulary writes (`plan_reference`, N <= pp; each simulated from its own capture); the
+    search returns it."""
+    spec, batch = with_capacity(load_system("h100-cluster:2"), 5.5e6), 5
+    found = best_plan("gpt", FOUR, spec, batch, top=1)
+    times = {}
+    for plan in every_plan(FOUR, 2, batch):
+        sim = simulate_model("gpt", FOUR, spec, plan, batch)
+        if sim.result.memory.fits:
+            times[plan] = sim.result.step_time_s
+    best = min(times.values())
+    assert found.best.step_time_s == pytest.approx(best, rel=1e-9)
+    assert 0 < found.best.plan.vp_group < found.best.plan.pp
+    default = replace(found.best.plan, vp_group=found.best.plan.pp)
+    assert not simulate_model("gpt", FOUR, spec, default, batch).result.memory.fits
+
+
+def test_plan_and_simulate_print_the_group(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """`dojo plan` names the best plan's N (not the default), and so does `dojo simulate`'s
+    plan line."""
+    sets = [x for k, v in FOUR.items() for x in ("--set", f"{k}={v}")]
+    system = tmp_path / "small.toml"
+    text = (SYSTEMS / "h100-cluster.toml").read_text()
+    assert "bytes = 80.0e9" in text
+    system.write_text(text.replace("bytes = 80.0e9", "bytes = 5.5e6"))
+    assert main(["plan", "gpt", *sets, "--system", str(system), "--devices", "2", "--batch",
+                 "5", "--top", "1"]) == 0
+    best = capsys.readouterr().out.splitlines()[0]
+    assert best.startswith("best: ") and ",vp_group=1" in best, best
+    plan = "dp=1,pp=2,mb=1,interleave=3,vp_group=1"
+    assert main(["simulate", "gpt", *sets, "--system", "h100-cluster:2", "--batch", "5",
+                 "--plan", plan]) == 0
+    assert "vp_group=1" in capsys.readouterr().out
