@@ -19,7 +19,7 @@ from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan, group_runs
 from dojo.sim import session
 from dojo.sim.memory import device_memory, peak_in_flight
-from dojo.sim.pipeline import run_pipeline
+from dojo.sim.pipeline import group_chain_bound, makespan_bounds, run_pipeline
 from dojo.sim.search import _Screen, best_plan, plan_space
 from dojo.sim.searchspace import group_sizes
 from dojo.sim.session import compile_model, model_shape, simulate_model
@@ -90,6 +90,34 @@ def test_larger_groups_can_win_without_whole_groups_of_pp() -> None:
     (a last group of 2) 109."""
     assert _step(3, 3, 11, 4) == pytest.approx(105.0)
     assert _step(3, 3, 11, 3) == pytest.approx(109.0)
+
+
+def test_group_chain_bound_is_below_every_run() -> None:
+    """3,000 random interleaved runs (pp <= 6, V <= 4, every N <= pp that runs, random task
+    times per virtual stage and transfers): the chain bound is below the simulated makespan,
+    and with N < 2 pp / 3 and B = 2F (the ring stalls) it is often 5 % above `makespan_bounds`
+    (which holds for every order)."""
+    rng = random.Random(3)
+    above = 0
+    for _ in range(3000):
+        pp, virtual = rng.randint(2, 6), rng.randint(2, 4)
+        micro = rng.randint(1, 4 * pp)
+        n = rng.randint(1, pp)
+        if not group_runs(pp, micro, n):
+            continue
+        equal = rng.random() < 0.3
+        f = [1.0 if equal else rng.uniform(0.2, 3.0) for _ in range(pp * virtual)]
+        b = [2.0 if equal else rng.uniform(0.3, 6.0) for _ in range(pp * virtual)]
+        spans = run_pipeline(pp, virtual, micro, "interleaved",
+                             lambda s, t: (f if t[0] == "F" else b)[t[2] * pp + s],
+                             0.0 if equal else rng.uniform(0.0, 0.5), group=n)
+        step = max(s.end for s in spans)
+        bound = group_chain_bound(pp, micro, n, f, b)
+        assert bound <= step * (1 + 1e-12), (pp, virtual, micro, n)
+        if equal and 3 * n < 2 * pp and micro >= 2 * n:
+            ends, tails = makespan_bounds(pp, micro, f, b, 0.0)
+            above += bound > max(e + t for e, t in zip(ends, tails)) * 1.05
+    assert above > 20
 
 
 SYSTEMS = Path(__file__).parents[2] / "src" / "dojo" / "hardware" / "systems"
@@ -171,3 +199,33 @@ def test_plan_and_simulate_print_the_group(capsys: pytest.CaptureFixture[str],
     assert main(["simulate", "gpt", *sets, "--system", "h100-cluster:2", "--batch", "5",
                  "--plan", plan]) == 0
     assert "vp_group=1" in capsys.readouterr().out
+
+
+MOE = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "expert_ffn": 96,
+       "experts": 8, "top_k": 2, "seq": 32, "vocab": 256}
+
+
+def test_screen_counts_whole_experts_under_etp_1() -> None:
+    """Every plan of a small MoE space with tp and ep > 1, each also with etp=1 (the experts
+    whole on every tp rank, `replicated.with_whole_experts`), through one screen in turn:
+    the stage bytes the search screens are the compiled program's, the family screen and the
+    first bound stay below each plan's bytes and step."""
+    spec, batch = load_system("h100-cluster:4"), 8
+    shape = model_shape(*session.captured("moe", MOE, 1, None))
+    screen = _Screen("moe", MOE, spec, batch, None)
+    checked = 0
+    for base in plan_space(shape, 4, batch, spec=spec):
+        if base.tp == 1 or base.ep == 1:
+            continue
+        for plan in (base, replace(base, etp=1)):
+            program, _ = compile_model("moe", MOE, spec, plan, batch, derive=True)
+            memory = device_memory(program)
+            totals = [a + b for a, b in zip(screen._stage_state(plan),
+                                            screen._stage_activations(plan))]
+            assert max(totals) == pytest.approx(memory.total, rel=1e-12), plan.text()
+            family = Plan(dp=plan.dp, tp=plan.tp, pp=plan.pp, interleave=plan.interleave,
+                          stages=plan.stages, zero=3, etp=plan.etp)
+            assert max(screen._family_bytes(family, plan.mb)) <= memory.total * (1 + 1e-12)
+            assert screen._first_bound(plan) <= simulate(program).step_time_s * (1 + 1e-12)
+            checked += plan.etp
+    assert checked >= 10

@@ -17,7 +17,7 @@ from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import makespan_bounds, simulate_pipeline
+from dojo.sim.pipeline import group_chain_bound, makespan_bounds
 from dojo.sim.searchspace import (
     all_to_all_parts,
     chunk_parts,
@@ -110,29 +110,19 @@ class TimeBounds:
         return [a + c for a, c in zip(f_in, f_out)], [a + c for a, c in zip(b_in, b_out)]
 
     def _order_bound(self, plan: Plan) -> float:
-        """The plan's own task order (its schedule and `vp_group`) run by `pipeline.run_pipeline`
-        on `_task_floors`, with no transfers: a task starts at the max of its device's previous
-        end and its input's end plus the transfer, so every end is monotone in the durations
-        and transfers, and the last end is below the simulated pipeline's, so below the step.
-        Unlike `_first_bound` it sees the waits the order itself makes (groups of N < pp stall
-        the ring). At least `_first_bound`; cached per plan of the group."""
+        """`pipeline.group_chain_bound` on `_task_floors`: a bound that sees the interleaved
+        order's micro-batch groups (`vp_group`; groups of N < pp stall the ring), in
+        O(pp x interleave); at least `_first_bound`."""
         key = ("order", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
                plan.cp, plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3,
-               plan.schedule, plan.vp_group)
+               plan.vp_group)
         found = self._bounds.get(key)
         if found is None:
             fwd, bwd = self._task_floors(plan)
-            pp = plan.pp
-
-            def duration(stage: int, task: tuple[str, int, int]) -> float:
-                return (fwd if task[0] == "F" else bwd)[task[2] * pp + stage]
-
-            spans, _ = simulate_pipeline(pp, plan.interleave, self.args[3] // (plan.dp * plan.mb),
-                                         plan.schedule, duration, 0.0, explicit=0,
-                                         group=plan.vp_group)
+            total = group_chain_bound(plan.pp, self.args[3] // (plan.dp * plan.mb),
+                                      plan.vp_group, fwd, bwd)
             room(self._bounds)
-            found = self._bounds[key] = max(self._first_bound(plan),
-                                            max(s.end for s in spans) * SAFETY)
+            found = self._bounds[key] = max(self._first_bound(plan), total * SAFETY)
         return found
 
     def _stream(self, plan: Plan) -> list[float]:
