@@ -217,10 +217,11 @@ def makespan_bounds(pp: int, micro: int, forward: list[float], backward: list[fl
 
 
 def group_chain_bound(pp: int, micro: int, group: int, forward: list[float],
-                      backward: list[float]) -> float:
-    """A lower bound on the interleaved order's makespan with groups of `group` micro-batches
-    (0: pp) and `forward`/`backward` seconds per virtual stage (at least each task's; any
-    transfers): device 0 runs each group's backward units one group after another, chunks
+                      backward: list[float], transfer_s: float = 0.0) -> float:
+    """A lower bound on the end of device 0's last task in the interleaved order with groups
+    of `group` micro-batches (0: pp), `forward`/`backward` seconds per virtual stage (at least
+    each task's) and at least `transfer_s` per hop: device 0 runs each group's backward units
+    one group after another, chunks
     last to first (`unit`), so a group's block lasts at least its chain of chunk changes:
     after B(m, c) on device 0, B(m, c - 1) waits for chunk c - 1's backwards on devices
     pp - 1 .. 1, or for the group's other units of chunk c, which device 0 runs first. The
@@ -229,14 +230,15 @@ def group_chain_bound(pp: int, micro: int, group: int, forward: list[float],
     virtual = len(forward) // pp
     n = group_of(pp, virtual, group)
     own = [backward[c * pp] for c in range(virtual)]                  # device 0's
-    chain = [sum(backward[c * pp + 1:(c + 1) * pp]) for c in range(virtual)]
+    chain = [sum(backward[c * pp + 1:(c + 1) * pp]) + pp * transfer_s for c in range(virtual)]
 
     def block(size: int) -> float:
         return own[-1] + (size - 1) * own[0] + sum(
             max(chain[c - 1], (size - 1) * own[c]) + own[c - 1] for c in range(virtual - 1, 0, -1))
 
     whole = (micro - 1) // n                                          # groups before the last
-    return sum(forward) + chain[-1] + whole * block(n) + block(micro - whole * n)
+    return (sum(forward) + (pp * virtual - 2) * transfer_s + chain[-1] + whole * block(n)
+            + block(micro - whole * n))
 
 
 def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,

@@ -52,11 +52,13 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
 1. per plan: its state must fit; `makespan_bounds` on the tasks' times, each at least
    max(op seconds, ZeRO 3's weight stream (`simulate._zero3_time`)) + its tp collectives and
    all-to-alls (the recompute's ops and reruns inside the max, as `simulate.task_durations`);
-2. before compiling it: every stage's bytes from the work (`stagemem.stage_totals`, the compiled
-   program's figure, experts' 1/ep included); a plan of a micro-batch group N != default then
-   waits under `_order_bound`, its own order run on the first bound's task times (groups of
-   N < pp stall the ring: this bound sees it, so such a plan is compiled only where its stall
-   leaves it among the fastest, in practice where N = pp does not fit memory); compiled:
+2. a plan of a micro-batch group N != default first waits under `_order_bound`
+   (`pipeline.group_chain_bound` on the first bound's task times:
+   device 0 runs each group's backwards chunk by chunk, and each chunk change waits for the
+   backward to cross the other pp - 1 stages, so groups of N < pp stall the ring; such a plan
+   is compiled only where its stall leaves it among the fastest, in practice where N = pp does
+   not fit memory); then, before compiling any plan: every stage's bytes from the work
+   (`stagemem.stage_totals`, the compiled program's figure, experts' 1/ep included); compiled:
    `simulate.lower_bound` on the exact task durations (the program is kept for the plan's
    simulation). Bounds 0-2 hold at every N: the memory screens count the fewest units any N
    holds in flight (N = 1, `stagemem.least_in_flight`, `fewest_in_flight`), and the time
@@ -151,10 +153,9 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
             for first, variant in screen.plans(plan, shape, devices, worst):
                 heapq.heappush(queue, (first, _simplicity(variant), next(count), 2, variant))
             continue
-        if tier == 2 and plan.vp_group:   # a smaller group: memory first, then its order
-            if screen.fits_memory(plan):
-                heapq.heappush(queue, (max(bound, screen._order_bound(plan)),
-                                       _simplicity(plan), index, 4, plan))
+        if tier == 2 and plan.vp_group:   # a group size: again under its order's bound
+            heapq.heappush(queue, (max(bound, screen._order_bound(plan)), _simplicity(plan),
+                                   index, 4, plan))
             continue
         if tier in (2, 4):
             refined = screen.refine(plan)

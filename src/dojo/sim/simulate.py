@@ -25,7 +25,7 @@ from dojo.sim.eager import p2p_host_time, stage_param_tensors, sync_host_time, t
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
-from dojo.sim.pipeline import Span, Task, makespan_bounds, run_pipeline
+from dojo.sim.pipeline import Span, Task, group_chain_bound, makespan_bounds, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -339,7 +339,12 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
         last = last_bucket_time(program, stage, _collective_of(program, dev))
         post.append((last if _overlaps_sync(plan, dev) else t_sync) + t_opt
                     + dev.calibration.step_overhead_s)
-    return max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
+    bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
+    if plan.schedule == "interleaved" and plan.vp_group:   # device 0's waits in its groups
+        chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd,
+                                  transfer)
+        bound = max(bound, chain + post[0])
+    return bound
 
 
 Interval = tuple[int, float, float]  # (stage, start s, end s)
