@@ -115,13 +115,14 @@ def stage_splits(layers: int, chunks: int) -> list[tuple[int, ...]]:
 
 def group_sizes(pp: int, interleave: int, micro: int) -> list[int]:
     """The `vp_group` values the search writes for an interleaved plan of `micro` micro-batches
-    per pipeline: N = pp first (0, the default, where pp divides micro; else pp written out
-    where its last group runs), then every N < pp whose groups run (`plan.group_runs`), larger
-    first; [0] without interleaving. N > pp is not searched (`dojo.sim.search`)."""
+    per pipeline: where pp divides micro, N = pp (0, the default) and every N < pp whose groups
+    run (`plan.group_runs`), larger first; none where pp does not divide micro (not searched:
+    `dojo.sim.search`); [0] without interleaving."""
     if interleave == 1:
         return [0]
-    first = [0] if micro % pp == 0 else [pp] if group_runs(pp, micro, pp) else []
-    return first + [n for n in range(min(pp - 1, micro), 0, -1) if group_runs(pp, micro, n)]
+    if micro % pp:
+        return []
+    return [0] + [n for n in range(min(pp - 1, micro), 0, -1) if group_runs(pp, micro, n)]
 
 
 def variant_count(base: Plan, shape: ModelShape, devices: int, batch: int) -> int:
