@@ -41,8 +41,9 @@ def every_plan(model: Mapping[str, Any], devices: int, batch: int,
                name: str = "gpt") -> list[Plan]:
     """Every plan text the vocabulary writes for `model` on up to `devices` devices (the
     rest idle), with every split of the search's family given as `stages=` and every
-    micro-batch group `vp_group` up to pp (the search's docstring: larger groups are not
-    searched), dominated settings included; those `validate_plan` accepts."""
+    micro-batch group `vp_group` up to pp where pp divides the micro-batches (the search's
+    docstring: the others are not searched), dominated settings included; those
+    `validate_plan` accepts."""
     shape = model_shape(*session.captured(name, dict(model), 1, None))
     layers = shape.layers
     out = set()
@@ -54,8 +55,8 @@ def every_plan(model: Mapping[str, Any], devices: int, batch: int,
             for split, sched, rec, zero, sp, overlap, group in itertools.product(
                     splits, ("1f1b", "gpipe", "interleaved"), ("none", "selective", "full"),
                     (0, 1, 2, 3), ("off", "on"), ("on", "off"), range(pp + 1)):
-                if group and inter == 1:
-                    continue   # refused by `check_plan`: nothing to group
+                if group and (inter == 1 or batch // (dp * mb) % pp):
+                    continue   # refused by `check_plan`; not searched (`search`'s docstring)
                 text = (f"dp={dp},tp={tp},pp={pp},mb={mb},interleave={inter},schedule={sched},"
                         f"recompute={rec},zero={zero},sp={sp},overlap={overlap}")
                 if group:

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from plan_reference import every_plan
 
 from dojo.cli.main import main
 from dojo.hardware import load_system
@@ -20,7 +19,7 @@ from dojo.plan.plan import Plan, group_runs
 from dojo.sim import session
 from dojo.sim.memory import device_memory, peak_in_flight
 from dojo.sim.pipeline import group_chain_bound, makespan_bounds, run_pipeline
-from dojo.sim.search import _Screen, best_plan, plan_space
+from dojo.sim.search import _Screen, best_plan, exhaustive, plan_space
 from dojo.sim.searchspace import group_sizes
 from dojo.sim.session import compile_model, model_shape, simulate_model
 from dojo.sim.simulate import lower_bound, simulate
@@ -33,27 +32,24 @@ def _step(pp: int, virtual: int, micro: int, n: int, f: float = 1.0, b: float = 
 
 
 def test_group_sizes_are_the_groups_whose_order_runs() -> None:
-    """N = pp first (0 where pp divides the micro-batches), then every N < pp, larger first,
-    that the order runs: each runs to the end in the pipeline simulation, and an N < pp left
-    out deadlocks it (a real cycle with V = 3)."""
+    """Where pp divides the micro-batches: N = pp first (0, the default), then every N < pp,
+    larger first, that the order runs: each runs to the end in the pipeline simulation, and
+    an N < pp left out deadlocks it (a real cycle with V = 3). None where pp does not divide
+    them (not searched)."""
     assert group_sizes(4, 2, 8) == [0, 3, 2, 1]
-    assert group_sizes(4, 2, 7) == [4, 3, 2, 1]     # 7 = 4 + 3: a last group of 3 runs
-    assert group_sizes(4, 2, 9) == [3, 2, 1]        # 9 = 2 x 4 + 1: 1 + 4 < 2 x 3
-    assert group_sizes(4, 1, 9) == [0]
-    assert group_sizes(8, 2, 2) == [2, 1]           # N <= m
+    assert group_sizes(8, 2, 8) == [0, 5, 4, 3, 2, 1]   # 8 = 7 + 1 and 6 + 2 deadlock
+    assert group_sizes(4, 2, 7) == [] and group_sizes(4, 1, 9) == [0]
     for pp in range(2, 7):
-        for micro in range(1, 3 * pp + 1):
+        for micro in range(pp, 3 * pp + 1, pp):
             sizes = group_sizes(pp, 3, micro)
-            for n in range(1, pp + 1):
+            for n in range(1, pp):
                 try:
                     run_pipeline(pp, 3, micro, "interleaved",
                                  lambda s, t: 1.0 if t[0] == "F" else 2.0, 0.1, group=n)
                     ran = True
                 except RuntimeError:
                     ran = False
-                listed = (0 if n == pp and micro % pp == 0 else n) in sizes
-                assert listed == (ran and n <= micro and group_runs(pp, micro, n)), \
-                    (pp, micro, n)
+                assert (n in sizes) == (ran and group_runs(pp, micro, n)), (pp, micro, n)
 
 
 def test_larger_groups_are_never_faster_nor_smaller_with_equal_chunks() -> None:
@@ -126,7 +122,6 @@ def test_group_chain_bound_is_below_every_run() -> None:
 
 SYSTEMS = Path(__file__).parents[2] / "src" / "dojo" / "hardware" / "systems"
 SMALL = {"layers": 6, "hidden": 64, "heads": 4, "ffn": 256, "seq": 512, "vocab": 512}
-FOUR = {**SMALL, "layers": 4}
 
 
 def with_capacity(spec: SystemSpec, capacity: float) -> SystemSpec:
@@ -136,16 +131,16 @@ def with_capacity(spec: SystemSpec, capacity: float) -> SystemSpec:
 
 
 def test_bounds_hold_at_every_group() -> None:
-    """Every interleaved plan of the 6-block model on 4 H100s, batch 7 (pp 4: N = 4, 3, 2, 1
-    written out, m = 7 not a multiple of pp), compiled and simulated: the first bound, the
-    order bound and the compiled bound below the step; the stage bytes the search screens
-    equal to the compiled program's, and the family and group screens below them."""
-    spec, batch = load_system("h100-cluster:4"), 7
+    """Every interleaved plan with dp = 1 of the 6-block model on 4 H100s, batch 8 (pp 4:
+    N = 4 (0), 3, 2, 1), compiled and simulated: the first bound, the order bound and the
+    compiled bound below the step; the stage bytes the search screens equal to the compiled
+    program's, and the family and group screens below them."""
+    spec, batch = load_system("h100-cluster:4"), 8
     shape = model_shape(*session.captured("gpt", SMALL, 1, None))
     screen = _Screen("gpt", SMALL, spec, batch, None)
     groups = set()
     for plan in plan_space(shape, 4, batch, spec=spec):
-        if plan.schedule != "interleaved":
+        if plan.schedule != "interleaved" or plan.dp > 1:
             continue
         program, _ = compile_model("gpt", SMALL, spec, plan, batch, derive=True)
         memory = device_memory(program)
@@ -164,43 +159,37 @@ def test_bounds_hold_at_every_group() -> None:
         assert all(st + a <= t * (1 + 1e-12) for st, a, t in zip(state, least, totals)), \
             plan.text()
         groups.add(plan.vp_group)
-    assert groups == {4, 3, 2, 1}
+    assert groups == {0, 3, 2, 1}
 
 
 def test_search_finds_a_plan_that_fits_only_with_a_smaller_group() -> None:
-    """On 2 H100s cut to 5.5 MB each, batch 5 of a 4-block model: the interleaved plan at
-    N = pp = 2 does not fit (7.4 MB), at N = 1 it does, and it is the best of every plan the
-    vocabulary writes (`plan_reference`, N <= pp; each simulated from its own capture); the
-    search returns it."""
-    spec, batch = with_capacity(load_system("h100-cluster:2"), 5.5e6), 5
-    found = best_plan("gpt", FOUR, spec, batch, top=1)
-    times = {}
-    for plan in every_plan(FOUR, 2, batch):
-        sim = simulate_model("gpt", FOUR, spec, plan, batch)
-        if sim.result.memory.fits:
-            times[plan] = sim.result.step_time_s
-    best = min(times.values())
-    assert found.best.step_time_s == pytest.approx(best, rel=1e-9)
+    """On 4 H100s cut to 3.5 MB each, batch 8 of the 6-block model: the best plan needs
+    N = 1 < pp = 2 (at N = pp it does not fit), and it is the best of every plan of the space
+    simulated one by one (`search.exhaustive`)."""
+    spec, batch = with_capacity(load_system("h100-cluster:4"), 3.5e6), 8
+    found = best_plan("gpt", SMALL, spec, batch, top=1)
+    every = exhaustive("gpt", SMALL, spec, batch)
+    assert found.best.step_time_s == pytest.approx(every.step_time_s, rel=1e-9)
     assert 0 < found.best.plan.vp_group < found.best.plan.pp
-    default = replace(found.best.plan, vp_group=found.best.plan.pp)
-    assert not simulate_model("gpt", FOUR, spec, default, batch).result.memory.fits
+    default = replace(found.best.plan, vp_group=0)
+    assert not simulate_model("gpt", SMALL, spec, default, batch).result.memory.fits
 
 
 def test_plan_and_simulate_print_the_group(capsys: pytest.CaptureFixture[str],
                                            tmp_path: Path) -> None:
     """`dojo plan` names the best plan's N (not the default), and so does `dojo simulate`'s
     plan line."""
-    sets = [x for k, v in FOUR.items() for x in ("--set", f"{k}={v}")]
+    sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={v}")]
     system = tmp_path / "small.toml"
     text = (SYSTEMS / "h100-cluster.toml").read_text()
     assert "bytes = 80.0e9" in text
-    system.write_text(text.replace("bytes = 80.0e9", "bytes = 5.5e6"))
-    assert main(["plan", "gpt", *sets, "--system", str(system), "--devices", "2", "--batch",
-                 "5", "--top", "1"]) == 0
+    system.write_text(text.replace("bytes = 80.0e9", "bytes = 3.5e6"))
+    assert main(["plan", "gpt", *sets, "--system", str(system), "--devices", "4", "--batch",
+                 "8", "--top", "1"]) == 0
     best = capsys.readouterr().out.splitlines()[0]
     assert best.startswith("best: ") and ",vp_group=1" in best, best
-    plan = "dp=1,pp=2,mb=1,interleave=3,vp_group=1"
-    assert main(["simulate", "gpt", *sets, "--system", "h100-cluster:2", "--batch", "5",
+    plan = "dp=2,pp=2,mb=1,interleave=2,recompute=full,vp_group=1"
+    assert main(["simulate", "gpt", *sets, "--system", "h100-cluster:4", "--batch", "8",
                  "--plan", plan]) == 0
     assert "vp_group=1" in capsys.readouterr().out
 

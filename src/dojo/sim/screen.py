@@ -263,7 +263,7 @@ class _Screen(TimeBounds):
         """`stagemem.saved_lows` of this tp, sp, cp and precision; zeros (no bound) when the
         captures are not affine in mb and under fp8 (its activations are a pass over the
         work)."""
-        key = ("saved", plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp)
+        key = ("saved", plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp, plan.etp)
         if key not in self._sums:
             works = [self._work(plan, mb) for mb in (1, 2, 3)] \
                 if self._affine(plan) and plan.precision != "fp8" else None
@@ -356,7 +356,8 @@ class _Screen(TimeBounds):
     def _stage_activations(self, plan: Plan) -> list[float]:
         """`stagemem.stage_activations` of the plan (bytes per stage), cached."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
-               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp, plan.vp_group)
+               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp, plan.vp_group,
+               plan.etp)
         if key not in self._activations:
             room(self._activations)
             self._activations[key] = stage_activations(self._work(plan), plan, self.args[3])
@@ -384,7 +385,7 @@ class _Screen(TimeBounds):
 
     def _state_key(self, plan: Plan) -> tuple[Any, ...]:
         return (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp,
-                plan.ep, plan.stages)
+                plan.ep, plan.stages, plan.etp)
 
     def _stage_state(self, plan: Plan) -> list[float]:
         """`stagemem.stage_state` of the plan (bytes per stage), cached."""

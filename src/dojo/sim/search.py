@@ -10,9 +10,11 @@ with the block splits of `plan.stages.planner_splits` (the even and Llama 3's sp
 uneven ones: first and last virtual stage c - 2 to c blocks, c = ceil(blocks / stages), the rest
 even; other splits are not searched, not claimed dominated: 126 blocks have 1e18 splits over 16
 stages, and `stages=` writes any for `dojo simulate`); every schedule, recompute and ZeRO stage,
-sp on and off; for the interleaved schedule every micro-batch group `vp_group` N <= pp whose
-order runs (`searchspace.group_sizes`: N = pp, the default where pp divides the micro-batches,
-and every N < pp that does not deadlock, `plan.group_runs`). N > pp is not searched: with equal
+sp on and off; for the interleaved schedule, where pp divides the micro-batches, every
+micro-batch group `vp_group` N <= pp whose order runs (`searchspace.group_sizes`: N = pp, the
+default, and every N < pp that does not deadlock, `plan.group_runs`). Where pp does not divide
+them an interleaved plan needs `vp_group` and is not searched (a restriction for speed: those
+plans made gpt3-175b's ExaPOD search several times slower). N > pp is not searched: with equal
 chunk times and pp dividing the micro-batches it is never faster than N = pp (Narayanan's
 bubble either way) and never smaller (the warm phase grows with N; both tested,
 `tests/sim/test_sim_search_vpgroup.py`), but with unequal chunks, transfers, or a last group

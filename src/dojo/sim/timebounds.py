@@ -89,7 +89,7 @@ class TimeBounds:
         each task at least max(ops, ZeRO 3's weight stream) + its collectives. It holds for
         every task order, so for every schedule and `vp_group`."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
-               plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3)
+               plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3, plan.etp)
         found = self._bounds.get(key)
         if found is None:
             fwd, bwd = self._task_floors(plan)
@@ -115,7 +115,7 @@ class TimeBounds:
         O(pp x interleave); at least `_first_bound`."""
         key = ("order", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
                plan.cp, plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3,
-               plan.vp_group)
+               plan.vp_group, plan.etp)
         found = self._bounds.get(key)
         if found is None:
             fwd, bwd = self._task_floors(plan)
@@ -133,7 +133,7 @@ class TimeBounds:
         if plan.zero < 3 or plan.dp_cp == 1:
             return [0.0] * chunks
         key = (plan.tp, plan.pp, plan.interleave, plan.stages, plan.dp, plan.cp, plan.ep,
-               plan.precision, plan.grad_reduce)
+               plan.precision, plan.grad_reduce, plan.etp)
         if key not in self._streams:
             spec = self.args[2]
             cal = self._device(plan.precision).calibration
@@ -180,7 +180,7 @@ class TimeBounds:
         (a pipeline's lists hold up to 2 (blocks + 2) floats per key, over ~10^5 keys on the
         largest spaces; `_first_bound` keeps their bound)."""
         key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
-               plan.ep, plan.stages, plan.precision)
+               plan.ep, plan.stages, plan.precision, plan.etp)
         if key in self._times:
             return self._times[key]
         if self._last_times[0] == key:   # ZeRO 3's bound after the others' (a pipeline's)
@@ -224,7 +224,7 @@ class TimeBounds:
     def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
         """Seconds of the sections' tp collectives on the tp group's levels, in the order of
         `_section_sums` (the recompute slot 0: `_chunk_times` adds a full recompute's)."""
-        key = ("tp", plan.mb, plan.tp, plan.sp, plan.cp, plan.precision)
+        key = ("tp", plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.etp)
         if key not in self._sums:
             spec = self.args[2]
             self._sums[key] = tp_section_times(work, spec, self._device(plan.precision)
@@ -232,7 +232,7 @@ class TimeBounds:
         return self._sums[key]
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep)
+        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep, plan.etp)
         if key not in self._sums:
             work = self._work(plan)
             dev = self._device(plan.precision)
