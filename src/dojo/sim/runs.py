@@ -121,6 +121,8 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise bad("overrides", "model settings key=value joined by ';', e.g. layers=4;seq=512")
+        if key.strip() in overrides:
+            raise bad("overrides", f"each setting once ({key.strip()} is given twice)")
         overrides[key.strip()] = parse_scalar(value.strip())
     return Run(model=raw["model"], plan=raw["plan"], batch=whole("batch") or 0, seconds=seconds,
                seq=whole("seq"), stack=raw.get("stack", ""), overrides=overrides,

@@ -1,0 +1,83 @@
+"""Bad inputs no issue listed, under the contract of `test_cli_fuzz.py` (one error line naming
+the file or flag, exit 2, no traceback, nothing written): found by hand-fuzzing every verb as a
+new user would (docs/benchmarks.md, fuzz log). Each case also checks the words that name what was
+wrong, so a case that fails some other way (a different error) does not pass by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dojo.config import MAX_CONFIG_BYTES
+from test_cli_fuzz import _snapshot, check_refusal, run_inprocess
+
+SERVER = ("--server", "http://127.0.0.1:9")  # nothing listens: a good token fails later
+RUNS = "model,plan,batch,seconds"
+SIM = ("simulate", "mlp", "--system", "h100-cluster:8", "--plan", "dp=8", "--batch", "8")
+CAL = ("calibrate", "--system", "h100-cluster", "--runs", "r.csv", "--out", "m.toml",
+       "--iterations", "1")
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda root: (root / name).write_bytes(data)
+
+
+def _sparse(name: str, size: int) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        with (root / name).open("wb") as f:
+            f.truncate(size)
+    return setup
+
+
+def _none(root: Path) -> None:
+    pass
+
+
+# (argv, environment, files to put in the case folder first, words the error must hold)
+CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]] = [
+    # a token file that is empty or blank was an IndexError, one not UTF-8 a UnicodeDecodeError
+    (("jobs", *SERVER), {"DOJO_CONFIG": "tok"}, _write("tok", b""), "tok: empty"),
+    (("jobs", *SERVER), {"DOJO_CONFIG": "tok"}, _write("tok", b" \n\n"), "tok: empty"),
+    (("usage", *SERVER), {"DOJO_CONFIG": "tok"}, _write("tok", b"\xff\xfe\n"),
+     "tok: not UTF-8"),
+    # and one of a gigabyte was read whole
+    (("jobs", *SERVER), {"DOJO_CONFIG": "tok"}, _sparse("tok", 2**30), "tok: over 4,096 bytes"),
+    # a system file past any real one was read whole (a MemoryError under `ulimit -v`)
+    (("info", "s.toml"), {}, _sparse("s.toml", MAX_CONFIG_BYTES + 1),
+     f"s.toml: over {MAX_CONFIG_BYTES:,} bytes"),
+    # a setting given twice silently kept the last, where --plan dp=2,dp=8 is refused
+    ((*SIM, "--set", "hidden=2", "--set", "hidden=3"), {}, _none,
+     "--set: field 'hidden' = 'hidden=3': expected each key once"),
+    ((*SIM, "--set", " =3"), {}, _none, "--set: top level = ' =3': expected key=value"),
+    (CAL, {}, _write("r.csv", f"{RUNS},overrides\nmlp,dp=8,8,0.01,hidden=2;hidden=3\n".encode()),
+     "column 'overrides' = 'hidden=2;hidden=3': expected each setting once"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "setup", "words"), [
+    pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in CASES])
+def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
+                                            setup: Callable[[Path], None], words: str,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOJO_TOKEN", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    setup(tmp_path)
+    before = _snapshot(tmp_path)
+    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
+    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
+    assert words in err, err
+
+
+def test_token_file_first_non_blank_line_is_the_token(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from dojo.client.http import load_token
+
+    monkeypatch.delenv("DOJO_TOKEN", raising=False)
+    monkeypatch.setenv("DOJO_CONFIG", str(tmp_path / "tok"))
+    (tmp_path / "tok").write_bytes(b"\xef\xbb\xbf\r\n  dojo_abc \r\nrest\n")
+    assert load_token() == "dojo_abc"
