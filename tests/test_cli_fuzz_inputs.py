@@ -6,6 +6,7 @@ wrong, so a case that fails some other way (a different error) does not pass by 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,7 +55,22 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     ((*SIM, "--set", " =3"), {}, _none, "--set: top level = ' =3': expected key=value"),
     (CAL, {}, _write("r.csv", f"{RUNS},overrides\nmlp,dp=8,8,0.01,hidden=2;hidden=3\n".encode()),
      "column 'overrides' = 'hidden=2;hidden=3': expected each setting once"),
+    # two outputs on one path: the trace silently replaced the report
+    ((*SIM, "--report", "r.html", "--trace", "./r.html"), {}, _none,
+     "--report r.html: the same file as --trace ./r.html"),
+    # an output on an input: the trace replaced the user's system file, or their model's code
+    (("simulate", "mlp", "--system", "h.toml:8", "--plan", "dp=8", "--batch", "8", "--trace",
+      "h.toml"), {}, _write("h.toml", b'extends = "h100-cluster"\n'),
+     "--trace h.toml: is the input file of --system h.toml:8"),
+    (("simulate", "fac.py:factory", "--system", "h100-cluster:8", "--report", "fac.py"), {},
+     _write("fac.py", b"def factory(): pass\n"), "--report fac.py: is the input file of model"),
+    # a FIFO or a folder given as --runs was reported as "no such file"
+    (CAL[:4] + ("adir", *CAL[5:]), {}, lambda root: (root / "adir").mkdir(),
+     "--runs adir: is a folder"),
 ]
+if hasattr(os, "mkfifo"):
+    CASES.append((CAL, {}, lambda root: os.mkfifo(root / "r.csv"),
+                  "--runs r.csv: is a device or special file"))
 
 
 @pytest.mark.parametrize(("argv", "env", "setup", "words"), [

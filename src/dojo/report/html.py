@@ -43,6 +43,32 @@ FIGURE_FORMATS: dict[str, dict[str, Any]] = {
     "png": _PNG_METADATA, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 
+def check_outputs_apart(outputs: Sequence[tuple[str, str | None]],
+                        inputs: Sequence[tuple[str, str | None]]) -> None:
+    """DojoError when two output flags name one file (the second write would replace the first)
+    or an output names an input file (`--trace mine.toml` with `--system mine.toml`, a model's
+    `file.py:factory`), which the write would replace. Inputs may carry a `:N` or `:factory`
+    suffix; `None` entries (a flag not given) are skipped."""
+    written: dict[str, tuple[str, str]] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in written:
+            first = written[key]
+            raise DojoError(f"{flag} {path}: the same file as {first[0]} {first[1]}: expected a "
+                            "different file for each output")
+        written[key] = (flag, path)
+    for flag, text in inputs:
+        for candidate in (text, (text or "").rpartition(":")[0]):
+            if candidate and os.path.isfile(candidate) and \
+                    os.path.realpath(candidate) in written:
+                out_flag, out_path = written[os.path.realpath(candidate)]
+                raise DojoError(f"{out_flag} {out_path}: is the input file of {flag} {text}: "
+                                "expected an output path that is not an input (the write "
+                                "would replace it)")
+
+
 def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Path:
     """Check an output file path before any work: DojoError naming `flag` when it is empty, a
     folder, below a missing folder or a file, not writable, or (with `formats`) has an

@@ -51,7 +51,9 @@ def read_runs(path: str | Path) -> list[Run]:
     name = str(path)
     p = Path(path)
     if not p.is_file():
-        raise DojoError(f"--runs {name}: no such file")
+        what = ("no such file" if not p.exists() else "is a folder" if p.is_dir()
+                else "is a device or special file")
+        raise DojoError(f"--runs {name}: {what}: expected a CSV file of measured runs")
     if p.stat().st_size > MAX_CSV_BYTES:
         raise DojoError(f"--runs {name}: {p.stat().st_size:,} bytes: expected at most "
                         f"{MAX_CSV_BYTES:,} (a CSV of at most {MAX_RUNS} runs)")
