@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fuzz_verbs import set_up
 from dojo.config import MAX_CONFIG_BYTES
 from test_cli_fuzz import _snapshot, check_refusal, run_inprocess
 
@@ -68,9 +69,24 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (CAL[:4] + ("adir", *CAL[5:]), {}, lambda root: (root / "adir").mkdir(),
      "--runs adir: is a folder"),
 ]
+
+def _clips_and(extra: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        set_up("clips", root)
+        extra(root)
+    return setup
+
+
+QUERY = ("data", "query", "SELECT 1", "--catalog", "clips/catalog", "--slices", "s.toml")
+# a slices file past any real one was read whole
+CASES.append((QUERY, {}, _clips_and(_sparse("s.toml", MAX_CONFIG_BYTES + 1)),
+              f"s.toml: over {MAX_CONFIG_BYTES:,} bytes"))
 if hasattr(os, "mkfifo"):
     CASES.append((CAL, {}, lambda root: os.mkfifo(root / "r.csv"),
                   "--runs r.csv: is a device or special file"))
+    # a FIFO as the slices file: the read waited for a writer forever
+    CASES.append((QUERY, {}, _clips_and(lambda root: os.mkfifo(root / "s.toml")),
+                  "s.toml: is a device or special file"))
 
 
 @pytest.mark.parametrize(("argv", "env", "setup", "words"), [
