@@ -113,3 +113,16 @@ def test_token_file_first_non_blank_line_is_the_token(tmp_path: Path,
     monkeypatch.setenv("DOJO_CONFIG", str(tmp_path / "tok"))
     (tmp_path / "tok").write_bytes(b"\xef\xbb\xbf\r\n  dojo_abc \r\nrest\n")
     assert load_token() == "dojo_abc"
+
+
+def test_an_output_through_a_symlink_writes_its_target(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The atomic write replaced the link itself with a regular file: `--trace /dev/stdout`
+    (-> /proc/self/fd/1) swapped /dev/stdout for a file, for every process on the machine."""
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    status, err, _ = run_inprocess((*SIM, "--trace", "link.json"), tmp_path, capsys)
+    assert status == 0, err
+    assert (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "real.json").read_text().startswith('{"traceEvents"')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
