@@ -126,3 +126,18 @@ def test_an_output_through_a_symlink_writes_its_target(tmp_path: Path,
     assert (tmp_path / "link.json").is_symlink()
     assert (tmp_path / "real.json").read_text().startswith('{"traceEvents"')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
+
+
+def test_a_huge_manifest_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3 GB manifest.json was read whole and decoded: a MemoryError traceback under
+    `ulimit -v 4000000`. The bound (512 MiB) is lowered here so the case stays small."""
+    from dojo.data import layout
+
+    monkeypatch.setattr(layout, "MAX_MANIFEST_BYTES", 4096)
+    set_up("clips", tmp_path)
+    _sparse("clips/manifest.json", 2**20)(tmp_path)
+    before = _snapshot(tmp_path)
+    status, err, seconds = run_inprocess(("data", "check", "clips"), tmp_path, capsys)
+    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
+    assert "manifest.json: over 4,096 bytes" in err, err

@@ -184,6 +184,8 @@ def load_toml(raw: bytes | str, source: str) -> dict[str, Any]:
         raise DojoError(f"{source}: not valid TOML: {err}") from None
     except RecursionError:
         raise DojoError(f"{source}: not valid TOML: arrays or tables nested too deep") from None
+    except MemoryError:
+        raise DojoError(f"{source}: {len(raw):,} bytes: too large to parse in memory") from None
 
 
 def load_json(raw: bytes | str, source: str) -> Any:
@@ -198,6 +200,8 @@ def load_json(raw: bytes | str, source: str) -> Any:
     except RecursionError:
         raise DojoError(f"{source}: not valid JSON (arrays or objects nested too deep)") \
             from None
+    except MemoryError:
+        raise DojoError(f"{source}: {len(raw):,} bytes: too large to parse in memory") from None
 
 
 def read_toml_file(path: str | Path, source: str) -> dict[str, Any]:
