@@ -141,3 +141,15 @@ def test_a_huge_manifest_is_refused_unread(tmp_path: Path, capsys: pytest.Captur
     status, err, seconds = run_inprocess(("data", "check", "clips"), tmp_path, capsys)
     check_refusal(status, err, seconds, before, _snapshot(tmp_path))
     assert "manifest.json: over 4,096 bytes" in err, err
+
+
+def test_sweep_checks_every_point_before_its_first_line(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """A point whose batch split fails (dp 10^12 over a batch of 16) printed its progress line
+    first: two lines on stderr for one refusal."""
+    argv = ("sweep", "mlp", "--system", "a100-cluster", "--devices", "8,1000000000000",
+            "--batch", "16")
+    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
+    check_refusal(status, err, seconds, [], _snapshot(tmp_path))
+    assert "field 'mb' = 1" in err, err
