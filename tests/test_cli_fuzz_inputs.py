@@ -56,6 +56,10 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     ((*SIM, "--set", " =3"), {}, _none, "--set: top level = ' =3': expected key=value"),
     (CAL, {}, _write("r.csv", f"{RUNS},overrides\nmlp,dp=8,8,0.01,hidden=2;hidden=3\n".encode()),
      "column 'overrides' = 'hidden=2;hidden=3': expected each setting once"),
+    # valid-but-inconsistent hardware: a device drawing more idle than busy was simulated
+    (("info", "s.toml"), {}, _write("s.toml", b'extends = "h100-cluster"\nname = "s"\n'
+                                    b'title = "s"\n[gpu]\nidle_watts = 1e4\n'),
+     "s.toml: field 'gpu.idle_watts' = 10000.0: expected at most power_watts = 700 W"),
     # two outputs on one path: the trace silently replaced the report
     ((*SIM, "--report", "r.html", "--trace", "./r.html"), {}, _none,
      "--report r.html: the same file as --trace ./r.html"),
