@@ -38,9 +38,9 @@ from dojo.sim.session import (
     graph_at,
     work_for,
 )
-from dojo.sim.simulate import lower_bound
+from dojo.sim.simulate import Prepared, lower_bound, prepare
 from dojo.sim.stagemem import least_in_flight, saved_lows, stage_activations, stage_state
-from dojo.sim.timebounds import SAFETY, Parts, TimeBounds, room
+from dojo.sim.timebounds import SAFETY, Parts, Profile, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
 
@@ -85,8 +85,10 @@ class _Screen(TimeBounds):
         self._activations: dict[tuple[Any, ...], list[float]] = {}
         self._state_bytes: dict[tuple[Any, ...], list[float]] = {}
         self._times: dict[tuple[Any, ...], Parts] = {}
+        self._profiles: dict[tuple[Any, ...], Profile] = {}
         self._streams: dict[tuple[Any, ...], list[float]] = {}
-        self.compiled: dict[Plan, tuple[Program, Graph]] = {}   # bounded, for `best_plan`
+        # bounded, for `best_plan`: with what `simulate` starts from
+        self.compiled: dict[Plan, tuple[Program, Graph, Prepared]] = {}
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}
         self._a2a: dict[tuple[Any, ...], tuple[float, bool]] = {}
 
@@ -128,15 +130,30 @@ class _Screen(TimeBounds):
                 if not self._family_fits(family):
                     continue
                 parts, floor = self._family_parts(family), -1.0
-                for mb in divisors(batch // split.dp):
+                mbs = divisors(batch // split.dp)
+                for mb in mbs[:self._fitting_mbs(family, mbs, parts)]:
                     if terms.get(mb, 0.0) > worst:
                         continue
                     plan = replace(base, mb=mb)
                     n = variant_count(plan, shape, devices, batch)
-                    if n and self._family_fits(family, mb, parts):
+                    if n:
                         floor = self._stream_floor(base) if floor < 0 else floor
                         bound = max(terms.get(mb, 0.0), batch // (split.dp * mb) * floor)
                         yield n, bound, _simplicity(plan), plan
+
+    def _fitting_mbs(self, family: Plan, mbs: list[int], parts: tuple[Any, ...]) -> int:
+        """How many of the ascending `mbs` pass the per-mb memory screen (`_family_fits`),
+        found by bisection: `_family_bytes` is nondecreasing in mb (a micro-batch of mb samples
+        is held at max(its least bytes, mb x a sample's), the rest does not depend on mb), so
+        the mbs that pass are a prefix."""
+        low, high = 0, len(mbs)   # mbs[:low] pass, mbs[high:] do not
+        while low < high:
+            mid = (low + high) // 2
+            if self._family_fits(family, mbs[mid], parts):
+                low = mid + 1
+            else:
+                high = mid
+        return low
 
     def group_bound(self, group: Plan, shape: ModelShape, devices: int, worst: float = math.inf
                     ) -> float:
@@ -343,8 +360,9 @@ class _Screen(TimeBounds):
 
     def _compiled_bound(self, plan: Plan) -> float | None:
         """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit;
-        the program is kept for its simulation (the last `KEPT_PROGRAMS`: a plan is
-        simulated, if ever, soon after its bound, which puts it at the head of the queue)."""
+        the program and what `simulate.prepare` timed are kept for its simulation (the last
+        `KEPT_PROGRAMS`: a plan is simulated, if ever, soon after its bound, which puts it at
+        the head of the queue)."""
         model, overrides, spec, batch, seq = self.args
         program, graph = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
         memory = device_memory(program, chip_report=False)
@@ -353,8 +371,9 @@ class _Screen(TimeBounds):
             return None
         if len(self.compiled) >= KEPT_PROGRAMS:
             del self.compiled[next(iter(self.compiled))]
-        self.compiled[plan] = (program, graph)
-        return lower_bound(program, memory) * SAFETY
+        prepared = prepare(program, memory)
+        self.compiled[plan] = (program, graph, prepared)
+        return lower_bound(program, prepared=prepared) * SAFETY
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
         model, overrides, spec, _, seq = self.args

@@ -226,6 +226,24 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
                       cp_forward=ring_f, cp_backward=ring_b)
 
 
+def all_chunk_times(program: Program, dev: DeviceModel, memory: Memory
+                    ) -> dict[int, ChunkTimes]:
+    """`chunk_times` of every chunk by virtual stage, each distinct chunk timed once: a chunk's
+    ops, collectives, saved bytes and parameters are a function of its block count and of
+    whether it holds the embedding side (the first) and the head side (the last)
+    (`compiler.program._chunk`, `compiler.experts.apply_experts`), and `chunk_times` reads
+    nothing else of it. An interleaved pipeline's 60 chunks are then 2-4 timings."""
+    last = len(program.chunks) - 1
+    distinct: dict[tuple[int, bool, bool], ChunkTimes] = {}
+    out = {}
+    for c in program.chunks:
+        key = (c.blocks, c.index == 0, c.index == last)
+        if key not in distinct:
+            distinct[key] = chunk_times(program, c, dev, memory)
+        out[c.index] = distinct[key]
+    return out
+
+
 def _mfu_peak(program: Program, dev: DeviceModel) -> float:
     """The peak MFU is relative to: the rate the plan's GEMMs run at (FP8's under fp8)."""
     if program.plan.precision == "fp8":
@@ -272,15 +290,25 @@ def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
     return gather + scatter / 2  # the forward pays the gather, the backward both: on average
 
 
-def simulate(program: Program) -> Result:
+Prepared = tuple[DeviceModel, Memory, dict[int, ChunkTimes]]
+
+
+def prepare(program: Program, memory: Memory | None = None) -> Prepared:
+    """(device model, `device_memory`, `all_chunk_times`) of `program`, which `simulate` and
+    `lower_bound` both start from (the search computes them once for both); `memory`: the
+    program's `device_memory` where the caller has it."""
+    dev = device_model(program)
+    memory = memory or device_memory(program)
+    return dev, memory, all_chunk_times(program, dev, memory)
+
+
+def simulate(program: Program, prepared: Prepared | None = None) -> Result:
     """Time one training step of `program`; deterministic and free of I/O. The work is bounded
     by the plan, not the batch: identical micro-batches repeat a periodic steady state that the
     pipeline run jumps over (`dojo.sim.pipeline`), and every total below counts tasks instead of
-    walking them."""
+    walking them. `prepared`: `prepare(program)`, where the caller has it."""
     plan = program.plan
-    dev = device_model(program)
-    memory = device_memory(program)
-    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+    dev, memory, times = prepared or prepare(program)
     fwd, bwd, transfer = task_durations(program, dev, times)
 
     def duration(stage: int, task: Task) -> float:
@@ -317,7 +345,8 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-def lower_bound(program: Program, memory: Memory | None = None) -> float:
+def lower_bound(program: Program, memory: Memory | None = None,
+                prepared: Prepared | None = None) -> float:
     """Seconds `simulate(program)` cannot beat, from the task durations alone.
 
     Device s's first task is a forward, which waits for the forwards of virtual stages 0..s-1
@@ -328,9 +357,8 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
     max over s of head_s + m W_s + max(tail_s + post_0, post_s), whatever the schedule.
     """
     plan = program.plan
-    dev = device_model(program)
-    memory = memory or device_memory(program, chip_report=False)
-    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+    dev, memory, times = prepared or prepare(
+        program, memory or device_memory(program, chip_report=False))
     fwd, bwd, transfer = task_durations(program, dev, times)
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
     post = []
