@@ -97,3 +97,18 @@ def test_memory_screen_bisection_is_every_mb_asked() -> None:
         assert passing == mbs[:count], family.text()
         cut += 0 < count < len(mbs)
     assert cut >= 5
+
+
+def test_one_f_one_b_peak_is_the_warm_forwards_and_one_more() -> None:
+    """`stage_activations` takes 1F1B's peak as min(pp - s, micro) micro-batches of the stage's
+    saved bytes: the walk (`memory.peak_in_flight`) over every pp <= 12, stage and micro <= 40,
+    vp_group 0 or 2, finds the same to rounding."""
+    from dojo.sim.memory import peak_in_flight
+
+    for pp in range(1, 13):
+        saved = [1e6 * (1.3 + (v * 7919) % 13) for v in range(pp)]
+        for micro in range(1, 41):
+            for s in range(pp):
+                for group in (0, 2):
+                    walk = peak_in_flight("1f1b", s, pp, micro, 1, saved, group)
+                    assert min(pp - s, micro) * saved[s] == pytest.approx(walk, rel=1e-13)

@@ -61,6 +61,10 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
         extra = work.block.saved_bytes
     elif rebuilds_selective(plan.recompute) and work.block is not None:
         extra = max(0.0, work.block.selective_saved)
+    if plan.interleave == 1 and plan.schedule != "gpipe":
+        # 1F1B: the walk's warm forwards and one more, min(pp - s, micro) micro-batches (to
+        # rounding: the walk adds them one at a time), in O(1) instead of O(pp) per stage
+        return [min(plan.pp - s, micro) * saved[s] + extra for s in range(plan.pp)]
     return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved,
                            plan.vp_group) + extra for s in range(plan.pp)]
 
