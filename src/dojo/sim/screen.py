@@ -39,7 +39,13 @@ from dojo.sim.session import (
     work_for,
 )
 from dojo.sim.simulate import Prepared, lower_bound, prepare
-from dojo.sim.stagemem import least_in_flight, saved_lows, stage_activations, stage_state
+from dojo.sim.stagemem import (
+    least_in_flight,
+    saved_lows,
+    stage_activations,
+    stage_held,
+    stage_state,
+)
 from dojo.sim.timebounds import SAFETY, Parts, Profile, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
@@ -84,6 +90,8 @@ class _Screen(TimeBounds):
         self.closest: tuple[float, int, Plan] | None = None   # the least bytes per device seen
         self._activations: dict[tuple[Any, ...], list[float]] = {}
         self._state_bytes: dict[tuple[Any, ...], list[float]] = {}
+        self._least: dict[tuple[Any, ...], list[float]] = {}
+        self._held: dict[tuple[Any, ...], list[list[float]]] = {}
         self._times: dict[tuple[Any, ...], Parts] = {}
         self._profiles: dict[tuple[Any, ...], Profile] = {}
         self._streams: dict[tuple[Any, ...], list[float]] = {}
@@ -257,8 +265,12 @@ class _Screen(TimeBounds):
 
     def _least_state(self, plan: Plan) -> list[float]:
         """Per stage, the least state of `plan` over the ep its dp pairs with."""
-        states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
-        return [min(st[s] for st in states) for s in range(plan.pp)]
+        key = self._state_key(replace(plan, ep=0))
+        if key not in self._least:
+            states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
+            room(self._least)
+            self._least[key] = [min(st[s] for st in states) for s in range(plan.pp)]
+        return self._least[key]
 
     def _expert_sizes(self, plan: Plan) -> list[int]:
         """The ep the space pairs with this dp (`searchspace.expert_sizes`)."""
@@ -388,10 +400,17 @@ class _Screen(TimeBounds):
         """`stagemem.stage_state` of the plan (bytes per stage), cached."""
         key = self._state_key(plan)
         if key not in self._state_bytes:
-            work = self._work(plan, 2)
+            work, layout = self._work(plan, 2), self._layout(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
+            # what each stage holds: the same for every dp, cp and ZeRO stage
+            held_key = (plan.tp, plan.pp, plan.interleave, plan.cp, plan.ep, plan.etp,
+                        plan.stages)
+            if held_key not in self._held:
+                room(self._held)
+                self._held[held_key] = stage_held(work, plan, layout)
             room(self._state_bytes)
-            self._state_bytes[key] = stage_state(work, plan, self._layout(plan, 2), per_param)
+            self._state_bytes[key] = stage_state(work, plan, layout, per_param,
+                                                 self._held[held_key])
         return self._state_bytes[key]
 
     def _state_fits(self, plan: Plan) -> bool:
