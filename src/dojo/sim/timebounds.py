@@ -274,18 +274,27 @@ class TimeBounds:
         at the best mb, sp and ep."""
         key = (plan.dp, plan.tp, plan.pp, plan.cp, plan.precision, plan.fusion)
         if key not in self._mb_terms:   # per mb: micro x its seconds / pp
-            batch, terms = self.args[3], dict[int, float]()
+            # x / pp x SAFETY is nondecreasing in x: the least term is the least x's
+            self._mb_terms[key] = {mb: x / plan.pp * SAFETY
+                                   for mb, x in self._mb_seconds(plan).items()}
+        return min(self._mb_terms[key].values())
+
+    def _mb_seconds(self, plan: Plan) -> dict[int, float]:
+        """Per mb, the least over sp and ep of micro x the model's op and collective seconds
+        per micro-batch: the same for every pp of this dp and tp (`_op_bound` divides it)."""
+        key = ("mb", plan.dp, plan.tp, plan.cp, plan.precision, plan.fusion)
+        if key not in self._mb_terms:
+            batch, least = self.args[3], dict[int, float]()
             eps = self._expert_sizes(plan)
             for mb in divisors(batch // plan.dp):
                 for sp in (False, True) if plan.tp > 1 else (False,):
                     for ep in eps:
                         f_in, b_in, f_out, b_out = self._chunk_times(_with(
                             plan, mb=mb, sp=sp, ep=ep, interleave=1, pp=1, stages=()))
-                        term = batch // (plan.dp * mb) * (f_in[0] + b_in[0] + f_out[0]
-                                                          + b_out[0]) / plan.pp * SAFETY
-                        terms[mb] = min(terms.get(mb, math.inf), term)
-            self._mb_terms[key] = terms
-        return min(self._mb_terms[key].values())
+                        x = batch // (plan.dp * mb) * (f_in[0] + b_in[0] + f_out[0] + b_out[0])
+                        least[mb] = min(least.get(mb, math.inf), x)
+            self._mb_terms[key] = least
+        return self._mb_terms[key]
 
     def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
         """Seconds of the sections' tp collectives on the tp group's levels, in the order of
