@@ -229,19 +229,13 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
 def all_chunk_times(program: Program, dev: DeviceModel, memory: Memory
                     ) -> dict[int, ChunkTimes]:
     """`chunk_times` of every chunk by virtual stage, each distinct chunk timed once: a chunk's
-    ops, collectives, saved bytes and parameters are a function of its block count and of
-    whether it holds the embedding side (the first) and the head side (the last)
-    (`compiler.program._chunk`, `compiler.experts.apply_experts`), and `chunk_times` reads
-    nothing else of it. An interleaved pipeline's 60 chunks are then 2-4 timings."""
-    last = len(program.chunks) - 1
-    distinct: dict[tuple[int, bool, bool], ChunkTimes] = {}
-    out = {}
+    ops, collectives and parameters follow from its block count and whether it is the first
+    and the last (`compiler.program._chunk`, `compiler.experts.apply_experts`)."""
+    last, distinct = len(program.chunks) - 1, dict[tuple[int, bool, bool], ChunkTimes]()
     for c in program.chunks:
-        key = (c.blocks, c.index == 0, c.index == last)
-        if key not in distinct:
+        if (key := (c.blocks, c.index == 0, c.index == last)) not in distinct:
             distinct[key] = chunk_times(program, c, dev, memory)
-        out[c.index] = distinct[key]
-    return out
+    return {c.index: distinct[(c.blocks, c.index == 0, c.index == last)] for c in program.chunks}
 
 
 def _mfu_peak(program: Program, dev: DeviceModel) -> float:
@@ -294,11 +288,9 @@ Prepared = tuple[DeviceModel, Memory, dict[int, ChunkTimes]]
 
 
 def prepare(program: Program, memory: Memory | None = None) -> Prepared:
-    """(device model, `device_memory`, `all_chunk_times`) of `program`, which `simulate` and
-    `lower_bound` both start from (the search computes them once for both); `memory`: the
-    program's `device_memory` where the caller has it."""
-    dev = device_model(program)
-    memory = memory or device_memory(program)
+    """(device model, `device_memory` (`memory` where given), `all_chunk_times`) of `program`:
+    what `simulate` and `lower_bound` start from (the search computes them once for both)."""
+    dev, memory = device_model(program), memory or device_memory(program)
     return dev, memory, all_chunk_times(program, dev, memory)
 
 
@@ -345,8 +337,7 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-def lower_bound(program: Program, memory: Memory | None = None,
-                prepared: Prepared | None = None) -> float:
+def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
     """Seconds `simulate(program)` cannot beat, from the task durations alone.
 
     Device s's first task is a forward, which waits for the forwards of virtual stages 0..s-1
@@ -357,8 +348,7 @@ def lower_bound(program: Program, memory: Memory | None = None,
     max over s of head_s + m W_s + max(tail_s + post_0, post_s), whatever the schedule.
     """
     plan = program.plan
-    dev, memory, times = prepared or prepare(
-        program, memory or device_memory(program, chip_report=False))
+    dev, _, times = prepared or prepare(program, device_memory(program, chip_report=False))
     fwd, bwd, transfer = task_durations(program, dev, times)
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
     post = []
