@@ -402,7 +402,7 @@ class _Screen(TimeBounds):
         if key not in self._state_bytes:
             work, layout = self._work(plan, 2), self._layout(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
-            # what each stage holds: the same for every dp, cp and ZeRO stage
+            # what each stage holds: the same for every dp and ZeRO stage
             held_key = (plan.tp, plan.pp, plan.interleave, plan.cp, plan.ep, plan.etp,
                         plan.stages)
             if held_key not in self._held:
