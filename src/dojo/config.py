@@ -23,6 +23,9 @@ T = TypeVar("T")
 # FLOP/s) sit far inside; outside, the simulator's sums and quotients over 2^40 devices would
 # reach inf and print as NaN, and 1e-320 is a subnormal whose reciprocal is inf.
 MAX_MAGNITUDE = 1e30
+# A configuration file (system, slices, manifest) is kilobytes; reads stop past this bound so a
+# huge or endless file is an error, not all of memory.
+MAX_CONFIG_BYTES = 4 << 20
 
 
 def check(
@@ -181,6 +184,8 @@ def load_toml(raw: bytes | str, source: str) -> dict[str, Any]:
         raise DojoError(f"{source}: not valid TOML: {err}") from None
     except RecursionError:
         raise DojoError(f"{source}: not valid TOML: arrays or tables nested too deep") from None
+    except MemoryError:
+        raise DojoError(f"{source}: {len(raw):,} bytes: too large to parse in memory") from None
 
 
 def load_json(raw: bytes | str, source: str) -> Any:
@@ -195,13 +200,24 @@ def load_json(raw: bytes | str, source: str) -> Any:
     except RecursionError:
         raise DojoError(f"{source}: not valid JSON (arrays or objects nested too deep)") \
             from None
+    except MemoryError:
+        raise DojoError(f"{source}: {len(raw):,} bytes: too large to parse in memory") from None
 
 
 def read_toml_file(path: str | Path, source: str) -> dict[str, Any]:
-    """`load_toml` of a local file; a file that cannot be read (a folder, permissions, an I/O
-    error) is a DojoError naming `source` too."""
+    """`load_toml` of a local file, read bounded; a file that cannot be read (a folder,
+    permissions, an I/O error) or is over MAX_CONFIG_BYTES is a DojoError naming `source` too."""
     try:
-        raw = Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise DojoError(f"{source}: cannot read the file ({err.strerror or err})") from None
+    check_config_size(raw, source)
     return load_toml(raw, source)
+
+
+def check_config_size(raw: bytes, source: str) -> None:
+    """DojoError when `raw`, read as at most MAX_CONFIG_BYTES + 1 bytes, is past the bound."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise DojoError(f"{source}: over {MAX_CONFIG_BYTES:,} bytes: expected a configuration "
+                        "file (a system or slices file is a few kilobytes)")

@@ -65,12 +65,14 @@ def default_batch(spec: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dojo.report.html import check_output
+    from dojo.report.html import check_output, check_outputs_apart
 
     # Output paths are checked before the simulation, so a bad one costs nothing.
-    for flag, path in (("--trace", args.trace), ("--report", args.report)):
+    outputs = (("--trace", args.trace), ("--report", args.report))
+    for flag, path in outputs:
         if path is not None:
             check_output(path, flag)
+    check_outputs_apart(outputs, (("--system", args.system), ("model", args.model)))
     sim = simulated_from_args(args)
     if args.trace:
         from dojo.report.trace import write_trace

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.hardware import load_system
     from dojo.models import check_model
     from dojo.plan import parse_plan
+    from dojo.plan.plan import check_fit
     from dojo.sim.session import simulate_model
 
     if args.plot is not None:
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if batch < 1:
             raise ConfigError("--batch", "batch", args.batch, f"a batch that stays >= 1 when "
                               f"weak scaling goes from {first} to {n} devices")
-        runs.append((spec, n, replace(base, dp=n // (base.tp * base.pp)), batch))
+        plan = replace(base, dp=n // (base.tp * base.pp))
+        check_fit(plan, n, batch)  # the batch split too, before any progress line
+        runs.append((spec, n, plan, batch))
     points = []
     for spec, n, plan, batch in runs:
         print(f"{spec.name}: {n} devices, {plan.text()}, batch {batch}", file=sys.stderr)

@@ -18,13 +18,18 @@ def print_json(obj: Any) -> None:
 
 
 def parse_sets(items: Sequence[str] | None, source: str = "--set") -> dict[str, Any]:
-    """Parse repeated `key=value` arguments; values become int, float, bool or str."""
+    """Parse repeated `key=value` arguments; values become int, float, bool or str. A key
+    given twice is a ConfigError (which value was meant?), as in `--plan`."""
     out: dict[str, Any] = {}
     for item in items or ():
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(source, "", item, "key=value")
-        out[key.strip()] = parse_scalar(raw.strip())
+        if key in out:
+            raise ConfigError(source, key, item, f"each key once ({key} is already "
+                              f"{out[key]!r})")
+        out[key] = parse_scalar(raw.strip())
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from dojo.errors import ConfigError, DojoError
 
 CONFIG = Path("~/.config/dojo/token")
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 class ServiceError(DojoError):
@@ -33,9 +34,29 @@ def load_token(explicit: str | None = None) -> str:
         return os.environ["DOJO_TOKEN"].strip()
     path = Path(os.environ.get("DOJO_CONFIG", str(CONFIG))).expanduser()
     if path.is_file():
-        return path.read_text().strip().splitlines()[0].strip()
+        return _token_from_file(path)
     raise DojoError(f"no token: set DOJO_TOKEN or write it to {path} "
                     "(dojo admin tenant create prints one)")
+
+
+def _token_from_file(path: Path) -> str:
+    """The first non-blank line of a token file, read bounded (a token is ~50 characters); a
+    file that is empty, not UTF-8 or unreadable is a DojoError naming it."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+        text = raw.decode("utf-8-sig")
+    except OSError as err:
+        raise DojoError(f"{path}: cannot read the token file ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise DojoError(f"{path}: not UTF-8 text: expected the token `dojo admin tenant create` "
+                        "printed") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(raw) > MAX_TOKEN_FILE_BYTES or not lines:
+        size = "empty" if not lines else f"over {MAX_TOKEN_FILE_BYTES:,} bytes"
+        raise DojoError(f"{path}: {size}: expected the token `dojo admin tenant create` printed "
+                        "on its first line")
+    return lines[0]
 
 
 def _quoted(job_id: str) -> str:

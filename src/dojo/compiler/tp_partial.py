@@ -56,12 +56,13 @@ def vocab_table(graph: Graph) -> int | None:
     return max(tables, key=lambda t: t.shape[0]).id if tables else None
 
 
-def grad_sums(graph: Graph, weights: set[int], split: set[int]) -> dict[int, float]:
+def grad_sums(graph: Graph, weights: set[int], split: set[int], keep: frozenset[int]
+              ) -> dict[int, float]:
     """Backward op id -> captured bytes of the partial input gradient the tp group reduces after
     it: a column-parallel input gradient read by no sum of partials, or the last add of such a
     sum (its output's bytes); 0.0 for an input gradient or add whose partial goes on into a sum
-    (reduced there, once). Adds mixing a partial with a whole tensor end the sum before them."""
-    keep = replicated.replicated_weights(graph)
+    (reduced there, once). Adds mixing a partial with a whole tensor end the sum before them.
+    `keep`: root ids of the weights kept whole on every rank (`class_head.whole_weights`)."""
     open_: dict[int, tuple[int, float]] = {}  # root of a partial -> (op that made it, bytes)
     out: dict[int, float] = {}
     for op in graph.ops:

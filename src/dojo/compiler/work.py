@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section
-from dojo.compiler import fusion, kernelsave, replicated, tp_partial
+from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
@@ -157,11 +157,15 @@ def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[i
     `whole_stem` (models with a residual stream): a weight op on the model's input data (ViT's
     patch embedding) stays whole on every rank, as Megatron-LM keeps it, so that the stream it
     feeds is replicated and the blocks' pairs start at their first linear. A linear the model
-    declares replicated (`compiler.replicated`) outputs a whole tensor on every rank."""
+    declares replicated (`compiler.replicated`), or a class head on a whole input
+    (`compiler.class_head`), outputs a whole tensor on every rank."""
     split: set[int] = set()
     keep = replicated.replicated_weights(graph)
+    heads = class_head.candidates(graph, weights)
     for op in graph.ops:
         acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
+        if op.id in heads and not any(a in split for a in acts):
+            keep |= heads[op.id]
         if op.phase == "optimizer" or not acts or replicated.reads(graph, op, keep):
             continue
         outs = {root(graph, t).id for t in op.outputs}
@@ -203,13 +207,14 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
       only), forward and backward; a softmax over scores split by heads, or a BatchNorm's
       per-channel statistics, need none;
     - a replicated linear whose output gradient is partial (`replicated.partial_bytes`).
+    A class head on a whole input (`class_head`) is replicated: whole logits, no statistics.
     Bytes are at the plan's precision (`scale`), statistics in FP32."""
     made_by: dict[int, Op] = {}
     for op in graph.ops:
         for t in op.outputs if op.rule not in FREE_RULES else ():
             made_by.setdefault(root(graph, t).id, op)
-    vocab, keep = tp_partial.vocab_table(graph), replicated.replicated_weights(graph)
-    sums = tp_partial.grad_sums(graph, weights, split)
+    vocab, keep = tp_partial.vocab_table(graph), class_head.whole_weights(graph, weights, split)
+    sums = tp_partial.grad_sums(graph, weights, split, keep)
     by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
     readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
@@ -349,8 +354,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
             producer.setdefault(root(graph, t).id, (op, label))
     readers = fusion.consumers(graph)
     weights = weight_derived(graph)
-    keep = replicated.replicated_weights(graph) if tp > 1 else frozenset()
     split = tp_split(graph, weights, whole_stem=residual_numel > 0) if tp > 1 else set()
+    keep = class_head.whole_weights(graph, weights, split) if tp > 1 else frozenset()
     masks = dropout_masks(graph)
     grouped = fusion.groups(graph, labels, fuse)
     loss = _loss_groups(grouped)

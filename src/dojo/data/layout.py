@@ -40,6 +40,8 @@ FORMAT = "dojo-clips"
 VERSION = 1
 POLICIES = ("error", "skip")
 REQUIRED_LABELS = ("occupancy", "intrinsics", "extrinsics")
+# A manifest lists every clip (~300 bytes each; synth makes at most a million): reads stop here.
+MAX_MANIFEST_BYTES = 512 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,9 +122,12 @@ def read_manifest(root: Path | str) -> Manifest:
         raise DojoError(f"{path}: no manifest (expected a clip set made by `dojo data synth` "
                         "or a manifest.json in the same layout)")
     try:
-        raw = _read_bytes(path)
+        raw = _read_bytes(path, MAX_MANIFEST_BYTES)
     except OSError as err:
         raise DojoError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise DojoError(f"{path}: over {MAX_MANIFEST_BYTES:,} bytes: expected a manifest "
+                        "(a million clips take about 300 MB)")
     data = load_json(raw, str(path))
     manifest = parse(Manifest, data, str(path))
     if not manifest.cameras or len(set(manifest.cameras)) != len(manifest.cameras):
@@ -175,13 +180,17 @@ def _is_file(path: Path | str) -> bool:
     return bool(fs.isfile(inner))
 
 
-def _read_bytes(path: Path | str) -> bytes:
+def _read_bytes(path: Path | str, limit: int | None = None) -> bytes:
+    """The file's bytes; with `limit`, at most `limit` + 1 of them (more means too large)."""
     if isinstance(path, Path):
-        return path.read_bytes()
+        if limit is None:
+            return path.read_bytes()
+        with path.open("rb") as f:
+            return f.read(limit + 1)
     from dojo.data import store
 
     try:
-        return store.read_bytes(path)
+        return store.read_bytes(path, limit)
     except DojoError as err:
         raise OSError(str(err).removeprefix(f"{path}: ")) from None
 

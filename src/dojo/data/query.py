@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dojo.config import check, load_toml, parse
+from dojo.config import MAX_CONFIG_BYTES, check, load_toml, parse
 from dojo.data import store
 from dojo.data.catalog import TABLES, table_schema
 from dojo.data.scenario import TAGS
@@ -89,7 +89,7 @@ def load_slices(path: str) -> dict[str, Slice]:
     if not store.exists(path):
         raise DojoError(f"{path}: no slices file there (expected TOML with [slices.NAME] "
                         "tables holding `where`)")
-    data = load_toml(store.read_bytes(path), path)
+    data = load_toml(store.read_bytes(path, limit=MAX_CONFIG_BYTES), path)
     slices = dict(parse(SliceFile, data, path).slices)
     if not slices:
         raise ConfigError(path, "slices", {}, "at least one [slices.NAME] table")

@@ -37,11 +37,24 @@ def is_url(url: str) -> bool:
     return "://" in str(url)
 
 
-def read_bytes(url: str) -> bytes:
-    """The whole file; a missing or unreadable file is a DojoError naming it."""
+def read_bytes(url: str, limit: int | None = None) -> bytes:
+    """The whole file; a missing or unreadable file, a local FIFO or device (whose read may
+    never end), or with `limit` a file over `limit` bytes (read no further) is a DojoError
+    naming it."""
+    import stat
+
     fs, path = resolve(url)
     try:
-        data: bytes = fs.cat_file(path)
+        if not is_url(url) and os.path.exists(path) and \
+                not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):
+            raise DojoError(f"{url}: is a device or special file: expected a regular file")
+        if limit is None:
+            data: bytes = fs.cat_file(path)
+        else:
+            with fs.open(path, "rb") as f:
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise DojoError(f"{url}: over {limit:,} bytes: expected a smaller file")
     except FileNotFoundError:
         raise DojoError(f"{url}: does not exist") from None
     except (OSError, ValueError) as err:

@@ -186,6 +186,11 @@ def _check_levels(spec: SystemSpec, source: str) -> None:
             raise ConfigError(source, f"{lv.name}.edges", s.edges, "at least 1 when 'edge' is set")
         if not spec.leaf.memory:
             raise ConfigError(source, f"{spec.leaf_name}.memory", {}, "at least one memory pool")
+    leaf = spec.leaf
+    if leaf.power_watts and leaf.idle_watts > leaf.power_watts:  # 0: power not given
+        raise ConfigError(source, f"{spec.leaf_name}.idle_watts", leaf.idle_watts,
+                          f"at most power_watts = {leaf.power_watts:g} W (idle draws no more "
+                          "than busy)")
 
 
 def _check_attachments(spec: SystemSpec, source: str) -> None:

@@ -16,15 +16,18 @@ from dojo.errors import DojoError
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically; returns the path. Unwritable folders are a
     `DojoError` naming the path."""
-    target = Path(path)
+    # Through a symlink to its target: replacing the link itself would swap, say, /dev/stdout
+    # (-> /proc/self/fd/1) for a regular file, for every process on the machine.
+    shown = Path(path)
+    target = Path(os.path.realpath(path)) if shown.is_symlink() else shown
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise DojoError(f"{target}: folder '{folder}' does not exist: expected an existing "
+        raise DojoError(f"{shown}: folder '{folder}' does not exist: expected an existing "
                         "folder for the output file")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as err:
-        raise DojoError(f"{target}: cannot write there ({err.strerror})") from None
+        raise DojoError(f"{shown}: cannot write there ({err.strerror})") from None
     try:
         # mkstemp makes the file private (0600); a report is an ordinary file.
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
@@ -38,9 +41,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         # Leave no temporary file behind, whatever went wrong (full disk, Ctrl-C).
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise DojoError(f"{target}: cannot write there ({err.strerror or err})") from None
+            raise DojoError(f"{shown}: cannot write there ({err.strerror or err})") from None
         raise
-    return target
+    return shown
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

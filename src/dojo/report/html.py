@@ -43,6 +43,32 @@ FIGURE_FORMATS: dict[str, dict[str, Any]] = {
     "png": _PNG_METADATA, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 
+def check_outputs_apart(outputs: Sequence[tuple[str, str | None]],
+                        inputs: Sequence[tuple[str, str | None]]) -> None:
+    """DojoError when two output flags name one file (the second write would replace the first)
+    or an output names an input file (`--trace mine.toml` with `--system mine.toml`, a model's
+    `file.py:factory`), which the write would replace. Inputs may carry a `:N` or `:factory`
+    suffix; `None` entries (a flag not given) are skipped."""
+    written: dict[str, tuple[str, str]] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in written:
+            first = written[key]
+            raise DojoError(f"{flag} {path}: the same file as {first[0]} {first[1]}: expected a "
+                            "different file for each output")
+        written[key] = (flag, path)
+    for flag, text in inputs:
+        for candidate in (text, (text or "").rpartition(":")[0]):
+            if candidate and os.path.isfile(candidate) and \
+                    os.path.realpath(candidate) in written:
+                out_flag, out_path = written[os.path.realpath(candidate)]
+                raise DojoError(f"{out_flag} {out_path}: is the input file of {flag} {text}: "
+                                "expected an output path that is not an input (the write "
+                                "would replace it)")
+
+
 def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Path:
     """Check an output file path before any work: DojoError naming `flag` when it is empty, a
     folder, below a missing folder or a file, not writable, or (with `formats`) has an
@@ -51,11 +77,16 @@ def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Pa
     target = Path(text)
     if not text.strip():
         raise DojoError(f"{flag} = '': expected a file path")
+    # A symlink is written through (write_bytes_atomic replaces its target, never the link):
+    # check what it points to, so /dev/stdout on a terminal or a pipe is a special file.
+    real = Path(os.path.realpath(text))
     if target.is_dir():
         raise DojoError(f"{flag} {text}: is a folder: expected a file path inside it")
     if text.endswith(("/", os.sep)):  # Path() drops the slash: 'x.toml/' would be 'x.toml'
         raise DojoError(f"{flag} {text}: ends with '/': expected a file path, not a folder")
-    if target.exists() and not target.is_file():  # /dev/full, a FIFO: atomic writes replace
+    if (target.exists() and not target.is_file()) or (real.exists() and not real.is_file()) \
+            or (real != target.absolute() and str(real).startswith("/proc/")):
+        # /dev/full, a FIFO, /dev/stdout (-> /proc/self/fd/1): atomic writes would replace them
         raise DojoError(f"{flag} {text}: is a device or special file: expected a regular file "
                         "path")
     ext = target.suffix.lower().lstrip(".")
@@ -64,10 +95,10 @@ def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Pa
         raise DojoError(f"{flag} {text}: {got}: expected one of "
                         f"{', '.join('.' + f for f in formats)}")
     folder = target.parent
-    if not folder.is_dir():
+    if not folder.is_dir() or not real.parent.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise DojoError(f"{flag} {text}: folder '{folder}' {what}")
-    if not can_create_in(folder):
+    if not can_create_in(folder) or not can_create_in(real.parent):
         raise DojoError(f"{flag} {text}: folder '{folder}' is not writable")
     if target.exists() and not os.access(target, os.W_OK):
         raise DojoError(f"{flag} {text}: the file is not writable")

@@ -51,7 +51,9 @@ def read_runs(path: str | Path) -> list[Run]:
     name = str(path)
     p = Path(path)
     if not p.is_file():
-        raise DojoError(f"--runs {name}: no such file")
+        what = ("no such file" if not p.exists() else "is a folder" if p.is_dir()
+                else "is a device or special file")
+        raise DojoError(f"--runs {name}: {what}: expected a CSV file of measured runs")
     if p.stat().st_size > MAX_CSV_BYTES:
         raise DojoError(f"--runs {name}: {p.stat().st_size:,} bytes: expected at most "
                         f"{MAX_CSV_BYTES:,} (a CSV of at most {MAX_RUNS} runs)")
@@ -121,6 +123,8 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise bad("overrides", "model settings key=value joined by ';', e.g. layers=4;seq=512")
+        if key.strip() in overrides:
+            raise bad("overrides", f"each setting once ({key.strip()} is given twice)")
         overrides[key.strip()] = parse_scalar(value.strip())
     return Run(model=raw["model"], plan=raw["plan"], batch=whole("batch") or 0, seconds=seconds,
                seq=whole("seq"), stack=raw.get("stack", ""), overrides=overrides,

@@ -39,15 +39,16 @@ from dojo.sim.session import (
     graph_at,
     work_for,
 )
-from dojo.sim.simulate import lower_bound
+from dojo.sim.simulate import Prepared, lower_bound, prepare
 from dojo.sim.stagemem import (
     fewest_in_flight,
     least_in_flight,
     saved_lows,
     stage_activations,
+    stage_held,
     stage_state,
 )
-from dojo.sim.timebounds import SAFETY, Parts, TimeBounds, room
+from dojo.sim.timebounds import SAFETY, Parts, Profile, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
 
@@ -92,9 +93,13 @@ class _Screen(TimeBounds):
         self.closest: tuple[float, int, Plan] | None = None   # the least bytes per device seen
         self._activations: dict[tuple[Any, ...], list[float]] = {}
         self._state_bytes: dict[tuple[Any, ...], list[float]] = {}
+        self._least: dict[tuple[Any, ...], list[float]] = {}
+        self._held: dict[tuple[Any, ...], list[list[float]]] = {}
         self._times: dict[tuple[Any, ...], Parts] = {}
+        self._profiles: dict[tuple[Any, ...], Profile] = {}
         self._streams: dict[tuple[Any, ...], list[float]] = {}
-        self.compiled: dict[Plan, tuple[Program, Graph]] = {}   # bounded, for `best_plan`
+        # bounded, for `best_plan`: with what `simulate` starts from
+        self.compiled: dict[Plan, tuple[Program, Graph, Prepared]] = {}
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}
         self._a2a: dict[tuple[Any, ...], tuple[float, bool]] = {}
 
@@ -136,15 +141,30 @@ class _Screen(TimeBounds):
                 if not self._family_fits(family):
                     continue
                 parts, floor = self._family_parts(family), -1.0
-                for mb in divisors(batch // split.dp):
+                mbs = divisors(batch // split.dp)
+                for mb in mbs[:self._fitting_mbs(family, mbs, parts)]:
                     if terms.get(mb, 0.0) > worst:
                         continue
                     plan = replace(base, mb=mb)
                     n = variant_count(plan, shape, devices, batch)
-                    if n and self._family_fits(family, mb, parts):
+                    if n:
                         floor = self._stream_floor(base) if floor < 0 else floor
                         bound = max(terms.get(mb, 0.0), batch // (split.dp * mb) * floor)
                         yield n, bound, _simplicity(plan), plan
+
+    def _fitting_mbs(self, family: Plan, mbs: list[int], parts: tuple[Any, ...]) -> int:
+        """How many of the ascending `mbs` pass the per-mb memory screen (`_family_fits`),
+        found by bisection: `_family_bytes` is nondecreasing in mb (a micro-batch of mb samples
+        is held at max(its least bytes, mb x a sample's), the rest does not depend on mb), so
+        the mbs that pass are a prefix."""
+        low, high = 0, len(mbs)   # mbs[:low] pass, mbs[high:] do not
+        while low < high:
+            mid = (low + high) // 2
+            if self._family_fits(family, mbs[mid], parts):
+                low = mid + 1
+            else:
+                high = mid
+        return low
 
     def group_bound(self, group: Plan, shape: ModelShape, devices: int, worst: float = math.inf
                     ) -> float:
@@ -251,8 +271,12 @@ class _Screen(TimeBounds):
 
     def _least_state(self, plan: Plan) -> list[float]:
         """Per stage, the least state of `plan` over the ep its dp pairs with."""
-        states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
-        return [min(st[s] for st in states) for s in range(plan.pp)]
+        key = self._state_key(replace(plan, ep=0))
+        if key not in self._least:
+            states = [self._stage_state(replace(plan, ep=ep)) for ep in self._expert_sizes(plan)]
+            room(self._least)
+            self._least[key] = [min(st[s] for st in states) for s in range(plan.pp)]
+        return self._least[key]
 
     def _expert_sizes(self, plan: Plan) -> list[int]:
         """The ep the space pairs with this dp (`searchspace.expert_sizes`)."""
@@ -365,8 +389,9 @@ class _Screen(TimeBounds):
 
     def _compiled_bound(self, plan: Plan) -> float | None:
         """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit;
-        the program is kept for its simulation (the last `KEPT_PROGRAMS`: a plan is
-        simulated, if ever, soon after its bound, which puts it at the head of the queue)."""
+        the program and what `simulate.prepare` timed are kept for its simulation (the last
+        `KEPT_PROGRAMS`: a plan is simulated, if ever, soon after its bound, which puts it at
+        the head of the queue)."""
         model, overrides, spec, batch, seq = self.args
         program, graph = compile_model(model, overrides, spec, plan, batch, seq, derive=True)
         memory = device_memory(program, chip_report=False)
@@ -375,8 +400,9 @@ class _Screen(TimeBounds):
             return None
         if len(self.compiled) >= KEPT_PROGRAMS:
             del self.compiled[next(iter(self.compiled))]
-        self.compiled[plan] = (program, graph)
-        return lower_bound(program, memory) * SAFETY
+        prepared = prepare(program, memory)
+        self.compiled[plan] = (program, graph, prepared)
+        return lower_bound(program, prepared=prepared) * SAFETY
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
         model, overrides, spec, _, seq = self.args
@@ -391,10 +417,17 @@ class _Screen(TimeBounds):
         """`stagemem.stage_state` of the plan (bytes per stage), cached."""
         key = self._state_key(plan)
         if key not in self._state_bytes:
-            work = self._work(plan, 2)
+            work, layout = self._work(plan, 2), self._layout(plan, 2)
             per_param = work.optimizer_state_bytes / max(1, work.param_count)
+            # what each stage holds: the same for every dp and ZeRO stage
+            held_key = (plan.tp, plan.pp, plan.interleave, plan.cp, plan.ep, plan.etp,
+                        plan.stages)
+            if held_key not in self._held:
+                room(self._held)
+                self._held[held_key] = stage_held(work, plan, layout)
             room(self._state_bytes)
-            self._state_bytes[key] = stage_state(work, plan, self._layout(plan, 2), per_param)
+            self._state_bytes[key] = stage_state(work, plan, layout, per_param,
+                                                 self._held[held_key])
         return self._state_bytes[key]
 
     def _state_fits(self, plan: Plan) -> bool:

@@ -165,9 +165,9 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
                 heapq.heappush(queue, (max(bound, refined) if tier == 4 else refined,
                                        _simplicity(plan), index, 3, plan))
             continue
-        program, graph = screen.compiled.pop(plan) if plan in screen.compiled else \
-            compile_model(model, overrides, spec, plan, batch, seq, derive=True)
-        sim = Simulated(program=program, result=simulate(program), graph=graph)
+        program, graph, prepared = screen.compiled.pop(plan) if plan in screen.compiled else \
+            (*compile_model(model, overrides, spec, plan, batch, seq, derive=True), None)
+        sim = Simulated(program=program, result=simulate(program, prepared), graph=graph)
         evaluated += 1
         r = sim.result
         found.append(Candidate(plan, r.step_time_s, r.mfu, r.memory.fits, sim))

@@ -288,6 +288,17 @@ def all_to_all_parts(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
     work per (mb, tp, sp, cp))."""
     if layout is None or plan.ep == 1:
         return [0.0] * chunks, [0.0] * chunks, [0.0] * chunks
+    pair, again = all_to_all_pair(spec, cal, plan, work, layout, memo)
+    moe = [(split[v] if split else 0) * layout.block_layers for v in range(chunks)]
+    each = [pair * (m + (layout.outer_layers if v == 0 else 0)) for v, m in enumerate(moe)]
+    return each, list(each), [pair * m if again else 0.0 for m in moe]
+
+
+def all_to_all_pair(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork, layout: MoeLayout,
+                    memo: dict[tuple[Any, ...], tuple[float, bool]] | None = None
+                    ) -> tuple[float, bool]:
+    """(seconds of one MoE layer's dispatch and combine all-to-alls with the plan's ep > 1,
+    whether the recompute replays them), kept in `memo` (`all_to_all_parts`)."""
     key = (plan.ep, plan.tp, plan.sp, plan.cp, plan.mb, plan.precision, plan.recompute,
            plan.etp, plan.dispatcher)
     if memo is None or key not in memo:
@@ -299,9 +310,6 @@ def all_to_all_parts(spec: SystemSpec, cal: Any, plan: Plan, work: ModelWork,
                           for lv in (levels, zplane_levels(spec, levels) or levels))
         found = (seconds, replays_experts(work, layout, plan))
         if memo is None:
-            memo = {}
+            return found
         memo[key] = found
-    pair, again = memo[key]
-    moe = [(split[v] if split else 0) * layout.block_layers for v in range(chunks)]
-    each = [pair * (m + (layout.outer_layers if v == 0 else 0)) for v, m in enumerate(moe)]
-    return each, list(each), [pair * m if again else 0.0 for m in moe]
+    return memo[key]

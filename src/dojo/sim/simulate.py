@@ -1,7 +1,5 @@
-"""simulate(program) -> Result: step time, breakdown, memory, energy, and the timeline.
-
-A pure function of the compiled program (graph x plan x system): no I/O, no globals, no clock.
-"""
+"""simulate(program) -> Result: step time, breakdown, memory, energy, and the timeline. A pure
+function of the compiled program (graph x plan x system): no I/O, no globals, no clock."""
 
 from __future__ import annotations
 
@@ -226,6 +224,18 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
                       cp_forward=ring_f, cp_backward=ring_b)
 
 
+def all_chunk_times(program: Program, dev: DeviceModel, memory: Memory
+                    ) -> dict[int, ChunkTimes]:
+    """`chunk_times` of every chunk by virtual stage, each distinct chunk timed once: a chunk's
+    ops, collectives and parameters follow from its block count and whether it is the first
+    and the last (`compiler.program._chunk`, `compiler.experts.apply_experts`)."""
+    last, distinct = len(program.chunks) - 1, dict[tuple[int, bool, bool], ChunkTimes]()
+    for c in program.chunks:
+        if (key := (c.blocks, c.index == 0, c.index == last)) not in distinct:
+            distinct[key] = chunk_times(program, c, dev, memory)
+    return {c.index: distinct[(c.blocks, c.index == 0, c.index == last)] for c in program.chunks}
+
+
 def _mfu_peak(program: Program, dev: DeviceModel) -> float:
     """The peak MFU is relative to: the rate the plan's GEMMs run at (FP8's under fp8)."""
     if program.plan.precision == "fp8":
@@ -272,15 +282,23 @@ def _zero3_time(program: Program, weights: float, dev: DeviceModel) -> float:
     return gather + scatter / 2  # the forward pays the gather, the backward both: on average
 
 
-def simulate(program: Program) -> Result:
+Prepared = tuple[DeviceModel, Memory, dict[int, ChunkTimes]]
+
+
+def prepare(program: Program, memory: Memory | None = None) -> Prepared:
+    """(device model, `device_memory` (`memory` where given), `all_chunk_times`) of `program`:
+    what `simulate` and `lower_bound` start from (the search computes them once for both)."""
+    dev, memory = device_model(program), memory or device_memory(program)
+    return dev, memory, all_chunk_times(program, dev, memory)
+
+
+def simulate(program: Program, prepared: Prepared | None = None) -> Result:
     """Time one training step of `program`; deterministic and free of I/O. The work is bounded
     by the plan, not the batch: identical micro-batches repeat a periodic steady state that the
     pipeline run jumps over (`dojo.sim.pipeline`), and every total below counts tasks instead of
-    walking them."""
+    walking them. `prepared`: `prepare(program)`, where the caller has it."""
     plan = program.plan
-    dev = device_model(program)
-    memory = device_memory(program)
-    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+    dev, memory, times = prepared or prepare(program)
     fwd, bwd, transfer = task_durations(program, dev, times)
 
     def duration(stage: int, task: Task) -> float:
@@ -317,20 +335,16 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-def lower_bound(program: Program, memory: Memory | None = None) -> float:
-    """Seconds `simulate(program)` cannot beat, from the task durations alone.
-
-    Device s's first task is a forward, which waits for the forwards of virtual stages 0..s-1
-    and their transfers (its head); it then runs its m micro-batches' tasks one after another;
-    its last task is a backward of virtual stage >= s, after which the backwards of stages
-    s-1..0 still run in turn on other devices (the tail), and then stage 0's gradient sync and
-    optimizer; its own sync and optimizer follow its last task too. So the step is at least
-    max over s of head_s + m W_s + max(tail_s + post_0, post_s), whatever the schedule.
-    """
+def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
+    """Seconds `simulate(program)` cannot beat, from the task durations alone. Device s's first
+    task (a forward) waits for the forwards of virtual stages 0..s-1 and their transfers (its
+    head); it runs its m micro-batches' tasks in turn; after its last (a backward of a stage
+    >= s) the backwards of stages s-1..0 run on other devices (the tail), then stage 0's sync
+    and optimizer; its own follow its last task. So the step is at least max over s of head_s
+    + m W_s + max(tail_s + post_0, post_s), whatever the schedule; with `vp_group` also device
+    0's chain through its groups (`pipeline.group_chain_bound`)."""
     plan = program.plan
-    dev = device_model(program)
-    memory = memory or device_memory(program, chip_report=False)
-    times = {c.index: chunk_times(program, c, dev, memory) for c in program.chunks}
+    dev, _, times = prepared or prepare(program, device_memory(program, chip_report=False))
     fwd, bwd, transfer = task_durations(program, dev, times)
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
     post = []
@@ -340,9 +354,8 @@ def lower_bound(program: Program, memory: Memory | None = None) -> float:
         post.append((last if _overlaps_sync(plan, dev) else t_sync) + t_opt
                     + dev.calibration.step_overhead_s)
     bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
-    if plan.schedule == "interleaved" and plan.vp_group:   # device 0's waits in its groups
-        chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd,
-                                  transfer)
+    if plan.schedule == "interleaved" and plan.vp_group:
+        chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer)
         bound = max(bound, chain + post[0])
     return bound
 

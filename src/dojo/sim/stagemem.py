@@ -58,6 +58,10 @@ def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
     saved = chunk_saved(work, plan)
     micro = microbatches(plan, batch)
     extra = _rerun_bytes(work, plan)
+    if plan.interleave == 1 and plan.schedule != "gpipe":
+        # 1F1B: the walk's warm forwards and one more, min(pp - s, micro) micro-batches (to
+        # rounding: the walk adds them one at a time), in O(1) instead of O(pp) per stage
+        return [min(plan.pp - s, micro) * saved[s] + extra for s in range(plan.pp)]
     return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved,
                            plan.vp_group) + extra for s in range(plan.pp)]
 
@@ -152,33 +156,43 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
 
 
 def stage_state(work: ModelWork, plan: Plan, layout: MoeLayout | None,
-                state_per_param: float) -> list[float]:
+                state_per_param: float, held: list[list[float]] | None = None) -> list[float]:
     """Weights, gradients and optimizer state bytes per device of each pipeline stage, as
     `memory.device_memory` counts them in the compiled program (`experts.param_groups`): a
     chunk holding `whole` routed-expert parameters keeps whole x f // ep of them (as
     `experts.apply_experts` writes its params; f = tp with etp = 1, else 1), and whole / ep x f
     of them reduce and shard over `experts.expert_dp`, the rest over dp x cp. Without ep (or
-    experts) one group over dp x cp."""
-    params = chunk_params(work, plan)
-    split = plan_split(plan, work.repeat) if work.block else None
+    experts) one group over dp x cp. `held`: `stage_held(work, plan, layout)`, where the caller
+    keeps it (it does not depend on dp, cp or ZeRO)."""
     moe = layout is not None and plan.ep > 1
-    whole_tp = expert_layout(plan)[1]   # etp = 1: each rank's experts whole over tp
     # `memory.grouped_state`'s sums in its order, with its two plans built once, not per stage
     plans = [replace(plan, dp=n, cp=1) for n in
              ((plan.dp_cp, expert_dp(plan)) if moe else (plan.dp_cp,))]
     out = []
+    for mine in held or stage_held(work, plan, layout):
+        parts = [state_memory(p, h, state_per_param) for p, h in zip(plans, mine)]
+        out.append(sum(p[0] for p in parts) + sum(p[1] for p in parts)
+                   + sum(p[2] for p in parts))
+    return out
+
+
+def stage_held(work: ModelWork, plan: Plan, layout: MoeLayout | None) -> list[list[float]]:
+    """Per pipeline stage, the parameters each of its groups holds after the tp split
+    (`stage_state`): [dense and the rest] without ep, else [the rest, the routed experts]."""
+    params = chunk_params(work, plan)
+    split = plan_split(plan, work.repeat) if work.block else None
+    moe = layout is not None and plan.ep > 1
+    whole_tp = expert_layout(plan)[1]   # etp = 1: each rank's experts whole over tp
+    out = []
     for s in range(plan.pp):
         mine = [c * plan.pp + s for c in range(plan.interleave)]
         if layout is None or not moe:
-            held = [sum(params[v] for v in mine) / plan.tp]
-        else:
-            whole = [layout.block_params * (split[v] if split else 0)
-                     + (layout.outer_params if v == 0 else 0) for v in mine]
-            total = sum(params[v] - w + w * whole_tp // plan.ep
-                        for v, w in zip(mine, whole)) / plan.tp
-            experts = sum(w / plan.ep * whole_tp for w in whole) / plan.tp
-            held = [total - experts, experts]
-        parts = [state_memory(p, h, state_per_param) for p, h in zip(plans, held)]
-        out.append(sum(p[0] for p in parts) + sum(p[1] for p in parts)
-                   + sum(p[2] for p in parts))
+            out.append([sum(params[v] for v in mine) / plan.tp])
+            continue
+        whole = [layout.block_params * (split[v] if split else 0)
+                 + (layout.outer_params if v == 0 else 0) for v in mine]
+        total = sum(params[v] - w + w * whole_tp // plan.ep
+                    for v, w in zip(mine, whole)) / plan.tp
+        experts = sum(w / plan.ep * whole_tp for w in whole) / plan.tp
+        out.append([total - experts, experts])
     return out

@@ -7,6 +7,8 @@ adds the memory screens and the caches they need.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.experts import MoeLayout, ep_gemm, expert_layout
@@ -17,8 +19,9 @@ from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import group_chain_bound, makespan_bounds
+from dojo.sim.pipeline import group_chain_bound
 from dojo.sim.searchspace import (
+    all_to_all_pair,
     all_to_all_parts,
     chunk_parts,
     collective_s,
@@ -33,6 +36,47 @@ SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simu
 # seconds per virtual stage: `simulate.task_durations` takes max(ops, stream) + collectives
 Parts = tuple[list[float], list[float], list[float], list[float]]
 CACHE_ENTRIES = 1 << 16   # per cache of a search: ~10-20 MB each; cleared, not grown, beyond
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A split of the blocks over pp x interleave virtual stages, by kind of chunk: `kinds`
+    (blocks, whether it is the first, whether the last), the first virtual stage of each kind,
+    the kind of each of the first pp virtual stages, and per device its kinds with their
+    counts. The first bound's arithmetic is per kind, not per virtual stage."""
+
+    kinds: tuple[tuple[int, bool, bool], ...]
+    first_chunk: tuple[int, ...]
+    head: tuple[int, ...]
+    stages: tuple[tuple[tuple[int, int], ...], ...]
+
+    @staticmethod
+    def of(split: list[int] | None, pp: int, interleave: int) -> Profile:
+        chunks = pp * interleave
+        index: dict[tuple[int, bool, bool], int] = {}
+        first: list[int] = []
+        of_chunk = []
+        for v in range(chunks):
+            kind = (split[v] if split else 0, v == 0, v == chunks - 1)
+            if kind not in index:
+                index[kind] = len(index)
+                first.append(v)
+            of_chunk.append(index[kind])
+        stages = tuple(tuple(sorted(Counter(of_chunk[c * pp + s] for c in range(interleave))
+                                    .items())) for s in range(pp))
+        return Profile(tuple(index), tuple(first), tuple(of_chunk[:pp]), stages)
+
+    def makespan(self, micro: int, fwd: list[float], bwd: list[float]) -> float:
+        """`pipeline.makespan_bounds`' largest end + tail (no transfers), with `fwd` and `bwd`
+        seconds per kind."""
+        both = [f + b for f, b in zip(fwd, bwd)]
+        best = head = tail = 0.0
+        for s, counts in enumerate(self.stages):
+            work = sum(n * both[k] for k, n in counts)
+            best = max(best, head + micro * work + tail)
+            head += fwd[self.head[s]]
+            tail += bwd[self.head[s]]
+        return best
 
 
 def room(cache: dict[Any, Any]) -> None:
@@ -71,6 +115,8 @@ class TimeBounds:
     _bounds: dict[tuple[Any, ...], float]
     _times: dict[tuple[Any, ...], Parts]
     _last_times: tuple[tuple[Any, ...], Parts] = ((), ([], [], [], []))
+    _last_kinds: tuple[tuple[Any, ...], Parts] = ((), ([], [], [], []))
+    _profiles: dict[tuple[Any, ...], Profile]
     _streams: dict[tuple[Any, ...], list[float]]
     _mb_terms: dict[tuple[Any, ...], dict[int, float]]
     _a2a: dict[tuple[Any, ...], tuple[float, bool]]
@@ -92,11 +138,19 @@ class TimeBounds:
                plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3, plan.etp)
         found = self._bounds.get(key)
         if found is None:
-            fwd, bwd = self._task_floors(plan)
+            profile = self._profile(plan)
+            f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
+            if plan.zero >= 3 and plan.dp_cp > 1:
+                stream = self._stream(plan)
+                stream = [stream[v] for v in profile.first_chunk]
+                fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
+                bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
+            else:
+                fwd = [a + c for a, c in zip(f_in, f_out)]
+                bwd = [a + c for a, c in zip(b_in, b_out)]
             micro = self.args[3] // (plan.dp * plan.mb)
-            ends, tails = makespan_bounds(plan.pp, micro, fwd, bwd, 0.0)
             room(self._bounds)
-            found = self._bounds[key] = max(e + t for e, t in zip(ends, tails)) * SAFETY
+            found = self._bounds[key] = profile.makespan(micro, fwd, bwd) * SAFETY
         return found
 
     def _task_floors(self, plan: Plan) -> tuple[list[float], list[float]]:
@@ -124,6 +178,46 @@ class TimeBounds:
             room(self._bounds)
             found = self._bounds[key] = max(self._first_bound(plan), total * SAFETY)
         return found
+
+    def _profile(self, plan: Plan) -> Profile:
+        """The `Profile` of the plan's split of the blocks, cached per split."""
+        key = (plan.pp, plan.interleave, plan.stages)
+        found = self._profiles.get(key)
+        if found is None:
+            work = self._work(plan, 2)
+            split = plan_split(plan, work.repeat) if work.block else None
+            room(self._profiles)
+            found = self._profiles[key] = Profile.of(split, plan.pp, plan.interleave)
+        return found
+
+    def _kind_times(self, plan: Plan, profile: Profile) -> Parts:
+        """`_chunk_times` per kind of chunk of `profile` (its blocks, whether first, whether
+        last): the chunks of a kind run the same ops and collectives."""
+        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute, plan.cp,
+               plan.ep, plan.stages, plan.precision, plan.etp)
+        if self._last_kinds[0] == key:   # ZeRO 3's bound after the others'
+            return self._last_kinds[1]
+        work = self._work(plan)
+        tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
+        pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = self._section_sums(plan)
+        t = tps or (0.0,) * 7
+        rec = {"full": blk_f + t[2], "selective": blk_sel}.get(plan.recompute, 0.0)
+        layout = self._layout(plan)
+        pair, again, layers, outer = 0.0, False, 0, 0
+        if layout is not None and plan.ep > 1:
+            pair, again = all_to_all_pair(self.args[2], self._device(plan.precision).calibration,
+                                          plan, work, layout, self._a2a)
+            layers, outer = layout.block_layers, layout.outer_layers
+        times: Parts = ([], [], [], [])
+        for n, first, last in profile.kinds:
+            a2a = pair * (n * layers + (outer if first else 0))
+            times[0].append((pre_f if first else 0.0) + n * blk_f + (post_f if last else 0.0))
+            times[1].append((pre_b if first else 0.0) + n * (blk_b + rec)
+                            + (post_b if last else 0.0) + (pair * n * layers if again else 0.0))
+            times[2].append((t[0] if first else 0.0) + n * t[2] + (t[5] if last else 0.0) + a2a)
+            times[3].append((t[1] if first else 0.0) + n * t[3] + (t[6] if last else 0.0) + a2a)
+        self._last_kinds = (key, times)
+        return times
 
     def _stream(self, plan: Plan) -> list[float]:
         """Per virtual stage, the seconds ZeRO 3 streams its weights per pass
@@ -208,18 +302,27 @@ class TimeBounds:
         at the best mb, sp and ep."""
         key = (plan.dp, plan.tp, plan.pp, plan.cp, plan.precision, plan.fusion)
         if key not in self._mb_terms:   # per mb: micro x its seconds / pp
-            batch, terms = self.args[3], dict[int, float]()
+            # x / pp x SAFETY is nondecreasing in x: the least term is the least x's
+            self._mb_terms[key] = {mb: x / plan.pp * SAFETY
+                                   for mb, x in self._mb_seconds(plan).items()}
+        return min(self._mb_terms[key].values())
+
+    def _mb_seconds(self, plan: Plan) -> dict[int, float]:
+        """Per mb, the least over sp and ep of micro x the model's op and collective seconds
+        per micro-batch: the same for every pp of this dp and tp (`_op_bound` divides it)."""
+        key = ("mb", plan.dp, plan.tp, plan.cp, plan.precision, plan.fusion)
+        if key not in self._mb_terms:
+            batch, least = self.args[3], dict[int, float]()
             eps = self._expert_sizes(plan)
             for mb in divisors(batch // plan.dp):
                 for sp in (False, True) if plan.tp > 1 else (False,):
                     for ep in eps:
                         f_in, b_in, f_out, b_out = self._chunk_times(_with(
                             plan, mb=mb, sp=sp, ep=ep, interleave=1, pp=1, stages=()))
-                        term = batch // (plan.dp * mb) * (f_in[0] + b_in[0] + f_out[0]
-                                                          + b_out[0]) / plan.pp * SAFETY
-                        terms[mb] = min(terms.get(mb, math.inf), term)
-            self._mb_terms[key] = terms
-        return min(self._mb_terms[key].values())
+                        x = batch // (plan.dp * mb) * (f_in[0] + b_in[0] + f_out[0] + b_out[0])
+                        least[mb] = min(least.get(mb, math.inf), x)
+            self._mb_terms[key] = least
+        return self._mb_terms[key]
 
     def _tp_sums(self, plan: Plan, work: ModelWork) -> tuple[float, ...]:
         """Seconds of the sections' tp collectives on the tp group's levels, in the order of
