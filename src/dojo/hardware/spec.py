@@ -33,12 +33,15 @@ class LinkSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class MemorySpec:
-    """A memory pool of one unit: capacity and load/store bandwidth."""
+    """A memory pool of one unit: capacity and load/store bandwidth. `reserved_bytes`: what a
+    CUDA training process holds there whatever its plan (context and library workspaces,
+    `sim/reserve.py`); a GPU with a reserve also holds its plan's NCCL buffers."""
 
     bytes: float = field(metadata=check(gt=0, unit="bytes"))
     read_bytes_per_s: float = field(metadata=check(gt=0, unit="bytes/s"))
     write_bytes_per_s: float = field(metadata=check(gt=0, unit="bytes/s"))
     energy_j_per_byte: float = field(default=0.0, metadata=check(ge=0, unit="J/byte"))
+    reserved_bytes: float = field(default=0.0, metadata=check(ge=0, unit="bytes"))
 
 
 @dataclass(frozen=True, kw_only=True)

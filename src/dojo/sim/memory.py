@@ -22,6 +22,7 @@ from dojo.plan.policies import rebuilds_selective
 from dojo.sim.fp8 import FP8_CACHE_BYTES_PER_PARAM
 from dojo.sim.overlap import grad_bytes
 from dojo.sim.pipeline import group_of, unit, warm_units
+from dojo.sim.reserve import nccl_reserve
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,20 @@ def in_flight_micro(pp: int, interleave: int, group: int = 0) -> int:
 
 
 def capacity(program: Program) -> tuple[float, float, float]:
-    """(capacity, on-chip bytes, off-chip bytes/s) of one device."""
-    return capacity_of(program.system)
+    """(capacity, on-chip bytes, off-chip bytes/s) of one device for tensors: on a GPU,
+    `capacity_of` less the NCCL buffers of the plan's communicators (`reserve.nccl_reserve`)."""
+    cap, onchip, offchip = capacity_of(program.system)
+    cuda = any(m.reserved_bytes for m in program.system.leaf.memory.values())
+    if program.system.family == "dojo" or not cuda:  # the measured CPU device: no NCCL
+        return cap, onchip, offchip
+    usable = cap - nccl_reserve(program.plan)
+    return usable, usable, offchip
 
 
 def capacity_of(spec: SystemSpec) -> tuple[float, float, float]:
-    """(capacity, on-chip bytes, off-chip bytes/s) of one device of `spec`."""
+    """(capacity, on-chip bytes, off-chip bytes/s) of one device of `spec`; on a GPU, the bytes
+    NVML reports less its `reserved_bytes` (CUDA context, cuBLAS workspaces), an
+    upper bound on what any plan's tensors may use (`capacity` takes its NCCL buffers too)."""
     n = leaves_per_device(spec)
     if spec.family == "dojo":
         sram = spec.leaf.memory["sram"].bytes * n
@@ -152,7 +161,7 @@ def capacity_of(spec: SystemSpec) -> tuple[float, float, float]:
         hbm = spec.dip.hbm.bytes * dips / devices
         bw = min(spec.dip.hbm.read_bytes_per_s, spec.dip.ttp.bytes_per_s) * dips / devices
         return sram + hbm, sram, bw
-    total = sum(m.bytes for m in spec.leaf.memory.values()) * n
+    total = sum(m.bytes - m.reserved_bytes for m in spec.leaf.memory.values()) * n
     return total, total, 0.0
 
 
