@@ -125,8 +125,10 @@ SMALL = {"layers": 6, "hidden": 64, "heads": 4, "ffn": 256, "seq": 512, "vocab":
 
 
 def with_capacity(spec: SystemSpec, capacity: float) -> SystemSpec:
-    """`spec` with each device's memory cut to `capacity` bytes."""
-    memory = {k: dataclasses.replace(m, bytes=capacity) for k, m in spec.leaf.memory.items()}
+    """`spec` with each device's memory cut to `capacity` bytes, all of it for tensors (no CUDA
+    reserve, hence no NCCL buffers either: `memory.capacity`)."""
+    memory = {k: dataclasses.replace(m, bytes=capacity, reserved_bytes=0.0)
+              for k, m in spec.leaf.memory.items()}
     return dataclasses.replace(spec, leaf=dataclasses.replace(spec.leaf, memory=memory))
 
 
@@ -182,8 +184,12 @@ def test_plan_and_simulate_print_the_group(capsys: pytest.CaptureFixture[str],
     sets = [x for k, v in SMALL.items() for x in ("--set", f"{k}={v}")]
     system = tmp_path / "small.toml"
     text = (SYSTEMS / "h100-cluster.toml").read_text()
-    assert "bytes = 80.0e9" in text
-    system.write_text(text.replace("bytes = 80.0e9", "bytes = 3.5e6"))
+    cut = {"bytes = 85520809984.0": "bytes = 3.5e6",
+           "reserved_bytes = 1124073472.0": "reserved_bytes = 0.0"}
+    for old, new in cut.items():   # the same cut as `with_capacity`
+        assert old in text
+        text = text.replace(old, new)
+    system.write_text(text)
     assert main(["plan", "gpt", *sets, "--system", str(system), "--devices", "4", "--batch",
                  "8", "--top", "1"]) == 0
     best = capsys.readouterr().out.splitlines()[0]
