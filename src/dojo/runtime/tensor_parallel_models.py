@@ -86,20 +86,12 @@ def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
         p = f"blocks.{i}"
         q_rows = slot(attn.heads * attn.head_dim, tp, rank)  # this rank's query heads
         kv_rows = slot(attn.kv_heads * attn.head_dim, tp, rank)  # and their kv heads
-        for name, rows in (("wq", q_rows), ("wk", kv_rows), ("wv", kv_rows)):
-            linear, s = column_parallel(getattr(attn, name), rows, f"{p}.attn.{name}",
-                                        f"{p}.attn.{name}")
-            setattr(attn, name, linear)
-            shards.update(s)
+        _columns(attn, (("wq", q_rows), ("wk", kv_rows), ("wv", kv_rows)), f"{p}.attn", shards)
         attn.wo, s = row_parallel(attn.wo, q_rows, group, sp, f"{p}.attn.wo", f"{p}.attn.wo")
         shards.update(s)
         attn.heads, attn.kv_heads = attn.heads // tp, attn.kv_heads // tp
         ffn_rows = slot(ffn.w1.out_features, tp, rank)
-        for name in ("w1", "w3"):
-            linear, s = column_parallel(getattr(ffn, name), ffn_rows, f"{p}.ffn.{name}",
-                                        f"{p}.ffn.{name}")
-            setattr(ffn, name, linear)
-            shards.update(s)
+        _columns(ffn, (("w1", ffn_rows), ("w3", ffn_rows)), f"{p}.ffn", shards)
         ffn.w2, s = row_parallel(ffn.w2, ffn_rows, group, sp, f"{p}.ffn.w2", f"{p}.ffn.w2")
         shards.update(s)
         column_region(attn, group, sp)
@@ -144,3 +136,14 @@ def shard_vit(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
         column_region(block.mlp, group, sp)
         shards.update({**s1, **s2, **s3, **s4})
     return shards
+
+
+def _columns(module: Any, names_rows: tuple[tuple[str, Any], ...], prefix: str,
+             shards: dict[str, Shard]) -> None:
+    """Make each named linear of `module` column-parallel over its `rows` (this rank's slice),
+    recording its shards under `prefix.name`."""
+    for name, rows in names_rows:
+        linear, s = column_parallel(getattr(module, name), rows, f"{prefix}.{name}",
+                                    f"{prefix}.{name}")
+        setattr(module, name, linear)
+        shards.update(s)
