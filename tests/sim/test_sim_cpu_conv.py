@@ -4,18 +4,15 @@ own profiler, and how the `cpu` device charges it (closed form)."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from bench_module import load_bench
 
 from dojo.compiler.work import OpCost
 from dojo.sim.costs import DeviceModel, load_calibration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _device(**fields: Any) -> DeviceModel:
@@ -86,9 +83,6 @@ def test_an_im2col_convolution_backward_is_many_calls_where_a_matmul_is_one() ->
 def test_calibration_measures_a_positive_convolution_call() -> None:
     """calibrate_cpu.conv_call_overhead on this machine: a tiny convolution's backward costs
     more than a tiny matmul's (the nested calls above), its forward at least as much."""
-    spec = importlib.util.spec_from_file_location("calibrate_cpu", ROOT / "bench/calibrate_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("calibrate_cpu")
     forward, backward = module.conv_call_overhead(repeat=50)
     assert backward > 1e-6 and forward >= 0.0

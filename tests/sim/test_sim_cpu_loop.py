@@ -8,14 +8,13 @@ times; the measured step leaves out warm-up and data drawing."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from bench_module import load_bench
 
 from dojo.compiler.fusion import FREE_RULES
 from dojo.compiler.work import OpCost
@@ -25,7 +24,6 @@ from dojo.plan import parse_plan
 from dojo.sim.costs import Calibration, DeviceModel, load_calibration
 from dojo.sim.session import compile_model
 
-ROOT = Path(__file__).resolve().parents[2]
 GPT = {"layers": 3, "hidden": 32, "heads": 4, "ffn": 64, "seq": 16, "vocab": 64}
 
 
@@ -217,11 +215,7 @@ def test_measured_step_leaves_out_warm_up() -> None:
 
 
 def _calibrate_module() -> Any:
-    spec = importlib.util.spec_from_file_location("calibrate_cpu", ROOT / "bench/calibrate_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("calibrate_cpu")
 
 
 def test_stream_fit_recovers_cache_and_memory() -> None:

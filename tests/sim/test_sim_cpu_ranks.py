@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bench_module import load_bench
 
 from dojo.runtime import Job
 from dojo.runtime.job import simulate_job
@@ -175,17 +176,12 @@ def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any)
     """bench/bench_cpu_loop.py --recalibrate: the figures measured now reach the simulation
     through a system file's `[gpu.calibration]` table, the committed files untouched; a
     doubled `wait_resume_s` adds its closed form to a dp=2 step (two step collectives)."""
-    import importlib.util
     from pathlib import Path
 
     from dojo.sim.costs import load_calibration
 
     root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("fresh_calibration",
-                                                  root / "bench/fresh_calibration.py")
-    assert spec is not None and spec.loader is not None
-    fresh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fresh)
+    fresh = load_bench("fresh_calibration")
     text = (root / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
     committed = load_calibration("cpu")
     fields = {"wait_resume_s": 2 * committed.wait_resume_s + 1e-4, "launch_s": 3e-5}

@@ -3,23 +3,14 @@ separates a whole step's own cost from the noise of its phases, and the split it
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_module import load_bench
 
 
 def _step_gap() -> Any:
-    sys.path.insert(0, str(ROOT / "bench"))  # bench_rank_phases, eager_stacks
-    spec = importlib.util.spec_from_file_location("step_gap", ROOT / "bench/step_gap.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("step_gap")
 
 
 def test_repaired_minimum_of_two_coin_phases_is_one_half() -> None:
