@@ -62,9 +62,12 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
    not fit memory); then, before compiling any plan: every stage's bytes from the work
    (`stagemem.stage_totals`, the compiled program's figure, experts' 1/ep included); compiled:
    `simulate.lower_bound` on the exact task durations (the program is kept for the plan's
-   simulation). Bounds 0-2 hold at every N: the memory screens count the fewest units any N
-   holds in flight (N = 1, `stagemem.least_in_flight`, `fewest_in_flight`), and the time
-   bounds hold for every task order.
+   simulation); at N != default that includes device 0's own order run against the rings of
+   the other devices' tasks (`pipeline.ring_bound`: within 0.1 % of the simulated end on
+   gpt3-175b's ExaPOD plans of N < pp, where the chain bound is 19 % below, so those plans
+   are no longer simulated). Bounds 0-2 hold at every N: the memory screens count the fewest
+   units any N holds in flight (N = 1, `stagemem.least_in_flight`, `fewest_in_flight`), and
+   the time bounds hold for every task order.
 MoE models get the same screens (`screen._Screen._affine`): ep changes neither a GEMM's FLOP
 nor the bytes saved for backward (`experts.ep_work`), only the state (counted per ep), the
 weights ZeRO 3 streams, and the op times (the all-to-alls added, `searchspace.all_to_all_parts`).

@@ -23,7 +23,7 @@ from dojo.sim.eager import p2p_host_time, stage_param_tensors, sync_host_time, t
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
-from dojo.sim.pipeline import Span, Task, group_chain_bound, makespan_bounds, run_pipeline
+from dojo.sim.pipeline import Span, Task, group_bound, makespan_bounds, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,7 @@ def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
     >= s) the backwards of stages s-1..0 run on other devices (the tail), then stage 0's sync
     and optimizer; its own follow its last task. So the step is at least max over s of head_s
     + m W_s + max(tail_s + post_0, post_s), whatever the schedule; with `vp_group` also device
-    0's chain through its groups (`pipeline.group_chain_bound`)."""
+    0's chain through its groups (`pipeline.group_bound`)."""
     plan = program.plan
     dev, _, times = prepared or prepare(program, device_memory(program, chip_report=False))
     fwd, bwd, transfer = task_durations(program, dev, times)
@@ -355,7 +355,7 @@ def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
                     + dev.calibration.step_overhead_s)
     bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
     if plan.schedule == "interleaved" and plan.vp_group:
-        chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer)
+        chain = group_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer)
         bound = max(bound, chain + post[0])
     return bound
 
