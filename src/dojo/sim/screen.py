@@ -358,7 +358,17 @@ class _Screen(TimeBounds):
     def fits_memory(self, plan: Plan) -> bool:
         """Whether the plan's bytes from the work (`stagemem`, the compiled program's figure;
         cp's ring buffers would only add) fit; the reason recorded when not."""
-        totals = [st + a for st, a in zip(self._stage_state(plan), self._stage_activations(plan))]
+        state = self._stage_state(plan)
+        if plan.pp > 1 and self._act_key(plan) not in self._activations \
+                and _family(plan) in self.rejected and self.closest is not None:
+            # Stage 0 alone: when it is over capacity and no closer than the closest plan, the
+            # whole walk could change neither the answer nor what is recorded (its family's
+            # reason is already kept, and the worst stage is at least stage 0).
+            first = state[0] + stage_activations(self._work(plan), plan, self.args[3],
+                                                 range(1))[0]
+            if first > self.capacity * (1 + 1e-9) and first >= self.closest[0]:
+                return False
+        totals = [st + a for st, a in zip(state, self._stage_activations(plan))]
         worst = max(range(plan.pp), key=lambda s: totals[s])
         if self.closest is None or totals[worst] < self.closest[0]:
             self.closest = (totals[worst], worst, plan)
@@ -379,13 +389,17 @@ class _Screen(TimeBounds):
 
     def _stage_activations(self, plan: Plan) -> list[float]:
         """`stagemem.stage_activations` of the plan (bytes per stage), cached."""
-        key = (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
-               plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp, plan.vp_group,
-               plan.etp)
+        key = self._act_key(plan)
         if key not in self._activations:
             room(self._activations)
             self._activations[key] = stage_activations(self._work(plan), plan, self.args[3])
         return self._activations[key]
+
+    @staticmethod
+    def _act_key(plan: Plan) -> tuple[Any, ...]:
+        return (plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
+                plan.stages, plan.dp, plan.schedule, plan.precision, plan.cp, plan.vp_group,
+                plan.etp)
 
     def _compiled_bound(self, plan: Plan) -> float | None:
         """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit;

@@ -52,18 +52,20 @@ def chunk_saved(work: ModelWork, plan: Plan) -> list[float]:
     return out
 
 
-def stage_activations(work: ModelWork, plan: Plan, batch: int) -> list[float]:
-    """Activation bytes in flight per device of each pipeline stage (`memory.in_flight_bytes`).
-    """
+def stage_activations(work: ModelWork, plan: Plan, batch: int,
+                      stages: range | None = None) -> list[float]:
+    """Activation bytes in flight per device of each pipeline stage (`memory.in_flight_bytes`),
+    or of `stages` only (in their order)."""
+    stages = range(plan.pp) if stages is None else stages
     saved = chunk_saved(work, plan)
     micro = microbatches(plan, batch)
     extra = _rerun_bytes(work, plan)
     if plan.interleave == 1 and plan.schedule != "gpipe":
         # 1F1B: the walk's warm forwards and one more, min(pp - s, micro) micro-batches (to
         # rounding: the walk adds them one at a time), in O(1) instead of O(pp) per stage
-        return [min(plan.pp - s, micro) * saved[s] + extra for s in range(plan.pp)]
+        return [min(plan.pp - s, micro) * saved[s] + extra for s in stages]
     return [peak_in_flight(plan.schedule, s, plan.pp, micro, plan.interleave, saved,
-                           plan.vp_group) + extra for s in range(plan.pp)]
+                           plan.vp_group) + extra for s in stages]
 
 
 def _rerun_bytes(work: ModelWork, plan: Plan) -> float:
