@@ -204,7 +204,8 @@ def test_search_tries_ep_and_equals_every_plan_simulated() -> None:
     from dojo.sim import session
     from dojo.sim.search import _Screen, best_plan, exhaustive, plan_space
     from dojo.sim.session import model_shape
-    from dojo.sim.simulate import lower_bound, simulate
+    from dojo.sim.simulate import simulate
+    from dojo.sim.stepbound import lower_bound
 
     small = {**MOE, "layers": 2}
     spec = load_system("h100-cluster:4")

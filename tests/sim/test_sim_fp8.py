@@ -151,7 +151,8 @@ def test_plan_search_bounds_hold_under_fp8() -> None:
     from dojo.sim import session
     from dojo.sim.search import _Screen, plan_space
     from dojo.sim.session import model_shape
-    from dojo.sim.simulate import lower_bound, simulate
+    from dojo.sim.simulate import simulate
+    from dojo.sim.stepbound import lower_bound
 
     tiny = {"layers": 2, "hidden": 2048, "heads": 16, "seq": 1024, "vocab": 128, "ffn": 8192}
     spec = load_system("h100-cluster:2")

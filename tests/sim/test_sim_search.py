@@ -12,7 +12,8 @@ from dojo.models.zoo import MODELS
 from dojo.sim import session
 from dojo.sim.search import _Screen, best_plan, plan_space
 from dojo.sim.session import compile_model, model_shape, simulate_model
-from dojo.sim.simulate import lower_bound, simulate
+from dojo.sim.simulate import simulate
+from dojo.sim.stepbound import lower_bound
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "ffn": 256, "seq": 64, "vocab": 512}
 

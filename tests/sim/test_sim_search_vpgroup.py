@@ -18,11 +18,18 @@ from dojo.hardware.spec import SystemSpec
 from dojo.plan.plan import Plan, group_runs
 from dojo.sim import session
 from dojo.sim.memory import device_memory, peak_in_flight
-from dojo.sim.pipeline import group_chain_bound, makespan_bounds, ring_bound, run_pipeline
+from dojo.sim.pipeline import (
+    group_chain_bound,
+    makespan_bounds,
+    ring_bound,
+    ring_spans,
+    run_pipeline,
+)
 from dojo.sim.search import _Screen, best_plan, exhaustive, plan_space
 from dojo.sim.searchspace import group_sizes
 from dojo.sim.session import compile_model, model_shape, simulate_model
-from dojo.sim.simulate import lower_bound, simulate
+from dojo.sim.simulate import simulate
+from dojo.sim.stepbound import lower_bound
 
 
 def _step(pp: int, virtual: int, micro: int, n: int, f: float = 1.0, b: float = 2.0) -> float:
@@ -120,17 +127,19 @@ def test_group_chain_bound_is_below_every_run() -> None:
     assert above > 20
 
 
-def test_ring_bound_is_below_every_device_and_sees_the_stalls() -> None:
-    """1,500 random interleaved runs (pp <= 6, V <= 4, every N <= pp that runs, random task
-    times and transfers): the ring bound of every device is below that device's last end in
-    the pipeline simulation. On equal chunks (F = 1, B = 2) with N < pp, where the ring stalls,
-    it is on average within 8 % of device 0's end and above the chain bound."""
+def test_ring_spans_are_below_every_task_and_see_the_stalls() -> None:
+    """1,500 random runs of the interleaved order (every N <= pp that runs), 1F1B and GPipe
+    (pp <= 6, V <= 4, random task times and transfers): every task of every device starts and
+    ends no later in `ring_spans` than in the pipeline simulation. On equal chunks (F = 1,
+    B = 2) of the interleaved order with N < pp, where the ring stalls, device 0's last end is
+    on average within 8 % of the simulated one and above the chain bound."""
     rng = random.Random(11)
     ring_ratio, chain_ratio = [], []
     for _ in range(1500):
-        pp, virtual = rng.randint(2, 6), rng.randint(2, 4)
-        micro, n = rng.randint(1, 4 * pp), rng.randint(1, pp)
-        if not group_runs(pp, micro, n):
+        schedule = rng.choice(["interleaved", "interleaved", "1f1b", "gpipe"])
+        pp, virtual = rng.randint(2, 6), 1 if schedule == "1f1b" else rng.randint(2, 4)
+        micro, n = rng.randint(1, 4 * pp), rng.randint(1, pp) if schedule == "interleaved" else 0
+        if n and not group_runs(pp, micro, n):
             continue
         equal = rng.random() < 0.3
         f = [1.0 if equal else rng.uniform(0.2, 3.0) for _ in range(pp * virtual)]
@@ -141,15 +150,18 @@ def test_ring_bound_is_below_every_device_and_sees_the_stalls() -> None:
                      b: list[float] = b, pp: int = pp) -> float:
             return (f if t[0] == "F" else b)[t[2] * pp + s]
 
-        spans = run_pipeline(pp, virtual, micro, "interleaved", duration, hop, group=n)
+        spans = run_pipeline(pp, virtual, micro, schedule, duration, hop, group=n)
+        simulated = {(s.stage, s.kind, s.micro, s.chunk): s for s in spans}
         for stage in range(pp):
-            end = max(s.end for s in spans if s.stage == stage)
-            bound = ring_bound(pp, micro, n, f, b, hop, stage)
-            assert bound <= end * (1 + 1e-12), (pp, virtual, micro, n, stage)
-            if equal and stage == 0 and n < pp:
-                ring_ratio.append(bound / end)
-                chain_ratio.append(group_chain_bound(pp, micro, n, f, b) / end)
-    assert len(ring_ratio) > 50
+            for low in ring_spans(pp, micro, n, f, b, hop, stage, schedule):
+                real = simulated[(stage, low.kind, low.micro, low.chunk)]
+                assert low.start <= real.start * (1 + 1e-12) + 1e-12, (pp, micro, n, stage)
+                assert low.end <= real.end * (1 + 1e-12), (pp, virtual, micro, n, stage)
+        if equal and schedule == "interleaved" and n < pp:
+            end = max(s.end for s in spans if s.stage == 0)
+            ring_ratio.append(ring_bound(pp, micro, n, f, b) / end)
+            chain_ratio.append(group_chain_bound(pp, micro, n, f, b) / end)
+    assert len(ring_ratio) > 30
     assert sum(ring_ratio) / len(ring_ratio) > 0.92
     assert sum(ring_ratio) > sum(chain_ratio) * 1.03
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from dojo.errors import DojoError
 
@@ -242,21 +243,45 @@ def group_chain_bound(pp: int, micro: int, group: int, forward: list[float],
 
 
 def ring_bound(pp: int, micro: int, group: int, forward: list[float],
-               backward: list[float], transfer_s: float = 0.0, stage: int = 0) -> float:
-    """A lower bound on the end of device `stage`'s last task in the interleaved order with
-    groups of `group` micro-batches (0: pp), from `forward`/`backward` seconds per virtual stage
-    (at least each task's) and at least `transfer_s` per hop. Device `stage` runs its own order
-    (`order`) task by task, each starting at max(its previous task's end, a time its input
+               backward: list[float], transfer_s: float = 0.0, stage: int = 0,
+               schedule: str = "interleaved") -> float:
+    """A lower bound on the end of device `stage`'s last task: the last end of `ring_spans`."""
+    return _ring_run(pp, micro, group, forward, backward, transfer_s, stage, schedule, None)
+
+
+@lru_cache(maxsize=256)
+def _order_of(schedule: str, stage: int, pp: int, micro: int, virtual: int,
+              group: int) -> tuple[Task, ...]:
+    """`order`, kept: a plan search asks for the same few orders many times."""
+    return tuple(order(schedule, stage, pp, micro, virtual, group))
+
+
+def ring_spans(pp: int, micro: int, group: int, forward: list[float],
+               backward: list[float], transfer_s: float = 0.0, stage: int = 0,
+               schedule: str = "interleaved") -> list[Span]:
+    """Device `stage`'s tasks in the order of `schedule` (1F1B where there is one virtual stage
+    per device; the interleaved order's groups of `group` micro-batches, 0: pp; or GPipe's),
+    each no later than it starts and ends in `run_pipeline`, from `forward`/`backward` seconds
+    per virtual stage (at least each task's) and at least `transfer_s` per hop. The device
+    runs its order task by task, each starting at max(its previous task's end, a time its input
     cannot beat): F(m, c) waits for F(m, c - 1) here and the ring of the other devices'
     forwards between (every one at least its duration, every hop `transfer_s`); B(m, c) for
     B(m, c + 1) here and the ring's backwards; B(m, V - 1) for F(m, V - 1) here, the forwards
     and backwards above it. Each wait drops the other devices' own queues, so it is a
     relaxation of `run_pipeline` (which starts every task at the max of the same device's
-    previous end and its input's end plus the hop), and the ends it computes are never later.
-    Unlike `group_chain_bound` it keeps this device's forwards and backwards paired as the
-    order runs them, so it sees the stalls of N < pp micro-batch groups on both rings: for
-    gpt3-175b's ExaPOD plans of pp 10, 6 virtual stages and N = 5 it is within 0.1 % of
-    device 0's simulated end, where the chain bound is 19 % below."""
+    previous end and its input's end plus the hop). Unlike `group_chain_bound` it keeps this
+    device's forwards and backwards as the order runs them, so it sees the stalls of N < pp
+    micro-batch groups on both rings and GPipe's with few micro-batches: for gpt3-175b's ExaPOD
+    plans of pp 10, 6 virtual stages and N = 5 it is within 0.1 % of device 0's simulated
+    end, where the chain bound is 19 % below. O(micro-batches x V)."""
+    spans: list[Span] = []
+    _ring_run(pp, micro, group, forward, backward, transfer_s, stage, schedule, spans)
+    return spans
+
+
+def _ring_run(pp: int, micro: int, group: int, forward: list[float], backward: list[float],
+              transfer_s: float, stage: int, schedule: str, spans: list[Span] | None) -> float:
+    """`ring_spans`' run; appends the spans to `spans` unless None; returns the last end."""
     virtual = len(forward) // pp
     f = [forward[c * pp + stage] for c in range(virtual)]
     b = [backward[c * pp + stage] for c in range(virtual)]
@@ -272,26 +297,18 @@ def ring_bound(pp: int, micro: int, group: int, forward: list[float],
     end_f = [0.0] * (micro * virtual)
     end_b = [0.0] * (micro * virtual)
     free = below_f[0] + stage * transfer_s               # the first forward's input
-    for kind, m, c in order("interleaved", stage, pp, micro, virtual, group):
+    for kind, m, c in _order_of(schedule, stage, pp, micro, virtual, group):
         i = m * virtual + c
         if kind == "F":
             start = max(free, start_f[i - 1] + f[c - 1] + ring_f[c - 1]) if c else free
             start_f[i], free = start, start + f[c]
             end_f[i] = free
         else:
-            ready = end_f[i] + turn if c == virtual - 1 else end_b[i + 1] + ring_b[c]
-            free = max(free, ready) + b[c]
-            end_b[i] = free
+            start = max(free, end_f[i] + turn if c == virtual - 1 else end_b[i + 1] + ring_b[c])
+            free = end_b[i] = start + b[c]
+        if spans is not None:
+            spans.append(Span(stage, kind, m, c, start, free))
     return free
-
-
-def group_bound(pp: int, micro: int, group: int, forward: list[float], backward: list[float],
-                transfer_s: float = 0.0) -> float:
-    """A lower bound on the end of device 0's last task: the larger of `group_chain_bound` and
-    `ring_bound`. The ring bound keeps every wait the chain bound counts and adds device 0's
-    forwards, so it was never below it in 2,524 random runs; the max costs O(pp x V)."""
-    return max(group_chain_bound(pp, micro, group, forward, backward, transfer_s),
-               ring_bound(pp, micro, group, forward, backward, transfer_s))
 
 
 def run_pipeline(pp: int, virtual: int, micro: int, schedule: str,

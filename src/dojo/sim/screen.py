@@ -39,7 +39,7 @@ from dojo.sim.session import (
     graph_at,
     work_for,
 )
-from dojo.sim.simulate import Prepared, lower_bound, prepare
+from dojo.sim.simulate import Prepared, prepare
 from dojo.sim.stagemem import (
     fewest_in_flight,
     least_in_flight,
@@ -48,6 +48,7 @@ from dojo.sim.stagemem import (
     stage_held,
     stage_state,
 )
+from dojo.sim.stepbound import lower_bound
 from dojo.sim.timebounds import SAFETY, Parts, Profile, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
@@ -102,6 +103,7 @@ class _Screen(TimeBounds):
         self.compiled: dict[Plan, tuple[Program, Graph, Prepared]] = {}
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}
         self._a2a: dict[tuple[Any, ...], tuple[float, bool]] = {}
+        self._works: dict[tuple[Any, ...], ModelWork] = {}
 
     def device_groups(self, shape: ModelShape, devices: int, precision: str, fusion: str,
                       cps: tuple[int, ...] = (1,)
@@ -402,7 +404,7 @@ class _Screen(TimeBounds):
                 plan.etp)
 
     def _compiled_bound(self, plan: Plan) -> float | None:
-        """`simulate.lower_bound` of the compiled plan, or None if its memory does not fit;
+        """`stepbound.lower_bound` of the compiled plan, or None if its memory does not fit;
         the program and what `simulate.prepare` timed are kept for its simulation (the last
         `KEPT_PROGRAMS`: a plan is simulated, if ever, soon after its bound, which puts it at
         the head of the queue)."""
@@ -419,9 +421,18 @@ class _Screen(TimeBounds):
         return lower_bound(program, prepared=prepared) * SAFETY
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
-        model, overrides, spec, _, seq = self.args
-        return work_for(model, overrides, mb or plan.mb, seq, plan, derive=True,
-                        fused_attention=fuses_attention(spec))
+        """`session.work_for`, looked up by the plan fields it reads (the search asks
+        hundreds of thousands of times; building `work_for`'s own key costs more)."""
+        key = (mb or plan.mb, plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp,
+               plan.etp, plan.recompute)
+        found = self._works.get(key)
+        if found is None:
+            model, overrides, spec, _, seq = self.args
+            room(self._works)
+            found = self._works[key] = work_for(model, overrides, mb or plan.mb, seq, plan,
+                                                derive=True,
+                                                fused_attention=fuses_attention(spec))
+        return found
 
     def _state_key(self, plan: Plan) -> tuple[Any, ...]:
         return (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp,

@@ -61,11 +61,12 @@ Bounds, cheapest first; each is a true lower bound (tests check them over whole 
    is compiled only where its stall leaves it among the fastest, in practice where N = pp does
    not fit memory); then, before compiling any plan: every stage's bytes from the work
    (`stagemem.stage_totals`, the compiled program's figure, experts' 1/ep included); compiled:
-   `simulate.lower_bound` on the exact task durations (the program is kept for the plan's
-   simulation); at N != default that includes device 0's own order run against the rings of
-   the other devices' tasks (`pipeline.ring_bound`: within 0.1 % of the simulated end on
-   gpt3-175b's ExaPOD plans of N < pp, where the chain bound is 19 % below, so those plans
-   are no longer simulated). Bounds 0-2 hold at every N: the memory screens count the fewest
+   `stepbound.lower_bound` on the exact task durations (the program is kept for the plan's
+   simulation), which includes device 0's own order run against the rings of the other
+   devices' tasks and then its sync and optimizer (`pipeline.ring_spans`: within 0.1 % of
+   the simulated end on gpt3-175b's ExaPOD plans of N < pp, where the chain bound is 19 %
+   below, and tight for GPipe with few micro-batches, so such plans are no longer
+   simulated). Bounds 0-2 hold at every N: the memory screens count the fewest
    units any N holds in flight (N = 1, `stagemem.least_in_flight`, `fewest_in_flight`), and
    the time bounds hold for every task order.
 MoE models get the same screens (`screen._Screen._affine`): ep changes neither a GEMM's FLOP
@@ -158,7 +159,7 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
             for first, variant in screen.plans(plan, shape, devices, worst):
                 heapq.heappush(queue, (first, _simplicity(variant), next(count), 2, variant))
             continue
-        if tier == 2 and plan.vp_group:   # a group size: again under its order's bound
+        if tier == 2 and screen._ordered(plan):   # again under its own order's bound
             heapq.heappush(queue, (max(bound, screen._order_bound(plan)), _simplicity(plan),
                                    index, 4, plan))
             continue

@@ -22,8 +22,8 @@ from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import p2p_host_time, stage_param_tensors, sync_host_time, tp_host_time
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
 from dojo.sim.memory import Memory, device_memory
-from dojo.sim.overlap import dp_sync_end, grad_bytes, last_bucket_time, sm_fractions, tp_phase_time
-from dojo.sim.pipeline import Span, Task, group_bound, makespan_bounds, run_pipeline
+from dojo.sim.overlap import dp_sync_end, grad_bytes, sm_fractions, tp_phase_time
+from dojo.sim.pipeline import Span, Task, run_pipeline
 
 
 @dataclass(frozen=True)
@@ -335,42 +335,18 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
-    """Seconds `simulate(program)` cannot beat, from the task durations alone. Device s's first
-    task (a forward) waits for the forwards of virtual stages 0..s-1 and their transfers (its
-    head); it runs its m micro-batches' tasks in turn; after its last (a backward of a stage
-    >= s) the backwards of stages s-1..0 run on other devices (the tail), then stage 0's sync
-    and optimizer; its own follow its last task. So the step is at least max over s of head_s
-    + m W_s + max(tail_s + post_0, post_s), whatever the schedule; with `vp_group` also device
-    0's chain through its groups (`pipeline.group_bound`)."""
-    plan = program.plan
-    dev, _, times = prepared or prepare(program, device_memory(program, chip_report=False))
-    fwd, bwd, transfer = task_durations(program, dev, times)
-    ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
-    post = []
-    for stage in range(plan.pp):
-        t_sync, t_opt, _ = _post_times(program, dev, stage)
-        last = last_bucket_time(program, stage, _collective_of(program, dev))
-        post.append((last if _overlaps_sync(plan, dev) else t_sync) + t_opt
-                    + dev.calibration.step_overhead_s)
-    bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
-    if plan.schedule == "interleaved" and plan.vp_group:
-        chain = group_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer)
-        bound = max(bound, chain + post[0])
-    return bound
-
-
 Interval = tuple[int, float, float]  # (stage, start s, end s)
 
 
-def _finish_step(program: Program, dev: DeviceModel, spans: list[Span]
+def _finish_step(program: Program, dev: DeviceModel, spans: list[Span], stages: int = 0
                  ) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
     """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
     optimizer update, per stage; the update's span ends with the calibrated fixed per-step
-    overhead (`Calibration.step_overhead_s`: data loading, logging, the step's host sync)."""
+    overhead (`Calibration.step_overhead_s`: data loading, logging, the step's host sync).
+    `stages`: the first so many stages only (0: all)."""
     plan = program.plan
     sync, opt = [], []
-    for stage in range(plan.pp):
+    for stage in range(stages or plan.pp):
         mine = [s for s in spans if s.stage == stage and s.kind == "B"]
         last = max(mine, key=lambda s: s.end)
         t_sync, t_opt, _ = _post_times(program, dev, stage)

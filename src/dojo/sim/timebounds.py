@@ -19,7 +19,7 @@ from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import group_chain_bound
+from dojo.sim.pipeline import group_chain_bound, ring_bound
 from dojo.sim.searchspace import (
     all_to_all_pair,
     all_to_all_parts,
@@ -31,6 +31,8 @@ from dojo.sim.searchspace import (
 from dojo.sim.simulate import device_for
 
 SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
+RING_UNITS = 64     # orders of at most this many forwards per device get `ring_bound` early:
+                    # O(units) against the compile it may spare (a speed choice, not a bound)
 
 # (forward inside the stream's max, backward inside it, forward after it, backward after it)
 # seconds per virtual stage: `simulate.task_durations` takes max(ops, stream) + collectives
@@ -163,18 +165,31 @@ class TimeBounds:
                     [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)])
         return [a + c for a, c in zip(f_in, f_out)], [a + c for a, c in zip(b_in, b_out)]
 
+    def _ordered(self, plan: Plan) -> bool:
+        """Whether the plan waits under `_order_bound` before its bytes are walked: every
+        `vp_group` plan, and every pipeline whose order is short (`RING_UNITS`), where the
+        ring bound costs little and sees GPipe's and few micro-batches' stalls."""
+        micro = self.args[3] // (plan.dp * plan.mb)
+        return bool(plan.vp_group) or (plan.pp > 1 and micro * plan.interleave <= RING_UNITS)
+
     def _order_bound(self, plan: Plan) -> float:
-        """`pipeline.group_chain_bound` on `_task_floors`: a bound that sees the interleaved
-        order's micro-batch groups (`vp_group`; groups of N < pp stall the ring), in
-        O(pp x interleave); at least `_first_bound`."""
+        """A bound that sees the plan's own task order, at least `_first_bound`: for the
+        interleaved order's micro-batch groups (`vp_group`; N < pp stalls the ring)
+        `pipeline.group_chain_bound` on `_task_floors`, in O(pp x interleave); for a short
+        order (`RING_UNITS`) `pipeline.ring_bound` on them, in O(micro-batches x interleave)."""
         key = ("order", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
                plan.cp, plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3,
-               plan.vp_group, plan.etp)
+               plan.vp_group, plan.etp, plan.schedule)
         found = self._bounds.get(key)
         if found is None:
             fwd, bwd = self._task_floors(plan)
-            total = group_chain_bound(plan.pp, self.args[3] // (plan.dp * plan.mb),
-                                      plan.vp_group, fwd, bwd)
+            micro = self.args[3] // (plan.dp * plan.mb)
+            total = 0.0
+            if plan.vp_group:
+                total = group_chain_bound(plan.pp, micro, plan.vp_group, fwd, bwd)
+            if micro * plan.interleave <= RING_UNITS:
+                total = max(total, ring_bound(plan.pp, micro, plan.vp_group, fwd, bwd, 0.0, 0,
+                                              plan.schedule))
             room(self._bounds)
             found = self._bounds[key] = max(self._first_bound(plan), total * SAFETY)
         return found
