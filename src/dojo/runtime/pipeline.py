@@ -81,6 +81,17 @@ LAYOUTS.add("Llama", Layout(pre=_llama_pre, post=_llama_post, pre_modules=("embe
                             post_modules=("norm", "output")))
 
 
+def _moe_pre(model: Any, tokens: Tensor) -> Tensor:
+    x = model.embed(tokens)  # (B, S, H)
+    for block in model.dense.values():  # the dense layers ride with the embedding
+        x = block(x)
+    return x
+
+
+LAYOUTS.add("MoEDecoder", Layout(pre=_moe_pre, post=_llama_post, pre_modules=("embed", "dense"),
+                                 post_modules=("norm", "output")))
+
+
 def layout_of(model: nn.Module, pp: int) -> Layout:
     """The layout of `model`; DojoError naming the class when it cannot be pipelined."""
     name = type(model).__name__

@@ -146,15 +146,19 @@ def install(model: nn.Module, tp: int, seq: int, group: Any) -> None:
 
 def partial_grad_names(model: nn.Module) -> set[str]:
     """Parameters whose gradient is a partial sum over the tp group under sp: LayerNorms and
-    RMSNorms, the
-    position embedding (sliced) and the row-parallel biases (added after the reduce-scatter),
-    all on this rank's tokens only. The vocabulary-parallel `wte` is no nn.Embedding."""
+    RMSNorms, the position embedding (sliced), the row-parallel biases (added after the
+    reduce-scatter) and the linears a module keeps whole over tp (`tp_replicated`: the MoE
+    router), all on this rank's tokens only. The vocabulary-parallel `wte` is no nn.Embedding."""
     from dojo.models.llama import RMSNorm
     from dojo.runtime.tensor_parallel import RowParallelLinear
 
     names: set[str] = set()
     for path, module in model.named_modules():
         prefix = f"{path}." if path else ""
+        for child in getattr(module, "tp_replicated", ()):  # whole linears on the shard (router)
+            whole = getattr(module, child, None)
+            if isinstance(whole, nn.Module):
+                names.update(f"{prefix}{child}.{n}" for n, _ in whole.named_parameters())
         if isinstance(module, nn.LayerNorm | RMSNorm | nn.Embedding):  # norms, positions
             names.update(f"{prefix}{n}" for n, _ in module.named_parameters(recurse=False))
         elif isinstance(module, RowParallelLinear) and module.bias is not None:

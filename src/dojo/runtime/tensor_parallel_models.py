@@ -20,6 +20,8 @@ reduce-scatter) and the vocabulary-parallel embedding, head and loss (`vocab_par
   the same vocabulary rows with f on the final norm's output and the vocabulary-parallel cross
   entropy (Megatron's `ColumnParallelLinear` output layer with `gather_output=False`). The
   RMSNorm weights stay replicated; under sp they see a sequence slice (`sequence_parallel`).
+- The MoE decoders (moe, mixtral-8x7b, deepseek-v3): `tensor_parallel_moe.shard_moe_decoder`
+  (attention and dense layers as Llama's, the router whole, each expert column/row-parallel).
 - ViT (`shard_vit`), per encoder block: qkv column-parallel (the q, k and v rows of the rank's
   heads), proj row-parallel, mlp.0 column-parallel, mlp.2 row-parallel; f on qkv's and mlp's
   inputs (after the LayerNorms). The patch embedding, class token, positions, final LayerNorm
@@ -53,7 +55,9 @@ def shard_model(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
     DojoError naming the class for a model without one."""
     from dojo.models.gpt import GPT
     from dojo.models.llama import Llama
+    from dojo.models.moelm import MoEDecoder
     from dojo.models.vit import ViT
+    from dojo.runtime.tensor_parallel_moe import shard_moe_decoder
 
     if isinstance(model, GPT):
         return shard_gpt(model, tp, rank, group, sp)
@@ -61,18 +65,57 @@ def shard_model(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
         return shard_llama(model, tp, rank, group, sp)
     if isinstance(model, ViT):
         return shard_vit(model, tp, rank, group, sp)
-    raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt, llama and vit models; "
-                    f"got {type(model).__name__} (use dp and, for gpt or llama, pp)")
+    if isinstance(model, MoEDecoder):
+        return shard_moe_decoder(model, tp, rank, group, sp)
+    raise DojoError(f"tensor parallelism (tp={tp}) supports the gpt, llama, vit and MoE decoder "
+                    f"models; got {type(model).__name__} (use dp and, for gpt, llama or the "
+                    "MoE decoders, pp)")
 
 
-def _check_llama(block: Any, tp: int) -> None:
-    """One-line refusal naming the field that tp does not divide, with the arithmetic."""
-    attn, ffn = block.attn, block.ffn.w1.out_features
-    for field, value in (("kv_heads", attn.kv_heads), ("heads", attn.heads), ("ffn", ffn)):
+def check_divides(model: str, fields: tuple[tuple[str, int], ...], tp: int) -> None:
+    """One-line refusal naming the first field that tp does not divide, with the arithmetic."""
+    for field, value in fields:
         if value % tp:
-            raise DojoError(f"tensor parallelism tp={tp} splits llama's {field} over the tp "
+            raise DojoError(f"tensor parallelism tp={tp} splits {model}'s {field} over the tp "
                             f"ranks: {field}={value} is not divisible by tp={tp} "
                             f"({value} / {tp} = {value / tp:g})")
+
+
+def split_gqa(attn: Any, p: str, tp: int, rank: int, group: Any, sp: bool,
+              shards: dict[str, Shard]) -> None:
+    """Llama's grouped-query attention `attn` (whole-model prefix `p`) split in place: wq, wk,
+    wv column-parallel over this rank's query and kv heads, wo row-parallel, f on the input."""
+    q_rows = slot(attn.heads * attn.head_dim, tp, rank)  # this rank's query heads
+    kv_rows = slot(attn.kv_heads * attn.head_dim, tp, rank)  # and their kv heads
+    _columns(attn, (("wq", q_rows), ("wk", kv_rows), ("wv", kv_rows)), p, shards)
+    attn.wo, s = row_parallel(attn.wo, q_rows, group, sp, f"{p}.wo", f"{p}.wo")
+    shards.update(s)
+    attn.heads, attn.kv_heads = attn.heads // tp, attn.kv_heads // tp
+    column_region(attn, group, sp)
+
+
+def split_swiglu(ffn: Any, p: str, tp: int, rank: int, group: Any, sp: bool,
+                 shards: dict[str, Shard]) -> None:
+    """A SwiGLU `ffn` (w1 gate, w3 up, w2 down; prefix `p`) split in place: w1 and w3
+    column-parallel over the same ffn rows, w2 row-parallel, f on the input."""
+    rows = slot(ffn.w1.out_features, tp, rank)
+    _columns(ffn, (("w1", rows), ("w3", rows)), p, shards)
+    ffn.w2, s = row_parallel(ffn.w2, rows, group, sp, f"{p}.w2", f"{p}.w2")
+    shards.update(s)
+    column_region(ffn, group, sp)
+
+
+def split_untied_vocab(model: Any, tp: int, rank: int, group: Any, sp: bool,
+                       shards: dict[str, Shard]) -> None:
+    """Llama-style ends: the token embedding `embed` vocabulary-parallel, the untied head
+    `output` column-parallel over the same rows, f on the final `norm` (`vocab_parallel`)."""
+    from dojo.runtime.vocab_parallel import split_vocab
+
+    lo, hi = split_vocab(model, tp, rank, group, sp, embedding="embed", final_norm="norm")
+    rows = torch.arange(lo, hi)
+    model.output, s = column_parallel(model.output, rows, "output", "output")
+    shards.update(s)
+    shards["embed.weight"] = Shard("embed.weight", 0, rows)
 
 
 def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
@@ -81,30 +124,13 @@ def shard_llama(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = Fal
     shards: dict[str, Shard] = {}
     blocks: Any = model.blocks
     for i, block in enumerate(blocks):
-        _check_llama(block, tp)
         attn, ffn = block.attn, block.ffn
-        p = f"blocks.{i}"
-        q_rows = slot(attn.heads * attn.head_dim, tp, rank)  # this rank's query heads
-        kv_rows = slot(attn.kv_heads * attn.head_dim, tp, rank)  # and their kv heads
-        _columns(attn, (("wq", q_rows), ("wk", kv_rows), ("wv", kv_rows)), f"{p}.attn", shards)
-        attn.wo, s = row_parallel(attn.wo, q_rows, group, sp, f"{p}.attn.wo", f"{p}.attn.wo")
-        shards.update(s)
-        attn.heads, attn.kv_heads = attn.heads // tp, attn.kv_heads // tp
-        ffn_rows = slot(ffn.w1.out_features, tp, rank)
-        _columns(ffn, (("w1", ffn_rows), ("w3", ffn_rows)), f"{p}.ffn", shards)
-        ffn.w2, s = row_parallel(ffn.w2, ffn_rows, group, sp, f"{p}.ffn.w2", f"{p}.ffn.w2")
-        shards.update(s)
-        column_region(attn, group, sp)
-        column_region(ffn, group, sp)
+        check_divides("llama", (("kv_heads", attn.kv_heads), ("heads", attn.heads),
+                                ("ffn", ffn.w1.out_features)), tp)
+        split_gqa(attn, f"blocks.{i}.attn", tp, rank, group, sp, shards)
+        split_swiglu(ffn, f"blocks.{i}.ffn", tp, rank, group, sp, shards)
     if group is not None:
-        from dojo.runtime.vocab_parallel import split_vocab
-
-        lo, hi = split_vocab(model, tp, rank, group, sp, embedding="embed", final_norm="norm")
-        rows = torch.arange(lo, hi)
-        m: Any = model
-        m.output, s = column_parallel(m.output, rows, "output", "output")
-        shards.update(s)
-        shards["embed.weight"] = Shard("embed.weight", 0, rows)
+        split_untied_vocab(model, tp, rank, group, sp, shards)
     return shards
 
 
@@ -118,11 +144,7 @@ def shard_vit(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
     blocks: Any = model.blocks
     for i, block in enumerate(blocks):
         h, ffn = block.proj.out_features, block.mlp[0].out_features
-        for field, value in (("heads", block.heads), ("ffn", ffn)):
-            if value % tp:
-                raise DojoError(f"tensor parallelism tp={tp} splits vit's {field} over the tp "
-                                f"ranks: {field}={value} is not divisible by tp={tp} "
-                                f"({value} / {tp} = {value / tp:g})")
+        check_divides("vit", (("heads", block.heads), ("ffn", ffn)), tp)
         p = f"blocks.{i}"
         mine, ffn_rows = slot(h, tp, rank), slot(ffn, tp, rank)
         block.qkv, s1 = column_parallel(block.qkv, torch.cat([mine, mine + h, mine + 2 * h]),
