@@ -22,10 +22,11 @@ the global batch: each micro-batch's mean loss is scaled by 1/micro-batches and 
 gradients are averaged, which equals the single-process mean when micro-batches are equal.
 
 Which models support what: every zoo model and user factory runs with dp (and micro-batches);
-tp needs the gpt, llama or vit models (Megatron splits, `tensor_parallel_models`, with the
-vocabulary-parallel embedding, head and cross entropy of `vocab_parallel`); pp needs gpt or llama
-(`pipeline.LAYOUTS`). BatchNorm models (resnet) see per-micro-batch statistics under dp or mb > 1,
-as in PyTorch DDP, so they do not match a whole-batch single-process run exactly.
+tp needs the gpt, llama, vit or MoE decoder models (Megatron splits, `tensor_parallel_models`
+and `tensor_parallel_moe`, with the vocabulary-parallel embedding, head and cross entropy of
+`vocab_parallel`); pp needs gpt, llama or an MoE decoder (`pipeline.LAYOUTS`). BatchNorm models
+(resnet) see per-micro-batch statistics under dp or mb > 1, as in PyTorch DDP, so they do not
+match a whole-batch single-process run exactly.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Trainer:
         return fused_optimizer(self.bundle.make_optimizer(params), self.plan.fusion)
 
     def _split(self) -> dict[str, Shard]:
-        """Tensor (and sequence) parallel split of the gpt or llama blocks; also the tp = 1
+        """Tensor (and sequence) parallel split of the model's blocks; also the tp = 1
         structure that gpt's recompute=selective needs. Returns `shard_model`'s local -> whole
         name map."""
         from dojo.models.gpt import GPT
