@@ -25,7 +25,6 @@ from .reference import check_parity
 
 RTOL, ATOL = 1e-5, 1e-6
 SGD = {"optimizer": "sgd", "lr": 0.05}
-NO_DROP = {**SGD, "capacity": 2.0}  # moe's small preset: 4 experts, top-2
 
 
 def test_moe_tp_steps_equal_eager() -> None:
@@ -52,10 +51,14 @@ def test_deepseek_tp_steps_equal_eager() -> None:
         assert {"blocks.0.ffn.shared.w2.linear.weight", "dense.0.ffn.w1.weight"} <= set(own)
 
 
-@pytest.mark.parametrize("plan", ["tp=2,precision=fp32", "tp=2,sp=on,precision=fp32"])
-def test_moe_sp_steps_equal_eager(plan: str) -> None:
-    job = Job(model="moe", plan=plan, batch=2, seq=16, overrides=NO_DROP, steps=2,
-              return_state=True)
+@pytest.mark.parametrize("model, plan", [("moe", "tp=2,precision=fp32"),
+                                         ("moe", "tp=2,sp=on,precision=fp32"),
+                                         ("deepseek-v3", "tp=2,sp=on,precision=fp32")])
+def test_moe_accumulation_and_sp_equal_eager(model: str, plan: str) -> None:
+    # 2 micro-batches; deepseek-v3's small preset: 8 experts, top-2, so capacity 4 drops none
+    capacity = 2.0 if model == "moe" else 4.0
+    job = Job(model=model, plan=plan, batch=2, seq=16, overrides={**SGD, "capacity": capacity},
+              steps=2, return_state=True)
     check_parity(job, RTOL, ATOL)
 
 
@@ -71,11 +74,11 @@ def test_moe_tp_with_pp_equals_eager(model: str) -> None:
 
 @pytest.mark.parametrize("model, plan", [("moe", "tp=2,precision=fp32"),
                                          ("moe", "tp=2,sp=on,precision=fp32"),
-                                         ("deepseek-v3", "tp=2,precision=fp32")])
+                                         ("deepseek-v3", "tp=2,precision=fp32"),
+                                         ("deepseek-v3", "tp=2,sp=on,precision=fp32")])
 def test_moe_collectives_per_micro_batch_are_the_programs(model: str, plan: str) -> None:
-    """The ranks issue the program's tp collectives, per micro-batch and phase; without sp
-    their count and sizes in closed form (Megatron-Core's, module docstring of
-    dojo.runtime.tensor_parallel_moe)."""
+    """The ranks issue the program's tp collectives, per micro-batch and phase, and both are
+    Megatron-Core's in closed form (module docstring of dojo.runtime.tensor_parallel_moe)."""
     from .test_runtime_vocab_parallel import _count_worker
 
     job = Job(model=model, plan=plan, batch=2, steps=1, system="cpu")
@@ -88,22 +91,34 @@ def test_moe_collectives_per_micro_batch_are_the_programs(model: str, plan: str)
     for seen in launch(_count_worker, 2, (job, dumps_program(program)), timeout_s=60):
         assert sorted(seen["forward"]) == listed(chunk.tp_forward)
         assert sorted(seen["backward"]) == listed(chunk.tp_backward)
-    if "sp" in plan:
-        return
-    cfg = build_bundle(job).config
-    tokens = program.plan.mb * cfg.seq  # one micro-batch
-    act = tokens * cfg.hidden * 4  # an FP32 (mb, S, H) activation
+    g, f, rope, loss = _megatron(build_bundle(job).config, program.plan.mb)
+    if "sp" in plan:  # g: reduce-scatter, its gradient all-gathered; f: the converse, and the
+        # saved shard of a linear's input (not the rotary key) gathered again for its wgrad
+        fwd = [("reduce_scatter", n) for n in g] + [("all_gather", n) for n in f + rope]
+        bwd = [("all_gather", n) for n in g + f] + [("reduce_scatter", n) for n in f + rope]
+    else:
+        fwd = [("all_reduce", n) for n in g]
+        bwd = [("all_reduce", n) for n in f + rope]
+    assert listed(chunk.tp_forward) == sorted(fwd + [("all_reduce", n) for n in loss])
+    assert listed(chunk.tp_backward) == sorted(bwd)
+
+
+def _megatron(cfg: Any, mb: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Bytes per micro-batch of the g's (row-parallel outputs, the embedding), the f's
+    (column-parallel inputs), the rotary keys' f and the loss's statistics, FP32."""
+    tokens = mb * cfg.seq
+    act = tokens * cfg.hidden * 4  # an (mb, S, H) activation
     rows = -(-tokens * cfg.top_k // cfg.experts)  # capacity 1.0
     buf = cfg.experts * rows * cfg.hidden * 4  # the dispatched (E, C, H) buffer
     moe, dense = cfg.layers - cfg.dense_layers, cfg.dense_layers
     ffns = dense + moe * (cfg.shared_experts > 0)  # SwiGLUs split as Llama's
-    loss = [tokens * 4, 2 * tokens * 4]  # the max, then the two sums of the vocab-parallel CE
-    fwd = [act] * (1 + cfg.layers + ffns) + [buf] * moe + loss  # embedding, wo, w2s, experts
-    bwd = [act] * (1 + ffns) + [buf] * moe  # the head's f, the SwiGLUs' f, the experts' f
+    g = [act] * (1 + cfg.layers + ffns) + [buf] * moe  # embedding, wo, w2s, experts
+    f = [act] * (1 + ffns) + [buf] * moe  # the head, the SwiGLUs, the experts
+    rope: list[int] = []
     if cfg.attention == "gqa":
-        bwd += [act] * cfg.layers  # f on the attention's input
-    else:  # f on the two latents and on the rotary key
-        bwd += [tokens * w * 4 for w in (cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_rope_dim)
-                for _ in range(cfg.layers)]
-    assert listed(chunk.tp_forward) == sorted(("all_reduce", n) for n in fwd)
-    assert listed(chunk.tp_backward) == sorted(("all_reduce", n) for n in bwd)
+        f += [act] * cfg.layers  # the attention's input
+    else:  # the two latents, and the rotary key every head shares
+        f += [tokens * w * 4 for w in (cfg.q_lora_rank, cfg.kv_lora_rank)
+              for _ in range(cfg.layers)]
+        rope = [tokens * cfg.qk_rope_dim * 4] * cfg.layers
+    return g, f, rope, [tokens * 4, 2 * tokens * 4]  # the max, then the two sums

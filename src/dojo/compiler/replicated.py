@@ -15,11 +15,14 @@ gradient too: its all-reduce (Megatron's reduce-scatter of k_pos_emb's gradient)
 of the tokens under sequence parallelism (TELinear on the sequence shard); its weights and
 their gradients and optimizer state are held whole on every rank (`held_params`).
 
+Under sp a model that declares replicated linears has its tp collectives placed where its
+ranks issue them (`sp_pairs`): each f's all-gather at that f's input in forward (MLA's two
+latents and its rotary key, narrower than the residual stream), each g's reduce-scatter in
+forward and the all-gather of its gradient in backward (dojo.runtime.tensor_parallel_moe).
 Not modelled: under sp the gradients of a replicated weight are partial per rank (computed on
 its sequence shard) and Megatron all-reduces them over tp once per step (the parameters'
-`sequence_parallel` attribute, as for the norms' weights); and the all-gather of the latent
-before an up projection under sp is counted with its reduce-scatter in backward (same bytes per
-step), not in forward, so a recompute of the up projections replays none.
+`sequence_parallel` attribute, as for the norms' weights); and a module policy's selective
+recompute does not replay an f's all-gather (it is found from the backward op).
 """
 
 from __future__ import annotations
@@ -98,3 +101,17 @@ def held_params(sizes: dict[str, list[int]], graph: Graph, keep: frozenset[int],
         label = "pre" if label == "block" and info.block != block else label
         out[label] = out.get(label, 0) + math.prod(info.shape) * (tp - 1)
     return {label: sum(v) + out.get(label, 0) for label, v in sizes.items()}
+
+
+def sp_pairs(phase: str, kept: bool, nbytes: float
+             ) -> tuple[tuple[str, list[tuple[str, float]]], ...]:
+    """Under sp, (phase, collectives) of one partial sum of `nbytes` found in `phase`: a
+    forward one is g (reduce-scatter; backward all-gathers its gradient); a backward one is f's
+    conjugate (forward all-gathers the input; backward reduce-scatters the gradient and, for a
+    linear's input, not a `kept` rotary key, all-gathers the saved shard for the weight
+    gradient)."""
+    if phase == "forward":
+        return (("forward", [("reduce_scatter", nbytes)]), ("backward", [("all_gather", nbytes)]))
+    wgrad = [] if kept else [("all_gather", nbytes)]
+    return (("forward", [("all_gather", nbytes)]),
+            ("backward", [("reduce_scatter", nbytes), *wgrad]))

@@ -199,7 +199,10 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
       With sp a column-parallel linear also keeps only the sequence shard of its input for
       backward (`_is_split`, as Megatron-LM's LinearWithGradAccumulationAndAsyncCommunication
       and TransformerEngine's LayerNormLinear save it) and all-gathers it again there for its
-      weight gradient: one more all-gather of those bytes per shared input, in backward;
+      weight gradient: one more all-gather of those bytes per shared input, in backward.
+      A model that declares replicated linears (`replicated`: the MoE decoders) has each
+      all-gather counted at the f it feeds (`replicated.sp_pairs`), not paired with a
+      reduce-scatter: MLA's latents are narrower than the residual stream that g reduces;
     - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
@@ -215,6 +218,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
             made_by.setdefault(root(graph, t).id, op)
     vocab, keep = tp_partial.vocab_table(graph), class_head.whole_weights(graph, weights, split)
     sums = tp_partial.grad_sums(graph, weights, split, keep)
+    declared = bool(replicated.replicated_weights(graph))
     by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
     readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
@@ -225,7 +229,10 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
         comms = out.setdefault((label, op.phase), [])
         kept = replicated.partial_bytes(graph, op, acts, split, made_by, keep)
         partial = kept or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab))
-        if partial:
+        if partial and sp and declared:  # f's all-gather at its own input (MoE decoders)
+            for phase, pairs in replicated.sp_pairs(op.phase, bool(kept), partial * scale):
+                out.setdefault((label, phase), []).extend(pairs)
+        elif partial:
             kinds: tuple[str, ...] = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
             if sp and op.phase == "backward" and not kept:
                 kinds += ("all_gather",)  # the saved sequence shard, gathered for the wgrad

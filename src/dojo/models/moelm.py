@@ -102,7 +102,10 @@ class LatentAttention(nn.Module):
 
     Under tensor parallelism the down projections stay whole on every rank, as Megatron-Core
     builds linear_q_down_proj and linear_kv_down_proj (TELinear, parallel_mode "duplicated"),
-    and the up projections split by heads (dojo.compiler.replicated)."""
+    and the up projections split by heads (dojo.compiler.replicated). `rope_key` (an identity)
+    marks the rotary key every head shares, where the runtime's split hooks its f; the
+    sequence length is read after the up projections, which under sequence parallelism see the
+    whole sequence while the input is a shard (dojo.runtime.tensor_parallel_moe)."""
 
     tp_replicated = ("q_a", "kv_a")
 
@@ -123,14 +126,16 @@ class LatentAttention(nn.Module):
         self.kv_b = nn.Linear(cfg.kv_lora_rank, cfg.heads * (cfg.qk_nope_dim + cfg.v_dim),
                               bias=False)
         self.wo = nn.Linear(cfg.heads * cfg.v_dim, cfg.hidden, bias=False)
+        self.rope_key = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        b, s, _ = x.shape
         nh, nope, rope = self.heads, self.nope, self.rope
         q = self.q_b(self.q_norm(self.q_a(x))) if hasattr(self, "q_a") else self.wq(x)
+        b, s, _ = q.shape
         q = q.view(b, s, nh, nope + rope).transpose(1, 2)  # (B, nh, S, nope+rope)
         q_nope, q_pe = q.split([nope, rope], dim=-1)
         latent, k_pe = self.kv_a(x).split([self.kv_rank, rope], dim=-1)  # (B,S,r), (B,S,rope)
+        k_pe = self.rope_key(k_pe)  # (B, S, rope)
         kv = self.kv_b(self.kv_norm(latent)).view(b, s, nh, nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([nope, self.v_dim], dim=-1)  # (B, nh, S, nope), (B, nh, S, v)
         angles = rotary_angles(s, rope, self.theta, x.device)

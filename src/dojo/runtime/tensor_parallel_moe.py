@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dojo.errors import DojoError
 from dojo.runtime.tensor_parallel import (
     Shard,
     column_linear,
@@ -72,11 +71,7 @@ def shard_moe_decoder(model: nn.Module, tp: int, rank: int, group: Any, sp: bool
     for p, block in named:
         attn, ffn = block.attn, block.ffn
         if isinstance(attn, LatentAttention):
-            if sp:
-                raise DojoError(f"sequence parallelism (sp=on) with tp={tp} supports the MoE "
-                                "decoders with grouped-query attention; deepseek-v3's latent "
-                                "attention (attention=mla) runs tp with sp=off")
-            split_mla(attn, f"{p}.attn", tp, rank, group, shards)
+            split_mla(attn, f"{p}.attn", tp, rank, group, sp, shards)
         else:
             check_divides("the moe decoder", (("kv_heads", attn.kv_heads),
                                               ("heads", attn.heads)), tp)
@@ -119,7 +114,7 @@ def split_moe(moe: Any, p: str, tp: int, rank: int, group: Any, sp: bool,
         split_swiglu(moe.shared, f"{p}.shared", tp, rank, group, sp, shards)
 
 
-def split_mla(attn: Any, p: str, tp: int, rank: int, group: Any,
+def split_mla(attn: Any, p: str, tp: int, rank: int, group: Any, sp: bool,
               shards: dict[str, Shard]) -> None:
     """Multi-head latent attention (prefix `p`) split in place by heads (module docstring);
     the down projections and their norms stay whole."""
@@ -131,17 +126,13 @@ def split_mla(attn: Any, p: str, tp: int, rank: int, group: Any,
                                     f"{p}.{name}", f"{p}.{name}")
         setattr(attn, name, linear)
         shards.update(s)
-        column_region(linear, group, False)  # f: the latent (or x) is whole on every rank
-    attn.wo, s = row_parallel(attn.wo, slot(attn.heads * attn.v_dim, tp, rank), group, False,
+        column_region(linear, group, sp)  # f, or sp's all-gather, on the latent (or x)
+    attn.wo, s = row_parallel(attn.wo, slot(attn.heads * attn.v_dim, tp, rank), group, sp,
                               f"{p}.wo", f"{p}.wo")
     shards.update(s)
     attn.heads //= tp
-    down = attn.kv_a.forward
-    latent = attn.kv_rank
 
-    def kv_a(x: Tensor) -> Tensor:
-        # f on the rotary key alone: the latent's f sits at kv_b, after its norm
-        c, k_pe = down(x).split([latent, attn.rope], dim=-1)  # (B, S, r), (B, S, rope)
-        return torch.cat([c, enter_tp(k_pe, group, False)], dim=-1)  # (B, S, r + rope)
+    def rope_key(_module: nn.Module, _inputs: Any, k_pe: Tensor) -> Tensor:
+        return enter_tp(k_pe, group, sp)  # (B, S, rope): whole, its gradient summed over tp
 
-    attn.kv_a.forward = kv_a
+    attn.rope_key.register_forward_hook(rope_key)
