@@ -10,8 +10,12 @@ rotary width dr, heads nh, widths dn (no-rope), dv (values), f the SwiGLU width,
 - backward: the column-parallel input gradients, one per shared input (the MLP's w1 and w3 read
   one tensor, summed before its one reduction as Megatron's fused linear_fc1: 4 T h; the head's;
   the up projections: 4 T rq and 4 T rkv) and the rotary key's (4 T dr), whose partial sums over
-  the rank's heads come back through its broadcast; with sp each as a reduce-scatter +
-  all-gather, and the linears' saved input shards gathered again for their weight gradients;
+  the rank's heads come back through its broadcast;
+- with sp, where the ranks issue them (dojo.runtime.tensor_parallel_moe): each of these f's an
+  all-gather of its input forward (the latents and the rotary key, not the residual stream) and
+  a reduce-scatter backward, each row-parallel output (and the embedding) a reduce-scatter
+  forward and an all-gather of its gradient backward, and the linears' saved input shards
+  gathered again for their weight gradients;
 - per-rank FLOP: the down projections whole (2 T h rq, 2 T h (rkv + dr)), / tp under sp; the
   up projections / tp (2 T rq nh (dn + dr) / tp, 2 T rkv nh (dn + dv) / tp);
 - weights: the down projections whole on each rank, the rest / tp.
@@ -65,14 +69,21 @@ def test_backward_reduces_the_column_parallel_input_gradients() -> None:
     expected = sorted(per_layer * L + head)
     work = _work(2)
     assert _count(work.post.tp_backward + work.pre.tp_backward, "all_reduce") == expected
+
+
+def test_sp_gathers_each_f_input_and_scatters_each_g_output() -> None:
+    f = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV, 4.0 * T * DR] * L + [4.0 * T * H]
+    g = [4.0 * T * H] * (1 + 2 * L)  # the embedding, then wo and w2 per layer
     sp = _work(2, sp=True)
-    comms = sp.post.tp_backward + sp.pre.tp_backward
-    assert _count(comms, "reduce_scatter") == sorted(per_layer * L + head)
-    # with sp the column-parallel linears (fc1, the up projections, the head) gather their
-    # saved input shard again for the weight gradient; the rotary key's gradient comes back
-    # through its broadcast, not a linear's input: no re-gather
-    regather = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV]
-    assert _count(comms, "all_gather") == sorted((per_layer + regather) * L + head * 2)
+    fwd = sp.post.tp_forward + sp.pre.tp_forward
+    assert (_count(fwd, "all_gather"), _count(fwd, "reduce_scatter")) == (sorted(f), g)
+    # backward: the converse; the column-parallel linears (fc1, the up projections, the head)
+    # gather their saved input shard again for the weight gradient; the rotary key's gradient
+    # comes back through its broadcast, not a linear's input: no re-gather
+    regather = [4.0 * T * H, 4.0 * T * RQ, 4.0 * T * RKV] * L + [4.0 * T * H]
+    bwd = sp.post.tp_backward + sp.pre.tp_backward
+    assert _count(bwd, "reduce_scatter") == sorted(f)
+    assert _count(bwd, "all_gather") == sorted(g + regather)
 
 
 @pytest.mark.parametrize("sp", [False, True])
