@@ -1,5 +1,6 @@
-"""Megatron sequence parallelism (plan sp=on) for the tensor-parallel GPT and Llama: the norm,
-dropout and residual regions hold a slice of the sequence on each tp rank.
+"""Megatron sequence parallelism (plan sp=on) for the tensor-parallel GPT, Llama and MoE
+decoders (their experts' buffers and MLA's latents: `tensor_parallel_moe`): the norm, dropout
+and residual regions hold a slice of the sequence on each tp rank.
 
 Activations between the tp regions are (B, S/tp, H): rank r holds tokens [r*S/tp, (r+1)*S/tp).
 The four autograd functions, each the other's adjoint (Korthikanti et al., 2022, section 4.2.2):

@@ -138,8 +138,9 @@ def shard_vit(model: nn.Module, tp: int, rank: int, group: Any, sp: bool = False
               ) -> dict[str, Shard]:
     """Split every encoder block of a dojo ViT (module docstring); the rest stays whole."""
     if sp:
-        raise DojoError(f"sequence parallelism (sp=on) with tp={tp} supports the gpt and llama "
-                        "models; vit reads its class token from one position (use sp=off)")
+        raise DojoError(f"sequence parallelism (sp=on) with tp={tp} supports the gpt, llama "
+                        "and MoE decoder models; vit reads its class token from one position "
+                        "(use sp=off)")
     shards: dict[str, Shard] = {}
     blocks: Any = model.blocks
     for i, block in enumerate(blocks):

@@ -8,10 +8,11 @@ Per block, tp rank r of tp:
 - multi-head latent attention (deepseek-v3): the down projections q_a and kv_a and their
   RMSNorms stay whole on every rank (Megatron-Core's "duplicated" linear_q_down_proj and
   linear_kv_down_proj; `dojo.compiler.replicated`); the up projections q_b (or wq) and kv_b are
-  column-parallel over the rank's heads, each with f on its input; wo row-parallel; the rotary
-  key, shared by all heads, gets f too (its gradient sums every rank's heads: Megatron-Core's
-  reduction of k_pos_emb's gradient). Backward all-reduces the two latents' and the rotary
-  key's gradients, forward only wo's output.
+  column-parallel over the rank's heads, each with f on its input (the latent); wo
+  row-parallel; the rotary key, shared by all heads, gets f too (a hook on the model's
+  `rope_key`: its gradient sums every rank's heads, Megatron-Core's reduction of k_pos_emb's
+  gradient). Forward all-reduces wo's output only, backward the two latents' and the rotary
+  key's gradients.
 - the router (`gate`) stays whole on every rank and scores the rank's tokens on the whole hidden
   state (Megatron-Core's TopKRouter weight has no tp split), so every rank routes identically;
 - the routed experts (`Experts`, weights stacked expert-first) split as an MLP each: w1 and w3
@@ -22,14 +23,14 @@ Per block, tp rank r of tp:
   reduce-scatter over tp).
 The embedding and untied head are vocabulary-parallel (`split_untied_vocab`).
 
-Sequence parallelism (sp=on, grouped-query attention only): each rank routes and dispatches its
-own sequence shard into a buffer (E, C/tp, H) with the capacity taken on its own tokens (as
-Megatron-Core's dispatchers compute it per rank), all-gathers the buffers into (E, C, H) before
-the experts and reduce-scatters their output back: the same as the whole model when no token is
-dropped (capacity >= experts / top_k), else tokens are dropped per shard. The router's gradient
-is then a partial sum over tp (`sequence_parallel.partial_grad_names`). MLA refuses sp: the
-program counts its latents' all-gathers in backward (`compiler.replicated`), not where the
-runtime would issue them.
+Sequence parallelism (sp=on): each rank routes and dispatches its own sequence shard into a
+buffer (E, C/tp, H) with the capacity taken on its own tokens (as Megatron-Core's dispatchers
+compute it per rank), all-gathers the buffers into (E, C, H) before the experts and
+reduce-scatters their output back: the same as the whole model when no token is dropped
+(capacity >= experts / top_k), else tokens are dropped per shard. MLA runs its down projections
+and norms on the shard and all-gathers the two latents and the rotary key (Megatron-Core's
+MLASelfAttention). The router's and the down projections' gradients are then partial sums over
+tp (`sequence_parallel.partial_grad_names`), summed once per step with the norms'.
 """
 
 from __future__ import annotations
