@@ -22,7 +22,9 @@ forward and the all-gather of its gradient in backward (dojo.runtime.tensor_para
 Not modelled: under sp the gradients of a replicated weight are partial per rank (computed on
 its sequence shard) and Megatron all-reduces them over tp once per step (the parameters'
 `sequence_parallel` attribute, as for the norms' weights); and a module policy's selective
-recompute does not replay an f's all-gather (it is found from the backward op).
+recompute replays one all-gather with each reduce-scatter it replays, of the same bytes (an f's
+all-gather is found from a backward op, which the rerun does not label), none for an up
+projection rerun alone.
 """
 
 from __future__ import annotations

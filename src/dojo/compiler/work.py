@@ -187,7 +187,8 @@ def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[i
 
 
 def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: set[int],
-                   sp: bool, scale: float) -> dict[tuple[str, str], list[tuple[str, float]]]:
+                   sp: bool, scale: float, at_f: bool = True
+                   ) -> dict[tuple[str, str], list[tuple[str, float]]]:
     """The tp group's collectives by (section, phase), found where the dataflow leaves the split
     region or needs the whole of a split tensor, as (kind, bytes per member):
     - a weight matmul or convolution whose input is split (row-parallel) produces partial sums:
@@ -202,7 +203,8 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
       weight gradient: one more all-gather of those bytes per shared input, in backward.
       A model that declares replicated linears (`replicated`: the MoE decoders) has each
       all-gather counted at the f it feeds (`replicated.sp_pairs`), not paired with a
-      reduce-scatter: MLA's latents are narrower than the residual stream that g reduces;
+      reduce-scatter: MLA's latents are narrower than the residual stream that g reduces
+      (`at_f`; a module policy's rerun, labelled by forward ops, keeps the pairing);
     - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
       VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
     - a norm, softmax or loss over features split by a column-parallel op all-reduces its
@@ -218,7 +220,7 @@ def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: se
             made_by.setdefault(root(graph, t).id, op)
     vocab, keep = tp_partial.vocab_table(graph), class_head.whole_weights(graph, weights, split)
     sums = tp_partial.grad_sums(graph, weights, split, keep)
-    declared = bool(replicated.replicated_weights(graph))
+    declared = at_f and bool(replicated.replicated_weights(graph))
     by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
     readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
     out: dict[tuple[str, str], list[tuple[str, float]]] = {}
@@ -389,7 +391,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
     if sel is not None and tp > 1:  # the modules' own collectives, replayed by their rerun
         mine = [f"{lab} rerun" if o.id in sel.ops else "" for o, lab in zip(graph.ops, labels)]
-        rerun = tp_collectives(graph, mine, weights, split, sp, scale)
+        rerun = tp_collectives(graph, mine, weights, split, sp, scale, at_f=False)
         comms |= {(lab, "rerun"): rerun.get((f"{lab} rerun", "forward"), [])
                   for lab in ("pre", "block", "post")}
 
