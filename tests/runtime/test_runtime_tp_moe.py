@@ -122,3 +122,15 @@ def _megatron(cfg: Any, mb: int) -> tuple[list[int], list[int], list[int], list[
               for _ in range(cfg.layers)]
         rope = [tokens * cfg.qk_rope_dim * 4] * cfg.layers
     return g, f, rope, [tokens * 4, 2 * tokens * 4]  # the max, then the two sums
+
+
+def test_run_refuses_expert_parallelism(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # before: the ranks ran plain dp with whole experts while the program timed all-to-alls
+    from dojo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--model", "moe", "--plan", "dp=2,ep=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'ep' = 2" in err[0] and "simulated only" in err[0]
+    assert not list(tmp_path.iterdir())

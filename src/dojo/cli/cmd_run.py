@@ -103,6 +103,9 @@ def check_model_args(args: argparse.Namespace) -> None:
     if plan.cp > 1:
         raise ConfigError("--plan", "cp", plan.cp, "1: `dojo run` executes dp, tp and pp; context "
                           "parallelism is simulated only (dojo simulate)")
+    if plan.ep > 1:  # the ranks would run dp with whole experts, not the program's all-to-alls
+        raise ConfigError("--plan", "ep", plan.ep, "1: `dojo run` splits the experts over tp "
+                          "(etp = tp); expert parallelism is simulated only (dojo simulate)")
     check_ranks(plan.devices, f"--plan {args.plan}: dp x tp x pp")
     if args.resume and not args.checkpoint:
         raise DojoError("--resume: expected --checkpoint FOLDER to resume from")
