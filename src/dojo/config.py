@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -123,7 +124,9 @@ def _convert_tuple(tp: Any, value: Any, source: str, path: str, meta: Mapping[st
 def _number(tp: type, value: Any, source: str, path: str, meta: Mapping[str, Any]) -> Any:
     unit = f" {meta['unit']}" if meta.get("unit") else ""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(source, path, value, f"{'an integer' if tp is int else 'a number'}{unit}")
+        form = f" in {NUMBER_FORM}" if foreign_number(value) else ""
+        raise ConfigError(source, path, value,
+                          f"{'an integer' if tp is int else 'a number'}{unit}{form}")
     if tp is int and not isinstance(value, int):
         raise ConfigError(source, path, value, f"an integer{unit}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -146,29 +149,67 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# A number typed on the command line (or in a runs CSV) is ASCII: Python's int() and float()
+# also read other scripts' digits ('１６', '١٦') and '_' separators ('1_6'), which a terminal
+# shows as something else than the number used (a fullwidth 16, or 16 where 1 and 6 were two
+# values). These are the forms dojo reads; anything else stays text and is refused by the field.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                         r"|inf|infinity|nan)", re.IGNORECASE)
+NUMBER_FORM = "ASCII digits 0-9 without '_' separators"
+
+
+def ascii_int(text: str) -> int | None:
+    """`text` (spaces around allowed) as an int when it is an optionally signed run of ASCII
+    digits, else None; also None past Python's 4,300-digit conversion limit."""
+    text = text.strip()
+    if not _INT_TEXT.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # over sys.get_int_max_str_digits()
+        return None
+
+
+def ascii_float(text: str) -> float | None:
+    """`text` as a float when written with ASCII digits (or inf/nan), else None."""
+    text = text.strip()
+    return float(text) if _FLOAT_TEXT.fullmatch(text) else None
+
+
+def foreign_number(value: object) -> bool:
+    """True for text Python would read as a number that dojo's grammar refuses ('１６', '1_6'),
+    so an error can say why '１６' is not an integer."""
+    if not isinstance(value, str) or ascii_float(value) is not None:
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_scalar(raw: str) -> Any:
-    """A command-line value: on/off/true/false/yes/no as bool, then int, then float, else str.
-    A number float cannot hold (`1e400`, 5,000 digits) stays the text typed, so an error quotes
-    it rather than `inf`."""
+    """A command-line value: on/off/true/false/yes/no as bool, then int, then float (each in
+    ASCII digits, see `ascii_int`), else str. A number float cannot hold (`1e400`, 5,000
+    digits) stays the text typed, so an error quotes it rather than `inf`."""
     lowered = raw.lower()
     if lowered in ("true", "on", "yes"):
         return True
     if lowered in ("false", "off", "no"):
         return False
-    for kind in (int, float):
-        try:
-            value = kind(raw)
-        except ValueError:
-            continue
-        if isinstance(value, float) and math.isinf(value) and "inf" not in lowered:
-            return raw
-        return value
-    return raw
+    whole = ascii_int(raw)
+    if whole is not None:
+        return whole
+    value = ascii_float(raw)
+    if value is None or (math.isinf(value) and "inf" not in lowered):
+        return raw
+    return value
 
 
 def whole_number(text: str) -> int | None:
-    """`text` as a whole number when it is ASCII digits only, else None. (`str.isdigit` is
-    true for "²", which `int` refuses, and for other scripts' digits.)"""
+    """`text` as a whole number when it is ASCII digits only (no sign, no spaces), else None.
+    (`str.isdigit` is true for "²", which `int` refuses, and for other scripts' digits.)"""
     return int(text) if text.isascii() and text.isdigit() else None
 
 

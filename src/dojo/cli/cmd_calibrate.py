@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dojo.cli.common import print_json
+from dojo.cli.common import integer, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "device count comes from its plan or its devices column)")
     p.add_argument("--runs", required=True, metavar="CSV", help="measured runs, one per row")
     p.add_argument("--out", required=True, metavar="FILE", help="system .toml file to write")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=integer, default=None,
                    help="most fit iterations (default and maximum: 20)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)

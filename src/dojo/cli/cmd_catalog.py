@@ -14,7 +14,7 @@ import math
 import sys
 from typing import Any
 
-from dojo.cli.common import print_json
+from dojo.cli.common import int_flag, print_json
 from dojo.errors import ConfigError, DojoError, one_line
 
 FORMATS = ("table", "json", "csv")
@@ -173,20 +173,14 @@ def _text(value: Any) -> str:
 
 
 def _mine(args: argparse.Namespace) -> int:
-    try:
-        budget = int(args.budget)
-    except ValueError:
-        raise ConfigError("--budget", "budget", args.budget, "an integer") from None
+    budget = int_flag(args.budget, "--budget")
     if budget < 1:
         raise ConfigError("--budget", "budget", budget, "at least 1 clip")
     if args.by not in ("score", "random"):
         raise ConfigError("--by", "by", args.by, "score or random")
     seed = None
     if args.seed is not None:
-        try:
-            seed = int(args.seed)
-        except ValueError:
-            raise ConfigError("--seed", "seed", args.seed, "an integer") from None
+        seed = int_flag(args.seed, "--seed")
         if not 0 <= seed < 2**63:
             raise ConfigError("--seed", "seed", seed, "0 <= seed < 2^63")
         if args.by != "random":

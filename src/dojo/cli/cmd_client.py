@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, number, parse_sets, print_json
 
 DEFAULT_SERVER = "http://127.0.0.1:8600"
 DEFAULT_TIMEOUT_S = 30.0  # seconds one request may wait for the server's answer
@@ -28,13 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _server(p)
     p.add_argument("kind", choices=("simulate", "plan", "train"))
     p.add_argument("model", help="zoo model name (or file.py:factory where the server allows)")
-    p.add_argument("--tiles", type=int, default=1, help="tiles to allocate (default 1)")
+    p.add_argument("--tiles", type=integer, default=1, help="tiles to allocate (default 1)")
     p.add_argument("--plan", default="auto")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--seq", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="train: optimizer steps")
-    p.add_argument("--limit-s", type=float, default=600.0, help="wall-time limit (seconds)")
-    p.add_argument("--priority", type=int, default=0, help="1: urgent (admin tokens)")
+    p.add_argument("--batch", type=integer, default=None)
+    p.add_argument("--seq", type=integer, default=None)
+    p.add_argument("--steps", type=integer, default=None, help="train: optimizer steps")
+    p.add_argument("--limit-s", type=number, default=600.0, help="wall-time limit (seconds)")
+    p.add_argument("--priority", type=integer, default=0, help="1: urgent (admin tokens)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--idempotency-key", default=None, help="resubmitting returns the same job")
     p.add_argument("--wait", action="store_true", help="wait until the job is over")
@@ -68,13 +68,13 @@ def _client(args: argparse.Namespace) -> Any:
     import math
 
     from dojo.client import Client
+    from dojo.config import ascii_float
     from dojo.errors import ConfigError
 
     given = "DOJO_TIMEOUT_S" if args.timeout_s == os.environ.get("DOJO_TIMEOUT_S") \
         else "--timeout-s"
-    try:
-        timeout_s = float(args.timeout_s)
-    except ValueError:
+    timeout_s = ascii_float(str(args.timeout_s))
+    if timeout_s is None:
         timeout_s = math.nan
     if not (math.isfinite(timeout_s) and 0 < timeout_s <= 86400):
         raise ConfigError(given, "timeout_s", args.timeout_s, "seconds, > 0 and <= 86400")

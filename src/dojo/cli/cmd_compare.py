@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,9 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="zoo model name, or path/to/file.py:factory")
     p.add_argument("--systems", required=True,
                    help="comma-separated systems, e.g. v1,h100-cluster:48")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: 1/device "
+    p.add_argument("--batch", type=integer, default=None, help="global batch (default: 1/device "
                    "of the largest system)")
-    p.add_argument("--seq", type=int, default=None, help="sequence length")
+    p.add_argument("--seq", type=integer, default=None, help="sequence length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--chart", metavar="FILE", help="write a bar chart of step time and energy "
                    "(.png, .svg or .pdf)")

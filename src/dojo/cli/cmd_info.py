@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dojo.cli.common import print_json
+from dojo.cli.common import integer, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Describe a shipped system (d1, tile, tray, v1, cabinet, "
                        "exapod, a100-cluster, h100-cluster) or a TOML file of your own.")
     p.add_argument("system", help="system name, NAME:GPUS, or path to a .toml file")
-    p.add_argument("--devices", type=int, default=None, help="GPU count for a GPU cluster")
+    p.add_argument("--devices", type=integer, default=None, help="GPU count for a GPU cluster")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 

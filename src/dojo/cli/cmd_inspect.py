@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import int_flag, parse_sets, print_json
 from dojo.errors import ConfigError
 
 PHASES = ("forward", "backward", "optimizer")
@@ -35,10 +35,7 @@ def add_parser(subparsers: Any) -> None:
 def _int(text: str | None, flag: str) -> int | None:
     if text is None:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(flag, flag.lstrip("-"), text, "an integer") from None
+    return int_flag(text, flag)
 
 
 def _refuse_factory_flags(model: str, batch: int | None, seq: int | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "over the simulator).")
     p.add_argument("model", help="zoo model name, or path/to/file.py:factory")
     p.add_argument("--system", required=True, help="system name, NAME:GPUS, or a .toml path")
-    p.add_argument("--devices", type=int, default=None, help="GPU count for a GPU cluster")
-    p.add_argument("--batch", type=int, default=None, help="global batch (default: 1/device)")
-    p.add_argument("--seq", type=int, default=None, help="sequence length")
+    p.add_argument("--devices", type=integer, default=None, help="GPU count for a GPU cluster")
+    p.add_argument("--batch", type=integer, default=None, help="global batch (default: 1/device)")
+    p.add_argument("--seq", type=integer, default=None, help="sequence length")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--top", type=int, default=5, help="candidates to list")
+    p.add_argument("--top", type=integer, default=5, help="candidates to list")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=run)
 

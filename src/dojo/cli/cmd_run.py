@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, number, parse_sets, print_json
 
 MODEL_TIMEOUT_S = 60.0  # collective timeout of --model runs when --timeout is not given
 
@@ -27,19 +27,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "4 ranks per CPU core (at least 8, at most 64) are started.")
     p.add_argument("script", nargs="?", help="a Python training script to launch --nproc times")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
-    p.add_argument("--nproc", type=int, default=1, help="processes for a script (default 1)")
+    p.add_argument("--nproc", type=integer, default=1, help="processes for a script (default 1)")
     p.add_argument("--model", help="zoo model to train (instead of a script)")
     p.add_argument("--plan", default="dp=1,precision=fp32", help="parallel plan, e.g. dp=2,tp=2")
-    p.add_argument("--batch", type=int, default=4, help="global batch in samples")
-    p.add_argument("--seq", type=int, default=None, help="tokens per sample (sequence models)")
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps (>= 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=integer, default=4, help="global batch in samples")
+    p.add_argument("--seq", type=integer, default=None, help="tokens per sample (sequence models)")
+    p.add_argument("--steps", type=integer, default=3, help="optimizer steps (>= 1)")
+    p.add_argument("--seed", type=integer, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model config override")
     p.add_argument("--full", action="store_true", help="the full-size model, not its small preset")
     p.add_argument("--system", default="h100-cluster", help="system to simulate the plan on")
     p.add_argument("--checkpoint", help="checkpoint folder (saved every step; --resume loads it)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=number, default=None,
                    help="seconds: with --model, the collective timeout (default "
                    f"{MODEL_TIMEOUT_S:g}); with a script, the wall-clock limit of the whole job, "
                    "after which every rank is killed (default: none, like torchrun)")

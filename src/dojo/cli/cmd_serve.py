@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dojo.cli.common import integer, number
+
 DEFAULT_DATA = "dojo-data"
 
 
@@ -26,14 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _store_args(p)
     p.add_argument("--system", default="v1", help="v1, exapod or a system .toml (default v1)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
-    p.add_argument("--port", type=int, default=8600)
+    p.add_argument("--port", type=integer, default=8600)
     p.add_argument("--allow-factories", action="store_true",
                    help="accept models given as file.py:factory (run only in sandboxed workers)")
-    p.add_argument("--worker-cpu-s", type=int, default=3600, help="CPU seconds per worker")
-    p.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--worker-cpu-s", type=integer, default=3600, help="CPU seconds per worker")
+    p.add_argument("--worker-memory-gb", type=number, default=8.0, help="memory per worker")
+    p.add_argument("--max-attempts", type=integer, default=3,
                    help="runs of a job whose worker dies before it is failed (default 3)")
-    p.add_argument("--rate-limit", type=float, default=50.0,
+    p.add_argument("--rate-limit", type=number, default=50.0,
                    help="requests per second per tenant, bursts of 4x (default 50)")
     p.add_argument("--hold", action="store_true",
                    help="accept and queue jobs but start none (maintenance, load tests)")
@@ -47,11 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _store_args(w)
     w.add_argument("--system", default="v1", help="the server's --system")
     w.add_argument("--name", default=None, help="host name (default: this machine's, + pid)")
-    w.add_argument("--slots", type=int, default=os.cpu_count() or 1,
+    w.add_argument("--slots", type=integer, default=os.cpu_count() or 1,
                    help="jobs run at once on this host (default: its CPU count)")
-    w.add_argument("--worker-cpu-s", type=int, default=3600, help="CPU seconds per worker")
-    w.add_argument("--worker-memory-gb", type=float, default=8.0, help="memory per worker")
-    w.add_argument("--max-attempts", type=int, default=3,
+    w.add_argument("--worker-cpu-s", type=integer, default=3600, help="CPU seconds per worker")
+    w.add_argument("--worker-memory-gb", type=number, default=8.0, help="memory per worker")
+    w.add_argument("--max-attempts", type=integer, default=3,
                    help="runs of a job whose worker dies before it is failed (default 3)")
     w.add_argument("--addr", default="127.0.0.1",
                    help="this host's address for the ranks of jobs that span hosts "
@@ -64,14 +66,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = asub.add_parser("tenant", help="tenants").add_subparsers(dest="verb", required=True)
     c = t.add_parser("create", help="create a tenant and print its first token (once)")
     c.add_argument("name")
-    c.add_argument("--quota-tile-hours", type=float, required=True)
+    c.add_argument("--quota-tile-hours", type=number, required=True)
     c.add_argument("--role", default="admin", choices=("admin", "member", "read-only"))
     _store_args(c)
     tok = asub.add_parser("token", help="tokens").add_subparsers(dest="verb", required=True)
     tc = tok.add_parser("create", help="another token for a tenant (printed once)")
     tc.add_argument("tenant")
     tc.add_argument("--role", default="member", choices=("admin", "member", "read-only"))
-    tc.add_argument("--expires-s", type=float, default=None, help="valid for this many seconds")
+    tc.add_argument("--expires-s", type=number, default=None, help="valid for this many seconds")
     _store_args(tc)
     a.set_defaults(run=run_admin)
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +25,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """Options every model x plan x system command takes."""
     p.add_argument("model", help="zoo model name, or path/to/file.py:factory")
     p.add_argument("--system", required=True, help="system name, NAME:GPUS, or a .toml path")
-    p.add_argument("--devices", type=int, default=None, help="GPU count for a GPU cluster")
+    p.add_argument("--devices", type=integer, default=None, help="GPU count for a GPU cluster")
     p.add_argument("--plan", default="auto",
                    help="e.g. dp=8,tp=8,pp=16,mb=1,interleave=3,recompute=selective,sp=on,zero=1"
                    " (default: auto, the best plan found)")
-    p.add_argument("--batch", type=int, default=None, help="global batch in samples")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (sequence models)")
+    p.add_argument("--batch", type=integer, default=None, help="global batch in samples")
+    p.add_argument("--seq", type=integer, default=None, help="sequence length (sequence models)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model setting, repeatable")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", default=None, help="comma-separated device counts (>= 1)")
     p.add_argument("--systems", default=None, help="comma-separated systems (e.g. tile,v1,exapod)")
     p.add_argument("--plan", default="tp=1,pp=1", help="plan without dp (dp fills the devices)")
-    p.add_argument("--batch", type=int, required=True,
+    p.add_argument("--batch", type=integer, required=True,
                    help="global batch (strong) or batch at the first point (weak)")
     p.add_argument("--weak", action="store_true", help="weak scaling")
-    p.add_argument("--seq", type=int, default=None)
+    p.add_argument("--seq", type=integer, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png, .svg or .pdf)")
     p.add_argument("--json", action="store_true")

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dojo.config import parse_scalar
+from dojo.config import NUMBER_FORM, ascii_float, ascii_int, parse_scalar
 from dojo.errors import ConfigError
+
+
+def integer(text: str) -> int:
+    """argparse `type=` for an integer flag: ASCII digits only (`config.ascii_int`), so
+    `--batch １６` or `--batch 1_6` is refused as argparse refuses `--batch abc`."""
+    value = ascii_int(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in {NUMBER_FORM}")
+    return value
+
+
+def number(text: str) -> float:
+    """argparse `type=` for a float flag, in ASCII digits like `integer`; inf and nan pass here
+    and are refused by the command's range check, which names the range."""
+    value = ascii_float(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in {NUMBER_FORM}")
+    return value
+
+
+def int_flag(text: str, flag: str) -> int:
+    """`text`, the value of `flag`, as an integer in ASCII digits; ConfigError otherwise (for
+    flags parsed by the command, so the error is the one-line `dojo: error:` form)."""
+    value = ascii_int(text)
+    if value is None:
+        raise ConfigError(flag, flag.lstrip("-"), text, f"an integer in {NUMBER_FORM}")
+    return value
 
 
 def print_json(obj: Any) -> None:
@@ -45,12 +73,8 @@ def system_list(text: str, flag: str) -> list[str]:
 
 def int_list(text: str, flag: str, least: int = 1) -> list[int]:
     """The integers in a comma-separated value like `8,16,32`, each >= `least`."""
-    items = [item.strip() for item in text.split(",")]
-    try:
-        values = [int(item) for item in items]
-    except ValueError:
-        values = []
-    if not values or any(v < least for v in values):
+    values = [ascii_int(item) for item in text.split(",")]
+    if not values or any(v is None or v < least for v in values):
         raise ConfigError(flag, flag.lstrip("-"), text,
-                          f"comma-separated integers >= {least}, like 8,16,32")
-    return values
+                          f"comma-separated integers >= {least}, like 8,16,32, in {NUMBER_FORM}")
+    return values  # type: ignore[return-value]  # None refused above

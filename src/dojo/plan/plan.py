@@ -172,11 +172,15 @@ def parse_plan(text: str, source: str = "--plan") -> Plan:
         raise ConfigError(source, "plan", text, "key=value pairs, e.g. dp=8,tp=8,pp=16,mb=1 "
                           "(leave it out for the default)")
     data: dict[str, object] = {}
-    for item in (p.strip() for p in text.split(",") if p.strip()):
+    for item in (p.strip() for p in text.split(",")):
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(source, item, item, "key=value, e.g. dp=8,tp=8,pp=16,mb=1")
         key = key.strip()
+        if not item:  # "dp=2," or "dp=2,,tp=2": a value dropped, or a typo; say which
+            raise ConfigError(source, "plan", text, "key=value pairs joined by single commas "
+                              "(an item is empty: a trailing or doubled comma)")
+        if not sep or not key or not raw.strip():
+            raise ConfigError(source, key or "plan", item,
+                              "key=value with a key and a value, e.g. dp=8,tp=8,pp=16,mb=1")
         value = parse_scalar(raw.strip())
         if key == "fusion" and isinstance(value, bool):
             value = "full" if value else "none"

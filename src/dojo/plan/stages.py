@@ -21,6 +21,7 @@ The family contains the even split and Llama 3's split whenever they exist.
 
 from __future__ import annotations
 
+from dojo.config import NUMBER_FORM, ascii_int
 from dojo.errors import ConfigError
 
 
@@ -32,12 +33,11 @@ def parse_stages(raw: object, source: str = "--plan") -> list[int]:
                           "stages=7:8:8:7")
     counts = []
     for item in text.split(":"):
-        try:
-            n = int(item)
-        except ValueError:
+        n = ascii_int(item)
+        if n is None:
             raise ConfigError(source, "stages", text,
-                              f"whole block counts separated by ':' ('{item}' is not one)"
-                              ) from None
+                              f"whole block counts separated by ':' ('{item}' is not one; "
+                              f"{NUMBER_FORM})")
         if n < 0:
             raise ConfigError(source, "stages", text, f"block counts >= 0 ({n} is negative)")
         counts.append(n)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dojo.config import parse_scalar, whole_number
+from dojo.config import NUMBER_FORM, ascii_float, parse_scalar, whole_number
 from dojo.errors import DojoError
 
 REQUIRED = ("model", "plan", "batch", "seconds")
@@ -111,10 +111,9 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
     for col in ("model", "plan"):
         if not raw[col]:
             raise bad(col, "a value")
-    try:
-        seconds = float(raw["seconds"])
-    except ValueError:
-        raise bad("seconds", "measured seconds per step, a number > 0") from None
+    seconds = ascii_float(raw["seconds"])
+    if seconds is None:
+        raise bad("seconds", f"measured seconds per step, a number > 0 in {NUMBER_FORM}")
     if not MIN_SECONDS <= seconds <= MAX_SECONDS:  # NaN too; 1e-320 s made the fit's logs inf
         raise bad("seconds", f"measured seconds per step, a number from {MIN_SECONDS:g} to "
                   f"{MAX_SECONDS:g}")
