@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dojo.cli.common import integer, print_json
+from dojo.cli.common import integer, print_json, system_inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dojo.errors import ConfigError
-    from dojo.report.html import check_output
+    from dojo.report.html import check_output, check_outputs_apart
     from dojo.sim.calibrate import MAX_ITERATIONS, fit, prepare
     from dojo.sim.runs import fitted_system_text, read_runs
 
     out = check_output(args.out, "--out", ("toml",))
+    # the fitted file must not replace the system it was fitted from, nor the measured runs
+    check_outputs_apart((("--out", args.out),),
+                        (*system_inputs("--system", args.system), ("--runs", args.runs)))
     iterations = MAX_ITERATIONS if args.iterations is None else args.iterations
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise ConfigError("--iterations", "iterations", iterations,

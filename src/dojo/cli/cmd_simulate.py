@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import integer, parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json, system_inputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in outputs:
         if path is not None:
             check_output(path, flag)
-    check_outputs_apart(outputs, (("--system", args.system), ("model", args.model)))
+    if args.trace or args.report:
+        check_outputs_apart(outputs, (*system_inputs("--system", args.system),
+                                      ("model", args.model)))
     sim = simulated_from_args(args)
     if args.trace:
         from dojo.report.trace import write_trace

@@ -78,3 +78,14 @@ def int_list(text: str, flag: str, least: int = 1) -> list[int]:
         raise ConfigError(flag, flag.lstrip("-"), text,
                           f"comma-separated integers >= {least}, like 8,16,32, in {NUMBER_FORM}")
     return values  # type: ignore[return-value]  # None refused above
+
+
+def system_inputs(flag: str, system: str) -> list[tuple[str, str]]:
+    """(flag, path) for `report.html.check_outputs_apart`: the system given to `flag` and each
+    local file its `extends` chain reads, so no output replaces a file the system is built
+    from."""
+    from dojo.hardware.loader import system_files
+
+    inputs = [(flag, system)]
+    inputs += [(f"{flag} {system}, which extends", path) for path in system_files(system)[1:]]
+    return inputs

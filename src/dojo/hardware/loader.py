@@ -94,10 +94,27 @@ def _locate(name_or_path: str, base: Path | None) -> tuple[Path, str]:
     return Path(str(shipped)), f"systems/{name_or_path}.toml"
 
 
-def _read_merged(name_or_path: str, seen: tuple[str, ...], base: Path | None = None
-                 ) -> tuple[dict[str, Any], str]:
+def system_files(name_or_path: str) -> list[str]:
+    """The user's files a system is read from: its own .toml (a `:N` suffix dropped) and each
+    local file its `extends` chain names, resolved; shipped systems are left out. A command
+    that writes files refuses to write over any of them."""
+    text = name_or_path
+    if ":" in text and not Path(text).exists():
+        text = text.rpartition(":")[0]
+    files: list[str] = []
+    _read_merged(text, seen=(), files=files)
+    shipped = str(Path(str(resources.files("dojo.hardware") / "systems")).resolve())
+    return [f for f in files if Path(f).parent != Path(shipped)]
+
+
+def _read_merged(name_or_path: str, seen: tuple[str, ...], base: Path | None = None,
+                 files: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """The merged tables of a system and its source name; `files` (when given) collects the
+    resolved path of each file read, the system's own first."""
     path, source = _locate(name_or_path, base)
     key = str(path.resolve())
+    if files is not None:
+        files.append(key)
     if key in seen:
         raise DojoError(f"{source}: 'extends' forms a cycle")
     data = read_toml_file(path, source)
@@ -106,7 +123,7 @@ def _read_merged(name_or_path: str, seen: tuple[str, ...], base: Path | None = N
         return data, source
     if not isinstance(parent, str):
         raise ConfigError(source, "extends", parent, "a system name or a path to a .toml file")
-    base_data, _ = _read_merged(parent, (*seen, key), base=path.parent)
+    base_data, _ = _read_merged(parent, (*seen, key), base=path.parent, files=files)
     return _merge(base_data, data), source
 
 

@@ -21,7 +21,7 @@ The family contains the even split and Llama 3's split whenever they exist.
 
 from __future__ import annotations
 
-from dojo.config import NUMBER_FORM, ascii_int
+from dojo.config import NUMBER_FORM, ascii_int, foreign_number
 from dojo.errors import ConfigError
 
 
@@ -36,8 +36,8 @@ def parse_stages(raw: object, source: str = "--plan") -> list[int]:
         n = ascii_int(item)
         if n is None:
             raise ConfigError(source, "stages", text,
-                              f"whole block counts separated by ':' ('{item}' is not one; "
-                              f"{NUMBER_FORM})")
+                              f"whole block counts separated by ':' ('{item}' is not one)"
+                              + (f", in {NUMBER_FORM}" if foreign_number(item) else ""))
         if n < 0:
             raise ConfigError(source, "stages", text, f"block counts >= 0 ({n} is negative)")
         counts.append(n)

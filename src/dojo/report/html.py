@@ -49,11 +49,11 @@ def check_outputs_apart(outputs: Sequence[tuple[str, str | None]],
     or an output names an input file (`--trace mine.toml` with `--system mine.toml`, a model's
     `file.py:factory`), which the write would replace. Inputs may carry a `:N` or `:factory`
     suffix; `None` entries (a flag not given) are skipped."""
-    written: dict[str, tuple[str, str]] = {}
+    written: dict[object, tuple[str, str]] = {}
     for flag, path in outputs:
         if path is None:
             continue
-        key = os.path.realpath(path)
+        key = _file_key(path)
         if key in written:
             first = written[key]
             raise DojoError(f"{flag} {path}: the same file as {first[0]} {first[1]}: expected a "
@@ -61,12 +61,21 @@ def check_outputs_apart(outputs: Sequence[tuple[str, str | None]],
         written[key] = (flag, path)
     for flag, text in inputs:
         for candidate in (text, (text or "").rpartition(":")[0]):
-            if candidate and os.path.isfile(candidate) and \
-                    os.path.realpath(candidate) in written:
-                out_flag, out_path = written[os.path.realpath(candidate)]
+            if candidate and os.path.isfile(candidate) and _file_key(candidate) in written:
+                out_flag, out_path = written[_file_key(candidate)]
                 raise DojoError(f"{out_flag} {out_path}: is the input file of {flag} {text}: "
                                 "expected an output path that is not an input (the write "
                                 "would replace it)")
+
+
+def _file_key(path: str) -> object:
+    """What makes two paths one file: (device, inode) for a file that exists, so a symlink or
+    a hard link to an input is caught; the resolved path for one not yet written."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
 
 
 def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Path:
