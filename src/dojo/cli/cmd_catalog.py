@@ -54,10 +54,17 @@ def add_catalog_parsers(sub: Any) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from dojo.data.catalog import default_catalog, index_set, read_set_manifest
+    from dojo.data.catalog import (
+        check_catalog_apart,
+        default_catalog,
+        index_set,
+        read_set_manifest,
+    )
 
-    read_set_manifest(args.root)  # a bad set is named before the catalog
-    check_catalog_folder(args.catalog or default_catalog(args.root))
+    manifest = read_set_manifest(args.root)  # a bad set is named before the catalog
+    catalog = args.catalog or default_catalog(args.root)
+    check_catalog_folder(catalog)
+    check_catalog_apart(args.root, manifest, catalog)
 
     def progress(done: int, total: int) -> None:
         print(f"dojo data index: {done}/{total} clips", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from dojo.cli.common import print_json
+from dojo.config import NUMBER_FORM, ascii_float, ascii_int
 from dojo.errors import ConfigError
 
 
@@ -64,19 +65,19 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _number(text: str, flag: str, kind: type = int) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
+    value = ascii_int(text) if kind is int else ascii_float(text)
+    if value is None:
         raise ConfigError(flag, flag.lstrip("-"), text,
-                          "an integer" if kind is int else "a number") from None
+                          f"{'an integer' if kind is int else 'a number'} in {NUMBER_FORM}")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    try:
-        return int(w), int(h)
-    except ValueError:
-        raise ConfigError("--size", "size", text, "WxH in pixels, e.g. 96x64") from None
+    wide, _, high = text.lower().partition("x")
+    w, h = ascii_int(wide), ascii_int(high)
+    if w is None or h is None:
+        raise ConfigError("--size", "size", text, f"WxH in pixels, e.g. 96x64, in {NUMBER_FORM}")
+    return w, h
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -118,6 +118,7 @@ def index_set(root: str, catalog: str = "", split: str = "", progress: Progress 
     (default: the set folder's name). Bad clips are skipped and returned, never indexed."""
     manifest = read_set_manifest(root)
     catalog = catalog or default_catalog(root)
+    check_catalog_apart(root, manifest, catalog)
     split = split or dataset_name(root).rstrip("/").rsplit("/", 1)[-1]
     if store.exists(store.join(catalog, "clips.parquet")):  # refused before any clip is read
         for name in TABLES:
@@ -141,6 +142,26 @@ def index_set(root: str, catalog: str = "", split: str = "", progress: Progress 
             progress(n + 1, len(manifest.clips))
     merge(catalog, rows, dataset_name(root))
     return IndexResult(catalog, dataset_name(root), split, tuple(hashes), tuple(skipped))
+
+
+def check_catalog_apart(root: str, m: Manifest, catalog: str) -> None:
+    """ConfigError when a local catalog folder is a folder of the set's own files: the set
+    folder (its tables would sit beside manifest.json, and a set indexed into another set's
+    folder mixes the two), a folder holding a clip's video or labels, or any folder with a
+    manifest.json. A folder of its own inside the set (the default, ROOT/catalog) is fine."""
+    import os
+
+    if store.is_url(catalog) or store.is_url(root):
+        return
+    where = os.path.realpath(catalog)
+    folders = {os.path.realpath(root)}
+    for entry in m.clips:
+        for rel in (*entry.videos.values(), entry.labels):
+            folders.add(os.path.dirname(os.path.realpath(store.join(root, rel))))
+    if where in folders or os.path.isfile(os.path.join(where, "manifest.json")):
+        raise ConfigError("--catalog", "catalog", catalog,
+                          f"a folder apart from the clip files of {root} (it holds them or a "
+                          f"manifest.json; the default is {default_catalog(root)})")
 
 
 def clip_tables(root: str, m: Manifest, entry: ClipEntry) -> tuple[str, dict[str, Any]]:

@@ -122,6 +122,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
         raise DojoError(f"{out}: is a file; expected a folder for the clip set")
     if out.exists() and any(out.iterdir()) and not force:
         raise DojoError(f"{out}: already exists and is not empty (pass --force to replace it)")
+    _check_catalog_apart(out, catalog, cfg.clips)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +169,19 @@ def _write_set(root: Path, cfg: SynthConfig, progress: Progress | None) -> None:
         "grid": {"size": cfg.grid, "range_m": cfg.range_m}, "classes": list(CLASS_NAMES),
         "seed": cfg.seed, "clips": entries,
     })
+
+
+def _check_catalog_apart(out: Path, catalog: str | None, clips: int) -> None:
+    """Refuse, before any clip is made, a local catalog in the set folder itself or in one of
+    its clip folders, where `index_set` would refuse it only after the set was written."""
+    if not catalog or "://" in catalog:
+        return
+    where = os.path.realpath(catalog)
+    folders = {os.path.realpath(out)}
+    folders |= {os.path.realpath(out / f"clip_{i:04d}") for i in range(clips)}
+    if where in folders:
+        raise ConfigError("--catalog", "catalog", catalog, f"a folder apart from the clip files "
+                          f"of {out} (the default is {out / 'catalog'})")
 
 
 def _replace(tmp: Path, out: Path) -> None:
