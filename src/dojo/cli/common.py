@@ -68,7 +68,25 @@ def system_list(text: str, flag: str) -> list[str]:
     if not any(names) or not all(names):
         raise ConfigError(flag, flag.lstrip("-"), text,
                           "comma-separated system names like v1,h100-cluster:48, none empty")
+    seen: dict[tuple[str, str], str] = {}
+    for name in names:
+        key = _system_key(name)
+        if key in seen:  # the same row twice: a typo for another system, most likely
+            same = "given twice" if seen[key] == name else f"the same as {seen[key]}"
+            raise ConfigError(flag, flag.lstrip("-"), text, f"each system once ({name} is {same})")
+        seen[key] = name
     return names
+
+
+def _system_key(name: str) -> tuple[str, str]:
+    """What makes two `--systems` items one system: the file (resolved, so ./h.toml is h.toml)
+    or shipped name, and the `:N` device count as written."""
+    import os
+
+    base, count = name, ""
+    if ":" in name and not os.path.exists(name):
+        base, _, count = name.rpartition(":")
+    return (os.path.realpath(base) if os.path.isfile(base) else base, count)
 
 
 def int_list(text: str, flag: str, least: int = 1) -> list[int]:
@@ -77,6 +95,10 @@ def int_list(text: str, flag: str, least: int = 1) -> list[int]:
     if not values or any(v is None or v < least for v in values):
         raise ConfigError(flag, flag.lstrip("-"), text,
                           f"comma-separated integers >= {least}, like 8,16,32, in {NUMBER_FORM}")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:  # the same point twice: a typo for another count, most likely
+        raise ConfigError(flag, flag.lstrip("-"), text, f"each value once ({twice} is given "
+                          "twice)")
     return values  # type: ignore[return-value]  # None refused above
 
 
