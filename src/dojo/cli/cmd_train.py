@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Any:
     """`TrainOptions` from the command line; bad values are `ConfigError`s naming the flag."""
-    from dojo.config import parse
+    from dojo.config import NUMBER_FORM, ascii_float, ascii_int, parse
     from dojo.train import TrainOptions
 
     if args.model != "occupancy":
@@ -80,12 +80,12 @@ def options_from_args(args: argparse.Namespace) -> Any:
         raw = getattr(args, key)
         if raw is None:
             continue
-        try:
-            values[key] = kind(raw)
-        except ValueError:
+        value = ascii_int(raw) if kind is int else ascii_float(raw)
+        if value is None:
             flag = "--batch" if key == "batch_size" else f"--{key}"
-            raise ConfigError(flag, key, raw, "an integer" if kind is int else "a number") \
-                from None
+            raise ConfigError(flag, key, raw, f"{'an integer' if kind is int else 'a number'} "
+                              f"in {NUMBER_FORM}")
+        values[key] = value
     return parse(TrainOptions, values, "dojo train")
 
 
