@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.hardware import load_system
     from dojo.models import check_model
     from dojo.sim.search import best_plan
+    from dojo.sim.session import check_inputs
 
     if args.chart is not None:
         from dojo.report.html import FIGURE_FORMATS, check_output
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [load_system(name) for name in system_list(args.systems, "--systems")]
     batch = args.batch if args.batch is not None else max(default_batch(s) for s in specs)
     overrides = parse_sets(args.set)
-    check_model(args.model, overrides, args.seq)  # before any progress line
+    check_inputs(batch, args.seq)  # before any progress line, as the model
+    check_model(args.model, overrides, args.seq)
     rows: list[dict[str, Any]] = []
     for spec in specs:
         print(f"planning {spec.name}...", file=sys.stderr)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from dojo.models import check_model
     from dojo.plan import parse_plan
     from dojo.plan.plan import check_fit
-    from dojo.sim.session import simulate_model
+    from dojo.sim.session import MAX_BATCH, check_inputs, simulate_model
 
     if args.plot is not None:
         from dojo.report.html import FIGURE_FORMATS, check_output
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--plan", "dp", base.dp, "no dp: dp fills the devices of each point")
     specs = _systems(args, load_system)
     overrides = parse_sets(args.set)
-    check_model(args.model, overrides, args.seq)  # before any progress line
+    check_inputs(args.batch, args.seq)  # before any progress line, as the model
+    check_model(args.model, overrides, args.seq)
     first = device_count(specs[0])
     runs = []
     for spec in specs:  # every point checked before the first is simulated
@@ -61,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--devices", "devices", n, f"a multiple of tp x pp = "
                               f"{base.tp * base.pp}")
         batch = args.batch * n // first if args.weak else args.batch
-        if batch < 1:
-            raise ConfigError("--batch", "batch", args.batch, f"a batch that stays >= 1 when "
-                              f"weak scaling goes from {first} to {n} devices")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ConfigError("--batch", "batch", args.batch, f"a batch that stays from 1 to "
+                              f"2^53 when weak scaling goes from {first} to {n} devices "
+                              f"({args.batch} x {n} / {first} = {batch})")
         plan = replace(base, dp=n // (base.tp * base.pp))
         check_fit(plan, n, batch)  # the batch split too, before any progress line
         runs.append((spec, n, plan, batch))

@@ -203,13 +203,17 @@ def build(
 def check_model(name: str, overrides: Mapping[str, Any] | None = None,
                 seq: int | None = None) -> None:
     """What `build` would refuse about `name`, `overrides` and `seq` (unknown name, bad or
-    unknown keys, too many layers, overrides on a user factory, a bad sequence length), without
-    building anything: for commands that print progress before their first build."""
+    unknown keys, too many layers, overrides on a user factory, a bad sequence length, a width
+    whose tensors pass 2**63 bytes): for commands that print progress before their first build.
+    Only overridden models are built, on "meta" (no memory; ~2 s for the largest): the zoo's
+    own sizes are known to build."""
     if _is_factory_spec(name):
         if overrides:
             raise DojoError(f"model '{name}' is a user factory: it takes no --set overrides")
         return
     _check_seq(name, MODELS.get(name), make_config(name, overrides), seq)
+    if overrides:
+        build(name, batch=1, seq=seq, device="meta", overrides=overrides)
 
 
 def _is_factory_spec(name: str) -> bool:
