@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     return run_model(args)
 
 
+# Optimizer steps of one `--model` run: Llama 3 405B's pre-training took about 1.2 M.
+MAX_STEPS = 10**7
+
 # Flags that only --model uses, with their defaults: given to a script they would be ignored.
 _MODEL_FLAGS = {"plan": "dp=1,precision=fp32", "batch": 4, "seq": None, "steps": 3, "seed": 0,
                 "set": None, "full": False, "system": "h100-cluster", "checkpoint": None,
@@ -90,8 +93,10 @@ def check_model_args(args: argparse.Namespace) -> None:
     from dojo.plan import parse_plan
     from dojo.runtime.launch import check_ranks
 
-    if args.steps < 1:
-        raise DojoError(f"--steps = {args.steps}: expected at least 1 optimizer step")
+    if not 1 <= args.steps <= MAX_STEPS:  # 10^20 ran for ever
+        raise DojoError(f"--steps = {args.steps}: expected 1 to {MAX_STEPS:,} optimizer steps")
+    if not 0 <= args.seed < 2**63:  # past it every rank failed in torch.manual_seed
+        raise DojoError(f"--seed = {args.seed}: expected 0 <= seed < 2^63")
     if args.batch < 1:
         raise DojoError(f"--batch = {args.batch}: expected at least 1 sample")
     if args.seq is not None and args.seq < 1:

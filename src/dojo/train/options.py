@@ -36,13 +36,14 @@ class TrainOptions:
     system: str = "v1"
     plan: str = "auto"
     precision: str = field(default="fp32", metadata=check(choices=PRECISIONS))
-    steps: int = field(default=600, metadata=check(gt=0))
+    # At most 10^7 steps (Llama 3 405B's pre-training took about 1.2 M): 10^20 ran for ever.
+    steps: int = field(default=600, metadata=check(gt=0, le=10**7))
     batch_size: int = field(default=4, metadata=check(gt=0))
     lr: float = field(default=3e-3, metadata=check(gt=0))
     warmup: int = field(default=20, metadata=check(ge=0))
     channels: int = field(default=32, metadata=check(ge=2))
     window: int = field(default=4, metadata=check(gt=0, unit="frames"))
-    seed: int = field(default=0, metadata=check(ge=0))
+    seed: int = field(default=0, metadata=check(ge=0, le=2**63 - 1))  # what torch's seed holds
     eval_every: int = field(default=50, metadata=check(gt=0))
     checkpoint_every: int = field(default=50, metadata=check(gt=0))
     train_clips: int = field(default=32, metadata=check(gt=0))

@@ -103,6 +103,9 @@ def check_out(text: str) -> Path:
     if out.exists() and not out.is_dir():
         raise DojoError(f"{out}: exists and is not a folder; --out expects a folder to write "
                         "report.html, trace.json, metrics.json and checkpoint/ into")
+    if (out / "manifest.json").is_file():  # the run's catalog/ would merge into the set's own
+        raise ConfigError("--out", "out", text, "a run folder, not a clip set (it holds "
+                          "manifest.json; the run writes catalog/, checkpoint/ and a report)")
     _check_writable(out, "--out")
     return out
 
