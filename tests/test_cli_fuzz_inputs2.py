@@ -128,6 +128,28 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
      "expected each system once (tile is given twice)"),
     (("sweep", "mlp", "--system", "h100-cluster", "--devices", "8,16,8", "--batch", "16"), {},
      _none, "--devices: field 'devices' = '8,16,8': expected each value once (8 is given twice)"),
+    # found fuzzing past the list: unbounded work (--top past the plan count simulated every
+    # plan; 10^20 steps ran for ever), a progress line before the refusal, a seed past 2^63
+    # that failed in every rank, a run written into a clip set (its catalog/ merged the set's)
+    (("plan", "mlp", "--system", "h100-cluster:8", "--top", "101"), {}, _none,
+     "--top: field 'top' = 101: expected from 1 to 100"),
+    (("run", "--model", "mlp", "--plan", "dp=2", "--steps", "10000000001"), {}, _none,
+     "--steps = 10000000001: expected 1 to 10,000,000 optimizer steps"),
+    (("run", "--model", "mlp", "--plan", "dp=2", "--seed", str(2**63)), {}, _none,
+     f"--seed = {2**63}: expected 0 <= seed < 2^63"),
+    (("train", "occupancy", "--steps", "10000000001", "--out", "run"), {}, _none,
+     "dojo train: field 'steps' = 10000000001: expected a number <= 1e+07"),
+    (("train", "occupancy", "--out", "clips"), {}, _clips,
+     "--out: field 'out' = 'clips': expected a run folder, not a clip set"),
+    (("plan", "mlp", "--system", "h100-cluster:8", "--set", f"hidden={10**20}"), {}, _none,
+     "a tensor would pass 2**63 bytes"),
+    (("compare", "mlp", "--systems", "v1", "--batch", str(2**60)), {}, _none,
+     f"--batch: field 'batch' = {2**60}: expected a whole number of samples from 1 to 2^53"),
+    (("sweep", "mlp", "--system", "h100-cluster", "--devices", "8", "--batch", str(2**60)), {},
+     _none, f"--batch: field 'batch' = {2**60}: expected a whole number of samples"),
+    (("sweep", "mlp", "--system", "h100-cluster", "--devices", "8,1024", "--batch", str(2**53),
+      "--weak"), {}, _none, "expected a batch that stays from 1 to 2^53 when weak scaling goes "
+     "from 8 to 1024 devices"),
 ]
 
 
