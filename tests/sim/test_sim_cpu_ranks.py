@@ -143,10 +143,11 @@ def test_pipeline_tasks_charge_their_receives_and_sends() -> None:
     assert t1 == t0
 
 
-@pytest.mark.parametrize("plan,waits", [("dp=2", 2), ("tp=2", 1), ("pp=2", 1), ("dp=1", 0)])
+@pytest.mark.parametrize("plan,waits", [("dp=2", 2), ("tp=2", 1), ("pp=2", 2), ("dp=1", 0)])
 def test_step_collectives_charge_the_wait_after_them(plan: str, waits: int) -> None:
     """The step's own collectives (`Trainer._sync_gradients`, `_global_loss`) block too: the
-    loss all-reduce with more than one rank, the flat gradient all-reduce under dp."""
+    loss all-reduce with more than one rank, the flat gradient all-reduce under dp, and with
+    pp > 1 gpt's tied embedding all-reduce between its first and last stage (both of pp=2)."""
     from dojo.sim.eager import sync_host_time
 
     resume = 120e-6

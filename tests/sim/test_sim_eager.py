@@ -41,7 +41,9 @@ def test_sections_hold_the_modules_parameter_tensors(name: str, pre: int, block:
 
 def test_stages_split_the_tensors_as_the_pipeline_splits_the_blocks() -> None:
     """gpt (12 blocks) at pp=2: stage 0 holds the embeddings and blocks 0-5, stage 1 blocks
-    6-11 and the final norm, counted from the model's modules; at pp=1 one device holds all."""
+    6-11, the final norm and its own copy of the tied `wte` (the runtime's post modules,
+    `runtime.pipeline` LAYOUTS), counted from the model's modules; at pp=1 one device holds
+    all."""
     model = build("gpt", batch=2, device="meta").model
 
     def tensors(path: str) -> int:
@@ -53,7 +55,7 @@ def test_stages_split_the_tensors_as_the_pipeline_splits_the_blocks() -> None:
     program, _ = compile_model("gpt", {}, load_system("cpu:2"),
                                parse_plan("pp=2,mb=1,precision=fp32"), batch=4)
     assert [stage_param_tensors(program, s, sections) for s in (0, 1)] == [
-        first + sum(blocks[:6]), sum(blocks[6:]) + last]
+        first + sum(blocks[:6]), sum(blocks[6:]) + last + tensors("wte")]
     one, _ = compile_model("gpt", {}, load_system("cpu"), parse_plan("dp=1,precision=fp32"),
                            batch=4)
     assert stage_param_tensors(one, 0, sections) == len(list(model.parameters()))

@@ -43,7 +43,9 @@ def test_exposed_dp_reduction_is_the_last_bucket_per_stage(plan: str) -> None:
     in proportion to the parameters done. Here the reduction keeps up with the backward, so a
     stage whose last bucket is a block exposes exactly that bucket; on stage 0 the embedding's
     small bucket comes so soon after the last block's that it waits for it:
-    exposed = max(r_block + t_block, end) + t_embedding - end."""
+    exposed = max(r_block + t_block, end) + t_embedding - end. Then both stages (the first and
+    last) all-reduce gpt's tied embedding gradient, V x H / tp FP32 elements, once both are
+    done."""
     program = _program(plan, 8)
     dev = device_model(program)
     result = simulate(program)
@@ -53,19 +55,24 @@ def test_exposed_dp_reduction_is_the_last_bucket_per_stage(plan: str) -> None:
         return collective(program, dev, "all_reduce", params / program.plan.tp * 4.0,
                           program.grad_levels)
 
+    ends = []
     for stage in range(2):
         last = max((s for s in result.spans if s.stage == stage and s.kind == "B"),
                    key=lambda s: s.end)
         assert last.chunk == 0
-        exposed = result.sync_spans[stage][2] - last.end
         if stage == 1:
-            assert exposed == pytest.approx(t(block), rel=1e-9)
+            ends.append(last.end + t(block))
             continue
         blocks = program.chunks[0].blocks * block
         ready = last.start + (last.end - last.start) * blocks / (blocks + pre)
-        expected = max(ready + t(block), last.end) + t(pre) - last.end
-        assert exposed == pytest.approx(expected, rel=1e-9)
+        exposed = max(ready + t(block), last.end) + t(pre) - last.end
         assert t(pre) <= exposed < t(pre) + t(block)
+        ends.append(last.end + exposed)
+    vocab, hidden = MODEL["vocab"], MODEL["hidden"]
+    tied = collective(program, dev, "all_reduce", vocab * hidden / program.plan.tp * 4.0,
+                      program.tied.levels)
+    for stage in range(2):
+        assert result.sync_spans[stage][2] == pytest.approx(max(ends) + tied, rel=1e-9)
 
 
 def test_grad_reduce_sets_wire_and_buffer_bytes() -> None:

@@ -40,6 +40,24 @@ def param_sizes_by_section(graph: Graph, block: str | None,
     return out
 
 
+def tied_parameters(graph: Graph, block: str | None, labels: Sequence[str]) -> list[int]:
+    """Root ids of the trainable parameters that forward ops of both the 'pre' and the 'post'
+    section read (outside the block): a token embedding tied to the LM head (GPT, BLOOM). A
+    pipeline keeps a copy of each on its first and its last stage and sums their gradients
+    between the two every step (Megatron-LM's embedding group); an untied head (Llama) reads
+    only its own weight, and a model without a block has no 'post' forward."""
+    readers: dict[int, set[str]] = {}
+    for op, label in zip(graph.ops, labels):
+        if op.phase == "forward" and label in ("pre", "post"):
+            for t in op.inputs:
+                readers.setdefault(root(graph, t).id, set()).add(label)
+    made = {tid for op in graph.ops for tid in op.outputs}
+    return [info.id for info in graph.tensors
+            if info.role == "parameter" and info.view_of is None and info.id not in made
+            and (block is None or info.block != block)
+            and readers.get(info.id, set()) >= {"pre", "post"}]
+
+
 def param_tensors_by_section(graph: Graph, block: str | None,
                              labels: Sequence[str]) -> dict[str, int]:
     """Trainable parameter tensors per section (see `param_sizes_by_section`)."""

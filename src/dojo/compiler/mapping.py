@@ -74,16 +74,35 @@ def group_levels(spec: SystemSpec, size: int, stride: int) -> tuple[GroupLevel, 
         inside = min(size, max(1, per_unit[i] // stride))
         members = inside // previous
         if members > 1:
-            child_devices = per_unit[i - 1] if i else 1
-            share = 1 if lv.spec.topology == "switch" else child_devices
-            hops = 1 if lv.spec.topology == "mesh2d" else 2
-            out.append(GroupLevel(lv.name, lv.spec.link.name, members,
-                                  lv.spec.link.bytes_per_s * lv.spec.link.ports / share,
-                                  lv.spec.link.latency_s * hops, lv.spec.topology))
+            out.append(_group_level(lv, per_unit[i - 1] if i else 1, members))
         previous = inside
         if inside >= size:
             break
     return tuple(out)
+
+
+def _group_level(lv: Level, child_devices: int, members: int) -> GroupLevel:
+    """`members` of a group meeting at level `lv`, whose child units hold `child_devices`."""
+    share = 1 if lv.spec.topology == "switch" else child_devices
+    hops = 1 if lv.spec.topology == "mesh2d" else 2
+    return GroupLevel(lv.name, lv.spec.link.name, members,
+                      lv.spec.link.bytes_per_s * lv.spec.link.ports / share,
+                      lv.spec.link.latency_s * hops, lv.spec.topology)
+
+
+def pair_levels(spec: SystemSpec, devices: int) -> tuple[GroupLevel, ...]:
+    """The level where the first and the last pipeline stage of each (dp, cp, tp) rank meet
+    (Megatron's embedding group) in a plan of `devices` ranks: ranks run tp innermost, then cp,
+    dp and pp, so the first stage is ranks [0, w) and the last [devices - w, devices), and
+    all pairs (r, r + devices - w), running at once, meet at the first level whose unit holds
+    every rank; () on one device."""
+    if devices <= 1:
+        return ()
+    levels, per_unit = _levels_above_devices(spec), _devices_per_unit(spec)
+    for i, lv in enumerate(levels):
+        if per_unit[i] >= devices or i == len(levels) - 1:
+            return (_group_level(lv, per_unit[i - 1] if i else 1, 2),)
+    return ()
 
 
 def zplane_levels(spec: SystemSpec, levels: tuple[GroupLevel, ...]) -> tuple[GroupLevel, ...]:

@@ -24,6 +24,7 @@ from dojo.compiler.mapping import (
     device_name,
     group_levels,
     leaves_per_device,
+    pair_levels,
 )
 from dojo.compiler.work import ModelWork, OpCost, SectionWork
 from dojo.errors import DojoError
@@ -47,6 +48,22 @@ PRECISION_BYTES = {
 # (CFP8 is Dojo's: a GPU runs a CFP8 run in BF16; fp8's FP8 GEMMs are dojo.sim.fp8's).
 PRECISION_DTYPES = {"fp32": ("fp32",), "bf16": ("bf16",), "fp16": ("fp16", "bf16"),
                     "cfp8": ("cfp8", "bf16"), "fp8": ("bf16",)}
+# Bytes per gradient element on the wire and in the buffers, by `plan.grad_reduce`.
+GRAD_REDUCE_BYTES = {"fp32": 4.0, "bf16": 2.0}
+
+
+def grad_bytes(plan: Plan) -> float:
+    """Bytes per gradient element in the buffers and on the wire under `plan.grad_reduce`."""
+    if plan.grad_reduce == "auto":
+        return float(PRECISION_BYTES[plan.precision]["grads"])
+    return GRAD_REDUCE_BYTES[plan.grad_reduce]
+
+
+def tied_copy(work: ModelWork, plan: Plan) -> int:
+    """Parameters of the last stage's copy of a tied embedding (`ModelWork.tied`, whole as
+    `Chunk.params`): with pp > 1 the first stage holds the embedding and the last stage the
+    head, so each keeps the weight (Megatron-LM's `shared_embedding`); none with pp = 1."""
+    return sum(work.tied) if plan.pp > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,8 @@ class Program:
     ring: Ring | None = None             # context parallelism's ring attention (cp > 1)
     experts: ExpertParallel | None = None  # expert parallelism (`compiler.experts`)
     idle_devices: int = 0                # devices of the system the plan leaves unused
+    # the tied embedding's gradient all-reduce between the first and last stage, pp > 1
+    tied: Comm | None = None
 
     def device_chunks(self, stage: int) -> tuple[Chunk, ...]:
         return tuple(c for c in self.chunks if c.index % self.plan.pp == stage)
@@ -144,8 +163,20 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
                    work=work,
                    model_flops=(work.forward_flops + work.backward_flops) * micro * plan.dp,
                    leaves_per_device=leaves_per_device(system),
-                   tokens_per_sample=tokens_per_sample, ring=ring)
+                   tokens_per_sample=tokens_per_sample, ring=ring,
+                   tied=_tied_comm(work, plan, system))
     return apply_experts(program, moe, replay)
+
+
+def _tied_comm(work: ModelWork, plan: Plan, system: SystemSpec) -> Comm | None:
+    """After the backward, the first and the last stage of each (dp, cp, tp) rank sum their
+    copies' gradients, one tp rank's shard (vocabulary rows / tp) at the gradient dtype
+    (Megatron-LM's `_allreduce_word_embedding_grads`, `runtime.trainer`'s "tied" group)."""
+    params = tied_copy(work, plan)
+    if not params:
+        return None
+    return Comm("all_reduce", params / plan.tp * grad_bytes(plan),
+                pair_levels(system, plan.devices), "tied")
 
 
 def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
@@ -194,6 +225,8 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
             tp_r += _tp_comms(tp_levels, sec.tp_forward) * n
         elif recompute == "selective":
             rec += list(sec.recompute_selective) * n
+    if v == virtual - 1:  # the head's copy of a tied embedding
+        params += tied_copy(work, plan)
     blocks = per_chunk if work.block is not None else 0
     return Chunk(index=v, blocks=blocks, forward=tuple(fwd), backward=tuple(bwd),
                  recompute=tuple(rec), tp_forward=tuple(tp_f), tp_backward=tuple(tp_b),

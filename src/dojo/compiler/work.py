@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dojo.capture.params import param_sizes_by_section
+from dojo.capture.params import param_sizes_by_section, tied_parameters
 from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
@@ -81,6 +81,9 @@ class ModelWork:
     optimizer_state_bytes: float  # whole model, as captured (FP32)
     forward_flops: float      # whole model, one micro-batch, unsplit
     backward_flops: float
+    # Parameters both ends read (a tied embedding, `params.tied_parameters`), one entry per
+    # tensor, counted as `SectionWork.params` (/ tp: a rank's); held by the 'pre' section.
+    tied: tuple[int, ...] = ()
 
 
 def _section_of(graph: Graph, block: str | None) -> list[str]:
@@ -387,6 +390,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     sizes = param_sizes_by_section(graph, block, labels)
     params = replicated.held_params(sizes, graph, keep, block, labels, tp)
     tensors = {label: len(v) for label, v in sizes.items()}
+    tied = tuple(math.prod(graph.tensors[r].shape) * (tp if r in keep else 1)
+                 for r in tied_parameters(graph, block, labels))
     residual_bytes = residual_numel * 4 * scale
     comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
     if sel is not None and tp > 1:  # the modules' own collectives, replayed by their rerun
@@ -420,7 +425,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                      optimizer_flops_per_param=totals[0] / count,
                      param_count=state.param_count,
                      optimizer_state_bytes=float(state.optimizer_state),
-                     forward_flops=float(fwd), backward_flops=float(bwd))
+                     forward_flops=float(fwd), backward_flops=float(bwd), tied=tied)
 
 
 def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[int, bool, int],

@@ -37,7 +37,8 @@ def stage_param_tensors(program: Program, stage: int,
     """Parameter tensors one device of pipeline `stage` holds and updates: the 'pre' section's
     on the device of virtual chunk 0, `sections['block']` per block of each of its chunks, the
     'post' section's on the device of the last chunk. A tp shard is one tensor per rank, as is
-    every tensor a ZeRO optimizer walks (its loop still runs over all of them)."""
+    every tensor a ZeRO optimizer walks (its loop still runs over all of them). With pp > 1 the
+    last chunk's device holds its own copy of each tied tensor (`ModelWork.tied`)."""
     if sections is None:  # the counts the program's work carries (`SectionWork.param_tensors`)
         work = program.work
         sections = {"pre": work.pre.param_tensors, "post": work.post.param_tensors,
@@ -49,7 +50,8 @@ def stage_param_tensors(program: Program, stage: int,
         if chunk.index == 0:
             count += sections.get("pre", 0)
         if chunk.index == last:
-            count += sections.get("post", 0)
+            count += sections.get("post", 0) + (len(program.work.tied) if program.plan.pp > 1
+                                                else 0)
     return count
 
 
@@ -59,8 +61,10 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
     dp > 1 and no ZeRO, the flat gradient buffer's packing and unpacking, `grad_sync_s` +
     tensors x `grad_sync_tensor_s` + its `params` FP32 gradients streamed
     `SYNC_BYTES_PER_PARAM` bytes each; with more than one rank, the loss all-reduce's
-    2 (ranks - 1) x `collective_latency_s` (one element: latency only); each of the two
-    all-reduces also costs the work after its wait `wait_resume_s`."""
+    2 (ranks - 1) x `collective_latency_s` (one element: latency only); on the first and last
+    stage with a tied embedding (`Program.tied`), its gradients packed into one flat buffer and
+    back (two copies, each a read and a write of the buffer); each of these all-reduces also
+    costs the work after its wait `wait_resume_s`."""
     cal, plan = dev.calibration, program.plan
     if not cal.eager:
         return 0.0
@@ -71,6 +75,8 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
               + cal.wait_resume_s)  # and the work after its all-reduce's wait
     if plan.devices > 1:
         t += 2 * (plan.devices - 1) * cal.collective_latency_s + cal.wait_resume_s
+    if program.tied is not None and stage in (0, plan.pp - 1):
+        t += dev.stream_time(4 * program.tied.nbytes) + cal.wait_resume_s
     return t
 
 

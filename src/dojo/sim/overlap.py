@@ -15,7 +15,7 @@ group, so stages do not wait for each other.
 
 Reduction dtype (`grad_reduce`): the bytes per gradient element on the wire and in the gradient
 buffers: fp32 (4; Megatron-LM's default under bf16, Llama 3's reduce-scatter), bf16 (2), or the
-precision policy's own (`auto`).
+precision policy's own (`auto`); `compiler.program.grad_bytes`.
 
 Tensor parallel (`tp_overlap=on`, with `sp=on`): TransformerEngine's userbuffers split each
 GEMM that produces a reduce-scatter's input or consumes an all-gather's output into tp pieces and
@@ -44,22 +44,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dojo.compiler.experts import bucket_groups
-from dojo.compiler.program import PRECISION_BYTES, Comm, Program
-from dojo.plan.plan import Plan
+from dojo.compiler.program import Comm, Program, grad_bytes, tied_copy
 from dojo.plan.policies import op_class
 from dojo.sim.fp8 import gathered_weight_bytes
 
-GRAD_REDUCE_BYTES = {"fp32": 4.0, "bf16": 2.0}
 OVERLAPPED = ("all_gather", "reduce_scatter")
 
 Bucket = tuple[float, float]  # (ready time s, seconds to reduce)
-
-
-def grad_bytes(plan: Plan) -> float:
-    """Bytes per gradient element in the buffers and on the wire under `plan.grad_reduce`."""
-    if plan.grad_reduce == "auto":
-        return float(PRECISION_BYTES[plan.precision]["grads"])
-    return GRAD_REDUCE_BYTES[plan.grad_reduce]
 
 
 def fifo_end(buckets: Iterable[Bucket], start: float = 0.0) -> float:
@@ -86,13 +77,15 @@ def buckets(params: Sequence[float], start: float, end: float) -> list[tuple[flo
 def chunk_buckets(program: Program, stage: int) -> list[tuple[int, list[float]]]:
     """(chunk index, whole parameters per bucket in backward order) of each virtual stage on
     device `stage`: the head's section first (last virtual stage), one bucket per block, the
-    embedding's section last (first virtual stage)."""
+    embedding's section last (first virtual stage); the head's holds its copy of a tied
+    embedding (`program.tied_copy`)."""
     work, out = program.work, []
     last = program.plan.pp * program.plan.interleave - 1
+    head = work.post.params + tied_copy(work, program.plan)
     for c in program.device_chunks(stage):
         sizes: list[float] = []
-        if c.index == last and work.post.params:
-            sizes.append(float(work.post.params))
+        if c.index == last and head:
+            sizes.append(float(head))
         if work.block is not None:
             sizes += [float(work.block.params)] * c.blocks
         if c.index == 0 and work.pre.params:

@@ -8,22 +8,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.compiler.context import exposed
-from dojo.compiler.experts import expert_batches, param_groups
+from dojo.compiler.experts import expert_batches
 from dojo.compiler.mapping import GroupLevel, zplane_levels
 from dojo.compiler.program import PRECISION_BYTES, PRECISION_DTYPES, Chunk, Comm, Program
 from dojo.compiler.work import OpCost
 from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
-from dojo.plan.plan import Plan
 from dojo.plan.policies import policy_modules
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import p2p_host_time, stage_param_tensors, sync_host_time, tp_host_time
-from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak, gathered_weight_bytes
+from dojo.sim.eager import p2p_host_time, tp_host_time
+from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
 from dojo.sim.memory import Memory, device_memory
-from dojo.sim.overlap import dp_sync_end, grad_bytes, sm_fractions, tp_phase_time
+from dojo.sim.overlap import grad_bytes, sm_fractions, tp_phase_time
 from dojo.sim.pipeline import Span, Task, run_pipeline
+from dojo.sim.stepend import finish_step
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ def simulate(program: Program, prepared: Prepared | None = None) -> Result:
 
     spans = run_pipeline(plan.pp, plan.interleave, program.microbatches, plan.schedule,
                          duration, transfer, group=plan.vp_group)
-    sync, opt = _finish_step(program, dev, spans)
+    sync, opt = finish_step(program, dev, spans, _collective_of(program, dev))
     step = max(end for _, _, end in opt)
     busy = [program.microbatches * sum(fwd[c * plan.pp + st] + bwd[c * plan.pp + st]
                                        for c in range(plan.interleave)) + opt[st][2] - opt[st][1]
@@ -335,81 +335,8 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     return fwd, bwd, transfer
 
 
-Interval = tuple[int, float, float]  # (stage, start s, end s)
-
-
-def _finish_step(program: Program, dev: DeviceModel, spans: list[Span], stages: int = 0
-                 ) -> tuple[tuple[Interval, ...], tuple[Interval, ...]]:
-    """Gradient synchronisation (overlapped with the last backward if the plan says so) and the
-    optimizer update, per stage; the update's span ends with the calibrated fixed per-step
-    overhead (`Calibration.step_overhead_s`: data loading, logging, the step's host sync).
-    `stages`: the first so many stages only (0: all)."""
-    plan = program.plan
-    sync, opt = [], []
-    for stage in range(stages or plan.pp):
-        mine = [s for s in spans if s.stage == stage and s.kind == "B"]
-        last = max(mine, key=lambda s: s.end)
-        t_sync, t_opt, _ = _post_times(program, dev, stage)
-        if _overlaps_sync(plan, dev):  # bucket by bucket as each stage's gradients complete
-            end = dp_sync_end(program, stage, spans, _collective_of(program, dev))
-        else:
-            end = last.end + t_sync
-        sync.append((stage, end - t_sync, end))
-        opt.append((stage, end, end + t_opt + dev.calibration.step_overhead_s))
-    return tuple(sync), tuple(opt)
-
-
-def _overlaps_sync(plan: Plan, dev: DeviceModel) -> bool:
-    """Whether the gradient sync overlaps the backward: as the plan says, except on an eager
-    device, whose runtime reduces all gradients in one flat all-reduce after the step's last
-    backward (`dojo.runtime.trainer.Trainer._sync_gradients`), whatever the plan's overlap."""
-    return bool(plan.overlap) and not dev.calibration.eager
-
-
 def _collective_of(program: Program, dev: DeviceModel) -> Any:
     return lambda kind, nbytes, levels: collective(program, dev, kind, nbytes, levels)
-
-
-def _post_times(program: Program, dev: DeviceModel, stage: int) -> tuple[float, float, int]:
-    """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
-    plan = program.plan
-    t_sync = params = 0.0
-    # per parameter group: the dense weights over dp, with ep the experts' 1/ep over dp / ep
-    for held, levels, dp in param_groups(program, stage):
-        t_sync += collective(program, dev, program.grad_sync_kind, held * grad_bytes(plan),
-                             levels)
-        if plan.zero >= 1 and levels:   # updated shards gathered back
-            t_sync += collective(program, dev, "all_gather", held * gathered_weight_bytes(plan),
-                                 levels)
-        params += held / (dp if plan.zero >= 1 else 1)
-    blocks = max(1, sum(c.blocks for c in program.device_chunks(stage)))
-    # The update's FLOPs too (a CPU core runs AdamW's sqrt and division below its bandwidth),
-    # and on an eager device the host time per parameter tensor outside the kernels.
-    t_opt = dev.vector_time(params * _optimizer_bytes_per_param(program),
-                            params * program.work.optimizer_flops_per_param)
-    t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches)
-    t_opt += sync_host_time(program, dev, stage, params)
-    return t_sync, t_opt, blocks
-
-
-def _optimizer_bytes_per_param(program: Program) -> float:
-    """A fused (multi-tensor) optimizer as Megatron-LM and torch's fused AdamW run it: read the
-    master weight, gradient and each state tensor, write the master, the states and the
-    low-precision weights; the captured unfused graph is an upper bound. Mixed-precision
-    trainers add passes over the FP32 gradients before the update: the global norm for
-    gradient clipping (a read) and, with FP16's loss scaling, the unscale and inf check (a read
-    and a write: Megatron-LM's `_unscale_main_grads_and_check_for_nan`)."""
-    sizes = PRECISION_BYTES[program.plan.precision]
-    if program.plan.fusion == "none":  # eager: one kernel per optimizer op, as captured
-        return program.work.optimizer_bytes_per_param
-    state = program.work.optimizer_state_bytes / max(1, program.work.param_count)
-    master = sizes["master"] or sizes["weights"]
-    fused = 2 * master + grad_bytes(program.plan) + 2 * state \
-        + (sizes["weights"] if sizes["master"] else 0)
-    fused = min(fused, program.work.optimizer_bytes_per_param)
-    if sizes["master"]:
-        fused += grad_bytes(program.plan) * (3 if program.plan.precision == "fp16" else 1)
-    return fused
 
 
 def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int, ChunkTimes],

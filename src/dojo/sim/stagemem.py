@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dojo.compiler.experts import MoeLayout, expert_dp, expert_layout
-from dojo.compiler.program import _saved
+from dojo.compiler.program import _saved, tied_copy
 from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, microbatches, plan_split
 from dojo.plan.policies import policy_modules, rebuilds_selective
@@ -22,14 +22,15 @@ from dojo.sim.pipeline import warm_units
 
 
 def chunk_params(work: ModelWork, plan: Plan) -> list[float]:
-    """Trainable parameters (whole, before the tp split) of each virtual stage."""
+    """Trainable parameters (whole, before the tp split) of each virtual stage, the last
+    one's copy of a tied embedding included (`compiler.program._chunk`)."""
     chunks = plan.pp * plan.interleave
     split = plan_split(plan, work.repeat) if work.block else None
     out = []
     for v in range(chunks):
         params = float(work.block.params * split[v]) if work.block and split else 0.0
         params += work.pre.params if v == 0 else 0
-        params += work.post.params if v == chunks - 1 else 0
+        params += work.post.params + tied_copy(work, plan) if v == chunks - 1 else 0
         out.append(params)
     return out
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from dojo.compiler.program import Program
 from dojo.sim.memory import device_memory
-from dojo.sim.overlap import last_bucket_time
 from dojo.sim.pipeline import group_chain_bound, makespan_bounds, ring_spans
-from dojo.sim.simulate import (
-    Prepared,
-    _collective_of,
-    _finish_step,
-    _overlaps_sync,
-    _post_times,
-    prepare,
-    task_durations,
-)
+from dojo.sim.simulate import Prepared, _collective_of, prepare, task_durations
+from dojo.sim.stepend import finish_step, post_bound
 
 
 def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
@@ -26,22 +18,19 @@ def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
     and optimizer; its own follow its last task. So the step is at least max over s of head_s
     + m W_s + max(tail_s + post_0, post_s), whatever the schedule; and device 0's own order
     against the rings of the others (`pipeline.ring_spans`, each task no later than simulated)
-    followed by its sync and optimizer as `_finish_step` runs them (monotone in the spans);
-    with `vp_group` also `pipeline.group_chain_bound`."""
+    followed by its sync and optimizer as `stepend.finish_step` runs them (monotone in the
+    spans); with `vp_group` also `pipeline.group_chain_bound`. post_s: `stepend.post_bound`,
+    the tied embedding's all-reduce on the first and last stage included."""
     plan = program.plan
     dev, _, times = prepared or prepare(program, device_memory(program, chip_report=False))
     fwd, bwd, transfer = task_durations(program, dev, times)
     ends, tails = makespan_bounds(plan.pp, program.microbatches, fwd, bwd, transfer)
-    post = []
-    for stage in range(plan.pp):
-        t_sync, t_opt, _ = _post_times(program, dev, stage)
-        last = last_bucket_time(program, stage, _collective_of(program, dev))
-        post.append((last if _overlaps_sync(plan, dev) else t_sync) + t_opt
-                    + dev.calibration.step_overhead_s)
+    collective = _collective_of(program, dev)
+    post = [post_bound(program, dev, stage, collective) for stage in range(plan.pp)]
     bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
     spans = ring_spans(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer, 0,
                        plan.schedule)
-    bound = max(bound, _finish_step(program, dev, spans, stages=1)[1][0][2])
+    bound = max(bound, finish_step(program, dev, spans, collective, stages=1)[1][0][2])
     if plan.schedule == "interleaved" and plan.vp_group:
         chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd,
                                   transfer)
