@@ -13,7 +13,7 @@ from typing import Any
 
 from dojo.compiler.experts import MoeLayout, ep_gemm, expert_layout
 from dojo.compiler.mapping import group_levels, leaves_per_device
-from dojo.compiler.program import PRECISION_BYTES
+from dojo.compiler.program import PRECISION_BYTES, tied_copy
 from dojo.compiler.work import ModelWork
 from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
@@ -92,15 +92,17 @@ def room(cache: dict[Any, Any]) -> None:
 
 def held_params(work: ModelWork, plan: Plan, layout: MoeLayout | None) -> list[int]:
     """Parameters (whole, before the tp split) each virtual stage's chunk holds as the compiled
-    program does: with ep a chunk's routed experts are whole x f // ep of them
-    (`experts.apply_experts`; f = tp with etp = 1, else 1)."""
+    program does (the last one's copy of a tied embedding included): with ep a chunk's routed
+    experts are whole x f // ep of them (`experts.apply_experts`; f = tp with etp = 1, else 1).
+    """
     chunks = plan.pp * plan.interleave
     split = plan_split(plan, work.repeat) if work.block else None
     out = []
     for v in range(chunks):
         n = split[v] if split and work.block else 0
         params = (work.block.params * n if work.block else 0) \
-            + (work.pre.params if v == 0 else 0) + (work.post.params if v == chunks - 1 else 0)
+            + (work.pre.params if v == 0 else 0) \
+            + (work.post.params + tied_copy(work, plan) if v == chunks - 1 else 0)
         if layout is not None and (plan.ep > 1 or plan.imbalance != 1.0):
             whole = layout.block_params * n + (layout.outer_params if v == 0 else 0)
             params = params - whole + whole * expert_layout(plan)[1] // plan.ep
