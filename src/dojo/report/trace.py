@@ -166,10 +166,13 @@ def _step_events(simulated: Simulated) -> list[dict[str, Any]]:
     program, result = simulated.program, simulated.result
     kind = program.grad_sync_kind + (" + all_gather" if program.plan.zero >= 1 else "")
     events = []
+    ends = (0, program.plan.pp - 1) if program.tied is not None else ()
     for stage, start, end in result.sync_spans:
-        if _ns(end) > _ns(start):   # a data-parallel group of one synchronises nothing
-            events.append(_complete(f"grad sync ({kind})", "dp-comm", stage + 1, "dp-comm",
-                                    _ns(start), _ns(end), {"stage": stage}))
+        # a data-parallel group of one synchronises nothing, unless it ends a tied embedding
+        tied = " + tied embedding all_reduce" if stage in ends else ""
+        if _ns(end) > _ns(start):
+            events.append(_complete(f"grad sync ({kind}{tied})", "dp-comm", stage + 1,
+                                    "dp-comm", _ns(start), _ns(end), {"stage": stage}))
     for stage, start, end in result.optimizer_spans:
         events.append(_complete("optimizer", "optimizer", stage + 1, "optimizer",
                                 _ns(start), _ns(end), {"stage": stage}))

@@ -200,6 +200,8 @@ def _traffic(program: Program) -> dict[str, list[tuple[Any, float]]]:
     grads = program.device_params(0) * PRECISION_BYTES[plan.precision]["grads"]
     ring = 2 * (plan.dp_cp - 1) / plan.dp_cp if plan.dp_cp > 1 else 0.0
     out["gradient sync"] += [(lv, grads * ring) for lv in program.grad_levels]
+    if program.tied is not None:  # stage 0 and the last sum their embedding copies: 2 (2-1)/2
+        out["gradient sync"] += [(lv, program.tied.nbytes) for lv in program.tied.levels]
     if plan.pp > 1:
         out["pipeline"] += [(lv, 2 * program.p2p.nbytes * micro) for lv in program.p2p.levels]
     return out
