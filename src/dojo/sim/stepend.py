@@ -64,7 +64,7 @@ def finish_step(program: Program, dev: DeviceModel, spans: Sequence[Any],
     posts = [post_times(program, dev, st, collective) for st in range(pp)]
     pair = tuple(st for st in tied_stages(program) if st < pp)
     t_tied = tied_time(program, collective)
-    tied_first = pair and dev.calibration.eager
+    tied_first = bool(pair) and dev.calibration.eager
     ready = list(last)   # when each stage's data-parallel sync may start
     if tied_first:
         ready = [max(last[s] for s in pair) + t_tied if st in pair else r
