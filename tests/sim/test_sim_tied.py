@@ -16,7 +16,8 @@ from dojo.hardware.loader import load_system
 from dojo.plan.plan import parse_plan
 from dojo.sim.memory import device_memory
 from dojo.sim.session import compile_model
-from dojo.sim.simulate import device_model, lower_bound, simulate
+from dojo.sim.simulate import device_model, simulate
+from dojo.sim.stepbound import lower_bound
 
 V, H, LAYERS = 1000, 256, 4
 MODEL = {"layers": LAYERS, "hidden": H, "heads": 8, "seq": 64, "vocab": V, "ffn": 4 * H}
