@@ -54,6 +54,7 @@ Task = tuple[str, int, int]  # ("F" | "B", micro-batch, chunk)
 EXPLICIT_TASKS = 100_000   # up to this many tasks a run is simulated task by task
 MAX_TASKS = 4_000_000      # a run that would need more explicit tasks is refused
 MAX_ROUNDS = 256           # rounds searched for a periodic state before giving up on the jump
+RING_MAX_UNITS = 4_096     # `ring_spans` walks orders of at most this many forwards per device
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ def ring_bound(pp: int, micro: int, group: int, forward: list[float],
     return _ring_run(pp, micro, group, forward, backward, transfer_s, stage, schedule, None)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)
 def _order_of(schedule: str, stage: int, pp: int, micro: int, virtual: int,
               group: int) -> tuple[Task, ...]:
     """`order`, kept: a plan search asks for the same few orders many times."""
@@ -273,7 +274,8 @@ def ring_spans(pp: int, micro: int, group: int, forward: list[float],
     device's forwards and backwards as the order runs them, so it sees the stalls of N < pp
     micro-batch groups on both rings and GPipe's with few micro-batches: for gpt3-175b's ExaPOD
     plans of pp 10, 6 virtual stages and N = 5 it is within 0.1 % of device 0's simulated
-    end, where the chain bound is 19 % below. O(micro-batches x V)."""
+    end, where the chain bound is 19 % below. O(micro-batches x V): callers keep it to orders of
+    `RING_MAX_UNITS` forwards (the simulation jumps over a longer steady state; this walks it)."""
     spans: list[Span] = []
     _ring_run(pp, micro, group, forward, backward, transfer_s, stage, schedule, spans)
     return spans

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dojo.compiler.program import Program
 from dojo.sim.memory import device_memory
-from dojo.sim.pipeline import group_chain_bound, makespan_bounds, ring_spans
+from dojo.sim.pipeline import RING_MAX_UNITS, group_chain_bound, makespan_bounds, ring_spans
 from dojo.sim.simulate import Prepared, _collective_of, prepare, task_durations
 from dojo.sim.stepend import finish_step, post_bound
 
@@ -28,9 +28,10 @@ def lower_bound(program: Program, prepared: Prepared | None = None) -> float:
     collective = _collective_of(program, dev)
     post = [post_bound(program, dev, stage, collective) for stage in range(plan.pp)]
     bound = max(e + max(t + post[0], p) for e, t, p in zip(ends, tails, post))
-    spans = ring_spans(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer, 0,
-                       plan.schedule)
-    bound = max(bound, finish_step(program, dev, spans, collective, stages=1)[1][0][2])
+    if program.microbatches * plan.interleave <= RING_MAX_UNITS:   # bounded work
+        spans = ring_spans(plan.pp, program.microbatches, plan.vp_group, fwd, bwd, transfer, 0,
+                           plan.schedule)
+        bound = max(bound, finish_step(program, dev, spans, collective, stages=1)[1][0][2])
     if plan.schedule == "interleaved" and plan.vp_group:
         chain = group_chain_bound(plan.pp, program.microbatches, plan.vp_group, fwd, bwd,
                                   transfer)
