@@ -17,7 +17,8 @@ of the phases' fastest times, both main-thread CPU at the same moments. The work
 and these are seconds apart, and this machine's speed moves 1.5-2x over seconds: compare the
 simulation with the in-process step where the two measurements disagree.
 Simulated: `dojo.sim` on the `cpu` system for the same job (the program that ran).
-Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs gpt, llama or vit, pp gpt or llama.
+Global batch 4, mb 1 (the runtime's defaults), FP32. tp needs gpt, llama, vit or an MoE
+decoder, pp gpt, llama or an MoE decoder.
 Prints a markdown table (docs/benchmarks.md) and a summary, which gives the spread of the
 main-thread CPU between the runs (each run is its own processes: invocations seconds apart);
 `--json` prints the rows (with each run's main-thread CPU, `main_cpu_runs_s`).
@@ -63,15 +64,15 @@ def distinct_models() -> list[tuple[str, list[str]]]:
 
 
 def supports(model: str, plan: str) -> bool:
-    """Whether the runtime runs `plan` for `model` (tp: gpt family, llama, vit; pp: gpt or
-    llama)."""
+    """Whether the runtime runs `plan` for `model` (tp: gpt family, llama, vit and the MoE
+    decoders; pp: gpt, llama and the MoE decoders)."""
     from dojo.models import MODELS
 
     factory = MODELS.get(model).make_model.__module__
     if plan.startswith("tp"):
-        return factory.endswith((".gpt", ".llama", ".vit"))
+        return factory.endswith((".gpt", ".llama", ".vit", ".moe", ".moelm"))
     if plan.startswith("pp"):
-        return factory.endswith((".gpt", ".llama"))
+        return factory.endswith((".gpt", ".llama", ".moe", ".moelm"))
     return True
 
 
