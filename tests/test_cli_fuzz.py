@@ -306,6 +306,22 @@ def run_inprocess(argv: tuple[str, ...], cwd: Path, capsys: pytest.CaptureFixtur
     return status, capsys.readouterr().err, seconds
 
 
+def refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
+                        setup: Callable[[Path], None], words: str, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One case of the bad-input tables: `setup` the folder, run `argv` in it with `env`, and
+    assert the contract (`check_refusal`) and that the error line holds `words`."""
+    monkeypatch.delenv("DOJO_TOKEN", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    setup(tmp_path)
+    before = _snapshot(tmp_path)
+    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
+    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
+    assert words in err, err
+
+
 def _limit_memory() -> None:
     import resource
 

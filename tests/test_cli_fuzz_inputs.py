@@ -14,7 +14,7 @@ import pytest
 
 from cli_fuzz_verbs import set_up
 from dojo.config import MAX_CONFIG_BYTES
-from test_cli_fuzz import _snapshot, check_refusal, run_inprocess
+from test_cli_fuzz import _snapshot, check_refusal, refused_in_one_line, run_inprocess
 
 SERVER = ("--server", "http://127.0.0.1:9")  # nothing listens: a good token fails later
 RUNS = "model,plan,batch,seconds"
@@ -99,14 +99,7 @@ def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str
                                             setup: Callable[[Path], None], words: str,
                                             tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DOJO_TOKEN", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    setup(tmp_path)
-    before = _snapshot(tmp_path)
-    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
-    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
-    assert words in err, err
+    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
 
 
 def test_token_file_first_non_blank_line_is_the_token(tmp_path: Path,

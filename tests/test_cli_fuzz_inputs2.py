@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_fuzz_verbs import set_up
-from test_cli_fuzz import _snapshot, check_refusal, run_inprocess
+from test_cli_fuzz import refused_in_one_line, run_inprocess
 
 SERVER = ("--server", "http://127.0.0.1:9")
 SIM = ("simulate", "mlp", "--system", "h100-cluster:8", "--batch", "8")
@@ -159,14 +159,7 @@ def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str
                                             setup: Callable[[Path], None], words: str,
                                             tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DOJO_TOKEN", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    setup(tmp_path)
-    before = _snapshot(tmp_path)
-    status, err, seconds = run_inprocess(argv, tmp_path, capsys)
-    check_refusal(status, err, seconds, before, _snapshot(tmp_path))
-    assert words in err, err
+    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

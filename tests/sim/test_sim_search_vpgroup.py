@@ -19,6 +19,7 @@ from dojo.plan.plan import Plan, group_runs
 from dojo.sim import session
 from dojo.sim.memory import device_memory, peak_in_flight
 from dojo.sim.pipeline import (
+    Span,
     group_chain_bound,
     makespan_bounds,
     ring_bound,
@@ -95,6 +96,19 @@ def test_larger_groups_can_win_without_whole_groups_of_pp() -> None:
     assert _step(3, 3, 11, 3) == pytest.approx(109.0)
 
 
+def _random_run(rng: random.Random, pp: int, virtual: int, micro: int, n: int, schedule: str
+                ) -> tuple[bool, list[float], list[float], float, list[Span]]:
+    """(equal, F and B seconds per virtual stage, hop seconds, the simulated spans) of one
+    random run: with probability 0.3 equal chunks (F = 1, B = 2, no hop), else random."""
+    equal = rng.random() < 0.3
+    f = [1.0 if equal else rng.uniform(0.2, 3.0) for _ in range(pp * virtual)]
+    b = [2.0 if equal else rng.uniform(0.3, 6.0) for _ in range(pp * virtual)]
+    hop = 0.0 if equal else rng.uniform(0.0, 0.5)
+    spans = run_pipeline(pp, virtual, micro, schedule,
+                         lambda s, t: (f if t[0] == "F" else b)[t[2] * pp + s], hop, group=n)
+    return equal, f, b, hop, spans
+
+
 def test_group_chain_bound_is_below_every_run() -> None:
     """3,000 random interleaved runs (pp <= 6, V <= 4, every N <= pp that runs, random task
     times per virtual stage and transfers): the chain bound is below the end of device 0's last
@@ -109,15 +123,7 @@ def test_group_chain_bound_is_below_every_run() -> None:
         n = rng.randint(1, pp)
         if not group_runs(pp, micro, n):
             continue
-        equal = rng.random() < 0.3
-        f = [1.0 if equal else rng.uniform(0.2, 3.0) for _ in range(pp * virtual)]
-        b = [2.0 if equal else rng.uniform(0.3, 6.0) for _ in range(pp * virtual)]
-        hop = 0.0 if equal else rng.uniform(0.0, 0.5)
-        def duration(s: int, t: tuple[str, int, int], f: list[float] = f,
-                     b: list[float] = b, pp: int = pp) -> float:
-            return (f if t[0] == "F" else b)[t[2] * pp + s]
-
-        spans = run_pipeline(pp, virtual, micro, "interleaved", duration, hop, group=n)
+        equal, f, b, hop, spans = _random_run(rng, pp, virtual, micro, n, "interleaved")
         step = max(s.end for s in spans if s.stage == 0)
         bound = group_chain_bound(pp, micro, n, f, b, hop)
         assert bound <= step * (1 + 1e-12), (pp, virtual, micro, n)
@@ -141,16 +147,7 @@ def test_ring_spans_are_below_every_task_and_see_the_stalls() -> None:
         micro, n = rng.randint(1, 4 * pp), rng.randint(1, pp) if schedule == "interleaved" else 0
         if n and not group_runs(pp, micro, n):
             continue
-        equal = rng.random() < 0.3
-        f = [1.0 if equal else rng.uniform(0.2, 3.0) for _ in range(pp * virtual)]
-        b = [2.0 if equal else rng.uniform(0.3, 6.0) for _ in range(pp * virtual)]
-        hop = 0.0 if equal else rng.uniform(0.0, 0.5)
-
-        def duration(s: int, t: tuple[str, int, int], f: list[float] = f,
-                     b: list[float] = b, pp: int = pp) -> float:
-            return (f if t[0] == "F" else b)[t[2] * pp + s]
-
-        spans = run_pipeline(pp, virtual, micro, schedule, duration, hop, group=n)
+        equal, f, b, hop, spans = _random_run(rng, pp, virtual, micro, n, schedule)
         simulated = {(s.stage, s.kind, s.micro, s.chunk): s for s in spans}
         for stage in range(pp):
             for low in ring_spans(pp, micro, n, f, b, hop, stage, schedule):
