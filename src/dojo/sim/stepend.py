@@ -1,5 +1,5 @@
 """The end of a step, after each stage's last backward: gradient synchronisation, the tied
-embedding's all-reduce, the optimizer update (`simulate.simulate` and `simulate.lower_bound`).
+embedding's all-reduce, the optimizer update (`simulate.simulate` and `stepbound.lower_bound`).
 
 Each pipeline stage reduces its own gradients over its data-parallel group (`post_times`;
 bucket by bucket beside the backward with `overlap`, `dp_sync_end`). With pp > 1 and a tied
@@ -90,7 +90,7 @@ def finish_step(program: Program, dev: DeviceModel, spans: Sequence[Any],
 def post_bound(program: Program, dev: DeviceModel, stage: int, collective: Collective) -> float:
     """Seconds from `stage`'s last backward to the end of its update, at least: its last
     bucket (overlapped) or whole sync, the tied all-reduce on the first and last stage, the
-    update and the fixed overhead (`simulate.lower_bound`)."""
+    update and the fixed overhead (`stepbound.lower_bound`)."""
     t_sync, t_opt, _ = post_times(program, dev, stage, collective)
     if overlaps_sync(program.plan, dev):
         t_sync = last_bucket_time(program, stage, collective)
