@@ -44,7 +44,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   the tp ranks like the other weights and an ep group at stride tp; 1 = the experts whole on
   each rank, tp folded into the expert ranks: an ep group is ep consecutive ranks of the
   tp x dp x cp ones ((tp x dp x cp) % ep == 0) and expert gradients reduce over tp x dp x cp / ep.
-- `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP).
+- `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP). Below 2
+  the gradients are all-reduced whole over dp x cp; at 1 each rank then updates its shard and
+  the updated weights are all-gathered: DeepSpeed's BF16_Optimizer step (its pipeline engine's
+  `_bf16_reduce_grads`, then `update_lp_params`); at 2 and 3 they are reduce-scattered.
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
   them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`). `fp8_params=on`
@@ -57,6 +60,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   communication kernels take from the GEMMs.
 - `grad_reduce`: the dtype of the data-parallel gradient reduction and of the gradient buffers:
   fp32 | bf16 | auto (the precision policy's gradients: FP32 main grads under bf16/fp16/fp8).
+- `grad_acc`: where micro-batches' gradients are summed: `inplace` (the backward adds into the
+  reduction buffer itself, as autograd and Megatron-LM's fused wgrad do) or `copy` (DeepSpeed's
+  BF16_Optimizer: bf16 gradients per micro-batch, then a pass that adds them into the FP32
+  buffer after every backward; needs precision=bf16 and FP32 gradients; `dojo.sim.gradacc`).
 - `fusion`: how vector ops between matmuls become kernels: `full` (a compiler such as
   torch.compile/Inductor fuses each run), `kernels` (hand-written fused kernels as in Megatron-LM
   and apex: a pointwise chain fuses up to and including one softmax/norm/reduction, which ends
@@ -77,6 +84,7 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved")
 RECOMPUTE = ("none", "selective", "full")
 PRECISIONS = ("fp32", "bf16", "fp16", "cfp8", "fp8")
 GRAD_REDUCE = ("auto", "fp32", "bf16")
+GRAD_ACCS = ("inplace", "copy")
 FUSIONS = ("full", "kernels", "none")
 CP_COMMS = ("p2p", "allgather")
 DISPATCHERS = ("alltoall", "flex")
@@ -101,6 +109,7 @@ class Plan:
     fusion: str = field(default="full", metadata=check(choices=FUSIONS))
     tp_overlap: bool = False
     grad_reduce: str = field(default="auto", metadata=check(choices=GRAD_REDUCE))
+    grad_acc: str = field(default="inplace", metadata=check(choices=GRAD_ACCS))
     fp8_params: bool = False
     cp_comm: str = field(default="p2p", metadata=check(choices=CP_COMMS))
     ep: int = field(default=1, metadata=check(ge=1))
@@ -126,7 +135,7 @@ class Plan:
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
-                     "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
+                     "grad_acc", "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
                      "vp_group", "stages"):
             value = getattr(self, name)
             if name == "stages":
@@ -226,6 +235,11 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
                           "sp=on: the overlapped tp communication is the all-gathers and "
                           "reduce-scatters of sequence parallelism (Megatron-LM's "
                           "--tp-comm-overlap needs --sequence-parallel)")
+    if plan.grad_acc == "copy" and (plan.precision != "bf16" or plan.grad_reduce == "bf16"):
+        raise ConfigError(source, "grad_acc", "copy",
+                          f"precision=bf16 with FP32 gradients (DeepSpeed's BF16_Optimizer adds "
+                          f"bf16 gradients into FP32 ones; precision is {plan.precision}, "
+                          f"grad_reduce {plan.grad_reduce}), or grad_acc=inplace")
     if plan.stages and len(plan.stages) != plan.pp * plan.interleave:
         raise ConfigError(source, "stages", show_stages(plan.stages),
                           f"one count per virtual stage: pp {plan.pp} x interleave "

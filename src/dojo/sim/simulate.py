@@ -20,6 +20,7 @@ from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import p2p_host_time, tp_host_time
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
+from dojo.sim.gradacc import accumulate_time
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import grad_bytes, sm_fractions, tp_phase_time
 from dojo.sim.pipeline import Span, Task, run_pipeline
@@ -318,7 +319,8 @@ def simulate(program: Program, prepared: Prepared | None = None) -> Result:
 def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTimes]
                    ) -> tuple[list[float], list[float], float]:
     """(forward, backward) seconds of one micro-batch's task per virtual stage, and the
-    pipeline transfer between stages."""
+    pipeline transfer between stages. A backward includes `grad_acc`'s pass, if any
+    (`sim/gradacc.py`)."""
     plan = program.plan
     transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
     last = plan.pp * plan.interleave - 1
@@ -331,7 +333,8 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
         fwd.append(max(t.forward, t.stream) + t.tp_forward + t.cp_forward
                    + (send if vs < last else 0.0) + p2p_host_time(dev, "F", vs, last))
         bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + t.cp_backward
-                   + (send if vs else 0.0) + p2p_host_time(dev, "B", vs, last))
+                   + (send if vs else 0.0) + p2p_host_time(dev, "B", vs, last)
+                   + accumulate_time(program, dev, vs))
     return fwd, bwd, transfer
 
 
