@@ -1,0 +1,118 @@
+"""DeepSpeed's BF16_Optimizer gradient path against closed forms.
+
+zero=1: after the last backward the FP32 gradients are all-reduced over dp whole (the pipeline
+engine's `_bf16_reduce_grads`), then each rank updates its shard and the bf16 parameters are
+all-gathered (`update_lp_params`): per parameter 2 (n-1)/n x 4 bytes, then (n-1)/n x 2 bytes
+per member, where zero=2 reduce-scatters ((n-1)/n x 4). grad_acc=copy: after every
+micro-batch's backward, `update_hp_grads` casts the bf16 gradients to FP32 (read 2, write 4
+bytes) and adds them to the FP32 buffer (read 4 + 4, write 4), two kernels.
+
+References: gpt's parameter count by hand, jean-zay-a100's published link figures (4 x 100 Gb/s
+Omni-Path per node of 8 GPUs), the A100's 2,039 GB/s, and the ring and tree formulas with the
+calibration's efficiencies; not the simulator's mapping or collective code."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from dojo.errors import ConfigError
+from dojo.hardware.loader import load_system
+from dojo.plan.plan import parse_plan
+from dojo.sim.session import compile_model
+from dojo.sim.simulate import collective, device_model, simulate
+from dojo.sim.stepend import post_times
+
+V, H, SEQ, LAYERS = 1000, 256, 64, 4
+MODEL = {"layers": LAYERS, "hidden": H, "heads": 8, "seq": SEQ, "vocab": V, "ffn": 4 * H}
+# gpt (models/gpt.py): per block two LayerNorms (2 x 2H), fused QKV (3H^2 + 3H), projection
+# (H^2 + H), MLP (8H^2 + 5H); token and position tables, ln_f (2H); the head is tied.
+BLOCK = 4 * H + 3 * H * H + 3 * H + H * H + H + 8 * H * H + 5 * H
+WHOLE = V * H + SEQ * H + LAYERS * BLOCK + 2 * H
+PER_GPU_BYTES_S = 4 * 100e9 / 8 / 8   # a node's 4 x 100 Gb/s shared by its 8 GPUs
+
+
+def _program(plan: str, devices: int, system: str = "jean-zay-a100",
+             model: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
+    spec = load_system(system, devices=devices)
+    return compile_model("gpt", model or MODEL, spec, parse_plan(plan), 16)[0]
+
+
+def _ring(kind: str, nbytes: float, n: int, lat: float, bw: float) -> float:
+    passes = 2 if kind == "all_reduce" else 1
+    return passes * (n - 1) * (lat + nbytes / (n * bw))
+
+
+def _tree(nbytes: float, n: int, lat: float, bw: float) -> float:
+    return 2 * math.ceil(math.log2(n)) * lat + 2 * nbytes / bw
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2])
+def test_zero1_all_reduces_fp32_then_gathers_bf16_over_omni_path(zero: int) -> None:
+    """tp 8 fills a node and dp 4 spans four: one fat-tree level of 4 members at 6.25 GB/s
+    each, two switch hops of 1 us per step (the system file) plus the calibration's latency."""
+    program = _program(f"dp=4,tp=8,mb=1,zero={zero},overlap=off", 32)
+    cal = device_model(program).calibration
+    n, held = 4, WHOLE / 8
+    lat = 2 * 1.0e-6 + cal.collective_latency_s
+    bw = PER_GPU_BYTES_S * cal.link_efficiency
+    gather = _ring("all_gather", held * 2, n, lat, bw) if zero >= 1 else 0.0
+    if zero == 2:
+        grads = _ring("reduce_scatter", held * 4, n, lat, bw)
+    else:
+        grads = min(_ring("all_reduce", held * 4, n, lat, bw), _tree(held * 4, n, lat, bw))
+    dev = device_model(program)
+    t_sync = post_times(program, dev, 0, lambda k, b, lv: _sim_collective(program, dev, k, b, lv))[0]
+    assert t_sync == pytest.approx(grads + gather, rel=1e-9)
+
+
+def _sim_collective(program, dev, kind, nbytes, levels):  # type: ignore[no-untyped-def]
+    return collective(program, dev, kind, nbytes, levels)
+
+
+def test_the_all_reduce_moves_twice_the_reduce_scatters_bytes() -> None:
+    """Per member: zero=1's all-reduce is 2 (n-1) ring steps of 4 / n bytes per parameter,
+    zero=2's reduce-scatter (n-1) of them; both then gather the same bf16 bytes, so the syncs
+    differ by (n-1) steps: (n-1) (latency + 4 x params / (n bw))."""
+    big = {**MODEL, "hidden": 1024, "ffn": 4096, "heads": 16}
+    one = _program("dp=4,tp=8,mb=1,zero=1,overlap=off", 32, model=big)
+    two = _program("dp=4,tp=8,mb=1,zero=2,overlap=off", 32, model=big)
+    dev = device_model(one)
+    coll = lambda k, b, lv: _sim_collective(one, dev, k, b, lv)  # noqa: E731
+    t1, t2 = post_times(one, dev, 0, coll)[0], post_times(two, dev, 0, coll)[0]
+    held = (1000 * 1024 + SEQ * 1024 + LAYERS * (4 * 1024 + 12 * 1024**2 + 9 * 1024)
+            + 2 * 1024) / 8
+    bw = PER_GPU_BYTES_S * dev.calibration.link_efficiency
+    lat = 2 * 1.0e-6 + dev.calibration.collective_latency_s
+    assert t1 - t2 == pytest.approx(3 * (lat + held * 4 / (4 * bw)), rel=1e-9)
+
+
+def test_grad_acc_copy_adds_the_cast_and_the_add_to_every_micro_batch() -> None:
+    """dp 1, pp 1: the step is the micro-batches' forwards and backwards in turn, then the
+    update; copy adds to each backward one cast (6 bytes per parameter) and one add (12),
+    two kernels at the HBM's 2,039 GB/s times the calibrated vector efficiency."""
+    big = {**MODEL, "hidden": 1024, "ffn": 4096, "heads": 16}
+    inplace = _program("tp=1,mb=1,overlap=off", 1, system="a100-cluster", model=big)
+    copy = replace(inplace, plan=replace(inplace.plan, grad_acc="copy"))
+    cal = device_model(inplace).calibration
+    params = 1000 * 1024 + SEQ * 1024 + LAYERS * (4 * 1024 + 12 * 1024**2 + 9 * 1024) + 2 * 1024
+    assert inplace.device_params(0) == pytest.approx(params, rel=1e-12)
+    per_micro = 2 * cal.launch_s + params * (6 + 12) / (2.039e12 * cal.vector_efficiency)
+    micro = inplace.microbatches
+    assert micro == 16
+    step_in, step_copy = simulate(inplace).step_time_s, simulate(copy).step_time_s
+    assert step_copy - step_in == pytest.approx(micro * per_micro, rel=1e-9)
+
+
+@pytest.mark.parametrize("plan,says", [
+    ("dp=2,grad_acc=copy,precision=fp32", "precision is fp32"),
+    ("dp=2,grad_acc=copy,grad_reduce=bf16", "grad_reduce bf16"),
+    ("dp=2,grad_acc=fused", "one of inplace, copy"),
+])
+def test_a_bad_grad_acc_is_refused_in_one_line(plan: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_plan(plan)
+    assert "grad_acc" in str(err.value) and says in str(err.value)
+    assert "\n" not in str(err.value)
