@@ -21,6 +21,7 @@ import pytest
 from dojo.errors import ConfigError
 from dojo.hardware.loader import load_system
 from dojo.plan.plan import parse_plan
+from dojo.sim.memory import device_memory
 from dojo.sim.session import compile_model
 from dojo.sim.simulate import collective, device_model, simulate
 from dojo.sim.stepend import post_times
@@ -116,3 +117,13 @@ def test_a_bad_grad_acc_is_refused_in_one_line(plan: str, says: str) -> None:
         parse_plan(plan)
     assert "grad_acc" in str(err.value) and says in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_grad_acc_copy_holds_the_bf16_grads_beside_the_fp32_buffer() -> None:
+    """ZeRO-1 over dp 2, tp 2: the FP32 gradient buffer (4 bytes per parameter) stays whole, as
+    the all-reduce needs it; copy adds the bf16 `.grad` of every weight (2 bytes)."""
+    inplace = _program("dp=2,tp=2,mb=1,zero=1", 4, system="a100-cluster")
+    copy = replace(inplace, plan=replace(inplace.plan, grad_acc="copy"))
+    held = WHOLE / 2
+    assert device_memory(inplace).grads == pytest.approx(held * 4, rel=1e-12)
+    assert device_memory(copy).grads == pytest.approx(held * (4 + 2), rel=1e-12)

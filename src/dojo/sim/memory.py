@@ -194,16 +194,18 @@ def device_memory(program: Program, chip_report: bool = True) -> Memory:
 def state_memory(plan: Plan, params: float, state_per_param: float
                  ) -> tuple[float, float, float]:
     """(weights + master copy, gradients, optimizer state) bytes of a device holding `params`
-    parameters (after the tp split), sharded over dp x cp by the plan's ZeRO stage."""
+    parameters (after the tp split), sharded over dp x cp by the plan's ZeRO stage. With
+    grad_acc=copy the gradients are the FP32 buffer and the weights' own bf16 `.grad`."""
     sizes = PRECISION_BYTES[plan.precision]
     shard = plan.dp_cp if plan.zero >= 1 else 1
     weights = params * sizes["weights"] / (plan.dp_cp if plan.zero >= 3 else 1)
     if plan.precision == "fp8":  # TransformerEngine's FP8 weights and transposes: cached
         fp8 = params * FP8_CACHE_BYTES_PER_PARAM / (plan.dp_cp if plan.zero >= 3 else 1)
         weights = fp8 if plan.fp8_params else weights + fp8  # or the weights themselves
-    return (weights + params * sizes["master"] / shard,
-            params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1),
-            params * state_per_param / shard)
+    grads = params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1)
+    if plan.grad_acc == "copy":  # the bf16 `.grad` each backward writes, whole (sim/gradacc.py)
+        grads += params * sizes["weights"]
+    return (weights + params * sizes["master"] / shard, grads, params * state_per_param / shard)
 
 
 def grouped_state(plan: Plan, groups: list[tuple[float, int]], state_per_param: float
