@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -65,12 +66,8 @@ def test_zero1_all_reduces_fp32_then_gathers_bf16_over_omni_path(zero: int) -> N
     else:
         grads = min(_ring("all_reduce", held * 4, n, lat, bw), _tree(held * 4, n, lat, bw))
     dev = device_model(program)
-    t_sync = post_times(program, dev, 0, lambda k, b, lv: _sim_collective(program, dev, k, b, lv))[0]
+    t_sync = post_times(program, dev, 0, partial(collective, program, dev))[0]
     assert t_sync == pytest.approx(grads + gather, rel=1e-9)
-
-
-def _sim_collective(program, dev, kind, nbytes, levels):  # type: ignore[no-untyped-def]
-    return collective(program, dev, kind, nbytes, levels)
 
 
 def test_the_all_reduce_moves_twice_the_reduce_scatters_bytes() -> None:
@@ -81,7 +78,7 @@ def test_the_all_reduce_moves_twice_the_reduce_scatters_bytes() -> None:
     one = _program("dp=4,tp=8,mb=1,zero=1,overlap=off", 32, model=big)
     two = _program("dp=4,tp=8,mb=1,zero=2,overlap=off", 32, model=big)
     dev = device_model(one)
-    coll = lambda k, b, lv: _sim_collective(one, dev, k, b, lv)  # noqa: E731
+    coll = partial(collective, one, dev)
     t1, t2 = post_times(one, dev, 0, coll)[0], post_times(two, dev, 0, coll)[0]
     held = (1000 * 1024 + SEQ * 1024 + LAYERS * (4 * 1024 + 12 * 1024**2 + 9 * 1024)
             + 2 * 1024) / 8
