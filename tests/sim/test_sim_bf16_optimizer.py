@@ -124,3 +124,9 @@ def test_grad_acc_copy_holds_the_bf16_grads_beside_the_fp32_buffer() -> None:
     held = WHOLE / 2
     assert device_memory(inplace).grads == pytest.approx(held * 4, rel=1e-12)
     assert device_memory(copy).grads == pytest.approx(held * (4 + 2), rel=1e-12)
+
+
+def test_grad_acc_copy_round_trips_through_the_plan_text() -> None:
+    plan = parse_plan("dp=2,zero=1,grad_acc=copy")
+    assert "grad_acc=copy" in plan.text() and parse_plan(plan.text(full=True)) == plan
+    assert "grad_acc" not in parse_plan("dp=2").text(full=True)

@@ -130,7 +130,7 @@ class Plan:
 
     def text(self, full: bool = False) -> str:
         """The plan in CLI form, defaults left out unless `full` (cp_comm only with cp > 1,
-        fp8_params only with precision=fp8)."""
+        fp8_params only with precision=fp8, grad_acc only when copy)."""
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
@@ -151,6 +151,8 @@ class Plan:
                 continue
             if name == "vp_group" and self.interleave == 1 and not value:
                 continue
+            if name == "grad_acc" and value == default.grad_acc:
+                continue   # DeepSpeed's copy only: the default adds nothing to show
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
                 parts.append(f"{name}={_show(value)}")
         return ",".join(parts)
