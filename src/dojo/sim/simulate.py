@@ -348,7 +348,9 @@ def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int,
             ) -> Result:
     plan = program.plan
     critical = max(range(plan.pp), key=lambda s: (opt[s][2], -s))
-    breakdown = _breakdown(program, times, spans, sync, opt, critical, step)
+    copy = [program.microbatches * accumulate_time(program, dev, c * plan.pp + critical)
+            for c in range(plan.interleave)]
+    breakdown = _breakdown(program, times, spans, sync, opt, critical, step, sum(copy))
     samples = program.batch / step
     tokens = samples * program.tokens_per_sample if program.tokens_per_sample else None
     achieved = program.model_flops / step / program.devices
@@ -361,9 +363,10 @@ def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int,
 
 def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span, ...],
                sync: tuple[tuple[int, float, float], ...],
-               opt: tuple[tuple[int, float, float], ...], stage: int, step: float
-               ) -> dict[str, float]:
-    # Every micro-batch runs each of the stage's chunks once forward and once backward.
+               opt: tuple[tuple[int, float, float], ...], stage: int, step: float,
+               copy: float = 0.0) -> dict[str, float]:
+    # Every micro-batch runs each of the stage's chunks once forward and once backward;
+    # `copy`: grad_acc's passes after them (sim/gradacc.py), optimizer work.
     pp, m = program.plan.pp, program.microbatches
     compute = recompute = comm = 0.0
     for c in range(program.plan.interleave):
@@ -375,7 +378,7 @@ def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span
                      + max(0.0, t.stream - t.backward - t.recompute))
     last_b = max((s.end for s in spans if s.stage == stage and s.kind == "B"), default=0.0)
     comm += max(0.0, sync[stage][2] - last_b)
-    optimizer = opt[stage][2] - opt[stage][1]
+    optimizer = opt[stage][2] - opt[stage][1] + copy
     bubble = max(0.0, step - compute - recompute - comm - optimizer)
     return {"compute": compute, "exposed_comm": comm, "bubble": bubble, "recompute": recompute,
             "optimizer": optimizer, "data": 0.0}
