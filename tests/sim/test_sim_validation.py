@@ -26,7 +26,7 @@ def test_cases_are_well_formed() -> None:
     assert len({c.id for c in cases}) == len(cases)
     for c in cases:
         assert c.measured_step_s > 0 and c.gpus >= 8
-        assert c.hardware in ("a100-cluster", "h100-cluster")
+        assert c.hardware in ("a100-cluster", "h100-cluster", "jean-zay-a100")
         assert c.fit or c.confidence != "high"   # a gated case is always fitted
 
 
