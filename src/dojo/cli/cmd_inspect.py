@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dojo.cli.common import int_flag, parse_sets, print_json
+from dojo.cli.common import MAX_TOP, int_flag, parse_sets, print_json, top_flag
 from dojo.errors import ConfigError
 
 PHASES = ("forward", "backward", "optimizer")
@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seq", default=None, help="tokens per sample (sequence models)")
     parser.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
                         help="override a model config field (repeatable)")
-    parser.add_argument("--top", default="10", help="how many top ops by FLOPs to list")
+    parser.add_argument("--top", default="10", help=f"how many top ops by FLOPs to list (1 to "
+                        f"{MAX_TOP}, default 10; --json lists none)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(run=run)
 
@@ -70,9 +71,8 @@ def summary(graph: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    top = _int(args.top, "--top")
-    if top is None or top < 0:
-        raise ConfigError("--top", "top", top, "an integer >= 0")
+    top = top_flag(_int(args.top, "--top"), "rows of the top-ops table, as dojo plan --top; "
+                   "--json prints none")
     batch, seq = _int(args.batch, "--batch"), _int(args.seq, "--seq")
     _refuse_factory_flags(args.model, batch, seq, args.sets)
     import torch

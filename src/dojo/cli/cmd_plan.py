@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dojo.cli.common import integer, parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json, top_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,23 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-# Candidates `dojo plan` may list. Each one is simulated, and a search keeps simulating until it
-# holds --top of them, so --top past the plan count simulates every plan (mlp on 8 GPUs: 2,526
-# plans, 46 CPU-s, where --top 5 simulates 9 in 4 s; a 405B model on a large cluster: hours).
-MAX_TOP = 100
-
-
 def run(args: argparse.Namespace) -> int:
     from dojo.cli.cmd_simulate import default_batch
-    from dojo.errors import ConfigError
     from dojo.hardware import load_system
     from dojo.models import check_model
     from dojo.sim.search import best_plan
     from dojo.sim.session import check_inputs
 
-    if not 1 <= args.top <= MAX_TOP:
-        raise ConfigError("--top", "top", args.top, f"from 1 to {MAX_TOP} (every listed plan is "
-                          "simulated: a larger --top simulates every plan, minutes to hours)")
+    top_flag(args.top, "every listed plan is simulated: a larger --top simulates every plan, "
+             "minutes to hours")
     spec = load_system(args.system, devices=args.devices)
     batch = args.batch if args.batch is not None else default_batch(spec)
     overrides = parse_sets(args.set)

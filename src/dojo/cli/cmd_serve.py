@@ -19,6 +19,17 @@ from typing import Any
 from dojo.cli.common import integer, number
 
 DEFAULT_DATA = "dojo-data"
+# Stated bounds on the service's numbers, so that no typed value reaches the store or the
+# scheduler's arithmetic as inf (quota x 3600, the fair-share weights' sum) or as a loop bound.
+# Quotas run from one tile-second to 10^9 tile-hours (an ExaPOD's 120 tiles for about 950
+# years): the fair-share weight of the smallest over the sum of the largest stays a normal float
+# (a quota of 1e-320 made its share 0.0 and the scheduler's division fail every pass).
+MIN_QUOTA_TILE_HOURS = 1 / 3600
+MAX_QUOTA_TILE_HOURS = 1e9
+QUOTA_RANGE = f"from 1/3600 (one tile-second) to {MAX_QUOTA_TILE_HOURS:,.0f} tile-hours"
+MAX_EXPIRES_S = 100 * 365.25 * 86400  # a token valid for a century is one that never expires
+MAX_ATTEMPTS = 100  # each attempt reruns the job from its start (or its last checkpoint)
+MAX_RATE_PER_S = 1e6  # requests per second per tenant; past it the limit limits nothing
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _store_args(w)
     w.add_argument("--system", default="v1", help="the server's --system")
     w.add_argument("--name", default=None, help="host name (default: this machine's, + pid)")
-    w.add_argument("--slots", type=integer, default=os.cpu_count() or 1,
-                   help="jobs run at once on this host (default: its CPU count)")
+    w.add_argument("--slots", type=integer, default=None,
+                   help="jobs run at once on this host, 1 to the system's tile count "
+                   "(default: its CPU count, at most the tile count)")
     w.add_argument("--worker-cpu-s", type=integer, default=3600, help="CPU seconds per worker")
     w.add_argument("--worker-memory-gb", type=number, default=8.0, help="memory per worker")
     w.add_argument("--max-attempts", type=integer, default=3,
@@ -66,7 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = asub.add_parser("tenant", help="tenants").add_subparsers(dest="verb", required=True)
     c = t.add_parser("create", help="create a tenant and print its first token (once)")
     c.add_argument("name")
-    c.add_argument("--quota-tile-hours", type=number, required=True)
+    c.add_argument("--quota-tile-hours", type=number, required=True,
+                   help=f"tile-hours the tenant may use, {QUOTA_RANGE}")
     c.add_argument("--role", default="admin", choices=("admin", "member", "read-only"))
     _store_args(c)
     tok = asub.add_parser("token", help="tokens").add_subparsers(dest="verb", required=True)
@@ -105,9 +118,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ConfigError("--port", "port", args.port, "a TCP port from 1 to 65535")
-    if not 0 < args.rate_limit < float("inf"):
+    if not 0 < args.rate_limit <= MAX_RATE_PER_S:
         raise ConfigError("--rate-limit", "rate_limit", args.rate_limit,
-                          "requests per second > 0")
+                          f"requests per second > 0 and at most {MAX_RATE_PER_S:,.0f}")
     limits = _limits(args)
     from dojo.hardware import load_system
     from dojo.service.mesh import machine_of
@@ -126,8 +139,9 @@ def _limits(args: argparse.Namespace) -> Any:
     from dojo.errors import ConfigError
     from dojo.service.agent import Limits
 
-    if args.max_attempts < 1:
-        raise ConfigError("--max-attempts", "max_attempts", args.max_attempts, "at least 1")
+    if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
+        raise ConfigError("--max-attempts", "max_attempts", args.max_attempts,
+                          f"from 1 to {MAX_ATTEMPTS} runs of a job")
     if not 1 <= args.worker_cpu_s <= 2**62:  # setrlimit holds a C long: past it, every job failed
         raise ConfigError("--worker-cpu-s", "worker_cpu_s", args.worker_cpu_s,
                           "at least 1 s, at most 2^62 s (what setrlimit holds)")
@@ -151,14 +165,16 @@ def run_worker(args: argparse.Namespace) -> int:
     from dojo.service.server import open_store
 
     limits = _limits(args)
-    if args.slots < 1:
-        raise ConfigError("--slots", "slots", args.slots, "at least 1 job at a time")
-    machine_of(load_system(args.system))  # a Dojo system with tiles, or a one-line error
+    tiles = machine_of(load_system(args.system)).tiles  # a Dojo system with tiles, or one line
+    slots = min(os.cpu_count() or 1, tiles) if args.slots is None else args.slots
+    if not 1 <= slots <= tiles:  # each running job holds a tile: more slots are never used
+        raise ConfigError("--slots", "slots", slots, f"from 1 to {tiles} jobs at a time (the "
+                          f"tiles of --system {args.system}: no more jobs run at once)")
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     store = open_store(Path(args.data), args.db)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        serve_host(store, Path(args.data).resolve(), args.system, name, limits, args.slots,
+        serve_host(store, Path(args.data).resolve(), args.system, name, limits, slots,
                    addr=args.addr)
     finally:
         store.close()
@@ -178,11 +194,12 @@ def run_admin(args: argparse.Namespace) -> int:
     if args.what == "tenant":  # checked before the store is opened: a bad value writes nothing
         if not args.name.replace("-", "").replace("_", "").isalnum() or len(args.name) > 64:
             raise ConfigError("NAME", "name", args.name, "letters, digits, - and _ (at most 64)")
-        if not 0 < args.quota_tile_hours < float("inf"):
+        if not MIN_QUOTA_TILE_HOURS <= args.quota_tile_hours <= MAX_QUOTA_TILE_HOURS:
             raise ConfigError("--quota-tile-hours", "quota_tile_hours", args.quota_tile_hours,
-                              "a number of tile-hours > 0")
-    elif args.expires_s is not None and not 0 < args.expires_s < float("inf"):
-        raise ConfigError("--expires-s", "expires_s", args.expires_s, "a number of seconds > 0")
+                              QUOTA_RANGE)
+    elif args.expires_s is not None and not 0 < args.expires_s <= MAX_EXPIRES_S:
+        raise ConfigError("--expires-s", "expires_s", args.expires_s,
+                          f"a number of seconds > 0 and at most {MAX_EXPIRES_S:.4g} (100 years)")
     elif not args.db and not (Path(args.data) / "dojo.db").is_file():  # made nothing to say so
         raise DojoError(f"no tenant '{args.tenant}' ({args.data} holds no store yet)")
     store = open_store(Path(args.data), args.db)

@@ -1,0 +1,90 @@
+"""Bad inputs of issue 14's fourth round, under the contract of `test_cli_fuzz.py` (one error
+line naming the flag or file, the value and what was expected; exit 2; no traceback; nothing
+written). Each case checks those words, so a case refused some other way does not pass:
+
+- counts bounded by the problem's structure, never by the size of the number typed:
+  `worker --slots` at most the system's tiles (each running job holds one), `--max-attempts`,
+  `inspect --top` in `plan --top`'s range (1 to 100);
+- the service's numbers kept finite in its arithmetic: a tenant quota from one tile-second to
+  10^9 tile-hours (1e308 made quota x 3600 inf; 1e-320 made the fair-share weight 0.0, and the
+  scheduler's division failed every pass), `--rate-limit` and `--expires-s` bounded;
+- the rest of the fourth round's fuzz findings (see each case's comment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from test_cli_fuzz import refused_in_one_line
+
+SVC = ("--data", "svc")
+WORKER = ("worker", *SVC, "--name", "h1")
+TENANT = ("admin", "tenant", "create", "acme", *SVC, "--quota-tile-hours")
+TOKEN = ("admin", "token", "create", "acme", *SVC, "--expires-s")
+SERVE = ("serve", *SVC, "--port", "8698")
+QUOTA = "expected from 1/3600 (one tile-second) to 1,000,000,000 tile-hours"
+INSPECT_TOP = "expected from 1 to 100 (rows of the top-ops table"
+
+
+def _none(root: Path) -> None:
+    pass
+
+
+# (argv, environment, files to put in the case folder first, words the error must hold)
+CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]] = [
+    # 1. worker --slots 10^14 (or the CPU count on a 6-tile V1) was accepted: a thread loop
+    # polling for 10^14 jobs where at most one job per tile ever runs
+    ((*WORKER, "--slots", "100000000000000"), {}, _none,
+     "--slots: field 'slots' = 100000000000000: expected from 1 to 6 jobs at a time (the tiles "
+     "of --system v1"),
+    ((*WORKER, "--slots", "7"), {}, _none, "field 'slots' = 7: expected from 1 to 6 jobs"),
+    ((*WORKER, "--system", "exapod", "--slots", "121"), {}, _none,
+     "field 'slots' = 121: expected from 1 to 120 jobs"),
+    ((*WORKER, "--max-attempts", "100000000000000"), {}, _none,
+     "--max-attempts: field 'max_attempts' = 100000000000000: expected from 1 to 100 runs"),
+    ((*SERVE, "--max-attempts", "101"), {}, _none, "field 'max_attempts' = 101: expected from 1"),
+    ((*SERVE, "--rate-limit", "1e308"), {}, _none,
+     "--rate-limit: field 'rate_limit' = 1e+308: expected requests per second > 0 and at most "
+     "1,000,000"),
+    # 2. quotas: 1e308 tile-hours is inf tile-seconds; 1e-320 a fair-share weight of 0.0
+    ((*TENANT, "1e308"), {}, _none, f"--quota-tile-hours: field 'quota_tile_hours' = 1e+308: "
+     f"{QUOTA}"),
+    ((*TENANT, "1000000001"), {}, _none, f"= 1000000001.0: {QUOTA}"),
+    ((*TENANT, "1e-320"), {}, _none, f"= 1e-320: {QUOTA}"),
+    ((*TENANT, "0.0001"), {}, _none, f"= 0.0001: {QUOTA}"),
+    ((*TENANT, "inf"), {}, _none, f"= inf: {QUOTA}"),
+    ((*TENANT, "nan"), {}, _none, f"= nan: {QUOTA}"),
+    ((*TENANT, "-5"), {}, _none, f"= -5.0: {QUOTA}"),
+    ((*TOKEN, "1e308"), {}, _none, "--expires-s: field 'expires_s' = 1e+308: expected a number "
+     "of seconds > 0 and at most 3.156e+09 (100 years)"),
+    # 3. inspect --top 0 printed no table and --top 10^20 was taken, where plan refuses both
+    (("inspect", "mlp", "--top", "0"), {}, _none, f"--top: field 'top' = 0: {INSPECT_TOP}"),
+    (("inspect", "mlp", "--top", "-1"), {}, _none, f"field 'top' = -1: {INSPECT_TOP}"),
+    (("inspect", "mlp", "--top", "101"), {}, _none, f"field 'top' = 101: {INSPECT_TOP}"),
+    (("inspect", "mlp", "--top", "100000000000000000000"), {}, _none,
+     f"field 'top' = 100000000000000000000: {INSPECT_TOP}"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value that slips through must fail the case, not listen or poll for ever."""
+    from dojo.service import agent, server
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the command started serving")
+
+    monkeypatch.setattr(agent, "serve_host", started)
+    monkeypatch.setattr(server, "serve", started)
+
+
+@pytest.mark.parametrize(("argv", "env", "setup", "words"), [
+    pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in CASES])
+def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
+                                            setup: Callable[[Path], None], words: str,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
