@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_fuzz_verbs import set_up
 from test_cli_fuzz import refused_in_one_line
 
 SVC = ("--data", "svc")
@@ -25,12 +26,22 @@ WORKER = ("worker", *SVC, "--name", "h1")
 TENANT = ("admin", "tenant", "create", "acme", *SVC, "--quota-tile-hours")
 TOKEN = ("admin", "token", "create", "acme", *SVC, "--expires-s")
 SERVE = ("serve", *SVC, "--port", "8698")
+SYNTH = ("data", "synth", "--out", "s", "--clips", "1", "--frames", "2", "--size", "32x32",
+         "--cameras", "1")
 QUOTA = "expected from 1/3600 (one tile-second) to 1,000,000,000 tile-hours"
 INSPECT_TOP = "expected from 1 to 100 (rows of the top-ops table"
 
 
 def _none(root: Path) -> None:
     pass
+
+
+def _clips(root: Path) -> None:
+    set_up("clips", root)
+
+
+def _script(root: Path) -> None:
+    (root / "x.py").write_text("")
 
 
 # (argv, environment, files to put in the case folder first, words the error must hold)
@@ -66,6 +77,42 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("inspect", "mlp", "--top", "101"), {}, _none, f"field 'top' = 101: {INSPECT_TOP}"),
     (("inspect", "mlp", "--top", "100000000000000000000"), {}, _none,
      f"field 'top' = 100000000000000000000: {INSPECT_TOP}"),
+    # 4. a single-valued flag given twice kept the last silently (--set and --plan refuse a key
+    # twice): which system, which folder was meant?
+    (("simulate", "mlp", "--system", "h100-cluster:8", "--system", "v1", "--batch", "8"), {},
+     _none, "argument --system: given twice ('h100-cluster:8', then 'v1'): expected it once"),
+    ((*SYNTH, "--out", "t"), {}, _none, "argument --out: given twice ('s', then 't')"),
+    (("plan", "mlp", "--system", "h100-cluster:8", "--top", "5", "--top", "5"), {}, _none,
+     "argument --top: given twice (5, then 5): expected it once"),
+    # 5. a blank (whitespace) name made a clip set, a catalog or a split named ' '
+    (("data", "synth", "--out", " ", *SYNTH[4:]), {}, _none,
+     "--out: field 'out' = ' ': expected a folder path for the clip set, not blank"),
+    ((*SYNTH, "--catalog", " "), {}, _none,
+     "--catalog: field 'catalog' = ' ': expected a folder path, not blank"),
+    ((*SYNTH, "--split", " "), {}, _none, "--split: field 'split' = ' ': expected a split name "
+     "that is not blank"),
+    ((*SYNTH, "--split", "a\tb"), {}, _none, "--split: field 'split' = 'a\\tb'"),
+    (("data", "index", "clips", "--catalog", " "), {}, _clips,
+     "--catalog: field 'catalog' = ' ': expected a folder path, not blank"),
+    # and an output path ' ' was quoted as '' in its error
+    (("simulate", "mlp", "--system", "h100-cluster:8", "--report", " "), {}, _none,
+     "--report = ' ': expected a file path"),
+    # 6. synth --seed 10^20 was taken where train, run and data mine refuse a seed past 2^63
+    ((*SYNTH, "--seed", "100000000000000000000"), {}, _none,
+     "field 'seed' = 100000000000000000000: expected a number <= 9.22337e+18"),
+    # 7. run --timeout 1e308: an OverflowError traceback (timedelta) once the ranks started;
+    # a script ran with it
+    (("run", "--model", "mlp", "--steps", "1", "--timeout", "1e308"), {}, _none,
+     "--timeout = 1e+308: expected a number of seconds > 0, at most 31536000 (a year)"),
+    (("run", "--timeout", "1e308", "x.py"), {}, _script, "--timeout = 1e+308: expected a number"),
+    # 8. run --system NAME:N with N not the plan's devices blamed a --devices never given
+    (("run", "--model", "mlp", "--steps", "1", "--system", "h100-cluster:99999999999"), {},
+     _none, "--system: field 'system' = 'h100-cluster:99999999999': expected no ':N', or :1: "
+     "dojo run sizes the system to the plan's dp x tp x pp = 1 devices"),
+    # 9. train --catalog without --train-set was ignored (and ' ' with it)
+    (("train", "occupancy", "--steps", "1", "--out", "run", "--catalog", "cat"), {}, _none,
+     "--catalog: field 'catalog' = 'cat': expected a catalog folder that holds the --train-set "
+     "version, given with --train-set"),
 ]
 
 

@@ -63,6 +63,7 @@ def _index(args: argparse.Namespace) -> int:
 
     manifest = read_set_manifest(args.root)  # a bad set is named before the catalog
     catalog = args.catalog or default_catalog(args.root)
+    check_split(args.split)
     check_catalog_folder(catalog)
     check_catalog_apart(args.root, manifest, catalog)
 
@@ -78,6 +79,14 @@ def _index(args: argparse.Namespace) -> int:
     return 1 if result.skipped else 0
 
 
+def check_split(split: str) -> None:
+    """A `--split` that is blank (' ': a split no query names by mistake) or holds a control
+    character is refused before any clip is written; "" is the default (the set's name)."""
+    if split and (not split.strip() or not split.isprintable()):
+        raise ConfigError("--split", "split", split, "a split name that is not blank, in "
+                          "printable characters (leave it out for the set's name)")
+
+
 def check_catalog_folder(catalog: str) -> None:
     """A local catalog folder that is a file or cannot be made is refused before any clip is
     read (a folder made to find out is removed again); URLs are left to their store."""
@@ -86,6 +95,8 @@ def check_catalog_folder(catalog: str) -> None:
 
     from dojo.data import store
 
+    if not catalog.strip():  # ' ' made a catalog folder named by a blank
+        raise ConfigError("--catalog", "catalog", catalog, "a folder path, not blank")
     if store.is_url(catalog):
         return
     path = Path(catalog)

@@ -84,6 +84,8 @@ def _synth(args: argparse.Namespace) -> int:
     from dojo.config import parse
     from dojo.data.synth import SynthConfig, synthesize
 
+    if not args.out.strip():  # ' ' made a clip set in a folder named by a blank
+        raise ConfigError("--out", "out", args.out, "a folder path for the clip set, not blank")
     width, height = _size(args.size)
     mapping = {
         "clips": _number(args.clips, "--clips"), "cameras": _number(args.cameras, "--cameras"),
@@ -93,6 +95,9 @@ def _synth(args: argparse.Namespace) -> int:
         "scenario": args.scenario, "weather": args.weather, "time_of_day": args.time_of_day,
     }
     cfg = parse(SynthConfig, mapping, "dojo data synth")
+    from dojo.cli.cmd_catalog import check_split
+
+    check_split(args.split)
     if args.catalog:  # refused before any clip is written: no clip set left without its catalog
         from dojo.cli.cmd_catalog import check_catalog_folder
 

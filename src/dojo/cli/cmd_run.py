@@ -49,10 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dojo.errors import DojoError
-    from dojo.runtime.launch import launch_script
+    from dojo.runtime.launch import MAX_TIMEOUT_S, TIMEOUT_RANGE, launch_script
 
-    if args.timeout is not None and not 0 < args.timeout < float("inf"):
-        raise DojoError(f"--timeout = {args.timeout}: expected a finite number of seconds > 0")
+    if args.timeout is not None and not 0 < args.timeout <= MAX_TIMEOUT_S:
+        raise DojoError(f"--timeout = {args.timeout}: {TIMEOUT_RANGE}")
     if args.model and args.script:
         raise DojoError("dojo run: give a script or --model, not both")
     if args.script:
@@ -112,12 +112,28 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise ConfigError("--plan", "ep", plan.ep, "1: `dojo run` splits the experts over tp "
                           "(etp = tp); expert parallelism is simulated only (dojo simulate)")
     check_ranks(plan.devices, f"--plan {args.plan}: dp x tp x pp")
+    _check_system_count(args.system, plan.devices)
     if args.resume and not args.checkpoint:
         raise DojoError("--resume: expected --checkpoint FOLDER to resume from")
     if args.checkpoint is not None:
         from dojo.runtime.checkpoint import check_folder
 
         check_folder(args.checkpoint, resume=args.resume)
+
+
+def _check_system_count(system: str, devices: int) -> None:
+    """`--system NAME:N` where N is not the plan's device count: the run sizes the system to
+    the plan, so N would be refused as a `--devices` the user never gave; name --system."""
+    import os
+
+    from dojo.config import ascii_int
+    from dojo.errors import ConfigError
+
+    _, sep, count = system.rpartition(":")
+    given = ascii_int(count) if sep and not os.path.exists(system) else None
+    if given is not None and given >= 1 and given != devices:
+        raise ConfigError("--system", "system", system, f"no ':N', or :{devices}: dojo run sizes "
+                          f"the system to the plan's dp x tp x pp = {devices} devices")
 
 
 def run_model(args: argparse.Namespace) -> int:

@@ -64,8 +64,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+class _StoreOnce(argparse._StoreAction):
+    """`--flag VALUE` for a single-valued flag: given twice, it is refused (which value was
+    meant?), as a key twice in `--plan` or `--set` is; argparse's own store keeps the last."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        mark = f"_given {self.dest}"  # not an identifier: no command reads it as an option
+        if option_string is not None and hasattr(namespace, mark):
+            parser.error(f"argument {'/'.join(self.option_strings)}: given twice "
+                         f"({getattr(namespace, mark)!r}, then {values!r}): expected it once")
+        setattr(namespace, mark, values)
+        setattr(namespace, self.dest, values)
+
+
+class DojoParser(argparse.ArgumentParser):
+    """argparse with single-valued flags given once (`_StoreOnce`); subcommands' parsers are
+    of this class too (`add_subparsers` makes parsers of its parser's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DojoParser(
         prog="dojo",
         description="Tesla's Dojo training supercomputer in software.",
     )

@@ -41,7 +41,7 @@ class SynthConfig:
     frames: int = dataclasses.field(default=8, metadata=check(gt=0, le=MAX_FRAMES))
     width: int = dataclasses.field(default=96, metadata=check(ge=16, le=4096, unit="pixels"))
     height: int = dataclasses.field(default=64, metadata=check(ge=16, le=4096, unit="pixels"))
-    seed: int = dataclasses.field(default=0, metadata=check(ge=0))
+    seed: int = dataclasses.field(default=0, metadata=check(ge=0, le=2**63 - 1))  # as train's
     grid: int = dataclasses.field(default=32, metadata=check(gt=0, le=4096, unit="cells"))
     range_m: float = dataclasses.field(default=16.0, metadata=check(gt=0, unit="m"))
     fps: float = dataclasses.field(default=10.0, metadata=check(gt=0, le=240, unit="frames/s"))

@@ -84,8 +84,8 @@ def check_output(path: str | Path, flag: str, formats: Sequence[str] = ()) -> Pa
     extension not in `formats`."""
     text = str(path)
     target = Path(text)
-    if not text.strip():
-        raise DojoError(f"{flag} = '': expected a file path")
+    if not text.strip():  # quoted as typed: ' ' is not ''
+        raise DojoError(f"{flag} = {text!r}: expected a file path")
     # A symlink is written through (write_bytes_atomic replaces its target, never the link):
     # check what it points to, so /dev/stdout on a terminal or a pipe is a special file.
     real = Path(os.path.realpath(text))

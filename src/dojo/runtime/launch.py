@@ -63,6 +63,12 @@ class RankError(DojoError):
         super().__init__(f"rank {rank}: {message}")
 
 
+# The longest timeout a launch takes: a year is past any run here, and stays within what
+# `datetime.timedelta` and the rendezvous store's milliseconds hold (1e308 s overflowed them).
+MAX_TIMEOUT_S = 365 * 86400.0
+TIMEOUT_RANGE = f"expected a number of seconds > 0, at most {MAX_TIMEOUT_S:.0f} (a year)"
+
+
 def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
            timeout_s: float = 30.0, method: str = "forkserver", threads: int = 1,
            backend: str | None = None) -> list[Any]:
@@ -71,8 +77,8 @@ def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
     import torch.multiprocessing as mp
 
     check_ranks(nproc, "launch: nproc")
-    if not timeout_s > 0 or timeout_s == float("inf"):
-        raise DojoError(f"launch: timeout_s = {timeout_s}: expected a finite number of seconds > 0")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # 1e308 overflowed timedelta in the store
+        raise DojoError(f"launch: timeout_s = {timeout_s}: {TIMEOUT_RANGE}")
     if method not in START_METHODS:
         raise DojoError(f"launch: method = {method!r}: expected one of {', '.join(START_METHODS)}")
     ctx: Any = mp.get_context(method)
@@ -221,8 +227,8 @@ def launch_script(script: str, script_args: Sequence[str], nproc: int,
     import subprocess
 
     check_ranks(nproc, "--nproc")
-    if timeout_s is not None and not 0 < timeout_s < float("inf"):
-        raise DojoError(f"--timeout = {timeout_s}: expected a finite number of seconds > 0")
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise DojoError(f"--timeout = {timeout_s}: {TIMEOUT_RANGE}")
     if not os.path.isfile(script):
         raise DojoError(f"dojo run: script {script} does not exist (or is not a file)")
     with socket.socket() as s:

@@ -60,6 +60,10 @@ def preflight(opts: TrainOptions) -> Job:
     check_plan(opts.plan, opts.precision)
     url = opts.data if "://" in opts.data else ""  # Path() would make "s3://b/x" "s3:/b/x"
     root = Path(opts.data) if opts.data and not url else out.parent / "data"  # unused for URLs
+    if opts.catalog and not (opts.train_set and opts.catalog.strip()):  # else ignored, or ' '
+        raise ConfigError("--catalog", "catalog", opts.catalog, "a catalog folder that holds the "
+                          "--train-set version, given with --train-set (the run's own catalog "
+                          "is OUT/catalog)")
     train_set = None
     if opts.train_set:
         from dojo.train.trainset import resolve
