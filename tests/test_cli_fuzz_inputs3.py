@@ -57,6 +57,12 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     ((*WORKER, "--max-attempts", "100000000000000"), {}, _none,
      "--max-attempts: field 'max_attempts' = 100000000000000: expected from 1 to 100 runs"),
     ((*SERVE, "--max-attempts", "101"), {}, _none, "field 'max_attempts' = 101: expected from 1"),
+    # found by the random fuzz: 10^17 CPU-seconds (3 billion years) started the service
+    ((*SERVE, "--worker-cpu-s", "100000000000000000"), {}, _none,
+     "--worker-cpu-s: field 'worker_cpu_s' = 100000000000000000: expected at least 1 s, at most "
+     "10,000,000,000 s"),
+    ((*WORKER, "--worker-memory-gb", "4294967296"), {}, _none,
+     "field 'worker_memory_gb' = 4294967296.0: expected at least 0.25 GB, at most 1,048,576 GB"),
     ((*SERVE, "--rate-limit", "1e308"), {}, _none,
      "--rate-limit: field 'rate_limit' = 1e+308: expected requests per second > 0 and at most "
      "1,000,000"),
@@ -71,6 +77,13 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     ((*TENANT, "-5"), {}, _none, f"= -5.0: {QUOTA}"),
     ((*TOKEN, "1e308"), {}, _none, "--expires-s: field 'expires_s' = 1e+308: expected a number "
      "of seconds > 0 and at most 3.156e+09 (100 years)"),
+    # a blank --data put the store (dojo.db) among the current folder's files, or in ' '
+    (("admin", "tenant", "create", "acme", "--quota-tile-hours", "5", "--data", ""), {}, _none,
+     "--data: field 'data' = '': expected a folder path for the store and job folders, not "
+     "blank"),
+    (("admin", "tenant", "create", "acme", "--quota-tile-hours", "5", "--data", " "), {}, _none,
+     "--data: field 'data' = ' ': expected a folder path"),
+    (("worker", "--data", " "), {}, _none, "--data: field 'data' = ' ': expected a folder path"),
     # 3. inspect --top 0 printed no table and --top 10^20 was taken, where plan refuses both
     (("inspect", "mlp", "--top", "0"), {}, _none, f"--top: field 'top' = 0: {INSPECT_TOP}"),
     (("inspect", "mlp", "--top", "-1"), {}, _none, f"field 'top' = -1: {INSPECT_TOP}"),

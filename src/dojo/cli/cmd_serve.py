@@ -30,6 +30,8 @@ QUOTA_RANGE = f"from 1/3600 (one tile-second) to {MAX_QUOTA_TILE_HOURS:,.0f} til
 MAX_EXPIRES_S = 100 * 365.25 * 86400  # a token valid for a century is one that never expires
 MAX_ATTEMPTS = 100  # each attempt reruns the job from its start (or its last checkpoint)
 MAX_RATE_PER_S = 1e6  # requests per second per tenant; past it the limit limits nothing
+MAX_WORKER_CPU_S = 10**10  # CPU seconds of one job's worker: a year on 317 cores
+MAX_WORKER_MEMORY_GB = 2**20  # a worker's address space: 1 PiB, past any one host's memory
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -99,9 +101,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
                    help="database URL, e.g. postgresql://host/db (default SQLite in --data)")
 
 
-def _need_service() -> None:
-    from dojo.errors import DojoError
+def _need_service(args: argparse.Namespace) -> None:
+    """The service's extra is installed and `--data` names a folder: '' is the current folder
+    (the store and job folders among the user's files), ' ' a folder named by a blank."""
+    from dojo.errors import ConfigError, DojoError
 
+    if not args.data.strip():
+        raise ConfigError("--data", "data", args.data, "a folder path for the store and job "
+                          "folders, not blank")
     try:
         import fastapi  # noqa: F401
         import sqlalchemy  # noqa: F401
@@ -113,7 +120,7 @@ def _need_service() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from dojo.errors import ConfigError
 
-    _need_service()
+    _need_service(args)
     from dojo.service.server import Settings, serve
 
     if not 0 < args.port < 65536:
@@ -142,12 +149,13 @@ def _limits(args: argparse.Namespace) -> Any:
     if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
         raise ConfigError("--max-attempts", "max_attempts", args.max_attempts,
                           f"from 1 to {MAX_ATTEMPTS} runs of a job")
-    if not 1 <= args.worker_cpu_s <= 2**62:  # setrlimit holds a C long: past it, every job failed
+    if not 1 <= args.worker_cpu_s <= MAX_WORKER_CPU_S:  # past 2^62 setrlimit failed every job
         raise ConfigError("--worker-cpu-s", "worker_cpu_s", args.worker_cpu_s,
-                          "at least 1 s, at most 2^62 s (what setrlimit holds)")
-    if not 0.25 <= args.worker_memory_gb <= 2**32:
+                          f"at least 1 s, at most {MAX_WORKER_CPU_S:,} s (a year on 317 cores)")
+    if not 0.25 <= args.worker_memory_gb <= MAX_WORKER_MEMORY_GB:
         raise ConfigError("--worker-memory-gb", "worker_memory_gb", args.worker_memory_gb,
-                          "at least 0.25 GB, at most 2^32 GB (2^62 bytes, what setrlimit holds)")
+                          f"at least 0.25 GB, at most {MAX_WORKER_MEMORY_GB:,} GB (1 PiB, past "
+                          "any one host)")
     return Limits(cpu_s=args.worker_cpu_s, memory_bytes=int(args.worker_memory_gb * 2**30),
                   max_attempts=args.max_attempts)
 
@@ -158,7 +166,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from dojo.errors import ConfigError
 
-    _need_service()
+    _need_service(args)
     from dojo.hardware import load_system
     from dojo.service.agent import serve_host
     from dojo.service.mesh import machine_of
@@ -186,7 +194,7 @@ def run_admin(args: argparse.Namespace) -> int:
 
     from dojo.errors import ConfigError, DojoError
 
-    _need_service()
+    _need_service(args)
     from dojo.service.auth import new_token
     from dojo.service.server import open_store
     from dojo.service.store import Conflict
