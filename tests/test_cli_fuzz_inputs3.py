@@ -40,6 +40,13 @@ def _clips(root: Path) -> None:
     set_up("clips", root)
 
 
+def _system(body: str) -> Callable[[Path], None]:
+    """s.toml: the shipped H100 cluster with `body` (TOML tables) over it."""
+    def setup(root: Path) -> None:
+        (root / "s.toml").write_text(f'extends = "h100-cluster"\nname = "s"\ntitle = "s"\n{body}')
+    return setup
+
+
 def _script(root: Path) -> None:
     (root / "x.py").write_text("")
 
@@ -122,6 +129,12 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("run", "--model", "mlp", "--steps", "1", "--system", "h100-cluster:99999999999"), {},
      _none, "--system: field 'system' = 'h100-cluster:99999999999': expected no ':N', or :1: "
      "dojo run sizes the system to the plan's dp x tp x pp = 1 devices"),
+    # 10. a memory pool's reserve at or past its size: a GPU of -1 GB free was simulated
+    (("info", "s.toml"), {}, _system("[gpu.memory.hbm]\nbytes = 1\n"),
+     "s.toml: field 'gpu.memory.hbm.reserved_bytes' = 1124073472.0: expected less than bytes = 1"),
+    (("simulate", "mlp", "--system", "s.toml:8", "--batch", "8"), {},
+     _system("[gpu.memory.hbm]\nreserved_bytes = 1e20\n"),
+     "field 'gpu.memory.hbm.reserved_bytes' = 1e+20: expected less than bytes = 8.55208e+10"),
     # 9. train --catalog without --train-set was ignored (and ' ' with it)
     (("train", "occupancy", "--steps", "1", "--out", "run", "--catalog", "cat"), {}, _none,
      "--catalog: field 'catalog' = 'cat': expected a catalog folder that holds the --train-set "

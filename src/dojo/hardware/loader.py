@@ -208,6 +208,11 @@ def _check_levels(spec: SystemSpec, source: str) -> None:
         raise ConfigError(source, f"{spec.leaf_name}.idle_watts", leaf.idle_watts,
                           f"at most power_watts = {leaf.power_watts:g} W (idle draws no more "
                           "than busy)")
+    for name, pool in leaf.memory.items():  # a reserve past the pool left no memory, or less
+        if pool.reserved_bytes >= pool.bytes:
+            raise ConfigError(source, f"{spec.leaf_name}.memory.{name}.reserved_bytes",
+                              pool.reserved_bytes, f"less than bytes = {pool.bytes:g} (the "
+                              "reserve is held out of the pool)")
 
 
 def _check_attachments(spec: SystemSpec, source: str) -> None:
