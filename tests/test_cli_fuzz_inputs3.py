@@ -47,6 +47,12 @@ def _system(body: str) -> Callable[[Path], None]:
     return setup
 
 
+def _file(name: str, text: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / name).write_text(text)
+    return setup
+
+
 def _script(root: Path) -> None:
     (root / "x.py").write_text("")
 
@@ -129,6 +135,16 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("run", "--model", "mlp", "--steps", "1", "--system", "h100-cluster:99999999999"), {},
      _none, "--system: field 'system' = 'h100-cluster:99999999999': expected no ':N', or :1: "
      "dojo run sizes the system to the plan's dp x tp x pp = 1 devices"),
+    # 12. a system named with a line break or a blank: its tables and reports split or blank
+    (("info", "x.toml"), {}, _file("x.toml", 'extends = "h100-cluster"\nname = "x\\ny"\n'),
+     "x.toml: field 'name' = 'x\\ny': expected a non-empty string of printable characters on "
+     "one line"),
+    (("info", "x.toml"), {}, _file("x.toml", 'extends = "h100-cluster"\ntitle = " "\n'),
+     "x.toml: field 'title' = ' ': expected a non-empty string"),
+    # 11. a password in --server was echoed in the "cannot reach" error (and never used)
+    (("jobs", "--server", "http://user:hunter2@127.0.0.1:9"), {"DOJO_TOKEN": "dojo_x"}, _none,
+     "--server: field 'server' = 'http://***@127.0.0.1:9': expected an http:// or https:// URL "
+     "like http://127.0.0.1:8600, without user:password@"),
     # 10. a memory pool's reserve at or past its size: a GPU of -1 GB free was simulated
     (("info", "s.toml"), {}, _system("[gpu.memory.hbm]\nbytes = 1\n"),
      "s.toml: field 'gpu.memory.hbm.reserved_bytes' = 1124073472.0: expected less than bytes = 1"),

@@ -79,6 +79,10 @@ def check_server(server: str) -> str:
         raise ConfigError("--server", "server", server, f"{expected} ({err})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("--server", "server", server, expected)
+    if "@" in parts.netloc:  # user:password@ was sent nowhere and echoed in every error
+        shown = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+        raise ConfigError("--server", "server", shown, f"{expected}, without user:password@ "
+                          "(the token authenticates; the part before @ is not shown)")
     return server.rstrip("/")
 
 

@@ -152,8 +152,10 @@ def _build(data: dict[str, Any], source: str) -> SystemSpec:
         if key not in data:
             raise ConfigError(source, key, MISSING, "a value")
     for key in ("name", "title", "source"):
-        if not isinstance(data[key], str) or not data[key]:
-            raise ConfigError(source, key, data[key], "a non-empty string")
+        if not isinstance(data[key], str) or not data[key].strip() or \
+                not data[key].isprintable():  # printed in tables, reports and error lines
+            raise ConfigError(source, key, data[key], "a non-empty string of printable "
+                              "characters on one line")
     if data["family"] not in FAMILIES:
         raise ConfigError(source, "family", data["family"], f"one of {', '.join(FAMILIES)}")
     leaf = parse(LeafSpec, data[hierarchy[0]], source, hierarchy[0])
