@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import accumulate, islice
+from operator import itemgetter
 from typing import Any
 
 from dojo.compiler.experts import param_groups
@@ -99,17 +101,28 @@ def peak_in_flight(schedule: str, stage: int, pp: int, micro: int, interleave: i
         return micro * sum(saved[c * pp + stage] for c in range(interleave))
     n = group_of(pp, interleave, group)
     walk = min(micro, in_flight_micro(pp, interleave, group)) if micro % n == 0 else micro
-    total = walk * interleave
     warm = warm_units(schedule, stage, pp, walk, interleave, group)
-    forward_chunks, backward_chunks = order_chunks(walk, interleave, n)
-    chunk = [saved[c * pp + stage] for c in forward_chunks]
-    back = [saved[c * pp + stage] for c in backward_chunks]
-    live = peak = sum(chunk[:warm])
-    for i in range(total - warm):   # (F of unit warm + i, B of unit i) pairs
-        live += chunk[warm + i]
-        peak = max(peak, live)
-        live -= back[i]
-    return peak
+    # The walk adds the warm forwards, then each (F of unit warm + i, B of unit i) pair: the
+    # bytes live after every step are the running sums of one sequence of the stage's chunk
+    # bytes (+ for a forward, - for a backward), taken in C by `accumulate`, the same
+    # additions in the same order as a loop over the pairs.
+    values = [saved[c * pp + stage] for c in range(interleave)]
+    live = list(accumulate(_walk_steps(walk, interleave, n, warm)(
+        values + [-v for v in values])))
+    return max([live[warm - 1] if warm else 0, *islice(live, warm, None, 2)])
+
+
+@lru_cache(maxsize=4096)
+def _walk_steps(micro: int, interleave: int, group: int, warm: int) -> Any:
+    """An `itemgetter` of `peak_in_flight`'s walk over one stage's chunk values followed by
+    their negations: the warm forwards' chunks, then each forward's chunk and the next
+    backward's negated chunk in turn (as a tuple, also for a single step)."""
+    forward_chunks, backward_chunks = order_chunks(micro, interleave, group)
+    order = list(forward_chunks[:warm])
+    for i in range(micro * interleave - warm):
+        order += (forward_chunks[warm + i], interleave + backward_chunks[i])
+    getter = itemgetter(*order) if order else (lambda values: ())
+    return getter if len(order) != 1 else (lambda values: (values[order[0]],))
 
 
 @lru_cache(maxsize=64)
