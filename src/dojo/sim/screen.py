@@ -21,6 +21,9 @@ from dojo.sim.costs import DeviceModel
 from dojo.sim.memory import capacity_of, device_memory, state_memory
 from dojo.sim.searchspace import (
     RECOMPUTES,
+    Bundle,
+    _family,
+    _simplicity,
     device_splits,
     divisors,
     expert_sizes,
@@ -30,6 +33,7 @@ from dojo.sim.searchspace import (
     stage_splits,
     variant_count,
 )
+from dojo.sim.searchspace import fast_replace as replace
 from dojo.sim.session import (
     _affine_ok,
     compile_model,
@@ -41,6 +45,7 @@ from dojo.sim.session import (
 )
 from dojo.sim.simulate import Prepared, prepare
 from dojo.sim.stagemem import (
+    chunk_saved,
     fewest_in_flight,
     least_in_flight,
     saved_lows,
@@ -52,29 +57,6 @@ from dojo.sim.stepbound import lower_bound
 from dojo.sim.timebounds import SAFETY, Parts, Profile, TimeBounds, room
 
 KEPT_PROGRAMS = 32   # compiled programs kept from their bound for their simulation
-
-
-def replace(plan: Plan, **changes: Any) -> Plan:
-    """`dataclasses.replace` for a `Plan` without its generated __init__ (20 frozen
-    setattrs, with no __post_init__ to run): the search builds millions of plans, and this
-    was a fifth of its time on DeepSeek-V3. Same fields, equality and hash."""
-    new = object.__new__(Plan)
-    new.__dict__.update(plan.__dict__, **changes)
-    return new
-
-
-def _family(plan: Plan) -> str:
-    cp = f",cp={plan.cp}" if plan.cp > 1 else ""
-    ep = f",ep={plan.ep}" if plan.ep > 1 else ""
-    return f"tp={plan.tp}{cp},pp={plan.pp}{ep},recompute={plan.recompute},zero={plan.zero}"
-
-
-def _simplicity(p: Plan) -> tuple[int, ...]:
-    """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp, the
-    default split, fewer devices, the default micro-batch group (then larger groups)."""
-    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.ep, p.pp, p.interleave,
-            int(p.schedule == "gpipe"), int(p.sp), p.mb, int(bool(p.stages)), p.devices,
-            int(p.vp_group > 0), -p.vp_group)
 
 
 class _Screen(TimeBounds):
@@ -97,6 +79,7 @@ class _Screen(TimeBounds):
         self._least: dict[tuple[Any, ...], list[float]] = {}
         self._held: dict[tuple[Any, ...], list[list[float]]] = {}
         self._times: dict[tuple[Any, ...], Parts] = {}
+        self._lines_of: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
         self._profiles: dict[tuple[Any, ...], Profile] = {}
         self._streams: dict[tuple[Any, ...], list[float]] = {}
         # bounded, for `best_plan`: with what `simulate` starts from
@@ -107,12 +90,12 @@ class _Screen(TimeBounds):
 
     def device_groups(self, shape: ModelShape, devices: int, precision: str, fusion: str,
                       cps: tuple[int, ...] = (1,)
-                      ) -> tuple[list[tuple[float, Any, int, int, Plan]], int]:
+                      ) -> tuple[list[tuple[float, Any, int, int, Any]], int]:
         """A heap of the space's dp x tp x pp (tier -1), each under `_device_bound`, and how
         many there are before memory drops any. One whose state does not fit even spread evenly
         over its stages at ZeRO 3 is dropped: every plan of it holds at least that on its
         fullest stage (state is linear in the parameters)."""
-        queue: list[tuple[float, Any, int, int, Plan]] = []
+        queue: list[tuple[float, Any, int, int, Any]] = []   # the payload: Plan or Bundle
         splits = 0
         for cp in cps:
             for tp, pp, dp in device_splits(shape, devices, self.args[3], self.args[2], cp):
@@ -205,31 +188,50 @@ class _Screen(TimeBounds):
             for s in range(group.pp))
 
     def plans(self, group: Plan, shape: ModelShape, devices: int, worst: float
-              ) -> Iterator[tuple[float, Plan]]:
+              ) -> Iterator[tuple[float, Plan, Bundle]]:
         """The plans of a group (`searchspace.variants`) whose state fits and whose first
-        bound is at most `worst`, with that bound. No schedule changes the first bound and
-        ZeRO only at 3, so it is taken once per (recompute, sp, ep, ZeRO 3 or not) before
-        their plans are built; nor does `vp_group` (the search orders a plan of a smaller
-        group by `_order_bound` once its memory fits: `best_plan`)."""
+        bound is at most `worst`, in bundles: (that bound, the bundle's simplest plan, the
+        bundle for `members`). No schedule changes the first bound and ZeRO only at 3, so it
+        is taken once per (recompute, sp, ep, ZeRO 3 or not), and the state once per (ep,
+        ZeRO), the first time a plan under `worst` asks; nor does `vp_group` (the search
+        orders a plan of a smaller group by `_order_bound` once its memory fits:
+        `best_plan`). A bundle's plans share one bound, and most bundles never reach the
+        head of the search's queue, so their plans are built only when one does."""
         batch = self.args[3]
         zeros = (0, 1, 2, 3) if group.dp > 1 else (0,)
-        sizes = group_sizes(group.pp, group.interleave, batch // (group.dp * group.mb))
+        sizes = tuple(group_sizes(group.pp, group.interleave, batch // (group.dp * group.mb)))
+        schedules = tuple(s for s in schedules_of(group, shape, devices, batch)
+                          if s != "interleaved" or sizes)
+        if not schedules:
+            return
         for ep in expert_sizes(shape, group.dp):
             low = self._state_within(group, zeros[-1] if len(zeros) == 1 else 2, ep)
             high = len(zeros) > 1 and self._state_within(group, 3, ep)
-            for schedule in schedules_of(group, shape, devices, batch):
-                for rec, sp in itertools.product(RECOMPUTES, (False, True) if group.tp > 1
-                                                 else (False,)):
-                    probe = replace(group, schedule=schedule, recompute=rec, sp=sp, ep=ep)
-                    below = self._first_bound(probe)   # ZeRO 3's is at least this
-                    if below > worst or not (low or high):
+            if not (low or high):
+                continue
+            fits: dict[int, bool] = {}
+            over: set[bool] = set()   # the sp whose bound without recompute is over `worst`
+            for rec, sp in itertools.product(RECOMPUTES, (False, True) if group.tp > 1
+                                             else (False,)):
+                if sp in over:   # a recompute only adds to every backward (RECOMPUTES[0]: none)
+                    continue
+                probe = replace(group, recompute=rec, sp=sp, ep=ep)
+                below = self._first_bound(probe)   # ZeRO 3's is at least this
+                if below > worst:
+                    if rec == RECOMPUTES[0]:
+                        over.add(sp)
+                    continue
+                for part in ([z for z in zeros if z < 3], [3]) if low else ([3],):
+                    bound = below if part[0] < 3 else self._first_bound(replace(probe, zero=3))
+                    if bound > worst or not part:
                         continue
-                    for zero in zeros if low else (3,):
-                        plan = replace(probe, zero=zero)
-                        bound = below if zero < 3 else self._first_bound(plan)
-                        if bound <= worst and self._state_fits(plan):
-                            for n in sizes if schedule == "interleaved" else (0,):
-                                yield bound, replace(plan, vp_group=n) if n else plan
+                    for zero in part:
+                        if zero not in fits:
+                            fits[zero] = self._state_fits(replace(probe, zero=zero))
+                    kept = tuple(z for z in part if fits[z])
+                    if kept:
+                        first = replace(probe, zero=kept[0], schedule=schedules[0])
+                        yield bound, first, Bundle(probe, kept, schedules, sizes)
 
     def _state_within(self, plan: Plan, zero: int, ep: int) -> bool:
         """Whether the state at this ZeRO stage and ep fits (`_state_fits` without recording
@@ -367,7 +369,7 @@ class _Screen(TimeBounds):
             # whole walk could change neither the answer nor what is recorded (its family's
             # reason is already kept, and the worst stage is at least stage 0).
             first = state[0] + stage_activations(self._work(plan), plan, self.args[3],
-                                                 range(1))[0]
+                                                 range(1), self._chunk_saved(plan))[0]
             if first > self.capacity * (1 + 1e-9) and first >= self.closest[0]:
                 return False
         totals = [st + a for st, a in zip(state, self._stage_activations(plan))]
@@ -394,8 +396,20 @@ class _Screen(TimeBounds):
         key = self._act_key(plan)
         if key not in self._activations:
             room(self._activations)
-            self._activations[key] = stage_activations(self._work(plan), plan, self.args[3])
+            self._activations[key] = stage_activations(self._work(plan), plan, self.args[3],
+                                                       saved=self._chunk_saved(plan))
         return self._activations[key]
+
+    def _chunk_saved(self, plan: Plan) -> list[float]:
+        """`stagemem.chunk_saved` (bytes per virtual stage and micro-batch), cached by what
+        it reads: the plan's work, its recompute and split (not its dp, schedule or ZeRO)."""
+        key = ("chunk_saved", plan.mb, plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp,
+               plan.etp, plan.recompute, plan.pp, plan.interleave, plan.stages)
+        found = self._activations.get(key)
+        if found is None:
+            room(self._activations)
+            found = self._activations[key] = chunk_saved(self._work(plan), plan)
+        return found
 
     @staticmethod
     def _act_key(plan: Plan) -> tuple[Any, ...]:

@@ -92,10 +92,13 @@ from dojo.compiler.mapping import device_count, device_name
 from dojo.compiler.placement import placement_words
 from dojo.errors import DojoError
 from dojo.hardware.spec import SystemSpec
-from dojo.sim.screen import _family, _Screen, _simplicity
+from dojo.sim.screen import _Screen
 from dojo.sim.searchspace import (
     Candidate,
     Search,
+    _family,
+    _simplicity,
+    bundle_plans,
     context_sizes,
     context_space,
     no_fit_error,
@@ -155,9 +158,13 @@ def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch:
             if least <= worst and least < float("inf"):
                 heapq.heappush(queue, (max(bound, least), _simplicity(plan), index, 1, plan))
             continue
-        if tier == 1:   # a group: its plans, each with its own first bound
-            for first, variant in screen.plans(plan, shape, devices, worst):
-                heapq.heappush(queue, (first, _simplicity(variant), next(count), 2, variant))
+        if tier == 1:   # a group: its bundles of plans, each under its plans' first bound
+            for first, simplest, bundle in screen.plans(plan, shape, devices, worst):
+                heapq.heappush(queue, (first, _simplicity(simplest), next(count), 5, bundle))
+            continue
+        if tier == 5:   # a bundle: its plans
+            for variant in bundle_plans(plan):
+                heapq.heappush(queue, (bound, _simplicity(variant), next(count), 2, variant))
             continue
         if tier == 2 and screen._ordered(plan):   # again under its own order's bound
             heapq.heappush(queue, (max(bound, screen._order_bound(plan)), _simplicity(plan),

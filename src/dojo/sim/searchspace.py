@@ -32,6 +32,50 @@ RECOMPUTES = ("none", "selective", "full")
 MIN_CP_TOKENS = 4096   # tokens per rank below which the search tries no larger cp
 
 
+def fast_replace(plan: Plan, **changes: Any) -> Plan:
+    """`dataclasses.replace` for a `Plan` without its generated __init__ (20 frozen
+    setattrs, with no __post_init__ to run): the search builds millions of plans, and this
+    was a fifth of its time on DeepSeek-V3. Same fields, equality and hash."""
+    new = object.__new__(Plan)
+    new.__dict__.update(plan.__dict__, **changes)
+    return new
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Plans of one group that share a first bound (`_Screen.plans`): `probe` (its recompute,
+    sp and ep) at each of `zeros` under each of `schedules`, the interleaved one at each
+    `vp_group` of `sizes`."""
+
+    probe: Plan
+    zeros: tuple[int, ...]
+    schedules: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+
+def bundle_plans(bundle: Bundle) -> Iterator[Plan]:
+    """The plans of a bundle: its probe at each kept ZeRO stage under each schedule, the
+    interleaved one at each `vp_group`."""
+    for schedule in bundle.schedules:
+        for zero in bundle.zeros:
+            for n in bundle.sizes if schedule == "interleaved" else (0,):
+                yield fast_replace(bundle.probe, zero=zero, schedule=schedule, vp_group=n)
+
+
+def _family(plan: Plan) -> str:
+    cp = f",cp={plan.cp}" if plan.cp > 1 else ""
+    ep = f",ep={plan.ep}" if plan.ep > 1 else ""
+    return f"tp={plan.tp}{cp},pp={plan.pp}{ep},recompute={plan.recompute},zero={plan.zero}"
+
+
+def _simplicity(p: Plan) -> tuple[int, ...]:
+    """Fewer moving parts first: no recompute, no ZeRO, less tp and pp, 1F1B, no sp, the
+    default split, fewer devices, the default micro-batch group (then larger groups)."""
+    return (RECOMPUTES.index(p.recompute), p.zero, p.tp, p.cp, p.ep, p.pp, p.interleave,
+            int(p.schedule == "gpipe"), int(p.sp), p.mb, int(bool(p.stages)), p.devices,
+            int(p.vp_group > 0), -p.vp_group)
+
+
 @dataclass(frozen=True)
 class Candidate:
     plan: Plan

@@ -54,11 +54,12 @@ def chunk_saved(work: ModelWork, plan: Plan) -> list[float]:
 
 
 def stage_activations(work: ModelWork, plan: Plan, batch: int,
-                      stages: range | None = None) -> list[float]:
+                      stages: range | None = None, saved: list[float] | None = None
+                      ) -> list[float]:
     """Activation bytes in flight per device of each pipeline stage (`memory.in_flight_bytes`),
-    or of `stages` only (in their order)."""
+    or of `stages` only (in their order); `saved`: `chunk_saved(work, plan)` if known."""
     stages = range(plan.pp) if stages is None else stages
-    saved = chunk_saved(work, plan)
+    saved = chunk_saved(work, plan) if saved is None else saved
     micro = microbatches(plan, batch)
     extra = _rerun_bytes(work, plan)
     if plan.interleave == 1 and plan.schedule != "gpipe":

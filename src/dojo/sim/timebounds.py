@@ -28,6 +28,7 @@ from dojo.sim.searchspace import (
     divisors,
     tp_section_times,
 )
+from dojo.sim.searchspace import fast_replace as _with
 from dojo.sim.simulate import device_for
 
 SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
@@ -51,6 +52,7 @@ class Profile:
     first_chunk: tuple[int, ...]
     head: tuple[int, ...]
     stages: tuple[tuple[tuple[int, int], ...], ...]
+    kind_of: tuple[int, ...] = ()   # the kind of every virtual stage
 
     @staticmethod
     def of(split: list[int] | None, pp: int, interleave: int) -> Profile:
@@ -66,18 +68,32 @@ class Profile:
             of_chunk.append(index[kind])
         stages = tuple(tuple(sorted(Counter(of_chunk[c * pp + s] for c in range(interleave))
                                     .items())) for s in range(pp))
-        return Profile(tuple(index), tuple(first), tuple(of_chunk[:pp]), stages)
+        return Profile(tuple(index), tuple(first), tuple(of_chunk[:pp]), stages,
+                       tuple(of_chunk))
 
     def makespan(self, micro: int, fwd: list[float], bwd: list[float]) -> float:
         """`pipeline.makespan_bounds`' largest end + tail (no transfers), with `fwd` and `bwd`
         seconds per kind."""
+        return self.ends(micro, self.lines(fwd, bwd))
+
+    def lines(self, fwd: list[float], bwd: list[float]) -> list[tuple[float, float, float]]:
+        """Per stage (head, work, tail): its end + tail at `micro` micro-batches is
+        head + micro x work + tail, with `fwd` and `bwd` seconds per kind."""
         both = [f + b for f, b in zip(fwd, bwd)]
-        best = head = tail = 0.0
+        out = []
+        head = tail = 0.0
         for s, counts in enumerate(self.stages):
-            work = sum(n * both[k] for k, n in counts)
-            best = max(best, head + micro * work + tail)
+            out.append((head, sum(n * both[k] for k, n in counts), tail))
             head += fwd[self.head[s]]
             tail += bwd[self.head[s]]
+        return out
+
+    @staticmethod
+    def ends(micro: int, lines: list[tuple[float, float, float]]) -> float:
+        """The largest of `lines`' end + tail at `micro` micro-batches (0 for none)."""
+        best = 0.0
+        for head, work, tail in lines:
+            best = max(best, head + micro * work + tail)
         return best
 
 
@@ -124,6 +140,7 @@ class TimeBounds:
     _streams: dict[tuple[Any, ...], list[float]]
     _mb_terms: dict[tuple[Any, ...], dict[int, float]]
     _a2a: dict[tuple[Any, ...], tuple[float, bool]]
+    _lines_of: dict[tuple[Any, ...], list[tuple[float, float, float]]]
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
         raise NotImplementedError
@@ -142,19 +159,35 @@ class TimeBounds:
                plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3, plan.etp)
         found = self._bounds.get(key)
         if found is None:
-            profile = self._profile(plan)
-            f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
+            micro = self.args[3] // (plan.dp * plan.mb)
             if plan.zero >= 3 and plan.dp_cp > 1:
+                profile = self._profile(plan)
+                f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
                 stream = self._stream(plan)
                 stream = [stream[v] for v in profile.first_chunk]
                 fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
                 bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
+                found = profile.makespan(micro, fwd, bwd) * SAFETY
             else:
-                fwd = [a + c for a, c in zip(f_in, f_out)]
-                bwd = [a + c for a, c in zip(b_in, b_out)]
-            micro = self.args[3] // (plan.dp * plan.mb)
+                found = Profile.ends(micro, self._lines(plan)) * SAFETY
             room(self._bounds)
-            found = self._bounds[key] = profile.makespan(micro, fwd, bwd) * SAFETY
+            self._bounds[key] = found
+        return found
+
+    def _lines(self, plan: Plan) -> list[tuple[float, float, float]]:
+        """`Profile.lines` of the plan's task times below ZeRO 3 (ops + collectives per
+        kind), cached by what they depend on: every dp shares them, only the micro-batch
+        count changes."""
+        key = ("lines", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
+               plan.cp, plan.ep, plan.stages, plan.precision, plan.etp)
+        found = self._lines_of.get(key)
+        if found is None:
+            profile = self._profile(plan)
+            f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
+            found = profile.lines([a + c for a, c in zip(f_in, f_out)],
+                                  [a + c for a, c in zip(b_in, b_out)])
+            room(self._lines_of)
+            self._lines_of[key] = found
         return found
 
     def _task_floors(self, plan: Plan) -> tuple[list[float], list[float]]:
@@ -296,13 +329,24 @@ class TimeBounds:
             return self._times[key]
         if self._last_times[0] == key:   # ZeRO 3's bound after the others' (a pipeline's)
             return self._last_times[1]
+        layout = self._layout(plan)
+        if layout is None or plan.ep == 1:
+            # the chunks of a kind run the same ops and collectives: `_kind_times` (the same
+            # sums as `chunk_parts`), per virtual stage
+            profile = self._profile(plan)
+            kinds = self._kind_times(plan, profile)
+            f_in, b_in, f_out, b_out = ([part[k] for k in profile.kind_of] for part in kinds)
+            times = (f_in, b_in, f_out, b_out)
+            if plan.pp == 1:
+                self._times[key] = times
+            self._last_times = (key, times)
+            return times
         work = self._work(plan)
         split = plan_split(plan, work.repeat) if work.block else None
         chunks = plan.pp * plan.interleave
         tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
         times = chunk_parts(self._section_sums(plan), tps, split, chunks, plan.recompute)
-        layout = self._layout(plan)
-        if layout is not None and plan.ep > 1:
+        if plan.ep > 1:
             parts = all_to_all_parts(self.args[2], self._device(plan.precision).calibration,
                                      plan, work, layout, split, chunks, self._a2a)
             times = (times[0], [b + r for b, r in zip(times[1], parts[2])],
@@ -378,10 +422,3 @@ class TimeBounds:
                 dev = fp8_device(dev, spec, leaves_per_device(spec))
             self._dev[precision] = dev
         return self._dev[precision]
-
-
-def _with(plan: Plan, **changes: Any) -> Plan:
-    """`screen.replace` (a copy of the fields, without the frozen __init__)."""
-    new = object.__new__(Plan)
-    new.__dict__.update(plan.__dict__, **changes)
-    return new
