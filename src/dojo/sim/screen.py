@@ -79,9 +79,8 @@ class _Screen(TimeBounds):
         self._least: dict[tuple[Any, ...], list[float]] = {}
         self._held: dict[tuple[Any, ...], list[list[float]]] = {}
         self._times: dict[tuple[Any, ...], Parts] = {}
-        self._lines_of: dict[tuple[Any, ...], list[tuple[float, float, float]]] = {}
         self._profiles: dict[tuple[Any, ...], Profile] = {}
-        self._streams: dict[tuple[Any, ...], list[float]] = {}
+        self._streams: dict[tuple[Any, ...], Any] = {}
         # bounded, for `best_plan`: with what `simulate` starts from
         self.compiled: dict[Plan, tuple[Program, Graph, Prepared]] = {}
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}

@@ -74,26 +74,13 @@ class Profile:
     def makespan(self, micro: int, fwd: list[float], bwd: list[float]) -> float:
         """`pipeline.makespan_bounds`' largest end + tail (no transfers), with `fwd` and `bwd`
         seconds per kind."""
-        return self.ends(micro, self.lines(fwd, bwd))
-
-    def lines(self, fwd: list[float], bwd: list[float]) -> list[tuple[float, float, float]]:
-        """Per stage (head, work, tail): its end + tail at `micro` micro-batches is
-        head + micro x work + tail, with `fwd` and `bwd` seconds per kind."""
         both = [f + b for f, b in zip(fwd, bwd)]
-        out = []
-        head = tail = 0.0
+        best = head = tail = 0.0
         for s, counts in enumerate(self.stages):
-            out.append((head, sum(n * both[k] for k, n in counts), tail))
+            work = sum(n * both[k] for k, n in counts)
+            best = max(best, head + micro * work + tail)
             head += fwd[self.head[s]]
             tail += bwd[self.head[s]]
-        return out
-
-    @staticmethod
-    def ends(micro: int, lines: list[tuple[float, float, float]]) -> float:
-        """The largest of `lines`' end + tail at `micro` micro-batches (0 for none)."""
-        best = 0.0
-        for head, work, tail in lines:
-            best = max(best, head + micro * work + tail)
         return best
 
 
@@ -137,10 +124,9 @@ class TimeBounds:
     _last_times: tuple[tuple[Any, ...], Parts] = ((), ([], [], [], []))
     _last_kinds: tuple[tuple[Any, ...], Parts] = ((), ([], [], [], []))
     _profiles: dict[tuple[Any, ...], Profile]
-    _streams: dict[tuple[Any, ...], list[float]]
+    _streams: dict[tuple[Any, ...], Any]   # per plan its list; per dp x tp a dict by params
     _mb_terms: dict[tuple[Any, ...], dict[int, float]]
     _a2a: dict[tuple[Any, ...], tuple[float, bool]]
-    _lines_of: dict[tuple[Any, ...], list[tuple[float, float, float]]]
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
         raise NotImplementedError
@@ -159,35 +145,19 @@ class TimeBounds:
                plan.ep, plan.stages, plan.dp, plan.precision, plan.zero >= 3, plan.etp)
         found = self._bounds.get(key)
         if found is None:
-            micro = self.args[3] // (plan.dp * plan.mb)
+            profile = self._profile(plan)
+            f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
             if plan.zero >= 3 and plan.dp_cp > 1:
-                profile = self._profile(plan)
-                f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
                 stream = self._stream(plan)
                 stream = [stream[v] for v in profile.first_chunk]
                 fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
                 bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
-                found = profile.makespan(micro, fwd, bwd) * SAFETY
             else:
-                found = Profile.ends(micro, self._lines(plan)) * SAFETY
+                fwd = [a + c for a, c in zip(f_in, f_out)]
+                bwd = [a + c for a, c in zip(b_in, b_out)]
+            micro = self.args[3] // (plan.dp * plan.mb)
             room(self._bounds)
-            self._bounds[key] = found
-        return found
-
-    def _lines(self, plan: Plan) -> list[tuple[float, float, float]]:
-        """`Profile.lines` of the plan's task times below ZeRO 3 (ops + collectives per
-        kind), cached by what they depend on: every dp shares them, only the micro-batch
-        count changes."""
-        key = ("lines", plan.mb, plan.tp, plan.sp, plan.pp, plan.interleave, plan.recompute,
-               plan.cp, plan.ep, plan.stages, plan.precision, plan.etp)
-        found = self._lines_of.get(key)
-        if found is None:
-            profile = self._profile(plan)
-            f_in, b_in, f_out, b_out = self._kind_times(plan, profile)
-            found = profile.lines([a + c for a, c in zip(f_in, f_out)],
-                                  [a + c for a, c in zip(b_in, b_out)])
-            room(self._lines_of)
-            self._lines_of[key] = found
+            found = self._bounds[key] = profile.makespan(micro, fwd, bwd) * SAFETY
         return found
 
     def _task_floors(self, plan: Plan) -> tuple[list[float], list[float]]:
@@ -279,23 +249,31 @@ class TimeBounds:
         key = (plan.tp, plan.pp, plan.interleave, plan.stages, plan.dp, plan.cp, plan.ep,
                plan.precision, plan.grad_reduce, plan.etp)
         if key not in self._streams:
-            spec = self.args[2]
-            cal = self._device(plan.precision).calibration
-            levels = group_levels(spec, plan.dp_cp, plan.tp)
-            size = PRECISION_BYTES[plan.precision]["weights"]
-            each: dict[int, float] = {}   # chunks of as many blocks stream alike
-            for params in held_params(self._work(plan, 2), plan, self._layout(plan, 2)):
+            # chunks holding as many parameters stream alike, in every split of this dp x tp
+            group = ("each", plan.tp, plan.dp, plan.cp, plan.precision, plan.grad_reduce)
+            each = self._streams.get(group)
+            if each is None or len(each) > CACHE_ENTRIES:
+                each = self._streams[group] = {}
+            held = held_params(self._work(plan, 2), plan, self._layout(plan, 2))
+            for params in held:
                 if params not in each:
-                    weights = params / plan.tp * size
-                    gather = collective_s(spec, cal, "all_gather", weights, levels)
-                    scatter = collective_s(spec, cal, "reduce_scatter",
-                                           weights / size * grad_bytes(plan), levels)
-                    each[params] = gather + scatter / 2
-            out = [each[p] for p in held_params(self._work(plan, 2), plan,
-                                                self._layout(plan, 2))]
+                    each[params] = self._stream_of(plan, params)
             room(self._streams)
-            self._streams[key] = out
+            self._streams[key] = [each[p] for p in held]
         return self._streams[key]
+
+    def _stream_of(self, plan: Plan, params: int) -> float:
+        """Seconds ZeRO 3 streams `params` whole parameters per pass: the gather, and half the
+        gradients' reduce-scatter, over the plan's dp x cp group."""
+        spec = self.args[2]
+        cal = self._device(plan.precision).calibration
+        levels = group_levels(spec, plan.dp_cp, plan.tp)
+        size = PRECISION_BYTES[plan.precision]["weights"]
+        weights = params / plan.tp * size
+        gather = collective_s(spec, cal, "all_gather", weights, levels)
+        scatter = collective_s(spec, cal, "reduce_scatter", weights / size * grad_bytes(plan),
+                               levels)
+        return gather + scatter / 2
 
     def _stream_floor(self, family: Plan) -> float:
         """Seconds per micro-batch below every plan of this dp x tp x pp x interleave x split
