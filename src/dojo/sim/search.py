@@ -74,7 +74,8 @@ nor the bytes saved for backward (`experts.ep_work`), only the state (counted pe
 weights ZeRO 3 streams, and the op times (the all-to-alls added, `searchspace.all_to_all_parts`).
 The search's caches hold one group's or family's entries and are emptied when full
 (`timebounds.room`), so its memory does not grow with the space.
-All wait in one queue by bound; the head is expanded, refined or simulated, and the search stops
+All wait in one queue by bound (a group's plans that share a first bound as one bundle, built
+when it comes up); the head is expanded, refined or simulated, and the search stops
 when the head's bound exceeds the K-th best simulated time. No plan whose bound is below that is
 left unsimulated, so the result equals exhaustive enumeration (`exhaustive`; tests compare them,
 with idle devices and uneven splits too).
