@@ -1,9 +1,10 @@
 """DeepSpeed's BF16_Optimizer gradient path against closed forms.
 
-zero=1: after the last backward the FP32 gradients are all-reduced over dp whole (the pipeline
-engine's `_bf16_reduce_grads`), then each rank updates its shard and the bf16 parameters are
-all-gathered (`update_lp_params`): per parameter 2 (n-1)/n x 4 bytes, then (n-1)/n x 2 bytes
-per member, where zero=2 reduce-scatters ((n-1)/n x 4). grad_acc=copy: after every
+zero=1 with grad_acc=copy: after the last backward the FP32 gradients are all-reduced over dp
+whole (the pipeline engine's `_bf16_reduce_grads`), then each rank updates its shard and the
+bf16 parameters are all-gathered (`update_lp_params`): per parameter 2 (n-1)/n x 4 bytes, then
+(n-1)/n x 2 bytes per member, where ZeRO 1 as published (grad_acc=inplace) and zero=2
+reduce-scatter ((n-1)/n x 4). grad_acc=copy: after every
 micro-batch's backward, `update_hp_grads` casts the bf16 gradients to FP32 (read 2, write 4
 bytes) and adds them to the FP32 buffer (read 4 + 4, write 4), two kernels.
 
@@ -52,17 +53,19 @@ def _tree(nbytes: float, n: int, lat: float, bw: float) -> float:
     return 2 * math.ceil(math.log2(n)) * lat + 2 * nbytes / bw
 
 
-@pytest.mark.parametrize("zero", [0, 1, 2])
-def test_zero1_all_reduces_fp32_then_gathers_bf16_over_omni_path(zero: int) -> None:
+@pytest.mark.parametrize("zero,acc", [(0, "inplace"), (1, "copy"), (1, "inplace"), (2, "inplace")])
+def test_bf16_optimizer_all_reduces_fp32_then_gathers_bf16_over_omni_path(zero: int, acc: str
+                                                                          ) -> None:
     """tp 8 fills a node and dp 4 spans four: one fat-tree level of 4 members at 6.25 GB/s
-    each, two switch hops of 1 us per step (the system file) plus the calibration's latency."""
-    program = _program(f"dp=4,tp=8,mb=1,zero={zero},overlap=off", 32)
+    each, two switch hops of 1 us per step (the system file) plus the calibration's latency.
+    Only the BF16_Optimizer (zero=1, grad_acc=copy) all-reduces before its all-gather."""
+    program = _program(f"dp=4,tp=8,mb=1,zero={zero},grad_acc={acc},overlap=off", 32)
     cal = device_model(program).calibration
     n, held = 4, WHOLE / 8
     lat = 2 * 1.0e-6 + cal.collective_latency_s
     bw = PER_GPU_BYTES_S * cal.link_efficiency
     gather = _ring("all_gather", held * 2, n, lat, bw) if zero >= 1 else 0.0
-    if zero == 2:
+    if zero >= 1 and acc == "inplace":
         grads = _ring("reduce_scatter", held * 4, n, lat, bw)
     else:
         grads = min(_ring("all_reduce", held * 4, n, lat, bw), _tree(held * 4, n, lat, bw))
@@ -71,13 +74,14 @@ def test_zero1_all_reduces_fp32_then_gathers_bf16_over_omni_path(zero: int) -> N
     assert t_sync == pytest.approx(grads + gather, rel=1e-9)
 
 
-def test_the_all_reduce_moves_twice_the_reduce_scatters_bytes() -> None:
-    """Per member: zero=1's all-reduce is 2 (n-1) ring steps of 4 / n bytes per parameter,
-    zero=2's reduce-scatter (n-1) of them; both then gather the same bf16 bytes, so the syncs
-    differ by (n-1) steps: (n-1) (latency + 4 x params / (n bw))."""
+@pytest.mark.parametrize("zero", [1, 2])
+def test_the_all_reduce_moves_twice_the_reduce_scatters_bytes(zero: int) -> None:
+    """Per member: the BF16_Optimizer's all-reduce is 2 (n-1) ring steps of 4 / n bytes per
+    parameter, ZeRO 1's and 2's reduce-scatter (n-1) of them; both then gather the same bf16
+    bytes, so the syncs differ by (n-1) steps: (n-1) (latency + 4 x params / (n bw))."""
     big = {**MODEL, "hidden": 1024, "ffn": 4096, "heads": 16}
-    one = _program("dp=4,tp=8,mb=1,zero=1,overlap=off", 32, model=big)
-    two = _program("dp=4,tp=8,mb=1,zero=2,overlap=off", 32, model=big)
+    one = _program("dp=4,tp=8,mb=1,zero=1,grad_acc=copy,overlap=off", 32, model=big)
+    two = _program(f"dp=4,tp=8,mb=1,zero={zero},overlap=off", 32, model=big)
     dev = device_model(one)
     coll = partial(collective, one, dev)
     t1, t2 = post_times(one, dev, 0, coll)[0], post_times(two, dev, 0, coll)[0]
@@ -113,6 +117,7 @@ def test_grad_acc_copy_adds_the_cast_and_the_add_to_every_micro_batch() -> None:
     ("dp=2,grad_acc=copy,precision=fp32", "precision is fp32"),
     ("dp=2,grad_acc=copy,grad_reduce=bf16", "grad_reduce bf16"),
     ("dp=2,grad_acc=fused", "one of inplace, copy"),
+    ("dp=2,zero=2,grad_acc=copy", "zero 0 or 1"),
 ])
 def test_a_bad_grad_acc_is_refused_in_one_line(plan: str, says: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -59,6 +59,19 @@ def grad_bytes(plan: Plan) -> float:
     return GRAD_REDUCE_BYTES[plan.grad_reduce]
 
 
+def grad_sync_kind(plan: Plan) -> str:
+    """The data-parallel gradient collective: `all_reduce` without ZeRO; `reduce_scatter` under
+    ZeRO 1-3, each rank receiving the summed gradients of the shard it updates (ZeRO's P_os,
+    Rajbhandari et al. 2020 sec. 7: a reduce-scatter then the parameters' all-gather, 2 psi as
+    data parallelism; Megatron-LM's distributed optimizer, `start_grad_sync` on its buffer;
+    DeepSpeed's ZeRO 1/2 `average_tensor`). ZeRO 1 with `grad_acc=copy` is DeepSpeed's
+    BF16_Optimizer, which all-reduces the whole FP32 buffer (`_bf16_reduce_grads`) before the
+    same all-gather (`dojo.sim.gradacc`)."""
+    if plan.zero == 0 or (plan.zero == 1 and plan.grad_acc == "copy"):
+        return "all_reduce"
+    return "reduce_scatter"
+
+
 def tied_copy(work: ModelWork, plan: Plan) -> int:
     """Parameters of the last stage's copy of a tied embedding (`ModelWork.tied`, whole as
     `Chunk.params`): with pp > 1 the first stage holds the embedding and the last stage the
@@ -153,7 +166,7 @@ def compile_program(work: ModelWork, plan: Plan, system: SystemSpec, batch: int,
     chunks = tuple(_chunk(work, plan, v, virtual, tp_levels) for v in range(virtual))
     # Megatron's scatter/gather optimisation sends 1/tp of the activations per tp rank.
     p2p_bytes = work.residual_bytes / plan.tp
-    grads_kind = "reduce_scatter" if plan.zero >= 2 else "all_reduce"
+    grads_kind = grad_sync_kind(plan)
     micro = microbatches(plan, batch)
     program = Program(plan=plan, system=system, device=device_name(system), devices=plan.devices,
                    idle_devices=devices - plan.devices,

@@ -44,10 +44,13 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   the tp ranks like the other weights and an ep group at stride tp; 1 = the experts whole on
   each rank, tp folded into the expert ranks: an ep group is ep consecutive ranks of the
   tp x dp x cp ones ((tp x dp x cp) % ep == 0) and expert gradients reduce over tp x dp x cp / ep.
-- `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP). Below 2
-  the gradients are all-reduced whole over dp x cp; at 1 each rank then updates its shard and
-  the updated weights are all-gathered: DeepSpeed's BF16_Optimizer step (its pipeline engine's
-  `_bf16_reduce_grads`, then `update_lp_params`); at 2 and 3 they are reduce-scattered.
+- `zero`: 0 none; 1 shard optimizer state; 2 also gradients; 3 also parameters (FSDP). At 0
+  the gradients are all-reduced whole over dp x cp; at 1-3 they are reduce-scattered (each rank
+  receives its shard's sum), each rank updates its shard and the updated weights are
+  all-gathered: 2 psi per step as plain data parallelism (ZeRO, Rajbhandari et al. 2020 sec. 7;
+  Megatron-LM's distributed optimizer; DeepSpeed's ZeRO 1/2). zero=1 with `grad_acc=copy` is
+  DeepSpeed's BF16_Optimizer, which all-reduces the whole FP32 gradients instead
+  (`_bf16_reduce_grads`), then gathers (`update_lp_params`).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
   them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`). `fp8_params=on`
@@ -63,7 +66,8 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
 - `grad_acc`: where micro-batches' gradients are summed: `inplace` (the backward adds into the
   reduction buffer itself, as autograd and Megatron-LM's fused wgrad do) or `copy` (DeepSpeed's
   BF16_Optimizer: bf16 gradients per micro-batch, then a pass that adds them into the FP32
-  buffer after every backward; needs precision=bf16 and FP32 gradients; `dojo.sim.gradacc`).
+  buffer after every backward, and at zero=1 the all-reduce of that buffer before the gather;
+  needs precision=bf16, FP32 gradients and zero 0 or 1; `dojo.sim.gradacc`).
 - `fusion`: how vector ops between matmuls become kernels: `full` (a compiler such as
   torch.compile/Inductor fuses each run), `kernels` (hand-written fused kernels as in Megatron-LM
   and apex: a pointwise chain fuses up to and including one softmax/norm/reduction, which ends
@@ -242,6 +246,10 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
                           f"precision=bf16 with FP32 gradients (DeepSpeed's BF16_Optimizer adds "
                           f"bf16 gradients into FP32 ones; precision is {plan.precision}, "
                           f"grad_reduce {plan.grad_reduce}), or grad_acc=inplace")
+    if plan.grad_acc == "copy" and plan.zero >= 2:
+        raise ConfigError(source, "grad_acc", "copy",
+                          f"zero 0 or 1 (DeepSpeed's BF16_Optimizer shards the optimizer state "
+                          f"only; zero is {plan.zero}), or grad_acc=inplace")
     if plan.stages and len(plan.stages) != plan.pp * plan.interleave:
         raise ConfigError(source, "stages", show_stages(plan.stages),
                           f"one count per virtual stage: pp {plan.pp} x interleave "

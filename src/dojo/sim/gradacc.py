@@ -12,9 +12,11 @@ micro-batch's backward `update_hp_grads` adds them into the FP32 gradient buffer
 bytes per element, the add reads the cast copy and the FP32 buffer and writes the buffer back
 (4 + 4 + 4). The pipeline engine calls it after each backward pass (`_exec_backward_pass`; on
 the last stage through `optimizer.backward`), so it lengthens every backward task by one pass
-over the stage's parameters. The gradient sync that follows (`buffered_allreduce_fallback` of
-the FP32 buffer over dp, then the ZeRO-1 all-gather of the bf16 parameters) is zero=1's
-(`sim/stepend.py`).
+over the stage's parameters. The gradient sync that follows at zero=1 is the BF16_Optimizer's
+too (`compiler.program.grad_sync_kind`, timed in `sim/stepend.py` and `sim/overlap.py`): an
+all-reduce of the whole FP32 buffer over dp (`buffered_allreduce_fallback`), then the ZeRO-1
+all-gather of the bf16 parameters, where ZeRO 1 as published reduce-scatters the gradients.
+The BF16_Optimizer shards only the optimizer state, so copy needs zero 0 or 1.
 """
 
 from __future__ import annotations

@@ -99,8 +99,9 @@ def chunk_buckets(program: Program, stage: int) -> list[tuple[int, list[float]]]
 def bucket_time(program: Program, params: float,
                 collective: Callable[[str, float, Any], float]) -> float:
     """Seconds to synchronise one bucket of `params` whole parameters (1/tp on this device):
-    its gradients reduced (all-reduce, or reduce-scatter under ZeRO 2/3) at `grad_bytes`, and
-    under ZeRO the updated shard's weights gathered back."""
+    its gradients reduced (`Program.grad_sync_kind`: all-reduce without ZeRO or under the
+    BF16_Optimizer, reduce-scatter under ZeRO) at `grad_bytes`, and under ZeRO the updated
+    shard's weights gathered back."""
     plan = program.plan
     t = 0.0
     for local, levels in bucket_groups(program, params):   # with ep: experts over dp x cp / ep
