@@ -127,8 +127,9 @@ def test_a_bad_grad_acc_is_refused_in_one_line(plan: str, says: str) -> None:
 
 
 def test_grad_acc_copy_holds_the_bf16_grads_beside_the_fp32_buffer() -> None:
-    """ZeRO-1 over dp 2, tp 2: the FP32 gradient buffer (4 bytes per parameter) stays whole, as
-    the all-reduce needs it; copy adds the bf16 `.grad` of every weight (2 bytes)."""
+    """ZeRO-1 over dp 2, tp 2: the FP32 gradient buffer (4 bytes per parameter) stays whole on
+    both paths (ZeRO 1 shards only the optimizer state); copy adds the bf16 `.grad` of every
+    weight (2 bytes)."""
     inplace = _program("dp=2,tp=2,mb=1,zero=1", 4, system="a100-cluster")
     copy = replace(inplace, plan=replace(inplace.plan, grad_acc="copy"))
     held = WHOLE / 2
