@@ -1,6 +1,7 @@
 """The plan search's shortcuts (issue 11 item 7) against the computation they replace, over
 every plan of small spaces: the first bound taken per kind of chunk against the bound of
-`pipeline.makespan_bounds` on every virtual stage's times; the memory screen's bisection over
+`pipeline.makespan_bounds` on every virtual stage's times (summed chunk by chunk, which the
+search's per-virtual-stage times of a dense plan equal exactly); the memory screen's bisection over
 mb against the screen asked of every mb; each distinct chunk timed once against every chunk
 timed."""
 
@@ -10,25 +11,39 @@ import pytest
 
 from dojo.compiler.mapping import device_count
 from dojo.hardware import load_system
-from dojo.plan.plan import Plan
+from dojo.plan.plan import Plan, plan_split
 from dojo.sim import session
 from dojo.sim.memory import device_memory
 from dojo.sim.pipeline import makespan_bounds
 from dojo.sim.search import _Screen, plan_space
-from dojo.sim.searchspace import divisors
+from dojo.sim.searchspace import chunk_parts, divisors
 from dojo.sim.session import compile_model, model_shape
 from dojo.sim.simulate import all_chunk_times, chunk_times, device_model, simulate
-from dojo.sim.timebounds import SAFETY
+from dojo.sim.timebounds import SAFETY, Parts
 
 DENSE = {"layers": 5, "hidden": 64, "heads": 4, "ffn": 256, "seq": 64, "vocab": 512}
 MOE = {"layers": 3, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 128, "expert_ffn": 96,
        "experts": 8, "top_k": 2, "seq": 32, "vocab": 256}
 
 
+def _every_stage_times(screen: _Screen, plan: Plan) -> Parts:
+    """Every virtual stage's times as `searchspace.chunk_parts` sums them, chunk by chunk (the
+    search's `_chunk_times` maps a dense plan's per-kind times instead); with ep the search's
+    own, which add the all-to-alls chunk by chunk."""
+    if screen._layout(plan) is not None and plan.ep > 1:
+        return screen._chunk_times(plan)
+    work = screen._work(plan)
+    tps = screen._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
+    split = plan_split(plan, work.repeat) if work.block else None
+    return chunk_parts(screen._section_sums(plan), tps, split, plan.pp * plan.interleave,
+                       plan.recompute)
+
+
 def _every_stage_bound(screen: _Screen, plan: Plan) -> float:
-    """The first bound as the search took it before kinds: every virtual stage's times
-    (`_chunk_times`), ZeRO 3's stream per virtual stage, `makespan_bounds` without transfers."""
-    f_in, b_in, f_out, b_out = screen._chunk_times(plan)
+    """The first bound as the search took it before kinds: every virtual stage's times,
+    ZeRO 3's stream per virtual stage, `makespan_bounds` without transfers."""
+    f_in, b_in, f_out, b_out = _every_stage_times(screen, plan)
+    assert screen._chunk_times(plan) == (f_in, b_in, f_out, b_out), plan.text()
     stream = screen._stream(plan)
     fwd = [max(a, s) + c for a, s, c in zip(f_in, stream, f_out)]
     bwd = [max(a, s) + c for a, s, c in zip(b_in, stream, b_out)]
