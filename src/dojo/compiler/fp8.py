@@ -19,12 +19,11 @@ from dataclasses import replace
 
 from dojo.compiler import fusion
 from dojo.compiler.modules import selection
+from dojo.compiler.tpflow import device_graph, split_region, weight_derived
 from dojo.compiler.work import (
     ModelWork,
     is_attention_core,
     main_block,
-    tp_split,
-    weight_derived,
 )
 from dojo.graph import Graph, Op
 from dojo.graph.analysis import root
@@ -47,7 +46,7 @@ def fp8_changes(graph: Graph, tp: int, sp: bool, scale: float) -> dict[int, floa
     weights = weight_derived(graph)
     carry = graph.block(block).carry
     residual = 1 if carry else 0
-    split = tp_split(graph, weights, whole_stem=residual > 0) if tp > 1 else set()
+    split = split_region(graph, residual > 0) if tp > 1 else set()
     made = {root(graph, t).id for op in graph.ops if op.phase == "forward" and op.block == block
             for t in op.outputs}
     experts = _expert_weight_shapes(graph)
@@ -79,8 +78,7 @@ def fp8_dropped_change(graph: Graph, modules: frozenset[str], tp: int, sp: bool,
     one block instance: a dropped tensor is dropped as FP8 keeps it (1 byte per element when
     only weight GEMMs read it, 2 + 1 when others read it too), not at the activation
     precision the policy's own compile sizes it at (`work._saved`)."""
-    if fused_attention and fusion.has_sdpa_fallback(graph):
-        graph = fusion.fuse_attention(graph, weight_derived(graph))
+    graph = device_graph(graph, fused_attention)
     sel = selection(graph, modules, lambda o: is_attention_core(o, graph))
     made: dict[int, Op] = {}
     for op in graph.ops:
@@ -101,7 +99,6 @@ def fp8_activations(work: ModelWork, graph: Graph, tp: int, sp: bool, scale: flo
     """`work` with its block's saved bytes as TransformerEngine keeps them under FP8."""
     if work.block is None:
         return work
-    if fused_attention and fusion.has_sdpa_fallback(graph):
-        graph = fusion.fuse_attention(graph, weight_derived(graph))
+    graph = device_graph(graph, fused_attention)
     saved = work.block.saved_bytes + fp8_saved_change(graph, tp, sp, scale)
     return replace(work, block=replace(work.block, saved_bytes=saved))

@@ -24,8 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from dojo.compiler import fusion
-from dojo.compiler.work import ModelWork, main_block, tp_split, weight_derived
+from dojo.compiler.tpflow import device_graph, split_region, weight_derived
+from dojo.compiler.work import (
+    ModelWork,
+    main_block,
+)
 from dojo.graph import Graph
 from dojo.graph.analysis import root
 from dojo.plan.policies import op_class
@@ -40,7 +43,7 @@ def kept_bytes(graph: Graph, classes: frozenset[str], tp: int, sp: bool, scale: 
     weights = weight_derived(graph)
     carry = graph.block(block).carry
     residual = math.prod(graph.tensors[carry[0][0]].shape) if carry else 0
-    split = tp_split(graph, weights, whole_stem=residual > 0) if tp > 1 else set()
+    split = split_region(graph, residual > 0) if tp > 1 else set()
     seen: set[int] = set()
     total = 0.0
     for op in graph.ops:
@@ -66,8 +69,7 @@ def apply_policy(work: ModelWork, graph: Graph, classes: frozenset[str], tp: int
     block = work.block
     if block is None:
         return work
-    if fused_attention and fusion.has_sdpa_fallback(graph):
-        graph = fusion.fuse_attention(graph, weight_derived(graph))
+    graph = device_graph(graph, fused_attention)
     kept = block.input_bytes + kept_bytes(graph, classes, tp, sp, scale)
     rerun = tuple(c for c in block.forward
                   if not (c.kind == "matrix" and op_class(c.target) in classes))

@@ -35,17 +35,20 @@ from dataclasses import replace
 from dojo.capture.params import META_KEY
 from dojo.graph import Graph, Op
 from dojo.graph.analysis import root
+from dojo.graph.memo import per_graph
 
 EXPERT_TAG = ".experts."  # the routed experts' parameter names (dojo.models.moe)
 
 
+@per_graph()
 def with_whole_experts(graph: Graph) -> Graph:
     """`graph` with its routed experts' weights (parameters `*.experts.*`) declared replicated
     too: under expert tensor parallelism 1 (`etp=1`) Megatron-Core folds tp into the expert
     ranks and each GPU runs whole experts on the tokens dispatched to it, so the tp dataflow
     neither splits them nor reduces their outputs over tp (the dispatch moves the tokens;
     `compiler.experts`). Their per-rank share stays `compiler.experts`' (`held_params` skips
-    them)."""
+    them). Memoized per graph (`dojo.graph.memo`): one graph asks once, and gets one object
+    back, which the compiler's own per-graph memos then recognise."""
     names = [t.name for t in graph.tensors if t.role == "parameter" and t.view_of is None
              and EXPERT_TAG in f".{t.name}"]
     if not names:

@@ -19,15 +19,19 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section, tied_parameters
-from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
+from dojo.compiler import class_head, fusion, kernelsave, replicated
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
-from dojo.compiler.row_stats import row_stat_counts
-from dojo.compiler.tp_partial import input_grad as _input_grad
-from dojo.compiler.tp_partial import weight_op as _weight_op
-from dojo.graph import Graph, Op, state_bytes
+from dojo.compiler.tpflow import (
+    device_graph,
+    split_region,
+    tp_collectives,
+    weight_derived,
+)
+from dojo.graph import Graph, Op, StateBytes, state_bytes
 from dojo.graph.analysis import root
+from dojo.graph.memo import per_graph
 
 MATRIX_RULES = fusion.MATRIX_RULES
 FREE_RULES = fusion.FREE_RULES
@@ -142,136 +146,6 @@ def _is_split(graph: Graph, tensor: int, sp: bool, residual_numel: int, split: s
     return sp or root(graph, tensor).id in split
 
 
-def weight_derived(graph: Graph) -> set[int]:
-    """Root ids of the tensors made from parameters, buffers and constants alone (a weight's
-    transpose or cast, a causal mask): they exist once per step, not per micro-batch, and are
-    not activations; every other tensor of the step derives from its inputs."""
-    weights = {t.id for t in graph.tensors if t.role in ("parameter", "buffer")}
-    for op in graph.ops:
-        if op.phase != "optimizer" and all(root(graph, t).id in weights for t in op.inputs):
-            weights.update(root(graph, t).id for t in op.outputs)
-    return weights
-
-
-def tp_split(graph: Graph, weights: set[int], whole_stem: bool = False) -> set[int]:
-    """Root ids of the tensors Megatron-style tensor parallelism splits (see the module doc):
-    a matmul or convolution with one activation input (`weights` are not activations) flips
-    its domain, any other op's outputs are split when one of its activation inputs is.
-    `whole_stem` (models with a residual stream): a weight op on the model's input data (ViT's
-    patch embedding) stays whole on every rank, as Megatron-LM keeps it, so that the stream it
-    feeds is replicated and the blocks' pairs start at their first linear. A linear the model
-    declares replicated (`compiler.replicated`), or a class head on a whole input
-    (`compiler.class_head`), outputs a whole tensor on every rank."""
-    split: set[int] = set()
-    keep = replicated.replicated_weights(graph)
-    heads = class_head.candidates(graph, weights)
-    for op in graph.ops:
-        acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
-        if op.id in heads and not any(a in split for a in acts):
-            keep |= heads[op.id]
-        if op.phase == "optimizer" or not acts or replicated.reads(graph, op, keep):
-            continue
-        outs = {root(graph, t).id for t in op.outputs}
-        if op.rule in MATRIX_RULES and _weight_op(op) and len(acts) == 1:
-            if whole_stem and graph.tensors[acts[0]].role == "input":
-                continue
-            if acts[0] not in split:
-                split |= outs
-        elif _input_grad(graph, op) is not None:
-            # A convolution's backward in one op: its input gradient lies in the domain of
-            # the forward input (inputs[1]), its weight and bias gradients are split.
-            grad_in = root(graph, op.outputs[0]).id
-            split |= outs - {grad_in}
-            if root(graph, op.inputs[1]).id in split:
-                split.add(grad_in)
-        elif any(a in split for a in acts):
-            split |= outs
-    return split
-
-
-def tp_collectives(graph: Graph, labels: list[str], weights: set[int], split: set[int],
-                   sp: bool, scale: float, at_f: bool = True
-                   ) -> dict[tuple[str, str], list[tuple[str, float]]]:
-    """The tp group's collectives by (section, phase), found where the dataflow leaves the split
-    region or needs the whole of a split tensor, as (kind, bytes per member):
-    - a weight matmul or convolution whose input is split (row-parallel) produces partial sums:
-      an all-reduce of its output (Megatron's g). Its conjugate (f) is the input gradient of a
-      column-parallel op in backward: the same flip, found the same way (a convolution's fused
-      backward by `_input_grad`), once per shared input: the input gradients of the linears
-      reading one tensor are summed before it is reduced (`tp_partial.grad_sums`). With
-      sequence parallelism each becomes a reduce-scatter and an all-gather of the same bytes.
-      With sp a column-parallel linear also keeps only the sequence shard of its input for
-      backward (`_is_split`, as Megatron-LM's LinearWithGradAccumulationAndAsyncCommunication
-      and TransformerEngine's LayerNormLinear save it) and all-gathers it again there for its
-      weight gradient: one more all-gather of those bytes per shared input, in backward.
-      A model that declares replicated linears (`replicated`: the MoE decoders) has each
-      all-gather counted at the f it feeds (`replicated.sp_pairs`), not paired with a
-      reduce-scatter: MLA's latents are narrower than the residual stream that g reduces
-      (`at_f`; a module policy's rerun, labelled by forward ops, keeps the pairing);
-    - a lookup into the vocabulary (the largest embedding table, split by rows as Megatron's
-      VocabParallelEmbedding; smaller tables stay whole) gives partial rows: an all-reduce;
-    - a norm, softmax or loss over features split by a column-parallel op all-reduces its
-      per-row FP32 statistics (`row_stats`; a cross entropy's in forward
-      only), forward and backward; a softmax over scores split by heads, or a BatchNorm's
-      per-channel statistics, need none;
-    - a replicated linear whose output gradient is partial (`replicated.partial_bytes`).
-    A class head on a whole input (`class_head`) is replicated: whole logits, no statistics.
-    Bytes are at the plan's precision (`scale`), statistics in FP32."""
-    made_by: dict[int, Op] = {}
-    for op in graph.ops:
-        for t in op.outputs if op.rule not in FREE_RULES else ():
-            made_by.setdefault(root(graph, t).id, op)
-    vocab, keep = tp_partial.vocab_table(graph), class_head.whole_weights(graph, weights, split)
-    sums = tp_partial.grad_sums(graph, weights, split, keep)
-    declared = at_f and bool(replicated.replicated_weights(graph))
-    by_id = {op.id: op for op in graph.ops}  # ids need not be positions (fused graphs)
-    readers = {r: [by_id[i] for i in ids] for r, ids in fusion.consumers(graph).items()}
-    out: dict[tuple[str, str], list[tuple[str, float]]] = {}
-    for op, label in zip(graph.ops, labels):
-        if op.phase == "optimizer":
-            continue
-        acts = [r for r in (root(graph, t).id for t in op.inputs) if r not in weights]
-        comms = out.setdefault((label, op.phase), [])
-        kept = replicated.partial_bytes(graph, op, acts, split, made_by, keep)
-        partial = kept or sums.get(op.id, tp_partial.partial_bytes(graph, op, acts, split, vocab))
-        if partial and sp and declared:  # f's all-gather at its own input (MoE decoders)
-            for phase, pairs in replicated.sp_pairs(op.phase, bool(kept), partial * scale):
-                out.setdefault((label, phase), []).extend(pairs)
-        elif partial:
-            kinds: tuple[str, ...] = ("reduce_scatter", "all_gather") if sp else ("all_reduce",)
-            if sp and op.phase == "backward" and not kept:
-                kinds += ("all_gather",)  # the saved sequence shard, gathered for the wgrad
-            comms += [(k, partial * scale) for k in kinds]
-        fwd, bwd = row_stat_counts(graph, op, made_by, readers)
-        if (fwd or bwd) and acts and acts[0] in split and \
-                _feature_split(graph, acts[0], made_by, weights):
-            # a norm's saved mean has one element per row; else rows of the last dimension
-            rows = (math.prod(graph.tensors[op.outputs[1]].shape) if "norm" in op.target
-                    else math.prod(graph.tensors[op.inputs[0]].shape[:-1]))
-            comms += [("all_reduce", 4.0 * rows * n) for n in fwd]
-            out.setdefault((label, "backward"), []).extend(
-                ("all_reduce", 4.0 * rows * n) for n in bwd)
-    return out
-
-
-def _feature_split(graph: Graph, tensor: int, made_by: dict[int, Op], weights: set[int]) -> bool:
-    """Whether split `tensor` is split along its features: the first matrix op up its chain of
-    producers is a column-parallel weight op (not a matmul of two activations, whose output is
-    split by heads)."""
-    t = tensor
-    for _ in range(len(graph.ops)):
-        op = made_by.get(t)
-        if op is None:
-            return False
-        acts = [r for r in (root(graph, i).id for i in op.inputs) if r not in weights]
-        if op.rule in MATRIX_RULES:
-            return _weight_op(op) and len(acts) == 1
-        if not acts:
-            return False
-        t = acts[0]
-    return False
-
-
 def _output_is_residual(op: Op, graph: Graph, residual_numel: int) -> bool:
     """Whether the op's output is the size of the residual stream (or smaller)."""
     return bool(op.outputs) and math.prod(graph.tensors[op.outputs[0]].shape) <= residual_numel
@@ -348,57 +222,43 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
     whose fused kernel has no dropout). `modules`: the selective slots hold these Megatron
     modules' recompute (`compiler.modules`) instead of the attention core's.
     """
-    if fused_attention and fusion.has_sdpa_fallback(graph):
-        graph = fusion.fuse_attention(graph, weight_derived(graph))
-    block = main_block(graph)
-    repeat = graph.repeat_of(block)
-    residual_numel = 0
-    if block is not None and graph.block(block).carry:
-        residual_numel = math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
-    labels = _section_of(graph, block)
+    graph = device_graph(graph, fused_attention)
+    facts, kern = _facts(graph), _kernels(graph, fuse)
+    block, residual_numel, labels = facts.block, facts.residual_numel, list(facts.labels)
     sel = (selection(graph, modules, lambda o: is_attention_core(o, graph))
            if modules else None)
     costs: dict[tuple[str, str], list[OpCost]] = {}
     selective: dict[str, list[OpCost]] = {}
-    producer: dict[int, tuple[Op, str]] = {}
-    for op, label in zip(graph.ops, labels):
-        for t in op.outputs:
-            producer.setdefault(root(graph, t).id, (op, label))
-    readers = fusion.consumers(graph)
+    readers = _consumers(graph)
     weights = weight_derived(graph)
-    split = tp_split(graph, weights, whole_stem=residual_numel > 0) if tp > 1 else set()
-    keep = class_head.whole_weights(graph, weights, split) if tp > 1 else frozenset()
-    masks = dropout_masks(graph)
-    grouped = fusion.groups(graph, labels, fuse)
-    loss = _loss_groups(grouped)
-    for i, (group, label) in enumerate(grouped):
+    split, keep = _tp_region(graph) if tp > 1 else (set(), frozenset())
+    masks = set(facts.masks)
+    for i, (group, label) in enumerate(kern.grouped):
         # The loss over the logits runs in FP32 under mixed precision (autocast's FP32 ops,
         # Megatron-LM's `output.float()` before its cross entropy).
-        here = 1.0 if i in loss else scale
-        moved = float(fusion.fused_bytes(graph, group, readers))
+        here = 1.0 if i in kern.loss else scale
+        moved = kern.moved[i]
         moved -= mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
-        cost = replace(cost, pointwise=sum(o.rule == "pointwise" for o in group),
-                       library_calls=onednn_calls(group, graph))
+        cost = replace(cost, pointwise=kern.pointwise[i], library_calls=kern.calls[i])
         costs.setdefault((label, group[0].phase), []).append(cost)
-        if group[0].phase == "forward" and any(_replays(o, graph, sel) for o in group):
+        if group[0].phase == "forward" and (
+                kern.core[i] if sel is None else any(_replays(o, graph, sel) for o in group)):
             selective.setdefault(label, []).append(cost)
-    kept = weights | kernelsave.recomputed(graph, grouped, weights)  # not saved either
-    fp32 = frozenset(o.id for i in loss for o in grouped[i][0] if o.phase == "forward")
-    saved, attn_saved = _saved(graph, producer, (tp, sp, residual_numel), scale, split, kept,
-                               masks, sel, fp32)
-    sizes = param_sizes_by_section(graph, block, labels)
-    params = replicated.held_params(sizes, graph, keep, block, labels, tp)
-    tensors = {label: len(v) for label, v in sizes.items()}
+    kept = weights | kern.recomputed  # not saved either
+    saved, attn_saved = _saved(graph, facts.producer, (tp, sp, residual_numel), scale,
+                               split, kept, masks, sel, kern.fp32)
+    params = _held_params(graph, tp)
     tied = tuple(math.prod(graph.tensors[r].shape) * (tp if r in keep else 1)
-                 for r in tied_parameters(graph, block, labels))
+                 for r in facts.tied)
     residual_bytes = residual_numel * 4 * scale
-    comms = tp_collectives(graph, labels, weights, split, sp, scale) if tp > 1 else {}
+    comms = dict(_tp_comms(graph, sp, scale)) if tp > 1 else {}
     if sel is not None and tp > 1:  # the modules' own collectives, replayed by their rerun
         mine = [f"{lab} rerun" if o.id in sel.ops else "" for o, lab in zip(graph.ops, labels)]
         rerun = tp_collectives(graph, mine, weights, split, sp, scale, at_f=False)
         comms |= {(lab, "rerun"): rerun.get((f"{lab} rerun", "forward"), [])
                   for lab in ("pre", "block", "post")}
+    tensors = facts.tensors
 
     def section(label: str) -> SectionWork:
         return SectionWork(forward=tuple(costs.get((label, "forward"), ())),
@@ -413,19 +273,132 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            param_tensors=tensors.get(label, 0),
                            tp_recompute=tuple(comms.get((label, "rerun"), ())))
 
-    totals = _optimizer_totals(graph)
-    state = state_bytes(graph)
+    totals, state, (fwd, bwd) = facts.totals, facts.state, facts.flops
     count = max(1, state.param_count)
-    fwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "forward")
-    bwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "backward")
     return ModelWork(pre=section("pre"), block=section("block") if block else None,
-                     post=section("post"), repeat=repeat, residual_bytes=residual_bytes,
+                     post=section("post"), repeat=facts.repeat, residual_bytes=residual_bytes,
                      residual_numel=residual_numel,
                      optimizer_bytes_per_param=totals[1] / count,
                      optimizer_flops_per_param=totals[0] / count,
                      param_count=state.param_count,
                      optimizer_state_bytes=float(state.optimizer_state),
                      forward_flops=float(fwd), backward_flops=float(bwd), tied=tied)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What `model_work` reads of a graph whatever the plan (`_facts`; shared: read only)."""
+
+    block: str | None
+    repeat: int
+    residual_numel: int
+    labels: tuple[str, ...]
+    producer: dict[int, tuple[Op, str]]  # root id -> (first op making it, its section)
+    masks: frozenset[int]
+    sizes: dict[str, list[int]]          # `param_sizes_by_section`
+    tensors: dict[str, int]              # parameter tensors per section
+    tied: tuple[int, ...]                # `tied_parameters`
+    totals: tuple[float, float]          # `_optimizer_totals`
+    state: StateBytes
+    flops: tuple[float, float]           # whole model, forward and backward, unsplit
+
+
+@per_graph()
+def _facts(graph: Graph) -> _Facts:
+    block = main_block(graph)
+    labels = _labels(graph)
+    producer: dict[int, tuple[Op, str]] = {}
+    for op, label in zip(graph.ops, labels):
+        for t in op.outputs:
+            producer.setdefault(root(graph, t).id, (op, label))
+    sizes = param_sizes_by_section(graph, block, list(labels))
+    fwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "forward")
+    bwd = sum(graph.repeat_of(o.block) * o.flops for o in graph.ops if o.phase == "backward")
+    return _Facts(block, graph.repeat_of(block), _residual_numel(graph), labels, producer,
+                  frozenset(dropout_masks(graph)), sizes,
+                  {label: len(v) for label, v in sizes.items()},
+                  tuple(tied_parameters(graph, block, list(labels))),
+                  _optimizer_totals(graph), state_bytes(graph), (fwd, bwd))
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    """A graph's kernels under one fusion setting and what `model_work` reads of each whatever
+    the plan (`_kernels`; per group, in `fusion.groups` order; shared: read only)."""
+
+    grouped: list[tuple[list[Op], str]]
+    loss: frozenset[int]                 # `_loss_groups`
+    moved: tuple[float, ...]             # `fusion.fused_bytes`, as float
+    pointwise: tuple[int, ...]           # elementwise ops
+    calls: tuple[int, ...]               # `onednn_calls`
+    core: tuple[bool, ...]               # an attention-core op in it (selective recompute)
+    recomputed: frozenset[int]           # `kernelsave.recomputed`
+    fp32: frozenset[int]                 # the loss's forward ops
+
+
+@per_graph()
+def _kernels(graph: Graph, fuse: str) -> _Kernels:
+    grouped = fusion.groups(graph, list(_labels(graph)), fuse)
+    loss = _loss_groups(grouped)
+    readers = _consumers(graph)
+    return _Kernels(
+        grouped, frozenset(loss),
+        tuple(float(fusion.fused_bytes(graph, g, readers)) for g, _ in grouped),
+        tuple(sum(o.rule == "pointwise" for o in g) for g, _ in grouped),
+        tuple(onednn_calls(g, graph) for g, _ in grouped),
+        tuple(any(is_attention_core(o, graph) for o in g) for g, _ in grouped),
+        kernelsave.recomputed(graph, grouped, weight_derived(graph)),
+        frozenset(o.id for i in loss for o in grouped[i][0] if o.phase == "forward"))
+
+
+@per_graph()
+def _held_params(graph: Graph, tp: int) -> dict[str, int]:
+    """`replicated.held_params` of the graph's sections under a tp split (shared: read only)."""
+    facts = _facts(graph)
+    keep = _tp_region(graph)[1] if tp > 1 else frozenset()
+    return replicated.held_params(facts.sizes, graph, keep, facts.block, list(facts.labels), tp)
+
+
+@per_graph()
+def _labels(graph: Graph) -> tuple[str, ...]:
+    """`_section_of` the graph's main block, memoized per graph."""
+    return tuple(_section_of(graph, main_block(graph)))
+
+
+@per_graph()
+def _consumers(graph: Graph) -> dict[int, set[int]]:
+    """`fusion.consumers`, memoized per graph (shared: read only)."""
+    return fusion.consumers(graph)
+
+
+def _residual_numel(graph: Graph) -> int:
+    """Elements of the main block's carry (its residual stream); 0 without one."""
+    block = main_block(graph)
+    if block is None or not graph.block(block).carry:
+        return 0
+    return math.prod(graph.tensors[graph.block(block).carry[0][0]].shape)
+
+
+def _tp_region(graph: Graph) -> tuple[set[int], frozenset[int]]:
+    """(split region, weights kept whole) of `model_work`'s tp dataflow (tp > 1), memoized per
+    graph; the split region a fresh set."""
+    split, keep = _tp_region_held(graph)
+    return set(split), keep
+
+
+@per_graph()
+def _tp_region_held(graph: Graph) -> tuple[frozenset[int], frozenset[int]]:
+    split = split_region(graph, _residual_numel(graph) > 0)
+    return frozenset(split), class_head.whole_weights(graph, weight_derived(graph), split)
+
+
+@per_graph()
+def _tp_comms(graph: Graph, sp: bool, scale: float
+              ) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """`model_work`'s `tp_collectives` (tp > 1), memoized per graph, sp and scale (shared:
+    read only)."""
+    split, _ = _tp_region(graph)
+    return tp_collectives(graph, list(_labels(graph)), weight_derived(graph), split, sp, scale)
 
 
 def _saved(graph: Graph, producer: dict[int, tuple[Op, str]], split_of: tuple[int, bool, int],

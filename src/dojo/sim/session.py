@@ -17,6 +17,7 @@ from that graph as from any capture. A test compares derived and captured graphs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -233,9 +234,11 @@ class _NotAffine(Exception):
 
 def _affine(a: Any, b: Any, k: int) -> Any:
     """a + (b - a) k field by field: `a` and `b` are values at consecutive micro-batch sizes."""
+    if type(a) is int and type(b) is int:  # the common case first (not bool)
+        return a + (b - a) * k
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        return type(a)(**{f.name: _affine(getattr(a, f.name), getattr(b, f.name), k)
-                          for f in dataclasses.fields(a)})
+        names = _field_names(type(a))
+        return type(a)(**{n: _affine(getattr(a, n), getattr(b, n), k) for n in names})
     if isinstance(a, tuple):
         if not isinstance(b, tuple) or len(a) != len(b):
             raise _NotAffine
@@ -247,6 +250,12 @@ def _affine(a: Any, b: Any, k: int) -> Any:
             raise _NotAffine
         return a
     return a + (b - a) * k
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    """The fields of dataclass type `kind` (the graph's few types), in order."""
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def _affine_text(a: str, b: str, k: int) -> str:
