@@ -2,7 +2,7 @@
 weight ops (column-parallel, then row-parallel) leave partial sums on every rank, which cost an
 all-reduce of the pair's output in forward (Megatron's g) and, in backward, of the gradient of
 the pair's input (its conjugate f, wherever that input needs a gradient). Found from the
-dataflow (`work.tp_collectives`), as for transformers; the planner must pay for them."""
+dataflow (`tpflow.tp_collectives`), as for transformers; the planner must pay for them."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def candidates(graph: Graph, weights: set[int]) -> dict[int, frozenset[int]]:
     """Forward op id -> root ids of its weight and bias, for each weight op that could be a
     class head:
     the last weight op before the loss, not over the vocabulary (whether its input is whole is
-    the caller's check). `weights`: the weight-derived root ids (`work.weight_derived`)."""
+    the caller's check). `weights`: the weight-derived root ids (`tpflow.weight_derived`)."""
     vocab = tp_partial.vocab_table(graph)
     rows = graph.tensors[vocab].shape[0] if vocab is not None else None
     forward = [op for op in graph.ops if op.phase == "forward"]

@@ -39,7 +39,7 @@ def recomputed(graph: Graph, grouped: list[tuple[list[Op], str]], weights: set[i
                ) -> frozenset[int]:
     """Root ids of the tensors fused pointwise kernels recompute in their backward instead of
     keeping (see the module docstring); `grouped`: the step's kernels (`fusion.groups`),
-    `weights`: root ids made from weights and constants alone (`work.weight_derived`)."""
+    `weights`: root ids made from weights and constants alone (`tpflow.weight_derived`)."""
     saved = _read_by_backward(graph)
     written = _in_place(graph)
     readers: dict[int, set[int]] = {}

@@ -22,7 +22,7 @@ an output that a matmul outside it reads (that matmul keeps it saved), and the b
 the module. `mla_up_proj`, `layernorm` and `moe_act` discard their outputs too
 (CheckpointWithoutOutput): every saved tensor they make is dropped and rebuilt before the
 backward of their consumer. The kernels rerun are the fused groups holding a module op; the tp
-collectives replayed are those the module's own ops issue (`work.tp_collectives`).
+collectives replayed are those the module's own ops issue (`tpflow.tp_collectives`).
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ def _saved(sec: SectionWork, recompute: str) -> float:
 
 def _tp_comms(levels: tuple[GroupLevel, ...],
               comms: tuple[tuple[str, float], ...]) -> list[Comm]:
-    """A section's tensor-parallel traffic (`work.tp_collectives`: where the dataflow leaves
+    """A section's tensor-parallel traffic (`tpflow.tp_collectives`: where the dataflow leaves
     the split region, as Megatron's f and g, or needs a split tensor whole) on the tp group's
     links."""
     return [Comm(kind, nbytes, levels, "tp") for kind, nbytes in comms]

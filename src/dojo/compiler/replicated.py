@@ -4,7 +4,7 @@ A model declares them: a module lists the children it wants replicated in a clas
 `tp_replicated` (DeepSeek-V3's multi-latent attention: its down projections `q_a`, `kv_a`, as
 Megatron-Core's MLASelfAttention builds linear_q_down_proj and linear_kv_down_proj with
 TELinear(parallel_mode="duplicated"), no tp group), and the capture records their parameter
-names in the graph's meta (`META_KEY`). The compiler's tp dataflow (`work.tp_split`) then lets
+names in the graph's meta (`META_KEY`). The compiler's tp dataflow (`tpflow.tp_split`) then lets
 such a linear keep its input's domain instead of flipping it: its output is whole on every rank,
 so the up projection after it is column-parallel (heads split) and nothing is communicated
 between them in forward. In backward the up projections' input gradients are partial sums (the

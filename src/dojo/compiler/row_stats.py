@@ -1,5 +1,5 @@
 """The FP32 row statistics a tp group all-reduces where a norm, softmax or loss reads features
-split by a column-parallel op (`dojo.compiler.work.tp_collectives`), Megatron-LM's way."""
+split by a column-parallel op (`dojo.compiler.tpflow.tp_collectives`), Megatron-LM's way."""
 
 from __future__ import annotations
 

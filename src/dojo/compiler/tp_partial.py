@@ -1,4 +1,4 @@
-"""The partial sums the tp dataflow leaves on each rank (`dojo.compiler.work.tp_collectives`).
+"""The partial sums the tp dataflow leaves on each rank (`dojo.compiler.tpflow.tp_collectives`).
 
 A row-parallel linear's output in forward, a column-parallel linear's input gradient in backward
 (Megatron's f conjugate) and a vocabulary-parallel lookup are partial sums over the tp group.
