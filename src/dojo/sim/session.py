@@ -242,6 +242,8 @@ def _affine(a: Any, b: Any, k: int) -> Any:
     if isinstance(a, tuple):
         if not isinstance(b, tuple) or len(a) != len(b):
             raise _NotAffine
+        if all(type(x) is int for x in a) and all(type(y) is int for y in b):  # shapes, ids
+            return tuple(x + (y - x) * k for x, y in zip(a, b))
         return tuple(_affine(x, y, k) for x, y in zip(a, b))
     if isinstance(a, str) and isinstance(b, str) and a != b:
         return _affine_text(a, b, k)
