@@ -102,7 +102,7 @@ COMMANDS: dict[str, Command] = {
         Slot("--batch", "--batch", ("zero", "negative", "huge", "nonnumber", "empty")),
         Slot("--seq", "--seq", ("zero", "negative", "nonnumber")),
         Slot("--set", "--set", ("set_key", "set_value", "set_huge", "set_form")),
-        Slot("--top", "--top", ("zero", "negative", "huge", "nonnumber", "empty")),
+        Slot("--top", "--top", ("negative", "huge", "nonnumber", "empty")),   # 0: no table
     )),
     "simulate": Command(("simulate", *SIM), (
         Slot("model", None, ("unknown", "empty"), 1),

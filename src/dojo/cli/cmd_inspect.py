@@ -27,8 +27,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seq", default=None, help="tokens per sample (sequence models)")
     parser.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
                         help="override a model config field (repeatable)")
-    parser.add_argument("--top", default="10", help=f"how many top ops by FLOPs to list (1 to "
-                        f"{MAX_TOP}, default 10; --json lists none)")
+    parser.add_argument("--top", default="10", help=f"how many top ops by FLOPs to list (0 to "
+                        f"{MAX_TOP}, default 10; 0 and --json list none)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(run=run)
 
@@ -71,8 +71,8 @@ def summary(graph: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    top = top_flag(_int(args.top, "--top"), "rows of the top-ops table, as dojo plan --top; "
-                   "--json prints none")
+    top = top_flag(_int(args.top, "--top"), "rows of the top-ops table, 0 for none; --json "
+                   "prints none", least=0)
     batch, seq = _int(args.batch, "--batch"), _int(args.seq, "--seq")
     _refuse_factory_flags(args.model, batch, seq, args.sets)
     import torch

@@ -37,10 +37,11 @@ def number(text: str) -> float:
 MAX_TOP = 100
 
 
-def top_flag(value: int | None, why: str) -> int:
-    """`value` of `--top` when it is from 1 to `MAX_TOP`; ConfigError naming `why` otherwise."""
-    if value is None or not 1 <= value <= MAX_TOP:
-        raise ConfigError("--top", "top", value, f"from 1 to {MAX_TOP} ({why})")
+def top_flag(value: int | None, why: str, least: int = 1) -> int:
+    """`value` of `--top` when it is from `least` to `MAX_TOP`; ConfigError naming `why`
+    otherwise."""
+    if value is None or not least <= value <= MAX_TOP:
+        raise ConfigError("--top", "top", value, f"from {least} to {MAX_TOP} ({why})")
     return value
 
 
