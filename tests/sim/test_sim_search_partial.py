@@ -16,6 +16,7 @@ from dojo.plan.plan import Plan
 from dojo.sim import session
 from dojo.sim.memory import device_memory
 from dojo.sim.search import _Screen, best_plan, plan_space
+from dojo.sim.searchspace import bundle_plans
 from dojo.sim.session import compile_model, model_shape, simulate_model
 from dojo.sim.simulate import simulate
 from dojo.sim.stagemem import stage_activations, stage_totals
@@ -87,3 +88,39 @@ def test_memory_screen_is_the_compiled_programs_memory(system: str, batch: int, 
         fitting += memory.fits
         checked += 1
     assert checked >= 100 and fitting >= 10
+
+
+def _bundled(spec_name: str, name: str, model: dict[str, int], batch: int) -> list[Plan]:
+    """Every plan the search's bundles hold with no time bound (worst = inf): each dp x tp x
+    pp's groups (`_Screen.groups`), their bundles (`_Screen.plans`), their plans."""
+    spec = load_system(spec_name)
+    devices = device_count(spec)
+    shape = model_shape(*session.captured(name, model, 1, None))
+    screen = _Screen(name, model, spec, batch, None)
+    queue, _ = screen.device_groups(shape, devices, "bf16", "full")
+    out = []
+    for *_, split in queue:
+        for group in screen.groups(split, shape, devices):
+            for _, _, bundle in screen.plans(group[3], shape, devices, math.inf):
+                out.extend(bundle_plans(bundle))
+    return out
+
+
+def test_bundles_hold_the_spaces_plans_once_and_no_other() -> None:
+    """The bundles hold no plan twice and none outside the reference enumeration less the
+    settings the search's docstring omits as dominated or identical (overlap off; with dp = 1
+    any ZeRO stage; with tp = 1 sp; with pp = 1 GPipe; `vp_group` with GPipe or written as
+    pp), and every plan of that set they leave out does not fit memory (the compiled
+    program's)."""
+    spec = load_system("a100-cluster:3")
+    got = _bundled("a100-cluster:3", "gpt", TINY, 4)
+    assert len(got) == len(set(got))
+    want = {p for p in every_plan(TINY, 3, 4)
+            if p.overlap and (p.dp > 1 or p.zero == 0) and (p.tp > 1 or not p.sp)
+            and (p.pp > 1 or p.schedule != "gpipe")
+            and not (p.vp_group and (p.schedule == "gpipe" or p.vp_group == p.pp))}
+    assert set(got) <= want
+    assert len(got) > 200
+    for plan in sorted(want - set(got), key=Plan.text):
+        program, _ = compile_model("gpt", TINY, spec, plan, 4)
+        assert not device_memory(program, chip_report=False).fits, plan.text()

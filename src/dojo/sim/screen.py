@@ -189,13 +189,12 @@ class _Screen(TimeBounds):
     def plans(self, group: Plan, shape: ModelShape, devices: int, worst: float
               ) -> Iterator[tuple[float, Plan, Bundle]]:
         """The plans of a group (`searchspace.variants`) whose state fits and whose first
-        bound is at most `worst`, in bundles: (that bound, the bundle's simplest plan, the
-        bundle for `members`). No schedule changes the first bound and ZeRO only at 3, so it
-        is taken once per (recompute, sp, ep, ZeRO 3 or not), and the state once per (ep,
-        ZeRO), the first time a plan under `worst` asks; nor does `vp_group` (the search
-        orders a plan of a smaller group by `_order_bound` once its memory fits:
-        `best_plan`). A bundle's plans share one bound, and most bundles never reach the
-        head of the search's queue, so their plans are built only when one does."""
+        bound is at most `worst`, as (that bound, the simplest plan, its `Bundle`): no
+        schedule or `vp_group` changes the first bound and ZeRO only at 3, so it is taken
+        once per (recompute, sp, ep, ZeRO 3 or not), and the state once per (ep, ZeRO). Most
+        bundles never reach the queue's head, so their plans are built only when one does
+        (`searchspace.bundle_plans`); a plan of a smaller group waits under `_order_bound`
+        once its memory fits (`best_plan`)."""
         batch = self.args[3]
         zeros = (0, 1, 2, 3) if group.dp > 1 else (0,)
         sizes = tuple(group_sizes(group.pp, group.interleave, batch // (group.dp * group.mb)))
@@ -220,9 +219,11 @@ class _Screen(TimeBounds):
                     if rec == RECOMPUTES[0]:
                         over.add(sp)
                     continue
-                for part in ([z for z in zeros if z < 3], [3]) if low else ([3],):
+                parts = ([z for z in zeros if z < 3], [z for z in zeros if z == 3]) if low \
+                    else ([3],)   # ZeRO 3 is in `zeros` only with dp > 1
+                for part in (p for p in parts if p):
                     bound = below if part[0] < 3 else self._first_bound(replace(probe, zero=3))
-                    if bound > worst or not part:
+                    if bound > worst:
                         continue
                     for zero in part:
                         if zero not in fits:
