@@ -322,6 +322,23 @@ def refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
     assert words in err, err
 
 
+TableCase = tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]
+
+
+def one_line_test(cases: list[TableCase]) -> Callable[..., None]:
+    """The test of one bad-input table of (argv, env, setup, words) cases: each case
+    `refused_in_one_line`, its id from its argv and words."""
+
+    @pytest.mark.parametrize(("argv", "env", "setup", "words"), [
+        pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in cases])
+    def test(argv: tuple[str, ...], env: dict[str, str], setup: Callable[[Path], None],
+             words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+             monkeypatch: pytest.MonkeyPatch) -> None:
+        refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
+
+    return test
+
+
 def _limit_memory() -> None:
     import resource
 

@@ -14,7 +14,7 @@ import pytest
 
 from cli_fuzz_verbs import set_up
 from dojo.config import MAX_CONFIG_BYTES
-from test_cli_fuzz import _snapshot, check_refusal, refused_in_one_line, run_inprocess
+from test_cli_fuzz import _snapshot, check_refusal, one_line_test, run_inprocess
 
 SERVER = ("--server", "http://127.0.0.1:9")  # nothing listens: a good token fails later
 RUNS = "model,plan,batch,seconds"
@@ -93,13 +93,7 @@ if hasattr(os, "mkfifo"):
                   "s.toml: is a device or special file"))
 
 
-@pytest.mark.parametrize(("argv", "env", "setup", "words"), [
-    pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in CASES])
-def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
-                                            setup: Callable[[Path], None], words: str,
-                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
+test_bad_inputs_are_refused_in_one_line = one_line_test(CASES)
 
 
 def test_token_file_first_non_blank_line_is_the_token(tmp_path: Path,

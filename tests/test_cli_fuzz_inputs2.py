@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_fuzz_verbs import set_up
-from test_cli_fuzz import refused_in_one_line, run_inprocess
+from test_cli_fuzz import one_line_test, run_inprocess
 
 SERVER = ("--server", "http://127.0.0.1:9")
 SIM = ("simulate", "mlp", "--system", "h100-cluster:8", "--batch", "8")
@@ -153,13 +153,7 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
 ]
 
 
-@pytest.mark.parametrize(("argv", "env", "setup", "words"), [
-    pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in CASES])
-def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
-                                            setup: Callable[[Path], None], words: str,
-                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
+test_bad_inputs_are_refused_in_one_line = one_line_test(CASES)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

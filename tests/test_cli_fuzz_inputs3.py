@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cli_fuzz_verbs import set_up
-from test_cli_fuzz import refused_in_one_line
+from test_cli_fuzz import one_line_test
 
 SVC = ("--data", "svc")
 WORKER = ("worker", *SVC, "--name", "h1")
@@ -169,10 +169,4 @@ def _never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "serve", started)
 
 
-@pytest.mark.parametrize(("argv", "env", "setup", "words"), [
-    pytest.param(*case, id="_".join(case[0])[:60] + "-" + case[3][:20]) for case in CASES])
-def test_bad_inputs_are_refused_in_one_line(argv: tuple[str, ...], env: dict[str, str],
-                                            setup: Callable[[Path], None], words: str,
-                                            tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    refused_in_one_line(argv, env, setup, words, tmp_path, capsys, monkeypatch)
+test_bad_inputs_are_refused_in_one_line = one_line_test(CASES)
