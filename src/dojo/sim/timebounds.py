@@ -45,14 +45,13 @@ CACHE_ENTRIES = 1 << 16   # per cache of a search: ~10-20 MB each; cleared, not 
 class Profile:
     """A split of the blocks over pp x interleave virtual stages, by kind of chunk: `kinds`
     (blocks, whether it is the first, whether the last), the first virtual stage of each kind,
-    the kind of each of the first pp virtual stages, and per device its kinds with their
-    counts. The first bound's arithmetic is per kind, not per virtual stage."""
+    per device its kinds with their counts, and the kind of every virtual stage. The first
+    bound's arithmetic is per kind, not per virtual stage."""
 
     kinds: tuple[tuple[int, bool, bool], ...]
     first_chunk: tuple[int, ...]
-    head: tuple[int, ...]
     stages: tuple[tuple[tuple[int, int], ...], ...]
-    kind_of: tuple[int, ...] = ()   # the kind of every virtual stage
+    kind_of: tuple[int, ...]
 
     @staticmethod
     def of(split: list[int] | None, pp: int, interleave: int) -> Profile:
@@ -68,8 +67,7 @@ class Profile:
             of_chunk.append(index[kind])
         stages = tuple(tuple(sorted(Counter(of_chunk[c * pp + s] for c in range(interleave))
                                     .items())) for s in range(pp))
-        return Profile(tuple(index), tuple(first), tuple(of_chunk[:pp]), stages,
-                       tuple(of_chunk))
+        return Profile(tuple(index), tuple(first), stages, tuple(of_chunk))
 
     def makespan(self, micro: int, fwd: list[float], bwd: list[float]) -> float:
         """`pipeline.makespan_bounds`' largest end + tail (no transfers), with `fwd` and `bwd`
@@ -79,8 +77,8 @@ class Profile:
         for s, counts in enumerate(self.stages):
             work = sum(n * both[k] for k, n in counts)
             best = max(best, head + micro * work + tail)
-            head += fwd[self.head[s]]
-            tail += bwd[self.head[s]]
+            head += fwd[self.kind_of[s]]   # the device's first chunk: virtual stage s
+            tail += bwd[self.kind_of[s]]
         return best
 
 
