@@ -51,6 +51,12 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   Megatron-LM's distributed optimizer; DeepSpeed's ZeRO 1/2). zero=1 with `grad_acc=copy` is
   DeepSpeed's BF16_Optimizer, which all-reduces the whole FP32 gradients instead
   (`_bf16_reduce_grads`), then gathers (`update_lp_params`).
+- `fsdp` (with zero=3): which implementation runs ZeRO 3, for the copies it issues around its
+  collectives (`dojo.sim.fsdp`): 0 (default) the collectives alone; 1 PyTorch FSDP1
+  (`FullyShardedDataParallel`, one FlatParameter per wrapped module: the views' gradients
+  concatenated into it, cast to the reduction dtype and pre-divided before the reduce-scatter);
+  2 PyTorch FSDP2 (`fully_shard`: every gather copied out into the parameters, the gradients
+  copied into the reduce-scatter buffer). Not with ep > 1.
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
   them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`). `fp8_params=on`
@@ -121,6 +127,7 @@ class Plan:
     dispatcher: str = field(default="alltoall", metadata=check(choices=DISPATCHERS))
     etp: int = field(default=0, metadata=check(ge=0))   # 0: tp (Megatron-Core's default)
     vp_group: int = field(default=0, metadata=check(ge=0))   # 0: pp (Megatron's fixed N)
+    fsdp: int = field(default=0, metadata=check(ge=0, le=2))  # 0: collectives only
     stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
@@ -140,7 +147,7 @@ class Plan:
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
                      "grad_acc", "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
-                     "vp_group", "stages"):
+                     "vp_group", "fsdp", "stages"):
             value = getattr(self, name)
             if name == "stages":
                 if value:
@@ -155,6 +162,8 @@ class Plan:
                 continue
             if name == "vp_group" and self.interleave == 1 and not value:
                 continue
+            if name == "fsdp" and not value:
+                continue   # shown only when an implementation is named
             if name == "grad_acc" and value == default.grad_acc:
                 continue   # DeepSpeed's copy only: the default adds nothing to show
             if full or name in ("dp", "tp", "pp") or value != getattr(default, name):
@@ -250,6 +259,14 @@ def check_plan(plan: Plan, source: str = "--plan") -> None:
         raise ConfigError(source, "grad_acc", "copy",
                           f"zero 0 or 1 (DeepSpeed's BF16_Optimizer shards the optimizer state "
                           f"only; zero is {plan.zero}), or grad_acc=inplace")
+    if plan.fsdp and plan.zero != 3:
+        raise ConfigError(source, "fsdp", plan.fsdp,
+                          f"zero=3 (FSDP {plan.fsdp} shards the parameters; zero is "
+                          f"{plan.zero}), or leave fsdp out")
+    if plan.fsdp and plan.ep > 1:
+        raise ConfigError(source, "fsdp", plan.fsdp,
+                          f"ep=1 (how PyTorch FSDP shards experts over ep {plan.ep} is not "
+                          "modelled), or leave fsdp out")
     if plan.stages and len(plan.stages) != plan.pp * plan.interleave:
         raise ConfigError(source, "stages", show_stages(plan.stages),
                           f"one count per virtual stage: pp {plan.pp} x interleave "

@@ -20,6 +20,7 @@ from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import p2p_host_time, tp_host_time
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
+from dojo.sim.fsdp import fsdp_time
 from dojo.sim.gradacc import accumulate_time
 from dojo.sim.memory import Memory, device_memory
 from dojo.sim.overlap import grad_bytes, sm_fractions, tp_phase_time
@@ -320,7 +321,7 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
                    ) -> tuple[list[float], list[float], float]:
     """(forward, backward) seconds of one micro-batch's task per virtual stage, and the
     pipeline transfer between stages. A backward includes `grad_acc`'s pass, if any
-    (`sim/gradacc.py`)."""
+    (`sim/gradacc.py`); both phases PyTorch FSDP's copies with `fsdp` (`sim/fsdp.py`)."""
     plan = program.plan
     transfer = collective(program, dev, "send_recv", program.p2p.nbytes, program.p2p.levels)
     last = plan.pp * plan.interleave - 1
@@ -331,10 +332,11 @@ def task_durations(program: Program, dev: DeviceModel, times: dict[int, ChunkTim
     for vs in range(last + 1):
         t = times[vs]
         fwd.append(max(t.forward, t.stream) + t.tp_forward + t.cp_forward
-                   + (send if vs < last else 0.0) + p2p_host_time(dev, "F", vs, last))
+                   + (send if vs < last else 0.0) + p2p_host_time(dev, "F", vs, last)
+                   + fsdp_time(program, dev, vs, "F"))
         bwd.append(max(t.backward + t.recompute, t.stream) + t.tp_backward + t.cp_backward
                    + (send if vs else 0.0) + p2p_host_time(dev, "B", vs, last)
-                   + accumulate_time(program, dev, vs))
+                   + accumulate_time(program, dev, vs) + fsdp_time(program, dev, vs, "B"))
     return fwd, bwd, transfer
 
 
@@ -350,7 +352,9 @@ def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int,
     critical = max(range(plan.pp), key=lambda s: (opt[s][2], -s))
     copy = [program.microbatches * accumulate_time(program, dev, c * plan.pp + critical)
             for c in range(plan.interleave)]
-    breakdown = _breakdown(program, times, spans, sync, opt, critical, step, sum(copy))
+    fsdp = program.microbatches * sum(fsdp_time(program, dev, c * plan.pp + critical, phase)
+                                      for c in range(plan.interleave) for phase in "FB")
+    breakdown = _breakdown(program, times, spans, sync, opt, critical, step, sum(copy), fsdp)
     samples = program.batch / step
     tokens = samples * program.tokens_per_sample if program.tokens_per_sample else None
     achieved = program.model_flops / step / program.devices
@@ -364,11 +368,12 @@ def _result(program: Program, dev: DeviceModel, memory: Memory, times: dict[int,
 def _breakdown(program: Program, times: dict[int, ChunkTimes], spans: tuple[Span, ...],
                sync: tuple[tuple[int, float, float], ...],
                opt: tuple[tuple[int, float, float], ...], stage: int, step: float,
-               copy: float = 0.0) -> dict[str, float]:
+               copy: float = 0.0, fsdp: float = 0.0) -> dict[str, float]:
     # Every micro-batch runs each of the stage's chunks once forward and once backward;
-    # `copy`: grad_acc's passes after them (sim/gradacc.py), optimizer work.
+    # `copy`: grad_acc's passes after them (sim/gradacc.py), optimizer work; `fsdp`: FSDP's
+    # copies in the passes (sim/fsdp.py), compute.
     pp, m = program.plan.pp, program.microbatches
-    compute = recompute = comm = 0.0
+    compute, recompute, comm = fsdp, 0.0, 0.0
     for c in range(program.plan.interleave):
         t = times[c * pp + stage]
         compute += m * (t.forward + t.backward)
