@@ -36,8 +36,12 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 7. What a rank of a multi-rank plan costs its stepping thread beyond the transfers
    (`rank_costs`): Megatron's f/g around a tp all-reduce (`tp_region_s`), posting a pipeline
    send (`p2p_post_s`), the slower work after a blocking wait on the other rank
-   (`wait_resume_s`); and, printed only, how much a second rank working beside one slows it
-   (`co_run_slowdown`, meaningful on a quiet machine).
+   (`wait_resume_s`); two ranks in lockstep, some eager work then a 16 KB all-reduce over and
+   over: the wall per collective beyond its modelled transfer, the share of the work
+   between collectives that the ranks run in turn and its most (`lockstep_wait_s`,
+   `lockstep_share`, `lockstep_cap_s`; `rank_costs.lockstep`); and, printed only, how much
+   a second rank working beside one slows it (`co_run_slowdown`, meaningful on a quiet
+   machine).
 
 `fast_fields` (steps 3, 5, 7) and `throughput_fields` (1, 2, 4, 6) return the figures as
 `cpu.toml` fields (bench/bench_cpu_loop.py --recalibrate uses them); `--write` writes both files
@@ -353,10 +357,35 @@ def _rounds(measure: Callable[[], list[tuple[float, float]]], rounds: int,
     return [(points[0][0], best(v for _, v in points)) for points in zip(*curves)]
 
 
-def fast_fields(rounds: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """The calibration's dispatch and host figures (steps 3, 5 and 7: ~20 s), which move most
+def committed_link() -> tuple[float, float]:
+    """(collective_latency_s, gloo bytes/s) of the committed `cpu` calibration and system."""
+    import tomllib
+
+    from dojo.sim.costs import load_calibration
+
+    system = tomllib.loads((ROOT / "src/dojo/hardware/systems/cpu.toml").read_text("utf-8"))
+    return load_calibration("cpu").collective_latency_s, system["server"]["link"]["bytes_per_s"]
+
+
+def lockstep_fields(rounds: int, link: tuple[float, float]) -> dict[str, float]:
+    """`lockstep_wait_s`, `lockstep_share` and `lockstep_cap_s` (`rank_costs.lockstep`): a
+    collective's wall with no work between, net of the collective model's time for the
+    benchmark's all-reduce (2 alpha + bytes / bw with `link` = (alpha, bw), which the
+    simulation charges as the transfer), and the share and cap of the work between."""
+    from rank_costs import LOCKSTEP_ELEMENTS, lockstep
+
+    alone, share, cap, _ = lockstep(rounds)
+    modelled = 2 * link[0] + 4 * LOCKSTEP_ELEMENTS / link[1]
+    return {"lockstep_wait_s": max(0.0, alone - modelled), "lockstep_share": min(share, 2.0),
+            "lockstep_cap_s": cap}
+
+
+def fast_fields(rounds: int, link: tuple[float, float] | None = None
+                ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The calibration's dispatch and host figures (steps 3, 5 and 7: ~30 s), which move most
     between invocations on a shared machine: `sim/calibration/cpu.toml` field -> value, and
-    the eager stacks' per-stack figures for the summary."""
+    the eager stacks' per-stack figures for the summary. `link`: (alpha s, bytes/s) of gloo
+    as measured now (default: the committed files')."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import eager_op_times
     from rank_costs import rank_costs, tp_region
@@ -377,7 +406,8 @@ def fast_fields(rounds: int) -> tuple[dict[str, float], dict[str, Any]]:
             "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,
-            "wait_resume_s": resume}, {"stacks": stacks}
+            "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link())
+            }, {"stacks": stacks}
 
 
 def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
@@ -408,7 +438,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     rates, system, shown = throughput_fields(args.rounds)
-    fast, info = fast_fields(args.rounds)
+    fast, info = fast_fields(args.rounds, (rates["collective_latency_s"], system["link"]))
     fields = {**rates, **fast}
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")

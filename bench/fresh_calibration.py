@@ -28,12 +28,14 @@ def fresh_system(mode: str, rounds: int, name: str) -> tuple[str, dict[str, floa
     from calibrate_cpu import fast_fields, throughput_fields
     from calibration_files import system_text
 
-    fields, _ = fast_fields(rounds)
     text = (ROOT / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
     if mode == "all":
         rates, system, _ = throughput_fields(rounds)
+        fields, _ = fast_fields(rounds, (rates["collective_latency_s"], system["link"]))
         fields = {**rates, **fields}
         text = system_text(system)
+    else:
+        fields, _ = fast_fields(rounds)
     return write_system(text, fields, FOLDER / f"cpu-{name}.toml"), fields
 
 

@@ -153,3 +153,83 @@ def co_run_slowdown(rounds: int = 3, repeat: int = 300) -> float:
     from dojo.runtime.launch import launch
 
     return float(launch(_co_rank, 2, (rounds, repeat), timeout_s=300, threads=1)[0])
+
+
+# Tiny eager training steps between two collectives (~0.4 ms each here): 0 to ~7 ms of work.
+LOCKSTEP_UNITS = (0, 1, 2, 4, 8, 16)
+LOCKSTEP_ELEMENTS = 4096  # FP32 elements per all-reduce: a small preset's tp activation, 16 KB
+
+
+def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
+                   ) -> list[tuple[float, float]]:
+    """(wall s of the work alone, wall s of the work then one all-reduce) per
+    `LOCKSTEP_UNITS`: each the fastest mean over `window` consecutive iterations (a step
+    holds tens of collectives, so its wall is a run of them, not the luckiest one), best of
+    `rounds`, the two cases alternating. The work: the MLP stack's tiny training step
+    (`eager_stacks`), what a rank's phase runs: dispatch, autograd, small kernels."""
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eager_stacks import _loss, _stacks
+
+    model, x = _stacks()["mlp"]
+    buf = torch.ones(LOCKSTEP_ELEMENTS)
+
+    def work(units: int) -> None:
+        for _ in range(units):
+            model.zero_grad(set_to_none=True)
+            _loss(model(x)).backward()
+
+    work(20)
+    best = [[float("inf"), float("inf")] for _ in LOCKSTEP_UNITS]
+    for _ in range(rounds):
+        for i, units in enumerate(LOCKSTEP_UNITS):
+            for case in (0, 1):
+                dist.barrier()
+                walls = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    work(units)
+                    if case:
+                        dist.all_reduce(buf)
+                    walls.append(time.perf_counter() - t0)
+                runs = [sum(walls[j:j + window]) / window
+                        for j in range(0, iters - window + 1, window)]
+                best[i][case] = min(best[i][case], min(runs))
+    return [(alone, locked) for alone, locked in best]
+
+
+def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
+             ) -> tuple[float, float, float, list[tuple[float, float]]]:
+    """(seconds per collective at no work between, share, cap s, points) of two gloo ranks in
+    lockstep: each runs some eager work, then a 16 KB all-reduce, over and over. What a
+    collective adds to the wall beyond the work: the first figure with no work between; with
+    work between, `share` of it more (1: the two stepping threads take turns on the machine,
+    0: they run side by side; the least-squares slope over the points of up to 1 ms of work),
+    at most `cap` more (the mean excess over the points of 3 ms and more: the scheduler moves
+    a thread that waits that long to the other core). `points`: (wall s of the work alone,
+    wall s in lockstep), the mean of the two ranks."""
+    from dojo.runtime.launch import launch
+
+    out: list[Any] = launch(_lockstep_rank, 2, (rounds, iters, window), timeout_s=600,
+                            threads=1)
+    points = [((r0[0] + r1[0]) / 2, (r0[1] + r1[1]) / 2) for r0, r1 in zip(out[0], out[1])]
+    return (*fit_lockstep(points), points)
+
+
+def fit_lockstep(points: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(excess s at no work, share, cap s) of lockstep `points` (wall s of the work alone,
+    wall s in lockstep; the first with no work): the excess (lockstep minus alone) of the
+    first point; the least-squares slope of the excess over the work among the points of up
+    to 1 ms; the mean excess of the points of 3 ms and more minus the first's (0 if none)."""
+    extra = [(alone, locked - alone) for alone, locked in points]
+    short = [(x, y) for x, y in extra if x <= 1e-3]
+    mx, my = sum(x for x, _ in short) / len(short), sum(y for _, y in short) / len(short)
+    slope = (sum((x - mx) * (y - my) for x, y in short)
+             / max(sum((x - mx) ** 2 for x, _ in short), 1e-30))
+    long = [y for x, y in extra if x >= 3e-3]
+    cap = sum(long) / len(long) - extra[0][1] if long else 0.0
+    return extra[0][1], max(0.0, slope), max(0.0, cap)

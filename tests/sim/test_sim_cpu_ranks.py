@@ -91,8 +91,12 @@ def test_a_step_records_its_threads_cpu_beside_the_process() -> None:
                                                        rank["step_cpu_s"]))
 
 
+NO_LOCKSTEP = {"lockstep_wait_s": 0.0, "lockstep_share": 0.0, "lockstep_cap_s": 0.0}
+
+
 def _program_and_devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
-    """(program, the cpu device with every multi-rank host field 0, the same with `fields`)."""
+    """(program, the cpu device with every multi-rank host field 0, the same with `fields`;
+    without lockstep figures unless `fields` has them)."""
     from dataclasses import replace
 
     from dojo.sim.simulate import device_model
@@ -100,7 +104,7 @@ def _program_and_devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
     program = simulate_job(Job(model="gpt", plan=f"{plan},precision=fp32", system="cpu")).program
     dev = device_model(program)
     zero = replace(dev, calibration=replace(dev.calibration, tp_region_s=0.0, p2p_post_s=0.0,
-                                            wait_resume_s=0.0))
+                                            wait_resume_s=0.0, **NO_LOCKSTEP))
     return program, zero, replace(dev, calibration=replace(zero.calibration, **fields))
 
 
@@ -176,7 +180,7 @@ def test_multi_rank_host_fields_charge_nothing_off_an_eager_device() -> None:
 def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any) -> None:
     """bench/bench_cpu_loop.py --recalibrate: the figures measured now reach the simulation
     through a system file's `[gpu.calibration]` table, the committed files untouched; a
-    doubled `wait_resume_s` adds its closed form to a dp=2 step (two step collectives)."""
+    doubled `lockstep_wait_s` adds its closed form to a dp=2 step (two step collectives)."""
     from pathlib import Path
 
     from dojo.sim.costs import load_calibration
@@ -185,12 +189,12 @@ def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any)
     fresh = load_bench("fresh_calibration")
     text = (root / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
     committed = load_calibration("cpu")
-    fields = {"wait_resume_s": 2 * committed.wait_resume_s + 1e-4, "launch_s": 3e-5}
+    fields = {"lockstep_wait_s": 2 * committed.lockstep_wait_s + 1e-4, "launch_s": 3e-5}
     path = fresh.write_system(text, fields, tmp_path / "cpu-now.toml")
     base = fresh.simulated_with("cpu", "gpt", "dp=2")
     now = fresh.simulated_with(path, "gpt", "dp=2")
     same = fresh.simulated_with(fresh.write_system(text, {"launch_s": 3e-5},
                                                    tmp_path / "cpu-launch.toml"), "gpt", "dp=2")
-    assert now - same == pytest.approx(2 * (fields["wait_resume_s"] - committed.wait_resume_s),
-                                       rel=1e-4)
+    assert now - same == pytest.approx(
+        2 * (fields["lockstep_wait_s"] - committed.lockstep_wait_s), rel=1e-4)
     assert same != base and load_calibration("cpu") == committed

@@ -95,6 +95,17 @@ class Calibration:
     tp_region_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     p2p_post_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     wait_resume_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Two eager ranks on a machine with as many cores as ranks, running some work and then a
+    # blocking collective, over and over (`dojo.sim.eager.wait_time`): the
+    # wall each collective costs beyond its transfer at no work between (gloo's threads hand
+    # it from thread to thread, and busy-poll while a peer's message waits), and the fraction
+    # of the work between two collectives that a rank also waits for the other's (1: the two
+    # stepping threads take turns on one core, gloo's threads holding the other; 0: they run
+    # side by side), at most `lockstep_cap_s` (the scheduler moves a thread that waits that
+    # long to the other core). All 0 = not measured: `wait_resume_s` per wait instead.
+    lockstep_wait_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    lockstep_share: float = field(default=0.0, metadata=check(ge=0, le=2))
+    lockstep_cap_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # SMs the communication kernels of a tensor-parallel collective overlapped with a GEMM hold
     # (TransformerEngine's userbuffers: ring-exchange all-gathers, pipelined reduce-scatters);
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.

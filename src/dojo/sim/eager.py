@@ -18,6 +18,13 @@ beyond their transfer (`tp_host_time`, `p2p_host_time`, and the sync's two colle
 `wait_resume_s` (the thread sleeps, other threads run on its core, it resumes with cold
 caches), a tensor-parallel all-reduce its f/g autograd functions and clone (`tp_region_s`),
 and a pipeline send its posting (`p2p_post_s`); bench/rank_costs.py measures them.
+
+Where the calibration measured two ranks in lockstep (`lockstep_*`, `wait_time`), a blocking
+wait costs the step's wall instead: a fixed part, and a share of the rank's work since its
+previous wait, up to a cap. On a machine with as many cores as ranks, gloo's threads (which
+busy-poll while a peer's message waits) hold one core, so the two stepping threads take turns
+on the other until the scheduler moves one: the other rank's work between two collectives is
+waited for as well, up to the time that takes.
 """
 
 from __future__ import annotations
@@ -55,7 +62,28 @@ def stage_param_tensors(program: Program, stage: int,
     return count
 
 
-def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float) -> float:
+def lockstep(dev: DeviceModel) -> bool:
+    """Whether `dev` is eager and its calibration measured two ranks in lockstep."""
+    cal = dev.calibration
+    return cal.eager and bool(cal.lockstep_wait_s or cal.lockstep_share or cal.lockstep_cap_s)
+
+
+def wait_time(dev: DeviceModel, work_s: float) -> float:
+    """Seconds one blocking wait on another rank adds to an eager step beyond its transfer,
+    after `work_s` seconds of the rank's own work since its previous wait (0 off an eager
+    device): measured in lockstep, `lockstep_wait_s` + min(`lockstep_share` x `work_s`,
+    `lockstep_cap_s`); otherwise the stepping thread's slower work after it,
+    `wait_resume_s`."""
+    cal = dev.calibration
+    if not cal.eager:
+        return 0.0
+    if not lockstep(dev):
+        return cal.wait_resume_s
+    return cal.lockstep_wait_s + min(cal.lockstep_share * work_s, cal.lockstep_cap_s)
+
+
+def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float,
+                   update_s: float = 0.0, passes_s: float = 0.0) -> float:
     """Seconds one device of pipeline `stage` spends on the runtime's gradient and loss
     synchronisation outside the collectives' transfer, on an eager device (0 elsewhere): with
     dp > 1 and no ZeRO, the flat gradient buffer's packing and unpacking, `grad_sync_s` +
@@ -64,28 +92,33 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
     2 (ranks - 1) x `collective_latency_s` (one element: latency only); on the first and last
     stage with a tied embedding (`Program.tied`), its gradients packed into one flat buffer and
     back (two copies, each a read and a write of the buffer); each of these all-reduces also
-    costs the work after its wait `wait_resume_s`."""
+    costs its wait (`wait_time`): the gradient and tied all-reduces after the stage's forward
+    and backward tasks (`passes_s` seconds), the loss all-reduce after the update's
+    `update_s` seconds."""
     cal, plan = dev.calibration, program.plan
     if not cal.eager:
         return 0.0
-    t = 0.0
+    t, after_passes = 0.0, wait_time(dev, passes_s)
     if plan.dp > 1 and plan.zero == 0:
         t += (cal.grad_sync_s + stage_param_tensors(program, stage) * cal.grad_sync_tensor_s
-              + dev.stream_time(params * SYNC_BYTES_PER_PARAM)
-              + cal.wait_resume_s)  # and the work after its all-reduce's wait
+              + dev.stream_time(params * SYNC_BYTES_PER_PARAM) + after_passes)
     if plan.devices > 1:
-        t += 2 * (plan.devices - 1) * cal.collective_latency_s + cal.wait_resume_s
+        t += 2 * (plan.devices - 1) * cal.collective_latency_s + wait_time(dev, update_s)
     if program.tied is not None and stage in (0, plan.pp - 1):
-        t += dev.stream_time(4 * program.tied.nbytes) + cal.wait_resume_s
+        t += dev.stream_time(4 * program.tied.nbytes) + after_passes
     return t
 
 
-def tp_host_time(comms: Sized, dev: DeviceModel) -> float:
-    """Seconds the stepping thread spends on a phase's tensor-parallel collectives beyond their
-    transfer, on an eager device (0 elsewhere): per collective, its autograd functions and
-    clone (`tp_region_s`) and the wait's cost to the work after it (`wait_resume_s`)."""
-    cal = dev.calibration
-    return len(comms) * (cal.tp_region_s + cal.wait_resume_s) if cal.eager else 0.0
+def tp_host_time(comms: Sized, dev: DeviceModel, compute_s: float = 0.0) -> float:
+    """Seconds a phase's tensor-parallel collectives add to it beyond their transfer, on an
+    eager device (0 elsewhere), the phase's ops taking `compute_s`: per collective, its
+    autograd functions and clone (`tp_region_s`) and its wait (`wait_time`), the phase's
+    work spread evenly between its collectives (ops and functions; without lockstep
+    figures, the wait does not depend on it)."""
+    cal, n = dev.calibration, len(comms)
+    if not cal.eager or not n:
+        return 0.0
+    return n * (cal.tp_region_s + wait_time(dev, compute_s / n + cal.tp_region_s))
 
 
 def p2p_host_time(dev: DeviceModel, kind: str, vs: int, last: int) -> float:
@@ -94,11 +127,13 @@ def p2p_host_time(dev: DeviceModel, kind: str, vs: int, last: int) -> float:
     receives its input activation unless it is the first stage and sends its output unless it
     is the last; a backward receives its output gradient unless it is the last and sends its
     input gradient unless it is the first (`dojo.runtime.pipeline`). A receive blocks
-    (`wait_resume_s`), a send is posted (`p2p_post_s`)."""
+    (`wait_time` of no work: the pipeline's schedule already has the receiver wait for the
+    sender's task, which is the other rank's work a tp or dp wait's share stands for), a send
+    is posted (`p2p_post_s`)."""
     cal = dev.calibration
     if not cal.eager:
         return 0.0
     first_end, last_end = vs == 0, vs == last
     receives = not (first_end if kind == "F" else last_end)
     sends = not (last_end if kind == "F" else first_end)
-    return receives * cal.wait_resume_s + sends * cal.p2p_post_s
+    return receives * wait_time(dev, 0.0) + sends * cal.p2p_post_s

@@ -207,22 +207,22 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
                                           dev.for_phase("backward"))
     sms = sm_fractions(dev)
 
-    def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...]) -> float:
-        host = tp_host_time(comms, dev)  # the eager runtime's work around each collective
+    def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...], compute: float) -> float:
+        host = tp_host_time(comms, dev, compute)  # the eager runtime's collectives' waits
         if not program.plan.tp_overlap:
             return _comm_time(program, comms, dev) + host
         return host + tp_phase_time(program, comms, ops, op_time, lambda c: collective(
             program, dev, c.kind, c.nbytes, c.levels), sms)
 
-    recompute = rec + tp(chunk.tp_recompute, chunk.recompute)
+    recompute = rec + tp(chunk.tp_recompute, chunk.recompute, rec)
     ring_f, ring_b = _ring_times(program, dev, chunk.blocks)
     modules = policy_modules(program.plan.recompute)
     if program.plan.recompute != "none" and (modules is None or "core_attn" in modules):
         # the attention core, and its ring, run again
         recompute += ring_f
     return ChunkTimes(forward=fwd, backward=bwd, recompute=recompute,
-                      tp_forward=tp(chunk.tp_forward, chunk.forward),
-                      tp_backward=tp(chunk.tp_backward, chunk.backward), stream=stream,
+                      tp_forward=tp(chunk.tp_forward, chunk.forward, fwd),
+                      tp_backward=tp(chunk.tp_backward, chunk.backward, bwd), stream=stream,
                       cp_forward=ring_f, cp_backward=ring_b)
 
 

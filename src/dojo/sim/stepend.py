@@ -61,7 +61,8 @@ def finish_step(program: Program, dev: DeviceModel, spans: Sequence[Any],
     compiled bound, `stepbound.lower_bound`). Monotone in the spans' ends."""
     plan, pp = program.plan, stages or program.plan.pp
     last = [max(s.end for s in spans if s.stage == st and s.kind == "B") for st in range(pp)]
-    posts = [post_times(program, dev, st, collective) for st in range(pp)]
+    busy = [sum(s.end - s.start for s in spans if s.stage == st) for st in range(pp)]
+    posts = [post_times(program, dev, st, collective, busy[st]) for st in range(pp)]
     pair = tuple(st for st in tied_stages(program) if st < pp)
     t_tied = tied_time(program, collective)
     tied_first = bool(pair) and dev.calibration.eager
@@ -98,9 +99,10 @@ def post_bound(program: Program, dev: DeviceModel, stage: int, collective: Colle
     return t_sync + tied + t_opt + dev.calibration.step_overhead_s
 
 
-def post_times(program: Program, dev: DeviceModel, stage: int, collective: Collective
-               ) -> tuple[float, float, int]:
-    """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage."""
+def post_times(program: Program, dev: DeviceModel, stage: int, collective: Collective,
+               passes_s: float = 0.0) -> tuple[float, float, int]:
+    """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage whose
+    forward and backward tasks took `passes_s` (an eager step's waits depend on it)."""
     plan = program.plan
     t_sync = params = 0.0
     # per parameter group: the dense weights over dp, with ep the experts' 1/ep over dp / ep
@@ -115,7 +117,7 @@ def post_times(program: Program, dev: DeviceModel, stage: int, collective: Colle
     t_opt = dev.vector_time(params * optimizer_bytes_per_param(program),
                             params * program.work.optimizer_flops_per_param)
     t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches)
-    t_opt += sync_host_time(program, dev, stage, params)
+    t_opt += sync_host_time(program, dev, stage, params, t_opt, passes_s)
     return t_sync, t_opt, blocks
 
 
