@@ -22,12 +22,14 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    Transcendental pointwise kernels (GELU, erf, exp, SiLU...) in counted FLOP per element
    against the norms and softmax (`pointwise_weights`): what dojo.capture.costs'
    `_POINTWISE_WEIGHT` ships; printed beside it, not written (the capture is code, not data).
-5. The optimizer step outside its kernels: fused AdamW plus the runtime's two zero_grad calls
-   over 4 and 68 tiny tensors: a fixed part and a part per parameter tensor (the simulator's
-   `host_step_time`; see docs/simulator.md for what it still needs). Likewise the runtime's
-   data-parallel gradient sync outside its all-reduce (packing into one flat buffer, scaling,
-   unpacking: `dojo.sim.eager.sync_host_time`). And oneDNN's setup per convolution call: a
-   tiny convolution of 2 images (oneDNN) against 1 image (im2col), side by side; and a
+5. The optimizer step outside its kernels (and, printed only, what accumulating into existing
+   gradients costs a backward: `eager_stacks.accumulate_cost`): fused AdamW plus the
+   runtime's two zero_grad calls over 4 and 68 tiny tensors: a fixed part and a part per
+   parameter tensor (the simulator's `host_step_time`; see docs/simulator.md for what it
+   still needs). Likewise the runtime's data-parallel gradient sync outside its all-reduce
+   (packing into one flat buffer, scaling, unpacking: `dojo.sim.eager.sync_host_time`). And
+   oneDNN's setup per convolution call: a tiny convolution of 2 images (oneDNN) against 1
+   image (im2col), side by side; and a
    convolution's own fixed work per call, whatever its backend: a tiny one-image convolution
    against a tiny matmul (one counted op each per phase), side by side.
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
@@ -460,7 +462,13 @@ def main() -> None:
           f" gloo {system['link'] / 1e9:.2f} GB/s; eager stacks: "
           + ", ".join(f"{k} {f * 1e6:.1f} us/{nf} + {b * 1e6:.1f} us/{nb} ops"
                       for k, (f, b, nf, nb) in info["stacks"].items()))
+    from eager_stacks import accumulate_cost
     from rank_costs import co_run_slowdown
+
+    print("\ngradient accumulation beyond a fresh backward (not written: the add's bytes at "
+          "the cache rate, no dispatch): " + ", ".join(
+              f"{n} parameters {t * 1e6:.1f} us per tensor"
+              + (f", {rate / 1e9:.0f} GB/s" if rate else "") for n, t, rate in accumulate_cost()))
 
     print(f"\none rank's eager work with a second rank working beside it: "
           f"{co_run_slowdown(args.rounds):.2f}x its time beside a sleeping one (not written)")

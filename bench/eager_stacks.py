@@ -149,3 +149,46 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
             out[name] = ((fwd - pf * pw[0] - cf * conv_call[0]) / (nf - pf),
                          (bwd - pb * pw[1] - cb * conv_call[1]) / (nb - pb), nf - pf, nb - pb)
     return out
+
+
+def _accumulate_case(width: int, rounds: int, repeat: int) -> tuple[int, float, float]:
+    """(parameters, tensors, seconds accumulating costs beyond a fresh backward) of two MLP
+    blocks of `width` (see `accumulate_cost`)."""
+    model = torch.nn.Sequential(_MLPBlock(width), _MLPBlock(width))
+    x = torch.randn(1, 2, width)
+
+    def fresh() -> None:
+        model.zero_grad(set_to_none=True)
+        _loss(model(x)).backward()
+
+    def accumulate() -> None:
+        _loss(model(x)).backward()  # every parameter has a gradient: AccumulateGrad adds
+
+    def clear() -> None:
+        model.zero_grad(set_to_none=True)
+
+    best = {"fresh": float("inf"), "accumulate": float("inf"), "clear": float("inf")}
+    for _ in range(rounds):
+        for name, fn in (("fresh", fresh), ("accumulate", accumulate), ("clear", clear)):
+            fresh()  # gradients exist before every case
+            for _ in range(repeat):
+                start = time.thread_time()
+                fn()
+                best[name] = min(best[name], time.thread_time() - start)
+    params = list(model.parameters())
+    return (sum(p.numel() for p in params), len(params),
+            best["accumulate"] - (best["fresh"] - best["clear"]))
+
+
+def accumulate_cost(rounds: int = 5, repeat: int = 200) -> list[tuple[int, float, float]]:
+    """What accumulating into existing gradients costs an eager backward beyond creating them
+    (the runtime's micro-batches after the first): two MLP blocks of widths 8 (dispatch only)
+    and 512 (8 MB of gradients), the backward into existing gradients against zero_grad
+    (set_to_none) plus a fresh backward, less zero_grad alone; fastest thread CPU of
+    `repeat`, best of `rounds`. Per width: (parameters, seconds per tensor, bytes per second
+    at 12 bytes per parameter: the add's read, read and write; 0 if it cost nothing)."""
+    out = []
+    for width in (8, 512):
+        count, tensors, extra = _accumulate_case(width, rounds, repeat)
+        out.append((count, extra / tensors, 12 * count / extra if extra > 0 else 0.0))
+    return out

@@ -24,6 +24,10 @@ from typing import Any
 from dojo.config import check, parse
 from dojo.errors import UnknownNameError
 
+# Bytes one FP32 gradient element's accumulation add streams: the gradient held, the new one,
+# the sum written back.
+ACCUMULATE_BYTES = 3 * 4
+
 
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
@@ -263,18 +267,24 @@ class DeviceModel:
             return nbytes / cal.cache_bytes_per_s
         return self.vector_time_raw(nbytes)
 
-    def host_step_time(self, param_tensors: int, microbatches: int) -> float:
+    def host_step_time(self, param_tensors: int, microbatches: int,
+                       params: float = 0.0) -> float:
         """Seconds an eager step spends on one device outside its captured ops: the optimizer
-        step's fixed cost, its cost per parameter tensor (zero_grad included), and one
-        gradient-accumulation add per parameter tensor for every micro-batch after the first
-        (autograd's AccumulateGrad, a dispatched op each). 0 on a device that is not eager.
-        `param_tensors` is one device's count (`dojo.sim.eager.stage_param_tensors`)."""
+        step's fixed cost, its cost per parameter tensor (zero_grad included), and for every
+        micro-batch after the first the gradient accumulation's adds over its `params` FP32
+        gradients (`ACCUMULATE_BYTES` each, a tensor's add streaming its own working set).
+        The adds cost no dispatch: autograd's AccumulateGrad node runs for the first
+        micro-batch too (it then takes the new gradient), and the backward dispatch figure
+        already holds it (bench/eager_stacks.accumulate_cost: ~0 us per tensor beyond the
+        add's bytes). 0 on a device that is not eager. `param_tensors` is one device's count
+        (`dojo.sim.eager.stage_param_tensors`)."""
         cal = self.calibration
         if not cal.eager:
             return 0.0
-        # AccumulateGrad's adds are issued by the autograd engine: a backward dispatch each.
-        accumulate = (max(0, microbatches - 1) * param_tensors
-                      * self.for_phase("backward").calibration.launch_s)
+        accumulate = 0.0
+        if param_tensors and microbatches > 1:
+            per_tensor = ACCUMULATE_BYTES * params / param_tensors
+            accumulate = (microbatches - 1) * param_tensors * self.stream_time(per_tensor)
         return cal.optimizer_step_s + param_tensors * cal.optimizer_tensor_s + accumulate
 
     def for_phase(self, phase: str) -> DeviceModel:

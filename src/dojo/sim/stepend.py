@@ -104,9 +104,10 @@ def post_times(program: Program, dev: DeviceModel, stage: int, collective: Colle
     """(gradient sync s, optimizer s, blocks over which the sync overlaps) of one stage whose
     forward and backward tasks took `passes_s` (an eager step's waits depend on it)."""
     plan = program.plan
-    t_sync = params = 0.0
+    t_sync = params = held_params = 0.0
     # per parameter group: the dense weights over dp, with ep the experts' 1/ep over dp / ep
     for held, levels, dp in param_groups(program, stage):
+        held_params += held
         t_sync += collective(program.grad_sync_kind, held * grad_bytes(plan), levels)
         if plan.zero >= 1 and levels:   # updated shards gathered back
             t_sync += collective("all_gather", held * gathered_weight_bytes(plan), levels)
@@ -116,7 +117,8 @@ def post_times(program: Program, dev: DeviceModel, stage: int, collective: Colle
     # and on an eager device the host time per parameter tensor outside the kernels.
     t_opt = dev.vector_time(params * optimizer_bytes_per_param(program),
                             params * program.work.optimizer_flops_per_param)
-    t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches)
+    t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches,
+                                held_params)
     t_opt += sync_host_time(program, dev, stage, params, t_opt, passes_s)
     return t_sync, t_opt, blocks
 
