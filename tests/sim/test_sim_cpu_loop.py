@@ -237,16 +237,17 @@ def test_stream_fit_recovers_cache_and_memory() -> None:
 @pytest.mark.parametrize("model,plan", [("mlp", "dp=1"), ("gpt", "dp=1"), ("gpt", "dp=2")])
 def test_closed_loop_within_15_percent(model: str, plan: str) -> None:
     """The simulated step of a small preset on the cpu system within 15 % of the measured one:
-    the fastest step after warm-up over 3 runs, in CPU seconds of rank 0 (an idle core's time;
-    other jobs on a shared machine inflate wall time by 2x and more). Needs the shipped
-    calibration to describe this machine (bench/calibrate_cpu.py --write)."""
+    the fastest wall step of rank 0 after warm-up over 3 runs (what `dojo run` reports; with
+    2 ranks it holds their waits on each other, which the simulation models: docs/benchmarks.md,
+    eleventh round). Needs the shipped calibration to describe this machine as it is now
+    (bench/calibrate_cpu.py --write) and a quiet one: other jobs move it by 1.5x."""
     from dojo.runtime import Job, run_distributed
 
     job = Job(model=model, plan=f"{plan},precision=fp32", steps=5, system="cpu")
     measured, simulated = math.inf, 0.0
     for _ in range(3):
         sim, results = run_distributed(job, timeout_s=120)
-        steady = results[0]["step_cpu_s"][results[0]["warmup_steps"]:]
+        steady = results[0]["step_s"][results[0]["warmup_steps"]:]
         measured = min(measured, *steady)
         simulated = sim.result.step_time_s
     assert abs(simulated - measured) / measured <= 0.15, (measured, simulated)
