@@ -209,8 +209,8 @@ def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
     collective adds to the wall beyond the work: the first figure with no work between; with
     work between, `share` of it more (1: the two stepping threads take turns on the machine,
     0: they run side by side; the least-squares slope over the points of up to 1 ms of work),
-    at most `cap` more (the mean excess over the points of 3 ms and more: the scheduler moves
-    a thread that waits that long to the other core). `points`: (wall s of the work alone,
+    at most `cap` more (the mean excess over the points of 3 ms and more: from about 2 ms of
+    work on the excess stops growing). `points`: (wall s of the work alone,
     wall s in lockstep), the mean of the two ranks."""
     from dojo.runtime.launch import launch
 

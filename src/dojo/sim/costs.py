@@ -105,8 +105,8 @@ class Calibration:
     # it from thread to thread, and busy-poll while a peer's message waits), and the fraction
     # of the work between two collectives that a rank also waits for the other's (1: the two
     # stepping threads take turns on one core, gloo's threads holding the other; 0: they run
-    # side by side), at most `lockstep_cap_s` (the scheduler moves a thread that waits that
-    # long to the other core). All 0 = not measured: `wait_resume_s` per wait instead.
+    # side by side), at most `lockstep_cap_s` (from about 2 ms of work on the excess stops
+    # growing). All 0 = not measured: `wait_resume_s` per wait instead.
     lockstep_wait_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     lockstep_share: float = field(default=0.0, metadata=check(ge=0, le=2))
     lockstep_cap_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
