@@ -13,9 +13,10 @@ the whole job's wall-clock time and names a rank still running when it kills the
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from dojo.cli.common import integer, number, parse_sets, print_json
+from dojo.cli.common import integer, number, parse_sets, print_json, with_native_precision
 
 MODEL_TIMEOUT_S = 60.0  # collective timeout of --model runs when --timeout is not given
 
@@ -137,10 +138,14 @@ def _check_system_count(system: str, devices: int) -> None:
 
 
 def run_model(args: argparse.Namespace) -> int:
+    from dojo.hardware import load_system
     from dojo.runtime import Job, run_distributed
     from dojo.runtime.job import measured_step_s
 
-    job = Job(model=args.model, plan=args.plan, batch=args.batch, seq=args.seq, steps=args.steps,
+    text, note = with_native_precision(args.plan, load_system(args.system))
+    if note and not args.json:
+        print(f"note: {note}", file=sys.stderr)
+    job = Job(model=args.model, plan=text, batch=args.batch, seq=args.seq, steps=args.steps,
               seed=args.seed, small=not args.full, overrides=parse_sets(args.set),
               system=args.system, checkpoint=args.checkpoint, save_every=1 if args.checkpoint
               else 0, resume=args.resume)
@@ -155,6 +160,7 @@ def run_model(args: argparse.Namespace) -> int:
         "step_s_measured": measured_step_s(first),
         "step_s_simulated": sim.result.step_time_s, "system": args.system,
         "threads": first.get("threads"), "step_cpu_s": first.get("step_cpu_s"),
+        "notes": [note] if note else [],
     }
     if args.json:
         print_json(summary)

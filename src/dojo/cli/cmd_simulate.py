@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import integer, parse_sets, print_json, system_inputs
+from dojo.cli.common import (
+    integer,
+    named_keys,
+    parse_sets,
+    print_json,
+    system_inputs,
+    with_native_precision,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +61,8 @@ def simulated_from_args(args: argparse.Namespace) -> Any:
 
         found = best_plan(args.model, overrides, spec, batch, args.seq)
         return found.best.simulated
-    return simulate_model(args.model, overrides, spec, parse_plan(args.plan), batch, args.seq)
+    text, _ = with_native_precision(args.plan, spec)
+    return simulate_model(args.model, overrides, spec, parse_plan(text), batch, args.seq)
 
 
 def default_batch(spec: Any) -> int:
@@ -100,16 +108,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan_notes(text: str, sim: Any) -> list[str]:
-    """What the simulator chose that the user did not write: a defaulted micro-batch size that
+    """What the simulator chose that the user did not write: the system's own precision where
+    the plan names none and the device has no bf16 rate; a defaulted micro-batch size that
     splits each replica's batch into many one-sample micro-batches (small kernels, and one
     pipeline task per sample)."""
     p = sim.program
-    given = {item.partition("=")[0].strip() for item in text.split(",")}
-    if text == "auto" or "mb" in given or p.microbatches <= 1:
-        return []
-    return [f"--plan gives no mb, so mb=1: each replica runs {p.microbatches} micro-batches of "
-            f"1 sample; any mb that divides {p.microbatches} runs larger kernels (dojo plan "
-            "searches them)"]
+    notes = [] if text == "auto" else [n for n in [with_native_precision(text, p.system)[1]] if n]
+    if text == "auto" or "mb" in named_keys(text) or p.microbatches <= 1:
+        return notes
+    return notes + [f"--plan gives no mb, so mb=1: each replica runs {p.microbatches} "
+                    f"micro-batches of 1 sample; any mb that divides {p.microbatches} runs "
+                    "larger kernels (dojo plan searches them)"]
 
 
 def render(sim: Any) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from dojo.cli.common import integer, parse_sets, print_json
+from dojo.cli.common import integer, parse_sets, print_json, with_native_precision
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                               f"2^53 when weak scaling goes from {first} to {n} devices "
                               f"({args.batch} x {n} / {first} = {batch})")
         plan = replace(base, dp=n // (base.tp * base.pp))
+        native = with_native_precision(args.plan, spec)[0]
+        if native != args.plan:  # the system's own precision: fp32 on `cpu`
+            plan = replace(plan, precision=parse_plan(native).precision)
         check_fit(plan, n, batch)  # the batch split too, before any progress line
         runs.append((spec, n, plan, batch))
     points = []

@@ -126,3 +126,23 @@ def system_inputs(flag: str, system: str) -> list[tuple[str, str]]:
     inputs = [(flag, system)]
     inputs += [(f"{flag} {system}, which extends", path) for path in system_files(system)[1:]]
     return inputs
+
+
+def named_keys(text: str) -> set[str]:
+    """The keys a plan text writes (`dp=2,tp=2` -> {'dp', 'tp'})."""
+    return {item.partition("=")[0].strip() for item in text.split(",")}
+
+
+def with_native_precision(text: str, spec: Any) -> tuple[str, str | None]:
+    """`text` with `,precision=P` added where it names no precision and `spec` has no rate for
+    the plan's default (bf16): P is the system's own (`default_precision`; fp32 on the `cpu`
+    system). Returns the text and a note that says what was chosen, or None if nothing was."""
+    from dojo.plan.plan import Plan
+    from dojo.sim.simulate import default_precision
+
+    native = default_precision(spec)
+    if text == "auto" or "precision" in named_keys(text) or native == Plan().precision:
+        return text, None
+    return (f"{text},precision={native}",
+            f"--plan gives no precision and {spec.name} has no {Plan().precision} rate, so "
+            f"precision={native}")

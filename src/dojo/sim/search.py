@@ -113,14 +113,16 @@ from dojo.sim.session import (
     model_shape,
     simulate_model,
 )
-from dojo.sim.simulate import simulate
+from dojo.sim.simulate import default_precision, simulate
 
 
 def best_plan(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
-              seq: int | None = None, top: int = 5, precision: str = "bf16",
+              seq: int | None = None, top: int = 5, precision: str | None = None,
               fusion: str = "full") -> Search:
-    """Search the plan space of `model` on `spec` for global batch `batch` (module docstring)."""
+    """Search the plan space of `model` on `spec` for global batch `batch` (module docstring);
+    `precision` None: the system's own (`default_precision`)."""
     start = time.perf_counter()
+    precision = precision or default_precision(spec)
     check_inputs(batch, seq)
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
@@ -200,9 +202,10 @@ def _preference(c: Candidate) -> tuple[Any, ...]:
 
 
 def exhaustive(model: str, overrides: Mapping[str, Any], spec: SystemSpec, batch: int,
-               seq: int | None = None, precision: str = "bf16") -> Candidate:
+               seq: int | None = None, precision: str | None = None) -> Candidate:
     """Simulate every plan of the space, each from its own capture (the reference the search
-    is tested against)."""
+    is tested against); `precision` None: the system's own."""
+    precision = precision or default_precision(spec)
     graph, config = captured(model, overrides, 1, seq)
     shape = model_shape(graph, config)
     best: Candidate | None = None

@@ -94,6 +94,14 @@ def device_model(program: Program) -> DeviceModel:
 _DEVICES: dict[tuple[int, str, int], tuple[SystemSpec, DeviceModel]] = {}
 
 
+def default_precision(spec: SystemSpec) -> str:
+    """The precision a plan runs at on `spec` when it names none: bf16 where the leaf has a
+    BF16 rate (every accelerator here), else fp32 (the `cpu` system: one core has no BF16
+    arithmetic)."""
+    peaks = spec.leaf.peak_flops
+    return "bf16" if any(d in peaks for d in PRECISION_DTYPES["bf16"]) else "fp32"
+
+
 def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel:
     """One device of `spec` (`leaves` of its leaf units) as the simulator times it at
     `precision`: peak rates, memory bandwidth and the leaf's calibration."""
