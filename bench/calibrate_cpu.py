@@ -36,14 +36,15 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
 7. What a rank of a multi-rank plan costs its stepping thread beyond the transfers
-   (`rank_costs`): Megatron's f/g around a tp all-reduce (`tp_region_s`), posting a pipeline
-   send (`p2p_post_s`), the slower work after a blocking wait on the other rank
-   (`wait_resume_s`); two ranks in lockstep, some eager work then a 16 KB all-reduce over and
-   over: the wall per collective beyond its modelled transfer, the share of the work
-   between collectives that the ranks run in turn and its most (`lockstep_wait_s`,
-   `lockstep_share`, `lockstep_cap_s`; `rank_costs.lockstep`); and, printed only, how much
-   a second rank working beside one slows it (`co_run_slowdown`, meaningful on a quiet
-   machine).
+   (`rank_costs`): Megatron's f/g around a tp all-reduce (`tp_region_s`), the
+   vocabulary-parallel embedding and cross entropy against the plain ones
+   (`tp_vocab_embedding_s`, `tp_vocab_loss_s`), posting a pipeline send (`p2p_post_s`), the
+   slower work after a blocking wait on the other rank (`wait_resume_s`); two ranks in
+   lockstep, some eager work then a 16 KB all-reduce over and over: the wall per collective
+   beyond its modelled transfer, the share of the work between collectives that the ranks
+   run in turn and its most (`lockstep_wait_s`, `lockstep_share`, `lockstep_cap_s`;
+   `rank_costs.lockstep`); and, printed only, how much a second rank working beside one
+   slows it (`co_run_slowdown`, meaningful on a quiet machine).
 
 `fast_fields` (steps 3, 5, 7) and `throughput_fields` (1, 2, 4, 6) return the figures as
 `cpu.toml` fields (bench/bench_cpu_loop.py --recalibrate uses them); `--write` writes both files
@@ -390,7 +391,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     as measured now (default: the committed files')."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import eager_op_times
-    from rank_costs import rank_costs, tp_region
+    from rank_costs import rank_costs, tp_region, vocab_parallel
 
     conv_call = conv_call_overhead()
     stacks = eager_op_times(conv_call=conv_call)
@@ -399,6 +400,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
     library = onednn_setup()
     post, resume = rank_costs(rounds)
+    vocab = vocab_parallel(rounds)
     return {"launch_s": statistics.median(f for f, _, _, _ in others),
             "launch_backward_s": statistics.median(b for _, b, _, _ in others),
             "launch_pointwise_s": stacks["pointwise"][0],
@@ -408,6 +410,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,
+            "tp_vocab_embedding_s": vocab[0], "tp_vocab_loss_s": vocab[1],
             "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link())
             }, {"stacks": stacks}
 

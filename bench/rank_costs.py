@@ -1,12 +1,14 @@
 """What a rank of the eager runtime's multi-rank plans costs its stepping thread beyond the
-transfers (bench/calibrate_cpu.py, step 7): the `cpu` device's `tp_region_s`, `p2p_post_s` and
-`wait_resume_s` (docs/simulator.md, "The CPU closed loop").
+transfers (bench/calibrate_cpu.py, step 7): the `cpu` device's `tp_region_s`, `tp_vocab_*_s`,
+`p2p_post_s` and `wait_resume_s` (docs/simulator.md, "The CPU closed loop").
 
 - `tp_region_s`: Megatron's f and g around a tensor-parallel all-reduce
   (`dojo.runtime.tensor_parallel`: a custom autograd function, a `contiguous().clone()` of the
   reduced tensor, the function's node in the other phase), forward and backward together, with
   the all-reduce itself a no-op: a tiny linear with g after it (or f before it) against the bare
   linear, side by side, in one process; the mean of g's and f's.
+- `tp_vocab_embedding_s`, `tp_vocab_loss_s`: the vocabulary-parallel embedding and cross
+  entropy against the plain lookup and loss, the all-reduces no-ops (`vocab_parallel`).
 - `p2p_post_s`: posting one pipeline send (`dist.isend` of a detached activation, as
   `dojo.runtime.pipeline` sends): its main-thread CPU, two processes.
 - `wait_resume_s`: what a blocking wait on the other rank costs the thread's next work: a tiny
@@ -64,6 +66,45 @@ def tp_region(rounds: int = 3, repeat: int = 300) -> float:
     finally:
         dist.all_reduce = real
     return max(0.0, (best["g"] + best["f"]) / 2 - best["bare"])
+
+
+def vocab_parallel(rounds: int = 3, repeat: int = 300) -> tuple[float, float]:
+    """(embedding s, loss s): host time per micro-batch of the vocabulary-parallel embedding
+    and cross entropy (`dojo.runtime.vocab_parallel`: masks, an offset, a masked lookup, g;
+    the loss's max, shift, gather, exp, sums and log in an autograd function) beyond the
+    plain lookup and `F.cross_entropy` the program captures, forward and backward together,
+    the all-reduces no-ops: tp rank 0 of 2 on a tiny vocabulary (16 ids, 8 features, 8
+    tokens) against the whole one, side by side, in one process."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from dojo.runtime.vocab_parallel import VocabParallelEmbedding, vocab_parallel_loss
+
+    group = object()  # never reaches gloo: the all-reduces are no-ops below
+    table = torch.nn.Embedding(16, 8)
+    split = VocabParallelEmbedding(table, 0, 8, group, sp=False)
+    tokens, gy = torch.randint(0, 16, (1, 8)), torch.randn(1, 8, 8)
+    whole, half = torch.randn(1, 8, 16, requires_grad=True), torch.randn(1, 8, 8,
+                                                                          requires_grad=True)
+    loss = vocab_parallel_loss(0, group)
+    cases: dict[str, Callable[[], object]] = {
+        "lookup": lambda: torch.autograd.grad(F.embedding(tokens, table.weight), table.weight,
+                                              gy),
+        "split lookup": lambda: torch.autograd.grad(split(tokens), split.weight, gy),
+        "loss": lambda: torch.autograd.grad(F.cross_entropy(whole.reshape(-1, 16),
+                                                            tokens.reshape(-1)), whole),
+        "split loss": lambda: torch.autograd.grad(loss(half, tokens), half)}
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
+    try:
+        best = {k: float("inf") for k in cases}
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                best[name] = min(best[name], _min_thread(fn, repeat))
+    finally:
+        dist.all_reduce = real
+    return (max(0.0, best["split lookup"] - best["lookup"]),
+            max(0.0, best["split loss"] - best["loss"]))
 
 
 def _rank(rank: int, world: int, rounds: int, repeat: int) -> tuple[float, float, float]:

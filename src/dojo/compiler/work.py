@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section, tied_parameters
-from dojo.compiler import class_head, fusion, kernelsave, replicated
+from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import onednn_calls
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
@@ -88,6 +88,9 @@ class ModelWork:
     # Parameters both ends read (a tied embedding, `params.tied_parameters`), one entry per
     # tensor, counted as `SectionWork.params` (/ tp: a rank's); held by the 'pre' section.
     tied: tuple[int, ...] = ()
+    # tp > 1 splits a vocabulary table by rows: the runtime's vocabulary-parallel embedding
+    # (the 'pre' section) and cross entropy (the 'post' section), `dojo.sim.eager.vocab_host`.
+    vocab_parallel: bool = False
 
 
 def _section_of(graph: Graph, block: str | None) -> list[str]:
@@ -282,7 +285,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                      optimizer_flops_per_param=totals[0] / count,
                      param_count=state.param_count,
                      optimizer_state_bytes=float(state.optimizer_state),
-                     forward_flops=float(fwd), backward_flops=float(bwd), tied=tied)
+                     forward_flops=float(fwd), backward_flops=float(bwd), tied=tied,
+                     vocab_parallel=tp > 1 and tp_partial.vocab_table(graph) is not None)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ class Calibration:
     tp_region_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     p2p_post_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     wait_resume_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Host time per micro-batch (forward and backward) of the runtime's vocabulary-parallel
+    # embedding and cross entropy beyond the plain lookup and loss the program captures, their
+    # collectives no-ops (`dojo.sim.eager.vocab_host`): masks, offsets, the loss's max, shift,
+    # gather, exp, sums and log in an autograd function. 0 = none.
+    tp_vocab_embedding_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    tp_vocab_loss_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Two eager ranks on a machine with as many cores as ranks, running some work and then a
     # blocking collective, over and over (`dojo.sim.eager.wait_time`): the
     # wall each collective costs beyond its transfer at no work between (gloo's threads hand

@@ -17,7 +17,9 @@ beyond their transfer (`tp_host_time`, `p2p_host_time`, and the sync's two colle
 `sync_host_time`): every blocking wait on another rank costs the work after it
 `wait_resume_s` (the thread sleeps, other threads run on its core, it resumes with cold
 caches), a tensor-parallel all-reduce its f/g autograd functions and clone (`tp_region_s`),
-and a pipeline send its posting (`p2p_post_s`); bench/rank_costs.py measures them.
+and a pipeline send its posting (`p2p_post_s`); bench/rank_costs.py measures them. The
+vocabulary-parallel embedding and cross entropy cost their own measured host time
+(`vocab_host`) in place of the regions of their collectives.
 
 Where the calibration measured two ranks in lockstep (`lockstep_*`, `wait_time`), a blocking
 wait costs the step's wall instead: a fixed part, and a share of the rank's work since its
@@ -109,16 +111,41 @@ def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float
     return t
 
 
-def tp_host_time(comms: Sized, dev: DeviceModel, compute_s: float = 0.0) -> float:
+def tp_host_time(comms: Sized, dev: DeviceModel, compute_s: float = 0.0,
+                 vocab: tuple[int, float] = (0, 0.0)) -> float:
     """Seconds a phase's tensor-parallel collectives add to it beyond their transfer, on an
-    eager device (0 elsewhere), the phase's ops taking `compute_s`: per collective, its
-    autograd functions and clone (`tp_region_s`) and its wait (`wait_time`), the phase's
-    work spread evenly between its collectives (ops and functions; without lockstep
+    eager device (0 elsewhere), the phase's ops taking `compute_s`: per collective, its wait
+    (`wait_time`); per collective of an f/g region, its autograd functions and clone
+    (`tp_region_s`); `vocab` = (how many of the collectives the vocabulary-parallel embedding
+    and loss issue, their own host seconds: `vocab_host`) replaces the regions of those. The
+    phase's work (ops and host) is spread evenly between its collectives (without lockstep
     figures, the wait does not depend on it)."""
     cal, n = dev.calibration, len(comms)
     if not cal.eager or not n:
         return 0.0
-    return n * (cal.tp_region_s + wait_time(dev, compute_s / n + cal.tp_region_s))
+    own = (n - min(vocab[0], n)) * cal.tp_region_s + vocab[1]
+    return own + n * wait_time(dev, (compute_s + own) / n)
+
+
+# Collectives each vocabulary-parallel part issues per micro-batch, forward (`tpflow`): the
+# embedding's partial rows (one all-reduce), the cross entropy's row max and its sums.
+VOCAB_COMMS = {"embedding": 1, "loss": 2}
+
+
+def vocab_host(program: Program, index: int, dev: DeviceModel) -> tuple[int, float]:
+    """(collectives, host s) of the vocabulary-parallel embedding and cross entropy in virtual
+    chunk `index`'s forward, on an eager device under a vocabulary-split tp plan
+    (`ModelWork.vocab_parallel`); (0, 0.0) elsewhere. The embedding runs on chunk 0, the loss
+    on the last chunk; each costs its measured `tp_vocab_*_s` (forward and backward together:
+    its backward ops are few, and it is charged with the forward) in place of the f/g regions
+    its collectives would be charged."""
+    cal = dev.calibration
+    if not (cal.eager and program.work.vocab_parallel):
+        return 0, 0.0
+    parts = [("embedding", cal.tp_vocab_embedding_s)] if index == 0 else []
+    if index == len(program.chunks) - 1:
+        parts.append(("loss", cal.tp_vocab_loss_s))
+    return sum(VOCAB_COMMS[p] for p, _ in parts), sum(s for _, s in parts)
 
 
 def p2p_host_time(dev: DeviceModel, kind: str, vs: int, last: int) -> float:

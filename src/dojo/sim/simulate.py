@@ -18,7 +18,7 @@ from dojo.hardware.spec import SystemSpec
 from dojo.plan.policies import policy_modules
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import p2p_host_time, tp_host_time
+from dojo.sim.eager import p2p_host_time, tp_host_time, vocab_host
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
 from dojo.sim.fsdp import fsdp_time
 from dojo.sim.gradacc import accumulate_time
@@ -215,8 +215,9 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
                                           dev.for_phase("backward"))
     sms = sm_fractions(dev)
 
-    def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...], compute: float) -> float:
-        host = tp_host_time(comms, dev, compute)  # the eager runtime's collectives' waits
+    def tp(comms: tuple[Comm, ...], ops: tuple[OpCost, ...], compute: float,
+           vocab: tuple[int, float] = (0, 0.0)) -> float:
+        host = tp_host_time(comms, dev, compute, vocab)  # the eager runtime's host work, waits
         if not program.plan.tp_overlap:
             return _comm_time(program, comms, dev) + host
         return host + tp_phase_time(program, comms, ops, op_time, lambda c: collective(
@@ -229,7 +230,8 @@ def chunk_times(program: Program, chunk: Chunk, dev: DeviceModel, memory: Memory
         # the attention core, and its ring, run again
         recompute += ring_f
     return ChunkTimes(forward=fwd, backward=bwd, recompute=recompute,
-                      tp_forward=tp(chunk.tp_forward, chunk.forward, fwd),
+                      tp_forward=tp(chunk.tp_forward, chunk.forward, fwd,
+                                    vocab_host(program, chunk.index, dev)),
                       tp_backward=tp(chunk.tp_backward, chunk.backward, bwd), stream=stream,
                       cp_forward=ring_f, cp_backward=ring_b)
 
