@@ -68,12 +68,13 @@ class _PointwiseBlock(torch.nn.Module):
         return x + gate * torch.exp(-h) / (h.abs() + 1.0)  # [b, t, width]
 
 
-def _stacks() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
-    """Two tiny blocks of each kind and an input: kernels of well under a microsecond. The
-    convolutions take one image, so PyTorch runs them by im2col: oneDNN's setup per call is
-    its own figure (calibrate_cpu.onednn_setup), not part of the dispatch."""
+def _stacks(blocks: int = 2) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
+    """`blocks` tiny blocks of each kind (two for the calibration) and an input: kernels of
+    well under a microsecond. The convolutions take one image, so PyTorch runs them by
+    im2col: oneDNN's setup per call is its own figure (calibrate_cpu.onednn_setup), not part
+    of the dispatch."""
     def two(block: type[torch.nn.Module], width: int) -> torch.nn.Module:
-        return torch.nn.Sequential(block(width), block(width))
+        return torch.nn.Sequential(*(block(width) for _ in range(blocks)))
 
     return {"mlp": (two(_MLPBlock, 8), torch.randn(1, 2, 8)),
             "attention": (two(_AttentionBlock, 8), torch.randn(1, 4, 8)),
