@@ -122,6 +122,20 @@ def _register_cpu_attention() -> None:
 _register_cpu_attention()
 
 
+def causal_mark(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """`[causal]` for a fused attention call made with is_causal=True (its kernel skips the
+    tiles above the diagonal: about half the FLOPs the formula counts), else "". The flag is
+    read by its schema name, wherever the overload puts it."""
+    if "_scaled_dot_product_flash_attention" not in op.overloadpacket.__name__:
+        return ""
+    names = [a.name for a in op._schema.arguments]
+    if "is_causal" not in names:
+        return ""
+    i = names.index("is_causal")
+    flag = kwargs.get("is_causal", args[i] if i < len(args) else False)
+    return "[causal]" if flag is True else ""
+
+
 def nbytes(t: torch.Tensor) -> int:
     """numel x itemsize of the view `t` (bytes)."""
     return int(t.numel()) * t.element_size()

@@ -113,6 +113,7 @@ class _Site:
     grad_out: int
     grads: tuple[int, ...]
     flops: tuple[int, int]  # fused forward, fused backward (FLOP)
+    causal: bool = False    # a constant mask added to the scores (SDPA's is_causal)
 
 
 class _Flow:
@@ -276,9 +277,29 @@ def _site(flow: _Flow, anchor: Op) -> _Site:
                   if op.id in bwd and op.rule in MATRIX_RULES)
     # FlashAttention's backward recomputes the scores (QK^T) before its four matmuls.
     site = _Site(fwd, bwd, qkv, out, grad_out, grads,
-                 (scores.flops + values.flops, matmuls + scores.flops))
+                 (scores.flops + values.flops, matmuls + scores.flops), _masked(flow, anchor))
     _backward_slot(site, flow.graph)  # raises _NoMatch where no slot fits
     return site
+
+
+def _masked(flow: _Flow, anchor: Op) -> bool:
+    """Whether an op between the scores and the softmax `anchor` reads a tensor made from
+    constants alone: the mask SDPA's fallback builds for is_causal (ones().tril(), made
+    additive) and adds to the scores. A kernel skips the masked tiles (`flash_target`)."""
+    t = anchor.inputs[0]
+    while (op := flow.made_by.get(t)) is not None and op.rule not in MATRIX_RULES:
+        acts = flow.acts(op)
+        if len(op.inputs) > len(acts):
+            return True
+        t = acts[0]
+    return False
+
+
+def flash_target(backward: bool, causal: bool) -> str:
+    """The fused op's target: FlashAttention's forward or backward ATen op, marked
+    `[causal]` when the call masks the scores causally (it then executes about half of the
+    counted full-s^2 FLOPs: `dojo.sim.attention.executed_share`)."""
+    return (FLASH_BACKWARD if backward else FLASH_FORWARD) + ("[causal]" if causal else "")
 
 
 def has_sdpa_fallback(graph: Graph) -> bool:
@@ -331,10 +352,12 @@ def _fused_ops(site: _Site, graph: Graph, tensors: list[TensorInfo]) -> dict[int
     last_f, last_b = max(site.fwd), _backward_slot(site, graph)
     layer = next(op.layer for op in graph.ops if op.id == last_f)
     return {
-        last_f: Op(last_f, FLASH_FORWARD, "forward", fwd_in, fwd_out, site.flops[0],
+        last_f: Op(last_f, flash_target(False, site.causal), "forward", fwd_in, fwd_out,
+                   site.flops[0],
                    sum(size[t] for t in fwd_in), sum(size[t] for t in fwd_out), "flop_counter",
                    block, layer),
-        last_b: Op(last_b, FLASH_BACKWARD, "backward", bwd_in, site.grads, site.flops[1],
+        last_b: Op(last_b, flash_target(True, site.causal), "backward", bwd_in, site.grads,
+                   site.flops[1],
                    sum(size[t] for t in bwd_in), sum(size[t] for t in site.grads),
                    "flop_counter", block),
     }

@@ -57,6 +57,10 @@ zero=1``. Terms, as in PyTorch (DeviceMesh axes) and Megatron-LM:
   concatenated into it, cast to the reduction dtype and pre-divided before the reduce-scatter);
   2 PyTorch FSDP2 (`fully_shard`: every gather copied out into the parameters, the gradients
   copied into the reduce-scatter buffer). Not with ep > 1.
+- `attn`: the fused attention kernel the device runs (`dojo.sim.attention`): `auto` (default)
+  times it at the GEMM calibration; `fa2`, `fa3`, `cudnn` (FlashAttention-2 and -3, cuDNN's
+  fused attention) at the kernel's published fraction of peak on the device kind, forward and
+  backward (`sim/attention_kernels.toml`; a kernel with no published rate there is refused).
 - `precision`: the compute dtype policy (fp32, bf16, fp16, cfp8 on Dojo, fp8 on GPUs with FP8
   tensor cores: the blocks' linear GEMMs in FP8 with per-tensor scaling as TransformerEngine runs
   them, the rest in BF16, BF16 weights with FP32 masters; `dojo.sim.fp8`). `fp8_params=on`
@@ -98,6 +102,7 @@ GRAD_ACCS = ("inplace", "copy")
 FUSIONS = ("full", "kernels", "none")
 CP_COMMS = ("p2p", "allgather")
 DISPATCHERS = ("alltoall", "flex")
+ATTN_KERNELS = ("auto", "cudnn", "fa2", "fa3")  # dojo.sim.attention.kernel_names() (tested)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +133,7 @@ class Plan:
     etp: int = field(default=0, metadata=check(ge=0))   # 0: tp (Megatron-Core's default)
     vp_group: int = field(default=0, metadata=check(ge=0))   # 0: pp (Megatron's fixed N)
     fsdp: int = field(default=0, metadata=check(ge=0, le=2))  # 0: collectives only
+    attn: str = field(default="auto", metadata=check(choices=ATTN_KERNELS))
     stages: tuple[int, ...] = field(default=(), metadata=check(ge=0))
 
     @property
@@ -141,13 +147,14 @@ class Plan:
 
     def text(self, full: bool = False) -> str:
         """The plan in CLI form, defaults left out unless `full` (cp_comm only with cp > 1,
-        fp8_params only with precision=fp8, grad_acc only when copy)."""
+        fp8_params only with precision=fp8, grad_acc only when copy, fsdp and attn only when
+        named)."""
         default = Plan()
         parts = []
         for name in ("dp", "tp", "pp", "cp", "mb", "interleave", "schedule", "recompute", "sp",
                      "zero", "precision", "overlap", "fusion", "tp_overlap", "grad_reduce",
                      "grad_acc", "cp_comm", "ep", "imbalance", "dispatcher", "etp", "fp8_params",
-                     "vp_group", "fsdp", "stages"):
+                     "vp_group", "fsdp", "attn", "stages"):
             value = getattr(self, name)
             if name == "stages":
                 if value:
@@ -162,7 +169,7 @@ class Plan:
                 continue
             if name == "vp_group" and self.interleave == 1 and not value:
                 continue
-            if name == "fsdp" and not value:
+            if name in ("fsdp", "attn") and value == getattr(default, name):
                 continue   # shown only when an implementation is named
             if name == "grad_acc" and value == default.grad_acc:
                 continue   # DeepSpeed's copy only: the default adds nothing to show

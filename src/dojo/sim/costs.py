@@ -23,6 +23,7 @@ from typing import Any
 
 from dojo.config import check, parse
 from dojo.errors import UnknownNameError
+from dojo.sim.attention import AttentionKernel, attention_compute_time, is_fused_attention
 
 # Bytes one FP32 gradient element's accumulation add streams: the gradient held, the new one,
 # the sum written back.
@@ -175,6 +176,9 @@ class DeviceModel:
     # A device-specific op model (the D1 node-level compiler) replacing the roofline.
     timer: Callable[[Any], float] | None = None
     compute_units: int = 0  # streaming multiprocessors, for wave quantisation
+    # The plan's named attention kernel (`attn`, `dojo.sim.attention`); None: fused attention
+    # at the GEMM calibration, as any matrix op of unknown shape.
+    attention: AttentionKernel | None = None
 
     def tiling(self, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
         """(tiles, tile rows, tile columns) of a GEMM whose output is `shape` = (batch, m, n):
@@ -253,7 +257,18 @@ class DeviceModel:
                      if cal.eager else 0.0)
             return setup + self.matrix_time(op.flops / self.calibration.conv_efficiency,
                                             op.bytes, op.shape, op.out_bytes)
+        if self.attention is not None and is_fused_attention(op.target):
+            return self.attention_time(self.attention, op.target, op.flops, op.bytes)
         return self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
+
+    def attention_time(self, kernel: AttentionKernel, target: str, flops: float,
+                       nbytes: float) -> float:
+        """Seconds of the fused attention op `target` (counted `flops` FLOP, `nbytes` bytes)
+        under `kernel`: max(its tensor-core time at the kernel's published rate, `nbytes` at
+        the memory bandwidth) + launch (the kernel streams q, k, v and its output once,
+        behind its matmuls)."""
+        compute = attention_compute_time(kernel, target, flops, self.peak_flops)
+        return max(compute, self.vector_time_raw(nbytes)) + self.calibration.launch_s
 
     def vector_time_raw(self, nbytes: float) -> float:
         return nbytes / (self.mem_bytes_per_s * self.calibration.vector_efficiency)

@@ -67,7 +67,7 @@ class _Screen(TimeBounds):
         self.args = (model, overrides, spec, batch, seq)
         self.rejected: dict[str, str] = {}
         self.capacity = capacity_of(spec)[0]
-        self._dev: dict[str, DeviceModel] = {}
+        self._dev: dict[tuple[str, str], DeviceModel] = {}
         self._sums: dict[tuple[Any, ...], tuple[float, ...]] = {}
         self._bounds: dict[tuple[Any, ...], float] = {}
         self._state: dict[tuple[Any, ...], bool] = {}
@@ -302,11 +302,11 @@ class _Screen(TimeBounds):
 
     def _device_bound(self, plan: Plan) -> float:
         """A bound on every plan of this dp x tp x pp, whatever its mb, interleave and split:
-        the first bound is at least micro x (the stages' summed work) / pp, and the summed
-        work of a micro-batch of mb samples at least its FLOP / peak (no op beats the peak:
-        `DeviceModel.matrix_time`); FLOP per sample at least `_flops_per_sample`."""
-        dev = self._device(plan.precision)
-        peak = max(dev.peak_flops, dev.vector_flops)
+        micro x (the stages' summed work) / pp, a micro-batch's work at least its FLOP / peak (no
+        op beats the peak: `DeviceModel.matrix_time`; halved under an `attn` kernel, which runs
+        half a causal call's counted FLOPs); FLOP per sample at least `_flops_per_sample`."""
+        dev = self._device(plan.precision, plan.attn)
+        peak = max(dev.peak_flops, dev.vector_flops) * (1.0 if dev.attention is None else 2.0)
         per_sample = min(self._flops_per_sample(replace(plan, sp=sp))
                          for sp in ((False, True) if plan.tp > 1 else (False,)))
         return self.args[3] / plan.dp * per_sample / (plan.pp * peak) * SAFETY

@@ -16,6 +16,8 @@ from dojo.errors import DojoError
 from dojo.hardware.loader import dip_count
 from dojo.hardware.spec import SystemSpec
 from dojo.plan.policies import policy_modules
+from dojo.sim.attention import DEFAULT as DEFAULT_ATTN
+from dojo.sim.attention import attention_kernel
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
 from dojo.sim.eager import p2p_host_time, tp_host_time, vocab_host
@@ -77,8 +79,9 @@ class Result:
 
 def device_model(program: Program) -> DeviceModel:
     """Peak rates of one device at the plan's precision, and its calibration."""
-    spec, key = program.system, (id(program.system), program.plan.precision,
-                                 program.leaves_per_device)
+    plan = program.plan
+    spec, key = program.system, (id(program.system), plan.precision, program.leaves_per_device,
+                                 plan.attn)
     held = _DEVICES.get(key)
     if held is None or held[0] is not spec or not spec.leaf.cost_model or \
             held[1].calibration is not leaf_calibration(spec):
@@ -86,12 +89,12 @@ def device_model(program: Program) -> DeviceModel:
         # which the plan search (hundreds of programs on one system) reuses.
         if len(_DEVICES) >= 8:
             _DEVICES.pop(next(iter(_DEVICES)))
-        held = _DEVICES[key] = (spec, device_for(spec, program.plan.precision,
-                                                 program.leaves_per_device))
+        held = _DEVICES[key] = (spec, device_for(spec, plan.precision,
+                                                 program.leaves_per_device, plan.attn))
     return held[1]
 
 
-_DEVICES: dict[tuple[int, str, int], tuple[SystemSpec, DeviceModel]] = {}
+_DEVICES: dict[tuple[int, str, int, str], tuple[SystemSpec, DeviceModel]] = {}
 
 
 def default_precision(spec: SystemSpec) -> str:
@@ -102,9 +105,11 @@ def default_precision(spec: SystemSpec) -> str:
     return "bf16" if any(d in peaks for d in PRECISION_DTYPES["bf16"]) else "fp32"
 
 
-def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel:
+def device_for(spec: SystemSpec, precision: str, leaves: int = 1,
+               attn: str = DEFAULT_ATTN) -> DeviceModel:
     """One device of `spec` (`leaves` of its leaf units) as the simulator times it at
-    `precision`: peak rates, memory bandwidth and the leaf's calibration."""
+    `precision`: peak rates, memory bandwidth, the leaf's calibration and the attention
+    kernel `attn` (the plan's; ConfigError where it has no published rate on this leaf)."""
     leaf = spec.leaf
     n = leaves
     dtype = next((d for d in PRECISION_DTYPES[precision] if d in leaf.peak_flops), None)
@@ -122,7 +127,8 @@ def device_for(spec: SystemSpec, precision: str, leaves: int = 1) -> DeviceModel
                        vector_flops=leaf.peak_flops.get("fp32", leaf.peak_flops[dtype]) * n,
                        mem_bytes_per_s=pool.read_bytes_per_s * n,
                        calibration=leaf_calibration(spec), timer=timer,
-                       compute_units=leaf.compute_units * n)
+                       compute_units=leaf.compute_units * n,
+                       attention=attention_kernel(attn, leaf.cost_model))
 
 
 def leaf_calibration(spec: SystemSpec) -> Calibration:

@@ -115,7 +115,7 @@ class TimeBounds:
     """The time bounds of a search over `args` = (model, overrides, spec, batch, seq)."""
 
     args: tuple[Any, ...]
-    _dev: dict[str, DeviceModel]
+    _dev: dict[tuple[str, str], DeviceModel]
     _sums: dict[tuple[Any, ...], tuple[float, ...]]
     _bounds: dict[tuple[Any, ...], float]
     _times: dict[tuple[Any, ...], Parts]
@@ -223,8 +223,8 @@ class TimeBounds:
         layout = self._layout(plan)
         pair, again, layers, outer = 0.0, False, 0, 0
         if layout is not None and plan.ep > 1:
-            pair, again = all_to_all_pair(self.args[2], self._device(plan.precision).calibration,
-                                          plan, work, layout, self._a2a)
+            cal = self._device(plan.precision, plan.attn).calibration
+            pair, again = all_to_all_pair(self.args[2], cal, plan, work, layout, self._a2a)
             layers, outer = layout.block_layers, layout.outer_layers
         times: Parts = ([], [], [], [])
         for n, first, last in profile.kinds:
@@ -264,7 +264,7 @@ class TimeBounds:
         """Seconds ZeRO 3 streams `params` whole parameters per pass: the gather, and half the
         gradients' reduce-scatter, over the plan's dp x cp group."""
         spec = self.args[2]
-        cal = self._device(plan.precision).calibration
+        cal = self._device(plan.precision, plan.attn).calibration
         levels = group_levels(spec, plan.dp_cp, plan.tp)
         size = PRECISION_BYTES[plan.precision]["weights"]
         weights = params / plan.tp * size
@@ -323,8 +323,9 @@ class TimeBounds:
         tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
         times = chunk_parts(self._section_sums(plan), tps, split, chunks, plan.recompute)
         if plan.ep > 1:
-            parts = all_to_all_parts(self.args[2], self._device(plan.precision).calibration,
-                                     plan, work, layout, split, chunks, self._a2a)
+            cal = self._device(plan.precision, plan.attn).calibration
+            parts = all_to_all_parts(self.args[2], cal, plan, work, layout, split, chunks,
+                                     self._a2a)
             times = (times[0], [b + r for b, r in zip(times[1], parts[2])],
                      [f + a for f, a in zip(times[2], parts[0])],
                      [b + a for b, a in zip(times[3], parts[1])])
@@ -367,15 +368,15 @@ class TimeBounds:
         key = ("tp", plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.etp)
         if key not in self._sums:
             spec = self.args[2]
-            self._sums[key] = tp_section_times(work, spec, self._device(plan.precision)
+            self._sums[key] = tp_section_times(work, spec, self._device(plan.precision, plan.attn)
                                                .calibration, group_levels(spec, plan.tp, 1))
         return self._sums[key]
 
     def _section_sums(self, plan: Plan) -> tuple[float, ...]:
-        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep, plan.etp)
+        key = (plan.mb, plan.tp, plan.sp, plan.cp, plan.precision, plan.ep, plan.etp, plan.attn)
         if key not in self._sums:
             work = self._work(plan)
-            dev = self._device(plan.precision)
+            dev = self._device(plan.precision, plan.attn)
             block = work.block
             layout, scale = self._layout(plan), PRECISION_BYTES[plan.precision]["activation_scale"]
 
@@ -390,11 +391,11 @@ class TimeBounds:
                 total(work.post.forward), total(work.post.backward))
         return self._sums[key]
 
-    def _device(self, precision: str) -> DeviceModel:
-        if precision not in self._dev:
+    def _device(self, precision: str, attn: str) -> DeviceModel:
+        if (precision, attn) not in self._dev:
             spec = self.args[2]
-            dev = device_for(spec, precision, leaves_per_device(spec))
+            dev = device_for(spec, precision, leaves_per_device(spec), attn)
             if precision == "fp8":  # every matrix op at the FP8 peak: still a lower bound
                 dev = fp8_device(dev, spec, leaves_per_device(spec))
-            self._dev[precision] = dev
-        return self._dev[precision]
+            self._dev[precision, attn] = dev
+        return self._dev[precision, attn]
