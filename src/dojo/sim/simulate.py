@@ -78,14 +78,15 @@ class Result:
 
 
 def device_model(program: Program) -> DeviceModel:
-    """Peak rates of one device at the plan's precision, and its calibration."""
+    """Peak rates of one device at the plan's precision, its calibration and the plan's
+    attention kernel."""
     plan = program.plan
     spec, key = program.system, (id(program.system), plan.precision, program.leaves_per_device,
                                  plan.attn)
     held = _DEVICES.get(key)
     if held is None or held[0] is not spec or not spec.leaf.cost_model or \
             held[1].calibration is not leaf_calibration(spec):
-        # One device model per system and precision: the D1 timer memoises its ops in it,
+        # One device model per system, precision and kernel: the D1 timer memoises its ops in it,
         # which the plan search (hundreds of programs on one system) reuses.
         if len(_DEVICES) >= 8:
             _DEVICES.pop(next(iter(_DEVICES)))
