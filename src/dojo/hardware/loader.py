@@ -17,6 +17,7 @@ from typing import Any
 
 from dojo.config import parse, read_toml_file, whole_number
 from dojo.errors import MISSING, ConfigError, DojoError, UnknownNameError
+from dojo.hardware.calibration import calibration_names, calibration_with
 from dojo.hardware.spec import (
     FAMILIES,
     SIDES,
@@ -166,6 +167,7 @@ def _build(data: dict[str, Any], source: str) -> SystemSpec:
                       source=data["source"], path=source, leaf_name=hierarchy[0], leaf=leaf,
                       levels=levels, dip=dip, host=host)
     _check_levels(spec, source)
+    _check_cost_model(spec.leaf, hierarchy[0], source)
     _check_attachments(spec, source)
     check_size(spec, source)
     return spec
@@ -215,6 +217,22 @@ def _check_levels(spec: SystemSpec, source: str) -> None:
             raise ConfigError(source, f"{spec.leaf_name}.memory.{name}.reserved_bytes",
                               pool.reserved_bytes, f"less than bytes = {pool.bytes:g} (the "
                               "reserve is held out of the pool)")
+
+
+def _check_cost_model(leaf: LeafSpec, leaf_name: str, source: str) -> None:
+    """ConfigError unless the leaf names a shipped calibration and its overrides
+    (`[LEAF.calibration]`, then each `[LEAF.stacks.NAME]` over them) are fields of it within
+    their ranges: checked here so that every command refuses the file, not only those that
+    simulate it."""
+    names = calibration_names()
+    if leaf.cost_model not in names:
+        raise ConfigError(source, f"{leaf_name}.cost_model", leaf.cost_model if
+                          leaf.cost_model else MISSING,
+                          f"the name of a simulator calibration, one of {', '.join(names)}")
+    calibration_with(leaf.cost_model, leaf.calibration, source, f"{leaf_name}.calibration")
+    for stack, overrides in leaf.stacks.items():
+        calibration_with(leaf.cost_model, {**leaf.calibration, **overrides}, source,
+                         f"{leaf_name}.stacks.{stack}")
 
 
 def _check_attachments(spec: SystemSpec, source: str) -> None:
