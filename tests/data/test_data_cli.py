@@ -24,8 +24,9 @@ from dojo.cli.main import main
         # issue 14 item 6: unbounded work is refused, not started
         (["--clips", "10000000000000"], "'clips' = 10000000000000"),
         (["--frames", "10000000000000000"], "'frames' = 10000000000000000"),
-        # 6 cameras x 96 x 64 x 3 B per frame: 4 GiB holds 2**32 // 110,592 = 38,836 frames
-        (["--frames", "40000"], f"at most {2**32 // (6 * 96 * 64 * 3)}"),
+        # 6 cameras x 96 x 64 x 3 B of pixels and a 32 x 32 B occupancy grid per frame: 4 GiB
+        # holds 2**32 // 111,616 = 38,480 frames
+        (["--frames", "40000"], f"at most {2**32 // (6 * 96 * 64 * 3 + 32 * 32)}"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -82,3 +83,22 @@ def test_bad_check_and_fps_arguments(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err
+
+
+def test_synth_reports_each_view_of_a_large_clip(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip whose frames are large reports each camera's view as it is rendered (a 4096 x
+    4096 clip of 6 cameras x 8 frames renders for many minutes before its "1/1 clips" line);
+    here the threshold is lowered so that a small clip counts as large."""
+    from dojo.data import synth
+
+    monkeypatch.setattr(synth, "VIEW_PROGRESS_UNITS", 0)
+    argv = ["data", "synth", "--out", str(tmp_path / "set"), "--clips", "2", "--cameras", "2",
+            "--frames", "2", "--size", "32x32", "--grid", "8"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().err.splitlines()
+    views = [f"dojo data synth: clip {c}/2: frame {f}/2, camera {k}/2"
+             for c in (1, 2) for f in (1, 2) for k in (1, 2)]
+    assert lines == views[:4] + ["dojo data synth: 1/2 clips"] + views[4:] + [
+        "dojo data synth: 2/2 clips"]

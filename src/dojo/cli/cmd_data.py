@@ -106,8 +106,12 @@ def _synth(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"dojo data synth: {done}/{total} clips", file=sys.stderr, flush=True)
 
+    def views(clip: int, frame: int, camera: int) -> None:  # large clips: each view, too
+        print(f"dojo data synth: clip {clip + 1}/{cfg.clips}: frame {frame + 1}/{cfg.frames}, "
+              f"camera {camera + 1}/{cfg.cameras}", file=sys.stderr, flush=True)
+
     manifest = synthesize(args.out, cfg, progress=progress, force=args.force,
-                          catalog=args.catalog or None, split=args.split)
+                          catalog=args.catalog or None, split=args.split, view_progress=views)
     print_json({"manifest": str(manifest), "clips": cfg.clips, "cameras": cfg.cameras,
                 "frames": cfg.frames, "size": [cfg.width, cfg.height], "fps": cfg.fps,
                 "gop": cfg.gop, "grid": cfg.grid, "range_m": cfg.range_m, "seed": cfg.seed,

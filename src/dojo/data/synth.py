@@ -9,6 +9,7 @@ interrupted run leaves no half-written set behind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -27,9 +28,18 @@ from dojo.data.video import CRF, GOP, encode_mp4
 from dojo.errors import ConfigError, DojoError
 
 Progress = Callable[[int, int], None]
+ViewProgress = Callable[[int, int, int], None]  # (clip index, frame, camera), counted from 0
 MAX_CLIPS = 1_000_000        # a million clips is days of rendering; more is a typo
 MAX_FRAMES = 100_000         # frames per clip (about 3 hours at 10 frames/s)
-MAX_CLIP_BYTES = 4 * 2**30   # RGB frames of one clip, all cameras, held while rendering
+MAX_CLIP_BYTES = 4 * 2**30   # RGB frames and occupancy grids of one clip, held while rendering
+# The work of a set, in pixels rendered plus occupancy cells labelled (each costs about the same
+# few microseconds of numpy here): at most a million clips of the default size (8 frames of
+# 6 x 96 x 64 pixels and a 32 x 32 grid), as MAX_CLIPS bounds the count.
+MAX_SET_UNITS = MAX_CLIPS * 8 * (6 * 96 * 64 + 32 * 32)
+# A clip whose frames each hold more units than this reports each camera's view as it renders
+# it (a view is at most 4096 x 4096 pixels, under a minute on one core; a frame of 6 such views
+# and a clip of many frames would leave minutes between progress lines).
+VIEW_PROGRESS_UNITS = 2**20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,15 +68,35 @@ class SynthConfig:
             if value % 2:
                 raise ConfigError("dojo data synth", name, value,
                                   "an even number of pixels (H.264 yuv420p halves chroma)")
-        # A clip's frames are rendered in memory before encoding: bound them.
-        clip_bytes = self.cameras * self.frames * self.width * self.height * 3
+        self._check_work()
+
+    @property
+    def frame_units(self) -> int:
+        """Pixels rendered plus occupancy cells labelled per frame of a clip."""
+        return self.cameras * self.width * self.height + self.grid * self.grid
+
+    def _check_work(self) -> None:
+        """A clip is held in memory (its RGB frames and its occupancy grids, 1 B a cell) before
+        encoding, and the set's work is bounded by MAX_SET_UNITS: refuse either bound passed,
+        with the arithmetic."""
+        frame_bytes = self.cameras * self.width * self.height * 3 + self.grid * self.grid
+        clip_bytes = self.frames * frame_bytes
         if clip_bytes > MAX_CLIP_BYTES:
-            most = MAX_CLIP_BYTES // (self.cameras * self.width * self.height * 3)
             raise ConfigError("dojo data synth", "frames", self.frames,
-                              f"at most {most} at {self.cameras} cameras x {self.width} x "
-                              f"{self.height} (a clip is rendered in memory: {self.cameras} x "
-                              f"{self.frames} x {self.width} x {self.height} x 3 B = "
-                              f"{clip_bytes / 2**30:.3g} GiB > {MAX_CLIP_BYTES // 2**30} GiB)")
+                              f"at most {MAX_CLIP_BYTES // frame_bytes} at {self.cameras} "
+                              f"cameras x {self.width} x {self.height} and a {self.grid} x "
+                              f"{self.grid} grid (a clip is held in memory: {self.frames} x "
+                              f"({self.cameras} x {self.width} x {self.height} x 3 B + "
+                              f"{self.grid} x {self.grid} B) = {clip_bytes / 2**30:.3g} GiB > "
+                              f"{MAX_CLIP_BYTES // 2**30} GiB)")
+        clip_units = self.frames * self.frame_units
+        if self.clips * clip_units > MAX_SET_UNITS:
+            raise ConfigError("dojo data synth", "clips", self.clips,
+                              f"at most {MAX_SET_UNITS // clip_units:,} clips of "
+                              f"{self.frames} frames x ({self.cameras} x {self.width} x "
+                              f"{self.height} pixels + {self.grid} x {self.grid} cells) (a set "
+                              f"renders at most {MAX_SET_UNITS:,} pixels and cells: a million "
+                              "clips of the default size)")
 
 
 def clip_scene(cfg: SynthConfig, index: int) -> Scene:
@@ -76,9 +106,11 @@ def clip_scene(cfg: SynthConfig, index: int) -> Scene:
     return make_clip_scene(np.random.default_rng([cfg.seed, index]), cfg.frames, cfg.fps, forced)
 
 
-def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
-                range_m: float) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """Pixels and labels of one clip: per camera (T, H, W, 3) uint8, and the labels.npz arrays."""
+def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int, range_m: float,
+                on_view: Callable[[int, int], None] | None = None
+                ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Pixels and labels of one clip: per camera (T, H, W, 3) uint8, and the labels.npz arrays;
+    `on_view(k, c)` is called once frame k of camera c is rendered."""
     colours = np.array([a.colour for a in scene.actors], dtype=np.float64).reshape(-1, 3)
     tags = dict(scene.tags)
     look = look_for(tags.get("weather", "clear"), tags.get("time_of_day", "day"))
@@ -87,9 +119,11 @@ def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
     boxes, occ = [], []
     for k in range(scene.frames):
         world = boxes_world(scene, k)
-        for cam, frames in zip(rig, views, strict=True):
+        for c, (cam, frames) in enumerate(zip(rig, views, strict=True)):
             frames[k] = render_view(scene.road, poses[k] @ cam.E, cam.K, cam.width, cam.height,
                                     world, colours, look, k)
+            if on_view is not None:
+                on_view(k, c)
         ego = to_ego(world, poses[k])
         boxes.append(ego)
         occ.append(occupancy(ego, grid, range_m))
@@ -106,10 +140,13 @@ def render_clip(scene: Scene, rig: tuple[Camera, ...], grid: int,
 
 
 def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = None,
-               force: bool = False, catalog: str | None = None, split: str = "") -> Path:
+               force: bool = False, catalog: str | None = None, split: str = "",
+               view_progress: ViewProgress | None = None) -> Path:
     """Write a clip set to `out` (a new or empty folder; `force` replaces an existing one) and
     index it into `catalog` (None: OUT/catalog; "": no catalog) under `split` (default: OUT's
-    name), `dojo.data.catalog`. `progress(done, total)` is called after each clip. Returns the
+    name), `dojo.data.catalog`. `progress(done, total)` is called after each clip, and
+    `view_progress(clip, frame, camera)` after each camera's view of a clip whose frames hold
+    more than VIEW_PROGRESS_UNITS pixels and cells. Returns the
     manifest path.
     """
     if "://" in str(out):  # Path() would make it a local "s3:/bucket" folder
@@ -132,7 +169,7 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
         raise DojoError(f"{out}: cannot create the clip set there ({err.strerror}: "
                         f"{err.filename})") from None
     try:
-        _write_set(tmp, cfg, progress)
+        _write_set(tmp, cfg, progress, view_progress)
         _replace(tmp, out)
     except OSError as err:  # full disk, a folder made read-only meanwhile: one line, no set
         shutil.rmtree(tmp, ignore_errors=True)
@@ -147,14 +184,18 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
     return out / "manifest.json"
 
 
-def _write_set(root: Path, cfg: SynthConfig, progress: Progress | None) -> None:
+def _write_set(root: Path, cfg: SynthConfig, progress: Progress | None,
+               view_progress: ViewProgress | None = None) -> None:
     rig = make_rig(cfg.cameras, cfg.width, cfg.height)
     entries = []
     for i in range(cfg.clips):
         name = f"clip_{i:04d}"
         (root / name).mkdir()
         scene = clip_scene(cfg, i)
-        views, labels = render_clip(scene, rig, cfg.grid, cfg.range_m)
+        on_view = None
+        if view_progress is not None and cfg.frame_units > VIEW_PROGRESS_UNITS:
+            on_view = functools.partial(view_progress, i)
+        views, labels = render_clip(scene, rig, cfg.grid, cfg.range_m, on_view)
         for cam, frames in zip(rig, views, strict=True):
             encode_mp4(root / name / f"{cam.name}.mp4", frames, cfg.fps, cfg.gop, cfg.crf)
         write_npz(root / name / "labels.npz", labels)
