@@ -1,0 +1,77 @@
+"""Bad inputs of issue 14's fifth round, under the contract of `test_cli_fuzz.py` (one error
+line naming the flag or file, the field, the value and what was expected; exit 2; no
+traceback; nothing written). Each case checks those words, so a case refused some other way
+(or later, by another check) does not pass; every case fails on the code before the round:
+
+- a system file's cost model is checked where the file is loaded (`dojo.hardware.loader`), so
+  every command refuses it, not only those that simulate: its name, and each override of its
+  calibration (`[gpu.calibration]`, `[gpu.stacks.NAME]`), which `simulate` checked only for the
+  stack it was given;
+- `data synth` holds a clip's occupancy grids in memory with its pixels, and a set renders at
+  most a million default clips' pixels and cells (a set of 4096 x 4096 views and grids ran for
+  hours, its first progress line after the first clip);
+- the rest of the fifth round's findings (see each case's comment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from test_cli_fuzz import one_line_test
+
+H100 = 'extends = "h100-cluster"\nname = "s"\ntitle = "s"\n'
+CAL = "expected the name of a simulator calibration, one of a100, cpu, d1, h100"
+# where a value slipped through, the old code went on to write here and failed otherwise
+NO_OUT = ("data", "synth", "--out", "/proc/dojo_fuzz")
+
+
+def _none(root: Path) -> None:
+    pass
+
+
+def _system(body: str) -> Callable[[Path], None]:
+    """s.toml: the shipped H100 cluster with `body` (TOML) over it."""
+    def setup(root: Path) -> None:
+        (root / "s.toml").write_text(H100 + body)
+    return setup
+
+
+# (argv, environment, files to put in the case folder first, words the error must hold)
+CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]] = [
+    # 1. a cost model no simulator knows: `info` printed the system, `simulate` refused it
+    # without naming the file
+    (("info", "s.toml"), {}, _system('[gpu]\ncost_model = "nosuch"\n'),
+     f"s.toml: field 'gpu.cost_model' = 'nosuch': {CAL}"),
+    (("info", "s.toml"), {}, _system('[gpu]\ncost_model = ""\n'),
+     f"s.toml: field 'gpu.cost_model' is missing: {CAL}"),
+    (("compare", "mlp", "--systems", "s.toml:8", "--batch", "8"), {},
+     _system('[gpu]\ncost_model = "h200"\n'), f"s.toml: field 'gpu.cost_model' = 'h200': {CAL}"),
+    # ... and overrides of its calibration that no simulation would take
+    (("info", "s.toml"), {}, _system("[gpu.calibration]\nnosuch = 1\n"),
+     "s.toml: field 'gpu.calibration.nosuch' = 1.0: expected one of the keys cache_bytes"),
+    (("info", "s.toml"), {}, _system("[gpu.calibration]\nmatrix_efficiency = 5\n"),
+     "s.toml: field 'gpu.calibration.matrix_efficiency' = 5.0: expected a number <= 1"),
+    # a stack's overrides were checked only when --stack named it
+    (("simulate", "mlp", "--system", "s.toml:8", "--batch", "8"), {},
+     _system("[gpu.stacks.megatron-lm]\nmatrix_efficiency = 7\n"),
+     "s.toml: field 'gpu.stacks.megatron-lm.matrix_efficiency' = 7.0: expected a number <= 1"),
+    # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
+    # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
+    ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",
+      "--frames", "100000"), {}, _none,
+     "field 'frames' = 100000: expected at most 255 at 1 cameras x 16 x 16 and a 4096 x 4096 "
+     "grid (a clip is held in memory: 100000 x (1 x 16 x 16 x 3 B + 4096 x 4096 B) = "),
+    ((*NO_OUT, "--clips", "1", "--size", "4096x4096", "--grid", "4096", "--frames", "14"), {},
+     _none, "field 'frames' = 14: expected at most 13 at 6 cameras x 4096 x 4096 and a 4096 x "
+     "4096 grid"),
+    # ... and a set's work was bounded only by its clip count: a million clips of any size
+    ((*NO_OUT, "--clips", "2000", "--cameras", "1", "--size", "4096x4096", "--grid", "4096"),
+     {}, _none, "field 'clips' = 2000: expected at most 1,129 clips of 8 frames x (1 x 4096 x "
+     "4096 pixels + 4096 x 4096 cells) (a set renders at most 303,104,000,000 pixels and cells"),
+    ((*NO_OUT, "--clips", "1000000", "--frames", "9"), {}, _none,
+     "field 'clips' = 1000000: expected at most 888,888 clips of 9 frames"),
+]
+
+
+test_bad_inputs_are_refused_in_one_line = one_line_test(CASES)
