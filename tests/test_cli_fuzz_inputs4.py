@@ -37,6 +37,12 @@ def _system(body: str) -> Callable[[Path], None]:
     return setup
 
 
+def _file(name: str, text: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / name).write_text(text)
+    return setup
+
+
 # (argv, environment, files to put in the case folder first, words the error must hold)
 CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]] = [
     # 1. a cost model no simulator knows: `info` printed the system, `simulate` refused it
@@ -56,6 +62,23 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("simulate", "mlp", "--system", "s.toml:8", "--batch", "8"), {},
      _system("[gpu.stacks.megatron-lm]\nmatrix_efficiency = 7\n"),
      "s.toml: field 'gpu.stacks.megatron-lm.matrix_efficiency' = 7.0: expected a number <= 1"),
+    # 3. a mesh grid far larger than its count: [10^8, 10^8] for a chip's 354 nodes passed
+    # (rows x cols >= count), and `simulate` walked its empty places for ever
+    (("info", "g.toml"), {}, _file("g.toml", 'extends = "v1"\n[chip]\ngrid = [100000000, '
+                                   '100000000]\n'),
+     "g.toml: field 'chip.grid' = [100000000, 100000000]: expected rows x cols >= count = 354 "
+     "with no row or column empty: (rows - 1) x cols < count and rows x (cols - 1) < count"),
+    (("info", "g.toml"), {}, _file("g.toml", 'extends = "v1"\n[chip]\ngrid = [1, 400]\n'),
+     "g.toml: field 'chip.grid' = [1, 400]: expected rows x cols >= count = 354 with no row"),
+    # 4. a stack named with a terminal escape: calibrate wrote it into the system file, whose
+    # tables and reports then carried it (a system's name and title are refused so already)
+    (("calibrate", "--system", "h100-cluster", "--runs", "r.csv", "--out", "m.toml"), {},
+     _file("r.csv", "model,plan,batch,seconds,stack\nmlp,dp=8,8,0.01,a\x1b[2Jb\n"),
+     "r.csv: row 2, column 'stack' = 'a\\x1b[2Jb': expected a stack name of printable "
+     "characters on one line"),
+    (("info", "s.toml"), {}, _system('[gpu.stacks."a\\u000ab"]\nmatrix_efficiency = 0.5\n'),
+     "s.toml: field 'gpu.stacks' = 'a\\nb': expected stack names that are non-empty strings of "
+     "printable characters on one line"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

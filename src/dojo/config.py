@@ -207,6 +207,13 @@ def parse_scalar(raw: str) -> Any:
     return value
 
 
+def one_line_name(value: object) -> bool:
+    """True for a string that is not blank and holds only printable characters: a name that is
+    printed in tables, reports, error lines and written back into files (no line break, tab,
+    NUL or terminal escape)."""
+    return isinstance(value, str) and bool(value.strip()) and value.isprintable()
+
+
 def whole_number(text: str) -> int | None:
     """`text` as a whole number when it is ASCII digits only (no sign, no spaces), else None.
     (`str.isdigit` is true for "²", which `int` refuses, and for other scripts' digits.)"""

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dojo.config import parse, read_toml_file, whole_number
+from dojo.config import one_line_name, parse, read_toml_file, whole_number
 from dojo.errors import MISSING, ConfigError, DojoError, UnknownNameError
 from dojo.hardware.calibration import calibration_names, calibration_with
 from dojo.hardware.spec import (
@@ -153,8 +153,7 @@ def _build(data: dict[str, Any], source: str) -> SystemSpec:
         if key not in data:
             raise ConfigError(source, key, MISSING, "a value")
     for key in ("name", "title", "source"):
-        if not isinstance(data[key], str) or not data[key].strip() or \
-                not data[key].isprintable():  # printed in tables, reports and error lines
+        if not one_line_name(data[key]):  # printed in tables, reports and error lines
             raise ConfigError(source, key, data[key], "a non-empty string of printable "
                               "characters on one line")
     if data["family"] not in FAMILIES:
@@ -200,9 +199,14 @@ def _check_levels(spec: SystemSpec, source: str) -> None:
                 raise ConfigError(source, f"{lv.name}.grid", None,
                                   "[rows, cols] for a mesh2d level")
             rows, cols = s.grid
-            if rows < 1 or cols < 1 or rows * cols < s.count:
+            # A row or column with no unit is no part of the mesh; left in, a grid of
+            # 10^8 x 10^8 for 25 chips made the D1 paths walk 10^16 places.
+            if rows < 1 or cols < 1 or rows * cols < s.count or \
+                    (rows - 1) * cols >= s.count or rows * (cols - 1) >= s.count:
                 raise ConfigError(source, f"{lv.name}.grid", list(s.grid),
-                                  f"rows x cols >= count = {s.count} (rows, cols >= 1)")
+                                  f"rows x cols >= count = {s.count} with no row or column "
+                                  "empty: (rows - 1) x cols < count and rows x (cols - 1) < "
+                                  "count (rows, cols >= 1)")
         if s.edge is not None and s.edges < 1:
             raise ConfigError(source, f"{lv.name}.edges", s.edges, "at least 1 when 'edge' is set")
         if not spec.leaf.memory:
@@ -231,6 +235,9 @@ def _check_cost_model(leaf: LeafSpec, leaf_name: str, source: str) -> None:
                           f"the name of a simulator calibration, one of {', '.join(names)}")
     calibration_with(leaf.cost_model, leaf.calibration, source, f"{leaf_name}.calibration")
     for stack, overrides in leaf.stacks.items():
+        if not one_line_name(stack):  # named by --stack, in validation cases and in reports
+            raise ConfigError(source, f"{leaf_name}.stacks", stack, "stack names that are "
+                              "non-empty strings of printable characters on one line")
         calibration_with(leaf.cost_model, {**leaf.calibration, **overrides}, source,
                          f"{leaf_name}.stacks.{stack}")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dojo.config import NUMBER_FORM, ascii_float, parse_scalar, whole_number
+from dojo.config import NUMBER_FORM, ascii_float, one_line_name, parse_scalar, whole_number
 from dojo.errors import DojoError
 
 REQUIRED = ("model", "plan", "batch", "seconds")
@@ -111,6 +111,8 @@ def _run(name: str, row: int, header: list[str], cells: list[str]) -> Run:
     for col in ("model", "plan"):
         if not raw[col]:
             raise bad(col, "a value")
+    if raw.get("stack") and not one_line_name(raw["stack"]):  # written as a [gpu.stacks] name
+        raise bad("stack", "a stack name of printable characters on one line, e.g. megatron-lm")
     seconds = ascii_float(raw["seconds"])
     if seconds is None:
         raise bad("seconds", f"measured seconds per step, a number > 0 in {NUMBER_FORM}")
