@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from cli_fuzz_verbs import set_up
 from test_cli_fuzz import one_line_test
 
 H100 = 'extends = "h100-cluster"\nname = "s"\ntitle = "s"\n'
@@ -39,6 +40,14 @@ def _system(body: str) -> Callable[[Path], None]:
 
 def _file(name: str, text: str) -> Callable[[Path], None]:
     def setup(root: Path) -> None:
+        (root / name).write_text(text)
+    return setup
+
+
+def _clips_with(name: str, text: str) -> Callable[[Path], None]:
+    """The 1-clip set of `cli_fuzz_verbs` at ./clips, and file `name` holding `text`."""
+    def setup(root: Path) -> None:
+        set_up("clips", root)
         (root / name).write_text(text)
     return setup
 
@@ -79,6 +88,26 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("info", "s.toml"), {}, _system('[gpu.stacks."a\\u000ab"]\nmatrix_efficiency = 0.5\n'),
      "s.toml: field 'gpu.stacks' = 'a\\nb': expected stack names that are non-empty strings of "
      "printable characters on one line"),
+    # 5. a slice's `where` was bound only when the catalog's views were made: `dojo train`
+    # trained for minutes before its evaluation refused it, and the error named "slices", not
+    # the file; a second statement after ';' ran (it dropped the clips view)
+    (("train", "occupancy", "--steps", "1", "--out", "r", "--slices", "sl.toml"), {},
+     _file("sl.toml", '[slices.a]\nwhere = ""\n'),
+     "sl.toml: field 'slices.a.where' = '': expected a SQL condition on the clips view (Parser "
+     "Error"),
+    (("data", "query", "SELECT 1", "--catalog", "clips/catalog", "--slices", "sl.toml"), {},
+     _clips_with("sl.toml", '[slices.a]\nwhere = "nosuchcol = 1"\n'),
+     "sl.toml: field 'slices.a.where' = 'nosuchcol = 1': expected a SQL condition on the clips "
+     "view (Binder Error"),
+    (("data", "query", "SELECT 1", "--catalog", "clips/catalog", "--slices", "sl.toml"), {},
+     _clips_with("sl.toml", '[slices.a]\nwhere = "1=1; DROP VIEW clips"\n'),
+     "sl.toml: field 'slices.a.where' = '1=1; DROP VIEW clips': expected one SQL condition on "
+     "the clips view, not a second statement after ';'"),
+    # 6. a NUL in an argument (in-process callers; no exec'd argv holds one): open() raised
+    # ValueError, a traceback
+    (("calibrate", "--system", "h100-cluster", "--runs", "runs.csv", "--out", "m.toml\x00"),
+     {}, _file("runs.csv", "model,plan,batch,seconds\nmlp,dp=8,8,0.01\n"),
+     "argument 7 = 'm.toml\\x00': expected no NUL character"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

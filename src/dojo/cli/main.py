@@ -103,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `dojo` command line; returns the process exit status."""
-    from dojo.errors import DojoError
+    from dojo.errors import DojoError, one_line
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for i, arg in enumerate(argv, start=1):  # open() and os calls raise ValueError on a NUL
+        if "\x00" in arg:
+            print(f"dojo: error: argument {i} = {one_line(repr(arg))}: expected no NUL "
+                  "character (no path, name or number holds one)", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

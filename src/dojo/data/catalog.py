@@ -66,6 +66,11 @@ def _schemas() -> dict[str, Any]:
     return {name: pa.schema(c) for name, c in cols.items()}
 
 
+def table_schemas() -> dict[str, Any]:
+    """The Arrow schema of each catalog table, by name (`TABLES`)."""
+    return _schemas()
+
+
 SORT = {"clips": [("dataset", "ascending"), ("name", "ascending")],
         "cameras": [("clip_hash", "ascending"), ("camera", "ascending")],
         "frames": [("clip_hash", "ascending"), ("frame", "ascending")],

@@ -37,7 +37,7 @@ from typing import Any
 
 from dojo.config import MAX_CONFIG_BYTES, check, load_toml, parse
 from dojo.data import store
-from dojo.data.catalog import TABLES, table_schema
+from dojo.data.catalog import TABLES, table_schema, table_schemas
 from dojo.data.scenario import TAGS
 from dojo.errors import ConfigError, DojoError
 
@@ -96,7 +96,21 @@ def load_slices(path: str) -> dict[str, Slice]:
     for name in slices:
         if not _NAME.match(name):
             raise ConfigError(path, f"slices.{name}", name, "a name of letters, digits and _")
+    _check_where(slices, path)
     return slices
+
+
+def _check_where(slices: dict[str, Slice], source: str) -> None:
+    """Each slice's `where` bound against empty tables of the catalog's layout, when the file
+    is read: a condition that does not parse or names no column of `clips` is refused before
+    any work (`dojo train` trained for minutes before its evaluation made the views)."""
+    import duckdb
+
+    con = duckdb.connect()
+    for name, schema in table_schemas().items():
+        con.register("clips_stored" if name == "clips" else name, schema.empty_table())
+    con.execute(CLIPS_VIEW)
+    add_slices(con, slices, source)
 
 
 def tag_slices(con: Any) -> dict[str, Slice]:
@@ -137,16 +151,21 @@ def connect(catalog: str, slices: dict[str, Slice] | None = None) -> Any:
     return con
 
 
-def add_slices(con: Any, slices: dict[str, Slice]) -> None:
-    """A view `slice_NAME` per slice; a `where` that does not run is a ConfigError naming it."""
+def add_slices(con: Any, slices: dict[str, Slice], source: str = "slices") -> None:
+    """A view `slice_NAME` per slice; a `where` that does not run, or that ends the view's
+    statement and starts another, is a ConfigError naming `source` and the slice."""
     import duckdb
 
     for name, sl in slices.items():
+        sql = f"CREATE VIEW slice_{name} AS SELECT * FROM clips WHERE {sl.where}"
         try:
-            con.execute(f"CREATE VIEW slice_{name} AS SELECT * FROM clips WHERE {sl.where}")
+            if len(con.extract_statements(sql)) != 1:  # "1=1; DROP VIEW clips" ran both
+                raise ConfigError(source, f"slices.{name}.where", sl.where, "one SQL condition "
+                                  "on the clips view, not a second statement after ';'")
+            con.execute(sql)
             con.execute(f"DESCRIBE SELECT * FROM slice_{name}").fetchall()  # binds, no scan
         except duckdb.Error as err:
-            raise ConfigError("slices", f"slices.{name}.where", sl.where,
+            raise ConfigError(source, f"slices.{name}.where", sl.where,
                               f"a SQL condition on the clips view ({_first_line(err)})") from None
 
 
