@@ -52,6 +52,12 @@ def _clips_with(name: str, text: str) -> Callable[[Path], None]:
     return setup
 
 
+def _link(name: str, target: str) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        (root / name).symlink_to(target)
+    return setup
+
+
 # (argv, environment, files to put in the case folder first, words the error must hold)
 CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]] = [
     # 1. a cost model no simulator knows: `info` printed the system, `simulate` refused it
@@ -108,6 +114,12 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("calibrate", "--system", "h100-cluster", "--runs", "runs.csv", "--out", "m.toml\x00"),
      {}, _file("runs.csv", "model,plan,batch,seconds\nmlp,dp=8,8,0.01\n"),
      "argument 7 = 'm.toml\\x00': expected no NUL character"),
+    # 7. --out a symbolic link to nothing: the whole set was rendered, then its rename onto
+    # the link failed (a progress line and the error: two lines, and the work lost)
+    (("data", "synth", "--out", "o", "--clips", "1", "--cameras", "1", "--frames", "2",
+      "--size", "32x32"), {}, _link("o", "nowhere"),
+     "o: a symbolic link to 'nowhere', which does not exist; expected a folder for the clip "
+     "set, or a new path"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

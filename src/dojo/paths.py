@@ -28,3 +28,12 @@ def can_create_in(folder: Path) -> bool:
     except OSError:
         return False
     return not (st.f_flag & os.ST_RDONLY) and st.f_blocks != 0
+
+
+def dangling_link(path: Path) -> str | None:
+    """The target of `path` when it is a symbolic link to nothing, else None. Such a path does
+    not exist, but nothing can be made there either: a folder renamed or made onto it fails
+    (with ENOTDIR or EEXIST) only once the work to fill it is done."""
+    if path.is_symlink() and not path.exists():
+        return os.readlink(path)
+    return None

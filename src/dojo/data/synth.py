@@ -26,6 +26,7 @@ from dojo.data.scenario import SCENARIOS, TIME_OF_DAY, WEATHER, make_clip_scene
 from dojo.data.scene import CLASS_NAMES, Scene, boxes_world, ego_pose, occupancy, to_ego
 from dojo.data.video import CRF, GOP, encode_mp4
 from dojo.errors import ConfigError, DojoError
+from dojo.paths import dangling_link
 
 Progress = Callable[[int, int], None]
 ViewProgress = Callable[[int, int, int], None]  # (clip index, frame, camera), counted from 0
@@ -157,6 +158,9 @@ def synthesize(out: str | Path, cfg: SynthConfig, progress: Progress | None = No
         raise DojoError(f"'{out}': expected the path of a folder to create for the clip set")
     if out.exists() and not out.is_dir():
         raise DojoError(f"{out}: is a file; expected a folder for the clip set")
+    if (target := dangling_link(out)) is not None:
+        raise DojoError(f"{out}: a symbolic link to {target!r}, which does not exist; expected "
+                        "a folder for the clip set, or a new path")
     if out.exists() and any(out.iterdir()) and not force:
         raise DojoError(f"{out}: already exists and is not empty (pass --force to replace it)")
     _check_catalog_apart(out, catalog, cfg.clips)
