@@ -120,6 +120,14 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
       "--size", "32x32"), {}, _link("o", "nowhere"),
      "o: a symbolic link to 'nowhere', which does not exist; expected a folder for the clip "
      "set, or a new path"),
+    # ... and its siblings, where a new folder is made under a link to nothing
+    # (`paths.nearest_existing` took the link's parent as the place to create it)
+    (("train", "occupancy", "--steps", "1", "--out", "o"), {}, _link("o", "nowhere"),
+     "o: cannot create it, 'o' is a symbolic link to 'nowhere', which does not exist (--out "
+     "expects a folder path)"),
+    (("run", "--model", "mlp", "--steps", "1", "--checkpoint", "o/ck"), {},
+     _link("o", "nowhere"), "--checkpoint o/ck: o is a symbolic link to 'nowhere', which does "
+     "not exist, not a folder"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

@@ -12,11 +12,18 @@ from pathlib import Path
 
 def nearest_existing(path: Path) -> Path:
     """`path` itself if it exists, else its closest existing ancestor (the folder a new
-    `path` would be created in, directly or through new sub-folders)."""
+    `path` would be created in, directly or through new sub-folders). A symbolic link to
+    nothing counts as existing: nothing can be created where it lies (`dangling_link`)."""
     probe = path
-    while not probe.exists() and probe.parent != probe:
+    while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
         probe = probe.parent
     return probe
+
+
+def not_a_folder(path: Path) -> str:
+    """What `path`, which is no folder, is, for an error line: a file, or a link to nothing."""
+    target = dangling_link(path)
+    return "a file" if target is None else f"a symbolic link to {target!r}, which does not exist"
 
 
 def can_create_in(folder: Path) -> bool:

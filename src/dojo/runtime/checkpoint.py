@@ -18,7 +18,7 @@ import torch
 from dojo.config import load_json
 from dojo.errors import DojoError
 from dojo.numerics import load_policy_state, policy_state
-from dojo.paths import can_create_in, nearest_existing
+from dojo.paths import can_create_in, nearest_existing, not_a_folder
 
 MANIFEST = "manifest.json"
 
@@ -52,7 +52,8 @@ def check_folder(folder: str | Path, *, resume: bool) -> Path:
         raise DojoError(f"--checkpoint {root}: exists and is not a folder")
     parent = nearest_existing(root)
     if not parent.is_dir():
-        raise DojoError(f"--checkpoint {root}: {parent} is not a folder")
+        raise DojoError(f"--checkpoint {root}: {parent} is {not_a_folder(parent)}, not a "
+                        "folder")
     if not can_create_in(parent):
         raise DojoError(f"--checkpoint {root}: {parent} is not writable")
     return root

@@ -27,7 +27,7 @@ from dojo.data.video import GOP
 from dojo.errors import ConfigError, DojoError
 from dojo.hardware.loader import host_count, load_system
 from dojo.hardware.spec import SystemSpec
-from dojo.paths import can_create_in, nearest_existing
+from dojo.paths import can_create_in, nearest_existing, not_a_folder
 from dojo.train import checkpoint
 from dojo.train.options import TrainOptions
 
@@ -118,8 +118,8 @@ def _check_writable(folder: Path, flag: str) -> None:
     """`folder` exists as a writable folder, or its nearest existing ancestor is one."""
     probe = nearest_existing(folder)
     if not probe.is_dir():
-        raise DojoError(f"{folder}: cannot create it, '{probe}' is a file ({flag} expects a "
-                        "folder path)")
+        raise DojoError(f"{folder}: cannot create it, '{probe}' is {not_a_folder(probe)} "
+                        f"({flag} expects a folder path)")
     if not can_create_in(probe):
         raise DojoError(f"{folder}: cannot write there, '{probe}' is not writable ({flag})")
 
