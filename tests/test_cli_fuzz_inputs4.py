@@ -128,6 +128,13 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
     (("run", "--model", "mlp", "--steps", "1", "--checkpoint", "o/ck"), {},
      _link("o", "nowhere"), "--checkpoint o/ck: o is a symbolic link to 'nowhere', which does "
      "not exist, not a folder"),
+    # 8. a server URL with a line break (DOJO_SERVER read from a file) or an escape: a
+    # traceback from http.client (the Host header, the request line)
+    (("jobs",), {"DOJO_TOKEN": "dojo_x", "DOJO_SERVER": "http://127.0.0.1:9\n"}, _none,
+     "--server: field 'server' = 'http://127.0.0.1:9\\n': expected an http:// or https:// URL "
+     "like http://127.0.0.1:8600, without spaces, line breaks or control characters"),
+    (("usage", "--server", "http://127.0.0.1:9/\x1b[2J"), {"DOJO_TOKEN": "dojo_x"}, _none,
+     "field 'server' = 'http://127.0.0.1:9/\\x1b[2J': expected an http:// or https:// URL"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

@@ -72,6 +72,11 @@ def check_server(server: str) -> str:
     from urllib.parse import urlsplit
 
     expected = "an http:// or https:// URL like http://127.0.0.1:8600"
+    if not server.isprintable() or any(c.isspace() for c in server):
+        # a line break (a DOJO_SERVER read from a file) reached the Host header, an escape the
+        # request line: http.client refused each with a traceback
+        raise ConfigError("--server", "server", server, f"{expected}, without spaces, line "
+                          "breaks or control characters")
     try:
         parts = urlsplit(server)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
