@@ -135,6 +135,19 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], Callable[[Path], None], str]]
      "like http://127.0.0.1:8600, without spaces, line breaks or control characters"),
     (("usage", "--server", "http://127.0.0.1:9/\x1b[2J"), {"DOJO_TOKEN": "dojo_x"}, _none,
      "field 'server' = 'http://127.0.0.1:9/\\x1b[2J': expected an http:// or https:// URL"),
+    # 9. submit --idempotency-key with a non-ASCII character: a UnicodeEncodeError traceback
+    # (it goes out as an HTTP header)
+    (("submit", "train", "mlp", "--server", "http://127.0.0.1:9", "--idempotency-key",
+      "a\u202eb"), {"DOJO_TOKEN": "dojo_x"}, _none,
+     "--idempotency-key: field 'idempotency_key' = 'a\\u202eb': expected visible ASCII "
+     "characters, no spaces"),
+    # 10. train --measure-decode with DOJO_CACHE a file: a NotADirectoryError traceback from
+    # removing the probe's temporary file (it hid the error being reported); now refused
+    # before any work, as --out is
+    (("train", "occupancy", "--steps", "1", "--out", "r", "--measure-decode"),
+     {"DOJO_CACHE": "afile.txt"}, _file("afile.txt", "x"),
+     "afile.txt/decode: cannot create it, 'afile.txt' is a file (DOJO_CACHE expects a folder "
+     "path)"),
     # 2. data synth: the occupancy grids of a clip (frames x grid^2 B) were left out of its
     # memory bound: 100,000 frames of a 4096 x 4096 grid were 1.6 TB
     ((*NO_OUT, "--clips", "1", "--cameras", "1", "--size", "16x16", "--grid", "4096",

@@ -95,6 +95,12 @@ def check_submit(args: argparse.Namespace) -> None:
         raise ConfigError("--limit-s", "limit_s", args.limit_s, "a number of seconds > 0")
     if args.priority not in (0, 1):
         raise ConfigError("--priority", "priority", args.priority, "0 or 1")
+    key = args.idempotency_key
+    if key is not None and not (key and key.isascii() and key.isprintable() and " " not in key):
+        # sent as an HTTP header, whose values are visible ASCII (RFC 9110, field-vchar): 'é'
+        # or a bidi override was a UnicodeEncodeError traceback
+        raise ConfigError("--idempotency-key", "idempotency_key", key, "visible ASCII "
+                          "characters, no spaces (it is sent as an HTTP header)")
 
 
 def run_submit(args: argparse.Namespace) -> int:

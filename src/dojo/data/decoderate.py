@@ -22,6 +22,7 @@ noise is left out: at CRF 18 it is coded faithfully (sigma 2 levels gives 0.5 bi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -89,12 +90,19 @@ def probe_clip(width: int, height: int, cache_dir: str | Path | None = None) -> 
         encode_mp4(tmp, pattern_frames(width, height), PROBE_FPS)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise DojoError(f"{folder}: cannot write the decode probe clip ({err})") from None
     except BaseException:  # an encode error, Ctrl-C or SIGTERM: leave no temporary file
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temporary file if it is there; under a file where a folder was expected
+    (DOJO_CACHE=afile), unlink raises NotADirectoryError, which hid the error being reported."""
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def measure_decode_fps_at(width: int, height: int, seconds: float = 0.5,

@@ -58,6 +58,10 @@ def preflight(opts: TrainOptions) -> Job:
     out = check_out(opts.out)
     check_system(opts.system)
     check_plan(opts.plan, opts.precision)
+    if opts.measure_decode:  # the probe clips are written there after training
+        from dojo.data.decoderate import default_cache_dir
+
+        _check_writable(default_cache_dir(), "DOJO_CACHE")
     url = opts.data if "://" in opts.data else ""  # Path() would make "s3://b/x" "s3:/b/x"
     root = Path(opts.data) if opts.data and not url else out.parent / "data"  # unused for URLs
     if opts.catalog and not (opts.train_set and opts.catalog.strip()):  # else ignored, or ' '
