@@ -85,6 +85,26 @@ def test_derived_graph_is_the_captured_graph(name: str) -> None:
     assert derived == captured
 
 
+@pytest.mark.parametrize("name", ["gpt", "deepseek-v3"])
+def test_capture_from_the_kept_module_is_a_fresh_capture(name: str) -> None:
+    """`session.captured` builds a model once and captures that module at every micro-batch
+    (the search captures four); the graph must be the one a fresh build at that micro-batch
+    gives, op for op and byte for byte (a capture that left the module changed would show)."""
+    from dojo.capture import capture
+    from dojo.models import build
+
+    small = dict(MODELS.get(name).small)
+    session.captured(name, small, 2, None)   # builds and keeps the module
+    session._CAPTURES.pop((name, tuple(sorted(small.items())), 3, None), None)
+    kept, _ = session.captured(name, small, 3, None)
+    bundle = build(name, batch=3, device="meta", overrides=small)
+    fresh = capture(bundle.model, bundle.example_inputs, bundle.loss_fn,
+                    bundle.make_optimizer(bundle.model.parameters()), targets=bundle.targets,
+                    name=name).graph
+    assert session._MODULES[(name, tuple(sorted(small.items())))] is not bundle.model
+    assert kept == fresh
+
+
 LONG = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 160, "seq": 8192,
         "vocab": 512}
 

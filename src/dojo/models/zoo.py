@@ -155,12 +155,16 @@ def build(
     overrides: Mapping[str, Any] | None = None,
     small: bool = False,
     seed: int = 0,
+    module: nn.Module | None = None,
 ) -> ModelBundle:
     """Build model `name` (or `path/to/file.py:factory`) with its example batch on `device`.
 
     `batch` defaults to 2; `seq` (tokens) applies to sequence models only and defaults to the
     config's context length. On device "meta" no memory is allocated: inputs are shape-only.
     Initialisation and inputs are seeded by `seed` without touching torch's global RNG state.
+    `module`: a model this call built before with the same name, overrides, `small` and device
+    (any batch and seq: the module depends on neither), reused for the new example batch; on
+    "meta" it spares the build (the plan search captures one model at four micro-batches).
     """
     if _is_factory_spec(name):
         from dojo.models.factory import load_factory
@@ -179,7 +183,7 @@ def build(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             with dev:
-                model = entry.make_model(cfg)
+                model = entry.make_model(cfg) if module is None else module
         inputs, target = _example_data(entry, cfg, batch, seq, dev, seed)
     except (RuntimeError, TypeError) as err:
         if "overflow" not in str(err).lower():

@@ -40,6 +40,7 @@ from dojo.plan.policies import policy_classes, policy_modules
 from dojo.sim.simulate import Result, simulate
 
 _CAPTURES: dict[tuple[Any, ...], tuple[Graph, Any]] = {}
+_MODULES: dict[tuple[Any, ...], Any] = {}   # meta modules `captured` built, for its next batch
 _WORKS: dict[tuple[Any, ...], ModelWork] = {}
 _AFFINE: dict[tuple[Any, ...], bool] = {}
 MAX_BATCH = 2**53   # samples: every count stays an exact float, every time finite
@@ -77,7 +78,10 @@ def captured(model: str, overrides: Mapping[str, Any], batch: int, seq: int | No
         from dojo.models import build
 
         torch.set_num_threads(1)
-        bundle = build(model, batch=batch, seq=seq, device="meta", overrides=dict(overrides))
+        built = key[:2]   # the module depends on neither the batch nor the sequence
+        bundle = build(model, batch=batch, seq=seq, device="meta", overrides=dict(overrides),
+                       module=_MODULES.get(built))
+        _MODULES[built] = bundle.model
         opt = bundle.make_optimizer(bundle.model.parameters())
         cap = capture(bundle.model, bundle.example_inputs, bundle.loss_fn, opt,
                       targets=bundle.targets, name=model)
