@@ -178,6 +178,15 @@ class Plan:
         return ",".join(parts)
 
 
+def fast_replace(plan: Plan, **changes: object) -> Plan:
+    """`dataclasses.replace` for a `Plan` without its generated __init__ (20 frozen
+    setattrs, with no __post_init__ to run): the search builds millions of plans, and this
+    was a fifth of its time on DeepSeek-V3. Same fields, equality and hash."""
+    new = object.__new__(Plan)
+    new.__dict__.update(plan.__dict__, **changes)
+    return new
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelShape:
     """What a plan must divide: blocks to cut into stages, heads and widths to split."""

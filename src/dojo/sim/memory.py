@@ -209,16 +209,35 @@ def state_memory(plan: Plan, params: float, state_per_param: float
     """(weights + master copy, gradients, optimizer state) bytes of a device holding `params`
     parameters (after the tp split), sharded over dp x cp by the plan's ZeRO stage. With
     grad_acc=copy the gradients are the FP32 buffer and the weights' own bf16 `.grad`."""
+    return state_of(params, state_factors(plan, state_per_param))
+
+
+StateFactors = tuple[float, int, bool, bool, float, int, bool, float, int, float]
+
+
+def state_factors(plan: Plan, state_per_param: float) -> StateFactors:
+    """What `state_of` reads of the plan: per-parameter bytes and the ranks each term shards
+    over (a caller asking for many parameter counts under one plan takes them once)."""
     sizes = PRECISION_BYTES[plan.precision]
-    shard = plan.dp_cp if plan.zero >= 1 else 1
-    weights = params * sizes["weights"] / (plan.dp_cp if plan.zero >= 3 else 1)
-    if plan.precision == "fp8":  # TransformerEngine's FP8 weights and transposes: cached
-        fp8 = params * FP8_CACHE_BYTES_PER_PARAM / (plan.dp_cp if plan.zero >= 3 else 1)
-        weights = fp8 if plan.fp8_params else weights + fp8  # or the weights themselves
-    grads = params * grad_bytes(plan) / (plan.dp_cp if plan.zero >= 2 else 1)
-    if plan.grad_acc == "copy":  # the bf16 `.grad` each backward writes, whole (sim/gradacc.py)
-        grads += params * sizes["weights"]
-    return (weights + params * sizes["master"] / shard, grads, params * state_per_param / shard)
+    return (sizes["weights"], plan.dp_cp if plan.zero >= 3 else 1, plan.precision == "fp8",
+            plan.fp8_params, grad_bytes(plan), plan.dp_cp if plan.zero >= 2 else 1,
+            plan.grad_acc == "copy", sizes["master"], plan.dp_cp if plan.zero >= 1 else 1,
+            state_per_param)
+
+
+def state_of(params: float, factors: StateFactors) -> tuple[float, float, float]:
+    """`state_memory` of `params` parameters under `state_factors` (the same arithmetic in the
+    same order, so the same bytes to the bit)."""
+    size, weights_over, fp8_cached, fp8_params, grad, grads_over, copy, master, shard, \
+        per_param = factors
+    weights = params * size / weights_over
+    if fp8_cached:  # TransformerEngine's FP8 weights and transposes: cached
+        fp8 = params * FP8_CACHE_BYTES_PER_PARAM / weights_over
+        weights = fp8 if fp8_params else weights + fp8  # or the weights themselves
+    grads = params * grad / grads_over
+    if copy:  # the bf16 `.grad` each backward writes, whole (sim/gradacc.py)
+        grads += params * size
+    return (weights + params * master / shard, grads, params * per_param / shard)
 
 
 def grouped_state(plan: Plan, groups: list[tuple[float, int]], state_per_param: float

@@ -257,6 +257,23 @@ def _order_of(schedule: str, stage: int, pp: int, micro: int, virtual: int,
     return tuple(order(schedule, stage, pp, micro, virtual, group))
 
 
+SHORT_ORDER = 64   # forwards per device: orders this short are kept 1,024 at a time
+
+
+@lru_cache(maxsize=1024)
+def _short_order_of(schedule: str, stage: int, pp: int, micro: int, virtual: int,
+                    group: int) -> tuple[Task, ...]:
+    """`order` of at most `SHORT_ORDER` forwards, kept: the plan search's `ring_bound` asks
+    for thousands of them (`timebounds.RING_UNITS`), each at most 128 tasks, so 1,024 hold
+    about 1 MB: their tasks are shared (`_order_of`'s 32 kept DeepSeek-V3's 2,048-GPU search
+    to a third of them)."""
+    return tuple(_TASKS.setdefault(t, t) for t in order(schedule, stage, pp, micro, virtual,
+                                                         group))
+
+
+_TASKS: dict[Task, Task] = {}   # one tuple per task: (kind, micro-batch < SHORT_ORDER, chunk)
+
+
 def ring_spans(pp: int, micro: int, group: int, forward: list[float],
                backward: list[float], transfer_s: float = 0.0, stage: int = 0,
                schedule: str = "interleaved") -> list[Span]:
@@ -299,7 +316,8 @@ def _ring_run(pp: int, micro: int, group: int, forward: list[float], backward: l
     end_f = [0.0] * (micro * virtual)
     end_b = [0.0] * (micro * virtual)
     free = below_f[0] + stage * transfer_s               # the first forward's input
-    for kind, m, c in _order_of(schedule, stage, pp, micro, virtual, group):
+    kept = _short_order_of if micro * virtual <= SHORT_ORDER else _order_of
+    for kind, m, c in kept(schedule, stage, pp, micro, virtual, group):
         i = m * virtual + c
         if kind == "F":
             start = max(free, start_f[i - 1] + f[c - 1] + ring_f[c - 1]) if c else free

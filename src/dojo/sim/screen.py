@@ -38,10 +38,6 @@ from dojo.sim.session import (
     _affine_ok,
     compile_model,
     context_seq,
-    experts_of,
-    fuses_attention,
-    graph_at,
-    work_for,
 )
 from dojo.sim.simulate import Prepared, prepare
 from dojo.sim.stagemem import (
@@ -85,6 +81,7 @@ class _Screen(TimeBounds):
         self.compiled: dict[Plan, tuple[Program, Graph, Prepared]] = {}
         self._mb_terms: dict[tuple[Any, ...], dict[int, float]] = {}
         self._a2a: dict[tuple[Any, ...], tuple[float, bool]] = {}
+        self._terms: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._works: dict[tuple[Any, ...], ModelWork] = {}
 
     def device_groups(self, shape: ModelShape, devices: int, precision: str, fusion: str,
@@ -177,14 +174,20 @@ class _Screen(TimeBounds):
         """Whether some plan of the group may fit: on every stage, the least state of the
         family (`_family_bytes`'s, ZeRO 3 at its least ep) plus the least activations in
         flight over the group's schedules, recompute policies, sp and micro-batch groups
-        (`_least_activations`) within capacity. Each plan holds at least that sum."""
+        (`_least_activations`) within capacity. Each plan holds at least that sum. The least
+        so far is checked after each policy, the smallest-saving first: once it fits, the
+        least over all of them (no larger) fits."""
         state = self._least_state(replace(group, zero=3 if group.dp > 1 else 0))
-        acts = [self._least_activations(replace(group, schedule=schedule, recompute=rec, sp=sp))
-                for schedule in schedules_of(group, shape, devices, self.args[3])
-                for rec in RECOMPUTES for sp in ((False, True) if group.tp > 1 else (False,))]
-        return not acts or all(
-            state[s] + min(a[s] for a in acts) <= self.capacity * (1 + 1e-9)
-            for s in range(group.pp))
+        least: list[float] | None = None
+        for schedule in schedules_of(group, shape, devices, self.args[3]):
+            for rec in reversed(RECOMPUTES):
+                for sp in (True, False) if group.tp > 1 else (False,):
+                    acts = self._least_activations(replace(group, schedule=schedule,
+                                                           recompute=rec, sp=sp))
+                    least = acts if least is None else list(map(min, least, acts))
+                    if all(st + a <= self.capacity * (1 + 1e-9) for st, a in zip(state, least)):
+                        return True
+        return least is None
 
     def plans(self, group: Plan, shape: ModelShape, devices: int, worst: float
               ) -> Iterator[tuple[float, Plan, Bundle]]:
@@ -236,10 +239,9 @@ class _Screen(TimeBounds):
     def _state_within(self, plan: Plan, zero: int, ep: int) -> bool:
         """Whether the state at this ZeRO stage and ep fits (`_state_fits` without recording
         a reason: a bound asks it, not a plan)."""
-        key = self._state_key(replace(plan, zero=zero, ep=ep))
-        if key not in self._state:
-            return max(self._stage_state(replace(plan, zero=zero, ep=ep))) <= self.capacity
-        return self._state[key]
+        probe = replace(plan, zero=zero, ep=ep)
+        found = self._state.get(self._state_key(probe))
+        return max(self._stage_state(probe)) <= self.capacity if found is None else found
 
     def _family_fits(self, plan: Plan, mb: int = 0, parts: tuple[Any, ...] | None = None
                      ) -> bool:
@@ -434,20 +436,6 @@ class _Screen(TimeBounds):
         self.compiled[plan] = (program, graph, prepared)
         return lower_bound(program, prepared=prepared) * SAFETY
 
-    def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
-        """`session.work_for`, looked up by the plan fields it reads (the search asks
-        hundreds of thousands of times; building `work_for`'s own key costs more)."""
-        key = (mb or plan.mb, plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp,
-               plan.etp, plan.recompute)
-        found = self._works.get(key)
-        if found is None:
-            model, overrides, spec, _, seq = self.args
-            room(self._works)
-            found = self._works[key] = work_for(model, overrides, mb or plan.mb, seq, plan,
-                                                derive=True,
-                                                fused_attention=fuses_attention(spec))
-        return found
-
     def _state_key(self, plan: Plan) -> tuple[Any, ...]:
         return (plan.tp, plan.pp, plan.interleave, plan.zero, plan.dp, plan.precision, plan.cp,
                 plan.ep, plan.stages, plan.etp)
@@ -488,13 +476,3 @@ class _Screen(TimeBounds):
                         f"{device_name(self.args[2])} in weights, gradients and optimizer state "
                         f"alone (before activations) > capacity {self.capacity / gb:.2f} GB")
         return self._state[key]
-
-    def _layout(self, plan: Plan, mb: int | None = None) -> MoeLayout | None:
-        """The routed experts at micro-batch `mb` (the plan's by default), or None."""
-        model, overrides, _, _, seq = self.args
-        key = (mb or plan.mb, plan.cp)
-        if key not in self._layouts:
-            local = context_seq(model, overrides, plan, seq)
-            graph, config = graph_at(model, overrides, key[0], local, derive=True)
-            self._layouts[key] = experts_of(graph, config, key[0], local)
-        return self._layouts[key]

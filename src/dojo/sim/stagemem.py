@@ -10,14 +10,12 @@ whole plan spaces).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from dojo.compiler.experts import MoeLayout, expert_dp, expert_layout
 from dojo.compiler.program import _saved, tied_copy
 from dojo.compiler.work import ModelWork
-from dojo.plan.plan import Plan, microbatches, plan_split
+from dojo.plan.plan import Plan, fast_replace, microbatches, plan_split
 from dojo.plan.policies import policy_modules, rebuilds_selective
-from dojo.sim.memory import peak_in_flight, state_memory
+from dojo.sim.memory import peak_in_flight, state_factors, state_of
 from dojo.sim.pipeline import warm_units
 
 
@@ -169,12 +167,17 @@ def stage_state(work: ModelWork, plan: Plan, layout: MoeLayout | None,
     experts) one group over dp x cp. `held`: `stage_held(work, plan, layout)`, where the caller
     keeps it (it does not depend on dp, cp or ZeRO)."""
     moe = layout is not None and plan.ep > 1
-    # `memory.grouped_state`'s sums in its order, with its two plans built once, not per stage
-    plans = [replace(plan, dp=n, cp=1) for n in
-             ((plan.dp_cp, expert_dp(plan)) if moe else (plan.dp_cp,))]
+    # `memory.grouped_state`'s sums in its order, with its groups' factors taken once, not
+    # per stage
+    factors = [state_factors(fast_replace(plan, dp=n, cp=1), state_per_param) for n in
+               ((plan.dp_cp, expert_dp(plan)) if moe else (plan.dp_cp,))]
     out = []
     for mine in held or stage_held(work, plan, layout):
-        parts = [state_memory(p, h, state_per_param) for p, h in zip(plans, mine)]
+        if len(mine) == 1:   # sum() of one term is the term (0 + x)
+            a, b, c = state_of(mine[0], factors[0])
+            out.append(a + b + c)
+            continue
+        parts = [state_of(h, f) for f, h in zip(factors, mine)]
         out.append(sum(p[0] for p in parts) + sum(p[1] for p in parts)
                    + sum(p[2] for p in parts))
     return out

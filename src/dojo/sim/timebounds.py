@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from dojo.compiler.experts import MoeLayout, ep_gemm, expert_layout
@@ -19,7 +20,7 @@ from dojo.plan.plan import Plan, plan_split
 from dojo.sim.costs import DeviceModel
 from dojo.sim.fp8 import fp8_device
 from dojo.sim.overlap import grad_bytes
-from dojo.sim.pipeline import group_chain_bound, ring_bound
+from dojo.sim.pipeline import SHORT_ORDER, group_chain_bound, ring_bound
 from dojo.sim.searchspace import (
     all_to_all_pair,
     all_to_all_parts,
@@ -29,11 +30,13 @@ from dojo.sim.searchspace import (
     tp_section_times,
 )
 from dojo.sim.searchspace import fast_replace as _with
+from dojo.sim.session import context_seq, experts_of, fuses_attention, graph_at, work_for
 from dojo.sim.simulate import device_for
 
 SAFETY = 1 - 1e-9   # bounds add the same seconds in another order than the simulation
-RING_UNITS = 64     # orders of at most this many forwards per device get `ring_bound` early:
-                    # O(units) against the compile it may spare (a speed choice, not a bound)
+RING_UNITS = SHORT_ORDER   # 64: orders of at most this many forwards per device get
+# `ring_bound` early: O(units) against the compile it may spare (a speed choice, not a bound);
+# `pipeline` keeps their orders
 
 # (forward inside the stream's max, backward inside it, forward after it, backward after it)
 # seconds per virtual stage: `simulate.task_durations` takes max(ops, stream) + collectives
@@ -46,12 +49,17 @@ class Profile:
     """A split of the blocks over pp x interleave virtual stages, by kind of chunk: `kinds`
     (blocks, whether it is the first, whether the last), the first virtual stage of each kind,
     per device its kinds with their counts, and the kind of every virtual stage. The first
-    bound's arithmetic is per kind, not per virtual stage."""
+    bound's arithmetic is per kind, not per virtual stage. `peaks`: the devices whose end
+    `makespan` takes, each with its counts: the last device of each distinct counts (an
+    earlier one with the same counts runs the same work after a head and before a tail that
+    are sums of fewer of the same nonnegative terms, so its end is never larger, rounding
+    included: a float sum of nonnegative terms does not shrink as terms are added)."""
 
     kinds: tuple[tuple[int, bool, bool], ...]
     first_chunk: tuple[int, ...]
     stages: tuple[tuple[tuple[int, int], ...], ...]
     kind_of: tuple[int, ...]
+    peaks: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
 
     @staticmethod
     def of(split: list[int] | None, pp: int, interleave: int) -> Profile:
@@ -67,19 +75,21 @@ class Profile:
             of_chunk.append(index[kind])
         stages = tuple(tuple(sorted(Counter(of_chunk[c * pp + s] for c in range(interleave))
                                     .items())) for s in range(pp))
-        return Profile(tuple(index), tuple(first), stages, tuple(of_chunk))
+        last = {counts: s for s, counts in enumerate(stages)}
+        peaks = tuple((s, counts) for s, counts in enumerate(stages) if last[counts] == s)
+        return Profile(tuple(index), tuple(first), stages, tuple(of_chunk), peaks)
 
     def makespan(self, micro: int, fwd: list[float], bwd: list[float]) -> float:
         """`pipeline.makespan_bounds`' largest end + tail (no transfers), with `fwd` and `bwd`
-        seconds per kind."""
+        seconds per kind: device s ends after a head (the forwards of virtual stages 0 to
+        s - 1, its predecessors' first chunks), micro x its work, and a tail (their
+        backwards), each sum taken in that order."""
         both = [f + b for f, b in zip(fwd, bwd)]
-        best = head = tail = 0.0
-        for s, counts in enumerate(self.stages):
-            work = sum(n * both[k] for k, n in counts)
-            best = max(best, head + micro * work + tail)
-            head += fwd[self.kind_of[s]]   # the device's first chunk: virtual stage s
-            tail += bwd[self.kind_of[s]]
-        return best
+        firsts = self.kind_of[:len(self.stages) - 1]
+        head = list(accumulate(map(fwd.__getitem__, firsts), initial=0.0))
+        tail = list(accumulate(map(bwd.__getitem__, firsts), initial=0.0))
+        return max(head[s] + micro * sum(n * both[k] for k, n in counts) + tail[s]
+                   for s, counts in self.peaks)
 
 
 def room(cache: dict[Any, Any]) -> None:
@@ -125,12 +135,33 @@ class TimeBounds:
     _streams: dict[tuple[Any, ...], Any]   # per plan its list; per dp x tp a dict by params
     _mb_terms: dict[tuple[Any, ...], dict[int, float]]
     _a2a: dict[tuple[Any, ...], tuple[float, bool]]
+    _terms: dict[tuple[Any, ...], tuple[Any, ...]]
+    _works: dict[tuple[Any, ...], ModelWork]
+    _layouts: dict[tuple[int, int], MoeLayout | None]
 
     def _work(self, plan: Plan, mb: int | None = None) -> ModelWork:
-        raise NotImplementedError
+        """`session.work_for`, looked up by the plan fields it reads (the search asks
+        hundreds of thousands of times; building `work_for`'s own key costs more)."""
+        key = (mb or plan.mb, plan.tp, plan.sp, plan.precision, plan.fusion, plan.cp,
+               plan.etp, plan.recompute)
+        found = self._works.get(key)
+        if found is None:
+            model, overrides, spec, _, seq = self.args
+            room(self._works)
+            found = self._works[key] = work_for(model, overrides, mb or plan.mb, seq, plan,
+                                                derive=True,
+                                                fused_attention=fuses_attention(spec))
+        return found
 
     def _layout(self, plan: Plan, mb: int | None = None) -> MoeLayout | None:
-        raise NotImplementedError
+        """The routed experts at micro-batch `mb` (the plan's by default), or None."""
+        model, overrides, _, _, seq = self.args
+        key = (mb or plan.mb, plan.cp)
+        if key not in self._layouts:
+            local = context_seq(model, overrides, plan, seq)
+            graph, config = graph_at(model, overrides, key[0], local, derive=True)
+            self._layouts[key] = experts_of(graph, config, key[0], local)
+        return self._layouts[key]
 
     def _expert_sizes(self, plan: Plan) -> list[int]:
         raise NotImplementedError
@@ -215,17 +246,8 @@ class TimeBounds:
                plan.ep, plan.stages, plan.precision, plan.etp)
         if self._last_kinds[0] == key:   # ZeRO 3's bound after the others'
             return self._last_kinds[1]
-        work = self._work(plan)
-        tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
-        pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = self._section_sums(plan)
-        t = tps or (0.0,) * 7
-        rec = {"full": blk_f + t[2], "selective": blk_sel}.get(plan.recompute, 0.0)
-        layout = self._layout(plan)
-        pair, again, layers, outer = 0.0, False, 0, 0
-        if layout is not None and plan.ep > 1:
-            cal = self._device(plan.precision, plan.attn).calibration
-            pair, again = all_to_all_pair(self.args[2], cal, plan, work, layout, self._a2a)
-            layers, outer = layout.block_layers, layout.outer_layers
+        pre_f, pre_b, blk_f, blk_b, rec, post_f, post_b, t, pair, again, layers, outer = \
+            self._kind_terms(plan)
         times: Parts = ([], [], [], [])
         for n, first, last in profile.kinds:
             a2a = pair * (n * layers + (outer if first else 0))
@@ -236,6 +258,32 @@ class TimeBounds:
             times[3].append((t[1] if first else 0.0) + n * t[3] + (t[6] if last else 0.0) + a2a)
         self._last_kinds = (key, times)
         return times
+
+    def _kind_terms(self, plan: Plan) -> tuple[Any, ...]:
+        """What `_kind_times` reads of the plan's work, the same for every split of the blocks
+        (cached per mb, tp, sp, recompute, cp, ep, precision, etp and attn): the section sums with
+        the recompute's seconds in the selective slot, the tp collectives' sums, and the
+        all-to-all pair's seconds, whether the recompute replays it, and the MoE layers of a
+        block and outside the blocks."""
+        key = (plan.mb, plan.tp, plan.sp, plan.recompute, plan.cp, plan.ep, plan.precision,
+               plan.etp, plan.attn)
+        found = self._terms.get(key)
+        if found is None:
+            work = self._work(plan)
+            tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
+            pre_f, pre_b, blk_f, blk_b, blk_sel, post_f, post_b = self._section_sums(plan)
+            t = tps or (0.0,) * 7
+            rec = {"full": blk_f + t[2], "selective": blk_sel}.get(plan.recompute, 0.0)
+            layout = self._layout(plan)
+            pair, again, layers, outer = 0.0, False, 0, 0
+            if layout is not None and plan.ep > 1:
+                cal = self._device(plan.precision, plan.attn).calibration
+                pair, again = all_to_all_pair(self.args[2], cal, plan, work, layout, self._a2a)
+                layers, outer = layout.block_layers, layout.outer_layers
+            room(self._terms)
+            found = self._terms[key] = (pre_f, pre_b, blk_f, blk_b, rec, post_f, post_b, t,
+                                        pair, again, layers, outer)
+        return found
 
     def _stream(self, plan: Plan) -> list[float]:
         """Per virtual stage, the seconds ZeRO 3 streams its weights per pass
@@ -306,29 +354,28 @@ class TimeBounds:
         if self._last_times[0] == key:   # ZeRO 3's bound after the others' (a pipeline's)
             return self._last_times[1]
         layout = self._layout(plan)
+        profile = self._profile(plan)
         if layout is None or plan.ep == 1:
             # the chunks of a kind run the same ops and collectives: `_kind_times` (the same
             # sums as `chunk_parts`), per virtual stage
-            profile = self._profile(plan)
             kinds = self._kind_times(plan, profile)
-            f_in, b_in, f_out, b_out = ([part[k] for k in profile.kind_of] for part in kinds)
-            times = (f_in, b_in, f_out, b_out)
-            if plan.pp == 1:
-                self._times[key] = times
-            self._last_times = (key, times)
-            return times
-        work = self._work(plan)
-        split = plan_split(plan, work.repeat) if work.block else None
-        chunks = plan.pp * plan.interleave
-        tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
-        times = chunk_parts(self._section_sums(plan), tps, split, chunks, plan.recompute)
-        if plan.ep > 1:
+        else:
+            # and the same all-to-alls: `chunk_parts` and `all_to_all_parts` over one chunk
+            # per kind, in order (the first kind holds chunk 0, the last kind the last chunk:
+            # each is alone in its kind), the same sums per chunk
+            work = self._work(plan)
+            split, count = [n for n, _, _ in profile.kinds], len(profile.kinds)
+            tps = self._tp_sums(plan, work) if plan.tp > 1 and not plan.tp_overlap else None
+            each = chunk_parts(self._section_sums(plan), tps, split, count, plan.recompute)
             cal = self._device(plan.precision, plan.attn).calibration
-            parts = all_to_all_parts(self.args[2], cal, plan, work, layout, split, chunks,
+            parts = all_to_all_parts(self.args[2], cal, plan, work, layout, split, count,
                                      self._a2a)
-            times = (times[0], [b + r for b, r in zip(times[1], parts[2])],
-                     [f + a for f, a in zip(times[2], parts[0])],
-                     [b + a for b, a in zip(times[3], parts[1])])
+            kinds = (each[0], [b + r for b, r in zip(each[1], parts[2])],
+                     [f + a for f, a in zip(each[2], parts[0])],
+                     [b + a for b, a in zip(each[3], parts[1])])
+        of = profile.kind_of
+        times = (list(map(kinds[0].__getitem__, of)), list(map(kinds[1].__getitem__, of)),
+                 list(map(kinds[2].__getitem__, of)), list(map(kinds[3].__getitem__, of)))
         if plan.pp == 1:   # the op bound's, asked per dp; a pipeline's: its bound is kept
             self._times[key] = times
         self._last_times = (key, times)
