@@ -59,7 +59,7 @@ class Profile:
     first_chunk: tuple[int, ...]
     stages: tuple[tuple[tuple[int, int], ...], ...]
     kind_of: tuple[int, ...]
-    peaks: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
+    peaks: tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
 
     @staticmethod
     def of(split: list[int] | None, pp: int, interleave: int) -> Profile:
