@@ -44,8 +44,6 @@ def _min_thread(fn: Callable[[], object], repeat: int) -> float:
 
 def tp_region(rounds: int = 3, repeat: int = 300) -> float:
     """Seconds of host time per tensor-parallel all-reduce region (see the module docstring)."""
-    import torch.distributed as dist
-
     from dojo.runtime.tensor_parallel import _CopyToTP, _ReduceFromTP
 
     w = torch.randn(8, 8, requires_grad=True)
@@ -56,6 +54,16 @@ def tp_region(rounds: int = 3, repeat: int = 300) -> float:
         "bare": lambda: torch.autograd.grad(x @ w, (x, w), gy),
         "g": lambda: torch.autograd.grad(_ReduceFromTP.apply(x @ w, group), (x, w), gy),
         "f": lambda: torch.autograd.grad(_CopyToTP.apply(x, group) @ w, (x, w), gy)}
+    best = _best_without_all_reduce(cases, rounds, repeat)
+    return max(0.0, (best["g"] + best["f"]) / 2 - best["bare"])
+
+
+def _best_without_all_reduce(cases: dict[str, Callable[[], object]], rounds: int,
+                             repeat: int) -> dict[str, float]:
+    """Each case's fastest thread-CPU seconds per call (`_min_thread`, best of `rounds`,
+    the cases alternating) with `torch.distributed.all_reduce` a no-op meanwhile."""
+    import torch.distributed as dist
+
     real = dist.all_reduce
     dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
     try:
@@ -65,7 +73,7 @@ def tp_region(rounds: int = 3, repeat: int = 300) -> float:
                 best[name] = min(best[name], _min_thread(fn, repeat))
     finally:
         dist.all_reduce = real
-    return max(0.0, (best["g"] + best["f"]) / 2 - best["bare"])
+    return best
 
 
 def vocab_parallel(rounds: int = 3, repeat: int = 300) -> tuple[float, float]:
@@ -75,7 +83,6 @@ def vocab_parallel(rounds: int = 3, repeat: int = 300) -> tuple[float, float]:
     plain lookup and `F.cross_entropy` the program captures, forward and backward together,
     the all-reduces no-ops: tp rank 0 of 2 on a tiny vocabulary (16 ids, 8 features, 8
     tokens) against the whole one, side by side, in one process."""
-    import torch.distributed as dist
     import torch.nn.functional as F
 
     from dojo.runtime.vocab_parallel import VocabParallelEmbedding, vocab_parallel_loss
@@ -94,15 +101,7 @@ def vocab_parallel(rounds: int = 3, repeat: int = 300) -> tuple[float, float]:
         "loss": lambda: torch.autograd.grad(F.cross_entropy(whole.reshape(-1, 16),
                                                             tokens.reshape(-1)), whole),
         "split loss": lambda: torch.autograd.grad(loss(half, tokens), half)}
-    real = dist.all_reduce
-    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
-    try:
-        best = {k: float("inf") for k in cases}
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                best[name] = min(best[name], _min_thread(fn, repeat))
-    finally:
-        dist.all_reduce = real
+    best = _best_without_all_reduce(cases, rounds, repeat)
     return (max(0.0, best["split lookup"] - best["lookup"]),
             max(0.0, best["split loss"] - best["loss"]))
 
