@@ -142,18 +142,18 @@ def least_in_flight(split: list[int] | None, pp: int, interleave: int,
     micro-batch of every chunk is held: at least samples x the chunks' bytes per sample. GPipe
     holds every micro-batch; full recompute only adds."""
     chunks = pp * interleave
-
-    def saved(v: int, per: tuple[float, float, float]) -> float:
-        n = split[v] if split else 0
-        return per[0] * (v == 0) + per[1] * n + per[2] * (v == chunks - 1)
-
+    blocks = split[:chunks] if split else [0] * chunks
+    last = chunks - 1
+    # Each chunk's bytes once (the search asks this of every family); stage s holds chunks
+    # s, s + pp, ... (`[s::pp]`), summed in that order.
+    micro = [per_micro[0] * (v == 0) + per_micro[1] * n + per_micro[2] * (v == last)
+             for v, n in enumerate(blocks)]
+    sample = [per_sample[0] * (v == 0) + per_sample[1] * n + per_sample[2] * (v == last)
+              for v, n in enumerate(blocks)]
     out = []
     for s in range(pp):
-        mine = [c * pp + s for c in range(interleave)]
         units = pp - s if interleave == 1 else (interleave - 1) + 2 * (pp - 1 - s) // pp + 1
-        least = min(saved(v, per_micro) for v in mine)
-        every = samples * sum(saved(v, per_sample) for v in mine)
-        out.append(min(units * least, every))
+        out.append(min(units * min(micro[s::pp]), samples * sum(sample[s::pp])))
     return out
 
 
