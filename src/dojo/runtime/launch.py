@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dojo.errors import DojoError
+from dojo.runtime.gloothreads import idle_loop_threads, setting, wanted
 
 START_METHODS = ("forkserver", "spawn")
 START_GRACE_S = 60.0  # importing torch in a fresh worker on a loaded 2-core machine
@@ -77,6 +78,7 @@ def launch(fn: Callable[..., Any], nproc: int, args: Sequence[Any] = (), *,
     import torch.multiprocessing as mp
 
     check_ranks(nproc, "launch: nproc")
+    setting()  # a bad DOJO_GLOO_LOOP is refused here, not in every rank
     if not 0 < timeout_s <= MAX_TIMEOUT_S:  # 1e308 overflowed timedelta in the store
         raise DojoError(f"launch: timeout_s = {timeout_s}: {TIMEOUT_RANGE}")
     if method not in START_METHODS:
@@ -189,6 +191,8 @@ def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tupl
             torch.cuda.set_device(rank)
         dist.init_process_group(chosen, store=store, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        if chosen == "gloo" and wanted(world):
+            idle_loop_threads()  # the default group's; `build_mesh` takes its groups'
         # Plain pickle to bytes: tensors must not travel as shared-memory handles, which die
         # with this process before the parent reads them.
         results.put((rank, True, pickle.dumps(fn(rank, world, *args))))

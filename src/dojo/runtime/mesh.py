@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.plan.plan import Plan
+from dojo.runtime.gloothreads import idle_loop_threads, wanted
 
 
 @dataclass(frozen=True)
@@ -96,4 +97,6 @@ def build_mesh(plan: Plan, rank: int, distributed: bool) -> Mesh:
                 if rank in members:
                     groups[axis] = group
                     peers[axis] = members
+        if dist.get_backend() == "gloo" and wanted(dist.get_world_size()):
+            idle_loop_threads()  # every group's loop exists now (`dojo.runtime.gloothreads`)
     return Mesh(plan=plan, rank=rank, coords=coords_of(rank, plan), groups=groups, peers=peers)
