@@ -80,25 +80,27 @@ def supports(model: str, plan: str) -> bool:
 
 
 def closed_loop(model: str, plan: str, steps: int, repeats: int
-                ) -> tuple[float, float | None, float, float | None, list[float]]:
+                ) -> tuple[float, float | None, float, float | None, list[float], list[float]]:
     """(measured wall s, measured CPU s or None, simulated s, main-thread CPU s or None, each
     run's main-thread CPU s) per step of `model`'s small preset under `plan` (FP32); rank 0's
     fastest step after warm-up, best of `repeats` runs (each run its own processes: the
-    last item is the spread between invocations)."""
+    fifth item is the spread between invocations; the last, every run's steps after warm-up,
+    whose median is what `dojo run --json` reports)."""
     from dojo.runtime import Job, run_distributed
 
     job = Job(model=model, plan=f"{plan},precision=fp32", steps=steps, system="cpu")
     best, cpu, main, simulated = float("inf"), float("inf"), float("inf"), 0.0
-    runs = []
+    runs, steady = [], []
     for _ in range(repeats):
         sim, results = run_distributed(job, timeout_s=120)
+        steady += results[0]["step_s"][1:]
         best = min(best, min(results[0]["step_s"][1:]))
         cpu = min(cpu, min(results[0].get("step_cpu_s", [cpu])[1:] or [cpu]))
         runs.append(min(results[0].get("step_thread_cpu_s", [main])[1:] or [main]))
         main = min(main, runs[-1])
         simulated = sim.result.step_time_s
     return (best, (cpu if cpu < float("inf") else None), simulated,
-            (main if main < float("inf") else None), runs)
+            (main if main < float("inf") else None), runs, steady)
 
 
 def phase_minima(model: str, rounds: int = 30) -> tuple[float, float]:
@@ -138,7 +140,7 @@ def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
          fresh: str | None) -> dict[str, Any]:
     """One row: measured, simulated (committed calibration; and with `fresh`, the system file
     of a calibration measured just before) and their errors."""
-    real, cpu, pred, main_cpu, runs = closed_loop(model, plan, args.steps, args.repeats)
+    real, cpu, pred, main_cpu, runs, steady = closed_loop(model, plan, args.steps, args.repeats)
     phases, inproc = phase_minima(model) if args.phases and plan == "dp=1" else (None, None)
     row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
            "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
@@ -147,7 +149,8 @@ def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
            "inprocess_s": inproc, "error_inprocess": (pred - inproc) / inproc if inproc else None,
            "measured_main_cpu_s": main_cpu,
            "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None,
-           "main_cpu_runs_s": runs}
+           "main_cpu_runs_s": runs, "median_s": median(steady),
+           "error_median": (pred - median(steady)) / median(steady)}
     if fresh is not None:
         from fresh_calibration import simulated_with
 

@@ -25,7 +25,7 @@ from unittest import mock
 
 import torch
 
-NO_WAITS = {"lockstep_wait_s": 0.0, "lockstep_share": 0.0, "lockstep_cap_s": 0.0,
+NO_WAITS = {"lockstep_wait_s": 0.0, "lockstep_jitter": 0.0,
             "wait_resume_s": 0.0, "collective_latency_s": 0.0}
 
 

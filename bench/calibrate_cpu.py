@@ -31,7 +31,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    oneDNN's setup per convolution call: a tiny convolution of 2 images (oneDNN) against 1
    image (im2col), side by side; and a
    convolution's own fixed work per call, whatever its backend: a tiny one-image convolution
-   against a tiny matmul (one counted op each per phase), side by side.
+   against a tiny matmul (one counted op each per phase), side by side; and the im2col path's
+   unfolding per element of its columns matrix, forward and backward, from two one-image
+   convolutions whose columns differ 6x, net of their GEMMs (bench/conv_costs.py).
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
@@ -41,8 +43,8 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    (`tp_vocab_embedding_s`, `tp_vocab_loss_s`), posting a pipeline send (`p2p_post_s`), the
    slower work after a blocking wait on the other rank (`wait_resume_s`); two ranks in
    lockstep, some eager work then a 16 KB all-reduce over and over: the wall per collective
-   beyond its modelled transfer, the share of the work between collectives that the ranks
-   run in turn and its most (`lockstep_wait_s`, `lockstep_share`, `lockstep_cap_s`;
+   beyond its modelled transfer, and the wait for the later rank, which drifts from the
+   earlier in proportion to sqrt(work between) (`lockstep_wait_s`, `lockstep_jitter`;
    `rank_costs.lockstep`); and, printed only, how much a second rank working beside one
    slows it (`co_run_slowdown`, meaningful on a quiet machine).
 
@@ -68,18 +70,11 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
+from conv_costs import _best, conv_call_overhead, conv_ratio, im2col_costs, onednn_setup
+
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 1  # what each `dojo run` rank uses (dojo.runtime.launch)
-
-
-def _best(fn: Callable[[], object], repeat: int = 7) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return min(samples)
 
 
 def gemm_curve() -> list[tuple[float, float]]:
@@ -101,65 +96,6 @@ def fit_half(curve: list[tuple[float, float]], peak: float) -> float:
         if err < best_err:
             best, best_err = half, err
     return best
-
-
-def conv_ratio(peak: float) -> float:
-    """FP32 3x3 convolution throughput (forward) as a fraction of the GEMM peak."""
-    rates = []
-    for c, hw in ((64, 32), (128, 16), (256, 8)):
-        x = torch.randn(8, c, hw, hw)
-        w = torch.randn(c, c, 3, 3)
-        t = _best(lambda x=x, w=w: torch.nn.functional.conv2d(x, w, padding=1))
-        rates.append(2.0 * 8 * c * c * 9 * hw * hw / t)
-    return min(1.0, statistics.median(rates) / peak)
-
-
-def onednn_setup(repeat: int = 200) -> tuple[float, float]:
-    """(forward s, backward s) of oneDNN's setup per convolution call: a tiny 3x3 convolution
-    of 2 images (PyTorch hands it to oneDNN) against the same convolution of 1 image (the im2col
-    path, `dojo.compiler.eager_cpu`), timed side by side; both kernels take about a
-    microsecond, so the difference is the library's primitive setup and operand reorders."""
-    w = torch.randn(8, 8, 3, 3, requires_grad=True)
-    best: dict[int, tuple[float, float]] = {}
-    for _ in range(3):
-        for batch in (1, 2):
-            x = torch.randn(batch, 8, 4, 4, requires_grad=True)
-            y = torch.nn.functional.conv2d(x, w, padding=1)
-            g = torch.randn_like(y)
-            fwd = _best(lambda x=x: torch.nn.functional.conv2d(x, w, padding=1), repeat)
-            both = _best(lambda x=x, g=g: torch.autograd.grad(
-                torch.nn.functional.conv2d(x, w, padding=1), (x, w), g), repeat)
-            old = best.get(batch, (fwd, both - fwd))
-            best[batch] = (min(old[0], fwd), min(old[1], both - fwd))
-    return (max(0.0, best[2][0] - best[1][0]), max(0.0, best[2][1] - best[1][1]))
-
-
-def conv_call_overhead(repeat: int = 200) -> tuple[float, float]:
-    """(forward s, backward s) a CPU convolution costs beyond one op's dispatch and its FLOPs:
-    a tiny one-image 3x3 convolution (the im2col path: `_slow_conv2d_forward` and
-    `_slow_conv2d_backward`, which allocate, zero and unfold a columns buffer and run three
-    small GEMMs per call) against a tiny matmul, each one counted op per phase (the matmul's
-    backward asked for one gradient: one mm), timed side by side; all kernels take about a
-    microsecond, so the difference is the convolution's own fixed work per call."""
-    w = torch.randn(2, 2, 3, 3, requires_grad=True)
-    x = torch.randn(1, 2, 4, 4, requires_grad=True)
-    a, b = torch.randn(4, 4), torch.randn(4, 4, requires_grad=True)
-    gy = torch.randn(1, 2, 4, 4)
-    gm = torch.randn(4, 4)
-
-    def conv() -> torch.Tensor:
-        return torch.nn.functional.conv2d(x, w, padding=1)
-
-    best = [float("inf")] * 4
-    for _ in range(3):
-        times = [_best(conv, repeat),
-                 _best(lambda: torch.autograd.grad(conv(), (x, w), gy), repeat),
-                 _best(lambda: torch.mm(a, b), repeat),
-                 _best(lambda: torch.autograd.grad(torch.mm(a, b), (b,), gm), repeat)]
-        best = [min(o, t) for o, t in zip(best, times)]
-    fwd_conv, both_conv, fwd_mm, both_mm = best
-    return (max(0.0, fwd_conv - fwd_mm),
-            max(0.0, (both_conv - fwd_conv) - (both_mm - fwd_mm)))
 
 
 def stream_curve() -> list[tuple[float, float]]:
@@ -371,16 +307,17 @@ def committed_link() -> tuple[float, float]:
 
 
 def lockstep_fields(rounds: int, link: tuple[float, float]) -> dict[str, float]:
-    """`lockstep_wait_s`, `lockstep_share` and `lockstep_cap_s` (`rank_costs.lockstep`): a
-    collective's wall with no work between, net of the collective model's time for the
-    benchmark's all-reduce (2 alpha + bytes / bw with `link` = (alpha, bw), which the
-    simulation charges as the transfer), and the share and cap of the work between."""
+    """`lockstep_wait_s` and `lockstep_jitter` (`rank_costs.lockstep`): a collective's wall
+    with no work between, net of the collective model's time for the benchmark's all-reduce
+    (2 alpha + bytes / bw with `link` = (alpha, bw), which the simulation charges as the
+    transfer), and the jitter of the work between."""
     from rank_costs import LOCKSTEP_ELEMENTS, lockstep
 
-    alone, share, cap, _ = lockstep(rounds)
+    alone, jitter, points = lockstep(rounds)
+    print("lockstep (work alone us, excess us): "
+          + ", ".join(f"({x * 1e6:.0f}, {(y - x) * 1e6:.0f})" for x, y in points), file=sys.stderr)
     modelled = 2 * link[0] + 4 * LOCKSTEP_ELEMENTS / link[1]
-    return {"lockstep_wait_s": max(0.0, alone - modelled), "lockstep_share": min(share, 2.0),
-            "lockstep_cap_s": cap}
+    return {"lockstep_wait_s": max(0.0, alone - modelled), "lockstep_jitter": min(jitter, 1.0)}
 
 
 def fast_fields(rounds: int, link: tuple[float, float] | None = None
@@ -426,8 +363,11 @@ def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], 
         for name, rate in vector_rates(cache).items():
             rates[name] = max(rate, rates.get(name, 0.0))
     alpha, link, gloo = gloo_fit()
-    fields = {"matrix_half_flops": fit_half(curve, peak), "collective_latency_s": alpha,
-              "conv_efficiency": max(conv_ratio(peak) for _ in range(rounds)),
+    half, conv = fit_half(curve, peak), max(conv_ratio(peak) for _ in range(rounds))
+    unfold = im2col_costs(peak, half, conv, rounds)
+    fields = {"matrix_half_flops": half, "collective_latency_s": alpha,
+              "conv_efficiency": conv,
+              "im2col_element_s": unfold[0], "im2col_element_backward_s": unfold[1],
               "cache_bytes": cache_bytes, "cache_bytes_per_s": cache,
               "vector_compute_efficiency": statistics.median(rates.values()) / peak}
     return (fields, {"peak": peak, "memory": memory, "link": link},

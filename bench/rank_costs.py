@@ -24,6 +24,7 @@ Every figure is the minimum over repeats, the best of rounds, as in calibrate_cp
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -243,15 +244,12 @@ def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
 
 
 def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
-             ) -> tuple[float, float, float, list[tuple[float, float]]]:
-    """(seconds per collective at no work between, share, cap s, points) of two gloo ranks in
-    lockstep: each runs some eager work, then a 16 KB all-reduce, over and over. What a
+             ) -> tuple[float, float, list[tuple[float, float]]]:
+    """(seconds per collective at no work between, jitter in s^0.5, points) of two gloo ranks
+    in lockstep: each runs some eager work, then a 16 KB all-reduce, over and over. What a
     collective adds to the wall beyond the work: the first figure with no work between; with
-    work between, `share` of it more (1: the two stepping threads take turns on the machine,
-    0: they run side by side; the least-squares slope over the points of up to 1 ms of work),
-    at most `cap` more (the mean excess over the points of 3 ms and more: from about 2 ms of
-    work on the excess stops growing). `points`: (wall s of the work alone,
-    wall s in lockstep), the mean of the two ranks."""
+    w seconds of work between, `jitter` x sqrt(w) more (the later rank's drift, `fit_lockstep`).
+    `points`: (wall s of the work alone, wall s in lockstep), the mean of the two ranks."""
     from dojo.runtime.launch import launch
 
     out: list[Any] = launch(_lockstep_rank, 2, (rounds, iters, window), timeout_s=600,
@@ -260,16 +258,14 @@ def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
     return (*fit_lockstep(points), points)
 
 
-def fit_lockstep(points: list[tuple[float, float]]) -> tuple[float, float, float]:
-    """(excess s at no work, share, cap s) of lockstep `points` (wall s of the work alone,
-    wall s in lockstep; the first with no work): the excess (lockstep minus alone) of the
-    first point; the least-squares slope of the excess over the work among the points of up
-    to 1 ms; the mean excess of the points of 3 ms and more minus the first's (0 if none)."""
+def fit_lockstep(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(excess s at no work, jitter s^0.5) of lockstep `points` (wall s of the work alone, wall
+    s in lockstep; the first with no work): the excess (lockstep minus alone) of the first
+    point, and the median over the others of (excess - first) / sqrt(work) (two ranks whose
+    work jitters as a random walk arrive apart by a spread in proportion to sqrt(work), and
+    the earlier waits for the later; the median, as one slow window of a shared machine would
+    pull a least-squares fit towards its point)."""
     extra = [(alone, locked - alone) for alone, locked in points]
-    short = [(x, y) for x, y in extra if x <= 1e-3]
-    mx, my = sum(x for x, _ in short) / len(short), sum(y for _, y in short) / len(short)
-    slope = (sum((x - mx) * (y - my) for x, y in short)
-             / max(sum((x - mx) ** 2 for x, _ in short), 1e-30))
-    long = [y for x, y in extra if x >= 3e-3]
-    cap = sum(long) / len(long) - extra[0][1] if long else 0.0
-    return extra[0][1], max(0.0, slope), max(0.0, cap)
+    base = extra[0][1]
+    ratios = [(y - base) / x ** 0.5 for x, y in extra[1:] if x > 0]
+    return base, max(0.0, statistics.median(ratios)) if ratios else 0.0

@@ -86,3 +86,65 @@ def test_calibration_measures_a_positive_convolution_call() -> None:
     module = load_bench("calibrate_cpu")
     forward, backward = module.conv_call_overhead(repeat=50)
     assert backward > 1e-6 and forward >= 0.0
+
+
+@pytest.mark.parametrize("batch,channels,kernel,stride,padding,size", [
+    (1, 8, 3, 1, 1, 16), (1, 17, 3, 1, 1, 16), (1, 4, 5, 1, 2, 12), (1, 8, 1, 1, 0, 8),
+    (1, 8, 1, 1, 1, 8), (2, 8, 3, 1, 1, 8), (1, 3, 7, 2, 3, 64), (1, 6, 3, 2, 1, 16)])
+def test_unfolded_elements_are_the_columns_pytorch_unfolds(
+        batch: int, channels: int, kernel: int, stride: int, padding: int, size: int) -> None:
+    """`unfolded_elements` of a captured convolution (forward and backward) is the size of the
+    columns matrix `torch.nn.functional.unfold` builds for it on the im2col path (PyTorch's own
+    backend choice on one thread), 0 for oneDNN's and for a 1x1 kernel of stride 1 without
+    padding (its input is the columns matrix)."""
+    from dojo.capture import capture
+    from dojo.compiler.eager_cpu import unfolded_elements
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 4, kernel, stride=stride, padding=padding, bias=False)
+    x = torch.randn(batch, channels, size, size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backend = torch._C._select_conv_backend(x, conv.weight, None, conv.stride, conv.padding,
+                                                conv.dilation, False, (0, 0), 1, None)
+    finally:
+        torch.set_num_threads(threads)
+    columns = torch.nn.functional.unfold(x, kernel, padding=padding, stride=stride).numel()
+    plain = kernel == 1 and stride == 1 and padding == 0
+    expected = 0 if str(backend).endswith("Mkldnn") or plain else columns
+    opt = torch.optim.SGD(conv.parameters(), lr=0.0)
+    graph = capture(conv, (x,), lambda y: y.square().mean(), opt, name="conv",
+                    repeat_blocks=False).graph
+    convs = [op for op in graph.ops if "convolution" in op.target]
+    assert len(convs) == 2
+    assert [unfolded_elements([op], graph) for op in convs] == [expected] * 2
+    if (batch, kernel, size) == (1, 3, 16):
+        assert expected > 0  # the im2col path is what these cases exercise
+
+
+def test_an_im2col_convolution_pays_its_columns_per_phase() -> None:
+    """On an eager device an im2col convolution costs `im2col_element_s` per unfolded element
+    forward and `im2col_element_backward_s` backward on top of the rest; a device with a
+    compiler and an op that unfolds nothing do not."""
+    dev = _device(im2col_element_s=4e-10, im2col_element_backward_s=1e-9, eager=True)
+    bare = _device(im2col_element_s=0.0, im2col_element_backward_s=0.0, eager=True)
+    fwd = OpCost("matrix", 1e6, 1e4, "aten.convolution.default", unfolded=50_000)
+    back = replace(fwd, target="aten.convolution_backward.default")
+    assert dev.op_time(fwd) - bare.op_time(fwd) == pytest.approx(50_000 * 4e-10, rel=1e-9)
+    assert (dev.for_phase("backward").op_time(back) - bare.for_phase("backward").op_time(back)
+            == pytest.approx(50_000 * 1e-9, rel=1e-9))
+    none = replace(fwd, unfolded=0)
+    assert dev.op_time(none) == bare.op_time(none)
+    compiled = _device(im2col_element_s=4e-10, eager=False)
+    assert compiled.op_time(fwd) == replace(
+        compiled, calibration=replace(compiled.calibration, im2col_element_s=0.0)).op_time(fwd)
+
+
+@pytest.mark.slow
+def test_calibration_measures_the_columns_cost() -> None:
+    """conv_costs.im2col_costs on this machine: unfolding costs time per element, and the
+    backward (unfold and fold) more than the forward (unfold)."""
+    module = load_bench("conv_costs")
+    forward, backward = module.im2col_costs(1e11, 2e5, 1.0, rounds=1, repeat=30)
+    assert 0.0 < forward < backward

@@ -1,10 +1,12 @@
-"""The CPU closed loop's waits between ranks measured in lockstep (eleventh round): a blocking
-wait on another rank costs the step's wall a fixed part and a capped share of the rank's work
-since its previous wait (`dojo.sim.eager.wait_time`, docs/simulator.md). Each expected value
-is the closed form of the mechanism, from the calibration's fields."""
+"""The CPU closed loop's waits between ranks measured in lockstep (eleventh and fourteenth
+rounds): a blocking wait on another rank costs the step's wall a fixed part and the later
+rank's drift, `lockstep_jitter` x sqrt(the rank's work since its previous wait)
+(`dojo.sim.eager.wait_time`, docs/simulator.md). Each expected value is the closed form of the
+mechanism, from the calibration's fields."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -15,9 +17,8 @@ from dojo.runtime import Job
 from dojo.runtime.job import simulate_job
 
 NO_HOST = {"tp_region_s": 0.0, "p2p_post_s": 0.0, "wait_resume_s": 0.0, "lockstep_wait_s": 0.0,
-           "lockstep_share": 0.0, "lockstep_cap_s": 0.0, "tp_vocab_embedding_s": 0.0,
-           "tp_vocab_loss_s": 0.0}
-WAIT, SHARE, CAP = 300e-6, 0.8, 2e-3
+           "lockstep_jitter": 0.0, "tp_vocab_embedding_s": 0.0, "tp_vocab_loss_s": 0.0}
+WAIT, JITTER = 300e-6, 7e-3  # s, s^0.5: 221 us of drift after 1 ms of work
 
 
 def _devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
@@ -31,89 +32,85 @@ def _devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
     return program, zero, replace(dev, calibration=replace(zero.calibration, **fields))
 
 
-def test_a_wait_costs_its_fixed_part_and_a_capped_share_of_the_work_before_it() -> None:
-    """wait_time = lockstep_wait_s + min(lockstep_share x work, lockstep_cap_s); without
-    lockstep figures the older `wait_resume_s`; nothing off an eager device."""
+def test_a_wait_costs_its_fixed_part_and_the_drift_of_the_work_before_it() -> None:
+    """wait_time = lockstep_wait_s + lockstep_jitter x sqrt(work): quadrupling the work doubles
+    the drift; without lockstep figures the older `wait_resume_s`; nothing off an eager
+    device."""
     from dojo.sim.eager import wait_time
 
-    _, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_share=SHARE,
-                         lockstep_cap_s=CAP, wait_resume_s=50e-6)
+    _, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_jitter=JITTER,
+                         wait_resume_s=50e-6)
     assert wait_time(dev, 0.0) == pytest.approx(WAIT, rel=1e-12)
-    assert wait_time(dev, 1e-3) == pytest.approx(WAIT + SHARE * 1e-3, rel=1e-12)
-    assert wait_time(dev, 1.0) == pytest.approx(WAIT + CAP, rel=1e-12)
+    assert wait_time(dev, 1e-3) == pytest.approx(WAIT + JITTER * math.sqrt(1e-3), rel=1e-12)
+    assert (wait_time(dev, 4e-3) - WAIT) == pytest.approx(2 * (wait_time(dev, 1e-3) - WAIT),
+                                                          rel=1e-12)
     old = replace(dev, calibration=replace(dev.calibration, lockstep_wait_s=0.0,
-                                           lockstep_share=0.0, lockstep_cap_s=0.0))
+                                           lockstep_jitter=0.0))
     assert wait_time(old, 1e-3) == pytest.approx(50e-6, rel=1e-12)
     assert wait_time(replace(dev, calibration=replace(dev.calibration, eager=False)), 1.0) == 0.0
 
 
-def test_tp_collectives_wait_for_a_share_of_the_work_between_them() -> None:
+def test_tp_collectives_wait_for_the_drift_of_the_work_between_them() -> None:
     """A tp phase of n collectives, r of them f/g regions, and ops taking t: r tp_region_s +
-    n lockstep_wait_s + share x (t + r tp_region_s), the work spread evenly between the
-    collectives (below the cap); with a cap below each interval's share, r region + n (wait +
-    cap). gpt's forward has 3 collectives of its vocabulary-parallel embedding and loss (one
-    all-reduce and two, docs/runtime.md), which are no f/g regions."""
+    n (lockstep_wait_s + jitter sqrt((t + r tp_region_s) / n)), the work spread evenly
+    between the collectives. gpt's forward has 3 collectives of its vocabulary-parallel
+    embedding and loss (one all-reduce and two, docs/runtime.md), which are no f/g regions."""
     from dojo.sim.memory import device_memory
     from dojo.sim.simulate import chunk_times
 
     region = 20e-6
     program, zero, dev = _devices("tp=2", tp_region_s=region, lockstep_wait_s=WAIT,
-                                  lockstep_share=SHARE, lockstep_cap_s=CAP)
-    capped = replace(dev, calibration=replace(dev.calibration, lockstep_cap_s=10e-6))
+                                  lockstep_jitter=JITTER)
     memory = device_memory(program)
     for chunk in program.chunks:
         base = chunk_times(program, chunk, zero, memory)
-        now, low = (chunk_times(program, chunk, d, memory) for d in (dev, capped))
-        for comms, work, extra, cut in (
-                (chunk.tp_forward, base.forward, now.tp_forward, low.tp_forward),
-                (chunk.tp_backward, base.backward, now.tp_backward, low.tp_backward)):
+        now = chunk_times(program, chunk, dev, memory)
+        for comms, work, extra, before in (
+                (chunk.tp_forward, base.forward, now.tp_forward, base.tp_forward),
+                (chunk.tp_backward, base.backward, now.tp_backward, base.tp_backward)):
             n = len(comms)
             r = n - 3 if comms is chunk.tp_forward else n
-            assert n and SHARE * (work / n + region) < CAP
-            assert extra - (base.tp_forward if comms is chunk.tp_forward
-                            else base.tp_backward) == pytest.approx(
-                r * region + n * WAIT + SHARE * (work + r * region), rel=1e-9)
-            assert cut - (base.tp_forward if comms is chunk.tp_forward
-                          else base.tp_backward) == pytest.approx(
-                r * region + n * (WAIT + 10e-6), rel=1e-9)
+            assert n
+            drift = JITTER * math.sqrt((work + r * region) / n)
+            assert extra - before == pytest.approx(r * region + n * (WAIT + drift), rel=1e-9)
 
 
 def test_the_step_collectives_wait_after_the_passes_and_the_update(monkeypatch: Any) -> None:
     """dp=2: the gradient all-reduce waits after the stage's forward and backward tasks (its
-    busy time in the simulated spans), the loss all-reduce after the update (u): below the
-    cap, each update span is u + K + share x (busy + u), K the sync's host time with no
-    share (`sync_host_time` at share 0 and no work before)."""
+    busy time in the simulated spans), the loss all-reduce after the update (u): each update
+    span is u + K + j (sqrt(busy) + sqrt(u)), K the sync's host time with no jitter
+    (`sync_host_time` at jitter 0)."""
     import importlib
 
     from dojo.sim.eager import sync_host_time
 
     simulate_module = importlib.import_module("dojo.sim.simulate")  # the name is a function
 
-    program, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_share=0.0,
-                               lockstep_cap_s=1.0)
+    program, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_jitter=0.0)
     spans = {}
-    for share in (0.0, 0.1, 0.2):
-        d = replace(dev, calibration=replace(dev.calibration, lockstep_share=share))
+    for jitter in (0.0, 2e-3, 5e-3):
+        d = replace(dev, calibration=replace(dev.calibration, lockstep_jitter=jitter))
         monkeypatch.setattr(simulate_module, "device_model", lambda _, d=d: d)
         result = simulate_module.simulate(program)
-        spans[share] = result.optimizer_spans[0][2] - result.optimizer_spans[0][1]
+        spans[jitter] = result.optimizer_spans[0][2] - result.optimizer_spans[0][1]
         busy = sum(s.end - s.start for s in result.spans if s.stage == 0)
     params = program.work.param_count / program.plan.tp
     fixed = sync_host_time(program, dev, 0, params, 0.0, 0.0)
     update = spans[0.0] - fixed - dev.calibration.step_overhead_s
-    for share in (0.1, 0.2):
-        assert spans[share] - spans[0.0] == pytest.approx(share * (busy + update), rel=1e-6)
+    for jitter in (2e-3, 5e-3):
+        assert spans[jitter] - spans[0.0] == pytest.approx(
+            jitter * (math.sqrt(busy) + math.sqrt(update)), rel=1e-6)
 
 
 def test_pipeline_receives_wait_the_fixed_part_only() -> None:
-    """pp=2: a receive costs lockstep_wait_s and no share of work (the pipeline's schedule
-    already has the receiver wait for the sender's task); a send its posting."""
+    """pp=2: a receive costs lockstep_wait_s and no drift (the pipeline's schedule already has
+    the receiver wait for the sender's task); a send its posting."""
     from dojo.sim.memory import device_memory
     from dojo.sim.simulate import chunk_times, task_durations
 
     post = 20e-6
     program, zero, dev = _devices("pp=2", p2p_post_s=post, lockstep_wait_s=WAIT,
-                                  lockstep_share=SHARE, lockstep_cap_s=CAP)
+                                  lockstep_jitter=JITTER)
     memory = device_memory(program)
     times = {c.index: chunk_times(program, c, zero, memory) for c in program.chunks}
     f0, b0, _ = task_durations(program, zero, times)
@@ -122,13 +119,12 @@ def test_pipeline_receives_wait_the_fixed_part_only() -> None:
     assert [a - b for a, b in zip(b1, b0)] == pytest.approx([WAIT, post], rel=1e-9)
 
 
-def test_the_lockstep_fit_recovers_a_known_wait_share_and_cap() -> None:
-    """bench/rank_costs.fit_lockstep on points of a known closed form: excess(work) =
-    a + min(s x work, cap) beyond the work; the fit returns (a, s, cap) where the points
-    up to 1 ms are below the cap and those from 3 ms on above it."""
+def test_the_lockstep_fit_recovers_a_known_wait_and_jitter() -> None:
+    """bench/rank_costs.fit_lockstep on points of a known closed form, excess(work) = a +
+    j sqrt(work) beyond the work, returns (a, j); with no work between at all, no jitter."""
     fit = load_bench("rank_costs").fit_lockstep
-    a, s, cap = 330e-6, 0.9, 1.5e-3
+    a, j = 330e-6, 7.4e-3
     works = [0.0, 0.4e-3, 0.8e-3, 1.7e-3, 3.4e-3, 6.8e-3]
-    points = [(w, w + a + min(s * w, cap)) for w in works]
-    assert fit(points) == pytest.approx((a, s, cap), rel=1e-9)
-    assert fit(points[:3])[2] == 0.0  # no long points: no cap measured
+    points = [(w, w + a + j * math.sqrt(w)) for w in works]
+    assert fit(points) == pytest.approx((a, j), rel=1e-9)
+    assert fit(points[:1]) == pytest.approx((a, 0.0), rel=1e-9)

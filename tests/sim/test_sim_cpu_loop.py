@@ -350,7 +350,7 @@ def test_data_parallel_step_charges_the_runtimes_gradient_and_loss_sync(
     from dojo.sim.eager import sync_host_time
 
     base = replace(dev.calibration, grad_sync_s=0.0, grad_sync_tensor_s=0.0,
-                   lockstep_wait_s=0.0, lockstep_share=0.0, lockstep_cap_s=0.0)
+                   lockstep_wait_s=0.0, lockstep_jitter=0.0)
     # and the waits after the gradient and loss all-reduces (tests/sim/test_sim_cpu_ranks.py;
     # without lockstep figures each is `wait_resume_s`)
     assert sync_host_time(program, replace(dev, calibration=base), 0, 0.0) == pytest.approx(
@@ -374,8 +374,8 @@ def test_sync_host_time_is_zero_off_eager_devices() -> None:
     expected = (cal.grad_sync_s + dev.stream_time(1e6 * 4 * 6) + 2 * cal.collective_latency_s
                 + 2 * cal.wait_resume_s)  # the gradient and the loss all-reduce's waits
     assert sync_host_time(program, replace(dev, calibration=replace(
-        cal, grad_sync_tensor_s=0.0, lockstep_wait_s=0.0, lockstep_share=0.0,
-        lockstep_cap_s=0.0)), 0, 1e6) == pytest.approx(expected, rel=1e-12)
+        cal, grad_sync_tensor_s=0.0, lockstep_wait_s=0.0, lockstep_jitter=0.0)), 0,
+        1e6) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("batch,channels,kernel,stride,size", [

@@ -19,8 +19,7 @@ from dojo.runtime.job import simulate_job
 
 EMB, LOSS, REGION = 70e-6, 150e-6, 20e-6
 HOST = {"tp_region_s": REGION, "tp_vocab_embedding_s": EMB, "tp_vocab_loss_s": LOSS,
-        "p2p_post_s": 0.0, "wait_resume_s": 0.0, "lockstep_wait_s": 0.0, "lockstep_share": 0.0,
-        "lockstep_cap_s": 0.0}
+        "p2p_post_s": 0.0, "wait_resume_s": 0.0, "lockstep_wait_s": 0.0, "lockstep_jitter": 0.0}
 
 
 def _host(model: str, plan: str) -> list[tuple[int, int, float, float]]:

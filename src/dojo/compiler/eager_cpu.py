@@ -7,6 +7,13 @@ PyTorch picks a CPU convolution backend per call (`at::native::_select_conv_back
 elements), else to the im2col path (`_slow_conv2d`). A oneDNN call sets up its primitive and
 reorders its operands whatever its size (tens of microseconds, `Calibration.library_call_s`),
 the im2col path does not: CNN stems and multi-camera batches pay it, single-image 3x3 stacks not.
+
+The im2col path instead copies its input into a columns matrix of C_in kh kw rows by H_out
+W_out columns per image (`unfolded2d_copy`, one short copy per row of the output) and, in the
+backward, unfolds it again for the weight gradient and folds the columns' gradient back into
+the input gradient (`unfolded2d_acc`): work in proportion to the columns matrix, not to the
+GEMM's FLOPs, at a rate of its own (`Calibration.im2col_element_s`). A 1x1 kernel of stride 1
+without padding uses its input as the columns matrix and unfolds nothing.
 """
 
 from __future__ import annotations
@@ -25,16 +32,43 @@ def onednn_calls(group: list[Op], graph: Graph, threads: int = 1) -> int:
     return sum(1 for op in group if op.target in CONVOLUTIONS and _onednn(op, graph, threads))
 
 
-def _onednn(op: Op, graph: Graph, threads: int) -> bool:
-    # forward: (input, weight, ...) -> output; backward: (grad_out, input, weight, ...)
+def unfolded_elements(group: list[Op], graph: Graph, threads: int = 1) -> int:
+    """Elements of the columns matrices that `group`'s 2-D convolutions on the im2col path
+    (forward or backward; not oneDNN's) unfold: batch x C_in x kh x kw x H_out x W_out each
+    (the weight's second dimension is C_in per group)."""
+    total = 0
+    for op in group:
+        if op.target not in CONVOLUTIONS or _onednn(op, graph, threads):
+            continue
+        shapes = _shapes(op, graph)
+        if shapes is None:
+            continue
+        x, w, out = shapes
+        if w[2] == w[3] == 1 and tuple(out[2:]) == tuple(x[2:]):
+            continue  # 1x1, stride 1, no padding: the input is the columns matrix
+        total += x[0] * w[1] * w[2] * w[3] * out[2] * out[3]
+    return total
+
+
+def _shapes(op: Op, graph: Graph) -> tuple[tuple[int, ...], ...] | None:
+    """(input, weight, output) shapes of a 2-D convolution op (forward: (input, weight, ...)
+    -> output; backward: (grad_out, input, weight, ...)), None if not 2-D."""
     first = 0 if op.target == CONVOLUTIONS[0] else 1
     if len(op.inputs) < first + 2:
-        return False
+        return None
     x = graph.tensors[op.inputs[first]].shape
     w = graph.tensors[op.inputs[first + 1]].shape
     out = graph.tensors[op.inputs[0] if first else op.outputs[0]].shape
     if len(x) != 4 or len(w) != 4 or len(out) != 4:
+        return None
+    return tuple(x), tuple(w), tuple(out)
+
+
+def _onednn(op: Op, graph: Graph, threads: int) -> bool:
+    shapes = _shapes(op, graph)
+    if shapes is None:
         return False
+    x, w, out = shapes
     kh, kw = w[2], w[3]
     # a stride of 1 leaves at least H - k + 1 rows (padding only adds); fewer means strided
     strided = out[2] < x[2] - kh + 1 or out[3] < x[3] - kw + 1

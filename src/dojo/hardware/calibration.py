@@ -76,6 +76,12 @@ class Calibration:
     # `library_call_s`, comes on top of it): 0 = none.
     conv_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     conv_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Per element of the columns matrix an im2col-path convolution unfolds (`OpCost.unfolded`,
+    # `dojo.compiler.eager_cpu`) on an eager CPU: the forward's unfolding copy, and the
+    # backward's unfolding for the weight gradient with its folding of the input gradient
+    # (0 = none).
+    im2col_element_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    im2col_element_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).
@@ -102,17 +108,15 @@ class Calibration:
     # gather, exp, sums and log in an autograd function. 0 = none.
     tp_vocab_embedding_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     tp_vocab_loss_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    # Two eager ranks on a machine with as many cores as ranks, running some work and then a
-    # blocking collective, over and over (`dojo.sim.eager.wait_time`): the
-    # wall each collective costs beyond its transfer at no work between (gloo's threads hand
-    # it from thread to thread, and busy-poll while a peer's message waits), and the fraction
-    # of the work between two collectives that a rank also waits for the other's (1: the two
-    # stepping threads take turns on one core, gloo's threads holding the other; 0: they run
-    # side by side), at most `lockstep_cap_s` (from about 2 ms of work on the excess stops
-    # growing). All 0 = not measured: `wait_resume_s` per wait instead.
+    # Two eager ranks running the same work and then a blocking collective, over and over
+    # (`dojo.sim.eager.wait_time`): the wall each collective costs beyond its transfer at no
+    # work between (gloo's threads hand the message from thread to thread, each waking up),
+    # and the jitter of a rank's work: after w seconds of it the two ranks arrive apart by a
+    # spread that grows as a random walk does, sqrt(w), so the first to arrive waits
+    # `lockstep_jitter` x sqrt(w) on average (seconds^0.5). Both 0 = not measured:
+    # `wait_resume_s` per wait instead.
     lockstep_wait_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    lockstep_share: float = field(default=0.0, metadata=check(ge=0, le=2))
-    lockstep_cap_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    lockstep_jitter: float = field(default=0.0, metadata=check(ge=0, le=1))
     # SMs the communication kernels of a tensor-parallel collective overlapped with a GEMM hold
     # (TransformerEngine's userbuffers: ring-exchange all-gathers, pipelined reduce-scatters);
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.

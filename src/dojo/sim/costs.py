@@ -115,7 +115,8 @@ class DeviceModel:
                 + self.vector_time_raw(store) + cal.launch_s)
 
     def op_time(self, op: Any) -> float:
-        """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate)."""
+        """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate; on
+        an eager device they add their fixed work, oneDNN's setup and their im2col columns)."""
         if self.timer is not None:
             return self.timer(op) + self.calibration.launch_s
         if op.kind != "matrix":
@@ -123,6 +124,7 @@ class DeviceModel:
         if "convolution" in op.target:
             cal = self.calibration
             setup = (getattr(op, "library_calls", 0) * cal.library_call_s + cal.conv_call_s
+                     + getattr(op, "unfolded", 0) * cal.im2col_element_s
                      if cal.eager else 0.0)
             return setup + self.matrix_time(op.flops / self.calibration.conv_efficiency,
                                             op.bytes, op.shape, op.out_bytes)
@@ -186,7 +188,8 @@ class DeviceModel:
             return self
         return replace(self, calibration=replace(
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
-            library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s))
+            library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s,
+            im2col_element_s=cal.im2col_element_backward_s))
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0

@@ -22,15 +22,16 @@ vocabulary-parallel embedding and cross entropy cost their own measured host tim
 (`vocab_host`) in place of the regions of their collectives.
 
 Where the calibration measured two ranks in lockstep (`lockstep_*`, `wait_time`), a blocking
-wait costs the step's wall instead: a fixed part, and a share of the rank's work since its
-previous wait, up to a cap. On a machine with as many cores as ranks, gloo's threads (which
-busy-poll while a peer's message waits) hold one core, so the two stepping threads take turns
-on the other: the other rank's work between two collectives is waited for as well (measured:
-the excess stops growing from about 2 ms of work on, docs/benchmarks.md, eleventh round).
+wait costs the step's wall instead: a fixed part (the message handed from thread to thread, each
+waking up), and the wait for the later rank, whose arrival drifts from the earlier's as their
+work's jitter accumulates, as sqrt(work) since its previous wait (measured: docs/benchmarks.md,
+fourteenth round; since the runtime runs gloo's loop threads at SCHED_IDLE where its ranks fill
+the cores, `dojo.runtime.gloothreads`, the two stepping threads run side by side).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sized
 
 from dojo.compiler.program import Program
@@ -67,21 +68,21 @@ def stage_param_tensors(program: Program, stage: int,
 def lockstep(dev: DeviceModel) -> bool:
     """Whether `dev` is eager and its calibration measured two ranks in lockstep."""
     cal = dev.calibration
-    return cal.eager and bool(cal.lockstep_wait_s or cal.lockstep_share or cal.lockstep_cap_s)
+    return cal.eager and bool(cal.lockstep_wait_s or cal.lockstep_jitter)
 
 
 def wait_time(dev: DeviceModel, work_s: float) -> float:
     """Seconds one blocking wait on another rank adds to an eager step beyond its transfer,
     after `work_s` seconds of the rank's own work since its previous wait (0 off an eager
-    device): measured in lockstep, `lockstep_wait_s` + min(`lockstep_share` x `work_s`,
-    `lockstep_cap_s`); otherwise the stepping thread's slower work after it,
-    `wait_resume_s`."""
+    device): measured in lockstep, `lockstep_wait_s` + `lockstep_jitter` x sqrt(`work_s`) (the
+    two ranks' arrivals drift apart as their work's jitter accumulates); otherwise the
+    stepping thread's slower work after it, `wait_resume_s`."""
     cal = dev.calibration
     if not cal.eager:
         return 0.0
     if not lockstep(dev):
         return cal.wait_resume_s
-    return cal.lockstep_wait_s + min(cal.lockstep_share * work_s, cal.lockstep_cap_s)
+    return cal.lockstep_wait_s + cal.lockstep_jitter * math.sqrt(max(0.0, work_s))
 
 
 def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float,
@@ -155,8 +156,8 @@ def p2p_host_time(dev: DeviceModel, kind: str, vs: int, last: int) -> float:
     is the last; a backward receives its output gradient unless it is the last and sends its
     input gradient unless it is the first (`dojo.runtime.pipeline`). A receive blocks
     (`wait_time` of no work: the pipeline's schedule already has the receiver wait for the
-    sender's task, which is the other rank's work a tp or dp wait's share stands for), a send
-    is posted (`p2p_post_s`)."""
+    sender's task, which is the drift a tp or dp wait's jitter stands for), a send is posted
+    (`p2p_post_s`)."""
     cal = dev.calibration
     if not cal.eager:
         return 0.0
