@@ -146,5 +146,34 @@ def test_calibration_measures_the_columns_cost() -> None:
     """conv_costs.im2col_costs on this machine: unfolding costs time per element, and the
     backward (unfold and fold) more than the forward (unfold)."""
     module = load_bench("conv_costs")
-    forward, backward = module.im2col_costs(1e11, 2e5, 1.0, rounds=1, repeat=30)
+    forward, backward = module.im2col_costs(1e11, 2e5, 1.0, rounds=3, repeat=50)
     assert 0.0 < forward < backward
+
+
+def test_an_unsafe_view_is_issued_inside_matmul_and_costs_an_eager_device_nothing() -> None:
+    """PyTorch's profiler puts `aten::_unsafe_view` under `aten::matmul` (a bias-free linear of
+    a 3-D input: mm, then the reshape of its output), never at the top where Python issues
+    ops; the capture records it as an op of its own, which an eager device charges nothing
+    (no dispatch of its own, no kernel) and a compiled device still times."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dojo.capture import capture
+
+    x, w = torch.randn(2, 8, 16), torch.randn(32, 16, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.linear(x, w)
+    views = [e for e in prof.events() if e.name == "aten::_unsafe_view"]
+    assert views and all(e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")
+                         for e in views)
+    lin = torch.nn.Linear(16, 32, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.0)
+    graph = capture(lin, (x,), lambda y: y.square().mean(), opt, name="lin",
+                    repeat_blocks=False).graph
+    op = next(o for o in graph.ops if o.target == "aten._unsafe_view.default")
+    cost = OpCost("vector", float(op.flops), float(op.bytes_read + op.bytes_written), op.target)
+    eager = _device(eager=True)
+    assert eager.op_time(cost) == 0.0
+    assert _device(eager=False).op_time(cost) > 0.0
+    group = OpCost("vector", 0.0, 1e4, "fused[5]")  # in a fused group: one dispatch fewer
+    assert (eager.op_time(group) - eager.op_time(replace(group, inner_views=1))
+            == pytest.approx(eager.calibration.launch_s, rel=1e-9))

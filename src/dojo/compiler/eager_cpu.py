@@ -23,6 +23,10 @@ import math
 from dojo.graph import Graph, Op
 
 CONVOLUTIONS = ("aten.convolution.default", "aten.convolution_backward.default")
+# Captured ops that eager PyTorch issues inside another op's dispatch and that launch no
+# kernel: `_unsafe_view`, the reshape `matmul` applies to its `mm` output (and to a clone),
+# a view whose schema does not declare the alias (the capture counts it as data movement).
+INNER_VIEWS = frozenset({"aten._unsafe_view.default"})
 SMALL_INPUT = 20480  # elements: up to this, batch 1 and kernels up to 3x3 take the im2col path
 
 

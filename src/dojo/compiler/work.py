@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section, tied_parameters
 from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
-from dojo.compiler.eager_cpu import onednn_calls, unfolded_elements
+from dojo.compiler.eager_cpu import INNER_VIEWS, onednn_calls, unfolded_elements
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
 from dojo.compiler.tpflow import (
@@ -50,6 +50,7 @@ class OpCost:
     pointwise: int = 0  # of its ATen ops (a fused group's), the elementwise ones (eager dispatch)
     library_calls: int = 0  # of its ops, calls into oneDNN with their setup (eager CPU only)
     unfolded: int = 0  # elements its im2col-path convolutions unfold (eager CPU only)
+    inner_views: int = 0  # of its ops, `eager_cpu.INNER_VIEWS` (no dispatch of their own)
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         moved -= mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
         cost = replace(cost, pointwise=kern.pointwise[i], library_calls=kern.calls[i],
-                       unfolded=kern.unfolded[i])
+                       unfolded=kern.unfolded[i], inner_views=kern.inner[i])
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and (
                 kern.core[i] if sel is None else any(_replays(o, graph, sel) for o in group)):
@@ -338,6 +339,7 @@ class _Kernels:
     pointwise: tuple[int, ...]           # elementwise ops
     calls: tuple[int, ...]               # `onednn_calls`
     unfolded: tuple[int, ...]            # `unfolded_elements`
+    inner: tuple[int, ...]               # ops in `INNER_VIEWS`
     core: tuple[bool, ...]               # an attention-core op in it (selective recompute)
     recomputed: frozenset[int]           # `kernelsave.recomputed`
     fp32: frozenset[int]                 # the loss's forward ops
@@ -354,6 +356,7 @@ def _kernels(graph: Graph, fuse: str) -> _Kernels:
         tuple(sum(o.rule == "pointwise" for o in g) for g, _ in grouped),
         tuple(onednn_calls(g, graph) for g, _ in grouped),
         tuple(unfolded_elements(g, graph) for g, _ in grouped),
+        tuple(sum(o.target in INNER_VIEWS for o in g) for g, _ in grouped),
         tuple(any(is_attention_core(o, graph) for o in g) for g, _ in grouped),
         kernelsave.recomputed(graph, grouped, weight_derived(graph)),
         frozenset(o.id for i in loss for o in grouped[i][0] if o.phase == "forward"))

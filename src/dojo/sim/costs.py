@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dojo.compiler.eager_cpu import INNER_VIEWS
 from dojo.hardware.calibration import (  # the schema and loading live with the hardware
     Calibration,
     calibration_names,
@@ -119,6 +120,8 @@ class DeviceModel:
         an eager device they add their fixed work, oneDNN's setup and their im2col columns)."""
         if self.timer is not None:
             return self.timer(op) + self.calibration.launch_s
+        if self.calibration.eager and op.target in INNER_VIEWS:
+            return 0.0  # issued inside its caller's dispatch, and a view: no kernel
         if op.kind != "matrix":
             return self.vector_time(op.bytes, op.flops) + self.eager_launches(op)
         if "convolution" in op.target:
@@ -194,13 +197,15 @@ class DeviceModel:
     def eager_launches(self, op: Any) -> float:
         """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0
         elsewhere): a fused group `fused[N]` is one kernel to a compiler but N dispatched ops
-        to eager PyTorch, and its `op.pointwise` elementwise ops each cost
-        `launch_pointwise_s` instead of `launch_s` (where that is measured)."""
+        to eager PyTorch, less its `op.inner_views` (issued inside another op's dispatch), and
+        its `op.pointwise` elementwise ops each cost `launch_pointwise_s` instead of `launch_s`
+        (where that is measured)."""
         cal = self.calibration
         if not cal.eager:
             return 0.0
         fused = op.target.startswith("fused[")
-        extra = (int(op.target[len("fused["):-1]) - 1) * cal.launch_s if fused else 0.0
+        ops = int(op.target[len("fused["):-1]) - getattr(op, "inner_views", 0) if fused else 1
+        extra = (ops - 1) * cal.launch_s
         if cal.launch_pointwise_s:
             extra += getattr(op, "pointwise", 0) * (cal.launch_pointwise_s - cal.launch_s)
         return extra
