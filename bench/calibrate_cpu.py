@@ -313,7 +313,9 @@ def lockstep_fields(rounds: int, link: tuple[float, float]) -> dict[str, float]:
     transfer), and the jitter of the work between."""
     from rank_costs import LOCKSTEP_ELEMENTS, lockstep
 
-    alone, jitter, points = lockstep(rounds)
+    # at least five rounds: each point is the fastest window of all of them, and a shared
+    # machine's slow spells last seconds (the jitter moved 0.0064-0.0158 s^0.5 at three)
+    alone, jitter, points = lockstep(max(rounds, 5))
     print("lockstep (work alone us, excess us): "
           + ", ".join(f"({x * 1e6:.0f}, {(y - x) * 1e6:.0f})" for x, y in points), file=sys.stderr)
     modelled = 2 * link[0] + 4 * LOCKSTEP_ELEMENTS / link[1]
