@@ -8,8 +8,9 @@ for the scheduler to take that core back, one time slice (~3-4 ms under Linux's 
 fourteenth round: mean all-reduce 1.47 ms, median 0.52 ms, 30 % over 1.5 ms; with the loop
 threads at `SCHED_IDLE`, 0.41 ms, 0.40 ms, 0.1 %). At `SCHED_IDLE` the loop still runs
 whenever its core is otherwise idle (a rank blocked on its collective leaves it so), and a
-woken rank thread preempts it at once. `DOJO_GLOO_LOOP=default` leaves the loop threads as gloo starts them
-(a machine whose cores other jobs keep busy would starve an idle-policy thread).
+woken rank thread preempts it at once. `DOJO_GLOO_LOOP=default` leaves the loop threads as
+gloo starts them (a machine whose cores other jobs keep busy would starve an idle-policy
+thread).
 """
 
 from __future__ import annotations
