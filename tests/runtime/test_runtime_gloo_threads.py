@@ -79,3 +79,23 @@ def test_the_setting_turns_it_off_and_a_bad_value_is_refused(
     monkeypatch.setenv("DOJO_GLOO_LOOP", "spin")
     with pytest.raises(DojoError, match="DOJO_GLOO_LOOP = 'spin': expected idle or default"):
         launch(_rank, 2, timeout_s=60)
+
+
+def _policies(rank: int, world: int) -> list[int]:
+    return _loop_policies()
+
+
+def test_a_hosts_ranks_settle_against_that_hosts_rank_count() -> None:
+    """`launch_group` (a host's share of a multi-host world, here the whole world of 2 on
+    loopback) settles each rank's loop threads by the ranks it runs on this machine: at
+    SCHED_IDLE exactly where they fill its cores."""
+    import socket
+
+    from dojo.runtime.hosts import launch_group
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = launch_group(_policies, 0, 2, 2, f"tcp://127.0.0.1:{port}", timeout_s=60)
+    want = os.SCHED_IDLE if fills_cores(2) else os.SCHED_OTHER
+    assert all(r and set(r) == {want} for r in out)

@@ -83,3 +83,24 @@ def wanted(world: int) -> bool:
     """Whether a job of `world` local gloo ranks puts its loop threads at SCHED_IDLE: where
     the ranks fill the cores (`fills_cores`), unless `DOJO_GLOO_LOOP` is "default"."""
     return setting() == "idle" and fills_cores(world)
+
+
+_SETTLED: list[bool] = []  # this process's launcher's choice (`settle`), once made
+
+
+def settle(local_ranks: int) -> bool:
+    """A launcher's call in each rank right after `init_process_group`, with the ranks this
+    machine runs of the job: puts the loop threads at SCHED_IDLE where `wanted`, and records
+    the choice for the groups made later (`follow`). Returns the choice."""
+    chosen = wanted(local_ranks)
+    _SETTLED[:] = [chosen]
+    if chosen:
+        idle_loop_threads()
+    return chosen
+
+
+def follow() -> int:
+    """After new process groups (each starts its own loop thread): apply the launcher's choice
+    to them; returns how many loop threads are now at SCHED_IDLE (0 where none was chosen, or
+    no launcher of dojo's started this process)."""
+    return idle_loop_threads() if _SETTLED and _SETTLED[0] else 0

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dojo.errors import DojoError
+from dojo.runtime.gloothreads import setting, settle
 from dojo.runtime.launch import (
     START_GRACE_S,
     RankError,
@@ -49,6 +50,7 @@ def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, ini
     import torch.multiprocessing as mp
 
     check_ranks(nproc, "launch_group: nproc")
+    setting()  # a bad DOJO_GLOO_LOOP is refused here, not in every rank
     if not (first >= 0 and first + nproc <= world):
         raise DojoError(f"launch_group: ranks {first}..{first + nproc - 1} are not in a world "
                         f"of {world}")
@@ -58,8 +60,8 @@ def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, ini
     ctx: Any = mp.get_context("spawn")
     results: Any = ctx.Queue()
     procs = [ctx.Process(target=_rank, daemon=True,
-                         args=(fn, i, first + i, world, init_method, tuple(args), results,
-                               timeout_s, threads))
+                         args=(fn, (i, nproc), first + i, world, init_method, tuple(args),
+                               results, timeout_s, threads))
              for i in range(nproc)]
     for p in procs:
         p.start()
@@ -72,8 +74,9 @@ def launch_group(fn: Callable[..., Any], first: int, nproc: int, world: int, ini
         stop_ranks(procs)
 
 
-def _rank(fn: Callable[..., Any], local: int, rank: int, world: int, init_method: str,
+def _rank(fn: Callable[..., Any], slot: tuple[int, int], rank: int, world: int, init_method: str,
           args: tuple[Any, ...], results: Any, timeout_s: float, threads: int) -> None:
+    local, local_ranks = slot  # this rank's index on this host, and the host's rank count
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     import torch
@@ -87,6 +90,7 @@ def _rank(fn: Callable[..., Any], local: int, rank: int, world: int, init_method
     try:
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        settle(local_ranks)  # `dojo.runtime.gloothreads`: this host's ranks against its cores
         out = fn(rank, world, *args)
         dist.barrier()  # every rank of every host has finished
         results.put((local, True, pickle.dumps(out)))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dojo.errors import DojoError
-from dojo.runtime.gloothreads import idle_loop_threads, setting, wanted
+from dojo.runtime.gloothreads import setting, settle
 
 START_METHODS = ("forkserver", "spawn")
 START_GRACE_S = 60.0  # importing torch in a fresh worker on a loaded 2-core machine
@@ -191,8 +191,8 @@ def _worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tupl
             torch.cuda.set_device(rank)
         dist.init_process_group(chosen, store=store, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-        if chosen == "gloo" and wanted(world):
-            idle_loop_threads()  # the default group's; `build_mesh` takes its groups'
+        if chosen == "gloo":
+            settle(world)  # the default group's loop; `build_mesh` follows for its groups'
         # Plain pickle to bytes: tensors must not travel as shared-memory handles, which die
         # with this process before the parent reads them.
         results.put((rank, True, pickle.dumps(fn(rank, world, *args))))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dojo.plan.plan import Plan
-from dojo.runtime.gloothreads import idle_loop_threads, wanted
+from dojo.runtime.gloothreads import follow
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,5 @@ def build_mesh(plan: Plan, rank: int, distributed: bool) -> Mesh:
                 if rank in members:
                     groups[axis] = group
                     peers[axis] = members
-        if dist.get_backend() == "gloo" and wanted(dist.get_world_size()):
-            idle_loop_threads()  # every group's loop exists now (`dojo.runtime.gloothreads`)
+        follow()  # every group's loop exists now: the launcher's choice (`gloothreads`)
     return Mesh(plan=plan, rank=rank, coords=coords_of(rank, plan), groups=groups, peers=peers)
