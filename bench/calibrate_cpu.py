@@ -33,7 +33,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    convolution's own fixed work per call, whatever its backend: a tiny one-image convolution
    against a tiny matmul (one counted op each per phase), side by side; and the im2col path's
    unfolding per element of its columns matrix, forward and backward, from two one-image
-   convolutions whose columns differ 6x, net of their GEMMs (bench/conv_costs.py).
+   convolutions whose columns differ 6x, net of their GEMMs (bench/conv_costs.py); and CPU
+   flash attention's work per score element beyond its modelled GEMMs, forward and backward,
+   from three small causal shapes (bench/attention_costs.py).
 6. gloo on loopback between two processes: all-reduce time over message sizes; latency per
    message and bandwidth (t(n) = 2 alpha + n / bw for two members, as the ring model has it).
 
@@ -329,6 +331,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     the eager stacks' per-stack figures for the summary. `link`: (alpha s, bytes/s) of gloo
     as measured now (default: the committed files')."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from attention_costs import score_costs
     from eager_stacks import eager_op_times
     from rank_costs import rank_costs, tp_region, vocab_parallel
 
@@ -338,6 +341,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
     library = onednn_setup()
+    scores = score_costs(rounds)
     post, resume = rank_costs(rounds)
     vocab = vocab_parallel(rounds)
     return {"launch_s": statistics.median(f for f, _, _, _ in others),
@@ -346,6 +350,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "launch_pointwise_backward_s": stacks["pointwise"][1],
             "library_call_s": library[0], "library_call_backward_s": library[1],
             "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
+            "attention_score_s": scores[0], "attention_score_backward_s": scores[1],
             "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,

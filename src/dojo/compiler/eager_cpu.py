@@ -8,6 +8,11 @@ elements), else to the im2col path (`_slow_conv2d`). A oneDNN call sets up its p
 reorders its operands whatever its size (tens of microseconds, `Calibration.library_call_s`),
 the im2col path does not: CNN stems and multi-camera batches pay it, single-image 3x3 stacks not.
 
+PyTorch's CPU flash attention (`_scaled_dot_product_flash_attention_for_cpu` and its backward)
+walks each (batch, head) in blocks of 32 query rows (64 from 192 rows on, 256 from 768), and under
+a causal mask stops each block at the diagonal: it computes, exps and sums the scores of
+`attention_scores` elements, work beyond its GEMMs' FLOPs (`Calibration.attention_score_s`).
+
 The im2col path instead copies its input into a columns matrix of C_in kh kw rows by H_out
 W_out columns per image (`unfolded2d_copy`, one short copy per row of the output) and, in the
 backward, unfolds it again for the weight gradient and folds the columns' gradient back into
@@ -34,6 +39,39 @@ def onednn_calls(group: list[Op], graph: Graph, threads: int = 1) -> int:
     """How many of `group`'s ops are 2-D convolutions (forward or backward) that eager PyTorch
     hands to oneDNN on a CPU with `threads` intra-op threads."""
     return sum(1 for op in group if op.target in CONVOLUTIONS and _onednn(op, graph, threads))
+
+
+CPU_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
+
+
+def query_block(rows: int) -> int:
+    """Query rows per block of PyTorch's CPU flash attention for a sequence of `rows`."""
+    return 256 if rows >= 768 else 64 if rows >= 192 else 32
+
+
+def attention_scores(group: list[Op], graph: Graph) -> int:
+    """Score elements `group`'s CPU flash-attention ops (forward or backward) compute: per
+    (batch, head), s_q x s_k, or under a causal mask (target suffix `[causal]`) each query
+    block's rows times the keys up to the block's last row."""
+    total = 0
+    for op in group:
+        if CPU_FLASH not in op.target:
+            continue
+        first = 1 if "_backward" in op.target else 0  # backward: (grad_out, q, k, v, ...)
+        if len(op.inputs) < first + 2:
+            continue
+        q = graph.tensors[op.inputs[first]].shape
+        k = graph.tensors[op.inputs[first + 1]].shape
+        if len(q) != 4 or len(k) != 4:
+            continue
+        heads, rows, keys = q[0] * q[1], q[2], k[2]
+        if not op.target.endswith("[causal]"):
+            total += heads * rows * keys
+            continue
+        block = query_block(rows)
+        total += heads * sum(min(block, rows - m) * min(m + block, keys)
+                             for m in range(0, rows, block))
+    return total
 
 
 def unfolded_elements(group: list[Op], graph: Graph, threads: int = 1) -> int:

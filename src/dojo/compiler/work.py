@@ -20,7 +20,12 @@ from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section, tied_parameters
 from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
-from dojo.compiler.eager_cpu import INNER_VIEWS, onednn_calls, unfolded_elements
+from dojo.compiler.eager_cpu import (
+    INNER_VIEWS,
+    attention_scores,
+    onednn_calls,
+    unfolded_elements,
+)
 from dojo.compiler.masks import dropout_masks, mask_excess
 from dojo.compiler.modules import Selection, selection
 from dojo.compiler.tpflow import (
@@ -51,6 +56,7 @@ class OpCost:
     library_calls: int = 0  # of its ops, calls into oneDNN with their setup (eager CPU only)
     unfolded: int = 0  # elements its im2col-path convolutions unfold (eager CPU only)
     inner_views: int = 0  # of its ops, `eager_cpu.INNER_VIEWS` (no dispatch of their own)
+    scores: float = 0.0  # attention score elements its CPU flash attention computes, here
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         moved -= mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
         cost = replace(cost, pointwise=kern.pointwise[i], library_calls=kern.calls[i],
-                       unfolded=kern.unfolded[i], inner_views=kern.inner[i])
+                       unfolded=kern.unfolded[i], inner_views=kern.inner[i],
+                       scores=_device_share(kern.scores[i], cost.flops, group))
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and (
                 kern.core[i] if sel is None else any(_replays(o, graph, sel) for o in group)):
@@ -328,6 +335,13 @@ def _facts(graph: Graph) -> _Facts:
                   _optimizer_totals(graph), state_bytes(graph), (fwd, bwd))
 
 
+def _device_share(whole: int, flops: float, group: list[Op]) -> float:
+    """Of `whole` (a count in proportion to the group's FLOPs), one device's: the share of the
+    group's FLOPs its cost kept (a tp split of the heads divides both)."""
+    total = sum(o.flops for o in group)
+    return whole * flops / total if whole and total else float(whole)
+
+
 @dataclass(frozen=True)
 class _Kernels:
     """A graph's kernels under one fusion setting and what `model_work` reads of each whatever
@@ -340,6 +354,7 @@ class _Kernels:
     calls: tuple[int, ...]               # `onednn_calls`
     unfolded: tuple[int, ...]            # `unfolded_elements`
     inner: tuple[int, ...]               # ops in `INNER_VIEWS`
+    scores: tuple[int, ...]              # `attention_scores`
     core: tuple[bool, ...]               # an attention-core op in it (selective recompute)
     recomputed: frozenset[int]           # `kernelsave.recomputed`
     fp32: frozenset[int]                 # the loss's forward ops
@@ -357,6 +372,7 @@ def _kernels(graph: Graph, fuse: str) -> _Kernels:
         tuple(onednn_calls(g, graph) for g, _ in grouped),
         tuple(unfolded_elements(g, graph) for g, _ in grouped),
         tuple(sum(o.target in INNER_VIEWS for o in g) for g, _ in grouped),
+        tuple(attention_scores(g, graph) for g, _ in grouped),
         tuple(any(is_attention_core(o, graph) for o in g) for g, _ in grouped),
         kernelsave.recomputed(graph, grouped, weight_derived(graph)),
         frozenset(o.id for i in loss for o in grouped[i][0] if o.phase == "forward"))

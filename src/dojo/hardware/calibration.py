@@ -82,6 +82,12 @@ class Calibration:
     # (0 = none).
     im2col_element_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     im2col_element_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Per attention score element PyTorch's CPU flash attention computes (`OpCost.scores`,
+    # `dojo.compiler.eager_cpu.attention_scores`) on an eager CPU, beyond its FLOPs at the GEMM
+    # rate: the forward's scale, max, exp and sums, the backward's recomputed probabilities and
+    # their gradient (0 = none).
+    attention_score_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    attention_score_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # The counted FLOPs of vector ops (elementwise, norms, softmax, reductions) run at this
     # fraction of the device's FP32 peak: one CPU core evaluates erf, exp and rsqrt element by
     # element far below its FMA rate, where a GPU's vector units keep up with memory (1).

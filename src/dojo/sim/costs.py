@@ -133,7 +133,9 @@ class DeviceModel:
                                             op.bytes, op.shape, op.out_bytes)
         if self.attention is not None and is_fused_attention(op.target):
             return self.attention_time(self.attention, op.target, op.flops, op.bytes)
-        return self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
+        scores = (getattr(op, "scores", 0.0) * self.calibration.attention_score_s
+                  if self.calibration.eager else 0.0)
+        return scores + self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
 
     def attention_time(self, kernel: AttentionKernel, target: str, flops: float,
                        nbytes: float) -> float:
@@ -192,7 +194,8 @@ class DeviceModel:
         return replace(self, calibration=replace(
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
             library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s,
-            im2col_element_s=cal.im2col_element_backward_s))
+            im2col_element_s=cal.im2col_element_backward_s,
+            attention_score_s=cal.attention_score_backward_s))
 
     def eager_launches(self, op: Any) -> float:
         """Seconds of dispatch beyond the one `launch_s` of a vector op on an eager device (0
