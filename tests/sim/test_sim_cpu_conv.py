@@ -88,6 +88,40 @@ def test_calibration_measures_a_positive_convolution_call() -> None:
     assert backward > 1e-6 and forward >= 0.0
 
 
+def _pytorch_picks_onednn(conv: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+    """PyTorch's own backend choice for `conv` on `x` at one intra-op thread: oneDNN?"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backend = torch._C._select_conv_backend(x, conv.weight, None, conv.stride, conv.padding,
+                                                conv.dilation, False, (0, 0), 1, None)
+    finally:
+        torch.set_num_threads(threads)
+    return str(backend).endswith("Mkldnn")
+
+
+@pytest.mark.parametrize("batch,channels,kernel,stride,size", [
+    (1, 8, 3, 1, 4), (2, 8, 3, 1, 4), (1, 3, 7, 2, 64), (1, 64, 3, 1, 32), (1, 8, 1, 1, 8),
+    (3, 16, 1, 1, 4), (16, 4, 1, 1, 4), (1, 8, 3, 2, 16), (6, 3, 3, 2, 32)])
+def test_onednn_convolutions_are_the_ones_pytorch_hands_to_onednn(
+        batch: int, channels: int, kernel: int, stride: int, size: int) -> None:
+    """`onednn_calls` counts a captured convolution (forward and backward) as oneDNN's exactly
+    when PyTorch's own backend choice for that call on one thread is oneDNN."""
+    from dojo.capture import capture
+    from dojo.compiler.eager_cpu import onednn_calls
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 4, kernel, stride=stride, padding=kernel // 2, bias=False)
+    x = torch.randn(batch, channels, size, size)
+    expected = _pytorch_picks_onednn(conv, x)
+    opt = torch.optim.SGD(conv.parameters(), lr=0.0)
+    graph = capture(conv, (x,), lambda y: y.square().mean(), opt, name="conv",
+                    repeat_blocks=False).graph
+    convs = [op for op in graph.ops if "convolution" in op.target]
+    assert len(convs) == 2  # forward and backward
+    assert [onednn_calls([op], graph) for op in convs] == [int(expected)] * 2
+
+
 @pytest.mark.parametrize("batch,channels,kernel,stride,padding,size", [
     (1, 8, 3, 1, 1, 16), (1, 17, 3, 1, 1, 16), (1, 4, 5, 1, 2, 12), (1, 8, 1, 1, 0, 8),
     (1, 8, 1, 1, 1, 8), (2, 8, 3, 1, 1, 8), (1, 3, 7, 2, 3, 64), (1, 6, 3, 2, 1, 16)])
@@ -103,16 +137,9 @@ def test_unfolded_elements_are_the_columns_pytorch_unfolds(
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(channels, 4, kernel, stride=stride, padding=padding, bias=False)
     x = torch.randn(batch, channels, size, size)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        backend = torch._C._select_conv_backend(x, conv.weight, None, conv.stride, conv.padding,
-                                                conv.dilation, False, (0, 0), 1, None)
-    finally:
-        torch.set_num_threads(threads)
     columns = torch.nn.functional.unfold(x, kernel, padding=padding, stride=stride).numel()
     plain = kernel == 1 and stride == 1 and padding == 0
-    expected = 0 if str(backend).endswith("Mkldnn") or plain else columns
+    expected = 0 if _pytorch_picks_onednn(conv, x) or plain else columns
     opt = torch.optim.SGD(conv.parameters(), lr=0.0)
     graph = capture(conv, (x,), lambda y: y.square().mean(), opt, name="conv",
                     repeat_blocks=False).graph

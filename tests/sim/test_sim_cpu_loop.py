@@ -385,35 +385,6 @@ def test_sync_host_time_is_zero_off_eager_devices() -> None:
         1e6) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("batch,channels,kernel,stride,size", [
-    (1, 8, 3, 1, 4), (2, 8, 3, 1, 4), (1, 3, 7, 2, 64), (1, 64, 3, 1, 32), (1, 8, 1, 1, 8),
-    (3, 16, 1, 1, 4), (16, 4, 1, 1, 4), (1, 8, 3, 2, 16), (6, 3, 3, 2, 32)])
-def test_onednn_convolutions_are_the_ones_pytorch_hands_to_onednn(
-        batch: int, channels: int, kernel: int, stride: int, size: int) -> None:
-    """`onednn_calls` counts a captured convolution (forward and backward) as oneDNN's exactly
-    when PyTorch's own backend choice for that call on one thread is oneDNN."""
-    from dojo.capture import capture
-    from dojo.compiler.eager_cpu import onednn_calls
-
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(channels, 4, kernel, stride=stride, padding=kernel // 2, bias=False)
-    x = torch.randn(batch, channels, size, size)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        backend = torch._C._select_conv_backend(x, conv.weight, None, conv.stride, conv.padding,
-                                                conv.dilation, False, (0, 0), 1, None)
-    finally:
-        torch.set_num_threads(threads)
-    expected = str(backend).endswith("Mkldnn")
-    opt = torch.optim.SGD(conv.parameters(), lr=0.0)
-    graph = capture(conv, (x,), lambda y: y.square().mean(), opt, name="conv",
-                    repeat_blocks=False).graph
-    convs = [op for op in graph.ops if "convolution" in op.target]
-    assert len(convs) == 2  # forward and backward
-    assert [onednn_calls([op], graph) for op in convs] == [int(expected)] * 2
-
-
 def test_onednn_convolutions_pay_the_library_setup_on_an_eager_device() -> None:
     """An eager CPU charges a oneDNN convolution its setup (forward or backward figure) on top
     of its dispatch and kernel; an im2col convolution and a device with a compiler do not."""
