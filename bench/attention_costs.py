@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
+from conv_costs import _best
+
 SHAPES = ((1, 4, 64, 16), (1, 4, 64, 32), (1, 8, 128, 32))
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    out = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - start)
-    return out
 
 
 class _Attention(torch.nn.Module):
