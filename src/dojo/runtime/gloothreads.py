@@ -85,22 +85,22 @@ def wanted(world: int) -> bool:
     return setting() == "idle" and fills_cores(world)
 
 
-_SETTLED: list[bool] = []  # this process's launcher's choice (`settle`), once made
+_idle = False  # this process's launcher chose SCHED_IDLE (`settle`)
 
 
 def settle(local_ranks: int) -> bool:
     """A launcher's call in each rank right after `init_process_group`, with the ranks this
     machine runs of the job: puts the loop threads at SCHED_IDLE where `wanted`, and records
     the choice for the groups made later (`follow`). Returns the choice."""
-    chosen = wanted(local_ranks)
-    _SETTLED[:] = [chosen]
-    if chosen:
+    global _idle
+    _idle = wanted(local_ranks)
+    if _idle:
         idle_loop_threads()
-    return chosen
+    return _idle
 
 
 def follow() -> int:
     """After new process groups (each starts its own loop thread): apply the launcher's choice
     to them; returns how many loop threads are now at SCHED_IDLE (0 where none was chosen, or
     no launcher of dojo's started this process)."""
-    return idle_loop_threads() if _SETTLED and _SETTLED[0] else 0
+    return idle_loop_threads() if _idle else 0
