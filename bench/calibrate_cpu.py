@@ -177,6 +177,8 @@ def _pointwise_kernels(cols: int) -> tuple[dict[str, tuple[int, Callable[[], obj
     kernels: dict[str, Callable[[], object]] = {
         "gelu": lambda: aten.gelu.default(x),
         "gelu_backward": lambda: aten.gelu_backward.default(g, x),
+        "gelu_tanh": lambda: aten.gelu.default(x, approximate="tanh"),
+        "gelu_tanh_backward": lambda: aten.gelu_backward.default(g, x, approximate="tanh"),
         "erf": lambda: aten.erf.default(x), "exp": lambda: aten.exp.default(x),
         "tanh": lambda: aten.tanh.default(x), "sigmoid": lambda: aten.sigmoid.default(x),
         "silu": lambda: aten.silu.default(x),

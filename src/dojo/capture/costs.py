@@ -38,11 +38,15 @@ aten = torch.ops.aten
 # what one core measures them at against the FLOP-counted norms and softmax
 # (bench/calibrate_cpu.py `pointwise_weights`, [64 x 256] and [64 x 1024] FP32: gelu 6-12,
 # gelu_backward 9-16, erf 8-9, exp 5-6, sigmoid and silu 5-6, silu_backward 6-7, tanh 18-19).
+# GELU's tanh approximation (GPT-2's) is its own kernel, two to three times the exact one's
+# cost per element: 16-18 forward, 18-19 backward (Intel Xeon with AVX-512, 2026-11-30; on the
+# AMD EPYC of earlier rounds the step's GELU measured twice what weight 8 gave). `_variant`
+# names it.
 # Counted FLOPs only; the op's bytes still bound it on a device whose vector units keep up.
 _POINTWISE_WEIGHT: dict[str, int] = {
     "addcmul": 2, "addcdiv": 2, "lerp": 2,
     "gelu": 8, "gelu_backward": 12, "erf": 8, "exp": 5, "sigmoid": 5, "silu": 5,
-    "silu_backward": 6, "tanh": 18,
+    "silu_backward": 6, "tanh": 18, "gelu_tanh": 16, "gelu_tanh_backward": 18,
     "sigmoid_backward": 3, "tanh_backward": 3,  # g (1 - y) y and g (1 - y^2): 3 operations
 }
 
@@ -171,11 +175,19 @@ def flops_of(op: Any, args: Sequence[Any], kwargs: dict[str, Any], out: Any,
     tags = op.tags
     if torch.Tag.pointwise in tags:
         n = sum(int(t.numel()) for t in tensors_out[:1])
-        return _POINTWISE_WEIGHT.get(name.rstrip("_"), 1) * n, "pointwise"
+        return _POINTWISE_WEIGHT.get(_variant(name.rstrip("_"), kwargs), 1) * n, "pointwise"
     if torch.Tag.reduction in tags or name.rstrip("_") in _REDUCTION_LIKE:
         n = max((int(t.numel()) for t in tensors_in), default=0)
         return n, "reduction"
     return 0, "unknown"
+
+
+def _variant(name: str, kwargs: dict[str, Any]) -> str:
+    """The `_POINTWISE_WEIGHT` key of a pointwise op whose keyword picks another kernel: GELU
+    and its backward with `approximate="tanh"` (keyword-only in their schemas)."""
+    if name in ("gelu", "gelu_backward") and kwargs.get("approximate") == "tanh":
+        return name.replace("gelu", "gelu_tanh")
+    return name
 
 
 def shape_of(t: torch.Tensor) -> tuple[int, ...]:

@@ -49,6 +49,9 @@ class DeviceModel:
     # The plan's named attention kernel (`attn`, `dojo.sim.attention`); None: fused attention
     # at the GEMM calibration, as any matrix op of unknown shape.
     attention: AttentionKernel | None = None
+    # An eager device whose pass streams more than its cache (`dojo.sim.eager.in_cache`): its
+    # ops find their operands in memory, not in the cache.
+    cold: bool = False
 
     def tiling(self, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
         """(tiles, tile rows, tile columns) of a GEMM whose output is `shape` = (batch, m, n):
@@ -108,9 +111,14 @@ class DeviceModel:
           never slower than one unit doing all the work (U >= 8), nor than the whole device
           on the work padded to whole tiles (under 2x in m and in n) plus one tile;
         - upper, untiled: launch + nbytes / (bw e_vec) + (F + F_half) / (peak e).
+        A `cold` device reaches that upper bound: a small GEMM packs its operands before its
+        K loop and stores its output after it, and neither hides behind it when the operands
+        come from memory (bench/op_context.py).
         """
         cal = self.calibration
         compute = self.matrix_compute_time(flops, shape)
+        if self.cold:
+            return compute + self.vector_time_raw(nbytes) + cal.launch_s
         store = (1.0 - cal.epilogue_overlap) * min(out_bytes, nbytes)
         return (max(compute, self.vector_time_raw(nbytes - store))
                 + self.vector_time_raw(store) + cal.launch_s)
@@ -157,10 +165,11 @@ class DeviceModel:
 
     def stream_time(self, nbytes: float) -> float:
         """Seconds to stream `nbytes` (read + written) through an elementwise kernel: from the
-        cache when they fit `cache_bytes`, else at the memory bandwidth. Non-decreasing in
-        `nbytes` as long as the cache is faster than memory."""
+        cache when they fit `cache_bytes` and the device is not `cold`, else at the memory
+        bandwidth. Non-decreasing in `nbytes` as long as the cache is faster than memory."""
         cal = self.calibration
-        if cal.cache_bytes and cal.cache_bytes_per_s and nbytes <= cal.cache_bytes:
+        if (cal.cache_bytes and cal.cache_bytes_per_s and not self.cold
+                and nbytes <= cal.cache_bytes):
             return nbytes / cal.cache_bytes_per_s
         return self.vector_time_raw(nbytes)
 

@@ -20,7 +20,7 @@ from dojo.sim.attention import DEFAULT as DEFAULT_ATTN
 from dojo.sim.attention import attention_kernel
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import p2p_host_time, tp_host_time, vocab_host
+from dojo.sim.eager import in_cache, p2p_host_time, tp_host_time, vocab_host
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
 from dojo.sim.fsdp import fsdp_time
 from dojo.sim.gradacc import accumulate_time
@@ -307,7 +307,8 @@ Prepared = tuple[DeviceModel, Memory, dict[int, ChunkTimes]]
 def prepare(program: Program, memory: Memory | None = None) -> Prepared:
     """(device model, `device_memory` (`memory` where given), `all_chunk_times`) of `program`:
     what `simulate` and `lower_bound` start from (the search computes them once for both)."""
-    dev, memory = device_model(program), memory or device_memory(program)
+    dev = in_cache(program, device_model(program))
+    memory = memory or device_memory(program)
     return dev, memory, all_chunk_times(program, dev, memory)
 
 

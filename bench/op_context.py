@@ -1,0 +1,178 @@
+"""What an eager op costs inside a training step against the same op run hot (docs/benchmarks.md,
+fifteenth round; the evidence behind `dojo.sim.eager.in_cache`).
+
+    .venv/bin/python bench/op_context.py [--models gpt,occupancy,mlp] [--rounds 7] [--code]
+
+Per model (small preset, dp=1, FP32, one intra-op thread): every ATen call of one runtime step
+(`Trainer.step`) is recorded below autograd (a `TorchDispatchMode`, with its arguments
+cloned), then
+- the step itself, its fastest thread CPU time over 15 steps;
+- the recorded calls replayed in order, no autograd or Python modules around them ("sequence");
+- each call run twice in a row inside that sequence: the first run finds the step's state in
+  the caches, the second finds its own operands and code just used. Their difference per call
+  ("penalty", the fastest of `--rounds` sequences each) is binned by the call's operand bytes,
+  with its mean per KiB;
+- the simulated step, with the device as `in_cache` finds it and forced hot.
+`--code` also times three ops alone and with N distinct tiny ops (tiny operands: only their
+code evicts) run between their calls: what code alone costs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+
+BINS = ((0, 1 << 10), (1 << 10, 10 << 10), (10 << 10, 30 << 10), (30 << 10, 100 << 10),
+        (100 << 10, 300 << 10), (300 << 10, 1 << 40))
+Call = tuple[Any, Any, Any]
+
+
+def _snap(a: Any) -> Any:
+    return a.detach().clone() if isinstance(a, torch.Tensor) else a
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[Call] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        self.calls.append((func, tree_map(_snap, args), tree_map(_snap, kwargs)))
+        return func(*args, **kwargs)
+
+
+def _operand_bytes(call: Call) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(call[1:])
+               if isinstance(t, torch.Tensor))
+
+
+def measure(model: str, rounds: int) -> dict[str, Any]:
+    """The figures of the module docstring for `model`, seconds and bytes."""
+    from dojo.runtime import Job
+    from dojo.runtime.job import build_bundle, simulate_job
+    from dojo.runtime.trainer import Trainer
+    from dojo.sim.simulate import all_chunk_times, prepare, simulate
+
+    job = Job(model=model, plan="dp=1,precision=fp32", system="cpu")
+    sim = simulate_job(job)
+    trainer = Trainer(sim.program, build_bundle(job))
+    for _ in range(3):
+        trainer.step(trainer.data.get(trainer.position))
+    recorder = _Recorder()
+    with recorder:
+        trainer.step(trainer.data.get(trainer.position))
+    steps = []
+    for _ in range(15):
+        batch = trainer.data.get(trainer.position)
+        start = time.thread_time()
+        trainer.step(batch)
+        steps.append(time.thread_time() - start)
+    calls = recorder.calls
+    sequence, first, second = float("inf"), [float("inf")] * len(calls), [float("inf")] * len(calls)
+    clock = time.perf_counter
+    for _ in range(rounds):
+        start = time.thread_time()
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+        sequence = min(sequence, time.thread_time() - start)
+        for i, (func, args, kwargs) in enumerate(calls):
+            a = clock()
+            func(*args, **kwargs)
+            b = clock()
+            func(*args, **kwargs)
+            c = clock()
+            first[i], second[i] = min(first[i], b - a), min(second[i], c - b)
+    dev, memory, _ = prepare(sim.program)
+    hot = replace(dev, cold=False)
+    hot_step = simulate(sim.program, (hot, memory, all_chunk_times(sim.program, hot, memory)))
+    return {"calls": len(calls), "step": min(steps), "sequence": sequence,
+            "first": first, "second": second, "bytes": [_operand_bytes(c) for c in calls],
+            "simulated": sim.result.step_time_s, "cold": dev.cold,
+            "simulated_hot": hot_step.step_time_s}
+
+
+def report(model: str, m: dict[str, Any]) -> str:
+    lines = [f"### {model}: {m['calls']} ATen calls per step",
+             f"step {m['step'] * 1e3:.2f} ms; sequence replay {m['sequence'] * 1e3:.2f} ms; "
+             f"first runs {sum(m['first']) * 1e3:.2f} ms, repeats {sum(m['second']) * 1e3:.2f} "
+             f"ms; simulated {m['simulated'] * 1e3:.2f} ms ({'cold' if m['cold'] else 'hot'}), "
+             f"hot {m['simulated_hot'] * 1e3:.2f} ms", "",
+             "| operand bytes | calls | penalty median us | mean us | repeat median us | "
+             "mean ns per KiB |", "|---|---|---|---|---|---|"]
+    for lo, hi in BINS:
+        sel = [i for i, b in enumerate(m["bytes"]) if lo <= b < hi]
+        if not sel:
+            continue
+        pen = [m["first"][i] - m["second"][i] for i in sel]
+        per_kib = statistics.mean(pen) / statistics.mean(m["bytes"][i] for i in sel) * 1024
+        span = f"{lo >> 10}-{hi >> 10} KiB" if hi < 1 << 40 else f">= {lo >> 10} KiB"
+        lines.append(f"| {span} | {len(sel)} | "
+                     f"{statistics.median(pen) * 1e6:.2f} | {statistics.mean(pen) * 1e6:.2f} | "
+                     f"{statistics.median(m['second'][i] for i in sel) * 1e6:.2f} | "
+                     f"{per_kib * 1e9:.1f} |")
+    return "\n".join(lines)
+
+
+def code_eviction(counts: tuple[int, ...] = (0, 10, 20, 40), repeat: int = 400) -> str:
+    """Lower-quartile microseconds of three ops with N distinct tiny ops run between calls."""
+    fn = torch.nn.functional
+    s, s4 = torch.randn(4, 8), torch.randn(1, 2, 4, 4)
+    w4, idx = torch.randn(2, 2, 3, 3), torch.tensor([0, 1])
+    tiny: list[Callable[[], object]] = [
+            s.exp, s.tanh, s.sigmoid, s.sqrt, s.abs, lambda: s.cumsum(0), s.argmax, s.norm,
+            s.var, s.mean,
+            lambda: fn.layer_norm(s, (8,)), lambda: s @ s.T, lambda: torch.cat([s, s]),
+            lambda: fn.softmax(s, -1), lambda: fn.gelu(s), lambda: fn.silu(s),
+            lambda: s.topk(2), lambda: fn.conv2d(s4, w4, padding=1), lambda: s.flip(0),
+            lambda: fn.batch_norm(s4, None, None, training=True), lambda: fn.max_pool2d(s4, 2),
+            lambda: s.index_select(0, idx), lambda: fn.log_softmax(s, -1), lambda: s.clamp(0, 1),
+            lambda: s.lt(0), lambda: torch.where(s > 0, s, s), lambda: fn.embedding(idx, s),
+            lambda: s.roll(1, 0), lambda: fn.interpolate(s4, scale_factor=2.0),
+            lambda: fn.dropout(s, 0.1), lambda: s.t().contiguous(), lambda: s.pow(2),
+            lambda: s.rsqrt(), lambda: s.addcmul(s, s), lambda: s.lerp(s, 0.5),
+            lambda: fn.avg_pool2d(s4, 2), lambda: s.max(0), lambda: s.sum(0),
+            lambda: fn.cross_entropy(s, idx[:1].repeat(4)), lambda: s.amax(1)]
+    x, w, h = torch.randn(1, 64, 64), torch.randn(256, 64), torch.randn(1, 64, 256)
+    ops = {"layer_norm [1,64,64]": lambda: fn.layer_norm(x, (64,)),
+           "linear 64 -> 256": lambda: fn.linear(x, w), "gelu [1,64,256]": lambda: fn.gelu(h)}
+    lines = ["| op | " + " | ".join(f"N={n} us" for n in counts) + " |",
+             "|---|" + "---|" * len(counts)]
+    for name, op in ops.items():
+        cells = []
+        for n in counts:
+            times = []
+            for _ in range(repeat):
+                for f in tiny[:n]:
+                    f()
+                start = time.perf_counter()
+                op()
+                times.append(time.perf_counter() - start)
+            cells.append(f"{sorted(times)[repeat // 4] * 1e6:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="gpt,occupancy,mlp")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--code", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for model in args.models.split(","):
+        print(report(model, measure(model, args.rounds)), "\n")
+    if args.code:
+        print(code_eviction())
+
+
+if __name__ == "__main__":
+    main()
