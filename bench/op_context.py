@@ -2,6 +2,7 @@
 fifteenth round; the evidence behind `dojo.sim.eager.in_cache`).
 
     .venv/bin/python bench/op_context.py [--models gpt,occupancy,mlp] [--rounds 7] [--code]
+        [--sweep] [--stacks]
 
 Per model (small preset, dp=1, FP32, one intra-op thread): every ATen call of one runtime step
 (`Trainer.step`) is recorded below autograd (a `TorchDispatchMode`, with its arguments
@@ -14,7 +15,11 @@ cloned), then
   with its mean per KiB;
 - the simulated step, with the device as `in_cache` finds it and forced hot.
 `--code` also times three ops alone and with N distinct tiny ops (tiny operands: only their
-code evicts) run between their calls: what code alone costs them.
+code evicts) run between their calls: what code alone costs them. `--sweep` times them with
+an in-place add over N MB between their calls (data evicts: the cache's edge). `--stacks`
+times the calibration's dispatch stacks (`eager_stacks`, per counted op) each over and over,
+as `calibrate_cpu` does, and taking turns, each step right after the other stacks' (the code
+of more kinds of op between two runs of one, as in a model's step).
 """
 
 from __future__ import annotations
@@ -141,12 +146,9 @@ def code_eviction(counts: tuple[int, ...] = (0, 10, 20, 40), repeat: int = 400) 
             lambda: s.rsqrt(), lambda: s.addcmul(s, s), lambda: s.lerp(s, 0.5),
             lambda: fn.avg_pool2d(s4, 2), lambda: s.max(0), lambda: s.sum(0),
             lambda: fn.cross_entropy(s, idx[:1].repeat(4)), lambda: s.amax(1)]
-    x, w, h = torch.randn(1, 64, 64), torch.randn(256, 64), torch.randn(1, 64, 256)
-    ops = {"layer_norm [1,64,64]": lambda: fn.layer_norm(x, (64,)),
-           "linear 64 -> 256": lambda: fn.linear(x, w), "gelu [1,64,256]": lambda: fn.gelu(h)}
     lines = ["| op | " + " | ".join(f"N={n} us" for n in counts) + " |",
              "|---|" + "---|" * len(counts)]
-    for name, op in ops.items():
+    for name, op in _three_ops().items():
         cells = []
         for n in counts:
             times = []
@@ -161,17 +163,80 @@ def code_eviction(counts: tuple[int, ...] = (0, 10, 20, 40), repeat: int = 400) 
     return "\n".join(lines)
 
 
+def _three_ops() -> dict[str, Callable[[], object]]:
+    fn = torch.nn.functional
+    x, w, h = torch.randn(1, 64, 64), torch.randn(256, 64), torch.randn(1, 64, 256)
+    return {"layer_norm [1,64,64]": lambda: fn.layer_norm(x, (64,)),
+            "linear 64 -> 256": lambda: fn.linear(x, w), "gelu [1,64,256]": lambda: fn.gelu(h)}
+
+
+def data_eviction(sizes_mb: tuple[float, ...] = (0.5, 1, 2, 4, 8), repeat: int = 300) -> str:
+    """Lower-quartile microseconds of three ops with an in-place add over N MB between calls."""
+    lines = ["| op | " + " | ".join(f"{n} MB us" for n in sizes_mb) + " |",
+             "|---|" + "---|" * len(sizes_mb)]
+    for name, op in _three_ops().items():
+        cells = []
+        for mb in sizes_mb:
+            junk, times = torch.zeros(int(mb * (1 << 20)) // 4), []
+            for _ in range(repeat):
+                junk.add_(1.0)
+                start = time.perf_counter()
+                op()
+                times.append(time.perf_counter() - start)
+            cells.append(f"{sorted(times)[repeat // 4] * 1e6:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stacks_in_turn(repeat: int = 100, rounds: int = 2) -> str:
+    """Per counted op us (forward, backward) of each dispatch stack, hot and in turn."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eager_stacks import _loss, _phase_times, _stacks, counted_ops
+
+    stacks = _stacks()
+    counts = {n: counted_ops(m, x) for n, (m, x) in stacks.items()}
+    hot = {n: [float("inf")] * 2 for n in stacks}
+    turn = {n: [float("inf")] * 2 for n in stacks}
+    for _ in range(rounds):
+        for n, (m, x) in stacks.items():
+            hot[n] = [min(a, b) for a, b in zip(hot[n], _phase_times(m, x, repeat))]
+        for _ in range(repeat):
+            for n, (m, x) in stacks.items():
+                m.zero_grad(set_to_none=True)
+                a = time.perf_counter()
+                loss = _loss(m(x))
+                b = time.perf_counter()
+                loss.backward()
+                c = time.perf_counter()
+                turn[n] = [min(turn[n][0], b - a), min(turn[n][1], c - b)]
+    lines = ["| stack | hot fwd / bwd us per op | in turn fwd / bwd us per op |", "|---|---|---|"]
+    for n in stacks:
+        f, b = counts[n][0], counts[n][1]
+        lines.append(f"| {n} | {hot[n][0] / f * 1e6:.2f} / {hot[n][1] / b * 1e6:.2f} | "
+                     f"{turn[n][0] / f * 1e6:.2f} / {turn[n][1] / b * 1e6:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="gpt,occupancy,mlp")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--code", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--stacks", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         print(report(model, measure(model, args.rounds)), "\n")
     if args.code:
-        print(code_eviction())
+        print(code_eviction(), "\n")
+    if args.sweep:
+        print(data_eviction(), "\n")
+    if args.stacks:
+        print(stacks_in_turn())
 
 
 if __name__ == "__main__":
