@@ -118,12 +118,32 @@ def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[
     return best[0], best[1]
 
 
-def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
-                   ) -> dict[str, tuple[float, float, int, int]]:
+def steps_in_turn(stacks: dict[str, tuple[torch.nn.Module, torch.Tensor]], repeat: int
+                  ) -> dict[str, tuple[float, float]]:
+    """Fastest (forward, backward) seconds of one step of each stack over `repeat` rounds in
+    which every stack steps once, in turn."""
+    best = {name: [float("inf"), float("inf")] for name in stacks}
+    for _ in range(repeat):
+        for name, (model, x) in stacks.items():
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = _loss(model(x))
+            mid = time.perf_counter()
+            loss.backward()
+            end = time.perf_counter()
+            best[name] = [min(best[name][0], mid - start), min(best[name][1], end - mid)]
+    return {name: (b[0], b[1]) for name, b in best.items()}
+
+
+def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
+                   in_turn: bool = False) -> dict[str, tuple[float, float, int, int]]:
     """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
     each tiny block stack: the forward issued op by op from Python module code, the backward
-    by autograd's engine; the fastest of `rounds` rounds that take turns over the stacks (a
-    shared machine's load comes and goes over seconds).
+    by autograd's engine; the fastest of `rounds` rounds of 100 steps each (a shared
+    machine's load comes and goes over seconds), each stack run over and over (its code and
+    state cached: `launch_s`) or, `in_turn`, the stacks taking turns step by step
+    (`steps_in_turn`: each op's code and state last used a step's variety ago, as in a model's
+    step whose data evicts them; `launch_cold_s`).
 
     The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
     other stacks' are net of their own elementwise ops at that figure, and of their
@@ -136,8 +156,9 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
     counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
     convs = {name: counted_ops(model, x, conv=True)[2:] for name, (model, x) in stacks.items()}
     for _ in range(rounds):
-        for name, (model, x) in stacks.items():
-            fwd, bwd = _phase_times(model, x, 100)
+        timed = steps_in_turn(stacks, 100) if in_turn else {
+            name: _phase_times(model, x, 100) for name, (model, x) in stacks.items()}
+        for name, (fwd, bwd) in timed.items():
             old = raw.get(name, (fwd, bwd))
             raw[name] = (min(old[0], fwd), min(old[1], bwd))
     nf, nb, _, _ = counts["pointwise"]

@@ -18,8 +18,8 @@ cloned), then
 code evicts) run between their calls: what code alone costs them. `--sweep` times them with
 an in-place add over N MB between their calls (data evicts: the cache's edge). `--stacks`
 times the calibration's dispatch stacks (`eager_stacks`, per counted op) each over and over,
-as `calibrate_cpu` does, and taking turns, each step right after the other stacks' (the code
-of more kinds of op between two runs of one, as in a model's step).
+and taking turns, each step right after the other stacks' (the code of more kinds of op
+between two runs of one, as in a model's step), as `calibrate_cpu` now times them.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def stacks_in_turn(repeat: int = 100, rounds: int = 2) -> str:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from eager_stacks import _loss, _phase_times, _stacks, counted_ops
+    from eager_stacks import _phase_times, _stacks, counted_ops, steps_in_turn
 
     stacks = _stacks()
     counts = {n: counted_ops(m, x) for n, (m, x) in stacks.items()}
@@ -203,15 +203,8 @@ def stacks_in_turn(repeat: int = 100, rounds: int = 2) -> str:
     for _ in range(rounds):
         for n, (m, x) in stacks.items():
             hot[n] = [min(a, b) for a, b in zip(hot[n], _phase_times(m, x, repeat))]
-        for _ in range(repeat):
-            for n, (m, x) in stacks.items():
-                m.zero_grad(set_to_none=True)
-                a = time.perf_counter()
-                loss = _loss(m(x))
-                b = time.perf_counter()
-                loss.backward()
-                c = time.perf_counter()
-                turn[n] = [min(turn[n][0], b - a), min(turn[n][1], c - b)]
+        for n, pair in steps_in_turn(stacks, repeat).items():
+            turn[n] = [min(a, b) for a, b in zip(turn[n], pair)]
     lines = ["| stack | hot fwd / bwd us per op | in turn fwd / bwd us per op |", "|---|---|---|"]
     for n in stacks:
         f, b = counts[n][0], counts[n][1]
