@@ -314,7 +314,8 @@ def committed_link() -> tuple[float, float]:
     return load_calibration("cpu").collective_latency_s, system["server"]["link"]["bytes_per_s"]
 
 
-def lockstep_fields(rounds: int, link: tuple[float, float]) -> dict[str, float]:
+def lockstep_fields(rounds: int, link: tuple[float, float], resume: float = 0.0
+                    ) -> dict[str, float]:
     """`lockstep_wait_s` and `lockstep_jitter` (`rank_costs.lockstep`): a collective's wall
     with no work between, net of the collective model's time for the benchmark's all-reduce
     (2 alpha + bytes / bw with `link` = (alpha, bw), which the simulation charges as the
@@ -323,7 +324,7 @@ def lockstep_fields(rounds: int, link: tuple[float, float]) -> dict[str, float]:
 
     # at least five rounds: each point is the fastest window of all of them, and a shared
     # machine's slow spells last seconds (the jitter moved 0.0064-0.0158 s^0.5 at three)
-    alone, jitter, points = lockstep(max(rounds, 5))
+    alone, jitter, points = lockstep(max(rounds, 5), resume=resume)
     print("lockstep (work alone us, excess us): "
           + ", ".join(f"({x * 1e6:.0f}, {(y - x) * 1e6:.0f})" for x, y in points), file=sys.stderr)
     modelled = 2 * link[0] + 4 * LOCKSTEP_ELEMENTS / link[1]
@@ -367,7 +368,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,
             "tp_vocab_embedding_s": vocab[0], "tp_vocab_loss_s": vocab[1],
-            "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link())
+            "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link(), resume)
             }, {"stacks": stacks}
 
 

@@ -243,7 +243,7 @@ def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
     return [(alone, locked) for alone, locked in best]
 
 
-def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
+def lockstep(rounds: int = 3, iters: int = 120, window: int = 20, resume: float = 0.0
              ) -> tuple[float, float, list[tuple[float, float]]]:
     """(seconds per collective at no work between, jitter in s^0.5, points) of two gloo ranks
     in lockstep: each runs some eager work, then a 16 KB all-reduce, over and over. What a
@@ -255,17 +255,19 @@ def lockstep(rounds: int = 3, iters: int = 120, window: int = 20
     out: list[Any] = launch(_lockstep_rank, 2, (rounds, iters, window), timeout_s=600,
                             threads=1)
     points = [((r0[0] + r1[0]) / 2, (r0[1] + r1[1]) / 2) for r0, r1 in zip(out[0], out[1])]
-    return (*fit_lockstep(points), points)
+    return (*fit_lockstep(points, resume), points)
 
 
-def fit_lockstep(points: list[tuple[float, float]]) -> tuple[float, float]:
+def fit_lockstep(points: list[tuple[float, float]], resume: float = 0.0
+                 ) -> tuple[float, float]:
     """(excess s at no work, jitter s^0.5) of lockstep `points` (wall s of the work alone, wall
     s in lockstep; the first with no work): the excess (lockstep minus alone) of the first
-    point, and the median over the others of (excess - first) / sqrt(work) (two ranks whose
-    work jitters as a random walk arrive apart by a spread in proportion to sqrt(work), and
-    the earlier waits for the later; the median, as one slow window of a shared machine would
-    pull a least-squares fit towards its point)."""
+    point, and the median over the others of (excess - first - `resume`) / sqrt(work) (two
+    ranks whose work jitters as a random walk arrive apart by a spread in proportion to
+    sqrt(work), and the earlier waits for the later; the work after a wait pays `resume`
+    seconds more, `wait_resume_s`, which the first point has no work to pay; the median, as
+    one slow window of a shared machine would pull a least-squares fit towards its point)."""
     extra = [(alone, locked - alone) for alone, locked in points]
     base = extra[0][1]
-    ratios = [(y - base) / x ** 0.5 for x, y in extra[1:] if x > 0]
+    ratios = [(y - base - resume) / x ** 0.5 for x, y in extra[1:] if x > 0]
     return base, max(0.0, statistics.median(ratios)) if ratios else 0.0

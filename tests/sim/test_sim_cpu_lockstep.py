@@ -1,6 +1,7 @@
 """The CPU closed loop's waits between ranks measured in lockstep (eleventh and fourteenth
-rounds): a blocking wait on another rank costs the step's wall a fixed part and the later
-rank's drift, `lockstep_jitter` x sqrt(the rank's work since its previous wait)
+rounds): a blocking wait on another rank costs the step's wall a fixed part, the slower work
+after it (`wait_resume_s`) and the later rank's drift, `lockstep_jitter` x sqrt(the rank's work
+since its previous wait)
 (`dojo.sim.eager.wait_time`, docs/simulator.md). Each expected value is the closed form of the
 mechanism, from the calibration's fields."""
 
@@ -33,17 +34,19 @@ def _devices(plan: str, **fields: float) -> tuple[Any, Any, Any]:
 
 
 def test_a_wait_costs_its_fixed_part_and_the_drift_of_the_work_before_it() -> None:
-    """wait_time = lockstep_wait_s + lockstep_jitter x sqrt(work): quadrupling the work doubles
-    the drift; without lockstep figures the older `wait_resume_s`; nothing off an eager
-    device."""
+    """wait_time = wait_resume_s + lockstep_wait_s + lockstep_jitter x sqrt(work): the work
+    after the wait resumes slower, and quadrupling the work before it doubles the drift;
+    without lockstep figures `wait_resume_s` alone; nothing off an eager device."""
     from dojo.sim.eager import wait_time
 
+    resume = 50e-6
     _, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_jitter=JITTER,
-                         wait_resume_s=50e-6)
-    assert wait_time(dev, 0.0) == pytest.approx(WAIT, rel=1e-12)
-    assert wait_time(dev, 1e-3) == pytest.approx(WAIT + JITTER * math.sqrt(1e-3), rel=1e-12)
-    assert (wait_time(dev, 4e-3) - WAIT) == pytest.approx(2 * (wait_time(dev, 1e-3) - WAIT),
-                                                          rel=1e-12)
+                         wait_resume_s=resume)
+    fixed = WAIT + resume
+    assert wait_time(dev, 0.0) == pytest.approx(fixed, rel=1e-12)
+    assert wait_time(dev, 1e-3) == pytest.approx(fixed + JITTER * math.sqrt(1e-3), rel=1e-12)
+    assert (wait_time(dev, 4e-3) - fixed) == pytest.approx(2 * (wait_time(dev, 1e-3) - fixed),
+                                                           rel=1e-12)
     old = replace(dev, calibration=replace(dev.calibration, lockstep_wait_s=0.0,
                                            lockstep_jitter=0.0))
     assert wait_time(old, 1e-3) == pytest.approx(50e-6, rel=1e-12)
@@ -104,7 +107,8 @@ def test_the_step_collectives_wait_after_the_passes_and_the_update(monkeypatch: 
 
 def test_pipeline_receives_wait_the_fixed_part_only() -> None:
     """pp=2: a receive costs lockstep_wait_s and no drift (the pipeline's schedule already has
-    the receiver wait for the sender's task); a send its posting."""
+    the receiver wait for the sender's task), and the task after it its slower resume
+    (`wait_resume_s`); a send its posting."""
     from dojo.sim.memory import device_memory
     from dojo.sim.simulate import chunk_times, task_durations
 
@@ -117,6 +121,12 @@ def test_pipeline_receives_wait_the_fixed_part_only() -> None:
     f1, b1, _ = task_durations(program, dev, times)
     assert [a - b for a, b in zip(f1, f0)] == pytest.approx([post, WAIT], rel=1e-9)
     assert [a - b for a, b in zip(b1, b0)] == pytest.approx([WAIT, post], rel=1e-9)
+    resume = 40e-6  # the task after a receive resumes slower: each receive pays it too
+    _, _, slow = _devices("pp=2", p2p_post_s=post, lockstep_wait_s=WAIT, lockstep_jitter=JITTER,
+                          wait_resume_s=resume)
+    f2, b2, _ = task_durations(program, slow, times)
+    assert [a - b for a, b in zip(f2, f1)] == pytest.approx([0.0, resume], rel=1e-9, abs=1e-15)
+    assert [a - b for a, b in zip(b2, b1)] == pytest.approx([resume, 0.0], rel=1e-9, abs=1e-15)
 
 
 def test_the_lockstep_fit_recovers_a_known_wait_and_jitter() -> None:
@@ -128,3 +138,7 @@ def test_the_lockstep_fit_recovers_a_known_wait_and_jitter() -> None:
     points = [(w, w + a + j * math.sqrt(w)) for w in works]
     assert fit(points) == pytest.approx((a, j), rel=1e-9)
     assert fit(points[:1]) == pytest.approx((a, 0.0), rel=1e-9)
+    # every point with work pays the slower resume r after its wait, the first none
+    r = 110e-6
+    resumed = [(w, w + a + (r if w else 0.0) + j * math.sqrt(w)) for w in works]
+    assert fit(resumed, r) == pytest.approx((a, j), rel=1e-9)

@@ -69,17 +69,19 @@ def _late_rank(rank: int, world: int, delay: float, n: int) -> tuple[float, int]
 
 
 @pytest.mark.slow
-def test_gloos_loop_thread_busy_polls_on_the_late_rank() -> None:
+def test_gloos_loop_threads_spend_cpu_while_their_ranks_wait() -> None:
     """Why a rank's process CPU exceeds its work with more than one rank (an independent
-    measurement, /proc's scheduler statistics): the rank whose peer's message arrives before
-    it posts its receive has gloo's tcp loop thread running (preempted while runnable, not
-    blocked) for much of the wait, the early rank's barely; so `step_thread_cpu_s`, the
-    stepping thread's CPU, is the measure of the work (docs/benchmarks.md, fourth round)."""
+    measurement, /proc's scheduler statistics): while the ranks wait on each other, gloo's tcp
+    loop thread of each runs on the CPU (it returns from `epoll_wait` over and over while a
+    transfer is under way: docs/benchmarks.md, fourteenth round), CPU that the process's time
+    holds and the stepping thread's does not; so `step_thread_cpu_s` is the measure of the
+    work. Measured over 40 waits of >= 5 ms: 12-17 ms a rank on a Xeon VM (2026-11-30). The
+    fourth round's finding that only the late rank's thread runs (over 3x the early's) did not
+    reproduce on the EPYC of the fourteenth round nor here (early 12.5 ms, late 17.2)."""
     from dojo.runtime.launch import launch
 
     early, late = launch(_late_rank, 2, (0.005, 40), timeout_s=120)
-    # 40 waits of >= 5 ms: the late rank's loop thread ran for a good part of 200 ms
-    assert late[0] > 0.02 and late[0] > 3 * early[0], (early, late)
+    assert early[0] > 0.005 and late[0] > 0.005, (early, late)
 
 
 @pytest.mark.slow

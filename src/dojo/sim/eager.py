@@ -109,15 +109,17 @@ def lockstep(dev: DeviceModel) -> bool:
 def wait_time(dev: DeviceModel, work_s: float) -> float:
     """Seconds one blocking wait on another rank adds to an eager step beyond its transfer,
     after `work_s` seconds of the rank's own work since its previous wait (0 off an eager
-    device): measured in lockstep, `lockstep_wait_s` + `lockstep_jitter` x sqrt(`work_s`) (the
-    two ranks' arrivals drift apart as their work's jitter accumulates); otherwise the
-    stepping thread's slower work after it, `wait_resume_s`."""
+    device): the stepping thread's slower work after it, `wait_resume_s` (it slept, and
+    resumes with its code and data evicted); and, measured in lockstep, `lockstep_wait_s` +
+    `lockstep_jitter` x sqrt(`work_s`) (the hand-offs of the message between threads, and the
+    two ranks' arrivals drifting apart as their work's jitter accumulates)."""
     cal = dev.calibration
     if not cal.eager:
         return 0.0
     if not lockstep(dev):
         return cal.wait_resume_s
-    return cal.lockstep_wait_s + cal.lockstep_jitter * math.sqrt(max(0.0, work_s))
+    return (cal.wait_resume_s + cal.lockstep_wait_s
+            + cal.lockstep_jitter * math.sqrt(max(0.0, work_s)))
 
 
 def sync_host_time(program: Program, dev: DeviceModel, stage: int, params: float,
