@@ -104,35 +104,35 @@ def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False
                     for phase in ("forward", "backward")])  # type: ignore[return-value]
 
 
+def _one_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """(forward, backward) seconds of one training step of `model` on `x`."""
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    loss = _loss(model(x))
+    mid = time.perf_counter()
+    loss.backward()
+    return mid - start, time.perf_counter() - mid
+
+
 def _phase_times(model: torch.nn.Module, x: torch.Tensor, repeat: int) -> tuple[float, float]:
     """Fastest (forward, backward) seconds of one step of `model` over `repeat` steps."""
-    best = [float("inf"), float("inf")]
+    best = (float("inf"), float("inf"))
     for _ in range(repeat):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        loss = _loss(model(x))
-        mid = time.perf_counter()
-        loss.backward()
-        end = time.perf_counter()
-        best = [min(best[0], mid - start), min(best[1], end - mid)]
-    return best[0], best[1]
+        fwd, bwd = _one_step(model, x)
+        best = (min(best[0], fwd), min(best[1], bwd))
+    return best
 
 
 def steps_in_turn(stacks: dict[str, tuple[torch.nn.Module, torch.Tensor]], repeat: int
                   ) -> dict[str, tuple[float, float]]:
     """Fastest (forward, backward) seconds of one step of each stack over `repeat` rounds in
     which every stack steps once, in turn."""
-    best = {name: [float("inf"), float("inf")] for name in stacks}
+    best = {name: (float("inf"), float("inf")) for name in stacks}
     for _ in range(repeat):
         for name, (model, x) in stacks.items():
-            model.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            loss = _loss(model(x))
-            mid = time.perf_counter()
-            loss.backward()
-            end = time.perf_counter()
-            best[name] = [min(best[name][0], mid - start), min(best[name][1], end - mid)]
-    return {name: (b[0], b[1]) for name, b in best.items()}
+            fwd, bwd = _one_step(model, x)
+            best[name] = (min(best[name][0], fwd), min(best[name][1], bwd))
+    return best
 
 
 def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),

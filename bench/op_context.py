@@ -146,15 +146,28 @@ def code_eviction(counts: tuple[int, ...] = (0, 10, 20, 40), repeat: int = 400) 
             lambda: s.rsqrt(), lambda: s.addcmul(s, s), lambda: s.lerp(s, 0.5),
             lambda: fn.avg_pool2d(s4, 2), lambda: s.max(0), lambda: s.sum(0),
             lambda: fn.cross_entropy(s, idx[:1].repeat(4)), lambda: s.amax(1)]
-    lines = ["| op | " + " | ".join(f"N={n} us" for n in counts) + " |",
-             "|---|" + "---|" * len(counts)]
+
+    def between(n: int) -> Callable[[], None]:
+        def run() -> None:
+            for f in tiny[:n]:
+                f()
+        return run
+
+    return _evicted(counts, [between(n) for n in counts], "N={} us", repeat)
+
+
+def _evicted(settings: tuple[Any, ...], befores: list[Callable[[], object]], head: str,
+             repeat: int) -> str:
+    """A table of `_three_ops`' lower-quartile microseconds, each call right after
+    `befores[i]` (untimed), per setting."""
+    lines = ["| op | " + " | ".join(head.format(n) for n in settings) + " |",
+             "|---|" + "---|" * len(settings)]
     for name, op in _three_ops().items():
         cells = []
-        for n in counts:
+        for before in befores:
             times = []
             for _ in range(repeat):
-                for f in tiny[:n]:
-                    f()
+                before()
                 start = time.perf_counter()
                 op()
                 times.append(time.perf_counter() - start)
@@ -172,20 +185,8 @@ def _three_ops() -> dict[str, Callable[[], object]]:
 
 def data_eviction(sizes_mb: tuple[float, ...] = (0.5, 1, 2, 4, 8), repeat: int = 300) -> str:
     """Lower-quartile microseconds of three ops with an in-place add over N MB between calls."""
-    lines = ["| op | " + " | ".join(f"{n} MB us" for n in sizes_mb) + " |",
-             "|---|" + "---|" * len(sizes_mb)]
-    for name, op in _three_ops().items():
-        cells = []
-        for mb in sizes_mb:
-            junk, times = torch.zeros(int(mb * (1 << 20)) // 4), []
-            for _ in range(repeat):
-                junk.add_(1.0)
-                start = time.perf_counter()
-                op()
-                times.append(time.perf_counter() - start)
-            cells.append(f"{sorted(times)[repeat // 4] * 1e6:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    junks = [torch.zeros(int(mb * (1 << 20)) // 4) for mb in sizes_mb]
+    return _evicted(sizes_mb, [lambda j=j: j.add_(1.0) for j in junks], "{} MB us", repeat)
 
 
 def stacks_in_turn(repeat: int = 100, rounds: int = 2) -> str:
