@@ -1,5 +1,6 @@
 """`dojo train` killed with SIGTERM mid-training: exit 143 with one line, and OUT holds only
-whole files (the last complete checkpoint), no temporaries. A real subprocess and a real signal;
+whole files (the clip catalog it indexed before training, the last complete checkpoint), no
+temporaries. A real subprocess and a real signal;
 slow because the subprocess first simulates the large preset (~20-30 s on 2 cores)."""
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def test_sigterm_mid_training_leaves_whole_files(tiny_data: Path, tmp_path: Path
     assert last == ["dojo: train: terminated (SIGTERM); temporary files removed"], rest
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert all(not Path(p).name.startswith(".") for p in left), left
-    assert set(left) <= {"checkpoint", "checkpoint/state.pt"}
+    kept = {p for p in left if p != "catalog" and not p.startswith("catalog/")}
+    assert kept <= {"checkpoint", "checkpoint/state.pt"}, left
+    if (out / "catalog").exists():  # written before training: whole tables that read back
+        from dojo.data.catalog import read_tables
+
+        assert all(len(t) > 0 for t in read_tables(str(out / "catalog")).values())
     if (out / "checkpoint" / "state.pt").exists():  # a whole checkpoint that loads
         checkpoint.load(out / "checkpoint", {})
