@@ -2,7 +2,7 @@
 fifteenth round; the evidence behind `dojo.sim.eager.in_cache`).
 
     .venv/bin/python bench/op_context.py [--models gpt,occupancy,mlp] [--rounds 7] [--code]
-        [--sweep] [--stacks]
+        [--sweep] [--stacks] [--by-target]
 
 Per model (small preset, dp=1, FP32, one intra-op thread): every ATen call of one runtime step
 (`Trainer.step`) is recorded below autograd (a `TorchDispatchMode`, with its arguments
@@ -13,7 +13,9 @@ cloned), then
   the caches, the second finds its own operands and code just used. Their difference per call
   ("penalty", the fastest of `--rounds` sequences each) is binned by the call's operand bytes,
   with its mean per KiB;
-- the simulated step, with the device as `in_cache` finds it and forced hot.
+- the simulated step, with the device as `in_cache` finds it and hot (its cached figures);
+- with `--by-target`, per ATen target (the simulator's top ones): the calls' repeats and first
+  runs against the simulated hot time (fused groups together, as "fused").
 `--code` also times three ops alone and with N distinct tiny ops (tiny operands: only their
 code evicts) run between their calls: what code alone costs them. `--sweep` times them with
 an in-place add over N MB between their calls (data evicts: the cache's edge). `--stacks`
@@ -28,7 +30,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -65,7 +66,7 @@ def measure(model: str, rounds: int) -> dict[str, Any]:
     from dojo.runtime import Job
     from dojo.runtime.job import build_bundle, simulate_job
     from dojo.runtime.trainer import Trainer
-    from dojo.sim.simulate import all_chunk_times, prepare, simulate
+    from dojo.sim.simulate import all_chunk_times, device_model, prepare, simulate
 
     job = Job(model=model, plan="dp=1,precision=fp32", system="cpu")
     sim = simulate_job(job)
@@ -97,12 +98,45 @@ def measure(model: str, rounds: int) -> dict[str, Any]:
             c = clock()
             first[i], second[i] = min(first[i], b - a), min(second[i], c - b)
     dev, memory, _ = prepare(sim.program)
-    hot = replace(dev, cold=False)
+    hot = device_model(sim.program)  # as `in_cache` leaves a device whose pass fits the cache
     hot_step = simulate(sim.program, (hot, memory, all_chunk_times(sim.program, hot, memory)))
     return {"calls": len(calls), "step": min(steps), "sequence": sequence,
             "first": first, "second": second, "bytes": [_operand_bytes(c) for c in calls],
-            "simulated": sim.result.step_time_s, "cold": dev.cold,
-            "simulated_hot": hot_step.step_time_s}
+            "names": [str(c[0]) for c in calls], "simulated": sim.result.step_time_s,
+            "cold": dev.cold, "simulated_hot": hot_step.step_time_s,
+            "by_target": _simulated_by_target(sim.program, hot)}
+
+
+def _simulated_by_target(program: Any, dev: Any) -> dict[str, tuple[int, float]]:
+    """Simulated (ops, seconds) per step by ATen target on device `dev` (fused groups under
+    "fused"), forward and backward."""
+    out: dict[str, tuple[int, float]] = {}
+    for chunk in program.chunks:
+        for ops, phase in ((chunk.forward, dev), (chunk.backward, dev.for_phase("backward"))):
+            for op in ops:
+                name = "fused" if op.target.startswith("fused[") else op.target.split("[")[0]
+                n, t = out.get(name, (0, 0.0))
+                out[name] = (n + program.microbatches, t + phase.op_time(op) * program.microbatches)
+    return out
+
+
+def by_target(m: dict[str, Any], top: int = 12) -> str:
+    """The `top` targets by simulated (hot) time: calls, repeats' and first runs' sums against
+    the simulated seconds, per step."""
+    sums: dict[str, list[float]] = {}
+    for name, a, b in zip(m["names"], m["first"], m["second"]):
+        row = sums.setdefault(name, [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += b
+        row[2] += a
+    lines = ["| target | calls | repeats ms | first runs ms | simulated ops | simulated hot ms |",
+             "|---|---|---|---|---|---|"]
+    ranked = sorted(m["by_target"].items(), key=lambda kv: -kv[1][1])[:top]
+    for name, (n, t) in ranked:
+        calls, rep, first = sums.get(name, [0, 0.0, 0.0])
+        lines.append(f"| {name} | {calls} | {rep * 1e3:.2f} | {first * 1e3:.2f} | {n} | "
+                     f"{t * 1e3:.2f} |")
+    return "\n".join(lines)
 
 
 def report(model: str, m: dict[str, Any]) -> str:
@@ -221,10 +255,14 @@ def main() -> None:
     parser.add_argument("--code", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--stacks", action="store_true")
+    parser.add_argument("--by-target", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for model in filter(None, args.models.split(",")):
-        print(report(model, measure(model, args.rounds)), "\n")
+        measured = measure(model, args.rounds)
+        print(report(model, measured), "\n")
+        if args.by_target:
+            print(by_target(measured), "\n")
     if args.code:
         print(code_eviction(), "\n")
     if args.sweep:
