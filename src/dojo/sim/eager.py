@@ -22,11 +22,12 @@ vocabulary-parallel embedding and cross entropy cost their own measured host tim
 (`vocab_host`) in place of the regions of their collectives.
 
 Where the calibration measured two ranks in lockstep (`lockstep_*`, `wait_time`), a blocking
-wait costs the step's wall instead: a fixed part (the message handed from thread to thread, each
-waking up), and the wait for the later rank, whose arrival drifts from the earlier's as their
-work's jitter accumulates, as sqrt(work) since its previous wait (measured: docs/benchmarks.md,
-fourteenth round; since the runtime runs gloo's loop threads at SCHED_IDLE where its ranks fill
-the cores, `dojo.runtime.gloothreads`, the two stepping threads run side by side).
+wait costs the step's wall more beside that slower resume: a fixed part (the message handed from
+thread to thread, each waking up), and the wait for the later rank, whose arrival drifts from
+the earlier's as their work's jitter accumulates, as sqrt(work) since its previous wait
+(measured: docs/benchmarks.md, fourteenth and fifteenth rounds; since the runtime runs gloo's
+loop threads at SCHED_IDLE where its ranks fill the cores, `dojo.runtime.gloothreads`, the two
+stepping threads run side by side).
 
 `in_cache` decides where an eager step's ops find their operands and their code. A parameter is
 read once in a micro-batch's forward and once in its backward, so between two reads of it the
