@@ -15,11 +15,7 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    included). A fourth stack of elementwise ops called as functions (RMSNorm- and SwiGLU-like
    code) gives an elementwise op's dispatch per phase (`launch_pointwise_s`, much less than a
    module's op); the other three stacks' figures are net of their own elementwise ops at
-   that rate, the median of the three per phase (`launch_s`, `launch_backward_s`). Then the
-   four stacks taking turns step by step, as a model's step runs its many kinds of op in turn
-   (`eager_stacks.steps_in_turn`): the same figures cold (`launch_cold_s`,
-   `launch_backward_cold_s`, `launch_pointwise_cold_s`, `launch_pointwise_backward_cold_s`),
-   which a step whose data outgrows the cache pays (`dojo.sim.eager.in_cache`).
+   that rate, the median of the three per phase (`launch_s`, `launch_backward_s`).
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.
@@ -345,8 +341,6 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     conv_call = conv_call_overhead()
     stacks = eager_op_times(conv_call=conv_call)
     others = [v for k, v in stacks.items() if k != "pointwise"]
-    turn = eager_op_times(conv_call=conv_call, in_turn=True)
-    turn_others = [v for k, v in turn.items() if k != "pointwise"]
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
     library = onednn_setup()
@@ -357,10 +351,6 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "launch_backward_s": statistics.median(b for _, b, _, _ in others),
             "launch_pointwise_s": stacks["pointwise"][0],
             "launch_pointwise_backward_s": stacks["pointwise"][1],
-            "launch_cold_s": statistics.median(f for f, _, _, _ in turn_others),
-            "launch_backward_cold_s": statistics.median(b for _, b, _, _ in turn_others),
-            "launch_pointwise_cold_s": turn["pointwise"][0],
-            "launch_pointwise_backward_cold_s": turn["pointwise"][1],
             "library_call_s": library[0], "library_call_backward_s": library[1],
             "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
             "attention_score_s": scores[0], "attention_score_backward_s": scores[1],

@@ -135,15 +135,14 @@ def steps_in_turn(stacks: dict[str, tuple[torch.nn.Module, torch.Tensor]], repea
     return best
 
 
-def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
-                   in_turn: bool = False) -> dict[str, tuple[float, float, int, int]]:
+def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
+                   ) -> dict[str, tuple[float, float, int, int]]:
     """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
     each tiny block stack: the forward issued op by op from Python module code, the backward
-    by autograd's engine; the fastest of `rounds` rounds of 100 steps each (a shared
-    machine's load comes and goes over seconds), each stack run over and over (its code and
-    state cached: `launch_s`) or, `in_turn`, the stacks taking turns step by step
-    (`steps_in_turn`: each op's code and state last used a step's variety ago, as in a model's
-    step whose data evicts them; `launch_cold_s`).
+    by autograd's engine; the fastest of `rounds` rounds of 100 steps each, each stack run
+    over and over, the rounds taking turns over the stacks (a shared machine's load comes and
+    goes over seconds). `steps_in_turn` times them taking turns step by step instead
+    (bench/op_context.py --stacks: 10-69 % slower; not a calibration figure).
 
     The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
     other stacks' are net of their own elementwise ops at that figure, and of their
@@ -156,9 +155,8 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
     counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
     convs = {name: counted_ops(model, x, conv=True)[2:] for name, (model, x) in stacks.items()}
     for _ in range(rounds):
-        timed = steps_in_turn(stacks, 100) if in_turn else {
-            name: _phase_times(model, x, 100) for name, (model, x) in stacks.items()}
-        for name, (fwd, bwd) in timed.items():
+        for name, (model, x) in stacks.items():
+            fwd, bwd = _phase_times(model, x, 100)
             old = raw.get(name, (fwd, bwd))
             raw[name] = (min(old[0], fwd), min(old[1], bwd))
     nf, nb, _, _ = counts["pointwise"]

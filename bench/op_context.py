@@ -20,8 +20,8 @@ cloned), then
 code evicts) run between their calls: what code alone costs them. `--sweep` times them with
 an in-place add over N MB between their calls (data evicts: the cache's edge). `--stacks`
 times the calibration's dispatch stacks (`eager_stacks`, per counted op) each over and over,
-and taking turns, each step right after the other stacks' (the code of more kinds of op
-between two runs of one, as in a model's step), as `calibrate_cpu` now times them.
+as `calibrate_cpu` times them, and taking turns, each step right after the other stacks' (the
+code of more kinds of op between two runs of one, as in a model's step).
 """
 
 from __future__ import annotations

@@ -86,26 +86,3 @@ def test_a_cold_step_is_never_cheaper_than_the_same_step_hot() -> None:
         if op.kind == "matrix" and op.bytes > 0:
             assert cold.op_time(op) > dev.op_time(op)
 
-
-def test_a_cold_step_dispatches_at_the_cold_figures() -> None:
-    """Where the pass outgrows the cache, an op's dispatch is the one measured with the
-    dispatch stacks taking turns (`launch_cold_s` and its three siblings); a figure left at 0
-    keeps the cached one; a hot device keeps all four."""
-    program = _program()
-    dev = device_for(program.system, "fp32")
-    figures = {"launch_s": 1e-5, "launch_backward_s": 8e-6, "launch_pointwise_s": 2e-6,
-               "launch_pointwise_backward_s": 3e-6}
-    cold_figures = {"launch_cold_s": 1.5e-5, "launch_backward_cold_s": 9e-6,
-                    "launch_pointwise_cold_s": 3e-6, "launch_pointwise_backward_cold_s": 0.0}
-    cal = replace(dev.calibration, cache_bytes=1.0, **figures, **cold_figures)
-    cold = in_cache(program, replace(dev, calibration=cal))
-    assert cold.cold
-    got = {k: getattr(cold.calibration, k) for k in figures}
-    assert got == {"launch_s": 1.5e-5, "launch_backward_s": 9e-6, "launch_pointwise_s": 3e-6,
-                   "launch_pointwise_backward_s": 3e-6}
-    op = OpCost("vector", 0.0, 0.0, "fused[3]", pointwise=2)
-    # one op at launch_s, two elementwise at launch_pointwise_s
-    assert cold.op_time(op) == pytest.approx(1.5e-5 + 2 * 3e-6, rel=1e-9)
-    assert cold.for_phase("backward").op_time(op) == pytest.approx(9e-6 + 2 * 3e-6, rel=1e-9)
-    hot = in_cache(program, replace(dev, calibration=replace(cal, cache_bytes=1e12)))
-    assert not hot.cold and hot.calibration == replace(cal, cache_bytes=1e12)

@@ -197,9 +197,7 @@ def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any)
     fresh = load_bench("fresh_calibration")
     text = (root / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
     committed = load_calibration("cpu")
-    # the dispatch cached and cold (`dojo.sim.eager.in_cache`: which one gpt pays depends on
-    # the machine's measured cache)
-    launch = {"launch_s": 3e-5, "launch_cold_s": 3e-5}
+    launch = {"launch_s": 3e-5}
     fields = {"lockstep_wait_s": 2 * committed.lockstep_wait_s + 1e-4, **launch}
     path = fresh.write_system(text, fields, tmp_path / "cpu-now.toml")
     base = fresh.simulated_with("cpu", "gpt", "dp=2")

@@ -65,14 +65,6 @@ class Calibration:
     # `launch_s` / `launch_backward_s` hold the other ops' (0 = the same as those).
     launch_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     launch_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    # The same four dispatch figures where the step's pass outgrows the cache
-    # (`dojo.sim.eager.in_cache`): its data then evicts the code and state each op's dispatch
-    # needs, which a step of many kinds of op last used a step's variety ago (measured on
-    # dispatch stacks taking turns step by step). 0 = the same as the cached figure.
-    launch_cold_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    launch_backward_cold_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    launch_pointwise_cold_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
-    launch_pointwise_backward_cold_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Setup of one call into a kernel library that prepares its primitive and reorders its
     # operands on every call (oneDNN's convolutions, `dojo.compiler.eager_cpu`), forward and
     # backward, on an eager device; counted per op as `OpCost.library_calls` (0 = none).

@@ -29,17 +29,17 @@ the earlier's as their work's jitter accumulates, as sqrt(work) since its previo
 loop threads at SCHED_IDLE where its ranks fill the cores, `dojo.runtime.gloothreads`, the two
 stepping threads run side by side).
 
-`in_cache` decides where an eager step's ops find their operands and their code. A parameter is
-read once in a micro-batch's forward and once in its backward, so between two reads of it the
-pass streams all its other ops' bytes: where that exceeds the measured cache (`cache_bytes`),
-each op reads its weights, its saved activations and its freshly allocated outputs from memory.
-Measured on a 2-core Xeon VM with a 2 MiB L2 (bench/op_context.py): an op's first run in a
-replay of a whole step against its immediate repeat costs 55-93 ns more per KiB of operands, the
-memory bandwidth the calibration measures (15 GB/s), not the cache's (143 GB/s). The cache holds
-code too: a pass that streams more data than it holds evicts the code and state each op's
-dispatch needs, and the dispatch stacks taking turns step by step dispatch 25-69 % slower
-forward and 10-36 % backward than each stack run over and over (`launch_cold_s` and its siblings
-against `launch_s`; `op_context.py --stacks`).
+`in_cache` decides where an eager step's ops find their operands. A parameter is read once in
+a micro-batch's forward and once in its backward, so between two reads of it the pass streams
+all its other ops' bytes: where that exceeds the measured cache (`cache_bytes`), each op reads
+its weights, its saved activations and its freshly allocated outputs from memory. Measured on a
+2-core Xeon VM with a 2 MiB L2 (bench/op_context.py): an op's first run in a replay of a whole
+step against its immediate repeat costs 55-93 ns more per KiB of operands, the memory bandwidth
+the calibration measures (15 GB/s), not the cache's (143 GB/s). Not modelled: the code's share
+of the cache (the dispatch stacks taking turns step by step dispatch 25-69 % slower forward and
+10-36 % backward than each stack run over and over, `op_context.py --stacks`; charging that
+where a pass outgrows the cache read resnet50, deepseek-v3 and gpt at hidden 128 14-30 % high,
+docs/benchmarks.md, fifteenth round).
 """
 
 from __future__ import annotations
@@ -64,18 +64,12 @@ def pass_bytes(program: Program) -> float:
 
 
 def in_cache(program: Program, dev: DeviceModel) -> DeviceModel:
-    """`dev` as `program`'s ops find it: where it is eager, has a measured cache and the
-    program's pass (`pass_bytes`) does not fit it, `cold`, with the dispatch figures measured
-    cold (`launch_cold_s` and its siblings, where measured); else `dev` unchanged."""
+    """`dev` as `program`'s ops find it: `cold` where it is eager, has a measured cache and
+    the program's pass (`pass_bytes`) does not fit it; else `dev` unchanged."""
     cal = dev.calibration
     if not (cal.eager and cal.cache_bytes) or pass_bytes(program) <= cal.cache_bytes:
         return dev
-    cold = replace(cal, launch_s=cal.launch_cold_s or cal.launch_s,
-                   launch_backward_s=cal.launch_backward_cold_s or cal.launch_backward_s,
-                   launch_pointwise_s=cal.launch_pointwise_cold_s or cal.launch_pointwise_s,
-                   launch_pointwise_backward_s=(cal.launch_pointwise_backward_cold_s
-                                                or cal.launch_pointwise_backward_s))
-    return replace(dev, cold=True, calibration=cold)
+    return replace(dev, cold=True)
 
 
 def stage_param_tensors(program: Program, stage: int,
