@@ -2,7 +2,7 @@
 in the cache while one micro-batch's pass streams no more than it holds, else in memory.
 
 Measured on a 2-core Xeon VM (2 MiB L2, docs/benchmarks.md fifteenth round, bench/op_context.py):
-in a replay of gpt's whole step, an op's first run costs 55-70 ns more per KiB of operands than
+in a replay of gpt's whole step, an op's first run costs 55-93 ns more per KiB of operands than
 its immediate repeat, which is the memory bandwidth the calibration measures (15 GB/s) and not
 the cache's (143 GB/s)."""
 
@@ -85,4 +85,3 @@ def test_a_cold_step_is_never_cheaper_than_the_same_step_hot() -> None:
         assert cold.op_time(op) >= dev.op_time(op) - 1e-15
         if op.kind == "matrix" and op.bytes > 0:
             assert cold.op_time(op) > dev.op_time(op)
-

@@ -197,13 +197,12 @@ def test_a_fresh_calibration_is_a_system_file_the_simulator_loads(tmp_path: Any)
     fresh = load_bench("fresh_calibration")
     text = (root / "src/dojo/hardware/systems/cpu.toml").read_text(encoding="utf-8")
     committed = load_calibration("cpu")
-    launch = {"launch_s": 3e-5}
-    fields = {"lockstep_wait_s": 2 * committed.lockstep_wait_s + 1e-4, **launch}
+    fields = {"lockstep_wait_s": 2 * committed.lockstep_wait_s + 1e-4, "launch_s": 3e-5}
     path = fresh.write_system(text, fields, tmp_path / "cpu-now.toml")
     base = fresh.simulated_with("cpu", "gpt", "dp=2")
     now = fresh.simulated_with(path, "gpt", "dp=2")
-    same = fresh.simulated_with(fresh.write_system(text, launch, tmp_path / "cpu-launch.toml"),
-                                "gpt", "dp=2")
+    same = fresh.simulated_with(fresh.write_system(text, {"launch_s": 3e-5},
+                                                   tmp_path / "cpu-launch.toml"), "gpt", "dp=2")
     assert now - same == pytest.approx(
         2 * (fields["lockstep_wait_s"] - committed.lockstep_wait_s), rel=1e-4)
     assert same != base and load_calibration("cpu") == committed
