@@ -16,7 +16,6 @@ Printed: the work alone (us) and the excess of the lockstep (us), the mean of th
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import torch
@@ -46,10 +45,10 @@ def _rank(rank: int, world: int, rounds: int) -> list[tuple[float, float]]:
     import sys
     from pathlib import Path
 
-    import torch.distributed as dist
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import _loss, _stacks
+    from rank_costs import windowed_wall
 
     model, x = _stacks()["mlp"]
     a, buf = torch.randn(64, 64) / 8, torch.ones(4096)
@@ -60,16 +59,9 @@ def _rank(rank: int, world: int, rounds: int) -> list[tuple[float, float]]:
     for _ in range(rounds):
         for i, name in enumerate(cases):
             for locked in (0, 1):
-                dist.barrier()
-                walls = []
-                for _ in range(ITERS):
-                    start = time.perf_counter()
-                    _work(name, model, x, a, _loss)
-                    if locked:
-                        dist.all_reduce(buf)
-                    walls.append(time.perf_counter() - start)
-                runs = [sum(walls[j:j + WINDOW]) / WINDOW for j in range(0, ITERS, WINDOW)]
-                best[i][locked] = min(best[i][locked], min(runs))
+                wall = windowed_wall(lambda n=name: _work(n, model, x, a, _loss),
+                                     buf if locked else None, ITERS, WINDOW)
+                best[i][locked] = min(best[i][locked], wall)
     return [(alone, locked) for alone, locked in best]
 
 

@@ -211,7 +211,6 @@ def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
     import sys
     from pathlib import Path
 
-    import torch.distributed as dist
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from eager_stacks import _loss, _stacks
@@ -229,18 +228,26 @@ def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
     for _ in range(rounds):
         for i, units in enumerate(LOCKSTEP_UNITS):
             for case in (0, 1):
-                dist.barrier()
-                walls = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    work(units)
-                    if case:
-                        dist.all_reduce(buf)
-                    walls.append(time.perf_counter() - t0)
-                runs = [sum(walls[j:j + window]) / window
-                        for j in range(0, iters - window + 1, window)]
-                best[i][case] = min(best[i][case], min(runs))
+                wall = windowed_wall(lambda u=units: work(u), buf if case else None, iters,
+                                     window)
+                best[i][case] = min(best[i][case], wall)
     return [(alone, locked) for alone, locked in best]
+
+
+def windowed_wall(work: Any, buf: torch.Tensor | None, iters: int, window: int) -> float:
+    """Seconds of one iteration (`work()`, then an all-reduce of `buf` unless None), the
+    fastest mean over `window` consecutive ones of `iters`, started after a barrier."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    walls = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        work()
+        if buf is not None:
+            dist.all_reduce(buf)
+        walls.append(time.perf_counter() - t0)
+    return min(sum(walls[j:j + window]) / window for j in range(0, iters - window + 1, window))
 
 
 def lockstep(rounds: int = 3, iters: int = 120, window: int = 20, resume: float = 0.0
