@@ -73,7 +73,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules
-from conv_costs import _best, conv_call_overhead, conv_ratio, im2col_costs, onednn_setup
+from conv_costs import (
+    _best,
+    conv_call_overhead,
+    conv_ratio,
+    eltwise_setup,
+    im2col_costs,
+    onednn_setup,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 1  # what each `dojo run` rank uses (dojo.runtime.launch)
@@ -335,11 +342,13 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     as measured now (default: the committed files')."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from attention_costs import score_costs
+    from code_costs import cold_fields
     from eager_stacks import eager_op_times
     from rank_costs import rank_costs, tp_region, vocab_parallel
 
     conv_call = conv_call_overhead()
-    stacks = eager_op_times(conv_call=conv_call)
+    eltwise = eltwise_setup()
+    stacks = eager_op_times(conv_call=conv_call, eltwise=eltwise)
     others = [v for k, v in stacks.items() if k != "pointwise"]
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
@@ -352,14 +361,15 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "launch_pointwise_s": stacks["pointwise"][0],
             "launch_pointwise_backward_s": stacks["pointwise"][1],
             "library_call_s": library[0], "library_call_backward_s": library[1],
+            "eltwise_call_s": eltwise[0], "eltwise_call_backward_s": eltwise[1],
             "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
             "attention_score_s": scores[0], "attention_score_backward_s": scores[1],
             "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,
             "tp_vocab_embedding_s": vocab[0], "tp_vocab_loss_s": vocab[1],
-            "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link(), resume)
-            }, {"stacks": stacks}
+            "wait_resume_s": resume, **lockstep_fields(rounds, link or committed_link(), resume),
+            **cold_fields(rounds)}, {"stacks": stacks}
 
 
 def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:

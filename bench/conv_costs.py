@@ -53,6 +53,29 @@ def onednn_setup(repeat: int = 200) -> tuple[float, float]:
     return (max(0.0, best[2][0] - best[1][0]), max(0.0, best[2][1] - best[1][1]))
 
 
+def eltwise_setup(repeat: int = 400) -> tuple[float, float]:
+    """(forward s, backward s) of oneDNN's eltwise setup per exact GELU call: `aten.gelu` and
+    `aten.gelu_backward` on 256 FP32 elements with oneDNN on against off
+    (`torch.backends.mkldnn.enabled`: PyTorch's own kernel instead), timed side by side; either
+    kernel's work on 256 elements is well under a microsecond, so the difference is the
+    primitive's setup (`dojo.compiler.eager_cpu.eltwise_calls`)."""
+    aten = torch.ops.aten
+    x, g = torch.randn(256), torch.randn(256)
+    best: dict[bool, tuple[float, float]] = {}
+    was = torch.backends.mkldnn.enabled
+    try:
+        for _ in range(3):
+            for on in (True, False):
+                torch.backends.mkldnn.enabled = on
+                fwd = _best(lambda: aten.gelu.default(x), repeat)
+                bwd = _best(lambda: aten.gelu_backward.default(g, x), repeat)
+                old = best.get(on, (fwd, bwd))
+                best[on] = (min(old[0], fwd), min(old[1], bwd))
+    finally:
+        torch.backends.mkldnn.enabled = was
+    return (max(0.0, best[True][0] - best[False][0]), max(0.0, best[True][1] - best[False][1]))
+
+
 def conv_call_overhead(repeat: int = 200) -> tuple[float, float]:
     """(forward s, backward s) a CPU convolution costs beyond one op's dispatch and its FLOPs:
     a tiny one-image 3x3 convolution (the im2col path: `_slow_conv2d_forward` and

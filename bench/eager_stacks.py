@@ -7,6 +7,7 @@ well under a microsecond; each phase's time is divided by the ops the simulator 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -86,21 +87,28 @@ def _loss(y: torch.Tensor) -> torch.Tensor:
     return y.square().mean()
 
 
-def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False
-                ) -> tuple[int, int, int, int]:
+def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False,
+                eltwise: bool = False) -> tuple[int, int, int, int]:
     """(forward, backward, forward elementwise, backward elementwise) ops of one step of
     `model` as the simulator counts them: the captured graph's non-view ops
     (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"
-    (with `conv`, the convolutions instead)."""
+    (with `conv`, the convolutions instead; with `eltwise`, the exact GELUs oneDNN runs,
+    `dojo.compiler.eager_cpu.eltwise_calls`)."""
     from dojo.capture import capture
+    from dojo.compiler.eager_cpu import eltwise_calls
     from dojo.compiler.fusion import FREE_RULES
 
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
     ops = [op for op in graph.ops if op.rule not in FREE_RULES]
+
+    def picked(op: Any) -> bool:
+        if eltwise:
+            return eltwise_calls([op], graph) > 0
+        return "convolution" in op.target if conv else op.rule == "pointwise"
+
     return tuple([sum(1 for op in ops if op.phase == phase) for phase in ("forward", "backward")]
-                 + [sum(1 for op in ops if op.phase == phase
-                        and ("convolution" in op.target if conv else op.rule == "pointwise"))
+                 + [sum(1 for op in ops if op.phase == phase and picked(op))
                     for phase in ("forward", "backward")])  # type: ignore[return-value]
 
 
@@ -135,7 +143,8 @@ def steps_in_turn(stacks: dict[str, tuple[torch.nn.Module, torch.Tensor]], repea
     return best
 
 
-def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
+def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
+                   eltwise: tuple[float, float] = (0.0, 0.0)
                    ) -> dict[str, tuple[float, float, int, int]]:
     """(seconds per counted forward op, per counted backward op, forward ops, backward ops) of
     each tiny block stack: the forward issued op by op from Python module code, the backward
@@ -147,18 +156,22 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0)
     The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
     other stacks' are net of their own elementwise ops at that figure, and of their
     convolutions' own fixed work per call (`conv_call`, forward and backward seconds:
-    calibrate_cpu.conv_call_overhead), which the simulator charges on top of a convolution's
-    dispatch: seconds per op of the rest (linear layers, norms, attention, convolutions), over
-    those ops alone."""
+    calibrate_cpu.conv_call_overhead) and of their exact GELUs' oneDNN setup (`eltwise`,
+    conv_costs.eltwise_setup), which the simulator charges on top of those ops' dispatch:
+    seconds per op of the rest (linear layers, norms, attention, convolutions), over those
+    ops alone."""
     raw: dict[str, tuple[float, float]] = {}
     stacks = _stacks()
     counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
     convs = {name: counted_ops(model, x, conv=True)[2:] for name, (model, x) in stacks.items()}
+    gelus = {name: counted_ops(model, x, eltwise=True)[2:] for name, (model, x) in stacks.items()}
     for _ in range(rounds):
         for name, (model, x) in stacks.items():
             fwd, bwd = _phase_times(model, x, 100)
             old = raw.get(name, (fwd, bwd))
             raw[name] = (min(old[0], fwd), min(old[1], bwd))
+    raw = {name: (f - gelus[name][0] * eltwise[0], b - gelus[name][1] * eltwise[1])
+           for name, (f, b) in raw.items()}
     nf, nb, _, _ = counts["pointwise"]
     pw = (raw["pointwise"][0] / nf, raw["pointwise"][1] / nb)
     out = {"pointwise": (pw[0], pw[1], nf, nb)}

@@ -165,7 +165,7 @@ def _add_op(raw: RawGraph, node: Node, index: int, phase: str, layer: str | None
     flops, rule = costs.flops_of(op, args, kwargs, val, in_vals, out_tensors)
     read = 0 if view else sum(t.bytes for t in t_in)
     wrote = 0 if view else sum(t.bytes for t in t_out)
-    target = str(op) + costs.causal_mark(op, args, kwargs)
+    target = str(op) + costs.causal_mark(op, args, kwargs) + costs.variant_mark(op, kwargs)
     raw.ops.append(RawOp(index, target, phase, inputs, out_tids, flops, read, wrote, rule, layer))
     return outs if isinstance(val, list | tuple) else outs[0]
 

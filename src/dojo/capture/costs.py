@@ -140,6 +140,14 @@ def causal_mark(op: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     return "[causal]" if flag is True else ""
 
 
+def variant_mark(op: Any, kwargs: dict[str, Any]) -> str:
+    """`[tanh]` for GELU or its backward called with approximate="tanh", else "": the two
+    variants are different kernels on an eager CPU (the exact one goes through oneDNN,
+    `dojo.compiler.eager_cpu.eltwise_calls`), and the target is all the graph keeps of a call."""
+    name = op.overloadpacket.__name__
+    return "[tanh]" if _variant(name.rstrip("_"), kwargs).startswith("gelu_tanh") else ""
+
+
 def nbytes(t: torch.Tensor) -> int:
     """numel x itemsize of the view `t` (bytes)."""
     return int(t.numel()) * t.element_size()

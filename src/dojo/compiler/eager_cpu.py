@@ -41,6 +41,28 @@ def onednn_calls(group: list[Op], graph: Graph, threads: int = 1) -> int:
     return sum(1 for op in group if op.target in CONVOLUTIONS and _onednn(op, graph, threads))
 
 
+# PyTorch hands an exact GELU and its backward (`approximate="none"`; the tanh variant is
+# captured as `aten.gelu.default[tanh]`) to oneDNN's eltwise primitive when the input is FP32
+# or BF16 with more than one element (`use_mkldnn` in aten/src/ATen/native/Activation.cpp),
+# which sets itself up on every call: microseconds a small GELU's own work does not reach
+# (`Calibration.eltwise_call_s`; bench/phase_dispatch.py --gelu).
+ELTWISE_ONEDNN = frozenset({"aten.gelu.default", "aten.gelu_backward.default"})
+_ELTWISE_DTYPES = frozenset({"float32", "bfloat16"})
+
+
+def eltwise_calls(group: list[Op], graph: Graph) -> int:
+    """How many of `group`'s ops are exact GELUs (forward or backward) that eager PyTorch runs
+    through oneDNN's eltwise primitive on a CPU."""
+    count = 0
+    for op in group:
+        if op.target not in ELTWISE_ONEDNN or not op.inputs:
+            continue
+        x = graph.tensors[op.inputs[-1]]  # backward: (grad_output, self); forward: (self,)
+        if x.dtype in _ELTWISE_DTYPES and math.prod(x.shape) > 1:
+            count += 1
+    return count
+
+
 CPU_FLASH = "_scaled_dot_product_flash_attention_for_cpu"
 
 

@@ -64,6 +64,19 @@ def groups(graph: Graph, labels: list[str], fuse: str = "full") -> list[tuple[li
     return out
 
 
+def loss_groups(grouped: list[tuple[list[Op], str]]) -> set[int]:
+    """Indices of the vector kernels of the loss: in the `post` section, after its last forward
+    matrix op (the head) and, in backward, before its first matrix op."""
+    post = [(i, g) for i, (g, label) in enumerate(grouped) if label == "post"]
+    fwd = [(i, g) for i, g in post if g[0].phase == "forward"]
+    bwd = [(i, g) for i, g in post if g[0].phase == "backward"]
+    heads = [i for i, g in fwd if g[0].rule in MATRIX_RULES]
+    grads = [i for i, g in bwd if g[0].rule in MATRIX_RULES]
+    if not heads or not grads:
+        return set()
+    return ({i for i, _ in fwd if i > heads[-1]} | {i for i, _ in bwd if i < grads[0]})
+
+
 def moved_tensors(graph: Graph, group: list[Op], readers: dict[int, set[int]]) -> set[int]:
     """Root ids of the tensors a kernel moves: inputs from outside it, and outputs read outside
     it (or by nothing in the graph, i.e. the step's outputs and the carry into the next block);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dojo.compiler.code import instances
 from dojo.compiler.context import Ring, ring_of
 from dojo.compiler.experts import (
     ExpertParallel,
@@ -214,8 +215,8 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
     saved = 0.0
     params = 0
     for sec, n in sections:
-        fwd += list(sec.forward) * n
-        bwd += list(sec.backward) * n
+        fwd += instances(sec.forward, n)
+        bwd += instances(sec.backward, n)
         tp_f += _tp_comms(tp_levels, sec.tp_forward) * n
         tp_b += _tp_comms(tp_levels, sec.tp_backward) * n
         params += sec.params * n
@@ -234,10 +235,10 @@ def _chunk(work: ModelWork, plan: Plan, v: int, virtual: int,
             tp_r += _tp_comms(tp_levels, sec.tp_recompute) * n
         saved += _saved(sec, recompute) * n
         if recompute == "full":
-            rec += list(sec.forward) * n
+            rec += instances(sec.forward, n)
             tp_r += _tp_comms(tp_levels, sec.tp_forward) * n
         elif recompute == "selective":
-            rec += list(sec.recompute_selective) * n
+            rec += instances(sec.recompute_selective, n)
     if v == virtual - 1:  # the head's copy of a tied embedding
         params += tied_copy(work, plan)
     blocks = per_chunk if work.block is not None else 0

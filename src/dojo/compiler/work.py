@@ -19,10 +19,11 @@ import math
 from dataclasses import dataclass, replace
 
 from dojo.capture.params import param_sizes_by_section, tied_parameters
-from dojo.compiler import class_head, fusion, kernelsave, replicated, tp_partial
+from dojo.compiler import class_head, code, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import (
     INNER_VIEWS,
     attention_scores,
+    eltwise_calls,
     onednn_calls,
     unfolded_elements,
 )
@@ -57,6 +58,11 @@ class OpCost:
     unfolded: int = 0  # elements its im2col-path convolutions unfold (eager CPU only)
     inner_views: int = 0  # of its ops, `eager_cpu.INNER_VIEWS` (no dispatch of their own)
     scores: float = 0.0  # attention score elements its CPU flash attention computes, here
+    eltwise_calls: int = 0  # of its ops, exact GELUs run by oneDNN's eltwise (eager CPU only)
+    # of its ops, those whose code a pass runs first (`compiler.code`), not elementwise and
+    # elementwise (eager CPU only)
+    cold_calls: int = 0
+    cold_pointwise: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class SectionWork:
     tp_backward: tuple[tuple[str, float], ...] = ()
     param_tensors: int = 0    # trainable parameter tensors of the section (one block instance)
     tp_recompute: tuple[tuple[str, float], ...] = ()  # a module policy's replayed collectives
+    code: frozenset[str] = frozenset()  # call sites of its ops (`compiler.code.section_keys`)
 
 
 @dataclass(frozen=True)
@@ -253,6 +260,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
         cost = replace(cost, pointwise=kern.pointwise[i], library_calls=kern.calls[i],
                        unfolded=kern.unfolded[i], inner_views=kern.inner[i],
+                       eltwise_calls=kern.eltwise[i], cold_calls=kern.cold[i][0],
+                       cold_pointwise=kern.cold[i][1],
                        scores=_device_share(kern.scores[i], cost.flops, group))
         costs.setdefault((label, group[0].phase), []).append(cost)
         if group[0].phase == "forward" and (
@@ -284,7 +293,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            tp_forward=tuple(comms.get((label, "forward"), ())),
                            tp_backward=tuple(comms.get((label, "backward"), ())),
                            param_tensors=tensors.get(label, 0),
-                           tp_recompute=tuple(comms.get((label, "rerun"), ())))
+                           tp_recompute=tuple(comms.get((label, "rerun"), ())),
+                           code=dict(kern.keys).get(label, frozenset()))
 
     totals, state, (fwd, bwd) = facts.totals, facts.state, facts.flops
     count = max(1, state.param_count)
@@ -348,10 +358,13 @@ class _Kernels:
     the plan (`_kernels`; per group, in `fusion.groups` order; shared: read only)."""
 
     grouped: list[tuple[list[Op], str]]
-    loss: frozenset[int]                 # `_loss_groups`
+    loss: frozenset[int]                 # `fusion.loss_groups`
     moved: tuple[float, ...]             # `fusion.fused_bytes`, as float
     pointwise: tuple[int, ...]           # elementwise ops
     calls: tuple[int, ...]               # `onednn_calls`
+    eltwise: tuple[int, ...]             # `eltwise_calls`
+    cold: tuple[tuple[int, int], ...]    # `code.cold_marks`
+    keys: tuple[tuple[str, frozenset[str]], ...]  # `code.section_keys`, by label
     unfolded: tuple[int, ...]            # `unfolded_elements`
     inner: tuple[int, ...]               # ops in `INNER_VIEWS`
     scores: tuple[int, ...]              # `attention_scores`
@@ -363,13 +376,15 @@ class _Kernels:
 @per_graph()
 def _kernels(graph: Graph, fuse: str) -> _Kernels:
     grouped = fusion.groups(graph, list(_labels(graph)), fuse)
-    loss = _loss_groups(grouped)
+    loss = fusion.loss_groups(grouped)
     readers = _consumers(graph)
     return _Kernels(
         grouped, frozenset(loss),
         tuple(float(fusion.fused_bytes(graph, g, readers)) for g, _ in grouped),
         tuple(sum(o.rule == "pointwise" for o in g) for g, _ in grouped),
         tuple(onednn_calls(g, graph) for g, _ in grouped),
+        tuple(eltwise_calls(g, graph) for g, _ in grouped),
+        code.cold_marks(grouped), tuple(sorted(code.section_keys(grouped).items())),
         tuple(unfolded_elements(g, graph) for g, _ in grouped),
         tuple(sum(o.target in INNER_VIEWS for o in g) for g, _ in grouped),
         tuple(attention_scores(g, graph) for g, _ in grouped),
@@ -470,19 +485,6 @@ def _is_statistic(op: Op, tensor: int) -> bool:
     (apex's and Megatron-LM's LayerNorm, FlashAttention) keep them."""
     stats = "attention" in op.target or op.rule == "norm_softmax"
     return stats and tensor in op.outputs[1:]
-
-
-def _loss_groups(grouped: list[tuple[list[Op], str]]) -> set[int]:
-    """Indices of the vector kernels of the loss: in the `post` section, after its last forward
-    matrix op (the head) and, in backward, before its first matrix op."""
-    post = [(i, g) for i, (g, label) in enumerate(grouped) if label == "post"]
-    fwd = [(i, g) for i, g in post if g[0].phase == "forward"]
-    bwd = [(i, g) for i, g in post if g[0].phase == "backward"]
-    heads = [i for i, g in fwd if g[0].rule in MATRIX_RULES]
-    grads = [i for i, g in bwd if g[0].rule in MATRIX_RULES]
-    if not heads or not grads:
-        return set()
-    return ({i for i, _ in fwd if i > heads[-1]} | {i for i, _ in bwd if i < grads[0]})
 
 
 def _optimizer_totals(graph: Graph) -> tuple[float, float]:

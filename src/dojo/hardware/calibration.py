@@ -70,6 +70,23 @@ class Calibration:
     # backward, on an eager device; counted per op as `OpCost.library_calls` (0 = none).
     library_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     library_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Setup of one oneDNN eltwise call (an exact GELU, forward and backward,
+    # `dojo.compiler.eager_cpu.eltwise_calls`) on an eager CPU, beyond the op's dispatch and
+    # its elements' work; counted per op as `OpCost.eltwise_calls` (0 = none).
+    eltwise_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    eltwise_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # What a cold call site costs beyond `launch_s` / `launch_pointwise_s`, forward and
+    # backward (`dojo.compiler.code`: the first op of each call site in a pass, when the step's
+    # code does not stay in the core's caches), on an eager device (0 = none).
+    cold_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Distinct call sites a step runs (`dojo.compiler.code.section_keys`) up to which its
+    # code stays hot, and from which all of it is cold between two passes; in between, the
+    # cold share grows linearly (`dojo.sim.eager.code_in_cache`). 0 and 0: always cold.
+    code_keys_hot: float = field(default=0.0, metadata=check(ge=0))
+    code_keys_cold: float = field(default=0.0, metadata=check(ge=0))
     # A convolution's own fixed work per call on an eager CPU beyond one op's dispatch, forward
     # and backward, whatever its backend (the im2col path allocates, zeroes and unfolds a
     # columns buffer and runs three small GEMMs per backward call; oneDNN's setup,

@@ -52,6 +52,9 @@ class DeviceModel:
     # An eager device whose pass streams more than its cache (`dojo.sim.eager.in_cache`): its
     # ops find their operands in memory, not in the cache.
     cold: bool = False
+    # The share of a pass's cold call sites that pay `cold_call_s` (`dojo.sim.eager`,
+    # `code_in_cache`): 0 where the step's code stays in the caches.
+    code_cold: float = 0.0
 
     def tiling(self, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
         """(tiles, tile rows, tile columns) of a GEMM whose output is `shape` = (batch, m, n):
@@ -125,13 +128,19 @@ class DeviceModel:
 
     def op_time(self, op: Any) -> float:
         """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate; on
-        an eager device they add their fixed work, oneDNN's setup and their im2col columns)."""
+        an eager device they add their fixed work, oneDNN's setup and their im2col columns, and
+        an exact GELU its oneDNN eltwise setup)."""
         if self.timer is not None:
             return self.timer(op) + self.calibration.launch_s
         if self.calibration.eager and op.target in INNER_VIEWS:
             return 0.0  # issued inside its caller's dispatch, and a view: no kernel
+        return self.cold_code_time(op) + self._op_time(op)
+
+    def _op_time(self, op: Any) -> float:
         if op.kind != "matrix":
-            return self.vector_time(op.bytes, op.flops) + self.eager_launches(op)
+            setup = (getattr(op, "eltwise_calls", 0) * self.calibration.eltwise_call_s
+                     if self.calibration.eager else 0.0)
+            return self.vector_time(op.bytes, op.flops) + self.eager_launches(op) + setup
         if "convolution" in op.target:
             cal = self.calibration
             setup = (getattr(op, "library_calls", 0) * cal.library_call_s + cal.conv_call_s
@@ -203,6 +212,8 @@ class DeviceModel:
         return replace(self, calibration=replace(
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
             library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s,
+            eltwise_call_s=cal.eltwise_call_backward_s, cold_call_s=cal.cold_call_backward_s,
+            cold_pointwise_s=cal.cold_pointwise_backward_s,
             im2col_element_s=cal.im2col_element_backward_s,
             attention_score_s=cal.attention_score_backward_s))
 
@@ -221,3 +232,13 @@ class DeviceModel:
         if cal.launch_pointwise_s:
             extra += getattr(op, "pointwise", 0) * (cal.launch_pointwise_s - cal.launch_s)
         return extra
+
+    def cold_code_time(self, op: Any) -> float:
+        """Seconds the cold call sites of `op` (`op.cold_calls`, `op.cold_pointwise`:
+        `dojo.compiler.code`) add to their dispatch: their `cold_*` figures times `code_cold`
+        (0 on a device whose step's code stays in its caches, or that is not eager)."""
+        if not self.code_cold:
+            return 0.0
+        cal = self.calibration
+        return self.code_cold * (getattr(op, "cold_calls", 0) * cal.cold_call_s
+                                 + getattr(op, "cold_pointwise", 0) * cal.cold_pointwise_s)

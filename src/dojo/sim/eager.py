@@ -72,6 +72,37 @@ def in_cache(program: Program, dev: DeviceModel) -> DeviceModel:
     return replace(dev, cold=True)
 
 
+def code_keys(program: Program) -> int:
+    """Distinct call sites (`dojo.compiler.code.section_keys`) the busiest device runs in one
+    step: the code that passes between two runs of one of them."""
+    work, last = program.work, len(program.chunks) - 1
+    busiest = 0
+    for stage in range(program.plan.pp):
+        keys: set[str] = set()
+        for chunk in program.device_chunks(stage):
+            if chunk.index == 0:
+                keys |= work.pre.code
+            if chunk.blocks and work.block is not None:
+                keys |= work.block.code
+            if chunk.index == last:
+                keys |= work.post.code
+        busiest = max(busiest, len(keys))
+    return busiest
+
+
+def code_in_cache(program: Program, dev: DeviceModel) -> DeviceModel:
+    """`dev` with `code_cold`, the share of the cold call sites' `cold_*` figures its passes pay
+    (`dojo.compiler.code`): 0 up to `code_keys_hot` call sites a step (its code stays in the
+    caches between passes), 1 from `code_keys_cold`, linear in between; `dev` unchanged where
+    it is not eager or has no cold figures."""
+    cal = dev.calibration
+    if not cal.eager or not (cal.cold_call_s or cal.cold_pointwise_s):
+        return dev
+    keys, lo, hi = code_keys(program), cal.code_keys_hot, cal.code_keys_cold
+    share = (1.0 if keys > lo else 0.0) if hi <= lo else min(1.0, max(0.0, (keys - lo) / (hi - lo)))
+    return replace(dev, code_cold=share)
+
+
 def stage_param_tensors(program: Program, stage: int,
                         sections: Mapping[str, int] | None = None) -> int:
     """Parameter tensors one device of pipeline `stage` holds and updates: the 'pre' section's

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from dojo.compiler.code import hot
 from dojo.compiler.context import exposed
 from dojo.compiler.experts import expert_batches
 from dojo.compiler.mapping import GroupLevel, zplane_levels
@@ -20,7 +21,7 @@ from dojo.sim.attention import DEFAULT as DEFAULT_ATTN
 from dojo.sim.attention import attention_kernel
 from dojo.sim.collectives import collective_time
 from dojo.sim.costs import Calibration, DeviceModel, calibration_with
-from dojo.sim.eager import in_cache, p2p_host_time, tp_host_time, vocab_host
+from dojo.sim.eager import code_in_cache, in_cache, p2p_host_time, tp_host_time, vocab_host
 from dojo.sim.fp8 import Fp8Timer, fp8_device, fp8_peak
 from dojo.sim.fsdp import fsdp_time
 from dojo.sim.gradacc import accumulate_time
@@ -270,7 +271,10 @@ def _expert_batches(program: Program) -> frozenset[int]:
 
 def _block_ops(program: Program) -> tuple[OpCost, ...] | None:
     block = program.work.block
-    return None if block is None else block.forward + block.backward + block.recompute_selective
+    if block is None:
+        return None
+    ops = block.forward + block.backward + block.recompute_selective
+    return ops + tuple(hot(o) for o in ops)  # a chunk's repeats of the block (`code.instances`)
 
 
 def _ring_times(program: Program, dev: DeviceModel, blocks: int) -> tuple[float, float]:
@@ -307,7 +311,7 @@ Prepared = tuple[DeviceModel, Memory, dict[int, ChunkTimes]]
 def prepare(program: Program, memory: Memory | None = None) -> Prepared:
     """(device model, `device_memory` (`memory` where given), `all_chunk_times`) of `program`:
     what `simulate` and `lower_bound` start from (the search computes them once for both)."""
-    dev = in_cache(program, device_model(program))
+    dev = code_in_cache(program, in_cache(program, device_model(program)))
     memory = memory or device_memory(program)
     return dev, memory, all_chunk_times(program, dev, memory)
 

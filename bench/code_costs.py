@@ -1,0 +1,138 @@
+"""What a cold call site costs an eager op (bench/calibrate_cpu.py's `cold_*` and `code_keys_*`
+figures; `dojo.compiler.code`, docs/benchmarks.md, sixteenth round).
+
+Each tiny block stack of `eager_stacks` steps with N distinct tiny ops (a few hundred bytes of
+data each: only their code can evict anything) run between its steps, N in `EVICTIONS`. Its
+forward and backward slow down as N grows and level off once the stack's code is all gone
+from the core's caches. By `dojo.compiler.code`'s rule the stack's first block and its loss are
+its cold call sites (the second block repeats the first's code), so the levelled-off slowdown
+over those calls is a cold call's cost: the elementwise stack's per elementwise call, the
+others' per other call (net of their elementwise ones, the median of the three). The slowdown
+against the code run between passes, the stack's own call sites (`code.section_keys`) plus N,
+is a ramp: where it starts and where it reaches the levelled-off figure are `code_keys_hot`
+and `code_keys_cold` (a least-squares line through the points on the ramp).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import torch
+
+EVICTIONS = (0, 10, 20, 30, 45, 60)
+Curve = dict[int, tuple[float, float]]  # N -> fastest (forward s, backward s)
+
+
+def tiny_ops() -> list[Callable[[], object]]:
+    """60 distinct tiny ops (ATen kernels and call sites), operands of at most 32 floats."""
+    fn = torch.nn.functional
+    s, s4 = torch.randn(4, 8), torch.randn(1, 2, 4, 4)
+    w4, idx = torch.randn(2, 2, 3, 3), torch.tensor([0, 1])
+    return [s.exp, s.tanh, s.sigmoid, s.sqrt, s.abs, lambda: s.cumsum(0), s.argmax, s.norm,
+            s.var, s.mean, lambda: fn.layer_norm(s, (8,)), lambda: s @ s.T,
+            lambda: torch.cat([s, s]), lambda: fn.softmax(s, -1), lambda: fn.gelu(s),
+            lambda: fn.silu(s), lambda: s.topk(2), lambda: fn.conv2d(s4, w4, padding=1),
+            lambda: s.flip(0), lambda: fn.batch_norm(s4, None, None, training=True),
+            lambda: fn.max_pool2d(s4, 2), lambda: s.index_select(0, idx),
+            lambda: fn.log_softmax(s, -1), lambda: s.clamp(0, 1), lambda: s.lt(0),
+            lambda: torch.where(s > 0, s, s), lambda: fn.embedding(idx, s),
+            lambda: s.roll(1, 0), lambda: fn.interpolate(s4, scale_factor=2.0),
+            lambda: fn.dropout(s, 0.1), lambda: s.t().contiguous(), lambda: s.pow(2),
+            s.rsqrt, lambda: s.addcmul(s, s), lambda: s.lerp(s, 0.5),
+            lambda: fn.avg_pool2d(s4, 2), lambda: s.max(0), lambda: s.sum(0),
+            lambda: fn.cross_entropy(s, idx[:1].repeat(4)), lambda: s.amax(1),
+            lambda: s.cummax(0), lambda: s.sort(0), s.median, lambda: s.prod(0),
+            lambda: s.std(0), lambda: s.logsumexp(1), s.tril, s.triu, s.sign, s.floor, s.ceil,
+            s.round, s.frac, s.log1p, s.expm1, s.sin, s.cos, s.atan, s.erf, s.reciprocal]
+
+
+def stack_calls(model: torch.nn.Module, x: torch.Tensor
+                ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """((cold other, cold elementwise) forward, the same backward, call sites) of one step of
+    stack `model` by `dojo.compiler.code`'s rule, on its captured graph, one op a kernel."""
+    from dojo.capture import capture
+    from dojo.compiler import fusion
+    from dojo.compiler.code import cold_marks, section_keys
+    from eager_stacks import _loss
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+    grouped = fusion.groups(graph, ["all"] * len(graph.ops), "none")
+    marks = cold_marks(grouped)
+    per = {"forward": [0, 0], "backward": [0, 0]}
+    for (group, _), (other, pointwise) in zip(grouped, marks):
+        per[group[0].phase][0] += other
+        per[group[0].phase][1] += pointwise
+    keys = len(section_keys(grouped).get("all", frozenset()))
+    return (per["forward"][0], per["forward"][1]), (per["backward"][0], per["backward"][1]), keys
+
+
+def eviction_curve(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3,
+                   steps: int = 60) -> Curve:
+    """Per N of `EVICTIONS`: the fastest (forward, backward) seconds of one step of `model`
+    with the first N `tiny_ops` run before it, over `rounds` x `steps` steps."""
+    from eager_stacks import _one_step
+
+    tiny = tiny_ops()
+    out: Curve = {}
+    for n in EVICTIONS:
+        best = (float("inf"), float("inf"))
+        for _ in range(rounds):
+            for _ in range(steps):
+                for op in tiny[:n]:
+                    op()
+                fwd, bwd = _one_step(model, x)
+                best = (min(best[0], fwd), min(best[1], bwd))
+        out[n] = best
+    return out
+
+
+def _ramp(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(K at share 0, K at share 1) of the least-squares line through (K, share) `points`."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    if slope <= 0:
+        return 0.0, 0.0
+    start = mx - my / slope
+    return max(0.0, start), max(0.0, start) + 1.0 / slope
+
+
+def cold_fields(rounds: int = 3) -> dict[str, float]:
+    """The calibration's `cold_*` and `code_keys_*` fields (module docstring)."""
+    from eager_stacks import _stacks
+
+    last = EVICTIONS[-1]
+    curves, calls = {}, {}
+    for name, (model, x) in _stacks().items():
+        curves[name] = eviction_curve(model, x, rounds)
+        calls[name] = stack_calls(model, x)
+    fields: dict[str, float] = {}
+    points: list[tuple[float, float]] = []
+    for phase, suffix in ((0, ""), (1, "_backward")):
+        def slow(name: str, n: int = last, phase: int = phase) -> float:
+            return max(0.0, curves[name][n][phase] - curves[name][0][phase])
+
+        pw_calls = calls["pointwise"][phase]
+        pointwise = slow("pointwise") / max(1, sum(pw_calls))
+        others = [(slow(k) - calls[k][phase][1] * pointwise) / calls[k][phase][0]
+                  for k in curves if k != "pointwise" and calls[k][phase][0]]
+        fields[f"cold_pointwise{suffix}_s"] = pointwise
+        fields[f"cold_call{suffix}_s"] = max(0.0, statistics.median(others))
+        for k in curves:
+            if k != "pointwise" and slow(k) > 0:
+                points += [(calls[k][2] + n, slow(k, n) / slow(k)) for n in EVICTIONS[1:-1]]
+    fields["code_keys_hot"], fields["code_keys_cold"] = _ramp(points)
+    return fields
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    torch.set_num_threads(1)
+    for key, value in cold_fields().items():
+        print(f"{key} = {value:.4g}")
