@@ -6,8 +6,10 @@ data each: only their code can evict anything) run between its steps, N in `EVIC
 forward and backward slow down as N grows and level off once the stack's code is all gone
 from the core's caches. By `dojo.compiler.code`'s rule the stack's first block and its loss are
 its cold call sites (the second block repeats the first's code), so the levelled-off slowdown
-over those calls is a cold call's cost: the elementwise stack's per elementwise call, the
-others' per other call (net of their elementwise ones, the median of the three). The slowdown
+over those calls is their cost: a matrix call's (a GEMM's, a convolution's, attention's: a
+library's code), another call's and an elementwise call's, the least-squares fit of the four
+stacks' slowdowns to their cold calls of each kind (per phase; a figure that comes out
+negative is left out and the others fitted again). The slowdown
 against the code run between passes, the stack's own call sites (`code.section_keys`) plus N,
 is a ramp: where it starts and where it reaches the levelled-off figure are `code_keys_hot`
 and `code_keys_cold` (a least-squares line through the points on the ramp).
@@ -47,10 +49,12 @@ def tiny_ops() -> list[Callable[[], object]]:
             s.round, s.frac, s.log1p, s.expm1, s.sin, s.cos, s.atan, s.erf, s.reciprocal]
 
 
-def stack_calls(model: torch.nn.Module, x: torch.Tensor
-                ) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """((cold other, cold elementwise) forward, the same backward, call sites) of one step of
-    stack `model` by `dojo.compiler.code`'s rule, on its captured graph, one op a kernel."""
+Calls = tuple[int, int, int]  # cold (matrix, other, elementwise) calls of one phase
+
+
+def stack_calls(model: torch.nn.Module, x: torch.Tensor) -> tuple[Calls, Calls, int]:
+    """(cold calls forward, the same backward, call sites) of one step of stack `model` by
+    `dojo.compiler.code`'s rule, on its captured graph, one op a kernel."""
     from dojo.capture import capture
     from dojo.compiler import fusion
     from dojo.compiler.code import cold_marks, section_keys
@@ -59,13 +63,31 @@ def stack_calls(model: torch.nn.Module, x: torch.Tensor
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
     grouped = fusion.groups(graph, ["all"] * len(graph.ops), "none")
-    marks = cold_marks(grouped)
-    per = {"forward": [0, 0], "backward": [0, 0]}
-    for (group, _), (other, pointwise) in zip(grouped, marks):
-        per[group[0].phase][0] += other
-        per[group[0].phase][1] += pointwise
-    keys = len(section_keys(grouped).get("all", frozenset()))
-    return (per["forward"][0], per["forward"][1]), (per["backward"][0], per["backward"][1]), keys
+    per = {"forward": [0, 0, 0], "backward": [0, 0, 0]}
+    for (group, _), (other, pointwise) in zip(grouped, cold_marks(grouped)):
+        row = per[group[0].phase]
+        row[0 if group[0].rule in fusion.MATRIX_RULES else 1] += other
+        row[2] += pointwise
+    keys = len(section_keys(graph.ops, ["all"] * len(graph.ops)).get("all", frozenset()))
+    f, b = per["forward"], per["backward"]
+    return (f[0], f[1], f[2]), (b[0], b[1], b[2]), keys
+
+
+def per_call(rows: list[tuple[Calls, float]]) -> tuple[float, float, float]:
+    """Seconds per cold (matrix, other, elementwise) call: the non-negative least-squares fit
+    of each stack's slowdown (`rows`: its cold calls, its seconds) to its calls."""
+    a = torch.tensor([list(c) for c, _ in rows], dtype=torch.float64)
+    y = torch.tensor([[t] for _, t in rows], dtype=torch.float64)
+    free = [0, 1, 2]
+    while free:
+        fit = torch.linalg.lstsq(a[:, free], y).solution[:, 0].tolist()
+        if min(fit) >= 0:
+            out = [0.0, 0.0, 0.0]
+            for i, v in zip(free, fit):
+                out[i] = v
+            return out[0], out[1], out[2]
+        free.pop(fit.index(min(fit)))  # a negative figure: fit the others without it
+    return 0.0, 0.0, 0.0
 
 
 def eviction_curve(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3,
@@ -115,12 +137,10 @@ def cold_fields(rounds: int = 3) -> dict[str, float]:
         def slow(name: str, n: int = last, phase: int = phase) -> float:
             return max(0.0, curves[name][n][phase] - curves[name][0][phase])
 
-        pw_calls = calls["pointwise"][phase]
-        pointwise = slow("pointwise") / max(1, sum(pw_calls))
-        others = [(slow(k) - calls[k][phase][1] * pointwise) / calls[k][phase][0]
-                  for k in curves if k != "pointwise" and calls[k][phase][0]]
+        matrix, other, pointwise = per_call([(calls[k][phase], slow(k)) for k in curves])
+        fields[f"cold_matrix{suffix}_s"] = matrix
+        fields[f"cold_call{suffix}_s"] = other
         fields[f"cold_pointwise{suffix}_s"] = pointwise
-        fields[f"cold_call{suffix}_s"] = max(0.0, statistics.median(others))
         for k in curves:
             if k != "pointwise" and slow(k) > 0:
                 points += [(calls[k][2] + n, slow(k, n) / slow(k)) for n in EVICTIONS[1:-1]]

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+from bench_module import load_bench
 
 from dojo.capture import capture
 from dojo.compiler import fusion
-from dojo.compiler.code import cold_marks, hot, instances, op_key, section_keys
+from dojo.compiler.code import code_sites, cold_marks, hot, instances, op_key, section_keys
 from dojo.compiler.eager_cpu import eltwise_calls
 from dojo.compiler.work import OpCost
 from dojo.graph import Op
@@ -57,13 +58,14 @@ def test_a_repeated_modules_call_sites_are_cold_once_per_pass() -> None:
     block's, the loss's) do not grow with the blocks, its calls do."""
     counts = []
     for blocks in (2, 5):
-        grouped = _grouped(_graph(blocks))
+        graph = _graph(blocks)
+        grouped = _grouped(graph)
         marks = cold_marks(grouped)
         per_phase = {"forward": 0, "backward": 0}
         for (group, _), (other, pointwise) in zip(grouped, marks):
             per_phase[group[0].phase] += other + pointwise
         counts.append((per_phase, sum(len(g) for g, _ in grouped),
-                       len(section_keys(grouped)["all"])))
+                       len(section_keys(graph.ops, ["all"] * len(graph.ops))["all"])))
     (cold2, ops2, keys2), (cold5, ops5, keys5) = counts
     assert cold2 == cold5 and keys2 == keys5
     assert ops5 > ops2 > sum(cold2.values())
@@ -80,6 +82,37 @@ def test_call_sites_drop_repeated_module_indices() -> None:
     assert op_key(free, 1) != op_key(free, 2)
     back = replace(op, phase="backward", layer=None)
     assert op_key(back, 1) == op_key(back, 2) == "aten.mm.default"
+
+
+class _TwoNorms(torch.nn.Module):
+    """Two LayerNorms at different paths: one class, one code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.fc, self.second = (torch.nn.LayerNorm(8), torch.nn.Linear(8, 8),
+                                             torch.nn.LayerNorm(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.fc(self.first(x)))
+
+
+def test_modules_of_one_class_share_their_call_sites() -> None:
+    """The capture records each module path's class (`code_sites`); the second LayerNorm's op
+    is hot, as the second of two identical blocks' would be, while without the classes
+    (paths only) it is a site of its own."""
+    model = _TwoNorms()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    graph = capture(model, (torch.randn(2, 8),), lambda y: y.square().mean(), opt,
+                    name="t", repeat_blocks=False).graph
+    sites = code_sites(graph)
+    assert sites["first"] == sites["second"] == "torch.nn.modules.normalization.LayerNorm"
+    grouped = _grouped(graph)
+    norms = [i for i, (g, _) in enumerate(grouped)
+             if g[0].phase == "forward" and "layer_norm" in g[0].target]
+    assert len(norms) == 2
+    with_classes, paths_only = cold_marks(grouped, sites), cold_marks(grouped)
+    assert [with_classes[i][0] for i in norms] == [1, 0]
+    assert [paths_only[i][0] for i in norms] == [1, 1]
 
 
 def test_a_chunks_later_block_instances_are_hot() -> None:
@@ -118,24 +151,28 @@ def test_the_code_share_ramps_with_the_steps_call_sites() -> None:
         dev.calibration, code_keys_hot=lo, code_keys_cold=lo + 20))).code_cold
         for lo in (keys, keys - 5, keys - 20)}
     assert at == {keys: 0.0, keys - 5: pytest.approx(0.25), keys - 20: 1.0}
-    bare = _device(cold_call_s=0.0, cold_pointwise_s=0.0)
+    bare = _device(cold_call_s=0.0, cold_pointwise_s=0.0, cold_matrix_s=0.0)
     assert code_in_cache(program, bare).code_cold == 0.0  # no cold figures: unchanged
 
 
 def test_the_step_pays_each_passes_cold_calls_at_their_figures() -> None:
     """The simulated dp=1 step with cold figures against without: micro-batches x the cold
-    calls of one forward and one backward pass at their figures (closed form)."""
+    calls of one forward and one backward pass at their figures, a matrix op's its own
+    (closed form)."""
     program = _program("gpt", {"layers": 3, "hidden": 32, "heads": 4, "ffn": 64, "seq": 16,
                                "vocab": 64})
     figures = {"cold_call_s": 4e-6, "cold_pointwise_s": 1e-6, "cold_call_backward_s": 3e-6,
-               "cold_pointwise_backward_s": 2e-6, "code_keys_hot": 0.0, "code_keys_cold": 1.0}
+               "cold_pointwise_backward_s": 2e-6, "cold_matrix_s": 5e-6,
+               "cold_matrix_backward_s": 7e-6, "code_keys_hot": 0.0, "code_keys_cold": 1.0}
     base = device_for(program.system, "fp32", 1)
     cal = replace(base.calibration, **figures)
     dev = code_in_cache(program, replace(base, calibration=cal))
     assert dev.code_cold == 1.0
     chunk = program.chunks[0]
-    per_pass = (sum(4e-6 * o.cold_calls + 1e-6 * o.cold_pointwise for o in chunk.forward)
-                + sum(3e-6 * o.cold_calls + 2e-6 * o.cold_pointwise for o in chunk.backward))
+    per_pass = (sum((5e-6 if o.kind == "matrix" else 4e-6) * o.cold_calls
+                    + 1e-6 * o.cold_pointwise for o in chunk.forward)
+                + sum((7e-6 if o.kind == "matrix" else 3e-6) * o.cold_calls
+                      + 2e-6 * o.cold_pointwise for o in chunk.backward))
     assert per_pass > 0
     cold = simulate(program, prepare_with(program, dev)).step_time_s
     warm = simulate(program, prepare_with(program, replace(dev, code_cold=0.0))).step_time_s
@@ -173,3 +210,16 @@ def test_an_exact_gelu_pays_its_eltwise_setup_per_phase() -> None:
     assert back.op_time(gelu) - back.op_time(op) == pytest.approx(9e-6, rel=1e-9)
     compiled = replace(dev, calibration=replace(dev.calibration, eager=False))
     assert compiled.op_time(gelu) == compiled.op_time(op)
+
+
+def test_the_calibration_recovers_per_call_figures_from_the_stacks_slowdowns() -> None:
+    """`code_costs.per_call`: slowdowns made from known figures (8, 5 and 1 us a matrix,
+    other and elementwise call) over four stacks' cold calls give the figures back; where the
+    best fit of one is negative it is left out and the others fitted again."""
+    per_call = load_bench("code_costs").per_call
+    calls = [(2, 2, 3), (3, 2, 2), (1, 3, 4), (0, 1, 12)]
+    rows = [(c, 8e-6 * c[0] + 5e-6 * c[1] + 1e-6 * c[2]) for c in calls]
+    assert per_call(rows) == pytest.approx((8e-6, 5e-6, 1e-6), rel=1e-9)
+    no_other = [(c, 8e-6 * c[0] - 1e-6 * c[1] + 1e-6 * c[2]) for c in calls]
+    matrix, other, pointwise = per_call(no_other)
+    assert other == 0.0 and matrix > 0 and pointwise > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from dojo.graph import Graph
 from dojo.graph.analysis import root
@@ -67,6 +68,22 @@ def param_tensors_by_section(graph: Graph, block: str | None,
 # Graph meta key: parameter names of the linears the model keeps whole over tensor parallelism
 # (dojo.compiler.replicated).
 META_KEY = "tp_replicated"
+# Graph meta: the class of each module path, repeated modules' indices as "*"
+# ("blocks.*.attn_norm=RMSNorm;..."): what code an op's `layer` runs (`dojo.compiler.code`).
+CODE_KEY = "module_classes"
+
+
+def site_path(path: str) -> str:
+    """`path` with the indices of repeated modules as "*" (`blocks.3.attn` -> `blocks.*.attn`)."""
+    return ".".join("*" if part.isdigit() else part for part in path.split("."))
+
+
+def module_classes(model: Any) -> str:
+    """`CODE_KEY`'s value for `model` (an nn.Module): "site_path=module.QualName" per module,
+    ";"-joined."""
+    sites = {site_path(path): f"{type(mod).__module__}.{type(mod).__qualname__}"
+             for path, mod in model.named_modules() if path}
+    return ";".join(f"{k}={v}" for k, v in sorted(sites.items()))
 
 
 def declared_names(model: object) -> str:

@@ -77,7 +77,11 @@ class Calibration:
     eltwise_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # What a cold call site costs beyond `launch_s` / `launch_pointwise_s`, forward and
     # backward (`dojo.compiler.code`: the first op of each call site in a pass, when the step's
-    # code does not stay in the core's caches), on an eager device (0 = none).
+    # code does not stay in the core's caches), on an eager device: a matrix op's (a GEMM
+    # library's, a convolution's, attention's code), another op's, an elementwise op's
+    # (0 = none; a matrix op without its own figure takes `cold_call_s`).
+    cold_matrix_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_matrix_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))

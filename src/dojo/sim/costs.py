@@ -213,6 +213,7 @@ class DeviceModel:
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
             library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s,
             eltwise_call_s=cal.eltwise_call_backward_s, cold_call_s=cal.cold_call_backward_s,
+            cold_matrix_s=cal.cold_matrix_backward_s,
             cold_pointwise_s=cal.cold_pointwise_backward_s,
             im2col_element_s=cal.im2col_element_backward_s,
             attention_score_s=cal.attention_score_backward_s))
@@ -235,10 +236,12 @@ class DeviceModel:
 
     def cold_code_time(self, op: Any) -> float:
         """Seconds the cold call sites of `op` (`op.cold_calls`, `op.cold_pointwise`:
-        `dojo.compiler.code`) add to their dispatch: their `cold_*` figures times `code_cold`
+        `dojo.compiler.code`) add to their dispatch: their `cold_*` figures (a matrix op's
+        `cold_matrix_s`) times `code_cold`
         (0 on a device whose step's code stays in its caches, or that is not eager)."""
         if not self.code_cold:
             return 0.0
         cal = self.calibration
-        return self.code_cold * (getattr(op, "cold_calls", 0) * cal.cold_call_s
+        call = cal.cold_matrix_s if op.kind == "matrix" and cal.cold_matrix_s else cal.cold_call_s
+        return self.code_cold * (getattr(op, "cold_calls", 0) * call
                                  + getattr(op, "cold_pointwise", 0) * cal.cold_pointwise_s)
