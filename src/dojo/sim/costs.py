@@ -52,7 +52,7 @@ class DeviceModel:
     # An eager device whose pass streams more than its cache (`dojo.sim.eager.in_cache`): its
     # ops find their operands in memory, not in the cache.
     cold: bool = False
-    # The share of a pass's cold call sites that pay `cold_call_s` (`dojo.sim.eager`,
+    # The share of their `cold_*` figures a pass's cold call sites pay (`dojo.sim.eager`,
     # `code_in_cache`): 0 where the step's code stays in the caches.
     code_cold: float = 0.0
 
@@ -237,8 +237,8 @@ class DeviceModel:
     def cold_code_time(self, op: Any) -> float:
         """Seconds the cold call sites of `op` (`op.cold_calls`, `op.cold_pointwise`:
         `dojo.compiler.code`) add to their dispatch: their `cold_*` figures (a matrix op's
-        `cold_matrix_s`) times `code_cold`
-        (0 on a device whose step's code stays in its caches, or that is not eager)."""
+        `cold_matrix_s`) times `code_cold` (0 on a device whose step's code stays in its
+        caches, or that is not eager)."""
         if not self.code_cold:
             return 0.0
         cal = self.calibration
