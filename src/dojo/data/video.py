@@ -43,13 +43,9 @@ def encode_mp4(path: Path, frames: np.ndarray, fps: float, gop: int = GOP, crf: 
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
-        # threads=1 keeps the bitstream identical from run to run and machine to machine, and
-        # so does no macroblock-tree lookahead: with it, about 1 encode in 400 of the same
-        # frames came out different in a process whose heap held other data (x264's lookahead
-        # reads memory it did not write; docs/benchmarks.md, sixteenth round)
+        # threads=1 keeps the bitstream identical from run to run and machine to machine
         stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop),
-                          "sc_threshold": "0", "bf": "0", "threads": "1",
-                          "x264-params": "rc-lookahead=0:mbtree=0"}
+                          "sc_threshold": "0", "bf": "0", "threads": "1"}
         for k in range(t):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frames[k], format="rgb24")))
         out.mux(stream.encode(None))
