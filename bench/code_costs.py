@@ -55,13 +55,11 @@ Calls = tuple[int, int, int]  # cold (matrix, other, elementwise) calls of one p
 def stack_calls(model: torch.nn.Module, x: torch.Tensor) -> tuple[Calls, Calls, int]:
     """(cold calls forward, the same backward, call sites) of one step of stack `model` by
     `dojo.compiler.code`'s rule, on its captured graph, one op a kernel."""
-    from dojo.capture import capture
     from dojo.compiler import fusion
     from dojo.compiler.code import cold_marks, section_keys
-    from eager_stacks import _loss
+    from eager_stacks import stack_graph
 
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+    graph = stack_graph(model, x)
     grouped = fusion.groups(graph, ["all"] * len(graph.ops), "none")
     per = {"forward": [0, 0, 0], "backward": [0, 0, 0]}
     for (group, _), (other, pointwise) in zip(grouped, cold_marks(grouped)):

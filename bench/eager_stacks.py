@@ -87,19 +87,26 @@ def _loss(y: torch.Tensor) -> torch.Tensor:
     return y.square().mean()
 
 
+def stack_graph(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """The captured graph of one step of stack `model` on `x` (its loss, SGD)."""
+    from dojo.capture import capture
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    return capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+
+
 def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False,
-                eltwise: bool = False) -> tuple[int, int, int, int]:
+                eltwise: bool = False, graph: Any = None) -> tuple[int, int, int, int]:
     """(forward, backward, forward elementwise, backward elementwise) ops of one step of
     `model` as the simulator counts them: the captured graph's non-view ops
     (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"
     (with `conv`, the convolutions instead; with `eltwise`, the exact GELUs oneDNN runs,
-    `dojo.compiler.eager_cpu.eltwise_calls`)."""
-    from dojo.capture import capture
+    `dojo.compiler.eager_cpu.eltwise_calls`). `graph`: `stack_graph(model, x)` where the
+    caller has it."""
     from dojo.compiler.eager_cpu import eltwise_calls
     from dojo.compiler.fusion import FREE_RULES
 
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    graph = capture(model, (x,), _loss, opt, name="stack", repeat_blocks=False).graph
+    graph = graph if graph is not None else stack_graph(model, x)
     ops = [op for op in graph.ops if op.rule not in FREE_RULES]
 
     def picked(op: Any) -> bool:
@@ -162,9 +169,13 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
     ops alone."""
     raw: dict[str, tuple[float, float]] = {}
     stacks = _stacks()
-    counts = {name: counted_ops(model, x) for name, (model, x) in stacks.items()}
-    convs = {name: counted_ops(model, x, conv=True)[2:] for name, (model, x) in stacks.items()}
-    gelus = {name: counted_ops(model, x, eltwise=True)[2:] for name, (model, x) in stacks.items()}
+    graphs = {name: stack_graph(model, x) for name, (model, x) in stacks.items()}
+    counts = {name: counted_ops(model, x, graph=graphs[name])
+              for name, (model, x) in stacks.items()}
+    convs = {name: counted_ops(model, x, conv=True, graph=graphs[name])[2:]
+             for name, (model, x) in stacks.items()}
+    gelus = {name: counted_ops(model, x, eltwise=True, graph=graphs[name])[2:]
+             for name, (model, x) in stacks.items()}
     for _ in range(rounds):
         for name, (model, x) in stacks.items():
             fwd, bwd = _phase_times(model, x, 100)

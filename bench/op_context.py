@@ -163,23 +163,9 @@ def report(model: str, m: dict[str, Any]) -> str:
 
 def code_eviction(counts: tuple[int, ...] = (0, 10, 20, 40), repeat: int = 400) -> str:
     """Lower-quartile microseconds of three ops with N distinct tiny ops run between calls."""
-    fn = torch.nn.functional
-    s, s4 = torch.randn(4, 8), torch.randn(1, 2, 4, 4)
-    w4, idx = torch.randn(2, 2, 3, 3), torch.tensor([0, 1])
-    tiny: list[Callable[[], object]] = [
-            s.exp, s.tanh, s.sigmoid, s.sqrt, s.abs, lambda: s.cumsum(0), s.argmax, s.norm,
-            s.var, s.mean,
-            lambda: fn.layer_norm(s, (8,)), lambda: s @ s.T, lambda: torch.cat([s, s]),
-            lambda: fn.softmax(s, -1), lambda: fn.gelu(s), lambda: fn.silu(s),
-            lambda: s.topk(2), lambda: fn.conv2d(s4, w4, padding=1), lambda: s.flip(0),
-            lambda: fn.batch_norm(s4, None, None, training=True), lambda: fn.max_pool2d(s4, 2),
-            lambda: s.index_select(0, idx), lambda: fn.log_softmax(s, -1), lambda: s.clamp(0, 1),
-            lambda: s.lt(0), lambda: torch.where(s > 0, s, s), lambda: fn.embedding(idx, s),
-            lambda: s.roll(1, 0), lambda: fn.interpolate(s4, scale_factor=2.0),
-            lambda: fn.dropout(s, 0.1), lambda: s.t().contiguous(), lambda: s.pow(2),
-            lambda: s.rsqrt(), lambda: s.addcmul(s, s), lambda: s.lerp(s, 0.5),
-            lambda: fn.avg_pool2d(s4, 2), lambda: s.max(0), lambda: s.sum(0),
-            lambda: fn.cross_entropy(s, idx[:1].repeat(4)), lambda: s.amax(1)]
+    from code_costs import tiny_ops
+
+    tiny = tiny_ops()
 
     def between(n: int) -> Callable[[], None]:
         def run() -> None:

@@ -378,15 +378,15 @@ def _kernels(graph: Graph, fuse: str) -> _Kernels:
     grouped = fusion.groups(graph, list(_labels(graph)), fuse)
     loss = fusion.loss_groups(grouped)
     readers = _consumers(graph)
+    sites = code.code_sites(graph)
     return _Kernels(
         grouped, frozenset(loss),
         tuple(float(fusion.fused_bytes(graph, g, readers)) for g, _ in grouped),
         tuple(sum(o.rule == "pointwise" for o in g) for g, _ in grouped),
         tuple(onednn_calls(g, graph) for g, _ in grouped),
         tuple(eltwise_calls(g, graph) for g, _ in grouped),
-        code.cold_marks(grouped, code.code_sites(graph)),
-        tuple(sorted(code.section_keys(graph.ops, _labels(graph),
-                                       code.code_sites(graph)).items())),
+        code.cold_marks(grouped, sites),
+        tuple(sorted(code.section_keys(graph.ops, _labels(graph), sites).items())),
         tuple(unfolded_elements(g, graph) for g, _ in grouped),
         tuple(sum(o.target in INNER_VIEWS for o in g) for g, _ in grouped),
         tuple(attention_scores(g, graph) for g, _ in grouped),
