@@ -11,10 +11,19 @@ import pytest
 
 from dojo.data.geometry import make_rig
 from dojo.data.synth import SynthConfig, clip_scene, render_clip, synthesize
-from dojo.data.video import GOP, VideoReader, decode_all, encode_mp4, measure_decode_fps, probe
+from dojo.data.video import (
+    GOP,
+    VideoReader,
+    decode_all,
+    encode_mp4,
+    measure_decode_fps,
+    probe,
+    x264_options,
+)
 
-# H.264 at CRF 18 with 4:2:0 chroma: per-frame PSNR measured 30.9-40.4 dB at 64x48 and 34-40 dB
-# at 96x64 (sharp box edges lose most in the halved chroma); 28 dB leaves margin while still
+# H.264 at CRF 23 without macroblock tree, 4:2:0 chroma: per-frame PSNR of synthesized clips
+# measured 30.5-39.2 dB at 64x48 and 32.8-40.4 dB at 96x64 (30.3-39.3 and 33.2-40.3 at CRF 18
+# with it; sharp box edges lose most in the halved chroma); 28 dB leaves margin while still
 # failing on a colour-order, geometry or frame-order mistake (those give well under 20 dB).
 PSNR_MIN_DB = 28.0
 
@@ -99,6 +108,53 @@ def test_synth_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     la = np.load(tmp_path / "a" / "clip_0000" / "labels.npz")
     lc = np.load(tmp_path / "c" / "clip_0000" / "labels.npz")
     assert not np.array_equal(la["ego_poses"], lc["ego_poses"]), "seed had no effect"
+
+
+def _encode_with(path: Path, frames: np.ndarray, options: dict[str, str]) -> None:
+    """An encode like `encode_mp4`'s, with the given libx264 options (a plain PyAV loop)."""
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = options
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def test_encoded_bytes_do_not_depend_on_the_cpus_simd(tmp_path: Path) -> None:
+    """The bytes `encode_mp4` writes equal x264's with its SIMD held to SSE2 and to AVX2, so a
+    machine with other vector units writes the same data set. With x264's macroblock tree on,
+    its AVX-512 code gave other bytes than the SSE2 and AVX2 code on an AVX-512 machine
+    (docs/data.md, "Video encoding"); on a machine without AVX-512 this checks less."""
+    frames = _moving_frames(8, w=96, h=64)
+    encode_mp4(tmp_path / "native.mp4", frames, fps=10)
+    native = tmp_path.joinpath("native.mp4").read_bytes()
+    options = x264_options()
+    assert "mbtree=0" in options["x264-params"]
+    for simd in ("sse2", "avx2"):
+        held = {**options, "x264-params": f"{options['x264-params']}:asm={simd}"}
+        _encode_with(tmp_path / f"{simd}.mp4", frames, held)
+        assert tmp_path.joinpath(f"{simd}.mp4").read_bytes() == native, simd
+
+
+@pytest.mark.slow
+def test_encoding_the_same_frames_gives_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """2,000 encodes of one 8-frame 96 x 64 clip in one process, with uninitialised heap
+    allocations of varying size held in between, are byte-identical. With x264's macroblock
+    tree, 5 to 39 of 5,000 such encodes came out different on an AVX-512 machine (a clip of a
+    48-clip set changed between fresh syntheses; docs/data.md, "Video encoding")."""
+    frames = _moving_frames(8, w=96, h=64)
+    rng = np.random.default_rng(1)
+    held: list[np.ndarray] = []
+    digests = set()
+    for k in range(2000):
+        held.append(np.empty(int(rng.integers(1, 100_000)), np.uint8))
+        if len(held) > 50:
+            held.pop(int(rng.integers(len(held))))
+        path = tmp_path / f"{k % 2}.mp4"
+        encode_mp4(path, frames if k % 2 else frames.copy(), fps=10)
+        digests.add(path.read_bytes())
+    assert len(digests) == 1
 
 
 def test_interrupted_synth_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

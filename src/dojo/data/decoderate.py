@@ -1,7 +1,7 @@
 """Single-core H.264 decode rate at any frame size, from a short synthetic clip encoded once.
 
 `measure_decode_fps_at(width, height)` encodes `PROBE_FRAMES` frames of a moving test pattern
-at that size with the data set's settings (libx264, yuv420p, CRF 18, GOP 8, no B-frames; see
+at that size with the data set's settings (libx264, yuv420p, CRF 23, GOP 8, no B-frames; see
 `dojo.data.video`), keeps the MP4 in a cache folder, and times decoding it to RGB on one thread
 (`measure_decode_fps`: frames per CPU-second of this process, container open and YUV-to-RGB
 included). Measuring at the size that matters replaces scaling a small-frame rate by pixel count,
@@ -17,7 +17,7 @@ per pixel at 1280 x 960, far above real driving footage, which has large smooth 
 road); beta = 2 codes at ~0.10 bit/pixel, close to the data set's own rendered scenes at that size
 (0.08 bit/pixel; rendering them costs ~1.5 s per 1280 x 960 frame, too slow for a quick probe)
 and to Tesla's 1280 x 960 dashcam recordings (0.04-0.10 bit/pixel, see docs/data.md). Sensor
-noise is left out: at CRF 18 it is coded faithfully (sigma 2 levels gives 0.5 bit/pixel).
+noise is left out: at CRF 18 it was coded faithfully (sigma 2 levels gave 0.5 bit/pixel).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PATTERN_BETA = 2.0
 PROBE_FRAMES = 2 * GOP  # two keyframe intervals: the I/P frame mix of a long stream
 PROBE_FPS = 10.0
 PAN_PER_FRAME = (1 / 320, 1 / 960)  # pan per frame, fractions of (width, height)
-_VERSION = 1  # bump when the pattern or settings change, so stale cached clips are not reused
+_VERSION = 2  # bump when the pattern or settings change, so stale cached clips are not reused
 
 
 def default_cache_dir() -> Path:

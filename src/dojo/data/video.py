@@ -1,9 +1,17 @@
 """H.264 MP4 encode and decode with PyAV, frame-exact seeking, and decode-rate measurement.
 
-Encoding: libx264, yuv420p, constant quality CRF 18, a fixed keyframe interval of `GOP` = 8
+Encoding: libx264, yuv420p, constant quality CRF 23, a fixed keyframe interval of `GOP` = 8
 frames (scene-cut keyframes off) and no B-frames, so decode order equals presentation order and
 reaching any frame costs at most 7 extra decodes after a seek. Frame k of a stream is the frame
 whose presentation time is k / fps seconds after the stream start.
+
+The same frames give the same bytes on every run and every x86 machine (`x264_options`): one
+encoder thread, and no macroblock-tree rate control. x264's macroblock tree propagates costs in
+single-precision floating point in SIMD code chosen by the CPU, and the versions disagree (its
+AVX-512 version gave other bytes than its AVX2 and SSE2 versions, and 1 encode in 130 to 1,000 of
+the same frames came out different within one process; docs/data.md, "Video encoding"). Without
+it the stream costs more bits at a given CRF, so CRF 23 here carries about what CRF 18 with it
+did (0.10 against 0.098 bit/pixel on the 1280 x 960 decode probe).
 
 Every failure to open or decode a file is raised as `DojoError` naming the file.
 
@@ -29,7 +37,7 @@ from av.video.reformatter import VideoReformatter
 from dojo.errors import DojoError
 
 GOP = 8
-CRF = 18
+CRF = 23
 _AV_ERRORS = (av.FFmpegError, OSError)
 
 
@@ -43,12 +51,18 @@ def encode_mp4(path: Path, frames: np.ndarray, fps: float, gop: int = GOP, crf: 
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
-        # threads=1 keeps the bitstream identical from run to run and machine to machine
-        stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop),
-                          "sc_threshold": "0", "bf": "0", "threads": "1"}
+        stream.options = dict(x264_options(gop, crf))
         for k in range(t):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frames[k], format="rgb24")))
         out.mux(stream.encode(None))
+
+
+def x264_options(gop: int = GOP, crf: int = CRF) -> dict[str, str]:
+    """The libx264 options of every encode: CRF `crf`, keyframes exactly every `gop` frames,
+    no B-frames, and what makes the bytes reproducible (module docstring): one thread, no
+    macroblock tree (`mbtree=0`)."""
+    return {"crf": str(crf), "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
+            "bf": "0", "threads": "1", "x264-params": "mbtree=0"}
 
 
 @dataclass(frozen=True)
