@@ -34,6 +34,12 @@ rates too, bench/fresh_calibration.py) and every row is also simulated with it: 
 (simulated with it, its error against the main-thread CPU, each run's main-thread CPU), and a
 table of the re-measured figures against the committed ones per model. The default run is
 unchanged apart from the summary's spread (and the JSON's `main_cpu_runs_s`).
+
+Against the machine's states (`--sweeps S`): a shared VM's speed also jumps between states up
+to 2x apart that last a second or more (bench/step_gap.py --series), so a row whose runs all
+fall in a slow state reads slow. With S > 1 the whole table is measured S times over, row
+after row, and each row keeps the fastest of its S x `--repeats` runs: its runs are minutes
+apart instead of seconds.
 """
 
 from __future__ import annotations
@@ -132,15 +138,37 @@ def _arguments() -> argparse.Namespace:
                              "with it as well (bench/fresh_calibration.py); adds columns")
     parser.add_argument("--recalibrate-rounds", type=int, default=1,
                         help="rounds of each re-measured figure (calibrate_cpu's --rounds)")
+    parser.add_argument("--sweeps", type=int, default=1,
+                        help="measure the whole table this many times over; each row keeps "
+                             "its fastest runs (not with --recalibrate)")
     parser.add_argument("--json", action="store_true")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.sweeps < 1 or (args.sweeps > 1 and args.recalibrate):
+        parser.error("--sweeps takes a count >= 1, and more than 1 is not for --recalibrate")
+    return args
+
+
+Measured = tuple[float, float | None, float, float | None, list[float], list[float]]
+
+
+def combined(loops: list[Measured]) -> Measured:
+    """`closed_loop`'s results of several sweeps as one: the fastest of all their runs."""
+    def least(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
+
+    best = min(m[0] for m in loops)
+    return (best, least([m[1] for m in loops]), loops[-1][2], least([m[3] for m in loops]),
+            [r for m in loops for r in m[4]], [s for m in loops for s in m[5]])
 
 
 def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
-         fresh: str | None) -> dict[str, Any]:
-    """One row: measured, simulated (committed calibration; and with `fresh`, the system file
-    of a calibration measured just before) and their errors."""
-    real, cpu, pred, main_cpu, runs, steady = closed_loop(model, plan, args.steps, args.repeats)
+         fresh: str | None, earlier: list[Measured] | None = None) -> dict[str, Any]:
+    """One row: measured (with the `earlier` sweeps' runs of it), simulated (committed
+    calibration; and with `fresh`, the system file of a calibration measured just before) and
+    their errors."""
+    now = closed_loop(model, plan, args.steps, args.repeats)
+    real, cpu, pred, main_cpu, runs, steady = combined([*(earlier or []), now])
     phases, inproc = phase_minima(model) if args.phases and plan == "dp=1" else (None, None)
     row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
            "measured_cpu_s": cpu, "simulated_s": pred, "error": (pred - real) / real,
@@ -227,6 +255,12 @@ def main() -> None:
         print(f"\n{_header(args)}", flush=True)
     rows: list[dict[str, Any]] = []
     calibrations: list[tuple[str, float, dict[str, float]]] = []
+    earlier: dict[tuple[str, str], list[Measured]] = {}
+    for _ in range(args.sweeps - 1):
+        for model, _aliases in models:
+            for plan in filter(lambda p, m=model: supports(m, p), args.plans.split(";")):
+                earlier.setdefault((model, plan), []).append(
+                    closed_loop(model, plan, args.steps, args.repeats))
     for model, aliases in models:
         fresh = None
         if args.recalibrate:
@@ -236,7 +270,7 @@ def main() -> None:
             calibrations.append((model, os.getloadavg()[0], fields))
         for plan in args.plans.split(";"):
             if supports(model, plan):
-                rows.append(_row(model, aliases, plan, args, fresh))
+                rows.append(_row(model, aliases, plan, args, fresh, earlier.get((model, plan))))
                 if not args.json:
                     print(_line(rows[-1]), flush=True)
     if args.json:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 EVICTIONS = (0, 10, 20, 30, 45, 60)
+SWEEP_STEPS = 10  # steps per N before the next N (`eviction_curve`)
 Curve = dict[int, tuple[float, float]]  # N -> fastest (forward s, backward s)
 
 
@@ -91,21 +92,23 @@ def per_call(rows: list[tuple[Calls, float]]) -> tuple[float, float, float]:
 def eviction_curve(model: torch.nn.Module, x: torch.Tensor, rounds: int = 3,
                    steps: int = 60) -> Curve:
     """Per N of `EVICTIONS`: the fastest (forward, backward) seconds of one step of `model`
-    with the first N `tiny_ops` run before it, over `rounds` x `steps` steps."""
+    with the first N `tiny_ops` run before it, over `rounds` x `steps` steps, taken in
+    sweeps of `SWEEP_STEPS` steps per N over every N in turn: a shared VM's speed moves
+    between states up to 2x apart for a second or more (bench/step_gap.py --series), which
+    measuring one N after another put on some N and not on others (a curve that fell and
+    rose again between N = 20 and 30)."""
     from eager_stacks import _one_step
 
     tiny = tiny_ops()
-    out: Curve = {}
-    for n in EVICTIONS:
-        best = (float("inf"), float("inf"))
-        for _ in range(rounds):
-            for _ in range(steps):
+    best = {n: (float("inf"), float("inf")) for n in EVICTIONS}
+    for _ in range(max(1, rounds * steps // SWEEP_STEPS)):
+        for n in EVICTIONS:
+            for _ in range(SWEEP_STEPS):
                 for op in tiny[:n]:
                     op()
                 fwd, bwd = _one_step(model, x)
-                best = (min(best[0], fwd), min(best[1], bwd))
-        out[n] = best
-    return out
+                best[n] = (min(best[n][0], fwd), min(best[n][1], bwd))
+    return best
 
 
 def _ramp(points: list[tuple[float, float]]) -> tuple[float, float]:

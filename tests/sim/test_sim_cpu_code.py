@@ -223,3 +223,46 @@ def test_the_calibration_recovers_per_call_figures_from_the_stacks_slowdowns() -
     no_other = [(c, 8e-6 * c[0] - 1e-6 * c[1] + 1e-6 * c[2]) for c in calls]
     matrix, other, pointwise = per_call(no_other)
     assert other == 0.0 and matrix > 0 and pointwise > 0
+
+
+def test_the_eviction_curve_takes_its_evictions_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`code_costs.eviction_curve` measures every N of `EVICTIONS` in sweeps of `SWEEP_STEPS`
+    steps, the N in turn, so a slow spell of the machine falls on all of them alike: a fake
+    step that is slow for the first half of all steps leaves every N its fast time."""
+    import importlib
+
+    code_costs = load_bench("code_costs")
+    eager_stacks = importlib.import_module("eager_stacks")  # what eviction_curve imports
+    ran: list[int] = []
+    since = [0]
+
+    def tiny() -> list[Any]:
+        def op() -> None:
+            since[0] += 1
+        return [op] * max(code_costs.EVICTIONS)
+
+    def step(model: Any, x: Any) -> tuple[float, float]:
+        ran.append(since[0])
+        since[0] = 0
+        slow = 2.0 if len(ran) <= total // 2 else 1.0
+        return slow * (1.0 + ran[-1]), slow * 2.0
+
+    rounds, steps = 2, 30
+    total = rounds * steps * len(code_costs.EVICTIONS)
+    monkeypatch.setattr(code_costs, "tiny_ops", tiny)
+    monkeypatch.setattr(eager_stacks, "_one_step", step)
+    curve = code_costs.eviction_curve(None, None, rounds, steps)
+    sweep = code_costs.SWEEP_STEPS
+    first = [ran[i * sweep] for i in range(len(code_costs.EVICTIONS))]
+    assert first == list(code_costs.EVICTIONS) and len(ran) == total
+    assert curve == {n: (1.0 + n, 2.0) for n in code_costs.EVICTIONS}
+
+
+def test_sweeps_of_the_closed_loop_keep_each_rows_fastest_runs() -> None:
+    """`bench_cpu_loop.combined`: the fastest wall, CPU and main-thread step over the sweeps
+    (a sweep without a CPU figure does not count), every run's figures kept."""
+    combined = load_bench("bench_cpu_loop").combined
+    a = (0.010, None, 0.009, 0.008, [0.008, 0.009], [0.011, 0.010])
+    b = (0.012, 0.011, 0.009, 0.007, [0.007], [0.012])
+    assert combined([a, b]) == (0.010, 0.011, 0.009, 0.007, [0.008, 0.009, 0.007],
+                                [0.011, 0.010, 0.012])
