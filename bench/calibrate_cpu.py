@@ -16,6 +16,10 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    code) gives an elementwise op's dispatch per phase (`launch_pointwise_s`, much less than a
    module's op); the other three stacks' figures are net of their own elementwise ops at
    that rate, the median of the three per phase (`launch_s`, `launch_backward_s`).
+   What a cold call site costs (`cold_*`, `code_keys_*`: bench/code_costs.py, the stacks
+   stepped with 0-60 distinct tiny ops between their steps), and a oneDNN call's own cold
+   cost (`cold_library_*`, `cold_eltwise_*`: the call timed by itself hot and after those
+   ops, against a twin that does not go to oneDNN).
 4. Vector kernels (GELU and its backward, LayerNorm, softmax, log-softmax, sum, ...) on a
    cache-resident tensor: the FLOPs dojo's capture counts for them per second, for those that
    are compute-bound; the median as a fraction of the peak.

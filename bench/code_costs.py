@@ -13,11 +13,19 @@ negative is left out and the others fitted again). The slowdown
 against the code run between passes, the stack's own call sites (`code.section_keys`) plus N,
 is a ramp: where it starts and where it reaches the levelled-off figure are `code_keys_hot`
 and `code_keys_cold` (a least-squares line through the points on the ramp).
+
+A oneDNN call's own cold cost (`library_cold`: `cold_library_*` for a convolution,
+`cold_eltwise_*` for an exact GELU) is measured on the call alone, timed by itself hot and after
+all the tiny ops, against a twin call that does not go to oneDNN: the same convolution on one
+image (im2col) and the tanh GELU. On the Xeon VM of docs/benchmarks.md's seventeenth round,
+after 60 tiny ops a oneDNN convolution's forward grew 35 us against its im2col twin's 13 us,
+its backward 95 against 69 us; the exact GELU's 15 and 80 us against 8 and 56 us.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -123,6 +131,66 @@ def _ramp(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, start), max(0.0, start) + 1.0 / slope
 
 
+def _twins() -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:
+    """Per oneDNN call kind: (the call through oneDNN, its twin that does not go there): a
+    3x3 convolution of 2 images against the same of 1 image (im2col, `SMALL_INPUT`), an exact
+    GELU against the tanh one, operands requiring grad (a training step's)."""
+    fn = torch.nn.functional
+    two = torch.randn(2, 4, 6, 6, requires_grad=True)
+    one = torch.randn(1, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    x = torch.randn(17, 64, requires_grad=True)
+    return {"library": (lambda: fn.conv2d(two, w, padding=1), lambda: fn.conv2d(one, w, padding=1)),
+            "eltwise": (lambda: fn.gelu(x), lambda: fn.gelu(x, approximate="tanh"))}
+
+
+def call_times(call: Callable[[], torch.Tensor], evict: int, steps: int = 20
+               ) -> tuple[float, float]:
+    """Fastest (forward, backward) seconds of `call` itself over `steps`, with the first `evict`
+    `tiny_ops` run before each: before the call, and between it and its backward (that of
+    the sum of its output, started with the output's)."""
+    tiny = tiny_ops()[:evict]
+    fwd = bwd = float("inf")
+    for _ in range(steps):
+        for op in tiny:
+            op()
+        start = time.perf_counter()
+        y = call()
+        fwd = min(fwd, time.perf_counter() - start)
+        loss = y.sum()
+        for op in tiny:
+            op()
+        start = time.perf_counter()
+        loss.backward()
+        bwd = min(bwd, time.perf_counter() - start)
+    return fwd, bwd
+
+
+def library_cold(rounds: int = 3, sweeps: int = 12) -> dict[str, float]:
+    """The calibration's `cold_library_s` and `cold_eltwise_s` (forward and backward): what a
+    oneDNN call's own time grows by after all of `tiny_ops` ran before it, beyond what its
+    twin's grows by (`_twins`: the twin's growth is its op's cold figure, which the oneDNN call
+    pays too). Each call is timed alone (`call_times`), hot and after the evictions, in
+    `rounds` x `sweeps` sweeps over every case in turn (the machine's states fall on all)."""
+    last = len(tiny_ops())
+    best: dict[tuple[str, int, int], tuple[float, float]] = {}
+    for _ in range(rounds * sweeps):
+        for kind, pair in _twins().items():
+            for which, call in enumerate(pair):
+                for evict in (0, last):
+                    got = call_times(call, evict)
+                    old = best.get((kind, which, evict), got)
+                    best[(kind, which, evict)] = (min(old[0], got[0]), min(old[1], got[1]))
+    fields = {}
+    for kind in _twins():
+        for phase, suffix in ((0, ""), (1, "_backward")):
+            def grows(which: int, kind: str = kind, phase: int = phase) -> float:
+                return best[(kind, which, last)][phase] - best[(kind, which, 0)][phase]
+
+            fields[f"cold_{kind}{suffix}_s"] = max(0.0, grows(0) - grows(1))
+    return fields
+
+
 def cold_fields(rounds: int = 3) -> dict[str, float]:
     """The calibration's `cold_*` and `code_keys_*` fields (module docstring)."""
     from eager_stacks import _stacks
@@ -146,7 +214,7 @@ def cold_fields(rounds: int = 3) -> dict[str, float]:
             if k != "pointwise" and slow(k) > 0:
                 points += [(calls[k][2] + n, slow(k, n) / slow(k)) for n in EVICTIONS[1:-1]]
     fields["code_keys_hot"], fields["code_keys_cold"] = _ramp(points)
-    return fields
+    return {**fields, **library_cold(rounds)}
 
 
 if __name__ == "__main__":

@@ -135,6 +135,47 @@ def test_a_cold_call_site_costs_its_figure_times_the_code_share() -> None:
     assert replace(dev, code_cold=0.0).op_time(op) == dev.op_time(hot(op))
 
 
+def test_a_onednn_call_pays_its_own_cold_figure_on_every_call() -> None:
+    """Closed form: a convolution with 2 oneDNN calls and an exact GELU's eltwise call at share
+    0.5 add 0.5 (2 x 20 + 6 us) forward and the backward figures in the backward, hot or not
+    (each primitive's code is its own; a repeat of a call site pays it too)."""
+    dev = replace(_device(cold_library_s=20e-6, cold_library_backward_s=30e-6,
+                          cold_eltwise_s=6e-6, cold_eltwise_backward_s=9e-6), code_cold=0.5)
+    conv = OpCost("matrix", 1e3, 1e3, "aten.convolution.default", library_calls=2)
+    gelu = OpCost("vector", 0.0, 64.0, "aten.gelu.default", pointwise=1, eltwise_calls=1)
+    bare = replace(dev, code_cold=0.0)
+    assert dev.op_time(conv) - bare.op_time(conv) == pytest.approx(0.5 * 40e-6, rel=1e-9)
+    assert dev.op_time(gelu) - bare.op_time(gelu) == pytest.approx(0.5 * 6e-6, rel=1e-9)
+    back, bare_back = dev.for_phase("backward"), bare.for_phase("backward")
+    assert back.op_time(conv) - bare_back.op_time(conv) == pytest.approx(0.5 * 60e-6, rel=1e-9)
+    assert back.op_time(gelu) - bare_back.op_time(gelu) == pytest.approx(0.5 * 9e-6, rel=1e-9)
+    assert dev.op_time(hot(conv)) == dev.op_time(conv)
+
+
+def test_the_step_pays_every_onednn_call_cold() -> None:
+    """vit-b16's small preset (a oneDNN patch convolution, an exact GELU per block): the
+    simulated step with only oneDNN cold figures against without is micro-batches x each
+    pass's oneDNN calls at their figures, the second block's GELU included (closed form)."""
+    program = _program("vit-b16", {"image": 32, "patch": 8, "layers": 2, "hidden": 64,
+                                    "heads": 4, "ffn": 128, "classes": 10})
+    zero = {f: 0.0 for f in ("cold_call_s", "cold_pointwise_s", "cold_matrix_s",
+                             "cold_call_backward_s", "cold_pointwise_backward_s",
+                             "cold_matrix_backward_s")}
+    figures = {**zero, "cold_library_s": 3e-5, "cold_library_backward_s": 2e-5,
+               "cold_eltwise_s": 5e-6, "cold_eltwise_backward_s": 7e-6,
+               "code_keys_hot": 0.0, "code_keys_cold": 1.0}
+    base = device_for(program.system, "fp32", 1)
+    dev = code_in_cache(program, replace(base, calibration=replace(base.calibration, **figures)))
+    chunk = program.chunks[0]
+    forward = [(o.library_calls, o.eltwise_calls) for o in chunk.forward]
+    assert sum(e for _, e in forward) == 2 and sum(c for c, _ in forward) >= 1
+    per_pass = (sum(3e-5 * c + 5e-6 * e for c, e in forward)
+                + sum(2e-5 * o.library_calls + 7e-6 * o.eltwise_calls for o in chunk.backward))
+    cold = simulate(program, prepare_with(program, dev)).step_time_s
+    warm = simulate(program, prepare_with(program, replace(dev, code_cold=0.0))).step_time_s
+    assert cold - warm == pytest.approx(program.microbatches * per_pass, rel=1e-6)
+
+
 def _program(model: str, overrides: dict[str, Any]) -> Any:
     spec = load_system("cpu")
     return compile_model(model, overrides, spec, parse_plan("dp=1,precision=fp32"), 4)[0]
@@ -151,7 +192,8 @@ def test_the_code_share_ramps_with_the_steps_call_sites() -> None:
         dev.calibration, code_keys_hot=lo, code_keys_cold=lo + 20))).code_cold
         for lo in (keys, keys - 5, keys - 20)}
     assert at == {keys: 0.0, keys - 5: pytest.approx(0.25), keys - 20: 1.0}
-    bare = _device(cold_call_s=0.0, cold_pointwise_s=0.0, cold_matrix_s=0.0)
+    bare = _device(cold_call_s=0.0, cold_pointwise_s=0.0, cold_matrix_s=0.0,
+                   cold_library_s=0.0, cold_eltwise_s=0.0)
     assert code_in_cache(program, bare).code_cold == 0.0  # no cold figures: unchanged
 
 
@@ -163,7 +205,9 @@ def test_the_step_pays_each_passes_cold_calls_at_their_figures() -> None:
                                "vocab": 64})
     figures = {"cold_call_s": 4e-6, "cold_pointwise_s": 1e-6, "cold_call_backward_s": 3e-6,
                "cold_pointwise_backward_s": 2e-6, "cold_matrix_s": 5e-6,
-               "cold_matrix_backward_s": 7e-6, "code_keys_hot": 0.0, "code_keys_cold": 1.0}
+               "cold_matrix_backward_s": 7e-6, "code_keys_hot": 0.0, "code_keys_cold": 1.0,
+               "cold_library_s": 0.0, "cold_library_backward_s": 0.0, "cold_eltwise_s": 0.0,
+               "cold_eltwise_backward_s": 0.0}
     base = device_for(program.system, "fp32", 1)
     cal = replace(base.calibration, **figures)
     dev = code_in_cache(program, replace(base, calibration=cal))

@@ -86,6 +86,16 @@ class Calibration:
     cold_call_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # What a oneDNN call costs cold beyond its op's own cold figure, forward and backward,
+    # on an eager CPU: a convolution's (`OpCost.library_calls`) and an exact GELU's eltwise
+    # call (`OpCost.eltwise_calls`). Each primitive runs JIT code and set-up of its own
+    # (ideep, the primitive cache, reorders), which the rest of a step evicts, so every call
+    # pays it where the step's code does not stay in the caches, a repeat of its call site
+    # too (bench/code_costs.py `library_cold`; 0 = none).
+    cold_library_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_library_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_eltwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    cold_eltwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Distinct call sites a step runs (`dojo.compiler.code.section_keys`) up to which its
     # code stays hot, and from which all of it is cold between two passes; in between, the
     # cold share grows linearly (`dojo.sim.eager.code_in_cache`). 0 and 0: always cold.

@@ -215,6 +215,8 @@ class DeviceModel:
             eltwise_call_s=cal.eltwise_call_backward_s, cold_call_s=cal.cold_call_backward_s,
             cold_matrix_s=cal.cold_matrix_backward_s,
             cold_pointwise_s=cal.cold_pointwise_backward_s,
+            cold_library_s=cal.cold_library_backward_s,
+            cold_eltwise_s=cal.cold_eltwise_backward_s,
             im2col_element_s=cal.im2col_element_backward_s,
             attention_score_s=cal.attention_score_backward_s))
 
@@ -237,11 +239,14 @@ class DeviceModel:
     def cold_code_time(self, op: Any) -> float:
         """Seconds the cold call sites of `op` (`op.cold_calls`, `op.cold_pointwise`:
         `dojo.compiler.code`) add to their dispatch: their `cold_*` figures (a matrix op's
-        `cold_matrix_s`) times `code_cold` (0 on a device whose step's code stays in its
-        caches, or that is not eager)."""
+        `cold_matrix_s`), and every oneDNN call's own (`cold_library_s` a convolution's,
+        `cold_eltwise_s` an exact GELU's, repeats included), times `code_cold` (0 on a device
+        whose step's code stays in its caches, or that is not eager)."""
         if not self.code_cold:
             return 0.0
         cal = self.calibration
         call = cal.cold_matrix_s if op.kind == "matrix" and cal.cold_matrix_s else cal.cold_call_s
-        return self.code_cold * (getattr(op, "cold_calls", 0) * call
+        library = (getattr(op, "library_calls", 0) * cal.cold_library_s
+                   + getattr(op, "eltwise_calls", 0) * cal.cold_eltwise_s)
+        return self.code_cold * (getattr(op, "cold_calls", 0) * call + library
                                  + getattr(op, "cold_pointwise", 0) * cal.cold_pointwise_s)

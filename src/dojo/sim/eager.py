@@ -96,7 +96,8 @@ def code_in_cache(program: Program, dev: DeviceModel) -> DeviceModel:
     caches between passes), 1 from `code_keys_cold`, linear in between; `dev` unchanged where
     it is not eager or has no cold figures."""
     cal = dev.calibration
-    if not cal.eager or not (cal.cold_call_s or cal.cold_pointwise_s or cal.cold_matrix_s):
+    if not cal.eager or not (cal.cold_call_s or cal.cold_pointwise_s or cal.cold_matrix_s
+                             or cal.cold_library_s or cal.cold_eltwise_s):
         return dev
     keys, lo, hi = code_keys(program), cal.code_keys_hot, cal.code_keys_cold
     share = (1.0 if keys > lo else 0.0) if hi <= lo else min(1.0, max(0.0, (keys - lo) / (hi - lo)))
