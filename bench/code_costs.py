@@ -172,17 +172,17 @@ def library_cold(rounds: int = 3, sweeps: int = 12) -> dict[str, float]:
     twin's grows by (`_twins`: the twin's growth is its op's cold figure, which the oneDNN call
     pays too). Each call is timed alone (`call_times`), hot and after the evictions, in
     `rounds` x `sweeps` sweeps over every case in turn (the machine's states fall on all)."""
-    last = len(tiny_ops())
+    last, twins = len(tiny_ops()), _twins()
     best: dict[tuple[str, int, int], tuple[float, float]] = {}
     for _ in range(rounds * sweeps):
-        for kind, pair in _twins().items():
+        for kind, pair in twins.items():
             for which, call in enumerate(pair):
                 for evict in (0, last):
                     got = call_times(call, evict)
                     old = best.get((kind, which, evict), got)
                     best[(kind, which, evict)] = (min(old[0], got[0]), min(old[1], got[1]))
     fields = {}
-    for kind in _twins():
+    for kind in twins:
         for phase, suffix in ((0, ""), (1, "_backward")):
             def grows(which: int, kind: str = kind, phase: int = phase) -> float:
                 return best[(kind, which, last)][phase] - best[(kind, which, 0)][phase]
