@@ -11,10 +11,12 @@ interleaved 1F1B), whose local chunk c on stage s is virtual stage v = c * pp + 
 order is recorded (`PipelineStep.executed`) so tests compare it with the simulator's.
 
 Why the send/recv pattern cannot deadlock: a task blocks only on the one input it needs (the
-activation of F(v-1, m), or the gradient of B(v+1, m)), received with a blocking recv; every
-send is non-blocking (isend, waited for at the end of the step) and carries a tag unique to
-(chunk, micro-batch, direction), so a message never matches the wrong recv and a stage never
-waits on its own send. That is the simulator's device model (a task starts when its device is
+activation of F(v-1, m), or the gradient of B(v+1, m)), whose receive was posted a few tasks
+ahead (irecv, `PipelineStep.lookahead`: gloo sends a message's bytes only once the sender has
+seen the receive posted) and is waited for when the task starts; every send is non-blocking
+(isend, waited for at the end of the step) and carries a tag unique to (chunk, micro-batch,
+direction), so a message never matches the wrong receive and a stage never waits on its own
+send. That is the simulator's device model (a task starts when its device is
 free and its input has arrived; nothing else blocks), under which `run_pipeline` checks that every
 schedule completes; so an order that completes in the simulator completes here. (Batched
 `batch_isend_irecv` pairs would force both peers to post matching pairs at the same point of
@@ -156,13 +158,15 @@ class PipelineStep:
         saved: dict[tuple[int, int], tuple[Tensor | None, Tensor]] = {}
         pending: list[Any] = []
         total = torch.zeros(())
-        for kind, v, m in tasks:
+        posted: dict[tuple[str, int, int], tuple[Tensor, Any]] = {}
+        for i, (kind, v, m) in enumerate(tasks):
+            self._post_receives(tasks[i:i + self.lookahead], last, posted)
             self.executed.append((kind, m, v // self.pp))  # the simulator's (kind, micro, chunk)
             if kind == "F":
                 x: Any = inputs[m]
                 if v > 0:
-                    x = torch.empty(self.shape)
-                    dist.recv(x, src=self.stage_rank(v - 1), tag=self._tag(v, m, 0))
+                    x, work = posted.pop((kind, v, m))
+                    work.wait()
                     x.requires_grad_(True)
                 y = run_chunk(self.model, self.layout, v, last, self.ranges, x)
                 if v == last:
@@ -177,8 +181,8 @@ class PipelineStep:
                 if v == last:
                     y.backward()
                 else:
-                    dy = torch.empty(self.shape)
-                    dist.recv(dy, src=self.stage_rank(v + 1), tag=self._tag(v, m, 1))
+                    dy, work = posted.pop((kind, v, m))
+                    work.wait()
                     y.backward(dy)
                 if v > 0 and x_in is not None:
                     grad = x_in.grad if x_in.grad is not None else torch.zeros(self.shape)
@@ -187,6 +191,33 @@ class PipelineStep:
         for work in pending:
             work.wait()
         return total
+
+    @property
+    def lookahead(self) -> int:
+        """Tasks ahead whose receives are posted (see `_post_receives`): a stage's peers run
+        ahead of it by at most one warm-up of the schedule (2 x virtual stages tasks), so
+        posting that far keeps every receive ahead of its send while the buffers in flight
+        stay bounded by the schedule, not by the number of micro-batches."""
+        return 2 * len(self.ranges) + 2
+
+    def _post_receives(self, tasks: list[tuple[str, int, int]], last: int,
+                       posted: dict[tuple[str, int, int], tuple[Tensor, Any]]) -> None:
+        """Post the receives of `tasks` not yet in `posted`, adding (buffer, work) under each
+        task. Gloo moves a message's bytes only once the sender has seen the receiver's
+        notice that its receive is posted: a receive posted after the send waits for the
+        sender's event loop, which runs only where a core is idle while the sender computes
+        (`dojo.runtime.gloothreads`), up to the sender's next wait (measured:
+        docs/benchmarks.md, eighteenth round)."""
+        import torch.distributed as dist
+
+        for task in tasks:
+            kind, v, m = task
+            if task in posted or not ((kind == "F" and v > 0) or (kind == "B" and v < last)):
+                continue
+            src, direction = (v - 1, 0) if kind == "F" else (v + 1, 1)
+            buf = torch.empty(self.shape)
+            posted[task] = (buf, dist.irecv(buf, src=self.stage_rank(src),
+                                            tag=self._tag(v, m, direction)))
 
     def _tag(self, v: int, m: int, direction: int) -> int:
         return (v * self.micro + m) * 2 + direction
