@@ -20,6 +20,12 @@ all the tiny ops, against a twin call that does not go to oneDNN: the same convo
 image (im2col) and the tanh GELU. On the Xeon VM of docs/benchmarks.md's seventeenth round,
 after 60 tiny ops a oneDNN convolution's forward grew 35 us against its im2col twin's 13 us,
 its backward 95 against 69 us; the exact GELU's 15 and 80 us against 8 and 56 us.
+
+A tensor-parallel region's (`cold_region_s`) likewise: a matmul between Megatron's f and g
+(`dojo.runtime.tensor_parallel`, the all-reduces no-ops) against the bare matmul, its growth
+over both phases per region. On the Zen 4 VM of docs/benchmarks.md's eighteenth round the pair
+of regions grew 25 us forward and 0.4 us backward beyond the bare matmul's growth (8 us per
+region); in a tp=2 step the regions cost 34 us each against the 18-24 us they take hot.
 """
 
 from __future__ import annotations
@@ -140,8 +146,14 @@ def _twins() -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.T
     one = torch.randn(1, 4, 6, 6, requires_grad=True)
     w = torch.randn(4, 4, 3, 3, requires_grad=True)
     x = torch.randn(17, 64, requires_grad=True)
+    from dojo.runtime.tensor_parallel import _CopyToTP, _ReduceFromTP
+
+    a, m, group = torch.randn(1, 4, 8, requires_grad=True), torch.randn(8, 8), object()
+    m.requires_grad_(True)
     return {"library": (lambda: fn.conv2d(two, w, padding=1), lambda: fn.conv2d(one, w, padding=1)),
-            "eltwise": (lambda: fn.gelu(x), lambda: fn.gelu(x, approximate="tanh"))}
+            "eltwise": (lambda: fn.gelu(x), lambda: fn.gelu(x, approximate="tanh")),
+            "region": (lambda: _ReduceFromTP.apply(_CopyToTP.apply(a, group) @ m, group),
+                       lambda: a @ m)}
 
 
 def call_times(call: Callable[[], torch.Tensor], evict: int, steps: int = 20
@@ -172,22 +184,29 @@ def library_cold(rounds: int = 3, sweeps: int = 12) -> dict[str, float]:
     twin's grows by (`_twins`: the twin's growth is its op's cold figure, which the oneDNN call
     pays too). Each call is timed alone (`call_times`), hot and after the evictions, in
     `rounds` x `sweeps` sweeps over every case in turn (the machine's states fall on all)."""
+    import torch.distributed as dist
+
     last, twins = len(tiny_ops()), _twins()
     best: dict[tuple[str, int, int], tuple[float, float]] = {}
-    for _ in range(rounds * sweeps):
-        for kind, pair in twins.items():
-            for which, call in enumerate(pair):
-                for evict in (0, last):
-                    got = call_times(call, evict)
-                    old = best.get((kind, which, evict), got)
-                    best[(kind, which, evict)] = (min(old[0], got[0]), min(old[1], got[1]))
-    fields = {}
-    for kind in twins:
-        for phase, suffix in ((0, ""), (1, "_backward")):
-            def grows(which: int, kind: str = kind, phase: int = phase) -> float:
-                return best[(kind, which, last)][phase] - best[(kind, which, 0)][phase]
-
-            fields[f"cold_{kind}{suffix}_s"] = max(0.0, grows(0) - grows(1))
+    real = dist.all_reduce
+    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]  # the regions' only
+    try:
+        for _ in range(rounds * sweeps):
+            for kind, pair in twins.items():
+                for which, call in enumerate(pair):
+                    for evict in (0, last):
+                        got = call_times(call, evict)
+                        old = best.get((kind, which, evict), got)
+                        best[(kind, which, evict)] = (min(old[0], got[0]), min(old[1], got[1]))
+    finally:
+        dist.all_reduce = real
+    growth = {(kind, phase): max(0.0, sum(
+        sign * (best[(kind, which, last)][phase] - best[(kind, which, 0)][phase])
+        for which, sign in ((0, 1), (1, -1)))) for kind in twins for phase in (0, 1)}
+    fields = {f"cold_{kind}{suffix}_s": growth[(kind, phase)] for kind in ("library", "eltwise")
+              for phase, suffix in ((0, ""), (1, "_backward"))}
+    # two regions (an f and a g) in the call; a region is one figure for both phases
+    fields["cold_region_s"] = (growth[("region", 0)] + growth[("region", 1)]) / 2
     return fields
 
 

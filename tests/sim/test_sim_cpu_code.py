@@ -176,9 +176,32 @@ def test_the_step_pays_every_onednn_call_cold() -> None:
     assert cold - warm == pytest.approx(program.microbatches * per_pass, rel=1e-6)
 
 
-def _program(model: str, overrides: dict[str, Any]) -> Any:
-    spec = load_system("cpu")
-    return compile_model(model, overrides, spec, parse_plan("dp=1,precision=fp32"), 4)[0]
+def test_every_tensor_parallel_region_pays_its_cold_figure() -> None:
+    """vit-b16's small preset under tp=2 (no vocabulary-parallel parts): the step with
+    `cold_region_s` against without, the waits' jitter at 0 (it would spread the regions'
+    time over the waits), is micro-batches x each pass's f/g regions x the figure x the
+    code share (closed form)."""
+    program = _program("vit-b16", {"image": 32, "patch": 8, "layers": 2, "hidden": 64,
+                                    "heads": 4, "ffn": 128, "classes": 10}, "tp=2")
+    chunk = program.chunks[0]
+    regions = len(chunk.tp_forward) + len(chunk.tp_backward)
+    assert regions >= 8 and not chunk.tp_recompute  # two blocks: an f and a g each, per phase
+    base = device_for(program.system, "fp32", 1)
+    figures = {"lockstep_jitter": 0.0, "code_keys_hot": 0.0, "code_keys_cold": 1.0,
+               "cold_call_s": 1e-6}
+    dev = code_in_cache(program, replace(base, calibration=replace(base.calibration, **figures)))
+    dev = replace(dev, code_cold=0.5)
+    cold = replace(dev, calibration=replace(dev.calibration, cold_region_s=9e-6))
+    bare = replace(dev, calibration=replace(dev.calibration, cold_region_s=0.0))
+    step = [simulate(program, prepare_with(program, d)).step_time_s for d in (cold, bare)]
+    assert step[0] - step[1] == pytest.approx(program.microbatches * regions * 0.5 * 9e-6,
+                                              rel=1e-6)
+
+
+def _program(model: str, overrides: dict[str, Any], plan: str = "dp=1") -> Any:
+    parsed = parse_plan(f"{plan},precision=fp32")
+    spec = load_system("cpu", devices=parsed.devices)
+    return compile_model(model, overrides, spec, parsed, 4)[0]
 
 
 def test_the_code_share_ramps_with_the_steps_call_sites() -> None:
@@ -193,7 +216,7 @@ def test_the_code_share_ramps_with_the_steps_call_sites() -> None:
         for lo in (keys, keys - 5, keys - 20)}
     assert at == {keys: 0.0, keys - 5: pytest.approx(0.25), keys - 20: 1.0}
     bare = _device(cold_call_s=0.0, cold_pointwise_s=0.0, cold_matrix_s=0.0,
-                   cold_library_s=0.0, cold_eltwise_s=0.0)
+                   cold_library_s=0.0, cold_eltwise_s=0.0, cold_region_s=0.0)
     assert code_in_cache(program, bare).code_cold == 0.0  # no cold figures: unchanged
 
 

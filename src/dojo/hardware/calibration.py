@@ -96,6 +96,11 @@ class Calibration:
     cold_library_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_eltwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     cold_eltwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # What one tensor-parallel region (Megatron's f or g around an all-reduce, `tp_region_s`)
+    # costs cold beyond that figure, its two phases together, on an eager CPU: its autograd
+    # function's Python forward and backward and the clone, evicted by the rest of a step
+    # like any call site's code (bench/code_costs.py `library_cold`; 0 = none).
+    cold_region_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Distinct call sites a step runs (`dojo.compiler.code.section_keys`) up to which its
     # code stays hot, and from which all of it is cold between two passes; in between, the
     # cold share grows linearly (`dojo.sim.eager.code_in_cache`). 0 and 0: always cold.

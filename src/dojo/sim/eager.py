@@ -97,7 +97,7 @@ def code_in_cache(program: Program, dev: DeviceModel) -> DeviceModel:
     it is not eager or has no cold figures."""
     cal = dev.calibration
     if not cal.eager or not (cal.cold_call_s or cal.cold_pointwise_s or cal.cold_matrix_s
-                             or cal.cold_library_s or cal.cold_eltwise_s):
+                             or cal.cold_library_s or cal.cold_eltwise_s or cal.cold_region_s):
         return dev
     keys, lo, hi = code_keys(program), cal.code_keys_hot, cal.code_keys_cold
     share = (1.0 if keys > lo else 0.0) if hi <= lo else min(1.0, max(0.0, (keys - lo) / (hi - lo)))
@@ -181,14 +181,16 @@ def tp_host_time(comms: Sized, dev: DeviceModel, compute_s: float = 0.0,
     """Seconds a phase's tensor-parallel collectives add to it beyond their transfer, on an
     eager device (0 elsewhere), the phase's ops taking `compute_s`: per collective, its wait
     (`wait_time`); per collective of an f/g region, its autograd functions and clone
-    (`tp_region_s`); `vocab` = (how many of the collectives the vocabulary-parallel embedding
+    (`tp_region_s`, and where the step's code is cold its `cold_region_s` x `code_cold`);
+    `vocab` = (how many of the collectives the vocabulary-parallel embedding
     and loss issue, their own host seconds: `vocab_host`) replaces the regions of those. The
     phase's work (ops and host) is spread evenly between its collectives (without lockstep
     figures, the wait does not depend on it)."""
     cal, n = dev.calibration, len(comms)
     if not cal.eager or not n:
         return 0.0
-    own = (n - min(vocab[0], n)) * cal.tp_region_s + vocab[1]
+    region = cal.tp_region_s + dev.code_cold * cal.cold_region_s
+    own = (n - min(vocab[0], n)) * region + vocab[1]
     return own + n * wait_time(dev, (compute_s + own) / n)
 
 
