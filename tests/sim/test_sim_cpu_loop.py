@@ -241,7 +241,8 @@ def test_stream_fit_recovers_cache_and_memory() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model,plan", [("mlp", "dp=1"), ("gpt", "dp=1"), ("gpt", "dp=2")])
+@pytest.mark.parametrize("model,plan", [("mlp", "dp=1"), ("gpt", "dp=1"), ("gpt", "dp=2"),
+                                        ("vit-b16", "dp=1"), ("gpt", "tp=2"), ("llama", "pp=2")])
 def test_closed_loop_within_15_percent(model: str, plan: str) -> None:
     """The simulated step of a small preset on the cpu system within 15 % of the measured one:
     the fastest wall step of rank 0 after warm-up over 3 runs (what `dojo run` reports; with
