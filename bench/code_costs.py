@@ -24,8 +24,8 @@ its backward 95 against 69 us; the exact GELU's 15 and 80 us against 8 and 56 us
 A tensor-parallel region's (`cold_region_s`) likewise: a matmul between Megatron's f and g
 (`dojo.runtime.tensor_parallel`, the all-reduces no-ops) against the bare matmul, its growth
 over both phases per region. On the Zen 4 VM of docs/benchmarks.md's eighteenth round the pair
-of regions grew 25 us forward and 0.4 us backward beyond the bare matmul's growth (8 us per
-region); in a tp=2 step the regions cost 34 us each against the 18-24 us they take hot.
+of regions grew 15.2 us forward and 0.4 us backward more than the bare matmul (7.8 us a region);
+in a tp=2 step the regions cost 34 us each against the 18-24 us they take hot.
 """
 
 from __future__ import annotations
