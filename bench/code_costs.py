@@ -138,16 +138,17 @@ def _ramp(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def _twins() -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:
-    """Per oneDNN call kind: (the call through oneDNN, its twin that does not go there): a
-    3x3 convolution of 2 images against the same of 1 image (im2col, `SMALL_INPUT`), an exact
-    GELU against the tanh one, operands requiring grad (a training step's)."""
+    """Per cold kind: (the call, its twin without what is timed): a 3x3 convolution of 2
+    images (oneDNN) against the same of 1 image (im2col, `SMALL_INPUT`), an exact GELU against
+    the tanh one, a matmul between Megatron's f and g against the bare matmul; operands
+    requiring grad (a training step's)."""
+    from dojo.runtime.tensor_parallel import _CopyToTP, _ReduceFromTP
+
     fn = torch.nn.functional
     two = torch.randn(2, 4, 6, 6, requires_grad=True)
     one = torch.randn(1, 4, 6, 6, requires_grad=True)
     w = torch.randn(4, 4, 3, 3, requires_grad=True)
     x = torch.randn(17, 64, requires_grad=True)
-    from dojo.runtime.tensor_parallel import _CopyToTP, _ReduceFromTP
-
     a, m, group = torch.randn(1, 4, 8, requires_grad=True), torch.randn(8, 8), object()
     m.requires_grad_(True)
     return {"library": (lambda: fn.conv2d(two, w, padding=1), lambda: fn.conv2d(one, w, padding=1)),
@@ -189,7 +190,8 @@ def library_cold(rounds: int = 3, sweeps: int = 12) -> dict[str, float]:
     last, twins = len(tiny_ops()), _twins()
     best: dict[tuple[str, int, int], tuple[float, float]] = {}
     real = dist.all_reduce
-    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]  # the regions' only
+    # the regions' all-reduces have no peer here: no-ops, as in `rank_costs.tp_region`
+    dist.all_reduce = lambda *a, **k: None  # type: ignore[assignment]
     try:
         for _ in range(rounds * sweeps):
             for kind, pair in twins.items():
