@@ -240,6 +240,23 @@ def test_stream_fit_recovers_cache_and_memory() -> None:
     assert size == max(n for n, _ in curve if n <= 2**23)
 
 
+def test_gloo_fit_takes_each_sizes_fastest_pair_of_processes(monkeypatch: Any) -> None:
+    """Three pairs of processes, one slow at small sizes, one at large: the curve is the
+    fastest per size (both ranks' slower), alpha half the 4-byte time, bw from the two ends."""
+    import importlib
+
+    # the module: the package's attribute `launch` is the function
+    launch_module = importlib.import_module("dojo.runtime.launch")
+    pairs = iter([[[9e-4, 1e-3, 2e-3, 3e-3, 5e-3], [8e-4, 1e-3, 2e-3, 3e-3, 5e-3]],
+                  [[2e-4, 3e-4, 6e-4, 3e-3, 9e-3], [2.4e-4, 3e-4, 6e-4, 3e-3, 9e-3]],
+                  [[5e-4, 6e-4, 9e-4, 1e-3, 2e-3], [5e-4, 6e-4, 9e-4, 1e-3, 2e-3]]])
+    monkeypatch.setattr(launch_module, "launch", lambda *a, **k: next(pairs))
+    alpha, bw, curve = _calibrate_module().gloo_fit(3)
+    assert [t for _, t in curve] == pytest.approx([2.4e-4, 3e-4, 6e-4, 1e-3, 2e-3])
+    assert alpha == pytest.approx(1.2e-4)
+    assert bw == pytest.approx(4 * (1 << 20) / (2e-3 - 2.4e-4))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model,plan", [("mlp", "dp=1"), ("gpt", "dp=1"), ("gpt", "dp=2"),
                                         ("vit-b16", "dp=1"), ("gpt", "tp=2"), ("llama", "pp=2")])
