@@ -187,10 +187,7 @@ def test_every_tensor_parallel_region_pays_its_cold_figure() -> None:
     regions = len(chunk.tp_forward) + len(chunk.tp_backward)
     assert regions >= 8 and not chunk.tp_recompute  # two blocks: an f and a g each, per phase
     base = device_for(program.system, "fp32", 1)
-    figures = {"lockstep_jitter": 0.0, "code_keys_hot": 0.0, "code_keys_cold": 1.0,
-               "cold_call_s": 1e-6}
-    dev = code_in_cache(program, replace(base, calibration=replace(base.calibration, **figures)))
-    dev = replace(dev, code_cold=0.5)
+    dev = replace(base, calibration=replace(base.calibration, lockstep_jitter=0.0), code_cold=0.5)
     cold = replace(dev, calibration=replace(dev.calibration, cold_region_s=9e-6))
     bare = replace(dev, calibration=replace(dev.calibration, cold_region_s=0.0))
     step = [simulate(program, prepare_with(program, d)).step_time_s for d in (cold, bare)]
