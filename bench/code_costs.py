@@ -180,11 +180,12 @@ def call_times(call: Callable[[], torch.Tensor], evict: int, steps: int = 20
 
 
 def library_cold(rounds: int = 3, sweeps: int = 12) -> dict[str, float]:
-    """The calibration's `cold_library_s` and `cold_eltwise_s` (forward and backward): what a
-    oneDNN call's own time grows by after all of `tiny_ops` ran before it, beyond what its
-    twin's grows by (`_twins`: the twin's growth is its op's cold figure, which the oneDNN call
-    pays too). Each call is timed alone (`call_times`), hot and after the evictions, in
-    `rounds` x `sweeps` sweeps over every case in turn (the machine's states fall on all)."""
+    """The calibration's `cold_library_s` and `cold_eltwise_s` (forward and backward) and
+    `cold_region_s`: what a oneDNN call's (a tp region's) own time grows by after all of
+    `tiny_ops` ran before it, beyond what its twin's grows by (`_twins`: the twin's growth is
+    its op's cold figure, which the call pays too). Each call is timed alone (`call_times`),
+    hot and after the evictions, in `rounds` x `sweeps` sweeps over every case in turn (the
+    machine's states fall on all)."""
     import torch.distributed as dist
 
     last, twins = len(tiny_ops()), _twins()
