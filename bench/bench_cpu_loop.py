@@ -167,7 +167,11 @@ def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
     """One row: measured (with the `earlier` sweeps' runs of it), simulated (committed
     calibration; and with `fresh`, the system file of a calibration measured just before) and
     their errors."""
+    from steal import cpu_times, steal_share
+
+    start = cpu_times()
     now = closed_loop(model, plan, args.steps, args.repeats)
+    stolen = steal_share(start, cpu_times())
     real, cpu, pred, main_cpu, runs, steady = combined([*(earlier or []), now])
     phases, inproc = phase_minima(model) if args.phases and plan == "dp=1" else (None, None)
     row = {"model": model, "aliases": aliases, "plan": plan, "measured_s": real,
@@ -178,7 +182,7 @@ def _row(model: str, aliases: list[str], plan: str, args: argparse.Namespace,
            "measured_main_cpu_s": main_cpu,
            "error_main_cpu": (pred - main_cpu) / main_cpu if main_cpu else None,
            "main_cpu_runs_s": runs, "median_s": median(steady),
-           "error_median": (pred - median(steady)) / median(steady)}
+           "error_median": (pred - median(steady)) / median(steady), "steal": stolen}
     if fresh is not None:
         from fresh_calibration import simulated_with
 
@@ -238,6 +242,10 @@ def _summary(rows: list[dict[str, Any]]) -> str:
     if spreads:
         summary.append(f"main-thread CPU between runs: median spread {median(spreads):.0%}, "
                        f"max {max(spreads):.0%}")
+    stolen = [r["steal"] for r in rows if r.get("steal") is not None]
+    if stolen:
+        summary.append(f"host steal during the last sweep's rows: median {median(stolen):.1%}, "
+                       f"max {max(stolen):.1%}")
     return f"{'; '.join(summary)}; load average now {os.getloadavg()[0]:.2f}"
 
 

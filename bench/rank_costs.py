@@ -201,13 +201,13 @@ LOCKSTEP_UNITS = (0, 1, 2, 4, 8, 16)
 LOCKSTEP_ELEMENTS = 4096  # FP32 elements per all-reduce: a small preset's tp activation, 16 KB
 
 
-def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
+def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window_s: float
                    ) -> list[tuple[float, float]]:
     """(wall s of the work alone, wall s of the work then one all-reduce) per
-    `LOCKSTEP_UNITS`: each the fastest mean over `window` consecutive iterations (a step
-    holds tens of collectives, so its wall is a run of them, not the luckiest one), best of
-    `rounds`, the two cases alternating. The work: the MLP stack's tiny training step
-    (`eager_stacks`), what a rank's phase runs: dispatch, autograd, small kernels."""
+    `LOCKSTEP_UNITS`: each the fastest mean over a window of consecutive iterations about
+    `window_s` long (`window_iterations`), best of `rounds`, the two cases alternating. The
+    work: the MLP stack's tiny training step (`eager_stacks`), what a rank's phase runs:
+    dispatch, autograd, small kernels."""
     import sys
     from pathlib import Path
 
@@ -224,14 +224,33 @@ def _lockstep_rank(rank: int, world: int, rounds: int, iters: int, window: int
             _loss(model(x)).backward()
 
     work(20)
+    windows = [window_iterations(lambda u=units: work(u), window_s) for units in LOCKSTEP_UNITS]
     best = [[float("inf"), float("inf")] for _ in LOCKSTEP_UNITS]
     for _ in range(rounds):
         for i, units in enumerate(LOCKSTEP_UNITS):
             for case in (0, 1):
                 wall = windowed_wall(lambda u=units: work(u), buf if case else None, iters,
-                                     window)
+                                     windows[i])
                 best[i][case] = min(best[i][case], wall)
     return [(alone, locked) for alone, locked in best]
+
+
+def window_iterations(work: Any, window_s: float, most: int = 20) -> int:
+    """Consecutive iterations of `work` (its fastest of 5 runs, alone) that make a window
+    about `window_s` long: from 1 (work longer than the window) to `most`.
+
+    The closed loop compares the simulation with a step's fastest run (bench_cpu_loop), in
+    which neither rank was preempted; a fixed count of 20 iterations made the windows of the
+    longer work 100-250 ms long, and on a VM whose host steals ~12 % of each vCPU in bursts
+    (`steal` in /proc/stat) every such window held preemptions of one rank or the other that
+    the other then waited out: 4.5 ms of excess at 13 ms of work against 2.3 ms in windows of
+    one step's length (docs/benchmarks.md, nineteenth round)."""
+    fastest = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        work()
+        fastest = min(fastest, time.perf_counter() - t0)
+    return max(1, min(most, round(window_s / max(fastest, 1e-9))))
 
 
 def windowed_wall(work: Any, buf: torch.Tensor | None, iters: int, window: int) -> float:
@@ -250,8 +269,13 @@ def windowed_wall(work: Any, buf: torch.Tensor | None, iters: int, window: int) 
     return min(sum(walls[j:j + window]) / window for j in range(0, iters - window + 1, window))
 
 
-def lockstep(rounds: int = 3, iters: int = 120, window: int = 20, resume: float = 0.0
-             ) -> tuple[float, float, list[tuple[float, float]]]:
+# A lockstep point's window: about one step of a small preset in the closed loop (2-50 ms;
+# a step's collectives are a run within it, so the window spans tens of them at no work).
+LOCKSTEP_WINDOW_S = 0.010
+
+
+def lockstep(rounds: int = 3, iters: int = 120, window_s: float = LOCKSTEP_WINDOW_S,
+             resume: float = 0.0) -> tuple[float, float, list[tuple[float, float]]]:
     """(seconds per collective at no work between, jitter in s^0.5, points) of two gloo ranks
     in lockstep: each runs some eager work, then a 16 KB all-reduce, over and over. What a
     collective adds to the wall beyond the work: the first figure with no work between; with
@@ -259,7 +283,7 @@ def lockstep(rounds: int = 3, iters: int = 120, window: int = 20, resume: float 
     `points`: (wall s of the work alone, wall s in lockstep), the mean of the two ranks."""
     from dojo.runtime.launch import launch
 
-    out: list[Any] = launch(_lockstep_rank, 2, (rounds, iters, window), timeout_s=600,
+    out: list[Any] = launch(_lockstep_rank, 2, (rounds, iters, window_s), timeout_s=600,
                             threads=1)
     points = [((r0[0] + r1[0]) / 2, (r0[1] + r1[1]) / 2) for r0, r1 in zip(out[0], out[1])]
     return (*fit_lockstep(points, resume), points)

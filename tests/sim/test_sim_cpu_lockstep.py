@@ -142,3 +142,22 @@ def test_the_lockstep_fit_recovers_a_known_wait_and_jitter() -> None:
     r = 110e-6
     resumed = [(w, w + a + (r if w else 0.0) + j * math.sqrt(w)) for w in works]
     assert fit(resumed, r) == pytest.approx((a, j), rel=1e-9)
+
+
+def test_a_lockstep_window_spans_about_one_step_of_the_loop(monkeypatch: Any) -> None:
+    """bench/rank_costs.window_iterations: round(window / the work's fastest run), from 1 to
+    the cap, the work timed on a clock that it advances by known amounts (the first run slow,
+    as a cold one is)."""
+    rank_costs = load_bench("rank_costs")
+    clock = [0.0]
+    monkeypatch.setattr(rank_costs.time, "perf_counter", lambda: clock[0])
+
+    def work_of(seconds: float) -> Any:
+        runs = iter([3 * seconds] + [seconds] * 10)
+        return lambda: clock.__setitem__(0, clock[0] + next(runs))
+
+    assert rank_costs.window_iterations(work_of(0.45e-3), 0.010) == 20  # 22 capped at 20
+    assert rank_costs.window_iterations(work_of(0.45e-3), 0.010, most=40) == 22
+    assert rank_costs.window_iterations(work_of(2.6e-3), 0.010) == 4
+    assert rank_costs.window_iterations(work_of(12e-3), 0.010) == 1
+    assert rank_costs.window_iterations(work_of(0.0), 0.010) == 20
