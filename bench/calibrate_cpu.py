@@ -361,7 +361,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     conv_call = conv_call_overhead()
     eltwise = eltwise_setup()
     stacks = eager_op_times(conv_call=conv_call, eltwise=eltwise)
-    others = [v for k, v in stacks.items() if k != "pointwise"]
+    others = [v for k, v in stacks.items() if k not in ("pointwise", "view")]
     opt_fixed, opt_tensor = min(optimizer_overhead() for _ in range(rounds))
     sync_fixed, sync_tensor = min(grad_sync_overhead() for _ in range(rounds))
     library = onednn_setup()
@@ -372,6 +372,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "launch_backward_s": statistics.median(b for _, b, _, _ in others),
             "launch_pointwise_s": stacks["pointwise"][0],
             "launch_pointwise_backward_s": stacks["pointwise"][1],
+            "launch_view_s": stacks["view"][0],
             "library_call_s": library[0], "library_call_backward_s": library[1],
             "eltwise_call_s": eltwise[0], "eltwise_call_backward_s": eltwise[1],
             "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
@@ -414,11 +415,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="repeat each curve, keep the best")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    from steal import cpu_times, steal_share
+
+    start = cpu_times()
     rates, system, shown = throughput_fields(args.rounds)
     fast, info = fast_fields(args.rounds, (rates["collective_latency_s"], system["link"]))
     fields = {**rates, **fast}
+    stolen = steal_share(start, cpu_times())
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
-          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}")
+          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}"
+          + (f", host steal while measuring {stolen:.1%}" if stolen is not None else ""))
     print("| GEMM FLOP | GFLOP/s |\n|---|---|")
     for f, rate in shown["curve"]:
         print(f"| {f:.3g} | {rate / 1e9:.1f} |")

@@ -69,6 +69,24 @@ class _PointwiseBlock(torch.nn.Module):
         return x + gate * torch.exp(-h) / (h.abs() + 1.0)  # [b, t, width]
 
 
+class _ViewBlock(torch.nn.Module):
+    """x + s * y with y a chain of views of x (heads split, transposed and merged, a weight's
+    `t`): the view ops attention heads and linear layers issue, whose backward formulas are
+    views again, and two elementwise ops to join them."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.ones(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, w = x.shape
+        y = x
+        for _ in range(3):  # as many dispatches as the elementwise stack's, for its pass costs
+            y = y.view(b, t, 2, w // 2).transpose(1, 2).transpose(1, 2).reshape(b, t, w)
+            y = y.unsqueeze(0).squeeze(0).permute(0, 2, 1).permute(0, 2, 1)  # [b, t, w]
+        return x + self.s.t().t() * y  # [b, t, w], t = w
+
+
 def _stacks(blocks: int = 2) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     """`blocks` tiny blocks of each kind (two for the calibration) and an input: kernels of
     well under a microsecond. The convolutions take one image, so PyTorch runs them by
@@ -80,7 +98,8 @@ def _stacks(blocks: int = 2) -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     return {"mlp": (two(_MLPBlock, 8), torch.randn(1, 2, 8)),
             "attention": (two(_AttentionBlock, 8), torch.randn(1, 4, 8)),
             "conv": (two(_ConvBlock, 2), torch.randn(1, 2, 4, 4)),  # im2col, not oneDNN
-            "pointwise": (two(_PointwiseBlock, 8), torch.randn(1, 2, 8))}
+            "pointwise": (two(_PointwiseBlock, 8), torch.randn(1, 2, 8)),
+            "view": (two(_ViewBlock, 8), torch.randn(1, 8, 8))}
 
 
 def _loss(y: torch.Tensor) -> torch.Tensor:
@@ -96,18 +115,24 @@ def stack_graph(model: torch.nn.Module, x: torch.Tensor) -> Any:
 
 
 def counted_ops(model: torch.nn.Module, x: torch.Tensor, conv: bool = False,
-                eltwise: bool = False, graph: Any = None) -> tuple[int, int, int, int]:
+                eltwise: bool = False, graph: Any = None, views: bool = False
+                ) -> tuple[int, int, int, int]:
     """(forward, backward, forward elementwise, backward elementwise) ops of one step of
     `model` as the simulator counts them: the captured graph's non-view ops
     (dojo.compiler.fusion.groups at fusion=none), and of those the ones of rule "pointwise"
     (with `conv`, the convolutions instead; with `eltwise`, the exact GELUs oneDNN runs,
-    `dojo.compiler.eager_cpu.eltwise_calls`). `graph`: `stack_graph(model, x)` where the
-    caller has it."""
+    `dojo.compiler.eager_cpu.eltwise_calls`; with `views`, the view ops, which the first two
+    leave out, instead). `graph`: `stack_graph(model, x)` where the caller has it."""
     from dojo.compiler.eager_cpu import eltwise_calls
     from dojo.compiler.fusion import FREE_RULES
 
     graph = graph if graph is not None else stack_graph(model, x)
     ops = [op for op in graph.ops if op.rule not in FREE_RULES]
+    phases = ("forward", "backward")
+    if views:
+        return tuple([sum(1 for op in ops if op.phase == phase) for phase in phases]
+                     + [sum(1 for op in graph.ops if op.phase == phase and op.rule in FREE_RULES)
+                        for phase in phases])  # type: ignore[return-value]
 
     def picked(op: Any) -> bool:
         if eltwise:
@@ -160,9 +185,12 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
     goes over seconds). `steps_in_turn` times them taking turns step by step instead
     (bench/op_context.py --stacks: 10-69 % slower; not a calibration figure).
 
-    The elementwise stack's figures are the dispatch of an elementwise op (`pointwise`); the
-    other stacks' are net of their own elementwise ops at that figure, and of their
-    convolutions' own fixed work per call (`conv_call`, forward and backward seconds:
+    The elementwise and view stacks give the dispatch of an elementwise op (`pointwise`) and,
+    forward, of a view op (`view`: its counts are view ops; backward 0), solved together from
+    the two stacks' times (each holds some of the other's kind: `view_and_pointwise`); the
+    other stacks' figures are net of their own elementwise and forward view ops at those
+    figures, and of
+    their convolutions' own fixed work per call (`conv_call`, forward and backward seconds:
     calibrate_cpu.conv_call_overhead) and of their exact GELUs' oneDNN setup (`eltwise`,
     conv_costs.eltwise_setup), which the simulator charges on top of those ops' dispatch:
     seconds per op of the rest (linear layers, norms, attention, convolutions), over those
@@ -176,6 +204,8 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
              for name, (model, x) in stacks.items()}
     gelus = {name: counted_ops(model, x, eltwise=True, graph=graphs[name])[2:]
              for name, (model, x) in stacks.items()}
+    views = {name: counted_ops(model, x, views=True, graph=graphs[name])[2:]
+             for name, (model, x) in stacks.items()}
     for _ in range(rounds):
         for name, (model, x) in stacks.items():
             fwd, bwd = _phase_times(model, x, 100)
@@ -183,16 +213,42 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
             raw[name] = (min(old[0], fwd), min(old[1], bwd))
     raw = {name: (f - gelus[name][0] * eltwise[0], b - gelus[name][1] * eltwise[1])
            for name, (f, b) in raw.items()}
-    nf, nb, _, _ = counts["pointwise"]
-    pw = (raw["pointwise"][0] / nf, raw["pointwise"][1] / nb)
-    out = {"pointwise": (pw[0], pw[1], nf, nb)}
+    pw_fwd, view_fwd = view_and_pointwise(
+        (raw["pointwise"][0], counts["pointwise"][0], views["pointwise"][0]),
+        (raw["view"][0], counts["view"][0], views["view"][0]))
+    # The backward's views stay in the per-op figures: most run inside another op's formula
+    # (addmm's backward takes its operands' `t`), a view's own node only where the forward
+    # viewed a tensor that needs a gradient, and the stacks disagree on them (bench notes).
+    pw = (pw_fwd, raw["pointwise"][1] / counts["pointwise"][1])
+    vw = (view_fwd, 0.0)
+    out = {"pointwise": (pw[0], pw[1], *counts["pointwise"][:2]),
+           "view": (vw[0], vw[1], *views["view"])}
     for name, (fwd, bwd) in raw.items():
-        if name != "pointwise":
+        if name not in out:
             nf, nb, pf, pb = counts[name]
-            cf, cb = convs[name]
-            out[name] = ((fwd - pf * pw[0] - cf * conv_call[0]) / (nf - pf),
-                         (bwd - pb * pw[1] - cb * conv_call[1]) / (nb - pb), nf - pf, nb - pb)
+            (cf, cb), (vf, vb) = convs[name], views[name]
+            out[name] = ((fwd - pf * pw[0] - cf * conv_call[0] - vf * vw[0]) / (nf - pf),
+                         (bwd - pb * pw[1] - cb * conv_call[1] - vb * vw[1]) / (nb - pb),
+                         nf - pf, nb - pb)
     return out
+
+
+def view_and_pointwise(pointwise: tuple[float, int, int], view: tuple[float, int, int]
+                       ) -> tuple[float, float]:
+    """(seconds per elementwise op, per view op) of one phase from the elementwise stack's
+    and the view stack's (seconds, non-view ops, view ops): each stack's non-view ops are
+    taken as elementwise (all of the first's, the joins of the second's), and the two linear
+    equations solved; a figure the solution makes negative (a noisy pair) is 0 and the other
+    its stack's time over its own kind's ops."""
+    (t1, a1, b1), (t2, a2, b2) = pointwise, view
+    det = a1 * b2 - a2 * b1
+    per_op = (t1 * b2 - t2 * b1) / det if det else t1 / a1
+    per_view = (a1 * t2 - a2 * t1) / det if det else 0.0
+    if per_view < 0:
+        return t1 / a1, 0.0
+    if per_op < 0:
+        return 0.0, t2 / b2
+    return per_op, per_view
 
 
 def _accumulate_case(width: int, rounds: int, repeat: int) -> tuple[int, float, float]:

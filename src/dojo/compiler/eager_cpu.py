@@ -35,6 +35,31 @@ INNER_VIEWS = frozenset({"aten._unsafe_view.default"})
 SMALL_INPUT = 20480  # elements: up to this, batch 1 and kernels up to 3x3 take the im2col path
 
 
+def attached_views(graph: Graph, groups: list[list[Op]]) -> tuple[int, ...]:
+    """Per group of `graph`'s ops (in order), the captured view ops (rule "view") that eager
+    PyTorch issues just before it: each view of a phase goes to the next grouped op of that
+    phase and block template (a view after a template's last grouped op, to that op's group),
+    so a block's views repeat with it. Every view is a dispatch of its own in eager mode (a
+    TorchDispatchMode over a step sees the captured `view`, `t` and `transpose` counts
+    exactly: docs/benchmarks.md, nineteenth round); views of the optimizer phase, which no
+    group holds, are left out."""
+    where = {op.id: i for i, group in enumerate(groups) for op in group}
+    out = [0] * len(groups)
+    pending: dict[tuple[str, str | None], int] = {}
+    last: dict[tuple[str, str | None], int] = {}
+    for op in graph.ops:
+        key = (op.phase, op.block)
+        if op.rule == "view":
+            pending[key] = pending.get(key, 0) + 1
+        elif op.id in where:
+            last[key] = where[op.id]
+            out[where[op.id]] += pending.pop(key, 0)
+    for key, n in pending.items():
+        if key in last:
+            out[last[key]] += n
+    return tuple(out)
+
+
 def onednn_calls(group: list[Op], graph: Graph, threads: int = 1) -> int:
     """How many of `group`'s ops are 2-D convolutions (forward or backward) that eager PyTorch
     hands to oneDNN on a CPU with `threads` intra-op threads."""

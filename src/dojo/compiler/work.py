@@ -22,6 +22,7 @@ from dojo.capture.params import param_sizes_by_section, tied_parameters
 from dojo.compiler import class_head, code, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import (
     INNER_VIEWS,
+    attached_views,
     attention_scores,
     eltwise_calls,
     onednn_calls,
@@ -57,6 +58,7 @@ class OpCost:
     library_calls: int = 0  # of its ops, calls into oneDNN with their setup (eager CPU only)
     unfolded: int = 0  # elements its im2col-path convolutions unfold (eager CPU only)
     inner_views: int = 0  # of its ops, `eager_cpu.INNER_VIEWS` (no dispatch of their own)
+    views: int = 0  # view ops issued just before it (`eager_cpu.attached_views`; eager only)
     scores: float = 0.0  # attention score elements its CPU flash attention computes, here
     eltwise_calls: int = 0  # of its ops, exact GELUs run by oneDNN's eltwise (eager CPU only)
     # of its ops, those whose code a pass runs first (`compiler.code`), not elementwise and
@@ -259,7 +261,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         moved -= mask_excess(graph, group, readers, masks, here)
         cost = _group_cost(group, moved, tp, sp, residual_numel, graph, here, split, keep)
         cost = replace(cost, pointwise=kern.pointwise[i], library_calls=kern.calls[i],
-                       unfolded=kern.unfolded[i], inner_views=kern.inner[i],
+                       unfolded=kern.unfolded[i], inner_views=kern.inner[i], views=kern.views[i],
                        eltwise_calls=kern.eltwise[i], cold_calls=kern.cold[i][0],
                        cold_pointwise=kern.cold[i][1],
                        scores=_device_share(kern.scores[i], cost.flops, group))
@@ -367,6 +369,7 @@ class _Kernels:
     keys: tuple[tuple[str, frozenset[str]], ...]  # `code.section_keys`, by label
     unfolded: tuple[int, ...]            # `unfolded_elements`
     inner: tuple[int, ...]               # ops in `INNER_VIEWS`
+    views: tuple[int, ...]               # `attached_views`
     scores: tuple[int, ...]              # `attention_scores`
     core: tuple[bool, ...]               # an attention-core op in it (selective recompute)
     recomputed: frozenset[int]           # `kernelsave.recomputed`
@@ -389,6 +392,7 @@ def _kernels(graph: Graph, fuse: str) -> _Kernels:
         tuple(sorted(code.section_keys(graph.ops, _labels(graph), sites).items())),
         tuple(unfolded_elements(g, graph) for g, _ in grouped),
         tuple(sum(o.target in INNER_VIEWS for o in g) for g, _ in grouped),
+        attached_views(graph, [g for g, _ in grouped]),
         tuple(attention_scores(g, graph) for g, _ in grouped),
         tuple(any(is_attention_core(o, graph) for o in g) for g, _ in grouped),
         kernelsave.recomputed(graph, grouped, weight_derived(graph)),

@@ -65,6 +65,13 @@ class Calibration:
     # `launch_s` / `launch_backward_s` hold the other ops' (0 = the same as those).
     launch_pointwise_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     launch_pointwise_backward_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Dispatch of one forward view op (capture rule "view": view, t, transpose, expand,
+    # detach...) on an eager device: no kernel, but a call through the dispatcher and
+    # autograd's view tracking, issued by module code or a composite op (linear's `t`);
+    # counted per op as `OpCost.views` (0 = views cost nothing, as on a device whose compiler
+    # folds them into its kernels' indexing). The backward's views, mostly issued inside
+    # other ops' formulas, stay in `launch_backward_s` (bench/eager_stacks.eager_op_times).
+    launch_view_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Setup of one call into a kernel library that prepares its primitive and reorders its
     # operands on every call (oneDNN's convolutions, `dojo.compiler.eager_cpu`), forward and
     # backward, on an eager device; counted per op as `OpCost.library_calls` (0 = none).

@@ -128,13 +128,16 @@ class DeviceModel:
 
     def op_time(self, op: Any) -> float:
         """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate; on
-        an eager device they add their fixed work, oneDNN's setup and their im2col columns, and
-        an exact GELU its oneDNN eltwise setup)."""
+        an eager device they add their fixed work, oneDNN's setup and their im2col columns, an
+        exact GELU its oneDNN eltwise setup, and every op the dispatch of the `op.views` view
+        ops issued before it, `launch_view_s` each)."""
         if self.timer is not None:
             return self.timer(op) + self.calibration.launch_s
-        if self.calibration.eager and op.target in INNER_VIEWS:
-            return 0.0  # issued inside its caller's dispatch, and a view: no kernel
-        return self.cold_code_time(op) + self._op_time(op)
+        cal = self.calibration
+        views = getattr(op, "views", 0) * cal.launch_view_s if cal.eager else 0.0
+        if cal.eager and op.target in INNER_VIEWS:
+            return views  # issued inside its caller's dispatch, and a view: no kernel
+        return views + self.cold_code_time(op) + self._op_time(op)
 
     def _op_time(self, op: Any) -> float:
         if op.kind != "matrix":
@@ -205,12 +208,14 @@ class DeviceModel:
     def for_phase(self, phase: str) -> DeviceModel:
         """The device as it times the ops of `phase`: on an eager device with a measured
         `launch_backward_s`, a backward op costs that dispatch (the autograd engine issues it
-        from C++) where forward and recompute ops (re-run from Python) pay `launch_s`."""
+        from C++, its formula's views included: no `launch_view_s`) where forward and
+        recompute ops (re-run from Python) pay `launch_s`."""
         cal = self.calibration
         if phase != "backward" or not cal.eager or not cal.launch_backward_s:
             return self
         return replace(self, calibration=replace(
             cal, launch_s=cal.launch_backward_s, launch_pointwise_s=cal.launch_pointwise_backward_s,
+            launch_view_s=0.0,
             library_call_s=cal.library_call_backward_s, conv_call_s=cal.conv_call_backward_s,
             eltwise_call_s=cal.eltwise_call_backward_s, cold_call_s=cal.cold_call_backward_s,
             cold_matrix_s=cal.cold_matrix_backward_s,
