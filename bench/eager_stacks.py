@@ -189,12 +189,11 @@ def eager_op_times(rounds: int = 8, conv_call: tuple[float, float] = (0.0, 0.0),
     forward, of a view op (`view`: its counts are view ops; backward 0), solved together from
     the two stacks' times (each holds some of the other's kind: `view_and_pointwise`); the
     other stacks' figures are net of their own elementwise and forward view ops at those
-    figures, and of
-    their convolutions' own fixed work per call (`conv_call`, forward and backward seconds:
-    calibrate_cpu.conv_call_overhead) and of their exact GELUs' oneDNN setup (`eltwise`,
-    conv_costs.eltwise_setup), which the simulator charges on top of those ops' dispatch:
-    seconds per op of the rest (linear layers, norms, attention, convolutions), over those
-    ops alone."""
+    figures, and of their convolutions' own fixed work per call (`conv_call`, forward and
+    backward seconds: calibrate_cpu.conv_call_overhead) and of their exact GELUs' oneDNN
+    setup (`eltwise`, conv_costs.eltwise_setup), which the simulator charges on top of those
+    ops' dispatch: seconds per op of the rest (linear layers, norms, attention,
+    convolutions), over those ops alone."""
     raw: dict[str, tuple[float, float]] = {}
     stacks = _stacks()
     graphs = {name: stack_graph(model, x) for name, (model, x) in stacks.items()}
