@@ -37,9 +37,11 @@ def test_client_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     config.write_text(token + "\n")
     monkeypatch.delenv("DOJO_TOKEN", raising=False)
     monkeypatch.setenv("DOJO_CONFIG", str(config))
-    with Server(tmp_path) as server:
+    # --hold queues jobs and starts none: a started simulate job can finish before the cancel
+    # arrives (CI saw 'succeeded'), so the cancel must meet a queued job to be deterministic.
+    with Server(tmp_path, "--hold") as server:
         s = ["--server", server.url]
-        # Six tiles is the whole V1: queued behind nothing, then cancelled (queued or running).
+        # Six tiles is the whole V1, held in the queue, then cancelled there.
         assert main(["submit", "simulate", "mlp", "--tiles", "6", "--plan", "dp=150",
                      "--batch", "150", *s]) == 0
         job = capsys.readouterr().out.strip()
@@ -50,7 +52,7 @@ def test_client_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         assert main(["jobs", "--json", *s]) == 0
         jobs = json.loads(capsys.readouterr().out)
         assert [j["id"] for j in jobs] == [job]
-        assert jobs[0]["state"] in ("cancelled", "cancelling")
+        assert jobs[0]["state"] == "cancelled"
         assert main(["usage", *s]) == 0
         assert "quota 10 tile-hours" in capsys.readouterr().out
         # Server-side refusals are one line and exit 2.
