@@ -3,7 +3,12 @@ every rank of `dojo run` uses), FP32, eager PyTorch. Each figure is a micro-benc
 training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
 
 1. GEMM throughput over square sizes: the best rate is the device's peak, the half-efficiency
-   FLOPs are fitted to the small sizes; 3x3 convolutions as a fraction of that rate.
+   FLOPs are fitted to the small sizes; 3x3 convolutions as a fraction of that rate. First,
+   what a GEMM pays per call per byte of its weight whatever its rows (bench/gemm_pack.py:
+   the BLAS packs the weight), taken off the square sizes' times before those fits.
+   1b. What a GEMM pays when its operands come from memory (a pass beyond the caches), per
+   call and per byte, the GEMMs of a transformer MLP's forward and backward over distinct
+   weights beyond the L3 against the same calls hot (bench/gemm_cold.py).
 2. Elementwise add over working-set sizes: memory bandwidth (sets far beyond the last-level
    cache), cache bandwidth and the largest set that still streams at it.
 3. Eager dispatch: forward and backward of tiny stacks of two residual blocks each (a
@@ -97,6 +102,17 @@ def gemm_curve() -> list[tuple[float, float]]:
         a, b = torch.randn(n, n), torch.randn(n, n)
         t = _best(lambda a=a, b=b: torch.mm(a, b), 9)
         out.append((2.0 * n**3, 2.0 * n**3 / t))
+    return out
+
+
+def unpacked(curve: list[tuple[float, float]], pack_byte_s: float) -> list[tuple[float, float]]:
+    """`gemm_curve`'s (FLOP, FLOP/s) with each square GEMM's packing, `pack_byte_s` per byte
+    of its n x n FP32 weight, taken off its time (points it would leave with no time kept)."""
+    out = []
+    for flops, rate in curve:
+        n = (flops / 2) ** (1 / 3)
+        t = flops / rate - pack_byte_s * 4 * n * n
+        out.append((flops, flops / t if t > 0 else rate))
     return out
 
 
@@ -388,7 +404,12 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
 def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """The calibration's rates (steps 1, 2, 4 and 6): calibration fields, the system file's
     fields (`peak`, `memory`, `link`: FLOP/s and bytes/s) and the curves for the summary."""
-    curve = _rounds(gemm_curve, rounds, max)
+    from gemm_pack import pack_cost
+
+    pack = min(pack_cost() for _ in range(rounds))
+    # The square GEMMs net of their weight's packing (`DeviceModel.pack_time` charges it per
+    # call), so the peak and F_half do not count it twice.
+    curve = unpacked(_rounds(gemm_curve, rounds, max), pack)
     peak = max(rate for _, rate in curve)
     memory, cache, cache_bytes = fit_stream(_rounds(stream_curve, rounds, min))
     rates: dict[str, float] = {}
@@ -398,7 +419,14 @@ def throughput_fields(rounds: int) -> tuple[dict[str, float], dict[str, float], 
     alpha, link, gloo = gloo_fit(rounds)
     half, conv = fit_half(curve, peak), max(conv_ratio(peak) for _ in range(rounds))
     unfold = im2col_costs(peak, half, conv, rounds)
+    from gemm_cold import memory_gemm_costs
+
+    memory_call, memory_byte, _ = memory_gemm_costs(rounds)
+    print(f"GEMM operands from memory: {memory_call * 1e6:.2f} us per call, "
+          f"{memory_byte * 1e9:.4f} ns per byte", file=sys.stderr)
     fields = {"matrix_half_flops": half, "collective_latency_s": alpha,
+              "matrix_pack_byte_s": pack,
+              "matrix_memory_call_s": memory_call, "matrix_memory_byte_s": memory_byte,
               "conv_efficiency": conv,
               "im2col_element_s": unfold[0], "im2col_element_backward_s": unfold[1],
               "cache_bytes": cache_bytes, "cache_bytes_per_s": cache,
@@ -425,7 +453,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {THREADS} thread(s), "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}"
           + (f", host steal while measuring {stolen:.1%}" if stolen is not None else ""))
-    print("| GEMM FLOP | GFLOP/s |\n|---|---|")
+    print("| GEMM FLOP | GFLOP/s (net of packing) |\n|---|---|")
     for f, rate in shown["curve"]:
         print(f"| {f:.3g} | {rate / 1e9:.1f} |")
     print("\n| vector kernel | counted GFLOP/s |\n|---|---|")

@@ -1,6 +1,6 @@
-"""What a CPU GEMM costs per call beyond its FLOPs, by the size of its weight operand: the lead
-behind the issue's hidden-512 case (docs/benchmarks.md, nineteenth round), measured, not yet
-modelled.
+"""What a CPU GEMM costs per call beyond its FLOPs, by the size of its weight operand: the figure
+behind `matrix_pack_byte_s` (bench/calibrate_cpu.py, step 1; docs/benchmarks.md, nineteenth and
+twentieth rounds).
 
     .venv/bin/python bench/gemm_pack.py [--reps 15] [--cold]
 
@@ -11,6 +11,8 @@ GEMM's rate on its FLOPs (2 K N / b FLOP/s), a the cost paid once per call whate
 BLAS that copies the weight into packed panels pays in proportion to K N (printed per weight
 element). The fit over M, within one run, keeps the machine's drifting peak out of a. `--cold`
 streams 64 MB through the caches before each call (the weight then comes from memory).
+`pack_cost` is the calibration's figure: a per byte of weight, the median over the weights up
+to 8 MB (in the caches when hot; the 32 MB one is what `gemm_cold` measures).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import torch
 
 WEIGHTS = ((256, 256), (512, 1024), (1024, 2048), (2048, 4096))
+HOT_WEIGHTS = WEIGHTS[:3]  # up to 8 MB: in a 32 MiB L3 when run over and over
 TOKENS = (8, 16, 32, 64, 128, 256)
 
 
@@ -44,6 +47,17 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
              / sum((x - mx) ** 2 for x in xs))
     return my - slope * mx, slope
+
+
+def pack_cost(reps: int = 9) -> float:
+    """Seconds per weight byte a GEMM pays once per call (module docstring): the median over
+    `HOT_WEIGHTS` of the fit's intercept per byte, clamped at 0."""
+    per_byte = []
+    for k, n in HOT_WEIGHTS:
+        times = [fastest(m, k, n, reps, None) for m in TOKENS]
+        a, _ = fit_line([float(m) for m in TOKENS], times)
+        per_byte.append(a / (4 * k * n))
+    return max(0.0, sorted(per_byte)[len(per_byte) // 2])
 
 
 def main() -> None:

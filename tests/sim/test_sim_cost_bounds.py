@@ -57,7 +57,11 @@ def _gemm_upper(dev: DeviceModel, flops: float, nbytes: float, shape: tuple[int,
     memory = nbytes / (dev.mem_bytes_per_s * cal.vector_efficiency)
     rate = dev.peak_flops * cal.matrix_efficiency
     if dev.tiling(shape) is None:
-        return cal.launch_s + memory + (flops + cal.matrix_half_flops) / rate
+        # a CPU BLAS packs its largest matrix once per call (`matrix_pack_byte_s`, per byte)
+        b, m, n = shape
+        element = (nbytes / (b * (m * k + k * n + m * n)))
+        pack = cal.matrix_pack_byte_s * element * b * max(m * k, k * n, m * n)
+        return cal.launch_s + memory + pack + (flops + cal.matrix_half_flops) / rate
     units = dev.compute_units
     one_tile = 2.0 * cal.tile_m * cal.tile_n * k * units / rate
     return cal.launch_s + memory + min(units * flops / rate, 4 * flops / rate + one_tile)

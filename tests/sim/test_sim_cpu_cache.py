@@ -25,7 +25,8 @@ GPT = {"layers": 3, "hidden": 32, "heads": 4, "ffn": 64, "seq": 16, "vocab": 64}
 
 def _device(cold: bool) -> DeviceModel:
     cal = replace(load_calibration("cpu"), launch_s=1e-6, cache_bytes=1e6,
-                  cache_bytes_per_s=1e11, matrix_half_flops=1e5, epilogue_overlap=1.0)
+                  cache_bytes_per_s=1e11, matrix_half_flops=1e5, epilogue_overlap=1.0,
+                  matrix_pack_byte_s=0.0, matrix_memory_call_s=0.0, matrix_memory_byte_s=0.0)
     return DeviceModel(peak_flops=1e11, vector_flops=1e11, mem_bytes_per_s=1e10,
                        calibration=cal, cold=cold)
 

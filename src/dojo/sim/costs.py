@@ -100,8 +100,8 @@ class DeviceModel:
         b, m, n = shape
         return flops * waves * self.compute_units * rows * cols / (b * m * n * rate)
 
-    def matrix_time(self, flops: float, nbytes: float,
-                    shape: tuple[int, int, int] = (0, 0, 0), out_bytes: float = 0.0) -> float:
+    def matrix_time(self, flops: float, nbytes: float, shape: tuple[int, int, int] = (0, 0, 0),
+                    out_bytes: float = 0.0, gemm: bool = False) -> float:
         """Seconds for a matmul/conv/attention op of `flops` FLOP moving `nbytes` bytes, of which
         `out_bytes` are its output (stored after the K loop unless the kernel hides it):
         max(compute, reads / (bw e_vec)) + store / (bw e_vec) + launch.
@@ -116,15 +116,46 @@ class DeviceModel:
         - upper, untiled: launch + nbytes / (bw e_vec) + (F + F_half) / (peak e).
         A `cold` device reaches that upper bound: a small GEMM packs its operands before its
         K loop and stores its output after it, and neither hides behind it when the operands
-        come from memory (bench/op_context.py).
+        come from memory (bench/op_context.py). A `gemm` (a BLAS call: not a convolution nor
+        fused attention) on a device with a packing figure adds `pack_time` to its compute,
+        and cold pays `memory_operand_time` for its operands; both may exceed those bounds.
         """
         cal = self.calibration
         compute = self.matrix_compute_time(flops, shape)
+        if gemm:
+            compute += self.pack_time(flops, shape, out_bytes)
         if self.cold:
-            return compute + self.vector_time_raw(nbytes) + cal.launch_s
+            return compute + self.memory_operand_time(nbytes, gemm) + cal.launch_s
         store = (1.0 - cal.epilogue_overlap) * min(out_bytes, nbytes)
         return (max(compute, self.vector_time_raw(nbytes - store))
                 + self.vector_time_raw(store) + cal.launch_s)
+
+    def pack_time(self, flops: float, shape: tuple[int, int, int], out_bytes: float) -> float:
+        """Seconds a GEMM of `flops` FLOP with output `shape` = (b, m, n) of `out_bytes` bytes
+        spends beyond its multiplications on its largest matrix, `matrix_pack_byte_s` per byte
+        of it (0 without the figure or a shape): b x max(m k, k n, m n) elements, k = flops /
+        (2 b m n), at the output's element size. A BLAS copies the weight (k x n) into packed
+        panels once per call, before its loop over m, and stores the output after its K loop:
+        with few rows (a micro-batch's tokens) the copy is not amortised, with a short K
+        (a weight gradient over few tokens) the store is not hidden (bench/gemm_pack.py: on
+        a Zen 4 core, 0.17-0.21 ns per weight element whatever m, for weights up to 8 MB)."""
+        per_byte = self.calibration.matrix_pack_byte_s
+        b, m, n = shape
+        if not per_byte or flops <= 0 or min(b, m, n) <= 0:
+            return 0.0
+        k = flops / (2 * b * m * n)
+        size = out_bytes / (b * m * n) if out_bytes > 0 else 4.0
+        return per_byte * size * b * max(m * k, k * n, m * n)
+
+    def memory_operand_time(self, nbytes: float, gemm: bool = False) -> float:
+        """Seconds a matrix op on a `cold` device spends on its `nbytes` operand bytes from
+        memory beyond its multiplications: a GEMM's measured packing, `matrix_memory_call_s`
+        + `matrix_memory_byte_s` x nbytes, where the calibration has them; else (and for a
+        convolution or fused attention) the bytes at the memory bandwidth."""
+        cal = self.calibration
+        if gemm and (cal.matrix_memory_call_s or cal.matrix_memory_byte_s):
+            return cal.matrix_memory_call_s + cal.matrix_memory_byte_s * nbytes
+        return self.vector_time_raw(nbytes)
 
     def op_time(self, op: Any) -> float:
         """Seconds for one `OpCost` (convolutions run at `conv_efficiency` of the GEMM rate; on
@@ -155,7 +186,8 @@ class DeviceModel:
             return self.attention_time(self.attention, op.target, op.flops, op.bytes)
         scores = (getattr(op, "scores", 0.0) * self.calibration.attention_score_s
                   if self.calibration.eager else 0.0)
-        return scores + self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes)
+        return scores + self.matrix_time(op.flops, op.bytes, op.shape, op.out_bytes,
+                                         gemm=not is_fused_attention(op.target))
 
     def attention_time(self, kernel: AttentionKernel, target: str, flops: float,
                        nbytes: float) -> float:
