@@ -35,7 +35,8 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    gradients costs a backward: `eager_stacks.accumulate_cost`): fused AdamW plus the
    runtime's two zero_grad calls over 4 and 68 tiny tensors: a fixed part and a part per
    parameter tensor (the simulator's `host_step_time`; see docs/simulator.md for what it
-   still needs). Likewise the runtime's data-parallel gradient sync outside its all-reduce
+   still needs), and the step's walks over the model's modules (`module_walk_s`,
+   bench/module_walk.py). Likewise the runtime's data-parallel gradient sync outside its all-reduce
    (packing into one flat buffer, scaling, unpacking: `dojo.sim.eager.sync_host_time`). And
    oneDNN's setup per convolution call: a tiny convolution of 2 images (oneDNN) against 1
    image (im2col), side by side; and a
@@ -372,6 +373,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
     from attention_costs import score_costs
     from code_costs import cold_fields
     from eager_stacks import eager_op_times
+    from module_walk import module_walk
     from rank_costs import rank_costs, tp_region, vocab_parallel
 
     conv_call = conv_call_overhead()
@@ -394,6 +396,7 @@ def fast_fields(rounds: int, link: tuple[float, float] | None = None
             "conv_call_s": conv_call[0], "conv_call_backward_s": conv_call[1],
             "attention_score_s": scores[0], "attention_score_backward_s": scores[1],
             "optimizer_step_s": opt_fixed, "optimizer_tensor_s": opt_tensor,
+            "module_walk_s": module_walk(rounds),
             "grad_sync_s": sync_fixed, "grad_sync_tensor_s": sync_tensor,
             "tp_region_s": tp_region(rounds), "p2p_post_s": post,
             "tp_vocab_embedding_s": vocab[0], "tp_vocab_loss_s": vocab[1],

@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 from dojo.capture import blocks
 from dojo.capture.build import freeze, from_fx
-from dojo.capture.params import CODE_KEY, META_KEY, declared_names, module_classes
+from dojo.capture.params import (
+    CODE_KEY,
+    META_KEY,
+    MODULES_KEY,
+    declared_names,
+    module_classes,
+)
 from dojo.capture.trace import Signature, flat_inputs, trace_step
 from dojo.errors import DojoError
 from dojo.graph import Graph
@@ -102,6 +108,7 @@ def capture(model: nn.Module, example_inputs: Any, loss_fn: Callable[..., Tensor
         "folded_blocks": ",".join(folded),
     }
     meta[CODE_KEY] = module_classes(model)
+    meta[MODULES_KEY] = str(sum(1 for _ in model.modules()))
     replicated = declared_names(model)
     if replicated:  # linears the model keeps whole over tp (dojo.compiler.replicated)
         meta[META_KEY] = replicated

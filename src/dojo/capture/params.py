@@ -71,6 +71,9 @@ META_KEY = "tp_replicated"
 # Graph meta: the class of each module path, repeated modules' indices as "*"
 # ("blocks.*.attn_norm=RMSNorm;..."): what code an op's `layer` runs (`dojo.compiler.code`).
 CODE_KEY = "module_classes"
+# Graph meta: how many nn.Modules the model holds (every one; an eager step walks them all in
+# `model.train()` and `zero_grad`, `Calibration.module_walk_s`).
+MODULES_KEY = "modules"
 
 
 def site_path(path: str) -> str:

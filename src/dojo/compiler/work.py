@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dojo.capture.params import param_sizes_by_section, tied_parameters
+from dojo.capture.params import MODULES_KEY, param_sizes_by_section, tied_parameters
 from dojo.compiler import class_head, code, fusion, kernelsave, replicated, tp_partial
 from dojo.compiler.eager_cpu import (
     INNER_VIEWS,
@@ -105,9 +105,9 @@ class ModelWork:
     # Parameters both ends read (a tied embedding, `params.tied_parameters`), one entry per
     # tensor, counted as `SectionWork.params` (/ tp: a rank's); held by the 'pre' section.
     tied: tuple[int, ...] = ()
-    # tp > 1 splits a vocabulary table by rows: the runtime's vocabulary-parallel embedding
-    # (the 'pre' section) and cross entropy (the 'post' section), `dojo.sim.eager.vocab_host`.
+    # tp > 1 splits a vocabulary table by rows ('pre' embedding, 'post' loss: `vocab_host`)
     vocab_parallel: bool = False
+    modules: int = 0  # the model's nn.Modules (capture's `MODULES_KEY`): an eager step walks them
 
 
 def _section_of(graph: Graph, block: str | None) -> list[str]:
@@ -282,7 +282,6 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
         rerun = tp_collectives(graph, mine, weights, split, sp, scale, at_f=False)
         comms |= {(lab, "rerun"): rerun.get((f"{lab} rerun", "forward"), [])
                   for lab in ("pre", "block", "post")}
-    tensors = facts.tensors
 
     def section(label: str) -> SectionWork:
         return SectionWork(forward=tuple(costs.get((label, "forward"), ())),
@@ -294,7 +293,7 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                            params=params.get(label, 0),
                            tp_forward=tuple(comms.get((label, "forward"), ())),
                            tp_backward=tuple(comms.get((label, "backward"), ())),
-                           param_tensors=tensors.get(label, 0),
+                           param_tensors=facts.tensors.get(label, 0),
                            tp_recompute=tuple(comms.get((label, "rerun"), ())),
                            code=dict(kern.keys).get(label, frozenset()))
 
@@ -308,7 +307,8 @@ def model_work(graph: Graph, tp: int = 1, sp: bool = False, scale: float = 1.0,
                      param_count=state.param_count,
                      optimizer_state_bytes=float(state.optimizer_state),
                      forward_flops=float(fwd), backward_flops=float(bwd), tied=tied,
-                     vocab_parallel=tp > 1 and tp_partial.vocab_table(graph) is not None)
+                     vocab_parallel=tp > 1 and tp_partial.vocab_table(graph) is not None,
+                     modules=int(dict(graph.meta).get(MODULES_KEY, 0)))
 
 
 @dataclass(frozen=True)

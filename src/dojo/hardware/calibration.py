@@ -150,6 +150,9 @@ class Calibration:
     # step's fixed part and its part per parameter tensor, zero_grad included (0 = none).
     optimizer_step_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     optimizer_tensor_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
+    # Host time per nn.Module of the model an eager step spends walking it, whatever the
+    # module holds: `model.train()` and `zero_grad`'s recursion over the modules (0 = none).
+    module_walk_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # Host time of the eager runtime's data-parallel gradient sync outside the collective:
     # packing the gradients into one flat buffer and unpacking them (`dojo.sim.eager`), its
     # fixed part and its part per parameter tensor (0 = none).

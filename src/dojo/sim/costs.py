@@ -218,9 +218,11 @@ class DeviceModel:
         return self.vector_time_raw(nbytes)
 
     def host_step_time(self, param_tensors: int, microbatches: int,
-                       params: float = 0.0) -> float:
+                       params: float = 0.0, modules: int = 0) -> float:
         """Seconds an eager step spends on one device outside its captured ops: the optimizer
-        step's fixed cost, its cost per parameter tensor (zero_grad included), and for every
+        step's fixed cost, its cost per parameter tensor (zero_grad included), its walks over
+        the model's `modules` nn.Modules (`model.train()`, `zero_grad`; every rank holds the
+        whole model, `module_walk_s` each), and for every
         micro-batch after the first the gradient accumulation's adds over its `params` FP32
         gradients (`ACCUMULATE_BYTES` each, a tensor's add streaming its own working set).
         The adds cost no dispatch: autograd's AccumulateGrad node runs for the first
@@ -235,7 +237,8 @@ class DeviceModel:
         if param_tensors and microbatches > 1:
             per_tensor = ACCUMULATE_BYTES * params / param_tensors
             accumulate = (microbatches - 1) * param_tensors * self.stream_time(per_tensor)
-        return cal.optimizer_step_s + param_tensors * cal.optimizer_tensor_s + accumulate
+        return (cal.optimizer_step_s + param_tensors * cal.optimizer_tensor_s
+                + modules * cal.module_walk_s + accumulate)
 
     def for_phase(self, phase: str) -> DeviceModel:
         """The device as it times the ops of `phase`: on an eager device with a measured

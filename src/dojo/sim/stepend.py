@@ -118,7 +118,7 @@ def post_times(program: Program, dev: DeviceModel, stage: int, collective: Colle
     t_opt = dev.vector_time(params * optimizer_bytes_per_param(program),
                             params * program.work.optimizer_flops_per_param)
     t_opt += dev.host_step_time(stage_param_tensors(program, stage), program.microbatches,
-                                held_params)
+                                held_params, program.work.modules)
     t_opt += sync_host_time(program, dev, stage, params, t_opt, passes_s)
     return t_sync, t_opt, blocks
 
