@@ -36,8 +36,9 @@ training steps are left for the out-of-sample check (bench/bench_cpu_loop.py).
    runtime's two zero_grad calls over 4 and 68 tiny tensors: a fixed part and a part per
    parameter tensor (the simulator's `host_step_time`; see docs/simulator.md for what it
    still needs), and the step's walks over the model's modules (`module_walk_s`,
-   bench/module_walk.py). Likewise the runtime's data-parallel gradient sync outside its all-reduce
-   (packing into one flat buffer, scaling, unpacking: `dojo.sim.eager.sync_host_time`). And
+   bench/module_walk.py). Likewise the runtime's data-parallel gradient sync outside its
+   all-reduce (packing into one flat buffer, scaling, unpacking:
+   `dojo.sim.eager.sync_host_time`). And
    oneDNN's setup per convolution call: a tiny convolution of 2 images (oneDNN) against 1
    image (im2col), side by side; and a
    convolution's own fixed work per call, whatever its backend: a tiny one-image convolution

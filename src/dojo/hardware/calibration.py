@@ -52,15 +52,16 @@ class Calibration:
     # instead of the memory bandwidth: a CPU's small tensors live in its caches (0 = off).
     cache_bytes: float = field(default=0.0, metadata=check(ge=0, unit="B"))
     cache_bytes_per_s: float = field(default=0.0, metadata=check(ge=0, unit="B/s"))
-    # What a GEMM (not a convolution, not fused attention) pays when its operands come from
-    # memory, a pass that outgrows `cache_bytes` (`DeviceModel.cold`), in place of its bytes at
-    # the memory bandwidth: per call, and per byte it reads and writes. A BLAS packs its
-    # operands before its K loop with strided copies the prefetchers hide less well than a
-    # stream (bench/gemm_cold.py; 0 and 0 = the bytes at the memory bandwidth).
-    # What a GEMM (as above) spends per byte of its largest matrix beyond its multiplications,
-    # operands in the caches: the BLAS packs its weight once per call and stores its output
-    # (`DeviceModel.pack_time`, bench/gemm_pack.py; 0 = folded into `matrix_half_flops`).
+    # What a GEMM (a BLAS call: not a convolution, not fused attention) spends per byte of its
+    # largest matrix beyond its multiplications, operands in the caches: the BLAS packs its
+    # weight once per call and stores its output (`DeviceModel.pack_time`,
+    # bench/gemm_pack.py; 0 = folded into `matrix_half_flops`).
     matrix_pack_byte_s: float = field(default=0.0, metadata=check(ge=0, unit="s/B"))
+    # What such a GEMM pays when its operands come from memory, a pass that outgrows
+    # `cache_bytes` (`DeviceModel.cold`), in place of its bytes at the memory bandwidth: per
+    # call, and per byte it reads and writes. Its packing copies walk short strided rows that
+    # the prefetchers hide less well than a stream (bench/gemm_cold.py; 0 and 0 = the bytes at
+    # the memory bandwidth).
     matrix_memory_call_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     matrix_memory_byte_s: float = field(default=0.0, metadata=check(ge=0, unit="s/B"))
     # The device runs dojo's eager runtime (`dojo run`): no fusing compiler, so a fused group of

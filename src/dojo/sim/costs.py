@@ -138,7 +138,7 @@ class DeviceModel:
         panels once per call, before its loop over m, and stores the output after its K loop:
         with few rows (a micro-batch's tokens) the copy is not amortised, with a short K
         (a weight gradient over few tokens) the store is not hidden (bench/gemm_pack.py: on
-        a Zen 4 core, 0.17-0.21 ns per weight element whatever m, for weights up to 8 MB)."""
+        a Zen 4 core, 0.09-0.23 ns per weight element whatever m, for weights up to 8 MB)."""
         per_byte = self.calibration.matrix_pack_byte_s
         b, m, n = shape
         if not per_byte or flops <= 0 or min(b, m, n) <= 0:
