@@ -349,19 +349,19 @@ def committed_link() -> tuple[float, float]:
 
 def lockstep_fields(rounds: int, link: tuple[float, float], resume: float = 0.0
                     ) -> dict[str, float]:
-    """`lockstep_wait_s` and `lockstep_jitter` (`rank_costs.lockstep`): a collective's wall
-    with no work between, net of the collective model's time for the benchmark's all-reduce
-    (2 alpha + bytes / bw with `link` = (alpha, bw), which the simulation charges as the
-    transfer), and the jitter of the work between."""
+    """`lockstep_*` (`rank_costs.lockstep`): a collective's wall with no work between, net of
+    the modelled transfer of the benchmark's all-reduce (2 alpha + bytes / bw, `link` = (alpha,
+    bw)); the jitter of the work between and the wake-up after it."""
     from rank_costs import LOCKSTEP_ELEMENTS, lockstep
 
     # at least five rounds: each point is the fastest window of all of them, and a shared
     # machine's slow spells last seconds (the jitter moved 0.0064-0.0158 s^0.5 at three)
-    alone, jitter, points = lockstep(max(rounds, 5), resume=resume)
+    alone, jitter, wake, points = lockstep(max(rounds, 5), resume=resume, launches=3)
     print("lockstep (work alone us, excess us): "
           + ", ".join(f"({x * 1e6:.0f}, {(y - x) * 1e6:.0f})" for x, y in points), file=sys.stderr)
     modelled = 2 * link[0] + 4 * LOCKSTEP_ELEMENTS / link[1]
-    return {"lockstep_wait_s": max(0.0, alone - modelled), "lockstep_jitter": min(jitter, 1.0)}
+    return {"lockstep_wait_s": max(0.0, alone - modelled), "lockstep_jitter": min(jitter, 1.0),
+            "lockstep_wake_s": wake}
 
 
 def fast_fields(rounds: int, link: tuple[float, float] | None = None

@@ -18,7 +18,8 @@ from dojo.runtime import Job
 from dojo.runtime.job import simulate_job
 
 NO_HOST = {"tp_region_s": 0.0, "p2p_post_s": 0.0, "wait_resume_s": 0.0, "lockstep_wait_s": 0.0,
-           "lockstep_jitter": 0.0, "tp_vocab_embedding_s": 0.0, "tp_vocab_loss_s": 0.0}
+           "lockstep_jitter": 0.0, "lockstep_wake_s": 0.0, "tp_vocab_embedding_s": 0.0,
+           "tp_vocab_loss_s": 0.0}
 WAIT, JITTER = 300e-6, 7e-3  # s, s^0.5: 221 us of drift after 1 ms of work
 
 
@@ -129,19 +130,36 @@ def test_pipeline_receives_wait_the_fixed_part_only() -> None:
     assert [a - b for a, b in zip(b2, b1)] == pytest.approx([resume, 0.0], rel=1e-9, abs=1e-15)
 
 
-def test_the_lockstep_fit_recovers_a_known_wait_and_jitter() -> None:
+def test_the_lockstep_fit_recovers_a_known_wait_wake_and_jitter() -> None:
     """bench/rank_costs.fit_lockstep on points of a known closed form, excess(work) = a +
-    j sqrt(work) beyond the work, returns (a, j); with no work between at all, no jitter."""
+    (k + j sqrt(work) where work > 0) beyond the work, returns (a, j, k); with no wake-up the
+    line goes through the origin; with no work between at all, neither; the slower resume r
+    that every point with work pays comes off."""
     fit = load_bench("rank_costs").fit_lockstep
-    a, j = 330e-6, 7.4e-3
+    a, j, k = 330e-6, 2.4e-3, 90e-6
     works = [0.0, 0.4e-3, 0.8e-3, 1.7e-3, 3.4e-3, 6.8e-3]
-    points = [(w, w + a + j * math.sqrt(w)) for w in works]
-    assert fit(points) == pytest.approx((a, j), rel=1e-9)
-    assert fit(points[:1]) == pytest.approx((a, 0.0), rel=1e-9)
-    # every point with work pays the slower resume r after its wait, the first none
+    points = [(w, w + a + (k if w else 0.0) + j * math.sqrt(w)) for w in works]
+    assert fit(points) == pytest.approx((a, j, k), rel=1e-9)
+    plain = [(w, w + a + j * math.sqrt(w)) for w in works]
+    assert fit(plain) == pytest.approx((a, j, 0.0), rel=1e-9, abs=1e-12)
+    assert fit(points[:1]) == pytest.approx((a, 0.0, 0.0), rel=1e-9)
     r = 110e-6
-    resumed = [(w, w + a + (r if w else 0.0) + j * math.sqrt(w)) for w in works]
-    assert fit(resumed, r) == pytest.approx((a, j), rel=1e-9)
+    resumed = [(w, w + a + (r + k if w else 0.0) + j * math.sqrt(w)) for w in works]
+    assert fit(resumed, r) == pytest.approx((a, j, k), rel=1e-9)
+    # excess that falls with work (noise): no drift, the mean step
+    flat = [(0.0, a), (1e-3, 1e-3 + a + 2 * k), (4e-3, 4e-3 + a + k)]
+    assert fit(flat) == pytest.approx((a, 0.0, 1.5 * k), rel=1e-9)
+
+
+def test_a_wait_after_work_wakes_its_sleeper() -> None:
+    """`lockstep_wake_s` is paid by a wait after any work, not by back-to-back collectives."""
+    from dojo.sim.eager import wait_time
+
+    _, _, dev = _devices("dp=2", lockstep_wait_s=WAIT, lockstep_jitter=JITTER,
+                         lockstep_wake_s=80e-6)
+    assert wait_time(dev, 0.0) == pytest.approx(WAIT, rel=1e-12)
+    assert wait_time(dev, 1e-3) == pytest.approx(WAIT + 80e-6 + JITTER * math.sqrt(1e-3),
+                                                 rel=1e-12)
 
 
 def test_a_lockstep_window_spans_about_one_step_of_the_loop(monkeypatch: Any) -> None:

@@ -177,10 +177,13 @@ class Calibration:
     # work between (gloo's threads hand the message from thread to thread, each waking up),
     # and the jitter of a rank's work: after w seconds of it the two ranks arrive apart by a
     # spread that grows as a random walk does, sqrt(w), so the first to arrive waits
-    # `lockstep_jitter` x sqrt(w) on average (seconds^0.5). Both 0 = not measured:
-    # `wait_resume_s` per wait instead.
+    # `lockstep_jitter` x sqrt(w) on average (seconds^0.5); and after any work, the wake-up
+    # of the rank that arrived first and slept (`lockstep_wake_s`: back-to-back collectives
+    # find their peer there and never sleep). All 0 = not measured: `wait_resume_s` per wait
+    # instead.
     lockstep_wait_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     lockstep_jitter: float = field(default=0.0, metadata=check(ge=0, le=1))
+    lockstep_wake_s: float = field(default=0.0, metadata=check(ge=0, unit="s"))
     # SMs the communication kernels of a tensor-parallel collective overlapped with a GEMM hold
     # (TransformerEngine's userbuffers: ring-exchange all-gathers, pipelined reduce-scatters);
     # the GEMM runs without them meanwhile (`dojo.sim.overlap`). 0 = no contention.

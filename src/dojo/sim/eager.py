@@ -23,9 +23,10 @@ vocabulary-parallel embedding and cross entropy cost their own measured host tim
 
 Where the calibration measured two ranks in lockstep (`lockstep_*`, `wait_time`), a blocking
 wait costs the step's wall more beside that slower resume: a fixed part (the message handed from
-thread to thread, each waking up), and the wait for the later rank, whose arrival drifts from
-the earlier's as their work's jitter accumulates, as sqrt(work) since its previous wait
-(measured: docs/benchmarks.md, fourteenth and fifteenth rounds; since the runtime runs gloo's
+thread to thread, each waking up), after any work the wake-up of the rank that arrived first
+and slept, and the wait for the later rank, whose arrival drifts from the earlier's as their
+work's jitter accumulates, as sqrt(work) since its previous wait (measured: docs/benchmarks.md,
+fourteenth, fifteenth and twentieth rounds; since the runtime runs gloo's
 loop threads at SCHED_IDLE where its ranks fill the cores, `dojo.runtime.gloothreads`, the two
 stepping threads run side by side).
 
@@ -130,7 +131,7 @@ def stage_param_tensors(program: Program, stage: int,
 def lockstep(dev: DeviceModel) -> bool:
     """Whether `dev` is eager and its calibration measured two ranks in lockstep."""
     cal = dev.calibration
-    return cal.eager and bool(cal.lockstep_wait_s or cal.lockstep_jitter)
+    return cal.eager and bool(cal.lockstep_wait_s or cal.lockstep_jitter or cal.lockstep_wake_s)
 
 
 def wait_time(dev: DeviceModel, work_s: float) -> float:
@@ -139,13 +140,16 @@ def wait_time(dev: DeviceModel, work_s: float) -> float:
     device): the stepping thread's slower work after it, `wait_resume_s` (it slept, and
     resumes with its code and data evicted); and, measured in lockstep, `lockstep_wait_s` +
     `lockstep_jitter` x sqrt(`work_s`) (the hand-offs of the message between threads, and the
-    two ranks' arrivals drifting apart as their work's jitter accumulates)."""
+    two ranks' arrivals drifting apart as their work's jitter accumulates), + `lockstep_wake_s`
+    where `work_s` > 0 (the rank that arrived first slept and is woken: back-to-back
+    collectives, no work between, find their peer there)."""
     cal = dev.calibration
     if not cal.eager:
         return 0.0
     if not lockstep(dev):
         return cal.wait_resume_s
-    return (cal.wait_resume_s + cal.lockstep_wait_s
+    wake = cal.lockstep_wake_s if work_s > 0 else 0.0
+    return (cal.wait_resume_s + cal.lockstep_wait_s + wake
             + cal.lockstep_jitter * math.sqrt(max(0.0, work_s)))
 
 
