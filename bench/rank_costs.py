@@ -310,8 +310,8 @@ def fit_lockstep(points: list[tuple[float, float]], resume: float = 0.0
     wait pays `resume` more, `wait_resume_s`, which the first point has no work to pay. With a
     negative slope (the drift lost in the machine's noise) the jitter is 0 and the wake-up
     the mean; with fewer than two points with work, the one gives the jitter alone. Measured
-    over 0.4-6.5 ms of work (twentieth round) the excess rises from ~175 us to ~330 at the
-    first point and flattens by 3 ms, which one sqrt(w) through the first point (the earlier
+    over 0-6.5 ms of work (twentieth round) the excess rises from ~175 us with none to ~330
+    at 0.4 ms and flattens by 3 ms, which one sqrt(w) through the first point (the earlier
     fit) read 200 us high at 6.5 ms, and 40-50 us below what a collective of gpt's and
     vit-b16's tp=2 steps costs in place at 0.2 ms of work between."""
     extra = [(alone, locked - alone) for alone, locked in points]
