@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from gemm_pack import fit_line
+
 M = 64
 WIDTHS = (128, 256, 512)
 TOTAL_BYTES = 128 * 2**20  # the layers' weights: four times the largest L3 seen so far
@@ -95,14 +97,6 @@ def _penalties(calls: list[tuple[str, Callable[[], Any], int]], rounds: int
         row[1] += f - s
         row[2] += 1
     return {k: (int(v[0]), v[1] / v[2]) for k, v in sums.items()}
-
-
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """(intercept, slope) of the least-squares line through (xs, ys)."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-             / sum((x - mx) ** 2 for x in xs))
-    return my - slope * mx, slope
 
 
 def memory_gemm_costs(rounds: int = 3) -> tuple[float, float, dict[str, tuple[int, float]]]:

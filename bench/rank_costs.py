@@ -322,12 +322,11 @@ def fit_lockstep(points: list[tuple[float, float]], resume: float = 0.0
         return base, 0.0, 0.0
     if len(xs) == 1:
         return base, max(0.0, ys[0] / xs[0]), 0.0
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = (sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-             / sum((x - mx) ** 2 for x in xs))
+    from gemm_pack import fit_line
+
+    wake, slope = fit_line(xs, ys)
     if slope <= 0:
-        return base, 0.0, max(0.0, my)
-    wake = my - slope * mx
+        return base, 0.0, max(0.0, sum(ys) / len(ys))
     if wake < 0:  # through the origin: no step
         return base, max(0.0, sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)), 0.0
     return base, slope, wake

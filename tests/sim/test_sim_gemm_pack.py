@@ -91,7 +91,8 @@ def test_the_square_curve_is_taken_net_of_packing() -> None:
 
 
 def test_the_cold_gemm_fit_recovers_a_line() -> None:
-    """gemm_cold.fit_line: points on call + per_byte x bytes give both back."""
-    fit = load_bench("gemm_cold").fit_line
+    """gemm_pack.fit_line (the cold fit's and the lockstep fit's line): points on call +
+    per_byte x bytes give both back."""
+    fit = load_bench("gemm_pack").fit_line
     xs = [3.3e5, 1.05e6, 3.7e6, 3.3e5, 1.05e6, 3.7e6]
     assert fit(xs, [1.2e-5 + 4.5e-11 * x for x in xs]) == pytest.approx((1.2e-5, 4.5e-11))
